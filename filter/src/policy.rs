@@ -1,0 +1,1197 @@
+//! Routing policy: the JSON document operators write, its validation, and the compiled
+//! form the request path evaluates.
+//!
+//! Parse, then compile: serde DTOs with `deny_unknown_fields` are turned into a validated
+//! [`Policy`]. Every problem is reported with the field path that is wrong
+//! (`rules[2].route.targets[0].stack`); nothing is dropped silently. The control service
+//! validates with this same code, so a policy it accepts is exactly one the filter accepts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+use crate::balance::HashTable;
+use crate::cidr::{Cidr, CidrTable};
+use crate::schedule::{Schedule, TimeWindow};
+
+/// At most this many stacks: eligibility is a 64-bit mask on the request path.
+pub const MAX_STACKS: usize = 64;
+/// At most this many targets per route (hash tables store target indexes in a byte).
+pub const MAX_TARGETS: usize = 64;
+/// Identifier of the default rule, evaluated after every other rule.
+pub const DEFAULT_RULE_ID: &str = "default";
+
+/// Index of a stack in [`Policy::stacks`].
+pub type StackId = usize;
+/// Index of a region in [`Policy::regions`].
+pub type RegionId = u16;
+/// Index of a channel in [`Policy::channels`].
+pub type ChannelId = u16;
+
+// ---------------------------------------------------------------------------------------
+// The document (DTOs)
+// ---------------------------------------------------------------------------------------
+
+/// The policy document as written (JSON). See `docs/policy.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDoc {
+    /// Free-form name shown in logs and status.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The active-active stacks this policy routes across.
+    pub stacks: Vec<StackDoc>,
+    /// How requests are classified.
+    #[serde(default)]
+    pub classify: ClassifyDoc,
+    /// Sticky-session cookie settings.
+    #[serde(default)]
+    pub affinity: AffinityDoc,
+    /// Local per-stack circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerDoc,
+    /// Rules, evaluated by ascending priority (ties keep document order).
+    #[serde(default)]
+    pub rules: Vec<RuleDoc>,
+    /// The route used when no rule matches.
+    pub default: RouteDoc,
+    /// Add the `x-switchyard-decision` response header (rule id and reason).
+    #[serde(default)]
+    pub debug_header: bool,
+}
+
+/// One stack: a complete deployment reachable through one Envoy cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackDoc {
+    pub name: String,
+    /// Envoy cluster; defaults to the stack name.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    pub region: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Default weight when a route names the stack without a weight.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// Classification settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyDoc {
+    #[serde(default)]
+    pub geo: GeoDoc,
+    /// Channel definitions, first match wins.
+    #[serde(default)]
+    pub channels: Vec<ChannelDoc>,
+    /// Channel of requests no definition matches (default `web`).
+    #[serde(default)]
+    pub default_channel: Option<String>,
+    /// Trusted header carrying the customer cohort (written by Envoy's jwt_authn).
+    #[serde(default)]
+    pub cohort_header: Option<String>,
+    /// Where the user key for percentage buckets and `hash` on `user` comes from; first
+    /// source present wins.
+    #[serde(default)]
+    pub user_key: Vec<KeyDoc>,
+    /// Salt of the percentage bucket hash: change it to reshuffle buckets.
+    #[serde(default)]
+    pub bucket_salt: Option<String>,
+}
+
+/// Geography: a trusted edge header, then CIDR tables on `source.address`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoDoc {
+    /// Trusted header with an ISO country code (or a region name), set by the CDN/edge.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Country code → region.
+    #[serde(default)]
+    pub countries: BTreeMap<String, String>,
+    /// Client address ranges → region.
+    #[serde(default)]
+    pub cidrs: Vec<CidrDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidrDoc {
+    pub cidr: String,
+    pub region: String,
+}
+
+/// A channel: web, mobile app, retail/POS, partner API, ...
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelDoc {
+    pub name: String,
+    /// Case-insensitive substrings of `user-agent`.
+    #[serde(default)]
+    pub user_agent_contains: Vec<String>,
+    /// Headers whose presence marks the channel (API key, partner id).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Path prefixes.
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+}
+
+/// A source of a key: a header, a cookie or the client address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyDoc {
+    Header(String),
+    Cookie(String),
+    ClientIp,
+}
+
+/// Sticky-session cookie settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityDoc {
+    #[serde(default = "default_cookie")]
+    pub cookie: String,
+    #[serde(default = "default_ttl")]
+    pub ttl_s: u64,
+    #[serde(default)]
+    pub secure: bool,
+    /// Bump to invalidate every sticky assignment at once.
+    #[serde(default = "default_epoch")]
+    pub epoch: u32,
+}
+
+impl Default for AffinityDoc {
+    fn default() -> Self {
+        Self {
+            cookie: default_cookie(),
+            ttl_s: default_ttl(),
+            secure: false,
+            epoch: default_epoch(),
+        }
+    }
+}
+
+fn default_cookie() -> String {
+    "sy_aff".to_string()
+}
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_epoch() -> u32 {
+    1
+}
+
+/// Local circuit breaker settings (per stack, per worker).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerDoc {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "d_consecutive")]
+    pub consecutive_failures: u32,
+    #[serde(default = "d_rate")]
+    pub error_rate: f64,
+    #[serde(default = "d_window")]
+    pub window_ms: u64,
+    #[serde(default = "d_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "d_open")]
+    pub open_ms: u64,
+    #[serde(default = "d_max_open")]
+    pub max_open_ms: u64,
+    #[serde(default = "d_half_open")]
+    pub half_open_requests: u32,
+}
+
+impl Default for BreakerDoc {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_failures: d_consecutive(),
+            error_rate: d_rate(),
+            window_ms: d_window(),
+            min_requests: d_min_requests(),
+            open_ms: d_open(),
+            max_open_ms: d_max_open(),
+            half_open_requests: d_half_open(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_consecutive() -> u32 {
+    5
+}
+fn d_rate() -> f64 {
+    0.5
+}
+fn d_window() -> u64 {
+    10_000
+}
+fn d_min_requests() -> u32 {
+    20
+}
+fn d_open() -> u64 {
+    1_000
+}
+fn d_max_open() -> u64 {
+    30_000
+}
+fn d_half_open() -> u32 {
+    3
+}
+
+/// A rule: a match on classified attributes and the route it selects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    pub id: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default, rename = "match")]
+    pub matches: MatchDoc,
+    pub route: RouteDoc,
+}
+
+/// Conditions; every condition given must hold, each list matches any of its entries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchDoc {
+    #[serde(default)]
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub countries: Vec<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub cohorts: Vec<String>,
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub time: Option<TimeDoc>,
+    #[serde(default)]
+    pub percent: Option<PercentDoc>,
+}
+
+/// Time conditions, all in UTC.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeDoc {
+    /// Daily windows `HH:MM`–`HH:MM` (end exclusive; may wrap past midnight).
+    #[serde(default)]
+    pub windows: Vec<WindowDoc>,
+    /// Days of week: `mon` … `sun`.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Dated campaign windows (RFC 3339, UTC), e.g. a flash sale.
+    #[serde(default)]
+    pub campaigns: Vec<CampaignDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowDoc {
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignDoc {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub start: String,
+    pub end: String,
+}
+
+/// A stable slice of users by hashed user key: `from` ≤ bucket < `to`, in percent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PercentDoc {
+    #[serde(default)]
+    pub from: f64,
+    pub to: f64,
+}
+
+/// What a rule selects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDoc {
+    pub targets: Vec<TargetDoc>,
+    #[serde(default)]
+    pub balance: BalanceDoc,
+    /// Keep users on the stack they were assigned (signed cookie).
+    #[serde(default)]
+    pub affinity: bool,
+    /// Override of `affinity.ttl_s` for this route.
+    #[serde(default)]
+    pub affinity_ttl_s: Option<u64>,
+    /// Regions this traffic may never leave, not even on failover.
+    #[serde(default)]
+    pub residency: Option<Vec<String>>,
+    #[serde(default)]
+    pub fallback: Option<FallbackDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetDoc {
+    pub stack: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// Balancing among the eligible targets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BalanceDoc {
+    /// Smooth weighted round-robin.
+    #[default]
+    Weighted,
+    /// Consistent hashing on a key.
+    Hash { key: HashKeyDoc },
+}
+
+/// Key of consistent hashing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HashKeyDoc {
+    /// The classified user key (`classify.user_key`).
+    User,
+    ClientIp,
+    Header(String),
+    Cookie(String),
+}
+
+/// What to do when no target is eligible.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackDoc {
+    /// Another stack set (still bound by residency).
+    #[serde(default)]
+    pub targets: Vec<TargetDoc>,
+    /// The local reply when nothing is eligible.
+    #[serde(default)]
+    pub local: Option<LocalDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDoc {
+    #[serde(default = "d_status")]
+    pub status: u16,
+    #[serde(default = "d_retry_after")]
+    pub retry_after_s: u32,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+fn d_status() -> u16 {
+    503
+}
+fn d_retry_after() -> u32 {
+    5
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation results
+// ---------------------------------------------------------------------------------------
+
+/// One problem with a field of the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldIssue {
+    /// Path of the field, e.g. `rules[2].route.targets[0].stack`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A policy that passed validation, with warnings (e.g. unreachable rules).
+#[derive(Debug)]
+pub struct Validated {
+    pub policy: Policy,
+    pub warnings: Vec<FieldIssue>,
+}
+
+/// Every reason a policy was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid policy: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct Invalid {
+    pub errors: Vec<FieldIssue>,
+}
+
+/// Parse and validate a policy document.
+pub fn validate_json(json: &str) -> Result<Validated, Invalid> {
+    validate_bytes(json.as_bytes())
+}
+
+/// Parse and validate a policy document given as bytes (plugin configuration).
+pub fn validate_bytes(json: &[u8]) -> Result<Validated, Invalid> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let doc: PolicyDoc = match serde_path_to_error::deserialize(&mut de) {
+        Ok(doc) => doc,
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let path = if path == "." { "$".to_string() } else { path };
+            return Err(Invalid {
+                errors: vec![FieldIssue {
+                    path,
+                    message: inner.to_string(),
+                }],
+            });
+        }
+    };
+    if let Err(err) = de.end() {
+        return Err(Invalid {
+            errors: vec![FieldIssue {
+                path: "$".into(),
+                message: err.to_string(),
+            }],
+        });
+    }
+    compile(&doc)
+}
+
+// ---------------------------------------------------------------------------------------
+// The compiled policy
+// ---------------------------------------------------------------------------------------
+
+/// A validated, compiled policy. Cheap to evaluate; shared read-only by the request path.
+#[derive(Debug)]
+pub struct Policy {
+    pub name: Option<String>,
+    pub stacks: Vec<Stack>,
+    pub regions: Vec<String>,
+    pub channels: Vec<String>,
+    pub classify: Classification,
+    pub affinity: AffinityCfg,
+    pub breaker: BreakerDoc,
+    /// Rules in evaluation order; the default rule is last.
+    pub rules: Vec<Rule>,
+    pub debug_header: bool,
+    /// Whether any rule has a time condition (skip calendar maths otherwise).
+    pub uses_time: bool,
+    stack_index: HashMap<String, StackId>,
+}
+
+/// A compiled stack.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub name: String,
+    pub cluster: String,
+    pub region: RegionId,
+    pub labels: Vec<String>,
+    pub weight: u32,
+}
+
+/// Compiled classification settings.
+#[derive(Debug)]
+pub struct Classification {
+    pub geo_header: Option<String>,
+    /// Upper-case country code → region.
+    pub countries: HashMap<String, RegionId>,
+    pub cidrs: CidrTable<RegionId>,
+    pub channels: Vec<ChannelDef>,
+    pub default_channel: ChannelId,
+    pub cohort_header: Option<String>,
+    pub user_key: Vec<KeyDoc>,
+    pub bucket_salt: String,
+}
+
+/// A compiled channel definition.
+#[derive(Debug)]
+pub struct ChannelDef {
+    pub id: ChannelId,
+    /// Lower-cased substrings.
+    pub user_agent_contains: Vec<String>,
+    pub headers: Vec<String>,
+    pub path_prefixes: Vec<String>,
+}
+
+/// Compiled affinity settings.
+#[derive(Debug, Clone)]
+pub struct AffinityCfg {
+    pub cookie: String,
+    pub ttl_s: u64,
+    pub secure: bool,
+    pub epoch: u32,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: String,
+    pub cond: Condition,
+    pub route: Route,
+}
+
+/// A compiled match.
+#[derive(Debug, Default)]
+pub struct Condition {
+    pub regions: Vec<RegionId>,
+    /// Upper-case.
+    pub countries: Vec<String>,
+    pub channels: Vec<ChannelId>,
+    pub cohorts: Vec<String>,
+    pub path_prefixes: Vec<String>,
+    /// Upper-case.
+    pub methods: Vec<String>,
+    pub time: Option<Schedule>,
+    /// Basis points: from ≤ bucket < to, bucket in 0..10_000.
+    pub percent: Option<(u16, u16)>,
+}
+
+/// A weighted target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub stack: StackId,
+    pub weight: u32,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub targets: Vec<Target>,
+    pub balance: Balance,
+    /// Affinity TTL in seconds when affinity is on.
+    pub affinity_ttl_s: Option<u64>,
+    /// Stacks this route may use, as a bit mask (all ones without residency).
+    pub residency: u64,
+    /// Whether residency was given (for reporting).
+    pub residency_regions: Option<Vec<RegionId>>,
+    pub fallback: Vec<Target>,
+    pub local: LocalReply,
+}
+
+/// Balancing mode of a compiled route.
+#[derive(Debug)]
+pub enum Balance {
+    Weighted,
+    Hash {
+        key: HashKeyDoc,
+        /// Built on first use: most policies never hash, and a VM should not pay for it.
+        table: OnceLock<HashTable>,
+    },
+}
+
+/// The local reply sent when nothing eligible is left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub retry_after_s: u32,
+    pub message: String,
+}
+
+impl Default for LocalReply {
+    fn default() -> Self {
+        Self {
+            status: d_status(),
+            retry_after_s: d_retry_after(),
+            message: "no healthy stack is available for this request".into(),
+        }
+    }
+}
+
+impl Policy {
+    /// Names of all stacks, in document order.
+    pub fn stack_names(&self) -> Vec<String> {
+        self.stacks.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Stack id by name.
+    pub fn stack_id(&self, name: &str) -> Option<StackId> {
+        self.stack_index.get(name).copied()
+    }
+
+    /// Region id by name.
+    pub fn region_id(&self, name: &str) -> Option<RegionId> {
+        self.regions.iter().position(|r| r == name).map(|i| i as RegionId)
+    }
+
+    /// Mask with one bit per stack of this policy.
+    pub fn all_stacks_mask(&self) -> u64 {
+        mask_of(self.stacks.len())
+    }
+}
+
+/// Bit mask with the low `n` bits set.
+pub fn mask_of(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+impl Route {
+    /// The consistent-hash table of this route (built once, on first use).
+    pub fn hash_table(&self) -> Option<&HashTable> {
+        match &self.balance {
+            Balance::Weighted => None,
+            Balance::Hash { table, .. } => Some(table.get_or_init(|| HashTable::build(&self.targets))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Compilation
+// ---------------------------------------------------------------------------------------
+
+struct Ctx {
+    errors: Vec<FieldIssue>,
+    warnings: Vec<FieldIssue>,
+}
+
+impl Ctx {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldIssue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(FieldIssue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn valid_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        })
+}
+
+const INTERNAL_HEADERS: [&str; 2] = ["x-switchyard-stack", "x-switchyard-decision"];
+
+fn check_header(ctx: &mut Ctx, path: &str, name: &str) {
+    if !valid_header_name(name) {
+        ctx.err(path, format!("'{name}' is not a lower-case HTTP header name"));
+    } else if INTERNAL_HEADERS.contains(&name) || name.starts_with(':') {
+        ctx.err(path, format!("'{name}' is set by Switchyard itself and cannot be an input"));
+    }
+}
+
+fn check_key(ctx: &mut Ctx, path: &str, key: &KeyDoc) {
+    match key {
+        KeyDoc::Header(h) => check_header(ctx, &format!("{path}.header"), h),
+        KeyDoc::Cookie(c) if !valid_cookie_name(c) => {
+            ctx.err(format!("{path}.cookie"), format!("'{c}' is not a valid cookie name"))
+        }
+        _ => {}
+    }
+}
+
+fn valid_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b))
+}
+
+/// Compile a parsed document, collecting every error.
+pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
+    let mut ctx = Ctx {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+
+    // Regions are interned from stacks, geo tables and residency lists.
+    let mut regions: Vec<String> = Vec::new();
+    let intern = |name: &str, regions: &mut Vec<String>| -> RegionId {
+        if let Some(i) = regions.iter().position(|r| r == name) {
+            i as RegionId
+        } else {
+            regions.push(name.to_string());
+            (regions.len() - 1) as RegionId
+        }
+    };
+
+    // Stacks.
+    if doc.stacks.is_empty() {
+        ctx.err("stacks", "at least one stack is required");
+    }
+    if doc.stacks.len() > MAX_STACKS {
+        ctx.err("stacks", format!("at most {MAX_STACKS} stacks are supported, got {}", doc.stacks.len()));
+    }
+    let mut stacks = Vec::with_capacity(doc.stacks.len());
+    let mut stack_index = HashMap::new();
+    for (i, s) in doc.stacks.iter().enumerate() {
+        let path = format!("stacks[{i}]");
+        if !valid_name(&s.name) {
+            ctx.err(format!("{path}.name"), format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", s.name));
+        }
+        if stack_index.insert(s.name.clone(), i).is_some() {
+            ctx.err(format!("{path}.name"), format!("duplicate stack '{}'", s.name));
+        }
+        let cluster = s.cluster.clone().unwrap_or_else(|| s.name.clone());
+        if cluster.is_empty() {
+            ctx.err(format!("{path}.cluster"), "must not be empty");
+        }
+        if s.region.is_empty() {
+            ctx.err(format!("{path}.region"), "must not be empty");
+        }
+        let region = intern(&s.region, &mut regions);
+        stacks.push(Stack {
+            name: s.name.clone(),
+            cluster,
+            region,
+            labels: s.labels.clone(),
+            weight: s.weight,
+        });
+    }
+
+    // Classification.
+    let c = &doc.classify;
+    if let Some(h) = &c.geo.header {
+        check_header(&mut ctx, "classify.geo.header", h);
+    }
+    let mut countries = HashMap::new();
+    for (code, region) in &c.geo.countries {
+        let path = format!("classify.geo.countries.{code}");
+        if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+            ctx.err(&path, format!("'{code}' is not a two-letter country code"));
+        }
+        if region.is_empty() {
+            ctx.err(&path, "region must not be empty");
+        }
+        countries.insert(code.to_ascii_uppercase(), intern(region, &mut regions));
+    }
+    let mut cidrs = Vec::new();
+    for (i, entry) in c.geo.cidrs.iter().enumerate() {
+        match entry.cidr.parse::<Cidr>() {
+            Ok(net) => cidrs.push((net, intern(&entry.region, &mut regions))),
+            Err(e) => ctx.err(format!("classify.geo.cidrs[{i}].cidr"), format!("'{}': {e}", entry.cidr)),
+        }
+        if entry.region.is_empty() {
+            ctx.err(format!("classify.geo.cidrs[{i}].region"), "must not be empty");
+        }
+    }
+    let mut channels: Vec<String> = Vec::new();
+    let mut channel_defs = Vec::new();
+    for (i, ch) in c.channels.iter().enumerate() {
+        let path = format!("classify.channels[{i}]");
+        if !valid_name(&ch.name) {
+            ctx.err(format!("{path}.name"), format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", ch.name));
+        }
+        if channels.contains(&ch.name) {
+            ctx.err(format!("{path}.name"), format!("duplicate channel '{}'", ch.name));
+        }
+        if ch.user_agent_contains.is_empty() && ch.headers.is_empty() && ch.path_prefixes.is_empty() {
+            ctx.err(&path, "a channel needs at least one of user_agent_contains, headers, path_prefixes");
+        }
+        for (j, h) in ch.headers.iter().enumerate() {
+            check_header(&mut ctx, &format!("{path}.headers[{j}]"), h);
+        }
+        for (j, p) in ch.path_prefixes.iter().enumerate() {
+            if !p.starts_with('/') {
+                ctx.err(format!("{path}.path_prefixes[{j}]"), format!("'{p}' must start with '/'"));
+            }
+        }
+        for (j, u) in ch.user_agent_contains.iter().enumerate() {
+            if u.is_empty() {
+                ctx.err(format!("{path}.user_agent_contains[{j}]"), "must not be empty");
+            }
+        }
+        channels.push(ch.name.clone());
+        channel_defs.push(ChannelDef {
+            id: (channels.len() - 1) as ChannelId,
+            user_agent_contains: ch.user_agent_contains.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            headers: ch.headers.clone(),
+            path_prefixes: ch.path_prefixes.clone(),
+        });
+    }
+    let default_channel_name = c.default_channel.clone().unwrap_or_else(|| "web".to_string());
+    if !valid_name(&default_channel_name) {
+        ctx.err("classify.default_channel", format!("'{default_channel_name}' must be 1-48 characters of [A-Za-z0-9_-]"));
+    }
+    let default_channel = match channels.iter().position(|n| *n == default_channel_name) {
+        Some(i) => i as ChannelId,
+        None => {
+            channels.push(default_channel_name);
+            (channels.len() - 1) as ChannelId
+        }
+    };
+    if let Some(h) = &c.cohort_header {
+        check_header(&mut ctx, "classify.cohort_header", h);
+    }
+    for (i, k) in c.user_key.iter().enumerate() {
+        check_key(&mut ctx, &format!("classify.user_key[{i}]"), k);
+    }
+
+    // Affinity.
+    let a = &doc.affinity;
+    if !valid_cookie_name(&a.cookie) {
+        ctx.err("affinity.cookie", format!("'{}' is not a valid cookie name", a.cookie));
+    }
+    if a.ttl_s == 0 || a.ttl_s > 30 * 86_400 {
+        ctx.err("affinity.ttl_s", "must be between 1 and 2592000 (30 days)");
+    }
+
+    // Breaker.
+    let b = &doc.breaker;
+    if b.enabled {
+        if b.consecutive_failures == 0 {
+            ctx.err("breaker.consecutive_failures", "must be at least 1");
+        }
+        if !(b.error_rate > 0.0 && b.error_rate <= 1.0) {
+            ctx.err("breaker.error_rate", "must be in (0, 1]");
+        }
+        if b.window_ms < 100 {
+            ctx.err("breaker.window_ms", "must be at least 100");
+        }
+        if b.open_ms == 0 {
+            ctx.err("breaker.open_ms", "must be at least 1");
+        }
+        if b.max_open_ms < b.open_ms {
+            ctx.err("breaker.max_open_ms", "must be at least open_ms");
+        }
+        if b.half_open_requests == 0 {
+            ctx.err("breaker.half_open_requests", "must be at least 1");
+        }
+    }
+
+    // Rules: ids, then compile in priority order.
+    let mut seen_ids = HashSet::new();
+    for (i, r) in doc.rules.iter().enumerate() {
+        if !valid_name(&r.id) {
+            ctx.err(format!("rules[{i}].id"), format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", r.id));
+        } else if r.id == DEFAULT_RULE_ID {
+            ctx.err(format!("rules[{i}].id"), "'default' is reserved for the default route");
+        }
+        if !seen_ids.insert(r.id.as_str()) {
+            ctx.err(format!("rules[{i}].id"), format!("duplicate rule id '{}'", r.id));
+        }
+    }
+    let mut order: Vec<usize> = (0..doc.rules.len()).collect();
+    order.sort_by_key(|&i| doc.rules[i].priority); // stable: ties keep document order
+
+    let env = Env {
+        stacks: &stacks,
+        stack_index: &stack_index,
+        channels: &channels,
+        has_user_key: !c.user_key.is_empty(),
+        affinity_ttl_s: doc.affinity.ttl_s,
+    };
+    let mut rules = Vec::with_capacity(doc.rules.len() + 1);
+    let mut uses_time = false;
+    for &i in &order {
+        let r = &doc.rules[i];
+        let path = format!("rules[{i}]");
+        let cond = compile_match(&mut ctx, &env, &mut regions, &format!("{path}.match"), &r.matches);
+        uses_time |= cond.time.is_some();
+        let route = compile_route(&mut ctx, &env, &mut regions, &format!("{path}.route"), &r.route);
+        rules.push((i, Rule { id: r.id.clone(), cond, route }));
+    }
+    let route = compile_route(&mut ctx, &env, &mut regions, "default", &doc.default);
+    rules.push((usize::MAX, Rule { id: DEFAULT_RULE_ID.into(), cond: Condition::default(), route }));
+
+    // Unreachable rules: an earlier rule whose every condition is at least as broad.
+    for (later_pos, (doc_i, later)) in rules.iter().enumerate() {
+        if *doc_i == usize::MAX {
+            continue;
+        }
+        if let Some((_, earlier)) = rules[..later_pos].iter().find(|(_, e)| subsumes(&e.cond, &later.cond)) {
+            ctx.warn(
+                format!("rules[{doc_i}]"),
+                format!("rule '{}' is unreachable: rule '{}' is evaluated first and matches everything it matches", later.id, earlier.id),
+            );
+        }
+    }
+
+    if regions.len() > usize::from(u16::MAX) {
+        ctx.err("$", "too many regions");
+    }
+
+    if !ctx.errors.is_empty() {
+        return Err(Invalid { errors: ctx.errors });
+    }
+    Ok(Validated {
+        policy: Policy {
+            name: doc.name.clone(),
+            stacks,
+            regions,
+            channels,
+            classify: Classification {
+                geo_header: c.geo.header.clone(),
+                countries,
+                cidrs: CidrTable::new(cidrs),
+                channels: channel_defs,
+                default_channel,
+                cohort_header: c.cohort_header.clone(),
+                user_key: c.user_key.clone(),
+                bucket_salt: c.bucket_salt.clone().unwrap_or_else(|| "switchyard".into()),
+            },
+            affinity: AffinityCfg {
+                cookie: a.cookie.clone(),
+                ttl_s: a.ttl_s,
+                secure: a.secure,
+                epoch: a.epoch,
+            },
+            breaker: b.clone(),
+            rules: rules.into_iter().map(|(_, r)| r).collect(),
+            debug_header: doc.debug_header,
+            uses_time,
+            stack_index,
+        },
+        warnings: ctx.warnings,
+    })
+}
+
+struct Env<'a> {
+    stacks: &'a [Stack],
+    stack_index: &'a HashMap<String, StackId>,
+    channels: &'a [String],
+    has_user_key: bool,
+    affinity_ttl_s: u64,
+}
+
+fn compile_match(ctx: &mut Ctx, env: &Env, regions: &mut Vec<String>, path: &str, m: &MatchDoc) -> Condition {
+    let mut cond = Condition::default();
+    for (i, r) in m.regions.iter().enumerate() {
+        match regions.iter().position(|x| x == r) {
+            Some(id) => cond.regions.push(id as RegionId),
+            None => ctx.err(format!("{path}.regions[{i}]"), format!("unknown region '{r}' (not used by any stack or geo table)")),
+        }
+    }
+    for (i, code) in m.countries.iter().enumerate() {
+        if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+            ctx.err(format!("{path}.countries[{i}]"), format!("'{code}' is not a two-letter country code"));
+        }
+        cond.countries.push(code.to_ascii_uppercase());
+    }
+    for (i, ch) in m.channels.iter().enumerate() {
+        match env.channels.iter().position(|x| x == ch) {
+            Some(id) => cond.channels.push(id as ChannelId),
+            None => ctx.err(format!("{path}.channels[{i}]"), format!("unknown channel '{ch}'")),
+        }
+    }
+    for (i, co) in m.cohorts.iter().enumerate() {
+        if co.is_empty() {
+            ctx.err(format!("{path}.cohorts[{i}]"), "must not be empty");
+        }
+    }
+    cond.cohorts = m.cohorts.clone();
+    for (i, p) in m.path_prefixes.iter().enumerate() {
+        if !p.starts_with('/') {
+            ctx.err(format!("{path}.path_prefixes[{i}]"), format!("'{p}' must start with '/'"));
+        }
+    }
+    cond.path_prefixes = m.path_prefixes.clone();
+    cond.methods = m.methods.iter().map(|s| s.to_ascii_uppercase()).collect();
+    if let Some(t) = &m.time {
+        let tpath = format!("{path}.time");
+        let mut schedule = Schedule::default();
+        for (i, w) in t.windows.iter().enumerate() {
+            match TimeWindow::parse(&w.start, &w.end) {
+                Ok(win) => schedule.windows.push(win),
+                Err(e) => ctx.err(format!("{tpath}.windows[{i}]"), e),
+            }
+        }
+        for (i, d) in t.days.iter().enumerate() {
+            match crate::schedule::parse_day(d) {
+                Some(day) => schedule.days |= 1 << day,
+                None => ctx.err(format!("{tpath}.days[{i}]"), format!("'{d}' is not a day (mon, tue, wed, thu, fri, sat, sun)")),
+            }
+        }
+        for (i, cpn) in t.campaigns.iter().enumerate() {
+            let start = crate::schedule::parse_rfc3339(&cpn.start);
+            let end = crate::schedule::parse_rfc3339(&cpn.end);
+            match (start, end) {
+                (Ok(s), Ok(e)) if s < e => schedule.campaigns.push((s, e)),
+                (Ok(_), Ok(_)) => ctx.err(format!("{tpath}.campaigns[{i}]"), "end must be after start"),
+                (Err(e), _) => ctx.err(format!("{tpath}.campaigns[{i}].start"), e),
+                (_, Err(e)) => ctx.err(format!("{tpath}.campaigns[{i}].end"), e),
+            }
+        }
+        if t.windows.is_empty() && t.days.is_empty() && t.campaigns.is_empty() {
+            ctx.err(&tpath, "give at least one of windows, days, campaigns");
+        }
+        cond.time = Some(schedule);
+    }
+    if let Some(p) = &m.percent {
+        let ppath = format!("{path}.percent");
+        let ok = p.from.is_finite() && p.to.is_finite() && p.from >= 0.0 && p.to <= 100.0 && p.from < p.to;
+        if !ok {
+            ctx.err(&ppath, "need 0 <= from < to <= 100");
+        } else if !env.has_user_key {
+            ctx.err(&ppath, "percentage buckets need classify.user_key");
+        } else {
+            let from = (p.from * 100.0).round() as u16;
+            let to = (p.to * 100.0).round() as u16;
+            cond.percent = Some((from, to));
+        }
+    }
+    cond
+}
+
+fn compile_targets(ctx: &mut Ctx, env: &Env, path: &str, targets: &[TargetDoc], residency: u64) -> Vec<Target> {
+    let mut out = Vec::with_capacity(targets.len());
+    if targets.len() > MAX_TARGETS {
+        ctx.err(path, format!("at most {MAX_TARGETS} targets"));
+    }
+    for (i, t) in targets.iter().enumerate() {
+        let tpath = format!("{path}[{i}]");
+        let Some(&stack) = env.stack_index.get(&t.stack) else {
+            ctx.err(format!("{tpath}.stack"), format!("unknown stack '{}'", t.stack));
+            continue;
+        };
+        if out.iter().any(|x: &Target| x.stack == stack) {
+            ctx.err(format!("{tpath}.stack"), format!("stack '{}' is listed twice", t.stack));
+            continue;
+        }
+        if residency & (1u64 << stack) == 0 {
+            ctx.err(format!("{tpath}.stack"), format!("stack '{}' is outside this route's residency", t.stack));
+        }
+        let weight = t.weight.unwrap_or(env.stacks[stack].weight);
+        if weight > 1_000_000 {
+            ctx.err(format!("{tpath}.weight"), "must be at most 1000000");
+        }
+        out.push(Target { stack, weight });
+    }
+    out
+}
+
+fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut Vec<String>, path: &str, r: &RouteDoc) -> Route {
+    let all = mask_of(env.stacks.len());
+    let (residency, residency_regions) = match &r.residency {
+        None => (all, None),
+        Some(list) => {
+            if list.is_empty() {
+                ctx.err(format!("{path}.residency"), "must name at least one region");
+            }
+            let mut ids = Vec::new();
+            for (i, name) in list.iter().enumerate() {
+                match regions.iter().position(|x| x == name) {
+                    Some(id) => ids.push(id as RegionId),
+                    None => ctx.err(format!("{path}.residency[{i}]"), format!("unknown region '{name}'")),
+                }
+            }
+            let mut mask = 0u64;
+            for (sid, s) in env.stacks.iter().enumerate() {
+                if ids.contains(&s.region) {
+                    mask |= 1u64 << sid;
+                }
+            }
+            (mask, Some(ids))
+        }
+    };
+    if r.targets.is_empty() {
+        ctx.err(format!("{path}.targets"), "at least one target is required");
+    }
+    let targets = compile_targets(ctx, env, &format!("{path}.targets"), &r.targets, residency);
+    if !targets.is_empty() && targets.iter().all(|t| t.weight == 0) {
+        ctx.err(format!("{path}.targets"), "total weight is zero");
+    }
+    let balance = match &r.balance {
+        BalanceDoc::Weighted => Balance::Weighted,
+        BalanceDoc::Hash { key } => {
+            match key {
+                HashKeyDoc::User if !env.has_user_key => {
+                    ctx.err(format!("{path}.balance.key"), "hashing on 'user' needs classify.user_key")
+                }
+                HashKeyDoc::Header(h) => check_header(ctx, &format!("{path}.balance.key.header"), h),
+                HashKeyDoc::Cookie(c) if !valid_cookie_name(c) => {
+                    ctx.err(format!("{path}.balance.key.cookie"), format!("'{c}' is not a valid cookie name"))
+                }
+                _ => {}
+            }
+            Balance::Hash {
+                key: key.clone(),
+                table: OnceLock::new(),
+            }
+        }
+    };
+    if let Some(ttl) = r.affinity_ttl_s {
+        if !r.affinity {
+            ctx.err(format!("{path}.affinity_ttl_s"), "set only when affinity is true");
+        } else if ttl == 0 || ttl > 30 * 86_400 {
+            ctx.err(format!("{path}.affinity_ttl_s"), "must be between 1 and 2592000 (30 days)");
+        }
+    }
+    let (fallback, local) = match &r.fallback {
+        None => (Vec::new(), LocalReply::default()),
+        Some(f) => {
+            let fb = compile_targets(ctx, env, &format!("{path}.fallback.targets"), &f.targets, residency);
+            if !fb.is_empty() && fb.iter().all(|t| t.weight == 0) {
+                ctx.err(format!("{path}.fallback.targets"), "total weight is zero");
+            }
+            let local = match &f.local {
+                None => LocalReply::default(),
+                Some(l) => {
+                    if !(500..=599).contains(&l.status) && l.status != 429 {
+                        ctx.err(format!("{path}.fallback.local.status"), "must be 429 or 5xx");
+                    }
+                    if l.retry_after_s > 86_400 {
+                        ctx.err(format!("{path}.fallback.local.retry_after_s"), "must be at most 86400");
+                    }
+                    LocalReply {
+                        status: l.status,
+                        retry_after_s: l.retry_after_s,
+                        message: l.message.clone().unwrap_or_else(|| LocalReply::default().message),
+                    }
+                }
+            };
+            (fb, local)
+        }
+    };
+    Route {
+        targets,
+        balance,
+        affinity_ttl_s: r.affinity.then(|| r.affinity_ttl_s.unwrap_or(env.affinity_ttl_s)),
+        residency,
+        residency_regions,
+        fallback,
+        local,
+    }
+}
+
+/// Whether every request `b` matches is also matched by `a`.
+fn subsumes(a: &Condition, b: &Condition) -> bool {
+    fn list<T: PartialEq>(a: &[T], b: &[T]) -> bool {
+        a.is_empty() || (!b.is_empty() && b.iter().all(|x| a.contains(x)))
+    }
+    fn prefixes(a: &[String], b: &[String]) -> bool {
+        a.is_empty() || (!b.is_empty() && b.iter().all(|x| a.iter().any(|p| x.starts_with(p.as_str()))))
+    }
+    let time = a.time.is_none();
+    let percent = match (a.percent, b.percent) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some((af, at)), Some((bf, bt))) => af <= bf && bt <= at,
+    };
+    list(&a.regions, &b.regions)
+        && list(&a.countries, &b.countries)
+        && list(&a.channels, &b.channels)
+        && list(&a.cohorts, &b.cohorts)
+        && list(&a.methods, &b.methods)
+        && prefixes(&a.path_prefixes, &b.path_prefixes)
+        && time
+        && percent
+}

@@ -1,0 +1,337 @@
+//! The decision pipeline (paper §5.2): classify → policy → health filter → balance →
+//! affinity. One `Router` per worker VM holds the compiled policy, the health view pushed
+//! by the control plane, the local circuit breakers and the round-robin state. Never
+//! panics and always decides: a stack, or the route's documented local reply.
+
+use std::sync::Arc;
+
+use crate::affinity::{set_cookie_header, Keyring, Verdict};
+use crate::breaker::{Breaker, State};
+use crate::balance::Swrr;
+use crate::classify::{classify, hash_found, Attributes, Found, Request};
+use crate::policy::{Balance, HashKeyDoc, LocalReply, Policy, Rule, StackId, Target};
+
+/// Health of every stack as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Weight factor in percent per stack id (100 = the policy's weights).
+    pub factor: Vec<u32>,
+    /// Bit per stack id: healthy.
+    pub healthy: u64,
+}
+
+impl Health {
+    /// Everything healthy at full weight.
+    pub fn all(stacks: usize) -> Self {
+        Self {
+            factor: vec![100; stacks],
+            healthy: crate::policy::mask_of(stacks),
+        }
+    }
+}
+
+/// How the stack of a decision was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// A valid affinity cookie named an eligible stack.
+    Sticky,
+    /// Weighted round-robin among the route's targets.
+    Weighted,
+    /// Consistent hash among the route's targets.
+    Hashed,
+    /// No target was eligible; chosen among the fallback targets.
+    Fallback,
+}
+
+impl How {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Sticky => "affinity",
+            How::Weighted => "weighted",
+            How::Hashed => "hash",
+            How::Fallback => "fallback",
+        }
+    }
+}
+
+/// What happened to the affinity cookie of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityEvent {
+    /// Affinity is off for the route.
+    Off,
+    /// A valid cookie kept the user on its stack.
+    Hit,
+    /// No cookie, or a valid cookie for a stack not eligible now: reassigned.
+    Miss,
+    /// Bad signature, malformed, repeated or signed with an unknown key.
+    Forged,
+    Expired,
+    /// Authentic but from an older affinity epoch.
+    Stale,
+}
+
+/// The routing decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stack { id: StackId, how: How },
+    Local(LocalReply),
+}
+
+/// A full decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Index of the matched rule in [`Policy::rules`].
+    pub rule: usize,
+    pub outcome: Outcome,
+    /// `Set-Cookie` value to send with the response.
+    pub set_cookie: Option<String>,
+    pub affinity: AffinityEvent,
+    /// A routing-relevant header or cookie was repeated.
+    pub hostile: bool,
+}
+
+/// Per-worker routing state.
+#[derive(Debug)]
+pub struct Router {
+    policy: Arc<Policy>,
+    health: Health,
+    breakers: Vec<Breaker>,
+    /// Round-robin state per rule: (targets, fallback).
+    swrr: Vec<(Swrr, Swrr)>,
+    keys: Option<Keyring>,
+}
+
+impl Router {
+    pub fn new(policy: Arc<Policy>, keys: Option<Keyring>) -> Self {
+        let n = policy.stacks.len();
+        let swrr = policy
+            .rules
+            .iter()
+            .map(|r| (Swrr::new(r.route.targets.len()), Swrr::new(r.route.fallback.len())))
+            .collect();
+        Self {
+            health: Health::all(n),
+            breakers: vec![Breaker::default(); n],
+            swrr,
+            keys,
+            policy,
+        }
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    pub fn has_keys(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// Swap in a new policy. Breaker state follows stacks by name; health resets to
+    /// all-healthy until the next health update.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        let mut next = Router::new(policy, self.keys.take());
+        for (id, stack) in next.policy.stacks.iter().enumerate() {
+            if let Some(old) = self.policy.stack_id(&stack.name) {
+                if let (Some(slot), Some(b)) = (next.breakers.get_mut(id), self.breakers.get(old)) {
+                    *slot = b.clone();
+                }
+            }
+        }
+        *self = next;
+    }
+
+    /// Apply health by stack name: `(name, weight factor percent, healthy)`. Stacks not
+    /// listed keep full weight and health.
+    pub fn set_health<'n>(&mut self, entries: impl IntoIterator<Item = (&'n str, u32, bool)>) {
+        let mut h = Health::all(self.policy.stacks.len());
+        for (name, factor, healthy) in entries {
+            if let Some(id) = self.policy.stack_id(name) {
+                h.factor[id] = factor.min(100);
+                if !healthy {
+                    h.healthy &= !(1u64 << id);
+                }
+            }
+        }
+        self.health = h;
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Breaker state of a stack.
+    pub fn breaker_state(&mut self, id: StackId, now_ms: u64) -> State {
+        let cfg = &self.policy.breaker;
+        self.breakers.get_mut(id).map_or(State::Closed, |b| b.state(cfg, now_ms))
+    }
+
+    /// Record the outcome of a request sent to `id`: `status` is the response code, or
+    /// `None` when the stream ended without a response. Returns a breaker state change.
+    pub fn record(&mut self, id: StackId, status: Option<u32>, now_ms: u64) -> Option<State> {
+        let ok = matches!(status, Some(s) if (100..500).contains(&s));
+        let cfg = &self.policy.breaker;
+        self.breakers.get_mut(id)?.record(cfg, now_ms, ok)
+    }
+
+    /// Decide where a request goes.
+    pub fn decide(&mut self, req: &Request) -> Decision {
+        let policy = Arc::clone(&self.policy);
+        let attrs = classify(&policy, req);
+        let rule_index = policy
+            .rules
+            .iter()
+            .position(|r| matches(r, &attrs, req.now_ms, &policy))
+            .unwrap_or(policy.rules.len().saturating_sub(1));
+        let mut hostile = attrs.hostile;
+        let Some(rule) = policy.rules.get(rule_index) else {
+            // Unreachable with a compiled policy (the default rule always exists).
+            return Decision {
+                rule: 0,
+                outcome: Outcome::Local(LocalReply::default()),
+                set_cookie: None,
+                affinity: AffinityEvent::Off,
+                hostile,
+            };
+        };
+        let route = &rule.route;
+
+        // Health filtering: control-plane health, local breakers, residency.
+        let eligible = self.eligible_mask(req.now_ms) & route.residency;
+        let factor = |s: StackId| self.health.factor.get(s).copied().unwrap_or(0);
+        let usable = |ts: &[Target]| -> u64 {
+            ts.iter()
+                .filter(|t| eligible & (1u64 << t.stack) != 0 && t.weight > 0 && factor(t.stack) > 0)
+                .fold(0u64, |m, t| m | (1u64 << t.stack))
+        };
+        let primary = usable(&route.targets);
+        let (active, in_fallback) = if primary != 0 {
+            (primary, false)
+        } else {
+            (usable(&route.fallback), true)
+        };
+
+        // Affinity.
+        let now_s = req.now_ms / 1000;
+        let mut affinity = AffinityEvent::Off;
+        let mut sticky: Option<(StackId, u64)> = None;
+        if let (Some(_), Some(keys)) = (route.affinity_ttl_s, &self.keys) {
+            affinity = AffinityEvent::Miss;
+            match req.cookie(&policy.affinity.cookie) {
+                Found::One(value) => match keys.verify(value, policy.affinity.epoch, now_s) {
+                    Verdict::Valid { stack, expiry_s } => {
+                        if let Some(id) = policy.stack_id(stack).filter(|id| active & (1u64 << id) != 0) {
+                            sticky = Some((id, expiry_s));
+                            affinity = AffinityEvent::Hit;
+                        }
+                    }
+                    Verdict::Forged | Verdict::UnknownKey => affinity = AffinityEvent::Forged,
+                    Verdict::Expired => affinity = AffinityEvent::Expired,
+                    Verdict::Stale => affinity = AffinityEvent::Stale,
+                },
+                Found::Repeated => {
+                    hostile = true;
+                    affinity = AffinityEvent::Forged;
+                }
+                Found::Absent => {}
+            }
+        }
+
+        let choice: Option<(StackId, How)> = if let Some((id, _)) = sticky {
+            Some((id, How::Sticky))
+        } else if active == 0 {
+            None
+        } else if in_fallback {
+            let (_, fb) = &mut self.swrr[rule_index];
+            fb.pick(&route.fallback, active, factor).map(|i| (route.fallback[i].stack, How::Fallback))
+        } else {
+            self.balance(rule_index, rule, &attrs, req, active, &mut hostile)
+        };
+
+        let Some((id, how)) = choice else {
+            return Decision {
+                rule: rule_index,
+                outcome: Outcome::Local(route.local.clone()),
+                set_cookie: None,
+                affinity: if affinity == AffinityEvent::Off { AffinityEvent::Off } else { AffinityEvent::Miss },
+                hostile,
+            };
+        };
+        let cfg = &policy.breaker;
+        if let Some(b) = self.breakers.get_mut(id) {
+            b.on_pick(cfg, req.now_ms);
+        }
+
+        // Issue a cookie on a new assignment, or refresh one past half its life.
+        let set_cookie = match (route.affinity_ttl_s, &self.keys) {
+            (Some(ttl), Some(keys)) => {
+                let refresh = match sticky {
+                    Some((_, expiry_s)) => expiry_s.saturating_sub(now_s) < ttl / 2,
+                    None => true,
+                };
+                refresh.then(|| {
+                    let value = keys.sign(&policy.stacks[id].name, policy.affinity.epoch, now_s + ttl);
+                    set_cookie_header(&policy.affinity.cookie, &value, ttl, policy.affinity.secure)
+                })
+            }
+            _ => None,
+        };
+
+        Decision {
+            rule: rule_index,
+            outcome: Outcome::Stack { id, how },
+            set_cookie,
+            affinity,
+            hostile,
+        }
+    }
+
+    fn eligible_mask(&mut self, now_ms: u64) -> u64 {
+        let cfg = &self.policy.breaker;
+        let mut mask = self.health.healthy;
+        for (id, b) in self.breakers.iter_mut().enumerate() {
+            if !b.available(cfg, now_ms) {
+                mask &= !(1u64 << id);
+            }
+        }
+        mask
+    }
+
+    fn balance(
+        &mut self,
+        rule_index: usize,
+        rule: &Rule,
+        attrs: &Attributes,
+        req: &Request,
+        active: u64,
+        hostile: &mut bool,
+    ) -> Option<(StackId, How)> {
+        let route = &rule.route;
+        if let Balance::Hash { key, .. } = &route.balance {
+            let key_hash = match key {
+                HashKeyDoc::User => attrs.user_key,
+                HashKeyDoc::ClientIp => req.ip_hash(),
+                HashKeyDoc::Header(h) => hash_found(req.header(h), hostile),
+                HashKeyDoc::Cookie(c) => hash_found(req.cookie(c), hostile),
+            };
+            if let (Some(k), Some(table)) = (key_hash, route.hash_table()) {
+                return table.pick(&route.targets, k, active).map(|i| (route.targets[i].stack, How::Hashed));
+            }
+            // No key: fall through to weighted round-robin.
+        }
+        let factor = |s: StackId| self.health.factor.get(s).copied().unwrap_or(0);
+        let (rr, _) = &mut self.swrr[rule_index];
+        rr.pick(&route.targets, active, factor).map(|i| (route.targets[i].stack, How::Weighted))
+    }
+}
+
+fn matches(rule: &Rule, a: &Attributes, now_ms: u64, policy: &Policy) -> bool {
+    let c = &rule.cond;
+    (c.regions.is_empty() || a.region.is_some_and(|r| c.regions.contains(&r)))
+        && (c.countries.is_empty() || a.country.is_some_and(|cc| c.countries.iter().any(|x| x.as_bytes() == cc)))
+        && (c.channels.is_empty() || c.channels.contains(&a.channel))
+        && (c.cohorts.is_empty() || a.cohort.is_some_and(|co| c.cohorts.iter().any(|x| x.as_bytes() == co)))
+        && (c.path_prefixes.is_empty() || c.path_prefixes.iter().any(|p| a.path.starts_with(p.as_bytes())))
+        && (c.methods.is_empty() || c.methods.iter().any(|m| m.as_bytes().eq_ignore_ascii_case(a.method)))
+        && (c.percent.is_none() || matches!((c.percent, a.bucket), (Some((from, to)), Some(b)) if from <= b && b < to))
+        && (c.time.is_none() || (policy.uses_time && c.time.as_ref().is_some_and(|t| t.contains(now_ms))))
+}
