@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -25,8 +25,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> bool {
     let mut http = http1::Builder::new();
-    // The timer lets hyper enforce its header-read timeout on idle or slow clients.
-    http.timer(TokioTimer::new()).keep_alive(true);
+    // hyper's header-read timeout (30 s by default) also runs while a kept-alive
+    // connection sits idle, so it would close Envoy's pooled connections under it
+    // and race with new requests (503s in SLO tests). Envoy owns idle timeouts here.
+    http.keep_alive(true).header_read_timeout(None);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
