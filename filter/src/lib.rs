@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod cidr;
 pub mod classify;
 pub mod hash;
+pub mod headers;
 pub mod policy;
 pub mod router;
 pub mod schedule;

@@ -1,0 +1,217 @@
+//! Switchyard's metrics in Envoy's stats (`/stats`, `/stats/prometheus`). Counters are
+//! accumulated in the VM and flushed to the host once a second (the root context's tick):
+//! one host call per counter per second instead of several per request. The latency
+//! histogram and breaker gauges go to the host directly.
+//!
+//! Names: `switchyard.stack.<stack>.<metric>`, `switchyard.rule.<rule>.matched` and
+//! `switchyard.<metric>`; Envoy prefixes them with `wasmcustom.`, and the bootstrap's
+//! `stats_tags` turn the stack and rule into Prometheus labels.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::breaker::State;
+use crate::policy::{Policy, StackId};
+use crate::router::{AffinityEvent, Decision, How, Outcome};
+
+const NO_METRIC: u32 = u32::MAX;
+
+/// Per-stack counters, in this order.
+#[derive(Clone, Copy)]
+enum StackCounter {
+    Requests = 0,
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    Reset,
+    AffinityHit,
+    AffinityMiss,
+    BreakerOpened,
+    Fallback,
+}
+const STACK_COUNTERS: [&str; 10] = [
+    "rq_total",
+    "rq_2xx",
+    "rq_3xx",
+    "rq_4xx",
+    "rq_5xx",
+    "rq_reset",
+    "affinity_hit",
+    "affinity_miss",
+    "breaker_opened",
+    "fallback_routed",
+];
+
+#[derive(Clone, Copy)]
+enum GlobalCounter {
+    AffinityForged = 0,
+    AffinityExpired,
+    AffinityStale,
+    Hostile,
+    Spoofed,
+    LocalReplies,
+    FilterErrors,
+}
+const GLOBAL_COUNTERS: [&str; 7] = [
+    "affinity_forged",
+    "affinity_expired",
+    "affinity_stale",
+    "hostile_requests",
+    "spoofed_headers_removed",
+    "local_replies",
+    "filter_errors",
+];
+
+/// Metric ids and pending counter increments of one VM.
+pub struct Metrics {
+    counter_ids: Vec<u32>,
+    pending: Vec<i64>,
+    stacks: usize,
+    rules: usize,
+    latency: Vec<u32>,
+    breaker: Vec<u32>,
+}
+
+fn define(kind: MetricType, name: &str) -> u32 {
+    hostcalls::define_metric(kind, name).unwrap_or(NO_METRIC)
+}
+
+impl Metrics {
+    /// Define every metric of a policy with the host.
+    pub fn define(policy: &Policy) -> Self {
+        let mut counter_ids = Vec::new();
+        for s in &policy.stacks {
+            for c in STACK_COUNTERS {
+                counter_ids.push(define(MetricType::Counter, &format!("switchyard.stack.{}.{c}", s.name)));
+            }
+        }
+        for r in &policy.rules {
+            counter_ids.push(define(MetricType::Counter, &format!("switchyard.rule.{}.matched", r.id)));
+        }
+        for c in GLOBAL_COUNTERS {
+            counter_ids.push(define(MetricType::Counter, &format!("switchyard.{c}")));
+        }
+        let latency = policy
+            .stacks
+            .iter()
+            .map(|s| define(MetricType::Histogram, &format!("switchyard.stack.{}.latency_ms", s.name)))
+            .collect();
+        let breaker = policy
+            .stacks
+            .iter()
+            .map(|s| define(MetricType::Gauge, &format!("switchyard.stack.{}.breaker_state", s.name)))
+            .collect();
+        let pending = vec![0; counter_ids.len()];
+        Self {
+            counter_ids,
+            pending,
+            stacks: policy.stacks.len(),
+            rules: policy.rules.len(),
+            latency,
+            breaker,
+        }
+    }
+
+    fn bump(&mut self, index: usize) {
+        if let Some(p) = self.pending.get_mut(index) {
+            *p += 1;
+        }
+    }
+
+    fn stack(&mut self, id: StackId, c: StackCounter) {
+        if id < self.stacks {
+            self.bump(id * STACK_COUNTERS.len() + c as usize);
+        }
+    }
+
+    fn global(&mut self, c: GlobalCounter) {
+        self.bump(self.stacks * STACK_COUNTERS.len() + self.rules + c as usize);
+    }
+
+    /// Count a decision.
+    pub fn decision(&mut self, d: &Decision) {
+        if d.rule < self.rules {
+            self.bump(self.stacks * STACK_COUNTERS.len() + d.rule);
+        }
+        if d.hostile {
+            self.global(GlobalCounter::Hostile);
+        }
+        match d.affinity {
+            AffinityEvent::Forged => self.global(GlobalCounter::AffinityForged),
+            AffinityEvent::Expired => self.global(GlobalCounter::AffinityExpired),
+            AffinityEvent::Stale => self.global(GlobalCounter::AffinityStale),
+            _ => {}
+        }
+        match d.outcome {
+            Outcome::Stack { id, how } => {
+                match d.affinity {
+                    AffinityEvent::Hit => self.stack(id, StackCounter::AffinityHit),
+                    AffinityEvent::Off => {}
+                    _ => self.stack(id, StackCounter::AffinityMiss),
+                }
+                if how == How::Fallback {
+                    self.stack(id, StackCounter::Fallback);
+                }
+            }
+            Outcome::Local(_) => self.global(GlobalCounter::LocalReplies),
+        }
+    }
+
+    /// Count a response from a stack (`None`: the stream ended without one).
+    pub fn response(&mut self, id: StackId, status: Option<u32>, latency_ms: u64) {
+        self.stack(id, StackCounter::Requests);
+        let class = match status {
+            Some(200..=299) => StackCounter::Status2xx,
+            Some(300..=399) => StackCounter::Status3xx,
+            Some(400..=499) => StackCounter::Status4xx,
+            Some(_) => StackCounter::Status5xx,
+            None => StackCounter::Reset,
+        };
+        self.stack(id, class);
+        if status.is_some() {
+            if let Some(&h) = self.latency.get(id) {
+                if h != NO_METRIC {
+                    let _ = hostcalls::record_metric(h, latency_ms);
+                }
+            }
+        }
+    }
+
+    /// Publish a breaker state change.
+    pub fn breaker_state(&mut self, id: StackId, state: State) {
+        if state == State::Open {
+            self.stack(id, StackCounter::BreakerOpened);
+        }
+        if let Some(&g) = self.breaker.get(id) {
+            if g != NO_METRIC {
+                let _ = hostcalls::record_metric(g, state.gauge() as u64);
+            }
+        }
+    }
+
+    pub fn spoofed_header(&mut self) {
+        self.global(GlobalCounter::Spoofed);
+    }
+
+    pub fn filter_error(&mut self) {
+        self.global(GlobalCounter::FilterErrors);
+    }
+
+    /// Send accumulated counter increments to the host.
+    pub fn flush(&mut self) {
+        for (p, &id) in self.pending.iter_mut().zip(&self.counter_ids) {
+            if *p != 0 && id != NO_METRIC {
+                let _ = hostcalls::increment_metric(id, *p);
+            }
+            *p = 0;
+        }
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        // A policy swap replaces the metrics: do not lose what was counted.
+        self.flush();
+    }
+}

@@ -1,0 +1,329 @@
+//! The proxy-wasm adapter: binds the pure routing core to Envoy. It reads what the core
+//! needs from the host, applies the decision (routing header or local reply), sets the
+//! affinity cookie and records outcomes and metrics. It must never trap: every host call
+//! result is handled, and when the host misbehaves the request still gets a decision.
+#![allow(unsafe_code)]
+
+mod abi;
+mod metrics;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+
+use crate::affinity::{Keyring, KEYS_ENV};
+use crate::classify::Request;
+use crate::headers::parse_pairs;
+use crate::policy::{validate_bytes, Policy, StackId};
+use crate::router::{AffinityEvent, Decision, How, Outcome, Router};
+use metrics::Metrics;
+
+/// Request header carrying the chosen stack; Envoy's route table maps it to a cluster.
+pub const STACK_HEADER: &str = "x-switchyard-stack";
+/// Optional response header explaining the decision.
+pub const DECISION_HEADER: &str = "x-switchyard-decision";
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Per-VM state shared by the root context and its HTTP contexts.
+struct Shared {
+    router: Router,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<RefCell<Shared>>>,
+    keys: Option<Keyring>,
+    keys_checked: bool,
+}
+
+impl Root {
+    fn load_keys(&mut self) {
+        if self.keys_checked {
+            return;
+        }
+        self.keys_checked = true;
+        match std::env::var(KEYS_ENV) {
+            Ok(spec) => match Keyring::parse(&spec) {
+                Ok(k) => {
+                    info!("switchyard: affinity keys loaded (signing key id '{}')", k.current_kid());
+                    self.keys = Some(k);
+                }
+                Err(e) => error!("switchyard: {KEYS_ENV} is invalid ({e}); affinity cookies are disabled"),
+            },
+            Err(_) => warn!("switchyard: {KEYS_ENV} is not set in the VM environment; affinity cookies are disabled"),
+        }
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _: usize) -> bool {
+        self.load_keys();
+        true
+    }
+
+    fn on_configure(&mut self, _: usize) -> bool {
+        self.load_keys();
+        let config = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let validated = match validate_bytes(&config) {
+            Ok(v) => v,
+            Err(invalid) => {
+                for e in &invalid.errors {
+                    error!("switchyard: invalid policy in plugin configuration: {e}");
+                }
+                return false;
+            }
+        };
+        for w in &validated.warnings {
+            warn!("switchyard: policy warning: {w}");
+        }
+        let policy = Arc::new(validated.policy);
+        info!(
+            "switchyard: policy '{}' loaded: {} stacks, {} rules",
+            policy.name.as_deref().unwrap_or("unnamed"),
+            policy.stacks.len(),
+            policy.rules.len()
+        );
+        match &self.shared {
+            Some(shared) => {
+                let mut s = shared.borrow_mut();
+                s.metrics = Metrics::define(&policy);
+                s.router.set_policy(policy);
+            }
+            None => {
+                let metrics = Metrics::define(&policy);
+                let router = Router::new(policy, self.keys.clone());
+                self.shared = Some(Rc::new(RefCell::new(Shared { router, metrics })));
+            }
+        }
+        let _ = hostcalls::set_tick_period(Duration::from_millis(1000));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            let mut s = shared.borrow_mut();
+            let now = now_ms();
+            let Shared { router, metrics } = &mut *s;
+            metrics.flush();
+            for id in 0..router.policy().stacks.len() {
+                let state = router.breaker_state(id, now);
+                metrics.breaker_state(id, state);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Flow {
+            shared: self.shared.clone(),
+            policy: None,
+            stack: None,
+            started_ms: 0,
+            set_cookie: None,
+            decision: None,
+            responded: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One HTTP stream.
+struct Flow {
+    shared: Option<Rc<RefCell<Shared>>>,
+    /// Policy the decision was made under (stack ids are only meaningful with it).
+    policy: Option<Arc<Policy>>,
+    stack: Option<StackId>,
+    started_ms: u64,
+    set_cookie: Option<String>,
+    decision: Option<String>,
+    responded: bool,
+}
+
+impl Context for Flow {}
+
+impl Flow {
+    fn decide(&mut self, shared: &mut Shared) -> Decision {
+        let now = now_ms();
+        self.started_ms = now;
+        let raw = abi::header_map(MapType::HttpRequestHeaders);
+        let pairs = raw.as_deref().and_then(parse_pairs);
+        if pairs.is_none() {
+            shared.metrics.filter_error();
+        }
+        let pairs = pairs.unwrap_or_default();
+
+        // Client-supplied internal headers never reach the decision or the upstream.
+        for internal in [STACK_HEADER, DECISION_HEADER] {
+            if pairs.iter().any(|(n, _)| *n == internal.as_bytes()) {
+                shared.metrics.spoofed_header();
+                if hostcalls::set_map_value(MapType::HttpRequestHeaders, internal, None).is_err() {
+                    shared.metrics.filter_error();
+                }
+            }
+        }
+        let source = if shared.router.policy().classify.cidrs.is_empty() && !uses_client_ip(shared.router.policy()) {
+            None
+        } else {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| crate::cidr::parse_socket_address(&s))
+        };
+        let req = Request {
+            headers: &pairs,
+            source,
+            now_ms: now,
+        };
+        shared.router.decide(&req)
+    }
+}
+
+fn uses_client_ip(p: &Policy) -> bool {
+    use crate::policy::{Balance, HashKeyDoc, KeyDoc};
+    p.classify.user_key.contains(&KeyDoc::ClientIp)
+        || p.rules.iter().any(|r| matches!(&r.route.balance, Balance::Hash { key: HashKeyDoc::ClientIp, .. }))
+}
+
+impl HttpContext for Flow {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            // No policy configured yet: leave routing to Envoy's default route.
+            return Action::Continue;
+        };
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        let decision = self.decide(s);
+        let policy = Arc::clone(s.router.policy());
+        let rule_id = policy.rules.get(decision.rule).map_or("default", |r| r.id.as_str());
+        s.metrics.decision(&decision);
+        match &decision.outcome {
+            Outcome::Stack { id, how } => {
+                let name = policy.stacks.get(*id).map_or("", |st| st.name.as_str());
+                if hostcalls::set_map_value(MapType::HttpRequestHeaders, STACK_HEADER, Some(name)).is_err() {
+                    s.metrics.filter_error();
+                }
+                if policy.debug_header {
+                    self.decision = Some(format!("rule={rule_id}; stack={name}; reason={}{}", how.as_str(), affinity_note(decision.affinity, *how)));
+                }
+                self.stack = Some(*id);
+                self.set_cookie = decision.set_cookie;
+                self.policy = Some(policy);
+                Action::Continue
+            }
+            Outcome::Local(reply) => {
+                let body = format!(
+                    "{{\"error\":\"no_eligible_stack\",\"rule\":{},\"message\":{},\"retry_after_s\":{}}}",
+                    json_string(rule_id),
+                    json_string(&reply.message),
+                    reply.retry_after_s
+                );
+                let retry = reply.retry_after_s.to_string();
+                let decision_header = format!("rule={rule_id}; reason=no_eligible_stack");
+                let mut headers = vec![("content-type", "application/json"), ("retry-after", retry.as_str())];
+                if policy.debug_header {
+                    headers.push((DECISION_HEADER, decision_header.as_str()));
+                }
+                if hostcalls::send_http_response(u32::from(reply.status), headers, Some(body.as_bytes())).is_err() {
+                    s.metrics.filter_error();
+                    return Action::Continue;
+                }
+                self.responded = true;
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let (Some(shared), Some(stack)) = (self.shared.clone(), self.stack) else {
+            return Action::Continue;
+        };
+        self.responded = true;
+        if let Some(cookie) = self.set_cookie.take() {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie);
+        }
+        if let Some(d) = self.decision.take() {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, DECISION_HEADER, Some(&d));
+        }
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u32>().ok());
+        let now = now_ms();
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        if self.same_policy(s) {
+            if let Some(state) = s.router.record(stack, status, now) {
+                let name = s.router.policy().stacks.get(stack).map_or("?", |st| st.name.as_str());
+                warn!("switchyard: circuit breaker of stack '{name}' is now {state:?}");
+                s.metrics.breaker_state(stack, state);
+            }
+            s.metrics.response(stack, status, now.saturating_sub(self.started_ms));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.responded {
+            return;
+        }
+        // The stream ended without response headers: a reset or a timeout of the upstream.
+        let (Some(shared), Some(stack)) = (self.shared.clone(), self.stack) else {
+            return;
+        };
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        if self.same_policy(s) {
+            if let Some(state) = s.router.record(stack, None, now_ms()) {
+                s.metrics.breaker_state(stack, state);
+            }
+            s.metrics.response(stack, None, 0);
+        }
+    }
+}
+
+impl Flow {
+    fn same_policy(&self, s: &Shared) -> bool {
+        self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, s.router.policy()))
+    }
+}
+
+fn affinity_note(event: AffinityEvent, how: How) -> &'static str {
+    match (event, how) {
+        (_, How::Sticky) | (AffinityEvent::Off, _) => "",
+        (AffinityEvent::Miss, _) | (AffinityEvent::Hit, _) => "; affinity=new",
+        (AffinityEvent::Forged, _) => "; affinity=forged",
+        (AffinityEvent::Expired, _) => "; affinity=expired",
+        (AffinityEvent::Stale, _) => "; affinity=stale",
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
