@@ -41,24 +41,15 @@ pub struct FaultUpdate {
 }
 
 /// Why a fault setting was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidFault {
     /// `error_rate` was not a finite number in `0..=1`.
+    #[error("error_rate: must be a number between 0 and 1")]
     ErrorRate,
     /// `latency_ms` exceeded [`MAX_LATENCY_MS`].
+    #[error("latency_ms: must be at most {MAX_LATENCY_MS}")]
     LatencyMs,
 }
-
-impl std::fmt::Display for InvalidFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::ErrorRate => f.write_str("error_rate: must be a number between 0 and 1"),
-            Self::LatencyMs => write!(f, "latency_ms: must be at most {MAX_LATENCY_MS}"),
-        }
-    }
-}
-
-impl std::error::Error for InvalidFault {}
 
 /// Checks an error rate given by flag or admin request.
 pub fn validate_error_rate(rate: f64) -> Result<f64, InvalidFault> {

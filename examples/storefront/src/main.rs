@@ -4,6 +4,11 @@
 //! `listening on` line that harnesses wait for.
 
 #![forbid(unsafe_code)]
+// Request paths answer errors, they never panic; tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 mod faults;
 mod routes;
@@ -27,7 +32,7 @@ use crate::routes::Shop;
 #[command(name = "switchyard-storefront", version, about)]
 struct Args {
     /// Stack name, sent in `x-served-by` and every JSON body (e.g. blue, canary).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_name)]
     name: String,
     /// TCP port to listen on; 0 picks a free one (printed on stdout).
     #[arg(long, default_value_t = 0)]
@@ -47,6 +52,15 @@ struct Args {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    hyper::header::HeaderValue::from_str(s)
+        .map_err(|_| "must be printable text without control characters")?;
+    Ok(s.to_owned())
 }
 
 fn parse_error_rate(s: &str) -> Result<f64, String> {

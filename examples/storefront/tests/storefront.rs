@@ -379,24 +379,29 @@ fn bad_admin_input_is_400_and_changes_nothing() {
             "{body:?}"
         );
     }
+    let huge = format!(r#"{{"healthy": false, "pad": "{}"}}"#, "x".repeat(100_000));
+    assert_eq!(s.post("/admin/faults", &huge).status, 413);
     assert_eq!(s.get("/admin/faults").json(), before);
 }
 
 #[test]
 fn bad_flags_are_refused() {
-    for extra in [
-        &["--error-rate", "2"][..],
-        &["--workers", "0"],
-        &["--port", "70000"],
+    for args in [
+        &["--name", "x", "--error-rate", "2"][..],
+        &["--name", "x", "--workers", "0"],
+        &["--name", "x", "--port", "70000"],
+        &["--name", "x", "--latency-ms", "60001"],
+        &["--name", ""],
+        &["--name", "bad\nname"],
+        &["--port", "0"],
     ] {
         let status = Command::new(env!("CARGO_BIN_EXE_switchyard-storefront"))
-            .args(["--name", "x"])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("run");
-        assert_eq!(status.code(), Some(2), "{extra:?}");
+        assert_eq!(status.code(), Some(2), "{args:?}");
     }
 }
 
