@@ -1,0 +1,241 @@
+//! Server configuration: defaults, then the config file (TOML), then flags.
+//!
+//! Paths in the config file are relative to the file's own directory; paths given as
+//! flags are relative to the working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::grpc::WatchSettings;
+
+pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:18080";
+pub const DEFAULT_DATA_DIR: &str = "switchyard-data";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where versions are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded, crash-safe database in the data directory (default).
+    Redb,
+    /// In memory: lost on exit. For tests and demos only.
+    Memory,
+}
+
+/// Flags of `switchyard-control serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Config file (TOML). Flags override it.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory of the store [default: ./switchyard-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Store backend [default: redb].
+    #[arg(long, value_enum)]
+    pub store: Option<StoreKind>,
+    /// gRPC listen address (port 0 = any free port) [default: 127.0.0.1:18000].
+    #[arg(long)]
+    pub grpc: Option<SocketAddr>,
+    /// HTTP listen address [default: 127.0.0.1:18080].
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Do not serve HTTP.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Policy applied as the first version when the store is empty.
+    #[arg(long)]
+    pub bootstrap_policy: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `switchyard_control=debug` [default: info; RUST_LOG wins].
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// The config file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub store: Option<StoreKind>,
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    /// `false` disables HTTP.
+    pub http_enabled: Option<bool>,
+    pub bootstrap_policy: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    /// How long a new Watch stream may take to send its first message.
+    pub watch_first_message_timeout_ms: Option<u64>,
+    /// How long graceful shutdown may take before the process exits anyway.
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub store: StoreKind,
+    pub grpc: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub bootstrap_policy: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub watch: WatchSettings,
+    pub shutdown_grace: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults for an in-process server in `data_dir` on ephemeral ports (tests).
+    pub fn ephemeral(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            store: StoreKind::Redb,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            bootstrap_policy: None,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            watch: WatchSettings::default(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+/// Resolve flags over the config file over defaults.
+pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
+    let (file, base) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.clone(),
+                source,
+            })?;
+            let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (file, base)
+        }
+        None => (FileConfig::default(), PathBuf::new()),
+    };
+    let from_file = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+    let default_addr = |s: &str| {
+        s.parse::<SocketAddr>()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    };
+    let http_enabled = !args.no_http && file.http_enabled.unwrap_or(true);
+    let mut watch = WatchSettings::default();
+    if let Some(ms) = file.watch_first_message_timeout_ms {
+        watch.first_message_timeout = Duration::from_millis(ms);
+    }
+    Ok(ServeConfig {
+        data_dir: args
+            .data_dir
+            .clone()
+            .or_else(|| from_file(&file.data_dir))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        store: args.store.or(file.store).unwrap_or(StoreKind::Redb),
+        grpc: args
+            .grpc
+            .or(file.grpc)
+            .unwrap_or_else(|| default_addr(DEFAULT_GRPC)),
+        http: http_enabled.then(|| {
+            args.http
+                .or(file.http)
+                .unwrap_or_else(|| default_addr(DEFAULT_HTTP))
+        }),
+        bootstrap_policy: args
+            .bootstrap_policy
+            .clone()
+            .or_else(|| from_file(&file.bootstrap_policy)),
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+        log_level: args
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into()),
+        watch,
+        shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(5_000)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bind_localhost() {
+        let c = resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.grpc.to_string(), DEFAULT_GRPC);
+        assert_eq!(c.http.unwrap().to_string(), DEFAULT_HTTP);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.store, StoreKind::Redb);
+    }
+
+    #[test]
+    fn flags_override_file_and_file_paths_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"data\"\ngrpc = \"127.0.0.1:19000\"\nhttp = \"127.0.0.1:19080\"\n\
+             bootstrap_policy = \"p.json\"\nlog_format = \"json\"\nwatch_first_message_timeout_ms = 500\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            grpc: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = resolve(&args).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.bootstrap_policy.unwrap(), dir.path().join("p.json"));
+        assert_eq!(c.grpc.port(), 0);
+        assert_eq!(c.http.unwrap().port(), 19080);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.watch.first_message_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "grcp = \"127.0.0.1:1\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
+    }
+}

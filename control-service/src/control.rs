@@ -1,0 +1,630 @@
+//! The desired routing state and every change to it.
+//!
+//! Each change (policy apply or rollback, any stack operation) is validated, turned into
+//! the next numbered version, committed durably to the [`Store`], and only then made
+//! current and published to every Watch stream. Changes are serialised by one writer
+//! lock, so versions are gapless and each one is complete. Nothing changes on error.
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{watch, Mutex};
+
+use crate::fleet::Fleet;
+use crate::model::{now_unix_ms, policy_digest, ChangeKind, StackRuntime, VersionRecord};
+use crate::proto;
+use crate::store::{Store, StoreError};
+use crate::validate::{self, Accepted, Issue};
+
+/// Errors of control operations; the gRPC layer maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid policy: {}", join_issues(.0))]
+    InvalidPolicy(Vec<Issue>),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+fn join_issues(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(Issue::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The state in force: the newest committed version and its policy document.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub record: VersionRecord,
+    pub policy_json: Arc<str>,
+}
+
+/// Who asks for a change, and why (kept in the audit record).
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub actor: String,
+    pub comment: String,
+}
+
+/// A stack operation.
+#[derive(Debug, Clone)]
+pub enum StackOp {
+    SetWeight { percent: u32, reason: String },
+    Drain { reason: String },
+    Undrain { reason: String },
+    MarkUnhealthy { reason: String },
+    MarkHealthy { reason: String },
+    Register { endpoint: String },
+    Deregister { reason: String },
+}
+
+/// Result of a change request.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The new version, or the current one when nothing changed.
+    pub record: VersionRecord,
+    pub changed: bool,
+    pub warnings: Vec<Issue>,
+}
+
+/// Snapshots as streams send them: `None` until a first policy exists.
+pub type Published = Option<Arc<proto::v1::Snapshot>>;
+
+/// The control core, shared by the gRPC and HTTP front ends.
+pub struct Control {
+    store: Arc<dyn Store>,
+    /// Serialises changes: read current, commit next, publish.
+    writer: Mutex<()>,
+    current: RwLock<Option<Arc<Current>>>,
+    snapshots: watch::Sender<Published>,
+    fleet: Fleet,
+    started_unix_ms: u64,
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, ControlError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ControlError::Task(e.to_string()))?
+        .map_err(ControlError::from)
+}
+
+impl Control {
+    /// Open on a store, restoring the newest version it holds.
+    pub async fn open(store: Arc<dyn Store>) -> Result<Arc<Self>, ControlError> {
+        let s = store.clone();
+        let current = blocking(move || {
+            let Some(record) = s.latest()? else {
+                return Ok(None);
+            };
+            let policy = s
+                .policy(record.policy_version)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    version: record.version,
+                    message: format!("policy of version {} is missing", record.policy_version),
+                })?;
+            Ok(Some(Current {
+                record,
+                policy_json: policy.into(),
+            }))
+        })
+        .await?;
+        if let Some(c) = &current {
+            // A newer filter may be stricter than the one that accepted this policy. Keep
+            // serving it (it is what every Envoy runs) but say so.
+            if let Err(errors) = validate::check(&c.policy_json) {
+                tracing::warn!(
+                    version = c.record.version,
+                    errors = %join_issues(&errors),
+                    "restored policy no longer passes validation; serving it until replaced"
+                );
+            }
+            tracing::info!(
+                version = c.record.version,
+                policy_version = c.record.policy_version,
+                "restored state"
+            );
+        }
+        let current = current.map(Arc::new);
+        let (snapshots, _) =
+            watch::channel(current.as_deref().map(|c| Arc::new(proto::snapshot(c))));
+        Ok(Arc::new(Self {
+            store,
+            writer: Mutex::new(()),
+            current: RwLock::new(current),
+            snapshots,
+            fleet: Fleet::new(),
+            started_unix_ms: now_unix_ms(),
+        }))
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn store_description(&self) -> String {
+        self.store.describe()
+    }
+
+    pub fn started_unix_ms(&self) -> u64 {
+        self.started_unix_ms
+    }
+
+    /// The state in force, if a policy was ever applied.
+    pub fn current(&self) -> Option<Arc<Current>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn current_version(&self) -> u64 {
+        self.current().map(|c| c.record.version).unwrap_or(0)
+    }
+
+    /// Follow published snapshots (the latest only; intermediate ones may be skipped).
+    pub fn subscribe(&self) -> watch::Receiver<Published> {
+        self.snapshots.subscribe()
+    }
+
+    /// Number of live subscribers (open Watch streams).
+    pub fn subscribers(&self) -> usize {
+        self.snapshots.receiver_count()
+    }
+
+    /// Validate a policy with the filter's validator. Changes nothing.
+    pub fn validate(&self, policy_json: &str) -> Result<Accepted, ControlError> {
+        validate::check(policy_json).map_err(ControlError::InvalidPolicy)
+    }
+
+    /// Apply `policy_json` as the next version, if it is valid (and, when
+    /// `expected_version` is non-zero, only while that is the current version).
+    pub async fn apply_policy(
+        &self,
+        policy_json: &str,
+        change: Change,
+        expected_version: u64,
+    ) -> Result<Outcome, ControlError> {
+        self.apply_as(
+            ChangeKind::PolicyApply,
+            policy_json,
+            change,
+            expected_version,
+        )
+        .await
+    }
+
+    async fn apply_as(
+        &self,
+        kind: ChangeKind,
+        policy_json: &str,
+        change: Change,
+        expected_version: u64,
+    ) -> Result<Outcome, ControlError> {
+        let accepted = self.validate(policy_json)?;
+        let _w = self.writer.lock().await;
+        let current = self.current();
+        check_expected(current.as_deref(), expected_version)?;
+        if let Some(c) = &current {
+            if &*c.policy_json == policy_json {
+                return Ok(Outcome {
+                    record: c.record.clone(),
+                    changed: false,
+                    warnings: accepted.warnings,
+                });
+            }
+        }
+        let summary = policy_summary(&accepted, policy_json, current.as_deref(), "applied");
+        self.commit_policy(
+            current.as_deref(),
+            &accepted,
+            policy_json,
+            kind,
+            summary,
+            change,
+        )
+        .await
+    }
+
+    /// Re-apply the policy document of `to_version` as the next version. Stack state
+    /// stays as it is now.
+    pub async fn rollback(
+        &self,
+        to_version: u64,
+        change: Change,
+        expected_version: u64,
+    ) -> Result<Outcome, ControlError> {
+        if to_version == 0 {
+            return Err(ControlError::InvalidArgument(
+                "to_version must be a version number (>= 1)".into(),
+            ));
+        }
+        let _w = self.writer.lock().await;
+        let current = self.current();
+        check_expected(current.as_deref(), expected_version)?;
+        let (_, policy_json) = self.policy_at(to_version).await?;
+        let accepted = validate::check(&policy_json).map_err(|mut errors| {
+            errors.insert(
+                0,
+                Issue {
+                    path: "$".into(),
+                    message: format!(
+                        "the policy of version {to_version} no longer passes validation"
+                    ),
+                },
+            );
+            ControlError::InvalidPolicy(errors)
+        })?;
+        if let Some(c) = &current {
+            if *c.policy_json == *policy_json {
+                return Ok(Outcome {
+                    record: c.record.clone(),
+                    changed: false,
+                    warnings: accepted.warnings,
+                });
+            }
+        }
+        let what = format!("rolled back to the policy of v{to_version}");
+        let summary = policy_summary(&accepted, &policy_json, current.as_deref(), &what);
+        self.commit_policy(
+            current.as_deref(),
+            &accepted,
+            &policy_json,
+            ChangeKind::PolicyRollback,
+            summary,
+            change,
+        )
+        .await
+    }
+
+    async fn commit_policy(
+        &self,
+        current: Option<&Current>,
+        accepted: &Accepted,
+        policy_json: &str,
+        kind: ChangeKind,
+        summary: String,
+        change: Change,
+    ) -> Result<Outcome, ControlError> {
+        let version = current.map(|c| c.record.version).unwrap_or(0) + 1;
+        let now = now_unix_ms();
+        let stacks = accepted
+            .stacks
+            .iter()
+            .map(|info| {
+                match current.and_then(|c| c.record.stack(&info.name)) {
+                    // Operator and health state is live state: it survives policy edits.
+                    Some(existing) => StackRuntime {
+                        region: info.region.clone(),
+                        ..existing.clone()
+                    },
+                    None => {
+                        StackRuntime::new(&info.name, &info.region, version, now, &change.actor)
+                    }
+                }
+            })
+            .collect();
+        let record = VersionRecord {
+            version,
+            created_unix_ms: now,
+            kind,
+            summary,
+            actor: change.actor,
+            comment: change.comment,
+            policy_version: version,
+            policy_name: accepted.name.clone(),
+            policy_digest: policy_digest(policy_json),
+            stacks,
+        };
+        self.commit(record.clone(), Arc::from(policy_json), true)
+            .await?;
+        Ok(Outcome {
+            record,
+            changed: true,
+            warnings: accepted.warnings.clone(),
+        })
+    }
+
+    /// Apply an operator or health change to one stack of the current policy.
+    pub async fn stack_op(
+        &self,
+        stack: &str,
+        op: StackOp,
+        change: Change,
+    ) -> Result<Outcome, ControlError> {
+        let _w = self.writer.lock().await;
+        let current = self.current().ok_or_else(|| {
+            ControlError::FailedPrecondition("no policy has been applied yet".into())
+        })?;
+        let Some(before) = current.record.stack(stack) else {
+            return Err(ControlError::NotFound(format!(
+                "stack {stack:?} is not in the current policy (stacks: {})",
+                current
+                    .record
+                    .stacks
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let version = current.record.version + 1;
+        let now = now_unix_ms();
+        let mut after = before.clone();
+        let (kind, summary) = apply_stack_op(&mut after, &op)?;
+        if after == *before {
+            return Ok(Outcome {
+                record: current.record.clone(),
+                changed: false,
+                warnings: vec![],
+            });
+        }
+        after.changed_version = version;
+        after.changed_unix_ms = now;
+        after.changed_by = change.actor.clone();
+        let mut record = current.record.clone();
+        record.version = version;
+        record.created_unix_ms = now;
+        record.kind = kind;
+        record.summary = summary;
+        record.actor = change.actor;
+        record.comment = change.comment;
+        for s in &mut record.stacks {
+            if s.name == stack {
+                *s = after.clone();
+            }
+        }
+        self.commit(record.clone(), current.policy_json.clone(), false)
+            .await?;
+        Ok(Outcome {
+            record,
+            changed: true,
+            warnings: vec![],
+        })
+    }
+
+    /// Commit durably, then make current and publish. Caller holds the writer lock.
+    async fn commit(
+        &self,
+        record: VersionRecord,
+        policy_json: Arc<str>,
+        sets_policy: bool,
+    ) -> Result<(), ControlError> {
+        let store = self.store.clone();
+        let rec = record.clone();
+        let doc = policy_json.clone();
+        blocking(move || store.append(&rec, sets_policy.then_some(&*doc))).await?;
+        let current = Arc::new(Current {
+            record,
+            policy_json,
+        });
+        tracing::info!(
+            version = current.record.version,
+            kind = current.record.kind.as_str(),
+            actor = %current.record.actor,
+            summary = %current.record.summary,
+            "committed"
+        );
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(current.clone());
+        self.snapshots
+            .send_replace(Some(Arc::new(proto::snapshot(&current))));
+        Ok(())
+    }
+
+    /// The record of `version` and the policy document in force at it.
+    pub async fn policy_at(&self, version: u64) -> Result<(VersionRecord, String), ControlError> {
+        if version == 0 {
+            let c = self
+                .current()
+                .ok_or_else(|| ControlError::NotFound("no policy has been applied yet".into()))?;
+            return Ok((c.record.clone(), c.policy_json.to_string()));
+        }
+        let store = self.store.clone();
+        let found = blocking(move || {
+            let Some(record) = store.get(version)? else {
+                return Ok(None);
+            };
+            let policy =
+                store
+                    .policy(record.policy_version)?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        version,
+                        message: format!("policy of version {} is missing", record.policy_version),
+                    })?;
+            Ok(Some((record, policy)))
+        })
+        .await?;
+        found.ok_or_else(|| ControlError::NotFound(format!("version {version} does not exist")))
+    }
+
+    /// Versions below `before` (0 = all), newest first.
+    pub async fn history(
+        &self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, ControlError> {
+        let store = self.store.clone();
+        let before = (before != 0).then_some(before);
+        blocking(move || store.history(before, limit)).await
+    }
+
+    /// The bootstrap policy: applied only to an empty store.
+    pub async fn bootstrap(&self, policy_json: &str) -> Result<Option<Outcome>, ControlError> {
+        if self.current().is_some() {
+            return Ok(None);
+        }
+        let change = Change {
+            actor: "bootstrap".into(),
+            comment: "--bootstrap-policy".into(),
+        };
+        self.apply_as(ChangeKind::Bootstrap, policy_json, change, 0)
+            .await
+            .map(Some)
+    }
+}
+
+fn check_expected(current: Option<&Current>, expected: u64) -> Result<(), ControlError> {
+    let now = current.map(|c| c.record.version).unwrap_or(0);
+    if expected != 0 && expected != now {
+        return Err(ControlError::FailedPrecondition(format!(
+            "expected version {expected}, but the current version is {now}"
+        )));
+    }
+    Ok(())
+}
+
+fn policy_summary(
+    accepted: &Accepted,
+    policy_json: &str,
+    current: Option<&Current>,
+    what: &str,
+) -> String {
+    let name = accepted.name.as_deref().unwrap_or("(unnamed)");
+    let mut s = format!("policy {name} [{}] {what}", policy_digest(policy_json));
+    if let Some(c) = current {
+        let added: Vec<&str> = accepted
+            .stacks
+            .iter()
+            .filter(|i| c.record.stack(&i.name).is_none())
+            .map(|i| i.name.as_str())
+            .collect();
+        let removed: Vec<&str> = c
+            .record
+            .stacks
+            .iter()
+            .filter(|s| !accepted.stacks.iter().any(|i| i.name == s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !added.is_empty() {
+            s.push_str(&format!("; stacks added: {}", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            s.push_str(&format!("; stacks removed: {}", removed.join(", ")));
+        }
+    }
+    s
+}
+
+fn or_default(reason: &str, default: &str) -> String {
+    if reason.trim().is_empty() {
+        default.to_string()
+    } else {
+        reason.trim().to_string()
+    }
+}
+
+/// Change `s` as `op` says; returns the kind and summary of the change. Leaves `s` equal
+/// to its old value when the operation changes nothing.
+fn apply_stack_op(
+    s: &mut StackRuntime,
+    op: &StackOp,
+) -> Result<(ChangeKind, String), ControlError> {
+    let name = s.name.clone();
+    Ok(match op {
+        StackOp::SetWeight { percent, reason } => {
+            if *percent > 100 {
+                return Err(ControlError::InvalidArgument(format!(
+                    "weight_percent must be 0..=100, got {percent}"
+                )));
+            }
+            let old = s.weight_percent;
+            if old != *percent {
+                s.weight_percent = *percent;
+                s.weight_reason = if *percent < 100 {
+                    or_default(reason, "weight set by operator")
+                } else {
+                    String::new()
+                };
+            }
+            (
+                ChangeKind::StackWeight,
+                with_reason(format!("{name} weight {old}% -> {percent}%"), reason),
+            )
+        }
+        StackOp::Drain { reason } => {
+            if !s.draining {
+                s.draining = true;
+                s.drain_reason = or_default(reason, "drained by operator");
+            }
+            (
+                ChangeKind::StackDrain,
+                with_reason(format!("{name} draining"), reason),
+            )
+        }
+        StackOp::Undrain { reason } => {
+            if s.draining {
+                s.draining = false;
+                s.drain_reason.clear();
+            }
+            (
+                ChangeKind::StackUndrain,
+                with_reason(format!("{name} no longer draining"), reason),
+            )
+        }
+        StackOp::MarkUnhealthy { reason } => {
+            if reason.trim().is_empty() {
+                return Err(ControlError::InvalidArgument(
+                    "reason is required to mark a stack unhealthy".into(),
+                ));
+            }
+            s.healthy = false;
+            s.health_reason = reason.trim().to_string();
+            (
+                ChangeKind::StackUnhealthy,
+                with_reason(format!("{name} unhealthy"), reason),
+            )
+        }
+        StackOp::MarkHealthy { reason } => {
+            if !s.healthy {
+                s.healthy = true;
+                s.health_reason.clear();
+            }
+            (
+                ChangeKind::StackHealthy,
+                with_reason(format!("{name} healthy"), reason),
+            )
+        }
+        StackOp::Register { endpoint } => {
+            s.registered = true;
+            s.deregister_reason.clear();
+            if !endpoint.is_empty() {
+                s.endpoint = endpoint.clone();
+            }
+            let what = if endpoint.is_empty() {
+                format!("{name} registered")
+            } else {
+                format!("{name} registered at {endpoint}")
+            };
+            (ChangeKind::StackRegister, what)
+        }
+        StackOp::Deregister { reason } => {
+            if s.registered {
+                s.registered = false;
+                s.deregister_reason = or_default(reason, "deregistered");
+            }
+            (
+                ChangeKind::StackDeregister,
+                with_reason(format!("{name} deregistered"), reason),
+            )
+        }
+    })
+}
+
+fn with_reason(summary: String, reason: &str) -> String {
+    if reason.trim().is_empty() {
+        summary
+    } else {
+        format!("{summary}: {}", reason.trim())
+    }
+}

@@ -1,0 +1,245 @@
+//! The Envoys (nodes) connected to this control service: their Watch streams, the
+//! versions they were sent and acknowledged, and the latest telemetry each reported.
+//!
+//! In memory only: after a restart, nodes reconnect and report again within seconds.
+//! Telemetry is kept as the latest batch per node; later work (SLO-gated rollouts,
+//! incident workflow) reads it from here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::model::now_unix_ms;
+
+/// A node's latest window counts only while it is this recent.
+pub const TELEMETRY_FRESH_MS: u64 = 15_000;
+/// Above this many tracked nodes, nodes disconnected for longer than
+/// [`FORGET_AFTER_MS`] are forgotten.
+const MAX_NODES: usize = 10_000;
+const FORGET_AFTER_MS: u64 = 600_000;
+/// Bounds on what one telemetry batch may carry.
+pub const MAX_STACKS_PER_BATCH: usize = 256;
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Counters of one stack over one window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StackCounters {
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub latency_ms_sum: u64,
+    pub affinity_hit: u64,
+    pub affinity_miss: u64,
+    pub affinity_forged: u64,
+    pub local_replies: u64,
+}
+
+impl StackCounters {
+    pub fn add(&mut self, o: &StackCounters) {
+        self.requests = self.requests.saturating_add(o.requests);
+        self.status_2xx = self.status_2xx.saturating_add(o.status_2xx);
+        self.status_4xx = self.status_4xx.saturating_add(o.status_4xx);
+        self.status_5xx = self.status_5xx.saturating_add(o.status_5xx);
+        self.latency_ms_sum = self.latency_ms_sum.saturating_add(o.latency_ms_sum);
+        self.affinity_hit = self.affinity_hit.saturating_add(o.affinity_hit);
+        self.affinity_miss = self.affinity_miss.saturating_add(o.affinity_miss);
+        self.affinity_forged = self.affinity_forged.saturating_add(o.affinity_forged);
+        self.local_replies = self.local_replies.saturating_add(o.local_replies);
+    }
+}
+
+/// One telemetry batch as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Telemetry {
+    pub received_unix_ms: u64,
+    pub window_end_unix_ms: u64,
+    pub window_ms: u32,
+    pub dropped: u64,
+    pub stacks: BTreeMap<String, StackCounters>,
+}
+
+/// What the control service knows about one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub connected: bool,
+    pub streams: u32,
+    pub connected_since_unix_ms: u64,
+    pub disconnected_unix_ms: u64,
+    pub applied_version: u64,
+    pub last_ack_unix_ms: u64,
+    pub sent_version: u64,
+    pub last_report_unix_ms: u64,
+    pub peer: String,
+    pub telemetry: Option<Telemetry>,
+}
+
+/// Registry of nodes. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct Fleet {
+    nodes: Arc<Mutex<HashMap<String, NodeView>>>,
+}
+
+/// One open Watch stream; the node counts as connected while any of its streams is.
+pub struct StreamGuard {
+    fleet: Fleet,
+    node_id: String,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut nodes = self.fleet.lock();
+        if let Some(n) = nodes.get_mut(&self.node_id) {
+            n.streams = n.streams.saturating_sub(1);
+            if n.streams == 0 {
+                n.connected = false;
+                n.disconnected_unix_ms = now_unix_ms();
+            }
+        }
+    }
+}
+
+impl StreamGuard {
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+impl Fleet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, NodeView>> {
+        // Every update below is a few field stores; a poisoned map is still consistent.
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry<'a>(nodes: &'a mut HashMap<String, NodeView>, node_id: &str) -> &'a mut NodeView {
+        if !nodes.contains_key(node_id) && nodes.len() >= MAX_NODES {
+            let now = now_unix_ms();
+            nodes.retain(|_, n| {
+                n.connected || now.saturating_sub(n.disconnected_unix_ms) < FORGET_AFTER_MS
+            });
+        }
+        nodes
+            .entry(node_id.to_string())
+            .or_insert_with(|| NodeView {
+                node_id: node_id.to_string(),
+                ..NodeView::default()
+            })
+    }
+
+    /// A Watch stream opened. The node counts as having applied `last_applied_version`.
+    pub fn connect(&self, node_id: &str, peer: &str, last_applied_version: u64) -> StreamGuard {
+        let now = now_unix_ms();
+        let mut nodes = self.lock();
+        let n = Self::entry(&mut nodes, node_id);
+        if n.streams == 0 {
+            n.connected_since_unix_ms = now;
+        }
+        n.streams += 1;
+        n.connected = true;
+        n.peer = peer.to_string();
+        n.applied_version = last_applied_version;
+        drop(nodes);
+        StreamGuard {
+            fleet: self.clone(),
+            node_id: node_id.to_string(),
+        }
+    }
+
+    /// A snapshot of `version` was handed to the node's stream.
+    pub fn sent(&self, node_id: &str, version: u64) {
+        if let Some(n) = self.lock().get_mut(node_id) {
+            n.sent_version = version;
+        }
+    }
+
+    /// The node acknowledged that it applied `version`.
+    pub fn ack(&self, node_id: &str, version: u64) {
+        if let Some(n) = self.lock().get_mut(node_id) {
+            n.applied_version = version;
+            n.last_ack_unix_ms = now_unix_ms();
+        }
+    }
+
+    /// Keep a node's latest telemetry batch.
+    pub fn report(&self, node_id: &str, mut telemetry: Telemetry) {
+        let now = now_unix_ms();
+        telemetry.received_unix_ms = now;
+        let mut nodes = self.lock();
+        let n = Self::entry(&mut nodes, node_id);
+        n.last_report_unix_ms = now;
+        n.telemetry = Some(telemetry);
+    }
+
+    /// Every node known, sorted by node id.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let mut v: Vec<NodeView> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    }
+
+    /// Per stack, the sum of the latest fresh window of every node.
+    pub fn stack_totals(&self) -> BTreeMap<String, StackCounters> {
+        let now = now_unix_ms();
+        let mut out: BTreeMap<String, StackCounters> = BTreeMap::new();
+        for n in self.lock().values() {
+            let Some(t) = &n.telemetry else { continue };
+            if now.saturating_sub(t.received_unix_ms) > TELEMETRY_FRESH_MS {
+                continue;
+            }
+            for (stack, c) in &t.stacks {
+                out.entry(stack.clone()).or_default().add(c);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_is_connected_while_any_stream_is_open() {
+        let fleet = Fleet::new();
+        let a = fleet.connect("envoy-1", "127.0.0.1:1", 3);
+        let b = fleet.connect("envoy-1", "127.0.0.1:2", 3);
+        assert_eq!(fleet.nodes()[0].streams, 2);
+        drop(a);
+        assert!(fleet.nodes()[0].connected);
+        drop(b);
+        let n = &fleet.nodes()[0];
+        assert!(!n.connected);
+        assert!(n.disconnected_unix_ms > 0);
+    }
+
+    #[test]
+    fn acks_and_reports_are_recorded() {
+        let fleet = Fleet::new();
+        let _g = fleet.connect("envoy-1", "p", 0);
+        fleet.sent("envoy-1", 4);
+        fleet.ack("envoy-1", 4);
+        let mut t = Telemetry::default();
+        t.stacks.insert(
+            "blue".into(),
+            StackCounters {
+                requests: 10,
+                status_5xx: 1,
+                ..Default::default()
+            },
+        );
+        fleet.report("envoy-1", t.clone());
+        fleet.report("envoy-2", t);
+        let nodes = fleet.nodes();
+        assert_eq!(nodes[0].applied_version, 4);
+        assert_eq!(nodes[0].sent_version, 4);
+        assert!(nodes[0].last_report_unix_ms > 0);
+        assert!(!nodes[1].connected);
+        assert_eq!(fleet.stack_totals()["blue"].requests, 20);
+    }
+}

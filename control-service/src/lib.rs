@@ -1,0 +1,23 @@
+//! Switchyard control service: holds the desired routing state (policy and per-stack
+//! weight and health), stores every change as a numbered version, and pushes each
+//! version to every connected Envoy over a gRPC Watch stream.
+//!
+//! Modules: [`validate`] (the filter's policy validator), [`model`] (versions and stack
+//! state), [`store`] (durable history), [`control`] (every change), [`fleet`] (connected
+//! Envoys and their telemetry), [`proto`] (wire types and conversions), [`grpc`] and
+//! [`http`] (front ends), [`config`] and [`server`] (running it), [`cli`] (the
+//! `switchyard` operator CLI).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod control;
+mod filter_stub;
+pub mod fleet;
+pub mod grpc;
+pub mod http;
+pub mod model;
+pub mod proto;
+pub mod server;
+pub mod store;
+pub mod validate;

@@ -1,0 +1,169 @@
+//! The wire types (generated from `proto/switchyard/v1/*.proto`) and every conversion
+//! between them and the domain types. No other module builds protobuf messages by hand.
+
+use crate::control::Current;
+use crate::fleet::{NodeView, StackCounters, Telemetry, MAX_NAME_LEN, MAX_STACKS_PER_BATCH};
+use crate::model::{StackRuntime, VersionRecord};
+use crate::validate::Issue;
+
+/// Generated messages, clients and servers of package `switchyard.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("switchyard.v1");
+}
+
+/// Encoded `FileDescriptorSet` of our protos, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
+
+/// The snapshot every Envoy receives for the state in force.
+pub fn snapshot(c: &Current) -> v1::Snapshot {
+    v1::Snapshot {
+        version: c.record.version,
+        policy_json: c.policy_json.to_string(),
+        stacks: c
+            .record
+            .stacks
+            .iter()
+            .map(|s| v1::StackState {
+                name: s.name.clone(),
+                weight_percent: s.effective_weight_percent(),
+                healthy: s.eligible(),
+                reason: s.reason().to_string(),
+                draining: s.draining,
+            })
+            .collect(),
+    }
+}
+
+pub fn version_info(r: &VersionRecord) -> v1::VersionInfo {
+    v1::VersionInfo {
+        version: r.version,
+        created_unix_ms: r.created_unix_ms,
+        kind: r.kind.as_str().to_string(),
+        summary: r.summary.clone(),
+        actor: r.actor.clone(),
+        comment: r.comment.clone(),
+        policy_version: r.policy_version,
+        policy_name: r.policy_name.clone().unwrap_or_default(),
+        policy_digest: r.policy_digest.clone(),
+    }
+}
+
+pub fn stack_status(s: &StackRuntime, telemetry: Option<&StackCounters>) -> v1::StackStatus {
+    v1::StackStatus {
+        name: s.name.clone(),
+        region: s.region.clone(),
+        weight_percent: s.weight_percent,
+        effective_weight_percent: s.effective_weight_percent(),
+        healthy: s.healthy,
+        draining: s.draining,
+        registered: s.registered,
+        reason: s.reason().to_string(),
+        endpoint: s.endpoint.clone(),
+        changed_version: s.changed_version,
+        changed_unix_ms: s.changed_unix_ms,
+        changed_by: s.changed_by.clone(),
+        telemetry: telemetry.map(|c| stack_telemetry(&s.name, c)),
+    }
+}
+
+pub fn field_issue(i: &Issue) -> v1::FieldIssue {
+    v1::FieldIssue {
+        path: i.path.clone(),
+        message: i.message.clone(),
+    }
+}
+
+pub fn field_issues(issues: &[Issue]) -> Vec<v1::FieldIssue> {
+    issues.iter().map(field_issue).collect()
+}
+
+pub fn stack_telemetry(stack: &str, c: &StackCounters) -> v1::StackTelemetry {
+    v1::StackTelemetry {
+        stack: stack.to_string(),
+        requests: c.requests,
+        status_2xx: c.status_2xx,
+        status_4xx: c.status_4xx,
+        status_5xx: c.status_5xx,
+        latency_ms_sum: c.latency_ms_sum,
+        affinity_hit: c.affinity_hit,
+        affinity_miss: c.affinity_miss,
+        affinity_forged: c.affinity_forged,
+        local_replies: c.local_replies,
+    }
+}
+
+fn counters(t: &v1::StackTelemetry) -> StackCounters {
+    StackCounters {
+        requests: t.requests,
+        status_2xx: t.status_2xx,
+        status_4xx: t.status_4xx,
+        status_5xx: t.status_5xx,
+        latency_ms_sum: t.latency_ms_sum,
+        affinity_hit: t.affinity_hit,
+        affinity_miss: t.affinity_miss,
+        affinity_forged: t.affinity_forged,
+        local_replies: t.local_replies,
+    }
+}
+
+/// A telemetry batch from the wire, checked against the bounds. Counters of a stack
+/// named twice are added up.
+pub fn telemetry(batch: &v1::TelemetryBatch) -> Result<Telemetry, String> {
+    if batch.node_id.is_empty() || batch.node_id.len() > MAX_NAME_LEN {
+        return Err(format!("node_id must be 1..={MAX_NAME_LEN} bytes"));
+    }
+    if batch.stacks.len() > MAX_STACKS_PER_BATCH {
+        return Err(format!(
+            "at most {MAX_STACKS_PER_BATCH} stacks per batch, got {}",
+            batch.stacks.len()
+        ));
+    }
+    let mut t = Telemetry {
+        received_unix_ms: 0,
+        window_end_unix_ms: batch.window_end_unix_ms,
+        window_ms: batch.window_ms,
+        dropped: batch.dropped,
+        stacks: Default::default(),
+    };
+    for (i, s) in batch.stacks.iter().enumerate() {
+        if s.stack.is_empty() || s.stack.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "stacks[{i}].stack must be 1..={MAX_NAME_LEN} bytes"
+            ));
+        }
+        t.stacks
+            .entry(s.stack.clone())
+            .or_default()
+            .add(&counters(s));
+    }
+    Ok(t)
+}
+
+pub fn node_status(n: &NodeView) -> v1::NodeStatus {
+    let t = n.telemetry.as_ref();
+    v1::NodeStatus {
+        node_id: n.node_id.clone(),
+        connected: n.connected,
+        streams: n.streams,
+        connected_since_unix_ms: n.connected_since_unix_ms,
+        disconnected_unix_ms: n.disconnected_unix_ms,
+        applied_version: n.applied_version,
+        last_ack_unix_ms: n.last_ack_unix_ms,
+        sent_version: n.sent_version,
+        last_report_unix_ms: n.last_report_unix_ms,
+        peer: n.peer.clone(),
+        window_end_unix_ms: t.map(|t| t.window_end_unix_ms).unwrap_or(0),
+        window_ms: t.map(|t| t.window_ms).unwrap_or(0),
+        dropped: t.map(|t| t.dropped).unwrap_or(0),
+        stacks: t
+            .map(|t| {
+                t.stacks
+                    .iter()
+                    .map(|(k, c)| stack_telemetry(k, c))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}

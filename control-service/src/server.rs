@@ -1,0 +1,199 @@
+//! Starting and stopping the control service: store, control core, gRPC and HTTP
+//! listeners, health and reflection, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ServeConfig, StoreKind};
+use crate::control::Control;
+use crate::grpc::{DataPlaneService, FleetService, PoliciesService, StacksService};
+use crate::proto::{self, v1};
+use crate::store::{MemoryStore, RedbStore, Store};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A started server. Drop does not stop it: call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    pub control: Arc<Control>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// `http://` URL of the gRPC listener.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Stop: end every Watch stream (UNAVAILABLE, so clients reconnect elsewhere or
+    /// later), stop accepting, and wait for in-flight calls up to the grace period.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Wait until the server stopped (after the token was cancelled).
+    pub async fn wait(self) {
+        let grace = self.grace;
+        self.shutdown.cancelled().await;
+        let all = futures_join(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(?grace, "graceful shutdown timed out; exiting anyway");
+        }
+    }
+}
+
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, BoxError> {
+    Ok(match cfg.store {
+        StoreKind::Redb => Arc::new(RedbStore::open(&cfg.data_dir)?),
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+    })
+}
+
+/// Open the store, restore state, apply the bootstrap policy to an empty store, bind
+/// the listeners and start serving. Returns once both listeners accept connections.
+pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
+    let store = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || open_store(&cfg)).await??
+    };
+    tracing::info!(store = %store.describe(), "store open");
+    let control = Control::open(store).await?;
+
+    if let Some(path) = &cfg.bootstrap_policy {
+        let doc = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("reading bootstrap policy {}: {e}", path.display()))?;
+        match control.bootstrap(&doc).await {
+            Ok(Some(o)) => {
+                tracing::info!(version = o.record.version, path = %path.display(), "bootstrap policy applied")
+            }
+            Ok(None) => {
+                tracing::info!(path = %path.display(), "store holds state; bootstrap policy ignored")
+            }
+            Err(e) => return Err(format!("bootstrap policy {}: {e}", path.display()).into()),
+        }
+    }
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let grpc_listener = TcpListener::bind(cfg.grpc).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<v1::data_plane_server::DataPlaneServer<DataPlaneService>>()
+        .await;
+    health
+        .set_serving::<v1::policies_server::PoliciesServer<PoliciesService>>()
+        .await;
+    health
+        .set_serving::<v1::stacks_server::StacksServer<StacksService>>()
+        .await;
+    health
+        .set_serving::<v1::fleet_server::FleetServer<FleetService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Find dead Envoys (and let them find us) even when nothing changes for hours.
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(4096))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(v1::data_plane_server::DataPlaneServer::new(
+            DataPlaneService::new(control.clone(), shutdown.clone(), cfg.watch.clone()),
+        ))
+        .add_service(v1::policies_server::PoliciesServer::new(
+            PoliciesService::new(control.clone()),
+        ))
+        .add_service(v1::stacks_server::StacksServer::new(StacksService::new(
+            control.clone(),
+        )))
+        .add_service(v1::fleet_server::FleetServer::new(FleetService::new(
+            control.clone(),
+        )));
+    {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        tasks.push(tokio::spawn(async move {
+            let signal = async move {
+                shutdown.cancelled().await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            };
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signal)
+                .await
+            {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        }));
+    }
+    tracing::info!(addr = %grpc_addr, "gRPC serving");
+
+    let http_addr = match cfg.http {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            let addr = listener.local_addr()?;
+            let app = crate::http::router(control.clone());
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }));
+            tracing::info!(%addr, "HTTP serving");
+            Some(addr)
+        }
+        None => None,
+    };
+
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        control,
+        shutdown,
+        grace: cfg.shutdown_grace,
+        tasks,
+    })
+}

@@ -1,0 +1,93 @@
+//! In-memory store: for tests and throwaway runs. Not durable.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{Store, StoreError};
+use crate::model::VersionRecord;
+
+/// Keeps every version in memory; lost on exit.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    versions: BTreeMap<u64, VersionRecord>,
+    policies: BTreeMap<u64, String>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-written version: inserts
+        // happen after every check.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    fn append(&self, record: &VersionRecord, policy_json: Option<&str>) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let latest = inner.versions.keys().next_back().copied().unwrap_or(0);
+        if record.version != latest + 1 {
+            return Err(StoreError::OutOfOrder {
+                latest,
+                got: record.version,
+            });
+        }
+        if let Some(p) = policy_json {
+            inner.policies.insert(record.version, p.to_string());
+        }
+        inner.versions.insert(record.version, record.clone());
+        Ok(())
+    }
+
+    fn latest(&self) -> Result<Option<VersionRecord>, StoreError> {
+        Ok(self.lock().versions.values().next_back().cloned())
+    }
+
+    fn get(&self, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+        Ok(self.lock().versions.get(&version).cloned())
+    }
+
+    fn policy(&self, policy_version: u64) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().policies.get(&policy_version).cloned())
+    }
+
+    fn history(&self, before: Option<u64>, limit: usize) -> Result<Vec<VersionRecord>, StoreError> {
+        let inner = self.lock();
+        let upper = before.unwrap_or(u64::MAX);
+        Ok(inner
+            .versions
+            .range(..upper)
+            .rev()
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract;
+
+    #[test]
+    fn contract_append_and_read() {
+        contract::appends_in_order_and_reads_back(&MemoryStore::new());
+    }
+
+    #[test]
+    fn contract_order() {
+        contract::rejects_gaps_and_repeats(&MemoryStore::new());
+    }
+}
