@@ -12,7 +12,6 @@
 pub mod cli;
 pub mod config;
 pub mod control;
-mod filter_stub;
 pub mod fleet;
 pub mod grpc;
 pub mod http;

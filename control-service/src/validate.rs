@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::filter_stub as policy;
+use switchyard_filter::policy;
 
 /// A problem (or warning) with one field of a policy document.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
