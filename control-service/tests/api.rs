@@ -1,0 +1,699 @@
+//! The gRPC and HTTP APIs against an in-process server with a real (tempdir) store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use switchyard_control::proto::v1;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+#[tokio::test]
+async fn apply_get_history_rollback() {
+    let h = Harness::start().await;
+    let p1 = policy("one", &["blue", "green"]);
+    let p2 = policy("two", &["blue", "green", "canary"]);
+
+    let r1 = h.apply(&p1).await;
+    assert_eq!((r1.version, r1.changed), (1, true));
+    let r2 = h.apply(&p2).await;
+    assert_eq!((r2.version, r2.changed), (2, true));
+    assert!(r2.info.unwrap().summary.contains("stacks added: canary"));
+    // The same document again changes nothing.
+    let again = h.apply(&p2).await;
+    assert_eq!((again.version, again.changed), (2, false));
+
+    let mut pol = h.policies();
+    let cur = pol
+        .get(v1::GetPolicyRequest { version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cur.policy_json, p2);
+    let old = pol
+        .get(v1::GetPolicyRequest { version: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old.policy_json, p1);
+    assert_eq!(old.info.unwrap().policy_name, "one");
+    let missing = pol
+        .get(v1::GetPolicyRequest { version: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let rb = pol
+        .rollback(v1::RollbackRequest {
+            to_version: 1,
+            actor: "alice".into(),
+            comment: "canary misbehaves".into(),
+            expected_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((rb.version, rb.changed), (3, true));
+    let info = rb.info.unwrap();
+    assert_eq!(info.kind, "policy_rollback");
+    assert_eq!(info.policy_version, 3);
+    let cur = pol
+        .get(v1::GetPolicyRequest { version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cur.policy_json, p1);
+
+    let hist = pol
+        .history(v1::HistoryRequest {
+            limit: 0,
+            before_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hist.current_version, 3);
+    let versions: Vec<u64> = hist.versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, vec![3, 2, 1]);
+    assert_eq!(hist.versions[0].actor, "alice");
+    assert_eq!(hist.versions[0].comment, "canary misbehaves");
+    let page = pol
+        .history(v1::HistoryRequest {
+            limit: 1,
+            before_version: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        page.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![2]
+    );
+
+    let bad = pol
+        .rollback(v1::RollbackRequest {
+            to_version: 42,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::NotFound);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_policy_is_rejected_with_every_field_path_and_nothing_changes() {
+    let h = Harness::start().await;
+    let good = policy("good", &["blue", "green"]);
+    h.apply(&good).await;
+    let mut w = h.watch("envoy-1", 1).await;
+
+    let err = h
+        .policies()
+        .apply(v1::ApplyPolicyRequest {
+            policy_json: INVALID.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    for path in [
+        "stacks[1].name",
+        "stacks[1].region",
+        "default.targets[0].stack",
+    ] {
+        assert!(
+            err.message().contains(path),
+            "message lists {path}: {}",
+            err.message()
+        );
+    }
+    let details = err.get_details_bad_request().expect("BadRequest details");
+    let fields: Vec<&str> = details
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "stacks[1].name",
+            "stacks[1].region",
+            "default.targets[0].stack"
+        ]
+    );
+
+    // Validate says the same and changes nothing either.
+    let verr = h
+        .policies()
+        .validate(v1::ValidatePolicyRequest {
+            policy_json: INVALID.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        verr.get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .len(),
+        3
+    );
+    let syntax = h
+        .policies()
+        .apply(v1::ApplyPolicyRequest {
+            policy_json: "{not json".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(syntax.code(), Code::InvalidArgument);
+
+    let cur = h
+        .policies()
+        .get(v1::GetPolicyRequest { version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cur.info.unwrap().version, 1);
+    assert_eq!(cur.policy_json, good);
+    w.expect_quiet(Duration::from_millis(200)).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn validate_returns_stacks_and_warnings() {
+    let h = Harness::start().await;
+    let r = h
+        .policies()
+        .validate(v1::ValidatePolicyRequest {
+            policy_json: policy("v", &["blue", "green"]),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stacks, vec!["blue", "green"]);
+    assert_eq!(
+        h.status().await.current_version,
+        0,
+        "validate changes nothing"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn expected_version_is_compare_and_set() {
+    let h = Harness::start().await;
+    h.apply(&policy("a", &["blue"])).await;
+    let stale = h
+        .policies()
+        .apply(v1::ApplyPolicyRequest {
+            policy_json: policy("b", &["blue"]),
+            expected_version: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let ok = h
+        .policies()
+        .apply(v1::ApplyPolicyRequest {
+            policy_json: policy("b", &["blue"]),
+            expected_version: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.version, 2);
+    h.stop().await;
+}
+
+fn stack<'a>(s: &'a v1::Snapshot, name: &str) -> &'a v1::StackState {
+    s.stacks
+        .iter()
+        .find(|x| x.name == name)
+        .expect("stack in snapshot")
+}
+
+#[tokio::test]
+async fn stack_operations_make_versions_that_reach_watch_streams() {
+    let h = Harness::start().await;
+    h.apply(&policy("p", &["blue", "green"])).await;
+    let mut w = h.watch("envoy-1", 0).await;
+    let s = w.next().await;
+    assert_eq!(s.version, 1);
+    assert_eq!(s.stacks.len(), 2);
+    assert_eq!(
+        *stack(&s, "green"),
+        v1::StackState {
+            name: "green".into(),
+            weight_percent: 100,
+            healthy: true,
+            reason: String::new(),
+            draining: false,
+        }
+    );
+
+    let mut st = h.stacks();
+    let r = st
+        .set_weight(v1::SetWeightRequest {
+            stack: "green".into(),
+            weight_percent: 0,
+            reason: "hold".into(),
+            actor: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.version, r.changed), (2, true));
+    let s = w.next().await;
+    assert_eq!(s.version, 2);
+    assert_eq!(stack(&s, "green").weight_percent, 0);
+    assert_eq!(stack(&s, "green").reason, "hold");
+    assert_eq!(stack(&s, "blue").weight_percent, 100);
+
+    st.set_weight(v1::SetWeightRequest {
+        stack: "green".into(),
+        weight_percent: 40,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(stack(&w.next().await, "green").weight_percent, 40);
+
+    st.drain(reason_req("green", "deploy")).await.unwrap();
+    let s = w.next().await;
+    let g = stack(&s, "green");
+    assert!(g.draining && g.healthy);
+    assert_eq!(g.weight_percent, 0, "draining means no new traffic");
+    assert_eq!(g.reason, "deploy");
+
+    st.undrain(reason_req("green", "")).await.unwrap();
+    assert_eq!(
+        stack(&w.next().await, "green").weight_percent,
+        40,
+        "weight restored"
+    );
+
+    let err = st
+        .mark_unhealthy(reason_req("green", " "))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "a reason is required");
+    st.mark_unhealthy(reason_req("green", "5xx burst"))
+        .await
+        .unwrap();
+    let s = w.next().await;
+    assert!(!stack(&s, "green").healthy);
+    assert_eq!(stack(&s, "green").reason, "5xx burst");
+    st.mark_healthy(reason_req("green", "")).await.unwrap();
+    assert!(stack(&w.next().await, "green").healthy);
+
+    st.deregister(v1::DeregisterStackRequest {
+        stack: "blue".into(),
+        reason: "reprovision".into(),
+        actor: "t".into(),
+    })
+    .await
+    .unwrap();
+    let s = w.next().await;
+    assert!(!stack(&s, "blue").healthy);
+    assert_eq!(stack(&s, "blue").reason, "reprovision");
+    let r = st
+        .register(v1::RegisterStackRequest {
+            stack: "blue".into(),
+            endpoint: "http://blue:8080/health".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.stack.as_ref().unwrap().endpoint,
+        "http://blue:8080/health"
+    );
+    let s = w.next().await;
+    assert!(stack(&s, "blue").healthy);
+    assert_eq!(s.version, 9);
+
+    // A no-op makes no version and sends nothing.
+    let r = st
+        .mark_healthy(reason_req("blue", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.version, r.changed), (9, false));
+    w.expect_quiet(Duration::from_millis(150)).await;
+
+    // Unknown stacks and out-of-range weights are rejected.
+    assert_eq!(
+        st.drain(reason_req("purple", "")).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let err = st
+        .set_weight(v1::SetWeightRequest {
+            stack: "blue".into(),
+            weight_percent: 101,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Stack state survives a policy edit; the policy's new stack starts at defaults.
+    h.apply(&policy("p2", &["blue", "green", "canary"])).await;
+    let s = w.next().await;
+    assert_eq!(stack(&s, "green").weight_percent, 40);
+    assert_eq!(stack(&s, "canary").weight_percent, 100);
+
+    let list = st
+        .list(v1::ListStacksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list.stacks
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["blue", "green", "canary"]
+    );
+    assert_eq!(list.stacks[1].weight_percent, 40);
+    assert_eq!(
+        list.stacks[1].changed_version, 7,
+        "last changed by mark_healthy"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn stack_operations_need_a_policy() {
+    let h = Harness::start().await;
+    let err = h.stacks().drain(reason_req("blue", "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn watch_sends_current_on_connect_and_skips_it_when_already_applied() {
+    let h = Harness::start().await;
+    // Before any policy: nothing to send; the first apply arrives.
+    let mut early = h.watch("early", 0).await;
+    early.expect_quiet(Duration::from_millis(100)).await;
+    h.apply(&policy("p", &["blue"])).await;
+    assert_eq!(early.next().await.version, 1);
+
+    // Connecting with an older version: the current snapshot at once.
+    let mut stale = h.watch("stale", 0).await;
+    let s = stale.next().await;
+    assert_eq!(s.version, 1);
+    assert_eq!(s.policy_json, policy("p", &["blue"]));
+
+    // Connecting with the current version: nothing until the next change.
+    let mut current = h.watch("current", 1).await;
+    current.expect_quiet(Duration::from_millis(150)).await;
+    h.apply(&policy("p2", &["blue"])).await;
+    assert_eq!(current.next().await.version, 2);
+    assert_eq!(stale.next().await.version, 2);
+
+    // A version the service never had (its store was replaced): sent, since it differs.
+    let mut ahead = h.watch("ahead", 99).await;
+    assert_eq!(ahead.next().await.version, 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn watch_requires_a_node_id() {
+    let h = Harness::start().await;
+    let mut w = h.watch("", 0).await;
+    let err = w.rx.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn acks_are_recorded_in_status() {
+    let h = Harness::start().await;
+    h.apply(&policy("p", &["blue"])).await;
+    let mut w = h.watch("envoy-a", 0).await;
+    let s = w.next().await;
+    w.ack(s.version).await;
+    eventually("ack recorded", || async {
+        let st = h.status().await;
+        st.nodes
+            .iter()
+            .any(|n| n.node_id == "envoy-a" && n.applied_version == 1 && n.last_ack_unix_ms > 0)
+    })
+    .await;
+    let st = h.status().await;
+    let n = &st.nodes[0];
+    assert!(n.connected);
+    assert_eq!(n.streams, 1);
+    assert_eq!(n.sent_version, 1);
+    assert!(n.connected_since_unix_ms > 0);
+    assert!(n.peer.starts_with("127.0.0.1:"));
+    assert_eq!(st.nodes_current, 1);
+
+    // The node goes away: still listed, not connected.
+    drop(w);
+    eventually("disconnect seen", || async {
+        let st = h.status().await;
+        !st.nodes[0].connected && st.nodes[0].disconnected_unix_ms > 0
+    })
+    .await;
+    h.stop().await;
+}
+
+fn batch(node: &str, requests: u64) -> v1::TelemetryBatch {
+    v1::TelemetryBatch {
+        node_id: node.into(),
+        window_end_unix_ms: 1_000,
+        window_ms: 1_000,
+        dropped: 2,
+        stacks: vec![v1::StackTelemetry {
+            stack: "blue".into(),
+            requests,
+            status_2xx: requests - 1,
+            status_5xx: 1,
+            latency_ms_sum: 10 * requests,
+            ..Default::default()
+        }],
+    }
+}
+
+#[tokio::test]
+async fn reports_are_kept_per_node_and_per_stack() {
+    let h = Harness::start().await;
+    h.apply(&policy("p", &["blue", "green"])).await;
+    let mut dp = h.data_plane();
+    dp.report(batch("envoy-1", 10)).await.unwrap();
+    dp.report(batch("envoy-2", 5)).await.unwrap();
+    // The latest batch replaces the previous one.
+    dp.report(batch("envoy-1", 20)).await.unwrap();
+
+    let st = h.status().await;
+    let n1 = st.nodes.iter().find(|n| n.node_id == "envoy-1").unwrap();
+    assert!(n1.last_report_unix_ms > 0);
+    assert_eq!(n1.dropped, 2);
+    assert_eq!(n1.stacks[0].requests, 20);
+
+    let list = h
+        .stacks()
+        .list(v1::ListStacksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let blue = list.stacks.iter().find(|s| s.name == "blue").unwrap();
+    assert_eq!(blue.telemetry.as_ref().unwrap().requests, 25);
+    assert_eq!(blue.telemetry.as_ref().unwrap().status_5xx, 2);
+
+    let t = http_json(&h.http_url("/api/v1/telemetry")).await;
+    assert_eq!(t["stacks"]["blue"]["requests"], 25);
+    assert_eq!(t["nodes"]["envoy-2"]["stacks"]["blue"]["requests"], 5);
+
+    let err = dp.report(batch("", 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn http_api_serves_health_status_policy_stacks_history() {
+    let h = Harness::start().await;
+    let (code, body) = http_get(&h.http_url("/api/v1/policy")).await;
+    assert_eq!(code, 404, "{body}");
+    h.apply(&policy("p", &["blue", "green"])).await;
+    let (code, body) = http_get(&h.http_url("/healthz")).await;
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let s = http_json(&h.http_url("/api/v1/status")).await;
+    assert_eq!(s["current_version"], 1);
+    let p = http_json(&h.http_url("/api/v1/policy")).await;
+    assert_eq!(p["info"]["version"], 1);
+    assert_eq!(p["policy"]["name"], "p");
+    assert_eq!(p["stacks"][1]["name"], "green");
+    let p1 = http_json(&h.http_url("/api/v1/policy?version=1")).await;
+    assert_eq!(p1["info"]["policy_name"], "p");
+    let st = http_json(&h.http_url("/api/v1/stacks")).await;
+    assert_eq!(st["stacks"][0]["effective_weight_percent"], 100);
+    let hist = http_json(&h.http_url("/api/v1/history?limit=5")).await;
+    assert_eq!(hist["versions"][0]["kind"], "policy_apply");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn restart_restores_every_version() {
+    let h = Harness::start().await;
+    h.apply(&policy("a", &["blue", "green"])).await;
+    h.stacks()
+        .set_weight(v1::SetWeightRequest {
+            stack: "green".into(),
+            weight_percent: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    h.apply(&policy("b", &["blue", "green"])).await;
+    h.stacks().drain(reason_req("blue", "maint")).await.unwrap();
+    let before = h
+        .policies()
+        .history(v1::HistoryRequest {
+            limit: 100,
+            before_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let dir = h.stop().await;
+
+    let h = Harness::start_in(dir).await;
+    let after = h
+        .policies()
+        .history(v1::HistoryRequest {
+            limit: 100,
+            before_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before);
+    assert_eq!(after.current_version, 4);
+    for (v, name) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
+        let p = h
+            .policies()
+            .get(v1::GetPolicyRequest { version: v })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            p.policy_json,
+            policy(name, &["blue", "green"]),
+            "version {v}"
+        );
+    }
+    // Envoys reconnecting get the restored state, stack state included.
+    let s = h.watch("envoy", 0).await.next().await;
+    assert_eq!(s.version, 4);
+    assert_eq!(stack(&s, "green").weight_percent, 20);
+    assert!(stack(&s, "blue").draining);
+    // And versions continue from there.
+    assert_eq!(h.apply(&policy("c", &["blue"])).await.version, 5);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bootstrap_policy_applies_only_to_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("boot.json");
+    std::fs::write(&file, policy("boot", &["blue"])).unwrap();
+    let f = file.clone();
+    let h = Harness::start_with(dir, move |c| c.bootstrap_policy = Some(f)).await;
+    let hist = h
+        .policies()
+        .history(v1::HistoryRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hist.versions[0].kind, "bootstrap");
+    h.apply(&policy("later", &["blue"])).await;
+    let dir = h.stop().await;
+    let h = Harness::start_with(dir, move |c| c.bootstrap_policy = Some(file)).await;
+    let cur = h
+        .policies()
+        .get(v1::GetPolicyRequest { version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        cur.info.unwrap().policy_name,
+        "later",
+        "bootstrap ignored when the store has state"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_watch_streams_with_unavailable() {
+    let h = Harness::start().await;
+    h.apply(&policy("p", &["blue"])).await;
+    let mut w = h.watch("envoy", 0).await;
+    w.next().await;
+    let stopping = tokio::spawn(h.stop());
+    let err = tokio::time::timeout(Duration::from_secs(5), w.rx.message())
+        .await
+        .expect("stream ends promptly")
+        .expect_err("ends with a status");
+    assert_eq!(err.code(), Code::Unavailable);
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let h = Harness::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    for service in ["", "switchyard.v1.DataPlane", "switchyard.v1.Policies"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service}"
+        );
+    }
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut refl = ServerReflectionClient::new(h.channel.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in [
+        "switchyard.v1.DataPlane",
+        "switchyard.v1.Policies",
+        "switchyard.v1.Stacks",
+        "switchyard.v1.Fleet",
+    ] {
+        assert!(names.iter().any(|n| n == s), "{s} in {names:?}");
+    }
+    h.stop().await;
+}

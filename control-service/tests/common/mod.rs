@@ -1,0 +1,227 @@
+//! Shared fixtures: an in-process server on 127.0.0.1:0 with a tempdir store, clients,
+//! and policy documents.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use switchyard_control::config::ServeConfig;
+use switchyard_control::proto::v1;
+use switchyard_control::server::{self, RunningServer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+pub type Policies = v1::policies_client::PoliciesClient<Channel>;
+pub type Stacks = v1::stacks_client::StacksClient<Channel>;
+pub type Fleet = v1::fleet_client::FleetClient<Channel>;
+pub type DataPlane = v1::data_plane_client::DataPlaneClient<Channel>;
+
+/// A policy routing over `stacks` (all in region `us`), named `name`.
+pub fn policy(name: &str, stacks: &[&str]) -> String {
+    let defs: Vec<String> = stacks
+        .iter()
+        .map(|s| format!(r#"{{"name":"{s}","region":"us"}}"#))
+        .collect();
+    let targets: Vec<String> = stacks
+        .iter()
+        .map(|s| format!(r#"{{"stack":"{s}"}}"#))
+        .collect();
+    format!(
+        r#"{{"name":"{name}","stacks":[{}],"default":{{"targets":[{}]}}}}"#,
+        defs.join(","),
+        targets.join(",")
+    )
+}
+
+/// A policy with three distinct problems.
+pub const INVALID: &str = r#"{"name":"broken","stacks":[{"name":"blue","region":"us"},{"name":"bad name!","region":""}],
+  "default":{"targets":[{"stack":"purple"}]}}"#;
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub server: RunningServer,
+    pub channel: Channel,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut cfg = ServeConfig::ephemeral(dir.path());
+        tweak(&mut cfg);
+        let server = server::start(cfg).await.expect("server starts");
+        let channel = Channel::from_shared(server.grpc_url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        Self {
+            dir,
+            server,
+            channel,
+        }
+    }
+
+    /// Stop the server, keeping the data directory for a restart.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.server.shutdown().await;
+        self.dir
+    }
+
+    pub fn policies(&self) -> Policies {
+        v1::policies_client::PoliciesClient::new(self.channel.clone())
+    }
+    pub fn stacks(&self) -> Stacks {
+        v1::stacks_client::StacksClient::new(self.channel.clone())
+    }
+    pub fn fleet(&self) -> Fleet {
+        v1::fleet_client::FleetClient::new(self.channel.clone())
+    }
+    pub fn data_plane(&self) -> DataPlane {
+        v1::data_plane_client::DataPlaneClient::new(self.channel.clone())
+    }
+
+    pub async fn apply(&self, doc: &str) -> v1::ChangeResponse {
+        self.policies()
+            .apply(v1::ApplyPolicyRequest {
+                policy_json: doc.to_string(),
+                actor: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("apply")
+            .into_inner()
+    }
+
+    pub async fn watch(&self, node_id: &str, last_applied: u64) -> Watch {
+        Watch::open(self.data_plane(), node_id, last_applied).await
+    }
+
+    pub async fn status(&self) -> v1::StatusResponse {
+        self.fleet()
+            .status(v1::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.server.http_addr.expect("http enabled")
+        )
+    }
+}
+
+pub fn reason_req(stack: &str, reason: &str) -> v1::StackReasonRequest {
+    v1::StackReasonRequest {
+        stack: stack.into(),
+        reason: reason.into(),
+        actor: "test".into(),
+    }
+}
+
+/// A Watch stream as the wasm singleton drives it.
+pub struct Watch {
+    pub tx: mpsc::Sender<v1::WatchRequest>,
+    pub rx: Streaming<v1::Snapshot>,
+}
+
+impl Watch {
+    pub async fn open(mut client: DataPlane, node_id: &str, last_applied: u64) -> Self {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(v1::WatchRequest {
+            node_id: node_id.into(),
+            last_applied_version: last_applied,
+            ack_version: 0,
+        })
+        .await
+        .expect("queue first message");
+        let rx = client
+            .watch(ReceiverStream::new(rx))
+            .await
+            .expect("watch opens")
+            .into_inner();
+        Self { tx, rx }
+    }
+
+    /// The next snapshot, within 5 s.
+    pub async fn next(&mut self) -> v1::Snapshot {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a snapshot within 5 s")
+            .expect("stream ok")
+            .expect("stream open")
+    }
+
+    /// Nothing arrives within `wait`.
+    pub async fn expect_quiet(&mut self, wait: Duration) {
+        if let Ok(m) = tokio::time::timeout(wait, self.rx.message()).await {
+            panic!("expected no message, got {m:?}");
+        }
+    }
+
+    pub async fn ack(&self, version: u64) {
+        self.tx
+            .send(v1::WatchRequest {
+                ack_version: version,
+                ..Default::default()
+            })
+            .await
+            .expect("ack");
+    }
+}
+
+/// Poll `f` until it returns true, for up to 5 s.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Minimal HTTP/1.1 GET (Connection: close): status code and body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("connect http");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub async fn http_json(url: &str) -> serde_json::Value {
+    let (status, body) = http_get(url).await;
+    assert_eq!(status, 200, "{url}: {body}");
+    serde_json::from_str(&body).expect("json body")
+}
