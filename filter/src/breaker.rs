@@ -36,6 +36,9 @@ pub struct Breaker {
     trips: u32,
     trials_started: u32,
     trials_ok: u32,
+    /// Recover by active health probes rather than trial requests.
+    probe: bool,
+    probe_in_flight: bool,
 }
 
 impl Default for Breaker {
@@ -48,14 +51,50 @@ impl Default for Breaker {
             trips: 0,
             trials_started: 0,
             trials_ok: 0,
+            probe: false,
+            probe_in_flight: false,
         }
     }
 }
 
 impl Breaker {
-    /// Current state, moving Open → HalfOpen when the open time is over.
+    /// A breaker that recovers through active health probes: while open, no user request
+    /// is risked on the stack; a successful probe closes it.
+    pub fn probing() -> Self {
+        Self {
+            probe: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether a health probe should be sent now (marks it in flight).
+    pub fn start_probe(&mut self, cfg: &BreakerDoc, now_ms: u64) -> bool {
+        let due = cfg.enabled && self.probe && self.state == State::Open && now_ms >= self.open_until_ms && !self.probe_in_flight;
+        if due {
+            self.probe_in_flight = true;
+        }
+        due
+    }
+
+    /// Outcome of a health probe. Returns the new state when it changed.
+    pub fn probe_result(&mut self, cfg: &BreakerDoc, now_ms: u64, ok: bool) -> Option<State> {
+        self.probe_in_flight = false;
+        if self.state != State::Open {
+            return None;
+        }
+        if ok {
+            *self = Breaker::probing();
+            Some(State::Closed)
+        } else {
+            self.trip(cfg, now_ms);
+            None
+        }
+    }
+
+    /// Current state, moving Open → HalfOpen when the open time is over (probing breakers
+    /// stay open until a probe succeeds).
     pub fn state(&mut self, cfg: &BreakerDoc, now_ms: u64) -> State {
-        if self.state == State::Open && now_ms >= self.open_until_ms {
+        if self.state == State::Open && now_ms >= self.open_until_ms && !self.probe {
             self.state = State::HalfOpen;
             self.trials_started = 0;
             self.trials_ok = 0;
@@ -103,7 +142,7 @@ impl Breaker {
                 if ok {
                     self.trials_ok += 1;
                     if self.trials_ok >= cfg.half_open_requests {
-                        *self = Breaker::default();
+                        *self = Breaker { probe: self.probe, ..Breaker::default() };
                     }
                 } else {
                     self.trip(cfg, now_ms);
@@ -230,6 +269,25 @@ mod tests {
             assert_eq!(b.record(&c, t + 60_000 + i, true), None);
         }
         assert_eq!(b.state(&c, t + 70_000), State::Closed);
+    }
+
+    #[test]
+    fn probing_breaker_waits_for_a_probe() {
+        let c = cfg();
+        let mut b = Breaker::probing();
+        let t = 10_000;
+        for i in 0..5 {
+            b.record(&c, t + i, false);
+        }
+        let later = t + 10 * c.open_ms;
+        assert!(!b.available(&c, later), "no trial user requests while probing");
+        assert!(b.start_probe(&c, later));
+        assert!(!b.start_probe(&c, later), "one probe in flight");
+        assert_eq!(b.probe_result(&c, later, false), None);
+        assert!(!b.start_probe(&c, later + 1), "failed probe: open again, with backoff");
+        assert!(b.start_probe(&c, later + 2 * c.open_ms));
+        assert_eq!(b.probe_result(&c, later + 2 * c.open_ms, true), Some(State::Closed));
+        assert!(b.available(&c, later + 2 * c.open_ms));
     }
 
     #[test]

@@ -22,9 +22,17 @@ pub fn parse_pairs(buf: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
         let klen = u32_at(4 + i * 8)?;
         let vlen = u32_at(8 + i * 8)?;
         let key = buf.get(data..data.checked_add(klen)?)?;
-        data = data.checked_add(klen)?.checked_add(1)?;
+        data = data.checked_add(klen)?;
+        if buf.get(data) != Some(&0) {
+            return None;
+        }
+        data += 1;
         let value = buf.get(data..data.checked_add(vlen)?)?;
-        data = data.checked_add(vlen)?.checked_add(1)?;
+        data = data.checked_add(vlen)?;
+        if buf.get(data) != Some(&0) {
+            return None;
+        }
+        data += 1;
         out.push((key, value));
     }
     Some(out)

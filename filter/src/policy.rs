@@ -76,6 +76,10 @@ pub struct StackDoc {
     /// Default weight when a route names the stack without a weight.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Health endpoint. When set, an open circuit breaker is closed again by a probe of
+    /// this path instead of by trial user requests.
+    #[serde(default)]
+    pub health_path: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -500,6 +504,7 @@ pub struct Stack {
     pub region: RegionId,
     pub labels: Vec<String>,
     pub weight: u32,
+    pub health_path: Option<String>,
 }
 
 /// Compiled classification settings.
@@ -758,12 +763,18 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
             ctx.err(format!("{path}.region"), "must not be empty");
         }
         let region = intern(&s.region, &mut regions);
+        if let Some(hp) = &s.health_path {
+            if !hp.starts_with('/') || hp.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                ctx.err(format!("{path}.health_path"), format!("'{hp}' must be a path starting with '/'"));
+            }
+        }
         stacks.push(Stack {
             name: s.name.clone(),
             cluster,
             region,
             labels: s.labels.clone(),
             weight: s.weight,
+            health_path: s.health_path.clone(),
         });
     }
 

@@ -109,9 +109,14 @@ impl Router {
             .iter()
             .map(|r| (Swrr::new(r.route.targets.len()), Swrr::new(r.route.fallback.len())))
             .collect();
+        let breakers = policy
+            .stacks
+            .iter()
+            .map(|s| if s.health_path.is_some() { Breaker::probing() } else { Breaker::default() })
+            .collect();
         Self {
             health: Health::all(n),
-            breakers: vec![Breaker::default(); n],
+            breakers,
             swrr,
             keys,
             policy,
@@ -133,7 +138,9 @@ impl Router {
         for (id, stack) in next.policy.stacks.iter().enumerate() {
             if let Some(old) = self.policy.stack_id(&stack.name) {
                 if let (Some(slot), Some(b)) = (next.breakers.get_mut(id), self.breakers.get(old)) {
-                    *slot = b.clone();
+                    if stack.health_path.is_some() == self.policy.stacks[old].health_path.is_some() {
+                        *slot = b.clone();
+                    }
                 }
             }
         }
@@ -171,6 +178,22 @@ impl Router {
         let ok = matches!(status, Some(s) if (100..500).contains(&s));
         let cfg = &self.policy.breaker;
         self.breakers.get_mut(id)?.record(cfg, now_ms, ok)
+    }
+
+    /// Stacks whose open breaker is due for a health probe (each marked in flight).
+    pub fn probes_due(&mut self, now_ms: u64) -> Vec<StackId> {
+        let cfg = &self.policy.breaker;
+        self.breakers
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(id, b)| b.start_probe(cfg, now_ms).then_some(id))
+            .collect()
+    }
+
+    /// Outcome of a health probe of `id`.
+    pub fn probe_result(&mut self, id: StackId, ok: bool, now_ms: u64) -> Option<State> {
+        let cfg = &self.policy.breaker;
+        self.breakers.get_mut(id)?.probe_result(cfg, now_ms, ok)
     }
 
     /// Decide where a request goes.

@@ -52,7 +52,16 @@ struct Root {
     shared: Option<Rc<RefCell<Shared>>>,
     keys: Option<Keyring>,
     keys_checked: bool,
+    /// Health probes in flight: call token → (policy, stack).
+    probes: Vec<(u32, Arc<Policy>, StackId)>,
+    ticks: u64,
 }
+
+/// Tick period of worker root contexts: health probes are due at most this late.
+const TICK: Duration = Duration::from_millis(200);
+/// Counters are flushed every this many ticks (once a second).
+const FLUSH_EVERY: u64 = 5;
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Root {
     fn load_keys(&mut self) {
@@ -63,17 +72,39 @@ impl Root {
         match std::env::var(KEYS_ENV) {
             Ok(spec) => match Keyring::parse(&spec) {
                 Ok(k) => {
-                    info!("switchyard: affinity keys loaded (signing key id '{}')", k.current_kid());
+                    info!("affinity keys loaded (signing key id '{}')", k.current_kid());
                     self.keys = Some(k);
                 }
-                Err(e) => error!("switchyard: {KEYS_ENV} is invalid ({e}); affinity cookies are disabled"),
+                Err(e) => error!("{KEYS_ENV} is invalid ({e}); affinity cookies are disabled"),
             },
-            Err(_) => warn!("switchyard: {KEYS_ENV} is not set in the VM environment; affinity cookies are disabled"),
+            Err(_) => warn!("{KEYS_ENV} is not set in the VM environment; affinity cookies are disabled"),
         }
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _: usize, _: usize, _: usize) {
+        let Some(pos) = self.probes.iter().position(|(t, _, _)| *t == token) else {
+            return;
+        };
+        let (_, policy, id) = self.probes.swap_remove(pos);
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u32>().ok());
+        let ok = matches!(status, Some(200..=299));
+        let Some(shared) = &self.shared else { return };
+        let mut s = shared.borrow_mut();
+        if !Arc::ptr_eq(&policy, s.router.policy()) {
+            return;
+        }
+        if let Some(state) = s.router.probe_result(id, ok, now_ms()) {
+            let name = policy.stacks.get(id).map_or("?", |st| st.name.as_str());
+            info!("health probe of stack '{name}' succeeded: circuit breaker is now {state:?}");
+            s.metrics.breaker_state(id, state);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
@@ -91,17 +122,17 @@ impl RootContext for Root {
             Ok(v) => v,
             Err(invalid) => {
                 for e in &invalid.errors {
-                    error!("switchyard: invalid policy in plugin configuration: {e}");
+                    error!("invalid policy in plugin configuration: {e}");
                 }
                 return false;
             }
         };
         for w in &validated.warnings {
-            warn!("switchyard: policy warning: {w}");
+            warn!("policy warning: {w}");
         }
         let policy = Arc::new(validated.policy);
         info!(
-            "switchyard: policy '{}' loaded: {} stacks, {} rules",
+            "policy '{}' loaded: {} stacks, {} rules",
             policy.name.as_deref().unwrap_or("unnamed"),
             policy.stacks.len(),
             policy.rules.len()
@@ -118,19 +149,36 @@ impl RootContext for Root {
                 self.shared = Some(Rc::new(RefCell::new(Shared { router, metrics })));
             }
         }
-        let _ = hostcalls::set_tick_period(Duration::from_millis(1000));
+        let _ = hostcalls::set_tick_period(TICK);
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(shared) = &self.shared {
-            let mut s = shared.borrow_mut();
-            let now = now_ms();
-            let Shared { router, metrics } = &mut *s;
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let mut s = shared.borrow_mut();
+        let now = now_ms();
+        let Shared { router, metrics } = &mut *s;
+        self.ticks += 1;
+        if self.ticks % FLUSH_EVERY == 0 {
             metrics.flush();
             for id in 0..router.policy().stacks.len() {
                 let state = router.breaker_state(id, now);
                 metrics.breaker_state(id, state);
+            }
+        }
+        let policy = Arc::clone(router.policy());
+        for id in router.probes_due(now) {
+            let Some(stack) = policy.stacks.get(id) else { continue };
+            let Some(path) = stack.health_path.as_deref() else { continue };
+            let headers = vec![(":method", "GET"), (":path", path), (":authority", stack.name.as_str()), ("user-agent", "switchyard-probe")];
+            match hostcalls::dispatch_http_call(&stack.cluster, headers, None, vec![], PROBE_TIMEOUT) {
+                Ok(token) => self.probes.push((token, Arc::clone(&policy), id)),
+                Err(e) => {
+                    warn!("health probe of stack '{}' could not be sent: {e:?}", stack.name);
+                    router.probe_result(id, false, now);
+                }
             }
         }
     }
@@ -280,7 +328,7 @@ impl HttpContext for Flow {
         if self.same_policy(s) {
             if let Some(state) = s.router.record(stack, status, now) {
                 let name = s.router.policy().stacks.get(stack).map_or("?", |st| st.name.as_str());
-                warn!("switchyard: circuit breaker of stack '{name}' is now {state:?}");
+                warn!("circuit breaker of stack '{name}' is now {state:?}");
                 s.metrics.breaker_state(stack, state);
             }
             s.metrics.response(stack, status, now.saturating_sub(self.started_ms));
