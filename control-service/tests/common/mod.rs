@@ -225,3 +225,94 @@ pub async fn http_json(url: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{url}: {body}");
     serde_json::from_str(&body).expect("json body")
 }
+
+/// The real `switchyard-control` binary, serving on ephemeral ports.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub grpc: String,
+    pub http: String,
+}
+
+impl ServerProcess {
+    /// Start `switchyard-control serve` on `data_dir` and wait for its ready line.
+    pub fn spawn(data_dir: &std::path::Path, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .expect("log file");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-control"))
+            .args([
+                "serve",
+                "--grpc",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn switchyard-control");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut grpc = String::new();
+        let mut http = String::new();
+        for line in lines.by_ref() {
+            let line = line.expect("read stdout");
+            if let Some(addr) = line.strip_prefix("grpc listening on ") {
+                grpc = format!("http://{addr}");
+            } else if let Some(addr) = line.strip_prefix("http listening on ") {
+                http = format!("http://{addr}");
+                break;
+            }
+        }
+        assert!(!grpc.is_empty(), "server printed its gRPC address");
+        Self { child, grpc, http }
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}

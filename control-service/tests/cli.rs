@@ -1,0 +1,233 @@
+//! The `switchyard` CLI against the real `switchyard-control` binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn cli(server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--server")
+        .arg(server)
+        .args(["--actor", "carol"])
+        .args(args)
+        .output()
+        .expect("run switchyard")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().to_string()
+}
+
+#[test]
+fn validate_offline_needs_no_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = write(tmp.path(), "good.json", &policy("p", &["blue", "green"]));
+    let bad = write(tmp.path(), "bad.json", INVALID);
+    let unreachable = "http://127.0.0.1:9";
+    let out = ok(cli(
+        unreachable,
+        &["policy", "validate", "--offline", &good],
+    ));
+    assert_eq!(out.trim(), "valid: 2 stack(s): blue, green");
+
+    let o = cli(unreachable, &["policy", "validate", "--offline", &bad]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.starts_with("invalid policy (3 problems):"), "{err}");
+    for path in [
+        "stacks[1].name",
+        "stacks[1].region",
+        "default.targets[0].stack",
+    ] {
+        assert!(err.contains(&format!("  {path}: ")), "{path} in {err}");
+    }
+    let o = cli(
+        unreachable,
+        &["--json", "policy", "validate", "--offline", &bad],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn unreachable_server_exits_3() {
+    let o = cli("http://127.0.0.1:9", &["--timeout", "2", "status"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot reach the control service"));
+}
+
+#[test]
+fn operator_workflow_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    let p1 = write(tmp.path(), "p1.json", &policy("one", &["blue", "green"]));
+    let p2 = write(tmp.path(), "p2.json", &policy("two", &["blue", "green"]));
+    let bad = write(tmp.path(), "bad.json", INVALID);
+
+    let out = ok(cli(s, &["policy", "validate", &p1]));
+    assert!(out.contains("valid: 2 stack(s)"));
+    let out = ok(cli(s, &["policy", "apply", &p1, "--comment", "first"]));
+    assert!(out.starts_with("version 1: policy one ["), "{out}");
+    let out = ok(cli(s, &["policy", "apply", &p1]));
+    assert_eq!(out.trim(), "unchanged: version 1 already has this policy");
+    ok(cli(s, &["policy", "apply", &p2]));
+
+    // Invalid: every field path, exit 1, nothing changes.
+    let o = cli(s, &["policy", "apply", &bad]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("  default.targets[0].stack: unknown stack"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("  stacks[1].region: "));
+
+    // get round-trips the document.
+    let o = cli(s, &["policy", "get"]);
+    assert_eq!(stdout(&o).trim(), policy("two", &["blue", "green"]));
+    assert!(stderr(&o).starts_with("# version 2 (policy set at v2: two ["));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "policy", "get", "--version", "1"]))).unwrap();
+    assert_eq!(v["policy"]["name"], "one");
+    assert_eq!(v["info"]["version"], 1);
+
+    let out = ok(cli(
+        s,
+        &["stacks", "weight", "green", "20", "--reason", "canary"],
+    ));
+    assert!(
+        out.starts_with("version 3: green weight 100% -> 20%: canary"),
+        "{out}"
+    );
+    ok(cli(s, &["stacks", "drain", "blue", "--reason", "patching"]));
+    ok(cli(
+        s,
+        &["stacks", "unhealthy", "green", "--reason", "5xx burst"],
+    ));
+    let out = ok(cli(s, &["stacks", "list"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("STACK  REGION  WEIGHT  EFFECTIVE  STATE"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("blue ")
+            && lines[1].contains("draining")
+            && lines[1].contains("patching"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("20%")
+            && lines[2].contains("unhealthy")
+            && lines[2].contains("5xx burst"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "stacks", "list"]))).unwrap();
+    assert_eq!(v["stacks"][1]["weight_percent"], 20);
+    assert_eq!(v["stacks"][1]["effective_weight_percent"], 0);
+    ok(cli(s, &["stacks", "healthy", "green"]));
+    ok(cli(s, &["stacks", "undrain", "blue"]));
+    ok(cli(
+        s,
+        &["stacks", "deregister", "blue", "--reason", "rebuild"],
+    ));
+    ok(cli(
+        s,
+        &[
+            "stacks",
+            "register",
+            "blue",
+            "--endpoint",
+            "http://blue.internal:8080",
+        ],
+    ));
+
+    let o = cli(s, &["stacks", "drain", "purple"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not found: stack \"purple\" is not in the current policy"),
+        "{}",
+        stderr(&o)
+    );
+
+    let out = ok(cli(
+        s,
+        &["policy", "rollback", "1", "--comment", "back to one"],
+    ));
+    assert!(out.starts_with("version 10: policy one ["), "{out}");
+    assert!(out.contains("rolled back to the policy of v1"), "{out}");
+
+    let out = ok(cli(s, &["policy", "history", "--limit", "3"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[0].contains("VERSION") && lines[0].contains("SUMMARY"));
+    assert!(
+        lines[1].starts_with("*  10 ")
+            && lines[1].contains("policy_rollback")
+            && lines[1].contains("carol"),
+        "{out}"
+    );
+    assert!(lines[1].ends_with("— back to one"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "policy", "history"]))).unwrap();
+    assert_eq!(v["versions"].as_array().unwrap().len(), 10);
+
+    let out = ok(cli(s, &["status"]));
+    assert!(
+        out.starts_with("version 10 · 0 of 0 connected node(s) on it · store redb:"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(cli(s, &["--json", "status"]))).unwrap();
+    assert_eq!(v["current_version"], 10);
+
+    // Stdin works for apply.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--server", s, "policy", "apply", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(policy("three", &["blue"]).as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        stdout(&o).contains("version 11: policy three"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("stacks removed: green"));
+    drop(server);
+}
