@@ -697,3 +697,28 @@ async fn health_and_reflection_are_served() {
     }
     h.stop().await;
 }
+
+/// Paused clock: the 10 s first-message deadline passes without waiting 10 s.
+#[tokio::test(start_paused = true)]
+async fn watch_without_a_first_message_times_out() {
+    let h = Harness::start().await;
+    let (_tx, rx) = tokio::sync::mpsc::channel::<v1::WatchRequest>(1);
+    let started = tokio::time::Instant::now();
+    let mut stream = h
+        .data_plane()
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "virtual time advanced past the deadline"
+    );
+    assert!(
+        h.status().await.nodes.is_empty(),
+        "a stream without a node id is not a node"
+    );
+    h.stop().await;
+}
