@@ -57,6 +57,19 @@ pub enum Command {
     Stacks(StacksCmd),
     /// The connected Envoys: version applied, last report, connected since.
     Status,
+    /// Follow the Watch stream as an Envoy would (acknowledging each version) and print
+    /// every snapshot: for debugging what the data plane receives.
+    Watch {
+        /// Node id to present.
+        #[arg(long, default_value = "switchyard-cli")]
+        node_id: String,
+        /// Version already applied (0 = send the current snapshot at once).
+        #[arg(long, default_value_t = 0)]
+        last_applied: u64,
+        /// Exit after this many snapshots (0 = follow until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,6 +345,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Policy(cmd) => policy(&mut ctx, cmd).await,
         Command::Stacks(cmd) => stacks(&mut ctx, cmd).await,
         Command::Status => status(&mut ctx).await,
+        Command::Watch {
+            node_id,
+            last_applied,
+            count,
+        } => watch(&mut ctx, node_id, *last_applied, *count).await,
     }
 }
 
@@ -675,6 +693,82 @@ async fn status(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
         ]);
     }
     print_table(&rows);
+    Ok(())
+}
+
+async fn watch(
+    ctx: &mut Ctx<'_>,
+    node_id: &str,
+    last_applied: u64,
+    count: u64,
+) -> Result<(), Failure> {
+    // No per-call timeout on a stream that lives for hours: a channel of its own.
+    let channel = Channel::from_shared(ctx.cli.server.clone())
+        .map_err(|e| Failure::rejected(format!("bad --server {:?}: {e}", ctx.cli.server)))?
+        .connect_timeout(Duration::from_secs(ctx.cli.timeout.max(1)))
+        .connect()
+        .await
+        .map_err(|e| Failure {
+            code: 3,
+            message: format!(
+                "cannot reach the control service at {}: {e}",
+                ctx.cli.server
+            ),
+        })?;
+    let mut client = v1::data_plane_client::DataPlaneClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let _ = tx
+        .send(v1::WatchRequest {
+            node_id: node_id.to_string(),
+            last_applied_version: last_applied,
+            ack_version: 0,
+        })
+        .await;
+    let mut stream = client
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut seen = 0;
+    while let Some(s) = stream.message().await? {
+        if ctx.cli.json {
+            match serde_json::to_string(&s) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("switchyard: {e}"),
+            }
+        } else {
+            let stacks: Vec<String> = s
+                .stacks
+                .iter()
+                .map(|st| {
+                    let mut t = format!("{} {}%", st.name, st.weight_percent);
+                    if !st.healthy {
+                        t.push_str(" unhealthy");
+                    }
+                    if st.draining {
+                        t.push_str(" draining");
+                    }
+                    t
+                })
+                .collect();
+            println!(
+                "v{}  {}  policy {} bytes  stacks: {}",
+                s.version,
+                fmt_time(now_unix_ms()),
+                s.policy_json.len(),
+                stacks.join(", ")
+            );
+        }
+        let _ = tx
+            .send(v1::WatchRequest {
+                ack_version: s.version,
+                ..Default::default()
+            })
+            .await;
+        seen += 1;
+        if count != 0 && seen >= count {
+            break;
+        }
+    }
     Ok(())
 }
 

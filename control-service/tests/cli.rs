@@ -229,5 +229,15 @@ fn operator_workflow_through_the_cli() {
         stdout(&o)
     );
     assert!(stdout(&o).contains("stacks removed: green"));
+
+    // `watch` follows the stream like an Envoy and acknowledges; status shows the node.
+    let out = ok(cli(s, &["watch", "--node-id", "cli-node", "--count", "1"]));
+    assert!(out.starts_with("v11  "), "{out}");
+    assert!(out.contains("stacks: blue 100%"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&ok(cli(s, &["--json", "status"]))).unwrap();
+    assert_eq!(v["nodes"][0]["node_id"], "cli-node");
+    assert_eq!(v["nodes"][0]["sent_version"], 11);
+    let out = ok(cli(s, &["status"]));
+    assert!(out.contains("NODE") && out.contains("cli-node"), "{out}");
     drop(server);
 }
