@@ -96,6 +96,43 @@ impl GrpcInbound {
     }
 }
 
+/// An HTTP call the guest dispatched (`proxy_http_call`), e.g. a health probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCall {
+    pub token: u32,
+    /// The cluster argument.
+    pub upstream: String,
+    pub headers: Vec<Pair>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<Pair>,
+    pub timeout_ms: u32,
+}
+
+impl HttpCall {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// The answer to an HTTP call; `None` in `HttpReply::Failed` terms is a reset/timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpReply {
+    Response { headers: Vec<Pair>, body: Vec<u8>, trailers: Vec<Pair> },
+    /// Connection failure, reset or timeout: Envoy calls back with no headers at all.
+    Failed,
+}
+
+impl HttpReply {
+    /// A response with this status and body.
+    pub fn status(code: u16, body: impl AsRef<[u8]>) -> Self {
+        HttpReply::Response {
+            headers: vec![(":status".into(), code.to_string().into_bytes())],
+            body: body.as_ref().to_vec(),
+            trailers: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct CallState {
     pub deadline_mono_ns: Option<u64>,
@@ -116,6 +153,10 @@ pub struct GrpcState {
     pub(crate) outbox: Vec<GrpcOutbound>,
     /// Every call and stream ever opened, for assertions.
     pub(crate) history: Vec<GrpcOutbound>,
+    /// HTTP calls in flight: token → deadline (monotonic ns).
+    pub(crate) http_calls: BTreeMap<u32, Option<u64>>,
+    pub(crate) http_outbox: Vec<HttpCall>,
+    pub(crate) next_http_token: u32,
 }
 
 impl GrpcState {

@@ -7,7 +7,7 @@
 use wasmtime::{Caller, Linker};
 
 use crate::abi::{self, BufferType, LogLevel, MapType, MetricKind, Pair, Status};
-use crate::grpc::{self, CallState, GrpcOutbound, GrpcTarget, StreamInfo};
+use crate::grpc::{self, CallState, GrpcOutbound, GrpcTarget, HttpCall, StreamInfo};
 use crate::props;
 use crate::state::{HostState, LocalResponse};
 use crate::wasi::{self, WasiState, WasiView};
@@ -587,16 +587,40 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          bl: i32,
          tp: i32,
          tl: i32,
-         _timeout: i32,
+         timeout: i32,
          out: i32| {
             let r = (|| {
-                mem_read(&mut c, up, ul)?;
-                mem_read(&mut c, hp, hl)?;
-                mem_read(&mut c, bp, bl)?;
-                mem_read(&mut c, tp, tl)?;
+                let upstream = String::from_utf8_lossy(&mem_read(&mut c, up, ul)?).into_owned();
+                let raw_headers = mem_read(&mut c, hp, hl)?;
+                let body = mem_read(&mut c, bp, bl)?;
+                let raw_trailers = mem_read(&mut c, tp, tl)?;
                 mem_read(&mut c, out, 4)?;
-                // No HTTP upstreams are simulated: Envoy answers an unknown cluster this way.
-                Err(Status::BadArgument.into())
+                let (Ok(headers), Ok(trailers)) = (abi::decode_pairs(&raw_headers), abi::decode_pairs(&raw_trailers)) else {
+                    c.data_mut().host_error("proxy_http_call: malformed header pairs".into());
+                    return Err(Status::BadArgument.into());
+                };
+                let headers: Vec<Pair> = headers.into_iter().map(|(k, v)| (lower(&k), v)).collect();
+                let trailers = trailers.into_iter().map(|(k, v)| (lower(&k), v)).collect();
+                // Envoy refuses a call without these, and one to a cluster it does not know.
+                for required in [":method", ":path", ":authority"] {
+                    if !headers.iter().any(|(k, _)| k == required) {
+                        return Err(Status::BadArgument.into());
+                    }
+                }
+                let known = c.data().shared.lock().known_clusters.clone();
+                if let Some(known) = known {
+                    if !known.contains(&upstream) {
+                        return Err(Status::BadArgument.into());
+                    }
+                }
+                let now = c.data().shared.monotonic_nanos();
+                let st = c.data_mut();
+                st.grpc.next_http_token += 1;
+                let token = st.grpc.next_http_token;
+                let timeout_ms = timeout as u32;
+                st.grpc.http_calls.insert(token, (timeout_ms > 0).then(|| now + u64::from(timeout_ms) * 1_000_000));
+                st.grpc.http_outbox.push(HttpCall { token, upstream, headers, body, trailers, timeout_ms });
+                write_u32(&mut c, out, token)
             })();
             finish(&mut c, "proxy_http_call", r)
         },

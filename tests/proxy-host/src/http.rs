@@ -30,6 +30,11 @@ impl Response {
         }
     }
 
+    /// The upstream resets the stream (or times out) before any response headers.
+    pub fn reset() -> Self {
+        Response { status: 0, headers: Vec::new(), body: Vec::new(), trailers: Vec::new() }
+    }
+
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
         self.headers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
@@ -46,8 +51,11 @@ impl Response {
     }
 }
 
+/// Computes the upstream's response from the request headers it received.
+pub type Upstream = std::sync::Arc<dyn Fn(&[Pair]) -> Response + Send + Sync>;
+
 /// A downstream request, built like a client would send it through Envoy.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Request {
     /// In Envoy's order: pseudo-headers first, then the rest as received.
     pub headers: Vec<Pair>,
@@ -55,6 +63,20 @@ pub struct Request {
     pub trailers: Vec<Pair>,
     pub properties: Vec<(String, Vec<u8>)>,
     pub response: Response,
+    /// When set, decides the response from the forwarded headers (wins over `response`).
+    pub upstream: Option<Upstream>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("headers", &self.headers)
+            .field("body", &self.body)
+            .field("trailers", &self.trailers)
+            .field("properties", &self.properties)
+            .field("response", &self.response)
+            .finish()
+    }
 }
 
 impl Request {
@@ -75,6 +97,7 @@ impl Request {
                 ("request.protocol".into(), b"HTTP/1.1".to_vec()),
             ],
             response: Response::default(),
+            upstream: None,
         }
     }
 
@@ -144,6 +167,12 @@ impl Request {
 
     pub fn trailer(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
         self.trailers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// An upstream that answers according to what it receives (e.g. per stack).
+    pub fn upstream(mut self, f: Upstream) -> Self {
+        self.upstream = Some(f);
         self
     }
 

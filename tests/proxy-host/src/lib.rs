@@ -27,3 +27,5 @@ pub use vm::{Vm, VmSpec};
 pub mod process;
 pub use process::{GrpcPeer, Process, VmId};
 pub mod build;
+pub mod fixture;
+pub use fixture::Switchyard;

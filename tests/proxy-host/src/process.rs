@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::error::HostError;
-use crate::grpc::{GrpcInbound, GrpcOutbound};
+use crate::grpc::{GrpcInbound, GrpcOutbound, HttpCall, HttpReply};
 use crate::shared::Shared;
 use crate::vm::{Vm, VmSpec};
 
@@ -30,7 +30,12 @@ pub struct Process {
     shared: Shared,
     vms: Vec<Vm>,
     peer: Option<Box<dyn GrpcPeer>>,
+    http: Option<Box<HttpResponder>>,
 }
+
+/// Answers HTTP calls (health probes) for the whole process; `None` leaves a call
+/// pending until its timeout.
+pub type HttpResponder = dyn FnMut(VmId, &HttpCall) -> Option<HttpReply> + Send;
 
 impl Default for Process {
     fn default() -> Self {
@@ -45,7 +50,7 @@ impl Process {
 
     /// A process whose virtual wall clock starts at `unix_nanos`.
     pub fn starting_at(unix_nanos: u64) -> Self {
-        Process { shared: Shared::new(unix_nanos), vms: Vec::new(), peer: None }
+        Process { shared: Shared::new(unix_nanos), vms: Vec::new(), peer: None, http: None }
     }
 
     /// Process-wide state: shared data, queues, stats, foreign functions, clock.
@@ -78,6 +83,11 @@ impl Process {
     /// Installs the gRPC peer that answers every VM's calls and streams.
     pub fn set_grpc_peer(&mut self, peer: impl GrpcPeer + 'static) {
         self.peer = Some(Box::new(peer));
+    }
+
+    /// Installs what answers HTTP calls (e.g. `|_, call| Some(HttpReply::status(200, ""))`).
+    pub fn set_http_responder(&mut self, f: impl FnMut(VmId, &HttpCall) -> Option<HttpReply> + Send + 'static) {
+        self.http = Some(Box::new(f));
     }
 
     pub fn take_grpc_peer(&mut self) -> Option<Box<dyn GrpcPeer>> {
@@ -116,33 +126,39 @@ impl Process {
     pub fn advance(&mut self, d: Duration) -> Result<(), HostError> {
         let target = self.shared.monotonic_nanos() + d.as_nanos() as u64;
         loop {
-            let mut next: Option<(u64, usize, Option<u32>)> = None;
+            // (time, vm, what): what = 0 tick, 1 gRPC deadline, 2 HTTP deadline.
+            let mut next: Option<(u64, usize, u8, u32)> = None;
             for (i, vm) in self.vms.iter().enumerate() {
                 if vm.has_failed() {
                     continue;
                 }
-                if let Some(t) = vm.next_tick() {
-                    if t <= target && next.is_none_or(|(n, _, _)| t < n) {
-                        next = Some((t, i, None));
+                let mut consider = |t: u64, what: u8, token: u32| {
+                    if t <= target && next.is_none_or(|(n, _, _, _)| t < n) {
+                        next = Some((t, i, what, token));
                     }
+                };
+                if let Some(t) = vm.next_tick() {
+                    consider(t, 0, 0);
                 }
                 if let Some((t, token)) = vm.next_grpc_deadline() {
-                    if t <= target && next.is_none_or(|(n, _, _)| t < n) {
-                        next = Some((t, i, Some(token)));
-                    }
+                    consider(t, 1, token);
+                }
+                if let Some((t, token)) = vm.next_http_deadline() {
+                    consider(t, 2, token);
                 }
             }
-            let Some((t, i, deadline)) = next else {
+            let Some((t, i, what, token)) = next else {
                 break;
             };
             self.set_clock(t);
-            match deadline {
-                None => self.vms[i].tick(t)?,
-                Some(token) => self.vms[i].deliver_grpc(GrpcInbound::CallFailed {
+            match what {
+                0 => self.vms[i].tick(t)?,
+                1 => self.vms[i].deliver_grpc(GrpcInbound::CallFailed {
                     token,
                     status: crate::abi::grpc_status::DEADLINE_EXCEEDED,
                     message: "deadline exceeded".into(),
                 })?,
+                _ => self.vms[i].deliver_http(token, HttpReply::Failed)?,
             }
             self.flush()?;
         }
@@ -176,6 +192,17 @@ impl Process {
                     v.queue_ready(ctx, token)?;
                     delivered += 1;
                     progress = true;
+                }
+            }
+            if let Some(http) = self.http.as_mut() {
+                for (i, vm) in self.vms.iter_mut().enumerate() {
+                    for call in vm.take_http_calls() {
+                        if let Some(reply) = http(VmId(i), &call) {
+                            vm.deliver_http(call.token, reply)?;
+                            delivered += 1;
+                            progress = true;
+                        }
+                    }
                 }
             }
             if let Some(peer) = self.peer.as_mut() {

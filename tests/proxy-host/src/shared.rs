@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub foreign: HashMap<String, ForeignFn>,
     /// Total wasm-level CAS mismatches, so tests can see contention.
     pub cas_mismatches: u64,
+    /// Clusters HTTP calls may target; `None` accepts any name.
+    pub known_clusters: Option<Vec<String>>,
 }
 
 /// Handle to the process-wide state; cloned into every VM's store.
@@ -69,6 +71,7 @@ impl Shared {
             metric_by_name: HashMap::new(),
             foreign: HashMap::new(),
             cas_mismatches: 0,
+            known_clusters: None,
         })))
     }
 
@@ -122,6 +125,11 @@ impl Shared {
             Some(token) => g.enqueue(token, value),
             None => Status::NotFound,
         }
+    }
+
+    /// Restricts HTTP calls to these clusters (Envoy answers others with BadArgument).
+    pub fn set_known_clusters(&self, clusters: &[&str]) {
+        self.lock().known_clusters = Some(clusters.iter().map(|s| s.to_string()).collect());
     }
 
     pub fn cas_mismatches(&self) -> u64 {

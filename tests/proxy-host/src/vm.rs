@@ -8,7 +8,7 @@ use wasmtime::{Instance, Memory, Store, TypedFunc, WasmParams, WasmResults};
 
 use crate::abi::{Action, LogLevel, MapType, Pair};
 use crate::error::HostError;
-use crate::grpc::{GrpcInbound, GrpcOutbound, GrpcState};
+use crate::grpc::{GrpcInbound, GrpcOutbound, GrpcState, HttpCall, HttpReply};
 use crate::http::{Exchange, Request};
 use crate::module::{engine, WasmModule};
 use crate::props::PropValue;
@@ -151,6 +151,7 @@ struct Exports {
     on_grpc_receive: Option<F3>,
     on_grpc_trailing: Option<F3>,
     on_grpc_close: Option<F3>,
+    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
 }
 
 fn export<P: WasmParams, R: WasmResults>(
@@ -255,6 +256,7 @@ impl Vm {
             on_grpc_receive: export(&mut store, &instance, "proxy_on_grpc_receive", &name)?,
             on_grpc_trailing: export(&mut store, &instance, "proxy_on_grpc_receive_trailing_metadata", &name)?,
             on_grpc_close: export(&mut store, &instance, "proxy_on_grpc_close", &name)?,
+            on_http_call_response: export(&mut store, &instance, "proxy_on_http_call_response", &name)?,
         };
         let mut vm = Vm {
             store,
@@ -416,6 +418,45 @@ impl Vm {
     /// Every gRPC call and stream event the guest ever made, in order.
     pub fn grpc_history(&self) -> &[GrpcOutbound] {
         &self.store.data().grpc.history
+    }
+
+    /// HTTP calls the guest dispatched since the last call, removed from the outbox.
+    pub fn take_http_calls(&mut self) -> Vec<HttpCall> {
+        std::mem::take(&mut self.store.data_mut().grpc.http_outbox)
+    }
+
+    pub(crate) fn next_http_deadline(&self) -> Option<(u64, u32)> {
+        self.store.data().grpc.http_calls.iter().filter_map(|(t, d)| d.map(|d| (d, *t))).min()
+    }
+
+    /// Answers an HTTP call: `proxy_on_http_call_response` on the root context with the
+    /// response visible through the HttpCallResponse maps and body. Unknown or already
+    /// answered tokens are ignored, as Envoy drops late replies.
+    pub fn deliver_http(&mut self, token: u32, reply: HttpReply) -> Result<(), HostError> {
+        if self.store.data_mut().grpc.http_calls.remove(&token).is_none() {
+            return Ok(());
+        }
+        let root = self.root_context_id();
+        let (h, b, t) = match reply {
+            HttpReply::Response { headers, body, trailers } => (headers, body, trailers),
+            HttpReply::Failed => (Vec::new(), Vec::new(), Vec::new()),
+        };
+        let (nh, nb, nt) = (h.len() as i32, b.len() as i32, t.len() as i32);
+        {
+            let st = self.store.data_mut();
+            st.callback_maps.insert(MapType::HttpCallResponseHeaders, h);
+            st.callback_maps.insert(MapType::HttpCallResponseTrailers, t);
+            st.callback_buffer = Some(b);
+        }
+        let r = match self.ex.on_http_call_response.clone() {
+            Some(f) => self.call("proxy_on_http_call_response", root, &f, (root as i32, token as i32, nh, nb, nt)),
+            None => Ok(()),
+        };
+        let st = self.store.data_mut();
+        st.callback_maps.remove(&MapType::HttpCallResponseHeaders);
+        st.callback_maps.remove(&MapType::HttpCallResponseTrailers);
+        st.callback_buffer = None;
+        r
     }
 
     /// Tokens of the streams the host still considers open.
@@ -591,8 +632,11 @@ impl Vm {
         }
         let mut upstream_request = None;
         if self.local_reply(ctx).is_none() && !paused {
-            upstream_request = Some(self.stream(ctx).request_headers.clone());
-            let resp = &req.response;
+            let forwarded = self.stream(ctx).request_headers.clone();
+            let computed = req.upstream.as_ref().map(|f| f(&forwarded));
+            upstream_request = Some(forwarded);
+            let resp = computed.as_ref().unwrap_or(&req.response);
+            let reset = resp.status == 0;
             let mut headers = vec![(":status".to_string(), resp.status.to_string().into_bytes())];
             headers.extend(resp.headers.iter().cloned());
             let resp_has_body = !resp.body.is_empty();
@@ -600,14 +644,21 @@ impl Vm {
             self.stream(ctx).response_headers = headers;
             let n = self.stream(ctx).response_headers.len() as i32;
             let f = self.ex.on_response_headers.clone();
-            let a = self.stream_cb3("proxy_on_response_headers", f, ctx, n, !resp_has_body && !resp_has_trailers)?;
-            paused = a == Action::Pause && self.stream(ctx).continued_response == 0 && self.local_reply(ctx).is_none();
-            if resp_has_body && !paused && self.local_reply(ctx).is_none() {
+            let a = if reset {
+                // Envoy answers the client itself (503 UF/UR) without running this
+                // filter's encoder callbacks for an upstream that never responded.
+                self.stream(ctx).response_headers = vec![(":status".into(), b"503".to_vec())];
+                Action::Pause
+            } else {
+                self.stream_cb3("proxy_on_response_headers", f, ctx, n, !resp_has_body && !resp_has_trailers)?
+            };
+            paused = !reset && a == Action::Pause && self.stream(ctx).continued_response == 0 && self.local_reply(ctx).is_none();
+            if resp_has_body && !paused && !reset && self.local_reply(ctx).is_none() {
                 self.stream(ctx).response_body = resp.body.clone();
                 let f = self.ex.on_response_body.clone();
                 self.stream_cb3("proxy_on_response_body", f, ctx, resp.body.len() as i32, !resp_has_trailers)?;
             }
-            if resp_has_trailers && !paused && self.local_reply(ctx).is_none() {
+            if resp_has_trailers && !paused && !reset && self.local_reply(ctx).is_none() {
                 self.stream(ctx).response_trailers = resp.trailers.clone();
                 let f = self.ex.on_response_trailers.clone();
                 self.stream_cb2("proxy_on_response_trailers", f, ctx, resp.trailers.len() as i32)?;
