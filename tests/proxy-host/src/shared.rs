@@ -22,6 +22,7 @@ pub struct Metric {
 }
 
 #[derive(Debug)]
+#[allow(dead_code)] // vm_id and name are kept for debugging output.
 pub(crate) struct Queue {
     pub vm_id: String,
     pub name: String,
