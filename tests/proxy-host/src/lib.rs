@@ -29,3 +29,7 @@ pub use process::{GrpcPeer, Process, VmId};
 pub mod build;
 pub mod fixture;
 pub use fixture::Switchyard;
+pub mod peer;
+pub use peer::{Reply, ScriptHandle, ScriptedPeer};
+pub mod bridge;
+pub use bridge::TonicBridge;

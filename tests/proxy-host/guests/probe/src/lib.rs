@@ -54,7 +54,16 @@ impl Root {
     }
 
     fn dispatch_grpc_stream_raw(&self, raw: &str) -> Result<u32, Status> {
-        hostcalls::open_grpc_stream(raw, "switchyard.v1.Probe", "Watch", vec![("x-probe", b"1")])
+        let service = self.get("service").unwrap_or("switchyard.v1.Probe");
+        let method = self.get("method").unwrap_or("Watch");
+        let t = hostcalls::open_grpc_stream(raw, service, method, vec![("x-probe", b"1")])?;
+        if let Some(hello) = self.get("hello") {
+            let bytes: Vec<u8> = (0..hello.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hello[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            let _ = hostcalls::send_grpc_stream_message(t, Some(&bytes), false);
+        }
+        Ok(t)
     }
 }
 
@@ -67,6 +76,9 @@ impl Context for Root {
     fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
         let body = self.get_grpc_stream_message(0, size).unwrap_or_default();
         say(format!("grpc message {token} {}", String::from_utf8_lossy(&body)));
+        if self.get("half_close_after_first").is_some() {
+            let _ = hostcalls::close_grpc_stream(token);
+        }
         if body == b"echo" {
             let _ = hostcalls::send_grpc_stream_message(token, Some(b"echoed"), false);
         }
