@@ -16,6 +16,7 @@ pub mod headers;
 pub mod policy;
 pub mod router;
 pub mod schedule;
+pub mod snapshot;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -11,6 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::breaker::State;
+use crate::snapshot::{StackTelemetry, TelemetryBatch};
 use crate::policy::{Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome};
 
@@ -71,6 +72,10 @@ pub struct Metrics {
     rules: usize,
     latency: Vec<u32>,
     breaker: Vec<u32>,
+    /// Per-stack telemetry for the control service, plus one entry for local replies.
+    telemetry: Vec<StackTelemetry>,
+    /// Telemetry batches that could not be queued (reported with the next one).
+    telemetry_dropped: u64,
 }
 
 fn define(kind: MetricType, name: &str) -> u32 {
@@ -103,7 +108,15 @@ impl Metrics {
             .map(|s| define(MetricType::Gauge, &format!("switchyard.stack.{}.breaker_state", s.name)))
             .collect();
         let pending = vec![0; counter_ids.len()];
+        let mut telemetry: Vec<StackTelemetry> = policy
+            .stacks
+            .iter()
+            .map(|s| StackTelemetry { stack: s.name.clone(), ..Default::default() })
+            .collect();
+        telemetry.push(StackTelemetry { stack: "_local".into(), ..Default::default() });
         Self {
+            telemetry,
+            telemetry_dropped: 0,
             counter_ids,
             pending,
             stacks: policy.stacks.len(),
@@ -145,6 +158,17 @@ impl Metrics {
         }
         match d.outcome {
             Outcome::Stack { id, how } => {
+                if let Some(t) = self.telemetry.get_mut(id) {
+                    match d.affinity {
+                        AffinityEvent::Hit => t.affinity_hit += 1,
+                        AffinityEvent::Off => {}
+                        AffinityEvent::Forged => {
+                            t.affinity_forged += 1;
+                            t.affinity_miss += 1;
+                        }
+                        _ => t.affinity_miss += 1,
+                    }
+                }
                 match d.affinity {
                     AffinityEvent::Hit => self.stack(id, StackCounter::AffinityHit),
                     AffinityEvent::Off => {}
@@ -154,7 +178,12 @@ impl Metrics {
                     self.stack(id, StackCounter::Fallback);
                 }
             }
-            Outcome::Local(_) => self.global(GlobalCounter::LocalReplies),
+            Outcome::Local(_) => {
+                self.global(GlobalCounter::LocalReplies);
+                if let Some(t) = self.telemetry.last_mut() {
+                    t.local_replies += 1;
+                }
+            }
         }
     }
 
@@ -169,6 +198,16 @@ impl Metrics {
             None => StackCounter::Reset,
         };
         self.stack(id, class);
+        if let Some(t) = self.telemetry.get_mut(id).filter(|_| id < self.stacks) {
+            t.requests += 1;
+            match status {
+                Some(200..=299) => t.status_2xx += 1,
+                Some(400..=499) => t.status_4xx += 1,
+                Some(500..) | None => t.status_5xx += 1,
+                _ => {}
+            }
+            t.latency_ms_sum += latency_ms;
+        }
         if status.is_some() {
             if let Some(&h) = self.latency.get(id) {
                 if h != NO_METRIC {
@@ -196,6 +235,21 @@ impl Metrics {
 
     pub fn filter_error(&mut self) {
         self.global(GlobalCounter::FilterErrors);
+    }
+
+    /// Queue this window's telemetry for the control singleton (bounded: one message per
+    /// worker per second; a batch that cannot be queued is counted and reported later).
+    pub fn send_telemetry(&mut self, queue: Option<u32>, now_ms: u64) {
+        let stacks: Vec<StackTelemetry> = self.telemetry.iter().filter(|t| !t.is_empty()).cloned().collect();
+        if stacks.is_empty() && self.telemetry_dropped == 0 {
+            return;
+        }
+        for t in &mut self.telemetry {
+            *t = StackTelemetry { stack: std::mem::take(&mut t.stack), ..Default::default() };
+        }
+        let batch = TelemetryBatch { node_id: String::new(), window_end_unix_ms: now_ms, window_ms: 1000, stacks, dropped: self.telemetry_dropped };
+        let queued = queue.is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&batch.encode())).is_ok());
+        self.telemetry_dropped = if queued { 0 } else { self.telemetry_dropped + 1 };
     }
 
     /// Send accumulated counter increments to the host.

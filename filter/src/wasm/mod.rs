@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 mod abi;
+mod control;
 mod metrics;
 
 use std::cell::RefCell;
@@ -45,6 +46,51 @@ fn now_ms() -> u64 {
 struct Shared {
     router: Router,
     metrics: Metrics,
+    /// Version key of the control-plane snapshot last applied (0: plugin configuration).
+    snapshot_version: u64,
+    /// Policy text of the last applied snapshot (skip recompiling on health-only changes).
+    snapshot_policy: String,
+}
+
+impl Shared {
+    /// Apply a newer control-plane snapshot if the singleton wrote one. One small
+    /// shared-data read per call; the snapshot itself is read and decoded only when the
+    /// version changed. Any problem keeps the current state (fail static).
+    fn refresh(&mut self) {
+        let version = control::read_version();
+        if version == 0 || version == self.snapshot_version {
+            return;
+        }
+        self.snapshot_version = version;
+        let Ok((Some(bytes), _)) = hostcalls::get_shared_data(crate::snapshot::SNAPSHOT_KEY) else {
+            return;
+        };
+        let snapshot = match crate::snapshot::Snapshot::decode(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot decode snapshot {version} from shared data: {e}");
+                self.metrics.filter_error();
+                return;
+            }
+        };
+        if snapshot.policy_json != self.snapshot_policy {
+            match crate::policy::validate_json(&snapshot.policy_json) {
+                Ok(v) => {
+                    let policy = Arc::new(v.policy);
+                    self.metrics = Metrics::define(&policy);
+                    self.router.set_policy(policy);
+                    self.snapshot_policy = snapshot.policy_json.clone();
+                }
+                Err(e) => {
+                    error!("snapshot {} carries an invalid policy, keeping the current one: {e}", snapshot.version);
+                    self.metrics.filter_error();
+                    return;
+                }
+            }
+        }
+        self.router
+            .set_health(snapshot.stacks.iter().map(|st| (st.name.as_str(), st.factor(), st.healthy)));
+    }
 }
 
 #[derive(Default)]
@@ -55,6 +101,10 @@ struct Root {
     /// Health probes in flight: call token → (policy, stack).
     probes: Vec<(u32, Arc<Policy>, StackId)>,
     ticks: u64,
+    /// Set when this root is the control singleton rather than a filter.
+    control: Option<control::Control>,
+    /// Worker → singleton telemetry queue, once resolved.
+    telemetry_queue: Option<u32>,
 }
 
 /// Tick period of worker root contexts: health probes are due at most this late.
@@ -83,6 +133,30 @@ impl Root {
 }
 
 impl Context for Root {
+    fn on_grpc_stream_initial_metadata(&mut self, token: u32, _: u32) {
+        if let Some(c) = &mut self.control {
+            c.on_stream_open(token);
+        }
+    }
+
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        if let Some(c) = &mut self.control {
+            c.on_stream_message(token, size);
+        }
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
+        if let Some(c) = &mut self.control {
+            c.on_stream_close(token, status, now_ms());
+        }
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, _: usize) {
+        if let Some(c) = &mut self.control {
+            c.on_call_response(token, status);
+        }
+    }
+
     fn on_http_call_response(&mut self, token: u32, _: usize, _: usize, _: usize) {
         let Some(pos) = self.probes.iter().position(|(t, _, _)| *t == token) else {
             return;
@@ -118,6 +192,10 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
+        if control::is_control_config(&config) {
+            self.control = control::Control::start(&config, now_ms());
+            return self.control.is_some();
+        }
         let validated = match validate_bytes(&config) {
             Ok(v) => v,
             Err(invalid) => {
@@ -146,7 +224,12 @@ impl RootContext for Root {
             None => {
                 let metrics = Metrics::define(&policy);
                 let router = Router::new(policy, self.keys.clone());
-                self.shared = Some(Rc::new(RefCell::new(Shared { router, metrics })));
+                self.shared = Some(Rc::new(RefCell::new(Shared {
+                    router,
+                    metrics,
+                    snapshot_version: 0,
+                    snapshot_policy: String::new(),
+                })));
             }
         }
         let _ = hostcalls::set_tick_period(TICK);
@@ -154,15 +237,24 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        let now = now_ms();
+        if let Some(c) = &mut self.control {
+            c.on_tick(now);
+            return;
+        }
         let Some(shared) = self.shared.clone() else {
             return;
         };
         let mut s = shared.borrow_mut();
-        let now = now_ms();
-        let Shared { router, metrics } = &mut *s;
+        s.refresh();
+        let Shared { router, metrics, .. } = &mut *s;
         self.ticks += 1;
         if self.ticks % FLUSH_EVERY == 0 {
             metrics.flush();
+            if self.telemetry_queue.is_none() {
+                self.telemetry_queue = hostcalls::resolve_shared_queue(&vm_id(), crate::snapshot::TELEMETRY_QUEUE).ok().flatten();
+            }
+            metrics.send_telemetry(self.telemetry_queue, now);
             for id in 0..router.policy().stacks.len() {
                 let state = router.breaker_state(id, now);
                 metrics.breaker_state(id, state);
@@ -180,6 +272,12 @@ impl RootContext for Root {
                     router.probe_result(id, false, now);
                 }
             }
+        }
+    }
+
+    fn on_queue_ready(&mut self, _: u32) {
+        if let Some(c) = &mut self.control {
+            c.drain_queue();
         }
     }
 
@@ -216,6 +314,7 @@ impl Context for Flow {}
 
 impl Flow {
     fn decide(&mut self, shared: &mut Shared) -> Decision {
+        shared.refresh();
         let now = now_ms();
         self.started_ms = now;
         let raw = abi::header_map(MapType::HttpRequestHeaders);
@@ -250,6 +349,16 @@ impl Flow {
         };
         shared.router.decide(&req)
     }
+}
+
+/// This VM's id (the queue namespace shared with the singleton).
+fn vm_id() -> String {
+    hostcalls::get_property(vec!["plugin_vm_id"])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "switchyard".into())
 }
 
 fn uses_client_ip(p: &Policy) -> bool {

@@ -116,7 +116,7 @@ impl Drop for TempDir {
 /// Render `envoy/envoy.yaml` for a test: ports, policy and wasm path replaced.
 pub fn render_config(policy_json: &str, listener: u16, admin: u16, stack_ports: &HashMap<&str, u16>) -> String {
     let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap();
-    let defaults = [("blue", 8081u16), ("green", 8082), ("canary", 8083), ("eu", 8084)];
+    let defaults = [("blue", 8081u16), ("green", 8082), ("canary", 8083), ("eu", 8084), ("control", 18000)];
     let mut out = Vec::new();
     let mut lines = text.lines().peekable();
     let mut in_policy = false;
@@ -149,6 +149,9 @@ pub fn render_config(policy_json: &str, listener: u16, admin: u16, stack_ports: 
             }
         }
         l = l.replace("filename: target/wasm32-wasip1/release/switchyard_filter.wasm", &format!("filename: {}", wasm_path().display()));
+        if let Some(node) = stack_ports.get("node") {
+            l = l.replace("\"node_id\": \"envoy-local\"", &format!("\"node_id\": \"envoy-{node}\""));
+        }
         out.push(l);
     }
     out.join("\n") + "\n"

@@ -1,0 +1,397 @@
+//! The control-plane wire messages the wasm singleton and workers speak
+//! (`control-service/proto/switchyard/v1/data_plane.proto`), hand-encoded so the filter
+//! needs no protobuf runtime. Decoding is total: any byte string gives a message or an
+//! error, never a panic; unknown fields are skipped as protobuf requires.
+//!
+//! The singleton stores the `Snapshot` bytes exactly as received in Envoy shared data;
+//! workers decode them only when the version key changes.
+
+/// Shared-data key holding the applied snapshot version (8 bytes, little endian).
+pub const VERSION_KEY: &str = "switchyard.snapshot.version";
+/// Shared-data key holding the snapshot (protobuf `Snapshot`).
+pub const SNAPSHOT_KEY: &str = "switchyard.snapshot";
+/// Shared queue carrying worker telemetry to the singleton.
+pub const TELEMETRY_QUEUE: &str = "switchyard.telemetry";
+/// Largest message accepted from the wire or a queue.
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// Why bytes were not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("truncated message")]
+    Truncated,
+    #[error("malformed varint")]
+    Varint,
+    #[error("unsupported wire type {0}")]
+    WireType(u8),
+    #[error("field {0} is not valid UTF-8")]
+    Utf8(u32),
+    #[error("message larger than {MAX_MESSAGE} bytes")]
+    TooLarge,
+}
+
+/// Desired routing state: `switchyard.v1.Snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub version: u64,
+    pub policy_json: String,
+    pub stacks: Vec<StackState>,
+}
+
+/// `switchyard.v1.StackState`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackState {
+    pub name: String,
+    pub weight_percent: u32,
+    pub healthy: bool,
+    pub reason: String,
+    pub draining: bool,
+}
+
+impl StackState {
+    /// Effective weight factor for the router (a draining stack takes no new traffic).
+    pub fn factor(&self) -> u32 {
+        if self.draining {
+            0
+        } else {
+            self.weight_percent.min(100)
+        }
+    }
+}
+
+/// `switchyard.v1.WatchRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchRequest {
+    pub node_id: String,
+    pub last_applied_version: u64,
+    pub ack_version: u64,
+}
+
+/// `switchyard.v1.TelemetryBatch`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetryBatch {
+    pub node_id: String,
+    pub window_end_unix_ms: u64,
+    pub window_ms: u32,
+    pub stacks: Vec<StackTelemetry>,
+    pub dropped: u64,
+}
+
+/// `switchyard.v1.StackTelemetry`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackTelemetry {
+    pub stack: String,
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub latency_ms_sum: u64,
+    pub affinity_hit: u64,
+    pub affinity_miss: u64,
+    pub affinity_forged: u64,
+    pub local_replies: u64,
+}
+
+impl StackTelemetry {
+    /// Add another window's counts.
+    pub fn merge(&mut self, o: &StackTelemetry) {
+        self.requests += o.requests;
+        self.status_2xx += o.status_2xx;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        self.latency_ms_sum += o.latency_ms_sum;
+        self.affinity_hit += o.affinity_hit;
+        self.affinity_miss += o.affinity_miss;
+        self.affinity_forged += o.affinity_forged;
+        self.local_replies += o.local_replies;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == StackTelemetry { stack: self.stack.clone(), ..Default::default() }
+    }
+}
+
+// ----- encoding ---------------------------------------------------------------------
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_u64(out: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        put_varint(out, u64::from(field) << 3);
+        put_varint(out, v);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u32, v: &[u8]) {
+    if !v.is_empty() {
+        put_varint(out, (u64::from(field) << 3) | 2);
+        put_varint(out, v.len() as u64);
+        out.extend_from_slice(v);
+    }
+}
+
+fn put_message(out: &mut Vec<u8>, field: u32, body: &[u8]) {
+    put_varint(out, (u64::from(field) << 3) | 2);
+    put_varint(out, body.len() as u64);
+    out.extend_from_slice(body);
+}
+
+impl WatchRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_bytes(&mut out, 1, self.node_id.as_bytes());
+        put_u64(&mut out, 2, self.last_applied_version);
+        put_u64(&mut out, 3, self.ack_version);
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut m = WatchRequest::default();
+        for_each_field(buf, |f, v| {
+            match (f, v) {
+                (1, Value::Bytes(b)) => m.node_id = utf8(1, b)?,
+                (2, Value::Varint(x)) => m.last_applied_version = x,
+                (3, Value::Varint(x)) => m.ack_version = x,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(m)
+    }
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_u64(&mut out, 1, self.version);
+        put_bytes(&mut out, 2, self.policy_json.as_bytes());
+        for s in &self.stacks {
+            let mut b = Vec::new();
+            put_bytes(&mut b, 1, s.name.as_bytes());
+            put_u64(&mut b, 2, u64::from(s.weight_percent));
+            put_u64(&mut b, 3, u64::from(s.healthy));
+            put_bytes(&mut b, 4, s.reason.as_bytes());
+            put_u64(&mut b, 5, u64::from(s.draining));
+            put_message(&mut out, 3, &b);
+        }
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut m = Snapshot::default();
+        for_each_field(buf, |f, v| {
+            match (f, v) {
+                (1, Value::Varint(x)) => m.version = x,
+                (2, Value::Bytes(b)) => m.policy_json = utf8(2, b)?,
+                (3, Value::Bytes(b)) => {
+                    let mut s = StackState::default();
+                    for_each_field(b, |f, v| {
+                        match (f, v) {
+                            (1, Value::Bytes(b)) => s.name = utf8(1, b)?,
+                            (2, Value::Varint(x)) => s.weight_percent = x.min(u64::from(u32::MAX)) as u32,
+                            (3, Value::Varint(x)) => s.healthy = x != 0,
+                            (4, Value::Bytes(b)) => s.reason = utf8(4, b)?,
+                            (5, Value::Varint(x)) => s.draining = x != 0,
+                            _ => {}
+                        }
+                        Ok(())
+                    })?;
+                    m.stacks.push(s);
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(m)
+    }
+}
+
+impl TelemetryBatch {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_bytes(&mut out, 1, self.node_id.as_bytes());
+        put_u64(&mut out, 2, self.window_end_unix_ms);
+        put_u64(&mut out, 3, u64::from(self.window_ms));
+        for s in &self.stacks {
+            let mut b = Vec::new();
+            put_bytes(&mut b, 1, s.stack.as_bytes());
+            for (f, v) in [
+                (2, s.requests),
+                (3, s.status_2xx),
+                (4, s.status_4xx),
+                (5, s.status_5xx),
+                (6, s.latency_ms_sum),
+                (7, s.affinity_hit),
+                (8, s.affinity_miss),
+                (9, s.affinity_forged),
+                (10, s.local_replies),
+            ] {
+                put_u64(&mut b, f, v);
+            }
+            put_message(&mut out, 4, &b);
+        }
+        put_u64(&mut out, 5, self.dropped);
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut m = TelemetryBatch::default();
+        for_each_field(buf, |f, v| {
+            match (f, v) {
+                (1, Value::Bytes(b)) => m.node_id = utf8(1, b)?,
+                (2, Value::Varint(x)) => m.window_end_unix_ms = x,
+                (3, Value::Varint(x)) => m.window_ms = x.min(u64::from(u32::MAX)) as u32,
+                (4, Value::Bytes(b)) => {
+                    let mut s = StackTelemetry::default();
+                    for_each_field(b, |f, v| {
+                        match (f, v) {
+                            (1, Value::Bytes(b)) => s.stack = utf8(1, b)?,
+                            (2, Value::Varint(x)) => s.requests = x,
+                            (3, Value::Varint(x)) => s.status_2xx = x,
+                            (4, Value::Varint(x)) => s.status_4xx = x,
+                            (5, Value::Varint(x)) => s.status_5xx = x,
+                            (6, Value::Varint(x)) => s.latency_ms_sum = x,
+                            (7, Value::Varint(x)) => s.affinity_hit = x,
+                            (8, Value::Varint(x)) => s.affinity_miss = x,
+                            (9, Value::Varint(x)) => s.affinity_forged = x,
+                            (10, Value::Varint(x)) => s.local_replies = x,
+                            _ => {}
+                        }
+                        Ok(())
+                    })?;
+                    m.stacks.push(s);
+                }
+                (5, Value::Varint(x)) => m.dropped = x,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(m)
+    }
+}
+
+/// Serialized `envoy.config.core.v3.GrpcService{envoy_grpc{cluster_name}}`: what Envoy's
+/// `open_grpc_stream`/`dispatch_grpc_call` must be given (a bare cluster name can parse as
+/// an empty GrpcService and abort Envoy).
+pub fn grpc_service(cluster: &str) -> Vec<u8> {
+    let mut envoy_grpc = Vec::new();
+    put_bytes(&mut envoy_grpc, 1, cluster.as_bytes());
+    let mut out = Vec::new();
+    put_message(&mut out, 1, &envoy_grpc);
+    out
+}
+
+// ----- decoding ---------------------------------------------------------------------
+
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+fn utf8(field: u32, b: &[u8]) -> Result<String, DecodeError> {
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Utf8(field))
+}
+
+fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos).ok_or(DecodeError::Truncated)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Ok(v);
+        }
+    }
+    Err(DecodeError::Varint)
+}
+
+fn for_each_field<'a>(buf: &'a [u8], mut f: impl FnMut(u32, Value<'a>) -> Result<(), DecodeError>) -> Result<(), DecodeError> {
+    if buf.len() > MAX_MESSAGE {
+        return Err(DecodeError::TooLarge);
+    }
+    let mut pos = 0;
+    while pos < buf.len() {
+        let key = get_varint(buf, &mut pos)?;
+        let field = (key >> 3) as u32;
+        let value = match (key & 7) as u8 {
+            0 => Value::Varint(get_varint(buf, &mut pos)?),
+            1 => {
+                pos = pos.checked_add(8).filter(|&p| p <= buf.len()).ok_or(DecodeError::Truncated)?;
+                Value::Fixed
+            }
+            2 => {
+                let len = usize::try_from(get_varint(buf, &mut pos)?).map_err(|_| DecodeError::Truncated)?;
+                let end = pos.checked_add(len).filter(|&e| e <= buf.len()).ok_or(DecodeError::Truncated)?;
+                let b = &buf[pos..end];
+                pos = end;
+                Value::Bytes(b)
+            }
+            5 => {
+                pos = pos.checked_add(4).filter(|&p| p <= buf.len()).ok_or(DecodeError::Truncated)?;
+                Value::Fixed
+            }
+            w => return Err(DecodeError::WireType(w)),
+        };
+        f(field, value)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn known_bytes() {
+        // protoc --encode=switchyard.v1.WatchRequest: node_id: "n1" last_applied_version: 300
+        let w = WatchRequest { node_id: "n1".into(), last_applied_version: 300, ack_version: 0 };
+        assert_eq!(w.encode(), vec![0x0a, 2, b'n', b'1', 0x10, 0xac, 0x02]);
+        assert_eq!(grpc_service("hx"), vec![0x0a, 4, 0x0a, 2, b'h', b'x']);
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = Snapshot {
+            version: 42,
+            policy_json: "{\"x\":1}".into(),
+            stacks: vec![
+                StackState { name: "blue".into(), weight_percent: 100, healthy: true, reason: String::new(), draining: false },
+                StackState { name: "green".into(), weight_percent: 0, healthy: false, reason: "db down".into(), draining: true },
+            ],
+        };
+        assert_eq!(Snapshot::decode(&s.encode()).unwrap(), s);
+        let t = TelemetryBatch {
+            node_id: "envoy-1".into(),
+            window_end_unix_ms: 1_795_737_600_000,
+            window_ms: 1000,
+            stacks: vec![StackTelemetry { stack: "blue".into(), requests: 10, status_2xx: 9, status_5xx: 1, latency_ms_sum: 55, ..Default::default() }],
+            dropped: 3,
+        };
+        assert_eq!(TelemetryBatch::decode(&t.encode()).unwrap(), t);
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped() {
+        let mut b = Snapshot { version: 7, ..Default::default() }.encode();
+        b.extend_from_slice(&[0x49, 1, 2, 3, 4, 5, 6, 7, 8]); // field 9, fixed64
+        b.extend_from_slice(&[0x55, 1, 2, 3, 4]); // field 10, fixed32
+        assert_eq!(Snapshot::decode(&b).unwrap().version, 7);
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Snapshot::decode(&b);
+            let _ = TelemetryBatch::decode(&b);
+            let _ = WatchRequest::decode(&b);
+        }
+    }
+}
