@@ -28,9 +28,29 @@ pub struct SwitchyardBuilder {
     vm_id: String,
     wasm: Option<std::path::PathBuf>,
     log_capacity: usize,
+    singleton: Option<String>,
+    peer: Option<Box<dyn crate::process::GrpcPeer>>,
+}
+
+/// Plugin configuration of the control singleton for `cluster`, as node `node_id`.
+pub fn control_config(cluster: &str, node_id: &str) -> String {
+    format!(r#"{{"role": "control", "cluster": "{cluster}", "node_id": "{node_id}"}}"#)
 }
 
 impl SwitchyardBuilder {
+    /// Also start the control singleton (same module and vm_id) with this plugin
+    /// configuration, before the workers, as Envoy starts bootstrap extensions first.
+    pub fn singleton(mut self, config: impl Into<String>) -> Self {
+        self.singleton = Some(config.into());
+        self
+    }
+
+    /// The gRPC peer the process uses (installed before any VM starts).
+    pub fn grpc_peer(mut self, peer: impl crate::process::GrpcPeer + 'static) -> Self {
+        self.peer = Some(Box::new(peer));
+        self
+    }
+
     pub fn policy(mut self, json: impl Into<String>) -> Self {
         self.policy = json.into();
         self
@@ -95,14 +115,23 @@ impl SwitchyardBuilder {
         Ok(spec)
     }
 
-    pub fn build(self) -> Result<Switchyard, HostError> {
+    pub fn build(mut self) -> Result<Switchyard, HostError> {
         let spec = self.spec()?;
         let mut process = Process::starting_at(self.start_unix_secs * 1_000_000_000);
+        if let Some(peer) = self.peer.take() {
+            process.set_grpc_peer_boxed(peer);
+        }
+        let singleton = match &self.singleton {
+            Some(cfg) => Some(process.spawn(
+                spec.clone().root_id("switchyard-control").plugin_config(cfg.as_bytes()).name("singleton"),
+            )?),
+            None => None,
+        };
         let mut workers = Vec::new();
         for i in 0..self.workers {
             workers.push(process.spawn(spec.clone().seed(0x5eed + i as u64).name(&format!("worker{i}")))?);
         }
-        Ok(Switchyard { process, workers })
+        Ok(Switchyard { process, workers, singleton })
     }
 }
 
@@ -110,6 +139,7 @@ impl SwitchyardBuilder {
 pub struct Switchyard {
     pub process: Process,
     pub workers: Vec<VmId>,
+    pub singleton: Option<VmId>,
 }
 
 impl Switchyard {
@@ -123,6 +153,8 @@ impl Switchyard {
             vm_id: "switchyard".into(),
             wasm: None,
             log_capacity: 20_000,
+            singleton: None,
+            peer: None,
         }
         .policy_file("examples/policies/demo.json")
     }
@@ -154,6 +186,10 @@ impl Switchyard {
     /// Host errors of every worker (bad pointers, malformed buffers); should be empty.
     pub fn host_errors(&self) -> Vec<String> {
         self.workers.iter().flat_map(|w| self.process.vm_ref(*w).host_errors().to_vec()).collect()
+    }
+
+    pub fn singleton_logs(&self) -> String {
+        self.singleton.map(|s| self.process.vm_ref(s).logs_text()).unwrap_or_default()
     }
 
     pub fn logs_text(&self, worker: usize) -> String {

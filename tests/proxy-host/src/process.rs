@@ -90,6 +90,10 @@ impl Process {
         self.http = Some(Box::new(f));
     }
 
+    pub fn set_grpc_peer_boxed(&mut self, peer: Box<dyn GrpcPeer>) {
+        self.peer = Some(peer);
+    }
+
     pub fn take_grpc_peer(&mut self) -> Option<Box<dyn GrpcPeer>> {
         self.peer.take()
     }
