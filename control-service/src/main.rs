@@ -29,7 +29,11 @@ fn init_logs(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (a harness that stopped reading) must never panic a task: the
+        // default reports write errors with eprintln!, which panics, and panics abort in
+        // release builds.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -99,8 +103,8 @@ fn main() -> std::process::ExitCode {
         let token = running.shutdown_token();
         tokio::spawn(async move {
             shutdown_signal().await;
-            tracing::info!("shutdown requested");
             token.cancel();
+            tracing::info!("shutdown requested");
         });
         running.wait().await;
         tracing::info!("stopped");

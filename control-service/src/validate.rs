@@ -39,10 +39,23 @@ pub struct StackInfo {
     pub region: String,
 }
 
+/// Largest policy document accepted. Every Envoy keeps the snapshot in shared data and
+/// each worker copies it when it changes, so keep documents small.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+
 /// Validate a policy document with the filter's validator.
 ///
 /// On rejection, returns every issue the validator found.
 pub fn check(policy_json: &str) -> Result<Accepted, Vec<Issue>> {
+    if policy_json.len() > MAX_POLICY_BYTES {
+        return Err(vec![Issue {
+            path: "$".into(),
+            message: format!(
+                "the document is {} bytes; at most {MAX_POLICY_BYTES} are accepted",
+                policy_json.len()
+            ),
+        }]);
+    }
     let validated = policy::validate_json(policy_json).map_err(|invalid| {
         invalid
             .errors
@@ -115,6 +128,12 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn rejects_oversized_documents() {
+        let big = format!("{{\"name\":\"{}\"}}", "x".repeat(MAX_POLICY_BYTES));
+        assert_eq!(check(&big).unwrap_err()[0].path, "$");
     }
 
     #[test]

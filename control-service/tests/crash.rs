@@ -15,32 +15,26 @@ enum Acked {
     Weight(u32),
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_a_burst_loses_no_acknowledged_version() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut server = ServerProcess::spawn(&data, &[]);
-    let channel = connect(&server.grpc).await;
-    let mut pol = v1::policies_client::PoliciesClient::new(channel.clone());
-    pol.apply(v1::ApplyPolicyRequest {
-        policy_json: policy("seed", &["blue", "green"]),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+type Log = Arc<Mutex<Vec<(u64, Acked)>>>;
 
-    let acked: Arc<Mutex<Vec<(u64, Acked)>>> = Arc::new(Mutex::new(vec![(
-        1,
-        Acked::Policy(policy("seed", &["blue", "green"])),
-    )]));
+/// Three writers apply distinct policies and one moves a weight, all racing to commit,
+/// until the server dies under them. Returns once every writer saw its call fail.
+async fn burst_until_killed(
+    server: &mut ServerProcess,
+    acked: &Log,
+    kill_after: usize,
+    round: usize,
+) {
+    let channel = connect(&server.grpc).await;
+    let pol = v1::policies_client::PoliciesClient::new(channel.clone());
+    let start = acked.lock().unwrap().len();
     let mut tasks = Vec::new();
-    // Three writers apply distinct policies, one moves a weight: all race to commit.
     for w in 0..3 {
         let mut pol = pol.clone();
         let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
-                let doc = policy(&format!("burst-{w}-{i}"), &["blue", "green"]);
+                let doc = policy(&format!("burst-{round}-{w}-{i}"), &["blue", "green"]);
                 match pol
                     .apply(v1::ApplyPolicyRequest {
                         policy_json: doc.clone(),
@@ -62,7 +56,7 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_version() {
         let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0u32.. {
-                let percent = i % 100;
+                let percent = (i + round as u32 * 7) % 100;
                 let req = v1::SetWeightRequest {
                     stack: "green".into(),
                     weight_percent: percent,
@@ -79,22 +73,21 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_version() {
             }
         }));
     }
-    // Let the burst run, then pull the plug mid-flight.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while acked.lock().unwrap().len() < 60 {
+    while acked.lock().unwrap().len() < start + kill_after {
         assert!(std::time::Instant::now() < deadline, "burst too slow");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     server.kill9();
     for t in tasks {
         t.await.unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 60);
+}
 
-    let server = ServerProcess::spawn(&data, &[]);
-    let channel = connect(&server.grpc).await;
-    let mut pol = v1::policies_client::PoliciesClient::new(channel);
+/// Every acknowledged version is in the store with its exact content; history is gapless.
+async fn verify(server: &ServerProcess, acked: &Log) -> u64 {
+    let mut pol = v1::policies_client::PoliciesClient::new(connect(&server.grpc).await);
+    let acked = acked.lock().unwrap().clone();
     let hist = pol
         .history(v1::HistoryRequest {
             limit: 1000,
@@ -106,13 +99,16 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_version() {
     let max_acked = acked.iter().map(|(v, _)| *v).max().unwrap();
     assert!(
         hist.current_version >= max_acked,
-        "restored {} < acknowledged {max_acked}",
+        "restored v{} < acknowledged v{max_acked}",
         hist.current_version
     );
-    // Gapless: every version from 1 to the latest is there.
     let mut versions: Vec<u64> = hist.versions.iter().map(|v| v.version).collect();
     versions.reverse();
-    assert_eq!(versions, (1..=hist.current_version).collect::<Vec<_>>());
+    assert_eq!(
+        versions,
+        (1..=hist.current_version).collect::<Vec<_>>(),
+        "gapless history"
+    );
     for (version, what) in &acked {
         let got = pol
             .get(v1::GetPolicyRequest { version: *version })
@@ -138,11 +134,34 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_version() {
             }
         }
     }
-    eprintln!(
-        "acknowledged {} versions (max v{max_acked}); restored v{}",
-        acked.len(),
-        hist.current_version
-    );
+    hist.current_version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_loses_no_acknowledged_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = ServerProcess::spawn(&data, &[]);
+    let seed = policy("seed", &["blue", "green"]);
+    v1::policies_client::PoliciesClient::new(connect(&server.grpc).await)
+        .apply(v1::ApplyPolicyRequest {
+            policy_json: seed.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let acked: Log = Arc::new(Mutex::new(vec![(1, Acked::Policy(seed))]));
+    // Three crashes at different points of a burst, each followed by a restart that must
+    // hold everything acknowledged so far.
+    for (round, kill_after) in [(0, 60), (1, 23), (2, 41)] {
+        burst_until_killed(&mut server, &acked, kill_after, round).await;
+        server = ServerProcess::spawn(&data, &[]);
+        let restored = verify(&server, &acked).await;
+        eprintln!(
+            "round {round}: {} versions acknowledged so far; restored v{restored}",
+            acked.lock().unwrap().len()
+        );
+    }
 }
 
 #[tokio::test]
@@ -185,4 +204,60 @@ async fn sigterm_shuts_down_cleanly_and_restart_keeps_state() {
         .unwrap()
         .into_inner();
     assert_eq!(cur.policy_json, policy("a", &["blue"]));
+}
+
+/// A harness that reads the ready line and then closes both pipes must still be able to
+/// stop the server: log writes to a closed stderr may not panic (release builds abort).
+#[test]
+fn closed_stdout_and_stderr_do_not_break_the_server() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-control"))
+        .args(["serve", "--grpc", "127.0.0.1:0", "--no-http", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("grpc listening on 127.0.0.1:"), "{line}");
+    drop(child.stderr.take());
+    let addr = line
+        .trim()
+        .trim_start_matches("grpc listening on ")
+        .to_string();
+    // Make it log (to the closed stderr) while serving.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut pol =
+            v1::policies_client::PoliciesClient::new(connect(&format!("http://{addr}")).await);
+        pol.apply(v1::ApplyPolicyRequest {
+            policy_json: policy("a", &["blue"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("server did not exit on SIGTERM with closed pipes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
 }
