@@ -57,7 +57,7 @@ wasm: $(TOOLS)/.wasm-target $(TOOLS)/.binaryen
 	@ls -l $(WASM) | awk '{print "switchyard_filter.wasm:", $$5, "bytes"}'
 
 native:
-	$(CARGO) build --release -p switchyard-storefront
+	$(CARGO) build --release -p switchyard-storefront -p switchyard-control
 
 ## ---- run -----------------------------------------------------------------
 run: setup build
@@ -66,7 +66,7 @@ run: setup build
 ## ---- test ----------------------------------------------------------------
 test: setup wasm
 	$(CARGO) test --workspace --exclude switchyard-e2e
-	$(CARGO) build --release -p switchyard-storefront
+	$(CARGO) build --release -p switchyard-storefront -p switchyard-control
 	$(CARGO) test -p switchyard-e2e -- --test-threads 1
 
 ## ---- bench ---------------------------------------------------------------

@@ -434,3 +434,73 @@ impl Shop {
         self.stacks.iter_mut().find(|s| s.proc.name == name).unwrap()
     }
 }
+
+/// The control service binary, started on a data directory.
+pub struct ControlService {
+    pub proc: Proc,
+    pub grpc: u16,
+}
+
+fn control_bin(name: &str) -> PathBuf {
+    let p = root().join("target/release").join(name);
+    assert!(p.exists(), "{} is missing: run the tests through `make test`", p.display());
+    p
+}
+
+impl ControlService {
+    /// Start on `grpc` (a fixed port, so Envoy can be pointed at it before it runs).
+    pub fn start(data_dir: &std::path::Path, grpc: u16) -> ControlService {
+        let mut child = Command::new(control_bin("switchyard-control"))
+            .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--grpc", &format!("127.0.0.1:{grpc}"), "--no-http"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("grpc listening on"), "control service said {line:?}");
+        ControlService { proc: Proc { child, name: "control".into() }, grpc }
+    }
+
+    /// SIGKILL it.
+    pub fn kill(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+    }
+
+    /// Run the operator CLI against it.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(control_bin("switchyard"))
+            .args(["--server", &format!("http://127.0.0.1:{}", self.grpc)])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Spread `n` requests over `conns` connections (so both Envoy workers serve) and count
+/// which stack answered; failures count under their status code.
+pub fn spread(port: u16, conns: usize, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let mut clients: Vec<Client> = (0..conns).map(|_| Client::connect(port).unwrap()).collect();
+    for i in 0..n {
+        let r = clients[i % conns].get("/", headers).unwrap();
+        let key = if r.status == 200 { r.served_by().unwrap_or("?").to_string() } else { format!("status {}", r.status) };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Poll until every one of a burst of requests is served by a stack in `allowed`.
+/// Returns how long it took, or `None` after `timeout`.
+pub fn wait_routing(port: u16, allowed: &[&str], timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let counts = spread(port, 4, 16, &[]);
+        if counts.keys().all(|k| allowed.contains(&k.as_str())) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
