@@ -33,3 +33,4 @@ pub mod peer;
 pub use peer::{Reply, ScriptHandle, ScriptedPeer};
 pub mod bridge;
 pub use bridge::TonicBridge;
+pub mod scenario;
