@@ -20,7 +20,7 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-for port in 10000 9901 8081 8082 8083 8084; do
+for port in 10000 9901 8081 8082 8083 8084 18000 18080; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use on 127.0.0.1; stop whatever holds it (an earlier make run?)" >&2
     exit 1
@@ -32,6 +32,17 @@ for spec in blue:8081:us green:8082:us canary:8083:us eu:8084:eu; do
   target/release/switchyard-storefront --name "$name" --port "$port" --region "$region" >"$RUN/$name.log" 2>&1 &
   pids+=($!)
 done
+
+# The control service with its embedded store; the demo policy is applied as version 1
+# (or the stored state is restored when .run/control-data already has it).
+target/release/switchyard-control serve --data-dir "$RUN/control-data" --grpc 127.0.0.1:18000 --http 127.0.0.1:18080 \
+  >"$RUN/control.out" 2>"$RUN/control.log" &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q "grpc listening" "$RUN/control.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "grpc listening" "$RUN/control.out" || { echo "control service did not start; see $RUN/control.log" >&2; exit 1; }
+if ! target/release/switchyard policy get >/dev/null 2>&1; then
+  target/release/switchyard --actor make-run policy apply examples/policies/demo.json
+fi
 
 # Demo cookie keys. In production put real secrets in Envoy's environment.
 export SWITCHYARD_AFFINITY_KEYS=${SWITCHYARD_AFFINITY_KEYS:-demo1=demo-affinity-secret-change-me}
@@ -49,6 +60,8 @@ cat <<'MSG'
 Switchyard is running (logs in .run/):
   storefront via Envoy   http://127.0.0.1:10000   (stacks: blue, green, canary, eu)
   Envoy admin            http://127.0.0.1:9901    (/stats/prometheus | grep switchyard)
+  control service        grpc 127.0.0.1:18000, http://127.0.0.1:18080/api/v1/status
+  operator CLI           target/release/switchyard status | policy history | stacks list
 
 Try:
   curl -si localhost:10000/ | grep -Ei 'x-served-by|set-cookie|x-switchyard'
@@ -56,6 +69,8 @@ Try:
   curl -s  localhost:10000/ -H "authorization: Bearer $(scripts/demo-jwt.sh alice beta)" -D - -o /dev/null | grep -i x-served  # beta cohort → canary
   curl -s  localhost:10000/ -H 'x-switchyard-stack: canary' -D - -o /dev/null | grep -i x-served-by   # spoofing has no effect
   curl -s  localhost:9901/stats/prometheus | grep '^switchyard_stack_rq_total'
+  target/release/switchyard stacks weight green 0     # drain green on every worker, live
+  target/release/switchyard stacks list
 
 Press Ctrl-C to stop.
 MSG
