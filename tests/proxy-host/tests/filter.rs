@@ -395,3 +395,56 @@ fn an_upstream_reset_counts_against_the_stack() {
     assert_eq!(sy.metric("switchyard.stack.blue.rq_reset"), 5);
     assert!((0..6).all(|_| sy.send(Request::get("/")).unwrap().stack() == Some("green")), "resets trip the breaker too");
 }
+
+#[test]
+fn percentage_buckets_are_stable_and_about_the_right_size() {
+    let mut sy = demo();
+    let mut in_slice = 0;
+    for u in 0..2000 {
+        let req = || Request::get("/").header("x-jwt-sub", format!("user-{u}"));
+        let a = sy.send(req()).unwrap();
+        let b = sy.send(req()).unwrap();
+        let slice_a = a.decision().unwrap().starts_with("rule=canary-slice;");
+        let slice_b = b.decision().unwrap().starts_with("rule=canary-slice;");
+        assert_eq!(slice_a, slice_b, "user-{u} moved between buckets");
+        if slice_a {
+            assert_eq!(a.stack(), Some("canary"));
+            in_slice += 1;
+        }
+    }
+    assert!((60..=140).contains(&in_slice), "{in_slice} of 2000 users in a 5% slice");
+}
+
+#[test]
+fn ipv6_and_odd_client_addresses_never_break_routing() {
+    let mut sy = demo();
+    for addr in ["[2001:db8::7]:443", "[::ffff:10.20.1.1]:80", "10.20.1.1:0", "not an address", ""] {
+        let ex = sy.send(Request::get("/").source(addr)).unwrap();
+        assert!(ex.stack().is_some(), "{addr}: {:?}", ex.local_response);
+    }
+    let ex = sy.send(Request::get("/").property("source.address", "10.20.9.9:1")).unwrap();
+    assert_eq!(ex.stack(), Some("eu"));
+    assert!(sy.host_errors().is_empty());
+}
+
+#[test]
+fn repeated_routing_headers_are_hostile_and_never_pick_a_rule() {
+    let mut sy = demo();
+    let ex = sy.send(Request::get("/").header("x-jwt-cohort", "beta").header("x-jwt-cohort", "beta")).unwrap();
+    assert_ne!(ex.stack(), Some("canary"), "a repeated cohort header chose the beta rule: {:?}", ex.decision());
+    let ex = sy.send(Request::get("/").header("x-partner-key", "a").header("x-partner-key", "b")).unwrap();
+    assert!(ex.stack().is_some());
+    sy.advance(Duration::from_secs(1)).unwrap();
+    assert!(sy.metric("switchyard.hostile_requests") >= 1);
+}
+
+#[test]
+fn huge_and_many_headers_still_get_a_decision() {
+    let mut sy = demo();
+    let mut req = Request::get("/").header("x-big", vec![b'a'; 256 * 1024]);
+    for i in 0..500 {
+        req = req.header(&format!("x-h{i}"), "v");
+    }
+    let ex = sy.send(req.header("x-geo-country", "NL")).unwrap();
+    assert_eq!(ex.stack(), Some("eu"));
+}

@@ -184,3 +184,25 @@ fn singleton_against_the_real_control_service() {
     assert!(reported, "{}", sy.singleton_logs());
     rt.block_on(server.shutdown());
 }
+
+#[test]
+fn control_plane_weights_and_draining_shape_the_split() {
+    let peer = control_plane(1);
+    let handle = peer.handle();
+    let mut sy = Switchyard::builder().singleton(control_config("control", "n1")).grpc_peer(peer).build().unwrap();
+    handle.push(WATCH, Reply::Message(snapshot(2, 25, 75)));
+    sy.process.flush().unwrap();
+    let blue = stacks_of(&mut sy, 0, 100).iter().filter(|s| *s == "blue").count();
+    assert!((20..=30).contains(&blue), "blue got {blue} of 100 at 25%");
+    let drain = Snapshot {
+        version: 3,
+        policy_json: POLICY.into(),
+        stacks: vec![
+            StackState { name: "blue".into(), weight_percent: 100, healthy: true, reason: String::new(), draining: true },
+            StackState { name: "green".into(), weight_percent: 100, healthy: true, reason: String::new(), draining: false },
+        ],
+    };
+    handle.push(WATCH, Reply::Message(drain.encode()));
+    sy.process.flush().unwrap();
+    assert!(stacks_of(&mut sy, 0, 20).iter().all(|s| s == "green"), "a draining stack took new traffic");
+}
