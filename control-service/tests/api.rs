@@ -537,6 +537,19 @@ async fn http_api_serves_health_status_policy_stacks_history() {
     assert_eq!(st["stacks"][0]["effective_weight_percent"], 100);
     let hist = http_json(&h.http_url("/api/v1/history?limit=5")).await;
     assert_eq!(hist["versions"][0]["kind"], "policy_apply");
+
+    h.stacks().drain(reason_req("green", "")).await.unwrap();
+    let (code, metrics) = http_get(&h.http_url("/metrics")).await;
+    assert_eq!(code, 200);
+    for line in [
+        "switchyard_control_version 2",
+        "switchyard_control_watch_streams 0",
+        "switchyard_control_stack_effective_weight_percent{stack=\"blue\"} 100",
+        "switchyard_control_stack_effective_weight_percent{stack=\"green\"} 0",
+        "switchyard_control_stack_draining{stack=\"green\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     h.stop().await;
 }
 
