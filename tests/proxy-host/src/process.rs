@@ -221,6 +221,13 @@ impl Process {
                     }
                 }
             }
+            for vm in self.vms.iter_mut() {
+                let n = vm.resume_into_completed()?;
+                if n > 0 {
+                    delivered += n;
+                    progress = true;
+                }
+            }
             if !progress {
                 return Ok(delivered);
             }

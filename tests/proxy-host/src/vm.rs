@@ -178,6 +178,10 @@ pub struct Vm {
     failed: bool,
     local_reply_through_filter: bool,
     log_capacity: usize,
+    /// Streams paused in request headers: context → (request, action, log start).
+    paused: HashMap<u32, (Request, Action, usize)>,
+    /// Exchanges of paused streams that finished later (see `take_completed`).
+    completed: Vec<Exchange>,
 }
 
 impl Vm {
@@ -266,6 +270,8 @@ impl Vm {
             failed: false,
             local_reply_through_filter: spec.local_reply_through_filter,
             log_capacity: spec.log_capacity,
+            paused: HashMap::new(),
+            completed: Vec::new(),
         };
         let start = match export::<(), ()>(&mut vm.store, &instance, "_initialize", &name)? {
             Some(f) => Some(("_initialize", f)),
@@ -612,8 +618,87 @@ impl Vm {
         let n = req.headers.len() as i32;
         let f = self.ex.on_request_headers.clone();
         let action = self.stream_cb3("proxy_on_request_headers", f, ctx, n, !has_body && !has_trailers)?;
-        let mut paused = action == Action::Pause && self.local_reply(ctx).is_none()
+        let paused = action == Action::Pause && self.local_reply(ctx).is_none()
             && self.stream(ctx).continued_request == 0;
+        if paused {
+            // Envoy holds the stream until the guest calls proxy_continue_stream (from a
+            // later callback) or the test gives up with `reset_paused`.
+            let partial = self.partial_exchange(ctx, action, log_start);
+            self.paused.insert(ctx, (req, action, log_start));
+            return Ok(partial);
+        }
+        self.after_request_headers(ctx, req, action, log_start)
+    }
+
+    fn partial_exchange(&self, ctx: u32, action: Action, log_start: usize) -> Exchange {
+        let logs = self.store.data().logs.get(log_start..).unwrap_or(&[]);
+        Exchange {
+            context_id: ctx,
+            request_headers_action: action,
+            upstream_request: None,
+            local_response: None,
+            response_headers: Vec::new(),
+            response_body: Vec::new(),
+            paused: true,
+            route_cache_cleared: 0,
+            logs: logs.iter().filter(|l| l.context_id == ctx).cloned().collect(),
+            guest_properties: Vec::new(),
+        }
+    }
+
+    /// Streams paused in request headers that nothing has resumed yet.
+    pub fn paused_streams(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.paused.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Resumes paused streams whose guest called `proxy_continue_stream(HttpRequest)` or
+    /// sent a local reply since; returns their finished exchanges.
+    pub fn resume_continued(&mut self) -> Result<Vec<Exchange>, HostError> {
+        let ready: Vec<u32> = self
+            .paused_streams()
+            .into_iter()
+            .filter(|c| {
+                self.store.data().streams.get(c).is_some_and(|s| s.continued_request > 0 || s.local_response.is_some())
+            })
+            .collect();
+        let mut out = Vec::new();
+        for ctx in ready {
+            if let Some((req, action, log_start)) = self.paused.remove(&ctx) {
+                out.push(self.after_request_headers(ctx, req, action, log_start)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Exchanges of once-paused streams that `Process::flush` resumed and finished.
+    pub fn take_completed(&mut self) -> Vec<Exchange> {
+        std::mem::take(&mut self.completed)
+    }
+
+    pub(crate) fn resume_into_completed(&mut self) -> Result<usize, HostError> {
+        if self.paused.is_empty() {
+            return Ok(0);
+        }
+        let done = self.resume_continued()?;
+        let n = done.len();
+        self.completed.extend(done);
+        Ok(n)
+    }
+
+    /// Gives up on a paused stream as a client reset would: no upstream, then
+    /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
+    pub fn reset_paused(&mut self, ctx: u32) -> Result<Option<Exchange>, HostError> {
+        let Some((_, action, log_start)) = self.paused.remove(&ctx) else {
+            return Ok(None);
+        };
+        self.finish(ctx, action, None, true, log_start).map(Some)
+    }
+
+    fn after_request_headers(&mut self, ctx: u32, req: Request, action: Action, log_start: usize) -> Result<Exchange, HostError> {
+        let has_trailers = !req.trailers.is_empty();
+        let mut paused = false;
         if self.local_reply(ctx).is_none() && !paused {
             for (i, chunk) in req.body.iter().enumerate() {
                 let last = i + 1 == req.body.len() && !has_trailers;
@@ -691,6 +776,17 @@ impl Vm {
             }
             paused = false;
         }
+        self.finish(ctx, action, upstream_request, paused, log_start)
+    }
+
+    fn finish(
+        &mut self,
+        ctx: u32,
+        action: Action,
+        upstream_request: Option<Vec<Pair>>,
+        paused: bool,
+        log_start: usize,
+    ) -> Result<Exchange, HostError> {
         // Stream end: Envoy calls done, then the access-log hook, then delete.
         if let Some(f) = self.ex.on_done.clone() {
             self.call("proxy_on_done", ctx, &f, ctx as i32)?;

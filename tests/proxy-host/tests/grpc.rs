@@ -105,3 +105,33 @@ fn bridge_to_the_real_control_service() {
 fn vm_id(p: &Process) -> switchyard_proxy_host::VmId {
     p.vm_ids()[0]
 }
+
+#[test]
+fn a_stream_paused_on_a_call_resumes_when_the_guest_continues_it() {
+    let mut p = Process::new();
+    p.set_grpc_peer(ScriptedPeer::new().unary("/switchyard.v1.Probe/Get", |_, _, m| {
+        assert_eq!(m, b"auth?");
+        Ok(b"allowed".to_vec())
+    }));
+    let vm = p.spawn(spec("")).unwrap();
+    let ex = p.vm(vm).send(switchyard_proxy_host::Request::get("/").header("x-probe", "pause_call:auth")).unwrap();
+    assert!(ex.paused);
+    assert_eq!(p.vm(vm).paused_streams(), vec![ex.context_id]);
+    p.flush().unwrap();
+    let done = p.vm(vm).take_completed();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].upstream_header("x-resumed"), Some("allowed"));
+    assert_eq!(done[0].status(), 200);
+    assert!(p.vm(vm).paused_streams().is_empty());
+}
+
+#[test]
+fn a_paused_stream_nobody_resumes_can_be_reset() {
+    let mut p = Process::new();
+    p.set_grpc_peer(ScriptedPeer::new());
+    let vm = p.spawn(spec("")).unwrap();
+    let ex = p.vm(vm).send(switchyard_proxy_host::Request::get("/").header("x-probe", "pause_call:auth")).unwrap();
+    let done = p.vm(vm).reset_paused(ex.context_id).unwrap().unwrap();
+    assert!(done.upstream_request.is_none());
+    assert!(done.logs.iter().any(|l| l.message.starts_with("probe: log")));
+}

@@ -13,6 +13,11 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Root::default()));
 }}
 
+thread_local! {
+    /// gRPC calls made by paused HTTP contexts: (token, context id).
+    static WAITING: std::cell::RefCell<Vec<(u32, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn say(msg: String) {
     let _ = hostcalls::log(LogLevel::Info, &format!("probe: {msg}"));
 }
@@ -102,6 +107,16 @@ impl Context for Root {
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let body = self.get_grpc_call_response_body(0, size).unwrap_or_default();
         say(format!("grpc call {token} {status} {}", String::from_utf8_lossy(&body)));
+        let waiting = WAITING.with(|w| {
+            let mut w = w.borrow_mut();
+            let at = w.iter().position(|(t, _)| *t == token)?;
+            Some(w.remove(at).1)
+        });
+        if let Some(ctx) = waiting {
+            let _ = hostcalls::set_effective_context(ctx);
+            let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, "x-resumed", &String::from_utf8_lossy(&body));
+            let _ = hostcalls::resume_http_request();
+        }
     }
 }
 
@@ -174,7 +189,24 @@ struct Stream {
     results: Vec<String>,
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    // The SDK routes a call's answer to the context that made it: this one.
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let body = self.get_grpc_call_response_body(0, size).unwrap_or_default();
+        say(format!("grpc call {token} {status} {}", String::from_utf8_lossy(&body)));
+        let waiting = WAITING.with(|w| {
+            let mut w = w.borrow_mut();
+            let at = w.iter().position(|(t, _)| *t == token)?;
+            Some(w.remove(at).1)
+        });
+        if let Some(ctx) = waiting {
+            // Exercise proxy_set_effective_context even though this is the same context.
+            let _ = hostcalls::set_effective_context(ctx);
+            let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, "x-resumed", &String::from_utf8_lossy(&body));
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
 
 impl Stream {
     fn run(&mut self, op: &str) -> Action {
@@ -210,6 +242,16 @@ impl Stream {
                 return Action::Pause;
             }
             "pause" => return Action::Pause,
+            "pause_call" => {
+                let svc = String::from_utf8_lossy(&grpc_service(arg)).into_owned();
+                match hostcalls::dispatch_grpc_call(&svc, "switchyard.v1.Probe", "Get", vec![], Some(b"auth?"), Duration::from_secs(1)) {
+                    Ok(t) => {
+                        WAITING.with(|w| w.borrow_mut().push((t, self.id)));
+                        return Action::Pause;
+                    }
+                    Err(e) => format!("{e:?}"),
+                }
+            }
             "shared_get" => format!("{:?}", hostcalls::get_shared_data(arg)
                 .map(|(v, c)| (v.map(|b| String::from_utf8_lossy(&b).into_owned()), c))),
             "shared_set" => format!("{:?}", hostcalls::set_shared_data(kv().0, Some(kv().1.as_bytes()), None)),
