@@ -9,14 +9,24 @@ import statistics
 import sys
 
 LABELS = {
-    "none": "(a) no filter",
-    "trivial": "(b) trivial wasm filter",
-    "switchyard": "(c) Switchyard, realistic policy",
-    "lua": "(d) Lua header routing",
-    "sy-nokeys": "(c') Switchyard, realistic policy, affinity off (no keys)",
-    "sy-default": "(c'') Switchyard, default route only, no affinity",
-    "sy-norules": "(c''') Switchyard, default route only, affinity on",
+    "none": ("a", "no filter"),
+    "trivial": ("b", "trivial wasm filter"),
+    "switchyard": ("c", "Switchyard, realistic policy (20 rules, 5 stacks, affinity on)"),
+    "lua": ("d", "Lua header routing"),
+    "sy-nokeys": ("c1", "Switchyard, realistic policy, affinity off (no keys)"),
+    "sy-nocidrs": ("c2", "Switchyard, realistic policy without CIDR tables"),
+    "sy-norules": ("c3", "Switchyard, default route only, affinity on"),
+    "sy-default": ("c4", "Switchyard, default route only, no affinity"),
 }
+
+
+def code(v):
+    return LABELS.get(v, (v, v))[0]
+
+
+def label(v):
+    c, text = LABELS.get(v, (v, v))
+    return f"({c}) {text}"
 
 
 def main():
@@ -45,7 +55,7 @@ def main():
         p99 = [int(r["p99_us"]) for r in rs]
         bad = sum(int(r["non200"]) for r in rs)
         med[v] = (statistics.median(cpu), statistics.median(rps))
-        print(f"| {LABELS.get(v, v)} | {len(rs)} | {statistics.median(rps):,.0f} | {med[v][0]:.2f} | "
+        print(f"| {label(v)} | {len(rs)} | {statistics.median(rps):,.0f} | {med[v][0]:.2f} | "
               f"{min(cpu):.2f}–{max(cpu):.2f} | {statistics.median(util) * 100:.0f}% | "
               f"{statistics.median(p50):.0f} / {statistics.median(p99):.0f} | {bad} |")
 
@@ -67,13 +77,14 @@ def main():
     print("|---|---|---|---|")
     verdict = None
     for a, b in [("switchyard", "trivial"), ("switchyard", "none"), ("switchyard", "lua"), ("trivial", "none"),
-                 ("lua", "none"), ("sy-nokeys", "trivial"), ("sy-default", "trivial"), ("sy-norules", "trivial")]:
+                 ("lua", "none"), ("sy-nokeys", "trivial"), ("sy-default", "trivial"), ("sy-norules", "trivial"),
+                 ("sy-nocidrs", "trivial"), ("switchyard", "sy-nokeys"), ("switchyard", "sy-nocidrs"),
+                 ("sy-norules", "sy-default"), ("switchyard", "sy-norules")]:
         r = ratio(a, b)
         if r is None:
             continue
         m, lo, hi, rom, rps = r
-        label = f"({LABELS[a][1:LABELS[a].index(')')]})/({LABELS[b][1:LABELS[b].index(')')]})"
-        print(f"| {label} {a}/{b} | {m:.3f} ({lo:.3f}–{hi:.3f}) | {rom:.3f} | {rps:.3f} |")
+        print(f"| ({code(a)})/({code(b)}) {a}/{b} | {m:.3f} ({lo:.3f}–{hi:.3f}) | {rom:.3f} | {rps:.3f} |")
         if (a, b) == ("switchyard", "trivial"):
             verdict = m
     if verdict is not None:
