@@ -163,6 +163,9 @@ pub mod grpc_status {
 /// A header map entry; values are bytes because Envoy lets obs-text (0x80..0xff) through.
 pub type Pair = (String, Vec<u8>);
 
+/// A decoded pairs entry: raw key and value bytes.
+pub type RawPair = (Vec<u8>, Vec<u8>);
+
 /// Serializes pairs exactly as Envoy's `marshalPairs` does: a little-endian u32 count,
 /// then a (key length, value length) u32 pair per entry, then each key and value followed
 /// by a NUL byte. An empty map is the empty byte string (Envoy returns no buffer at all).
@@ -192,7 +195,7 @@ pub fn encode_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8>
 /// Parses the pairs format. Like Envoy's `toPairs`, a buffer too short for its own header
 /// yields an empty map; unlike a naive reader, an entry that runs past the end is an error
 /// rather than an out-of-bounds read.
-pub fn decode_pairs(buf: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, &'static str> {
+pub fn decode_pairs(buf: &[u8]) -> Result<Vec<RawPair>, &'static str> {
     if buf.len() < 4 {
         return Ok(Vec::new());
     }

@@ -166,7 +166,7 @@ impl GrpcState {
         loop {
             self.next_token = self.next_token.wrapping_add(1);
             let t = self.next_token;
-            if t != 0 && (t % 2 == 0) == stream {
+            if t != 0 && t.is_multiple_of(2) == stream {
                 return t;
             }
         }

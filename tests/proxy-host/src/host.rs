@@ -134,7 +134,7 @@ fn lower(key: &[u8]) -> String {
     String::from_utf8_lossy(key).to_ascii_lowercase()
 }
 
-fn map_mut<'a>(st: &'a mut HostState, t: MapType) -> Option<&'a mut Vec<Pair>> {
+fn map_mut(st: &mut HostState, t: MapType) -> Option<&mut Vec<Pair>> {
     match t {
         MapType::RequestHeaders
         | MapType::RequestTrailers

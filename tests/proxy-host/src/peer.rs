@@ -161,10 +161,8 @@ impl ScriptHandle {
                         }
                     }
                 }
-                GrpcOutbound::StreamMessage { token, message, .. } => {
-                    if paths.get(&(*vm, *token)).is_some_and(|p| p == path) {
-                        out.push((*vm, message.clone()));
-                    }
+                GrpcOutbound::StreamMessage { token, message, .. } if paths.get(&(*vm, *token)).is_some_and(|p| p == path) => {
+                    out.push((*vm, message.clone()));
                 }
                 _ => {}
             }

@@ -280,7 +280,7 @@ fn check(step: &str, i: u32, e: &Expect, ex: &Exchange, stacks: &HashMap<String,
         }
     }
     if let Some(c) = e.set_cookie {
-        if c != !ex.set_cookies().is_empty() {
+        if c == ex.set_cookies().is_empty() {
             out.push(format!("{at}: set-cookie present = {}, want {c}", !c));
         }
     }

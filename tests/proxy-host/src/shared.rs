@@ -10,6 +10,9 @@ use crate::abi::{MetricKind, Status};
 /// A foreign function a guest can reach with `proxy_call_foreign_function`.
 pub type ForeignFn = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync>;
 
+/// Shared data of one vm_id: key → (value, cas).
+pub(crate) type SharedMap = HashMap<Vec<u8>, (Vec<u8>, u32)>;
+
 /// One stat, as Envoy keeps it: process-wide, addressed by name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metric {
@@ -37,7 +40,8 @@ pub(crate) struct Inner {
     pub unix_ns: u64,
     /// Virtual monotonic clock, nanoseconds since the process started.
     pub mono_ns: u64,
-    pub shared_data: HashMap<String, HashMap<Vec<u8>, (Vec<u8>, u32)>>,
+    /// vm_id → key → (value, cas).
+    pub shared_data: HashMap<String, SharedMap>,
     pub next_cas: u32,
     pub queues: BTreeMap<u32, Queue>,
     pub queue_tokens: HashMap<(String, String), u32>,

@@ -131,6 +131,7 @@ type F2 = TypedFunc<(i32, i32), ()>;
 type F2R = TypedFunc<(i32, i32), i32>;
 type F3 = TypedFunc<(i32, i32, i32), ()>;
 type F3R = TypedFunc<(i32, i32, i32), i32>;
+type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 struct Exports {
     on_context_create: Option<F2>,
@@ -151,7 +152,7 @@ struct Exports {
     on_grpc_receive: Option<F3>,
     on_grpc_trailing: Option<F3>,
     on_grpc_close: Option<F3>,
-    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_http_call_response: Option<F5>,
 }
 
 fn export<P: WasmParams, R: WasmResults>(

@@ -8,6 +8,7 @@
 //! - EU traffic (one trusted `x-geo-country` of an EU country) stays in the EU: it goes
 //!   to the `eu` stack or gets the local reply;
 //! - a `set-cookie`, if any, is a well-formed affinity cookie for the chosen stack.
+//!
 //! Seed and count can be overridden: SWITCHYARD_FUZZ_SEED, SWITCHYARD_FUZZ_REQUESTS.
 
 use std::time::{Duration, Instant};
