@@ -34,10 +34,26 @@ pub fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         let mut cfg = Config::new();
         cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        // Instances are small and short-lived; keep them off the pooling path.
-        Engine::new(&cfg).expect("wasmtime engine with default settings")
+        // A guest stuck in a loop must fail its test, not hang it: every store gets an
+        // epoch deadline and a ticker thread moves the epoch on.
+        cfg.epoch_interruption(true);
+        let engine = Engine::new(&cfg).expect("wasmtime engine with default settings");
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("proxy-host-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(EPOCH_TICK_MS));
+                ticker.increment_epoch();
+            })
+            .expect("epoch ticker thread");
+        engine
     })
 }
+
+/// Real time between epoch ticks.
+pub(crate) const EPOCH_TICK_MS: u64 = 100;
+/// Longest real time one guest callback may run before it is trapped.
+pub const CALLBACK_DEADLINE_MS: u64 = 20_000;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {

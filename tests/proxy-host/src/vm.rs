@@ -32,6 +32,7 @@ pub struct VmSpec {
     pub(crate) name: Option<String>,
     pub(crate) local_reply_through_filter: bool,
     pub(crate) log_capacity: usize,
+    pub(crate) deadline_ms: u64,
 }
 
 impl VmSpec {
@@ -50,7 +51,15 @@ impl VmSpec {
             name: None,
             local_reply_through_filter: true,
             log_capacity: 20_000,
+            deadline_ms: crate::module::CALLBACK_DEADLINE_MS,
         }
+    }
+
+    /// Longest real time one guest callback may run before it traps (default 20 s;
+    /// checked at 100 ms granularity).
+    pub fn callback_deadline(mut self, d: std::time::Duration) -> Self {
+        self.deadline_ms = (d.as_millis() as u64).max(crate::module::EPOCH_TICK_MS);
+        self
     }
 
     /// The `vm_id` VMs share data and queues under.
@@ -183,6 +192,7 @@ pub struct Vm {
     paused: HashMap<u32, (Request, Action, usize)>,
     /// Exchanges of paused streams that finished later (see `take_completed`).
     completed: Vec<Exchange>,
+    deadline_ticks: u64,
 }
 
 impl Vm {
@@ -221,6 +231,9 @@ impl Vm {
             done_called: false,
         };
         let mut store = Store::new(engine(), state);
+        // Start functions run under the same deadline as callbacks.
+        let deadline_ticks = spec.deadline_ms / crate::module::EPOCH_TICK_MS;
+        store.set_epoch_deadline(deadline_ticks);
         let instance = spec
             .module
             .pre
@@ -273,6 +286,7 @@ impl Vm {
             log_capacity: spec.log_capacity,
             paused: HashMap::new(),
             completed: Vec::new(),
+            deadline_ticks,
         };
         let start = match export::<(), ()>(&mut vm.store, &instance, "_initialize", &name)? {
             Some(f) => Some(("_initialize", f)),
@@ -315,6 +329,7 @@ impl Vm {
             st.current_context = context;
             st.effective_context = 0;
         }
+        self.store.set_epoch_deadline(self.deadline_ticks);
         let r = f.call(&mut self.store, args);
         {
             let st = self.store.data_mut();

@@ -108,3 +108,21 @@ fn a_trapping_allocator_is_reported_as_a_trap() {
     let err = p.send(vm, Request::get("/")).unwrap_err();
     assert!(err.is_trap(), "{err}");
 }
+
+#[test]
+fn a_guest_stuck_in_a_loop_is_trapped_not_hung() {
+    let m = module(
+        r#"
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+          (loop $forever (br $forever))
+          (i32.const 0))
+        "#,
+    )
+    .unwrap();
+    let mut p = Process::new();
+    let vm = p.spawn(VmSpec::new(m).callback_deadline(std::time::Duration::from_millis(300))).unwrap();
+    let started = std::time::Instant::now();
+    let err = p.send(vm, Request::get("/")).unwrap_err();
+    assert!(err.is_trap(), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
