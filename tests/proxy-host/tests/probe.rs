@@ -298,3 +298,19 @@ fn an_unparseable_grpc_service_name_is_what_aborts_envoy() {
     let err = p.spawn(spec("stream=hx\nraw_cluster=1")).unwrap_err();
     assert!(err.to_string().contains("unset oneof"), "{err}");
 }
+
+#[test]
+fn a_module_is_compiled_once_and_instantiated_per_vm() {
+    let path = probe_wasm().unwrap();
+    let a = WasmModule::from_file(&path).unwrap();
+    let b = WasmModule::from_file(&path).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    let mut p = Process::new();
+    let x = p.spawn(VmSpec::new(a.clone())).unwrap();
+    let y = p.spawn(VmSpec::new(b)).unwrap();
+    // Separate instances: separate memories and contexts.
+    p.send(x, Request::get("/")).unwrap();
+    p.send(x, Request::get("/")).unwrap();
+    let ex = p.send(y, Request::get("/")).unwrap();
+    assert_eq!(ex.context_id, 2, "the second VM numbers its own contexts");
+}
