@@ -63,6 +63,26 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU time of a process, in milliseconds (from /proc/<pid>/stat).
+fn cpu_ms(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    ticks * 10.0
+}
+
 fn policy(stacks: usize, name: &str) -> String {
     let defs: Vec<String> = (0..stacks)
         .map(|i| {
@@ -256,6 +276,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_open = rss_kib(pid);
 
+    let cpu_before = cpu_ms(pid);
     let mut samples: Vec<f64> = Vec::with_capacity(args.streams * args.rounds);
     let mut round_max: Vec<f64> = Vec::new();
     let mut commits: Vec<f64> = Vec::new();
@@ -307,6 +328,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
     }
     let rss_after = rss_kib(pid);
+    let cpu_per_change = (cpu_ms(pid) - cpu_before) / args.rounds as f64;
 
     samples.sort_by(f64::total_cmp);
     round_max.sort_by(f64::total_cmp);
@@ -331,6 +353,7 @@ async fn main() {
         "commit_rpc_ms": { "p50": percentile(&commits, 50.0), "max": commits.last().copied().unwrap_or(0.0) },
         "server_rss_kib": { "before_streams": rss_before, "streams_open": rss_open, "after_rounds": rss_after },
         "server_rss_per_stream_kib": per_stream_kib,
+        "server_cpu_ms_per_change": cpu_per_change,
     });
     if args.json {
         println!(
@@ -367,6 +390,10 @@ async fn main() {
         println!(
             "server VmRSS: {} KiB before streams, {} KiB with streams open, {} KiB after the changes -> {:.1} KiB per stream",
             rss_before, rss_open, rss_after, per_stream_kib
+        );
+        println!(
+            "server CPU per change (commit + {} snapshots sent + acks): {:.1} ms",
+            args.streams, cpu_per_change
         );
     }
     let mut child = server.child;
