@@ -66,7 +66,7 @@ run: setup build
 ## ---- test ----------------------------------------------------------------
 test: setup wasm
 	$(CARGO) test --workspace --exclude switchyard-e2e
-	$(CARGO) build --release -p switchyard-storefront -p switchyard-control
+	$(CARGO) build -p switchyard-storefront -p switchyard-control
 	$(CARGO) test -p switchyard-e2e -- --test-threads 1
 
 ## ---- bench ---------------------------------------------------------------

@@ -59,8 +59,14 @@ pub struct Stack {
     pub port: u16,
 }
 
+/// Where the workspace binaries under test are: the profile this harness was built with
+/// (`make test` builds them in the dev profile, benchmarks in release).
+pub fn bin_dir() -> PathBuf {
+    root().join(if cfg!(debug_assertions) { "target/debug" } else { "target/release" })
+}
+
 fn storefront_bin() -> PathBuf {
-    let p = root().join("target/release/switchyard-storefront");
+    let p = bin_dir().join("switchyard-storefront");
     assert!(p.exists(), "{} is missing: run the tests through `make test`", p.display());
     p
 }
@@ -442,7 +448,7 @@ pub struct ControlService {
 }
 
 fn control_bin(name: &str) -> PathBuf {
-    let p = root().join("target/release").join(name);
+    let p = bin_dir().join(name);
     assert!(p.exists(), "{} is missing: run the tests through `make test`", p.display());
     p
 }
