@@ -73,6 +73,7 @@ test: setup wasm
 bench: setup build
 	$(CARGO) bench -p switchyard-filter
 	bench/run.sh
+	$(CARGO) run --release -p switchyard-e2e --example control_bench
 
 fmt:
 	$(CARGO) fmt --all

@@ -198,13 +198,28 @@ impl Router {
 
     /// Decide where a request goes.
     pub fn decide(&mut self, req: &Request) -> Decision {
+        self.decide_with(req, false)
+    }
+
+    /// Decide by the default rule only: used when the request could not be read (the
+    /// host refused its headers). Traffic is never blocked by the filter's own trouble.
+    pub fn decide_default(&mut self, now_ms: u64) -> Decision {
+        self.decide_with(&Request { headers: &[], source: None, now_ms }, true)
+    }
+
+    fn decide_with(&mut self, req: &Request, default_only: bool) -> Decision {
         let policy = Arc::clone(&self.policy);
         let attrs = classify(&policy, req);
-        let rule_index = policy
-            .rules
-            .iter()
-            .position(|r| matches(r, &attrs, req.now_ms, &policy))
-            .unwrap_or(policy.rules.len().saturating_sub(1));
+        let default_rule = policy.rules.len().saturating_sub(1);
+        let rule_index = if default_only {
+            default_rule
+        } else {
+            policy
+                .rules
+                .iter()
+                .position(|r| matches(r, &attrs, req.now_ms, &policy))
+                .unwrap_or(default_rule)
+        };
         let mut hostile = attrs.hostile;
         let Some(rule) = policy.rules.get(rule_index) else {
             // Unreachable with a compiled policy (the default rule always exists).

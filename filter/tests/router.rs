@@ -271,3 +271,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn unreadable_request_goes_by_the_default_rule() {
+    let p = demo();
+    let mut r = Router::new(Arc::clone(&p), Keyring::parse(KEYS).ok());
+    for i in 0..20 {
+        let d = r.decide_default(T0 + i);
+        assert_eq!(p.rules[d.rule].id, "default");
+        let s = stack_of(&p, &d);
+        assert!(s == "blue" || s == "green", "{s}");
+    }
+}

@@ -71,6 +71,7 @@ pub fn is_control_config(bytes: &[u8]) -> bool {
 
 struct Ids {
     connected: u32,
+    stale: u32,
     version: u32,
     reconnects: u32,
     applied: u32,
@@ -102,10 +103,14 @@ pub struct Control {
     /// Serialized `GrpcService{envoy_grpc{cluster_name}}`.
     upstream: String,
     stream: Option<u32>,
+    /// The current stream has delivered headers or a message.
+    connected: bool,
     applied: u64,
     backoff_ms: u64,
     next_attempt_ms: u64,
     queue: Option<u32>,
+    /// Last time the control service was heard from (stream open or message).
+    last_contact_ms: u64,
     telemetry: BTreeMap<String, StackTelemetry>,
     dropped: u64,
     last_report_ms: u64,
@@ -136,6 +141,7 @@ impl Control {
         let applied = read_version();
         let ids = Ids {
             connected: metric(MetricType::Gauge, "switchyard.control.connected"),
+            stale: metric(MetricType::Gauge, "switchyard.control.stale_seconds"),
             version: metric(MetricType::Gauge, "switchyard.control.applied_version"),
             reconnects: metric(MetricType::Counter, "switchyard.control.reconnects"),
             applied: metric(MetricType::Counter, "switchyard.control.snapshots_applied"),
@@ -152,9 +158,11 @@ impl Control {
             cfg,
             upstream,
             stream: None,
+            connected: false,
             applied,
             next_attempt_ms: 0,
             queue,
+            last_contact_ms: now_ms,
             telemetry: BTreeMap::new(),
             dropped: 0,
             last_report_ms: now_ms,
@@ -180,6 +188,7 @@ impl Control {
                     return;
                 }
                 self.stream = Some(token);
+                self.connected = false;
             }
             Err(e) => {
                 warn!("cannot open the Watch stream to '{}': {e:?}", self.cfg.cluster);
@@ -200,6 +209,12 @@ impl Control {
 
     /// Periodic work: reconnect when due, send telemetry when due.
     pub fn on_tick(&mut self, now_ms: u64) {
+        // Staleness: 0 while connected, else seconds since the control service was last
+        // heard from (the data plane serves its last-known-good snapshot meanwhile).
+        if self.stream.is_some() && self.connected {
+            self.last_contact_ms = now_ms;
+        }
+        set_gauge(self.ids.stale, now_ms.saturating_sub(self.last_contact_ms) / 1000);
         if self.stream.is_none() && now_ms >= self.next_attempt_ms {
             self.connect(now_ms);
         }
@@ -212,6 +227,7 @@ impl Control {
     /// The stream delivered its headers: the control service is reachable.
     pub fn on_stream_open(&mut self, token: u32) {
         if self.stream == Some(token) {
+            self.connected = true;
             set_gauge(self.ids.connected, 1);
         }
     }
@@ -221,6 +237,7 @@ impl Control {
         if self.stream != Some(token) {
             return;
         }
+        self.connected = true;
         set_gauge(self.ids.connected, 1);
         self.backoff_ms = self.cfg.reconnect_initial_ms;
         let Some(bytes) = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten() else {
@@ -268,6 +285,7 @@ impl Control {
             return;
         }
         self.stream = None;
+        self.connected = false;
         set_gauge(self.ids.connected, 0);
         warn!("Watch stream closed (grpc status {status}); serving version {} until reconnected", self.applied);
         self.schedule_retry(now_ms);

@@ -318,11 +318,11 @@ impl Flow {
         let now = now_ms();
         self.started_ms = now;
         let raw = abi::header_map(MapType::HttpRequestHeaders);
-        let pairs = raw.as_deref().and_then(parse_pairs);
-        if pairs.is_none() {
+        let Some(pairs) = raw.as_deref().and_then(parse_pairs) else {
+            // The host did not give us the request: route by the default rule, count it.
             shared.metrics.filter_error();
-        }
-        let pairs = pairs.unwrap_or_default();
+            return shared.router.decide_default(now);
+        };
 
         // Client-supplied internal headers never reach the decision or the upstream.
         for internal in [STACK_HEADER, DECISION_HEADER] {
