@@ -17,6 +17,7 @@ LABELS = {
     "sy-nocidrs": ("c2", "Switchyard, realistic policy without CIDR tables"),
     "sy-norules": ("c3", "Switchyard, default route only, affinity on"),
     "sy-default": ("c4", "Switchyard, default route only, no affinity"),
+    "switchyard-alt": ("c-alt", "Switchyard, realistic policy, BENCH_ALT_WASM build"),
 }
 
 
@@ -79,7 +80,8 @@ def main():
     for a, b in [("switchyard", "trivial"), ("switchyard", "none"), ("switchyard", "lua"), ("trivial", "none"),
                  ("lua", "none"), ("sy-nokeys", "trivial"), ("sy-default", "trivial"), ("sy-norules", "trivial"),
                  ("sy-nocidrs", "trivial"), ("switchyard", "sy-nokeys"), ("switchyard", "sy-nocidrs"),
-                 ("sy-norules", "sy-default"), ("switchyard", "sy-norules")]:
+                 ("sy-norules", "sy-default"), ("switchyard", "sy-norules"),
+                 ("switchyard-alt", "trivial"), ("switchyard", "switchyard-alt")]:
         r = ratio(a, b)
         if r is None:
             continue

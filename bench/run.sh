@@ -13,6 +13,7 @@
 #   sy-default  no rules, default route only, no affinity
 #   sy-norules  no rules, default route only, affinity on
 #   sy-nocidrs  realistic policy without geo CIDR tables (no source.address lookup)
+#   switchyard-alt  as (c) with another build of the filter, BENCH_ALT_WASM (A/B of a change)
 # Per run: CPU time of the Envoy process (sum of its threads' schedstat run time) over
 # the measured window / requests completed = CPU µs per request. Medians per variant and
 # per-round ratios go to a markdown report.
@@ -97,6 +98,14 @@ export BENCH_TRIVIAL_WASM="${BENCH_TRIVIAL_WASM:-$root/target/wasm32-wasip1/rele
 
 mkdir -p "$OUT"
 log "output: $OUT"
+# Measure copies: other builds in the same checkout may replace target/ artifacts mid-run.
+cp "$SWITCHYARD_WASM" "$OUT/switchyard_filter.wasm"
+cp "$BENCH_TRIVIAL_WASM" "$OUT/switchyard_bench_trivial.wasm"
+export SWITCHYARD_WASM="$OUT/switchyard_filter.wasm" BENCH_TRIVIAL_WASM="$OUT/switchyard_bench_trivial.wasm"
+if [[ " $VARIANTS " == *" switchyard-alt "* ]]; then
+  [ -f "${BENCH_ALT_WASM:-}" ] || die "variant switchyard-alt needs BENCH_ALT_WASM=/path/to/other/switchyard_filter.wasm"
+  cp "$BENCH_ALT_WASM" "$OUT/switchyard_filter.alt.wasm"
+fi
 
 # ---- configs ---------------------------------------------------------------------------
 # variant → render kind, policy, whether Envoy gets the affinity keys
@@ -109,10 +118,12 @@ render_variant() {
     sy-default) BENCH_POLICY=bench/policies/default-only.json bench/envoy/render.sh switchyard ;;
     sy-norules) BENCH_POLICY=bench/policies/default-affinity.json bench/envoy/render.sh switchyard ;;
     sy-nocidrs) BENCH_POLICY=bench/policies/realistic-no-cidrs.json bench/envoy/render.sh switchyard ;;
+    switchyard-alt) SWITCHYARD_WASM="$OUT/switchyard_filter.alt.wasm" BENCH_POLICY=bench/policies/realistic.json \
+      bench/envoy/render.sh switchyard ;;
     *) die "unknown variant '$v'" ;;
   esac
 }
-wants_keys() { case "$1" in switchyard | sy-default | sy-norules | sy-nocidrs) return 0 ;; *) return 1 ;; esac; }
+wants_keys() { case "$1" in switchyard | switchyard-alt | sy-default | sy-norules | sy-nocidrs) return 0 ;; *) return 1 ;; esac; }
 # A request and the upstream it must reach: proves the filter ran and routing works.
 expect_stack() { case "$1" in none) echo blue ;; sy-default | sy-norules) echo 'blue|green' ;; *) echo eu ;; esac; }
 
