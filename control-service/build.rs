@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::SmallBufferCodec")
         // The CLI and HTTP API print these as JSON.
         .type_attribute(".switchyard.v1", "#[derive(serde::Serialize)]")
         .compile_fds(fds)?;
