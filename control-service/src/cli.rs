@@ -681,6 +681,9 @@ async fn status(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
             n.node_id.clone(),
             if n.connected {
                 "connected".into()
+            } else if n.disconnected_unix_ms == 0 {
+                // Reports telemetry but never opened a Watch stream.
+                "not watching".into()
             } else {
                 format!("gone {}", ago(now, n.disconnected_unix_ms))
             },
