@@ -181,13 +181,7 @@ impl Context for Root {
 }
 
 impl RootContext for Root {
-    fn on_vm_start(&mut self, _: usize) -> bool {
-        self.load_keys();
-        true
-    }
-
     fn on_configure(&mut self, _: usize) -> bool {
-        self.load_keys();
         let config = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
             .flatten()
@@ -196,6 +190,7 @@ impl RootContext for Root {
             self.control = control::Control::start(&config, now_ms());
             return self.control.is_some();
         }
+        self.load_keys();
         let validated = match validate_bytes(&config) {
             Ok(v) => v,
             Err(invalid) => {
