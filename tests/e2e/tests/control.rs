@@ -88,6 +88,18 @@ fn policy_and_weights_reach_every_worker_and_bad_policies_change_nothing() {
     // The control service knows the Envoy and the version it applied.
     let status = ok(control.cli(&["--json", "status"]));
     assert!(status.contains("envoy-1"), "node listed in status: {status}");
+
+    // Telemetry: workers → shared queue → singleton → Report, once a second.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut reported = 0;
+    while Instant::now() < deadline && reported == 0 {
+        spread(envoy.port, 2, 50, &[]);
+        std::thread::sleep(Duration::from_millis(500));
+        let list: serde_json::Value = serde_json::from_str(&ok(control.cli(&["--json", "stacks", "list"]))).unwrap();
+        let green = list["stacks"].as_array().unwrap().iter().find(|st| st["name"] == "green").cloned().unwrap_or_default();
+        reported = green["telemetry"]["requests"].as_u64().or_else(|| green["telemetry"]["requests"].as_str().and_then(|v| v.parse().ok())).unwrap_or(0);
+    }
+    assert!(reported > 0, "green's requests reached the control service through Report");
 }
 
 #[test]
