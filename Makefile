@@ -74,6 +74,8 @@ bench: setup build
 	$(CARGO) bench -p switchyard-filter
 	bench/run.sh
 	$(CARGO) run --release -p switchyard-e2e --example control_bench
+	$(CARGO) build --release -p switchyard-control --bins --examples
+	taskset -c 1 target/release/examples/watch_load --streams 1000 --rounds 20 --server-cpu 0
 
 fmt:
 	$(CARGO) fmt --all
