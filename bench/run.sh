@@ -57,6 +57,12 @@ stop_pid() {
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
+# Drop one pid from the list (exact match).
+forget() {
+  local keep=() p
+  for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
 cleanup() {
   local pid
   for pid in "${pids[@]}"; do stop_pid "$pid"; done
@@ -146,6 +152,15 @@ wait_ready() {
   return 1
 }
 
+# wrk in the background and `wait`: a signal then interrupts at once and cleanup stops it.
+load() {
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$1s" -s "$OUT/load.lua" "http://127.0.0.1:$BENCH_PORT/" >"$2" &
+  local wrk_pid=$!
+  pids+=("$wrk_pid")
+  wait "$wrk_pid"
+  forget "$wrk_pid"
+}
+
 # Run time of every thread of a process, in ns.
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
@@ -173,15 +188,14 @@ for round in $(seq "$ROUNDS"); do
       "http://127.0.0.1:$BENCH_PORT/" || true)"
     [[ "$got" =~ ^($(expect_stack "$v"))$ ]] || die "variant $v routed a probe to '$got', expected '$(expect_stack "$v")'"
 
-    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$OUT/load.lua" "http://127.0.0.1:$BENCH_PORT/" >/dev/null
+    load "$WARMUP" /dev/null
     before="$(cpu_ns "$pid")"
     t0="$(date +%s%N)"
-    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$OUT/load.lua" "http://127.0.0.1:$BENCH_PORT/" \
-      >"$OUT/$v.$round.wrk.txt"
+    load "$DURATION" "$OUT/$v.$round.wrk.txt"
     after="$(cpu_ns "$pid")"
     t1="$(date +%s%N)"
     stop_pid "$pid"
-    pids=("${pids[@]/$pid/}")
+    forget "$pid"
 
     w="$OUT/$v.$round.wrk.txt"
     requests="$(awk '/requests in/ {print $1}' "$w")"
