@@ -336,18 +336,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let key = lower(&mem_read(&mut c, kp, kl)?);
                 let value = mem_read(&mut c, vp, vl)?;
                 let m = map_mut(c.data_mut(), t).ok_or(Status::NotFound)?;
-                // Envoy's setCopy: the first entry takes the value, later repeats go.
-                match m.iter().position(|(k, _)| *k == key) {
-                    Some(i) => {
-                        m[i].1 = value;
-                        let mut n = 0;
-                        m.retain(|(k, _)| {
-                            n += 1;
-                            n - 1 <= i || *k != key
-                        });
-                    }
-                    None => m.push((key, value)),
-                }
+                // Envoy's setCopy, as observed on Envoy 1.39: every entry of the key is
+                // removed and one is appended at the end.
+                m.retain(|(k, _)| *k != key);
+                m.push((key, value));
                 Ok(())
             })();
             finish(&mut c, "proxy_replace_header_map_value", r)

@@ -33,6 +33,7 @@ pub struct VmSpec {
     pub(crate) local_reply_through_filter: bool,
     pub(crate) log_capacity: usize,
     pub(crate) deadline_ms: u64,
+    pub(crate) envoy_headers: bool,
 }
 
 impl VmSpec {
@@ -52,7 +53,16 @@ impl VmSpec {
             local_reply_through_filter: true,
             log_capacity: 20_000,
             deadline_ms: crate::module::CALLBACK_DEADLINE_MS,
+            envoy_headers: true,
         }
+    }
+
+    /// Whether requests get the headers Envoy's connection manager appends before any
+    /// filter runs — `x-forwarded-proto` (from `:scheme`) and `x-request-id` (a UUID,
+    /// deterministic here) — when the client did not send them (default true).
+    pub fn envoy_request_headers(mut self, yes: bool) -> Self {
+        self.envoy_headers = yes;
+        self
     }
 
     /// Longest real time one guest callback may run before it traps (default 20 s;
@@ -193,6 +203,7 @@ pub struct Vm {
     /// Exchanges of paused streams that finished later (see `take_completed`).
     completed: Vec<Exchange>,
     deadline_ticks: u64,
+    envoy_headers: bool,
 }
 
 impl Vm {
@@ -287,6 +298,7 @@ impl Vm {
             paused: HashMap::new(),
             completed: Vec::new(),
             deadline_ticks,
+            envoy_headers: spec.envoy_headers,
         };
         let start = match export::<(), ()>(&mut vm.store, &instance, "_initialize", &name)? {
             Some(f) => Some(("_initialize", f)),
@@ -621,6 +633,18 @@ impl Vm {
         let ctx = self.next_context_id;
         self.next_context_id += 1;
         let log_start = self.store.data().logs.len();
+        let mut req = req;
+        if self.envoy_headers {
+            if !req.headers.iter().any(|(k, _)| k == "x-forwarded-proto") {
+                let scheme = req.headers.iter().find(|(k, _)| k == ":scheme").map_or(b"http".to_vec(), |(_, v)| v.clone());
+                req.headers.push(("x-forwarded-proto".into(), scheme));
+            }
+            if !req.headers.iter().any(|(k, _)| k == "x-request-id") {
+                let n = u64::from(ctx) ^ (self.store.data().vm_index as u64) << 32;
+                let id = format!("{:08x}-0000-4000-8000-{:012x}", (n >> 32) as u32, n & 0xffff_ffff_ffff);
+                req.headers.push(("x-request-id".into(), id.into_bytes()));
+            }
+        }
         {
             let s = self.stream(ctx);
             s.request_headers = req.headers.clone();
@@ -770,10 +794,11 @@ impl Vm {
             let mut headers = vec![(":status".to_string(), local.status.to_string().into_bytes())];
             headers.extend(local.headers.iter().cloned());
             if !local.body.is_empty() {
+                // Envoy 1.39 order: content-length, then content-type if the guest set none.
+                headers.push(("content-length".into(), local.body.len().to_string().into_bytes()));
                 if !headers.iter().any(|(k, _)| k == "content-type") {
                     headers.push(("content-type".into(), b"text/plain".to_vec()));
                 }
-                headers.push(("content-length".into(), local.body.len().to_string().into_bytes()));
             }
             let body = local.body.clone();
             {
