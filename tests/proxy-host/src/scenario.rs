@@ -154,7 +154,7 @@ impl Scenario {
         Ok(s)
     }
 
-    fn policy_text(&self) -> Result<String, String> {
+    pub fn policy_text(&self) -> Result<String, String> {
         match (&self.policy, &self.policy_inline) {
             (Some(p), None) => std::fs::read_to_string(crate::build::workspace_root().join(p)).map_err(|e| format!("policy {p}: {e}")),
             (None, Some(v)) => Ok(v.to_string()),
@@ -178,64 +178,118 @@ fn corrupt(value: &str) -> String {
     v
 }
 
-/// Runs a scenario on a fresh one-worker process; `Err` lists every failed expectation.
-pub fn run(s: &Scenario) -> Result<usize, String> {
-    let mut b = Switchyard::builder().policy(s.policy_text()?);
-    if let Some(k) = &s.affinity_keys {
-        b = b.affinity_keys(Some(k));
+/// One request of a step, resolved (cookies from earlier steps filled in), ready for a
+/// driver: this host, or a real Envoy.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub method: String,
+    pub path: String,
+    pub authority: Option<String>,
+    /// Headers in order, `cookie` headers included.
+    pub headers: Vec<(String, String)>,
+    /// Client address as `ip:port` (a bare IP in the file becomes port 0).
+    pub source: Option<String>,
+    /// Upstream status per stack for this request (stacks not named answer 200).
+    pub upstreams: HashMap<String, u16>,
+}
+
+/// What a driver saw for one request.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Stack whose upstream served the request; `None` if no upstream saw it.
+    pub stack: Option<String>,
+    pub status: u16,
+    /// Response headers as the client received them, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Observed {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
-    let mut sy = b.build().map_err(|e| format!("{}: {e}", s.name))?;
+
+    fn set_cookies(&self) -> Vec<crate::http::SetCookie> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .filter_map(|(_, v)| crate::http::SetCookie::parse(v))
+            .collect()
+    }
+
+    /// From an exchange on this host.
+    pub fn from_exchange(ex: &Exchange) -> Observed {
+        Observed {
+            stack: ex.upstream_request.as_ref().and(ex.stack()).map(str::to_string),
+            status: ex.status(),
+            headers: ex
+                .response_headers
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+            body: ex.body_str().to_string(),
+        }
+    }
+}
+
+/// Runs a scenario through a driver; `Err` lists every failed expectation.
+pub fn run_with(
+    s: &Scenario,
+    mut send: impl FnMut(&Outgoing) -> Result<Observed, String>,
+    mut advance: impl FnMut(u64) -> Result<(), String>,
+) -> Result<usize, String> {
     let mut cookies: HashMap<String, String> = HashMap::new();
     let mut stacks: HashMap<String, String> = HashMap::new();
     let mut failures = Vec::new();
     let mut sent = 0;
     for step in &s.steps {
         if step.advance_ms > 0 {
-            sy.advance(Duration::from_millis(step.advance_ms)).map_err(|e| e.to_string())?;
+            advance(step.advance_ms)?;
         }
         let mut ups = s.upstreams.clone();
         ups.extend(step.upstreams.clone());
-        let upstream = upstream_for(ups);
+        let upstreams: HashMap<String, u16> = ups.into_iter().map(|(k, v)| (k, v.status)).collect();
         for i in 0..step.repeat {
             let r = &step.request;
-            let mut req = Request::new(&r.method, &r.path).upstream(upstream.clone());
-            if let Some(a) = &r.authority {
-                req = req.authority(a);
-            }
-            for (k, v) in &r.headers {
-                req = req.header(k, v);
-            }
-            if let Some(src) = &r.source {
-                // An address with a port is used as is; a bare IP gets port 0, which is
-                // what Envoy shows for an address taken from x-forwarded-for.
-                let src = match (src.parse::<std::net::SocketAddr>(), src.parse::<std::net::IpAddr>()) {
-                    (Ok(a), _) => a.to_string(),
-                    (_, Ok(ip)) => std::net::SocketAddr::new(ip, 0).to_string(),
-                    _ => src.clone(),
-                };
-                req = req.source(&src);
-            }
+            let mut headers = r.headers.clone();
             for (k, v) in &r.cookies {
-                req = req.cookie(k, v);
+                headers.push(("cookie".into(), format!("{k}={v}")));
             }
             if let Some(from) = &r.cookie_from {
                 match cookies.get(from) {
                     Some(c) => {
                         let (name, value) = c.split_once('=').unwrap_or(("sy_aff", c));
                         let value = if r.cookie_forged { corrupt(value) } else { value.to_string() };
-                        req = req.cookie(name, &value);
+                        headers.push(("cookie".into(), format!("{name}={value}")));
                     }
-                    None => failures.push(format!("{}: step {} has no cookie from step {from}", s.name, step.name)),
+                    None => failures.push(format!("step {} has no cookie from step {from}", step.name)),
                 }
             }
-            let ex = sy.send(req).map_err(|e| format!("{} / {}: {e}", s.name, step.name))?;
+            // An address with a port is used as is; a bare IP gets port 0, which is
+            // what Envoy shows for an address taken from x-forwarded-for.
+            let source = r.source.as_ref().map(|src| {
+                match (src.parse::<std::net::SocketAddr>(), src.parse::<std::net::IpAddr>()) {
+                    (Ok(a), _) => a.to_string(),
+                    (_, Ok(ip)) => std::net::SocketAddr::new(ip, 0).to_string(),
+                    _ => src.clone(),
+                }
+            });
+            let out = Outgoing {
+                method: r.method.clone(),
+                path: r.path.clone(),
+                authority: r.authority.clone(),
+                headers,
+                source,
+                upstreams: upstreams.clone(),
+            };
+            let seen = send(&out).map_err(|e| format!("{} / {}: {e}", s.name, step.name))?;
             sent += 1;
-            check(&step.name, i, &step.expect, &ex, &stacks, &mut failures);
-            if let Some(c) = ex.set_cookies().first() {
+            check(&step.name, i, &step.expect, &seen, &stacks, &mut failures);
+            if let Some(c) = seen.set_cookies().first() {
                 cookies.insert(step.name.clone(), format!("{}={}", c.name, c.value));
             }
-            if let Some(st) = ex.stack() {
-                stacks.insert(step.name.clone(), st.to_string());
+            if let Some(st) = &seen.stack {
+                stacks.insert(step.name.clone(), st.clone());
             }
         }
     }
@@ -246,37 +300,66 @@ pub fn run(s: &Scenario) -> Result<usize, String> {
     }
 }
 
-fn check(step: &str, i: u32, e: &Expect, ex: &Exchange, stacks: &HashMap<String, String>, out: &mut Vec<String>) {
+/// Runs a scenario on this host: a fresh process with one worker VM.
+pub fn run(s: &Scenario) -> Result<usize, String> {
+    let mut b = Switchyard::builder().policy(s.policy_text()?);
+    if let Some(k) = &s.affinity_keys {
+        b = b.affinity_keys(Some(k));
+    }
+    let sy = std::cell::RefCell::new(b.build().map_err(|e| format!("{}: {e}", s.name))?);
+    run_with(
+        s,
+        |o| {
+            let ups: HashMap<String, Upstream> = o.upstreams.iter().map(|(k, v)| (k.clone(), Upstream { status: *v })).collect();
+            let mut req = Request::new(&o.method, &o.path).upstream(upstream_for(ups));
+            if let Some(a) = &o.authority {
+                req = req.authority(a);
+            }
+            for (k, v) in &o.headers {
+                req = req.header(k, v);
+            }
+            if let Some(src) = &o.source {
+                req = req.source(src);
+            }
+            let ex = sy.borrow_mut().send(req).map_err(|e| e.to_string())?;
+            Ok(Observed::from_exchange(&ex))
+        },
+        |ms| sy.borrow_mut().advance(Duration::from_millis(ms)).map_err(|e| e.to_string()),
+    )
+}
+
+fn check(step: &str, i: u32, e: &Expect, ex: &Observed, stacks: &HashMap<String, String>, out: &mut Vec<String>) {
     let at = format!("step {step} #{i}");
+    let decision = ex.header(crate::fixture::DECISION_HEADER);
     if let Some(want) = &e.stack {
-        match ex.stack() {
+        match ex.stack.as_deref() {
             Some(s) if want.allows(s) => {}
-            other => out.push(format!("{at}: stack {other:?}, want {want:?} (decision {:?})", ex.decision())),
+            other => out.push(format!("{at}: stack {other:?}, want {want:?} (decision {decision:?})")),
         }
     }
     if let Some(no) = e.no_upstream {
-        if no != ex.upstream_request.is_none() {
-            out.push(format!("{at}: reached upstream = {}, want {}", ex.upstream_request.is_some(), !no));
+        if no != ex.stack.is_none() {
+            out.push(format!("{at}: reached upstream = {}, want {}", ex.stack.is_some(), !no));
         }
     }
     if let Some(st) = e.status {
-        if ex.status() != st {
-            out.push(format!("{at}: status {}, want {st}", ex.status()));
+        if ex.status != st {
+            out.push(format!("{at}: status {}, want {st}", ex.status));
         }
     }
     if let Some(ra) = &e.retry_after {
-        if ex.response_header("retry-after") != Some(ra.as_str()) {
-            out.push(format!("{at}: retry-after {:?}, want {ra}", ex.response_header("retry-after")));
+        if ex.header("retry-after") != Some(ra.as_str()) {
+            out.push(format!("{at}: retry-after {:?}, want {ra}", ex.header("retry-after")));
         }
     }
     if let Some(b) = &e.body_contains {
-        if !ex.body_str().contains(b.as_str()) {
-            out.push(format!("{at}: body {:?} lacks {b:?}", ex.body_str()));
+        if !ex.body.contains(b.as_str()) {
+            out.push(format!("{at}: body {:?} lacks {b:?}", ex.body));
         }
     }
     if let Some(p) = &e.decision_prefix {
-        if !ex.decision().is_some_and(|d| d.starts_with(p.as_str())) {
-            out.push(format!("{at}: decision {:?}, want prefix {p:?}", ex.decision()));
+        if !decision.is_some_and(|d| d.starts_with(p.as_str())) {
+            out.push(format!("{at}: decision {decision:?}, want prefix {p:?}"));
         }
     }
     if let Some(c) = e.set_cookie {
@@ -285,8 +368,8 @@ fn check(step: &str, i: u32, e: &Expect, ex: &Exchange, stacks: &HashMap<String,
         }
     }
     if let Some(other) = &e.same_stack_as {
-        if stacks.get(other).map(String::as_str) != ex.stack() {
-            out.push(format!("{at}: stack {:?}, want the same as step {other} ({:?})", ex.stack(), stacks.get(other)));
+        if stacks.get(other) != ex.stack.as_ref() {
+            out.push(format!("{at}: stack {:?}, want the same as step {other} ({:?})", ex.stack, stacks.get(other)));
         }
     }
 }

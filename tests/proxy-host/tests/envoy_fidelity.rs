@@ -107,14 +107,40 @@ admin:
 
 /// Minimal HTTP/1.1 exchange: (status line + headers, body).
 fn http(addr: &str, raw: &str) -> std::io::Result<(String, String)> {
+    // Reads one response by its content-length: Envoy keeps a closing connection open
+    // for its delayed-close timeout (1 s), so waiting for EOF would slow every request.
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(raw.as_bytes())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Ok((head.to_string(), body.to_string()))
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length")))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+            if let Some(len) = len {
+                while buf.len() < end + 4 + len {
+                    let n = s.read(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[end + 4..(end + 4 + len).min(buf.len())]).into_owned();
+                return Ok((head, body));
+            }
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            return Ok((head.to_string(), body.to_string()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn normalize(result: &str) -> String {
