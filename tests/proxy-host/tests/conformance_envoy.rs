@@ -133,7 +133,7 @@ admin:
     )
 }
 
-fn start(bin: &PathBuf, yaml: &str) -> Envoy {
+fn start(bin: &std::path::Path, yaml: &str) -> Envoy {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("envoy.yaml");
     std::fs::write(&cfg, yaml).unwrap();

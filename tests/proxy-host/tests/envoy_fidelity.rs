@@ -32,7 +32,7 @@ fn envoy_binary() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-fn start_envoy(bin: &PathBuf, wasm: &PathBuf) -> Envoy {
+fn start_envoy(bin: &std::path::Path, wasm: &std::path::Path) -> Envoy {
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         r#"
