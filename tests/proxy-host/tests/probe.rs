@@ -318,3 +318,10 @@ fn a_module_is_compiled_once_and_instantiated_per_vm() {
     let ex = p.send(y, Request::get("/")).unwrap();
     assert_eq!(ex.context_id, 2, "the second VM numbers its own contexts");
 }
+
+#[test]
+fn shutdown_runs_on_done_then_on_delete_for_the_root_context() {
+    let (mut p, vm) = one("tick=1000");
+    assert!(p.vm(vm).shutdown().unwrap(), "the SDK's root context is done at once");
+    assert!(p.vm(vm).host_errors().is_empty());
+}
