@@ -12,11 +12,17 @@ use switchyard_proxy_host::{Request, Switchyard, WasmModule};
 fn shapes(cookie: &str) -> Vec<(&'static str, Request)> {
     vec![
         ("plain GET, new visitor", Request::get("/")),
-        ("returning visitor with affinity cookie", Request::get("/cart").cookie("sy_aff", cookie)),
+        (
+            "returning visitor with affinity cookie",
+            Request::get("/cart").cookie("sy_aff", cookie),
+        ),
         (
             "browser-like, 12 headers, EU geo",
             Request::get("/products/42?ref=home")
-                .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36")
+                .header(
+                    "user-agent",
+                    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36",
+                )
                 .header("accept", "text/html,application/xhtml+xml")
                 .header("accept-language", "de-DE,de;q=0.9")
                 .header("accept-encoding", "gzip, br")
@@ -28,14 +34,19 @@ fn shapes(cookie: &str) -> Vec<(&'static str, Request)> {
         ),
         (
             "mobile app, consistent hash",
-            Request::get("/api/feed").header("user-agent", "SwitchyardShop-iOS/5.1").header("x-jwt-sub", "user-1234"),
+            Request::get("/api/feed")
+                .header("user-agent", "SwitchyardShop-iOS/5.1")
+                .header("x-jwt-sub", "user-1234"),
         ),
     ]
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let per_round: usize = std::env::var("SWITCHYARD_BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let per_round: usize = std::env::var("SWITCHYARD_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let rounds = 5;
     if args.iter().any(|a| a == "--list") {
         return;
@@ -50,7 +61,10 @@ fn main() {
     let _ = module;
 
     let t = Instant::now();
-    let mut sy = Switchyard::builder().log_capacity(1_000).build().expect("filter starts");
+    let mut sy = Switchyard::builder()
+        .log_capacity(1_000)
+        .build()
+        .expect("filter starts");
     let instantiate = t.elapsed();
     let first = sy.send(Request::get("/")).unwrap();
     let cookie = first.set_cookie("sy_aff").expect("cookie").value;
@@ -75,7 +89,11 @@ fn main() {
             sy.advance(Duration::from_secs(1)).unwrap();
         }
     }
-    println!("module: {} ({} bytes)", path.display(), std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
+    println!(
+        "module: {} ({} bytes)",
+        path.display(),
+        std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+    );
     println!("compile once: {:.0} ms; cached lookup: {:.3} ms; VM start (instantiate + configure): {:.2} ms",
         compile.as_secs_f64() * 1e3, cached.as_secs_f64() * 1e3, instantiate.as_secs_f64() * 1e3);
     for (i, (name, _)) in shapes.iter().enumerate() {
@@ -86,7 +104,10 @@ fn main() {
             "{name}: median {:.0} req/s ({:.1} µs/request); rounds {}",
             median,
             1e6 / median,
-            r.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
+            r.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     assert!(sy.host_errors().is_empty());

@@ -217,9 +217,15 @@ pub fn decode_pairs(buf: &[u8]) -> Result<Vec<RawPair>, &'static str> {
     let mut p = header;
     let mut out = Vec::with_capacity(count);
     for (k, v) in sizes {
-        let key = buf.get(p..p + k).ok_or("pairs key runs past the buffer")?.to_vec();
+        let key = buf
+            .get(p..p + k)
+            .ok_or("pairs key runs past the buffer")?
+            .to_vec();
         p += k + 1;
-        let value = buf.get(p..p + v).ok_or("pairs value runs past the buffer")?.to_vec();
+        let value = buf
+            .get(p..p + v)
+            .ok_or("pairs value runs past the buffer")?
+            .to_vec();
         p += v + 1;
         if p > buf.len() {
             return Err("pairs terminator runs past the buffer");
@@ -251,7 +257,13 @@ mod tests {
         want.extend_from_slice(b":method\0GET\0a\0\0");
         assert_eq!(bytes, want);
         let back = decode_pairs(&bytes).unwrap();
-        assert_eq!(back, vec![(b":method".to_vec(), b"GET".to_vec()), (b"a".to_vec(), vec![])]);
+        assert_eq!(
+            back,
+            vec![
+                (b":method".to_vec(), b"GET".to_vec()),
+                (b"a".to_vec(), vec![])
+            ]
+        );
     }
 
     #[test]
@@ -265,7 +277,10 @@ mod tests {
 
     #[test]
     fn property_paths() {
-        assert_eq!(property_path_to_dotted(b"source\0address\0"), "source.address");
+        assert_eq!(
+            property_path_to_dotted(b"source\0address\0"),
+            "source.address"
+        );
         assert_eq!(property_path_to_dotted(b"plugin_name"), "plugin_name");
     }
 }

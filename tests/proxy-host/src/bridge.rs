@@ -78,7 +78,9 @@ fn to_metadata(pairs: &[Pair], map: &mut tonic::metadata::MetadataMap) {
 }
 
 fn from_headers(h: &http::HeaderMap) -> Vec<Pair> {
-    h.iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect()
+    h.iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 fn code(s: &Status) -> u32 {
@@ -127,11 +129,14 @@ impl TonicBridge {
 
     fn open(&mut self, vm: VmId, token: u32, target: &GrpcTarget) {
         let Some(channel) = self.clusters.get(&target.cluster).cloned() else {
-            self.fail(vm, GrpcInbound::Close {
-                token,
-                status: grpc_status::UNAVAILABLE,
-                message: format!("no cluster {}", target.cluster),
-            });
+            self.fail(
+                vm,
+                GrpcInbound::Close {
+                    token,
+                    status: grpc_status::UNAVAILABLE,
+                    message: format!("no cluster {}", target.cluster),
+                },
+            );
             return;
         };
         let (send, recv) = tmpsc::unbounded_channel::<Bytes>();
@@ -145,26 +150,48 @@ impl TonicBridge {
             };
             let mut grpc = tonic::client::Grpc::new(channel);
             if let Err(e) = grpc.ready().await {
-                emit(GrpcInbound::Close { token, status: grpc_status::UNAVAILABLE, message: e.to_string() });
+                emit(GrpcInbound::Close {
+                    token,
+                    status: grpc_status::UNAVAILABLE,
+                    message: e.to_string(),
+                });
                 return;
             }
             let Ok(path) = PathAndQuery::try_from(path.as_str()) else {
-                emit(GrpcInbound::Close { token, status: grpc_status::INTERNAL, message: format!("bad path {path}") });
+                emit(GrpcInbound::Close {
+                    token,
+                    status: grpc_status::INTERNAL,
+                    message: format!("bad path {path}"),
+                });
                 return;
             };
             let mut req = tonic::Request::new(UnboundedReceiverStream::new(recv));
             to_metadata(&metadata, req.metadata_mut());
             match grpc.streaming(req, path, RawCodec).await {
-                Err(status) => emit(GrpcInbound::Close { token, status: code(&status), message: status.message().into() }),
+                Err(status) => emit(GrpcInbound::Close {
+                    token,
+                    status: code(&status),
+                    message: status.message().into(),
+                }),
                 Ok(resp) => {
                     let md = from_headers(&resp.metadata().clone().into_headers());
-                    emit(GrpcInbound::InitialMetadata { token, metadata: md });
+                    emit(GrpcInbound::InitialMetadata {
+                        token,
+                        metadata: md,
+                    });
                     let mut stream = resp.into_inner();
                     loop {
                         match stream.next().await {
-                            Some(Ok(m)) => emit(GrpcInbound::Message { token, message: m.to_vec() }),
+                            Some(Ok(m)) => emit(GrpcInbound::Message {
+                                token,
+                                message: m.to_vec(),
+                            }),
                             Some(Err(status)) => {
-                                emit(GrpcInbound::Close { token, status: code(&status), message: status.message().into() });
+                                emit(GrpcInbound::Close {
+                                    token,
+                                    status: code(&status),
+                                    message: status.message().into(),
+                                });
                                 break;
                             }
                             None => {
@@ -172,8 +199,15 @@ impl TonicBridge {
                                     Ok(Some(t)) => from_headers(&t.into_headers()),
                                     _ => Vec::new(),
                                 };
-                                emit(GrpcInbound::TrailingMetadata { token, metadata: trailers });
-                                emit(GrpcInbound::Close { token, status: grpc_status::OK, message: String::new() });
+                                emit(GrpcInbound::TrailingMetadata {
+                                    token,
+                                    metadata: trailers,
+                                });
+                                emit(GrpcInbound::Close {
+                                    token,
+                                    status: grpc_status::OK,
+                                    message: String::new(),
+                                });
                                 break;
                             }
                         }
@@ -186,11 +220,14 @@ impl TonicBridge {
 
     fn call(&mut self, vm: VmId, token: u32, target: &GrpcTarget, message: &[u8]) {
         let Some(channel) = self.clusters.get(&target.cluster).cloned() else {
-            self.fail(vm, GrpcInbound::CallFailed {
-                token,
-                status: grpc_status::UNAVAILABLE,
-                message: format!("no cluster {}", target.cluster),
-            });
+            self.fail(
+                vm,
+                GrpcInbound::CallFailed {
+                    token,
+                    status: grpc_status::UNAVAILABLE,
+                    message: format!("no cluster {}", target.cluster),
+                },
+            );
             return;
         };
         let tx = self.tx.clone();
@@ -200,16 +237,26 @@ impl TonicBridge {
         let task = self.rt.spawn(async move {
             let mut grpc = tonic::client::Grpc::new(channel);
             let result = async {
-                grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
-                let path = PathAndQuery::try_from(path.as_str()).map_err(|e| Status::internal(e.to_string()))?;
+                grpc.ready()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let path = PathAndQuery::try_from(path.as_str())
+                    .map_err(|e| Status::internal(e.to_string()))?;
                 let mut req = tonic::Request::new(message);
                 to_metadata(&metadata, req.metadata_mut());
                 grpc.unary(req, path, RawCodec).await
             }
             .await;
             let ev = match result {
-                Ok(resp) => GrpcInbound::CallReply { token, message: resp.into_inner().to_vec() },
-                Err(s) => GrpcInbound::CallFailed { token, status: code(&s), message: s.message().into() },
+                Ok(resp) => GrpcInbound::CallReply {
+                    token,
+                    message: resp.into_inner().to_vec(),
+                },
+                Err(s) => GrpcInbound::CallFailed {
+                    token,
+                    status: code(&s),
+                    message: s.message().into(),
+                },
             };
             let _ = tx.send((vm, ev));
         });
@@ -221,8 +268,17 @@ impl GrpcPeer for TonicBridge {
     fn outbound(&mut self, vm: VmId, event: &GrpcOutbound) {
         match event {
             GrpcOutbound::StreamOpened { token, target } => self.open(vm, *token, target),
-            GrpcOutbound::CallStarted { token, target, message, .. } => self.call(vm, *token, target, message),
-            GrpcOutbound::StreamMessage { token, message, end_stream } => {
+            GrpcOutbound::CallStarted {
+                token,
+                target,
+                message,
+                ..
+            } => self.call(vm, *token, target, message),
+            GrpcOutbound::StreamMessage {
+                token,
+                message,
+                end_stream,
+            } => {
                 if let Some(s) = self.senders.get(&(vm, *token)) {
                     let _ = s.send(Bytes::copy_from_slice(message));
                 }

@@ -11,9 +11,10 @@ use crate::error::HostError;
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-    })
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 fn newest_mtime(path: &Path) -> Option<SystemTime> {
@@ -38,7 +39,10 @@ fn is_stale(wasm: &Path, sources: &[PathBuf]) -> bool {
     let Some(built) = std::fs::metadata(wasm).ok().and_then(|m| m.modified().ok()) else {
         return true;
     };
-    sources.iter().filter_map(|s| newest_mtime(s)).any(|t| t > built)
+    sources
+        .iter()
+        .filter_map(|s| newest_mtime(s))
+        .any(|t| t > built)
 }
 
 fn cargo() -> String {
@@ -48,15 +52,24 @@ fn cargo() -> String {
 fn run(mut cmd: Command, what: &str) -> Result<(), HostError> {
     // Let the child cargo pick its own settings, not the ones cargo test exported.
     for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" || k == "CARGO_TARGET_DIR" {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME"
+            || k == "RUSTFLAGS"
+            || k == "CARGO_TARGET_DIR"
+        {
             cmd.env_remove(&k);
         }
     }
-    let out = cmd.output().map_err(|e| HostError::Load { what: what.into(), message: format!("running cargo: {e}") })?;
+    let out = cmd.output().map_err(|e| HostError::Load {
+        what: what.into(),
+        message: format!("running cargo: {e}"),
+    })?;
     if !out.status.success() {
         return Err(HostError::Load {
             what: what.into(),
-            message: format!("cargo build failed:\n{}", String::from_utf8_lossy(&out.stderr)),
+            message: format!(
+                "cargo build failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
         });
     }
     Ok(())
@@ -83,12 +96,21 @@ pub fn filter_wasm() -> Result<PathBuf, HostError> {
     let sources = vec![root.join("filter"), root.join("Cargo.lock")];
     if is_stale(&wasm, &sources) {
         let mut cmd = Command::new(cargo());
-        cmd.current_dir(&root)
-            .args(["build", "--release", "--target", "wasm32-wasip1", "-p", "switchyard-filter"]);
+        cmd.current_dir(&root).args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "switchyard-filter",
+        ]);
         run(cmd, "switchyard_filter.wasm")?;
     }
     if !wasm.exists() {
-        return Err(HostError::Load { what: wasm.display().to_string(), message: "cargo built nothing".into() });
+        return Err(HostError::Load {
+            what: wasm.display().to_string(),
+            message: "cargo built nothing".into(),
+        });
     }
     let _ = DONE.set(wasm.clone());
     Ok(wasm)
@@ -108,7 +130,15 @@ pub fn probe_wasm() -> Result<PathBuf, HostError> {
     let wasm = target.join("wasm32-wasip1/release/switchyard_probe_guest.wasm");
     if is_stale(&wasm, &[dir.join("src"), dir.join("Cargo.toml")]) {
         let mut cmd = Command::new(cargo());
-        cmd.current_dir(&dir).args(["build", "--release", "--target", "wasm32-wasip1", "--target-dir"]).arg(&target);
+        cmd.current_dir(&dir)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--target-dir",
+            ])
+            .arg(&target);
         run(cmd, "probe guest")?;
     }
     let _ = DONE.set(wasm.clone());

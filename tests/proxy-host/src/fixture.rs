@@ -59,8 +59,13 @@ impl SwitchyardBuilder {
     /// A policy file, relative to the workspace root when not absolute.
     pub fn policy_file(mut self, path: impl AsRef<Path>) -> Self {
         let p = path.as_ref();
-        let p = if p.is_absolute() { p.to_path_buf() } else { crate::build::workspace_root().join(p) };
-        self.policy = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            crate::build::workspace_root().join(p)
+        };
+        self.policy =
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
         self
     }
 
@@ -122,16 +127,31 @@ impl SwitchyardBuilder {
             process.set_grpc_peer_boxed(peer);
         }
         let singleton = match &self.singleton {
-            Some(cfg) => Some(process.spawn(
-                spec.clone().root_id("switchyard-control").plugin_config(cfg.as_bytes()).name("singleton"),
-            )?),
+            Some(cfg) => Some(
+                process.spawn(
+                    spec.clone()
+                        .root_id("switchyard-control")
+                        .plugin_config(cfg.as_bytes())
+                        .name("singleton"),
+                )?,
+            ),
             None => None,
         };
         let mut workers = Vec::new();
         for i in 0..self.workers {
-            workers.push(process.spawn(spec.clone().seed(0x5eed + i as u64).name(&format!("worker{i}")))?);
+            workers.push(
+                process.spawn(
+                    spec.clone()
+                        .seed(0x5eed + i as u64)
+                        .name(&format!("worker{i}")),
+                )?,
+            );
         }
-        Ok(Switchyard { process, workers, singleton })
+        Ok(Switchyard {
+            process,
+            workers,
+            singleton,
+        })
     }
 }
 
@@ -180,16 +200,25 @@ impl Switchyard {
     }
 
     pub fn histogram(&self, name: &str) -> Vec<u64> {
-        self.process.shared().metric(name).map(|m| m.samples).unwrap_or_default()
+        self.process
+            .shared()
+            .metric(name)
+            .map(|m| m.samples)
+            .unwrap_or_default()
     }
 
     /// Host errors of every worker (bad pointers, malformed buffers); should be empty.
     pub fn host_errors(&self) -> Vec<String> {
-        self.workers.iter().flat_map(|w| self.process.vm_ref(*w).host_errors().to_vec()).collect()
+        self.workers
+            .iter()
+            .flat_map(|w| self.process.vm_ref(*w).host_errors().to_vec())
+            .collect()
     }
 
     pub fn singleton_logs(&self) -> String {
-        self.singleton.map(|s| self.process.vm_ref(s).logs_text()).unwrap_or_default()
+        self.singleton
+            .map(|s| self.process.vm_ref(s).logs_text())
+            .unwrap_or_default()
     }
 
     pub fn logs_text(&self, worker: usize) -> String {
@@ -201,7 +230,10 @@ impl Switchyard {
 pub fn stacks_failing(failing: &[&str], status: u16) -> crate::http::Upstream {
     let failing: Vec<String> = failing.iter().map(|s| s.to_string()).collect();
     std::sync::Arc::new(move |h: &[crate::abi::Pair]| {
-        let stack = h.iter().find(|(k, _)| k == STACK_HEADER).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let stack = h
+            .iter()
+            .find(|(k, _)| k == STACK_HEADER)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         if stack.is_some_and(|s| failing.contains(&s)) {
             crate::http::Response::status(status)
         } else {

@@ -73,14 +73,34 @@ impl GrpcOutbound {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrpcInbound {
     /// Unary reply: `proxy_on_grpc_receive` with the message.
-    CallReply { token: u32, message: Vec<u8> },
+    CallReply {
+        token: u32,
+        message: Vec<u8>,
+    },
     /// Unary failure: `proxy_on_grpc_close` with the status.
-    CallFailed { token: u32, status: u32, message: String },
-    InitialMetadata { token: u32, metadata: Vec<Pair> },
-    Message { token: u32, message: Vec<u8> },
-    TrailingMetadata { token: u32, metadata: Vec<Pair> },
+    CallFailed {
+        token: u32,
+        status: u32,
+        message: String,
+    },
+    InitialMetadata {
+        token: u32,
+        metadata: Vec<Pair>,
+    },
+    Message {
+        token: u32,
+        message: Vec<u8>,
+    },
+    TrailingMetadata {
+        token: u32,
+        metadata: Vec<Pair>,
+    },
     /// Remote close of a stream: `proxy_on_grpc_close`.
-    Close { token: u32, status: u32, message: String },
+    Close {
+        token: u32,
+        status: u32,
+        message: String,
+    },
 }
 
 impl GrpcInbound {
@@ -110,14 +130,21 @@ pub struct HttpCall {
 
 impl HttpCall {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 }
 
 /// The answer to an HTTP call; `None` in `HttpReply::Failed` terms is a reset/timeout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HttpReply {
-    Response { headers: Vec<Pair>, body: Vec<u8>, trailers: Vec<Pair> },
+    Response {
+        headers: Vec<Pair>,
+        body: Vec<u8>,
+        trailers: Vec<Pair>,
+    },
     /// Connection failure, reset or timeout: Envoy calls back with no headers at all.
     Failed,
 }
@@ -291,10 +318,16 @@ mod tests {
 
     #[test]
     fn grpc_service_argument_is_decoded_like_envoy() {
-        assert_eq!(parse_grpc_service(&encode_grpc_service("control")).unwrap(), "control");
+        assert_eq!(
+            parse_grpc_service(&encode_grpc_service("control")).unwrap(),
+            "control"
+        );
         // "hx": field 13 varint — parses, but no target: Envoy aborts.
         assert!(parse_grpc_service(b"hx").is_err());
         // Not a protobuf at all: taken as a cluster name.
-        assert_eq!(parse_grpc_service(b"control_plane").unwrap(), "control_plane");
+        assert_eq!(
+            parse_grpc_service(b"control_plane").unwrap(),
+            "control_plane"
+        );
     }
 }

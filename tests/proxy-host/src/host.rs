@@ -18,7 +18,11 @@ impl WasiView for HostState {
     }
 
     fn captured_output(&mut self, fd: u32, text: String) {
-        let level = if fd == 1 { LogLevel::Info } else { LogLevel::Error };
+        let level = if fd == 1 {
+            LogLevel::Info
+        } else {
+            LogLevel::Error
+        };
         self.log(level, text);
     }
 }
@@ -78,7 +82,12 @@ fn write_u32(c: &mut Caller<'_, HostState>, ptr: i32, v: u32) -> HostResult<()> 
 /// Copies `data` into memory the guest allocates (`proxy_on_memory_allocate`) and
 /// writes its address and size through the two out-pointers. Empty data is (0, 0),
 /// as Envoy's `copyToPointerSize` does.
-fn copy_out(c: &mut Caller<'_, HostState>, data: &[u8], ptr_ptr: i32, size_ptr: i32) -> HostResult<()> {
+fn copy_out(
+    c: &mut Caller<'_, HostState>,
+    data: &[u8],
+    ptr_ptr: i32,
+    size_ptr: i32,
+) -> HostResult<()> {
     // Check the out-pointers before allocating, so a bad one cannot leak guest memory.
     mem_read(c, ptr_ptr, 4)?;
     mem_read(c, size_ptr, 4)?;
@@ -108,7 +117,11 @@ fn copy_out(c: &mut Caller<'_, HostState>, data: &[u8], ptr_ptr: i32, size_ptr: 
 
 /// Turns a host call's outcome into the guest's return code, recording what a real
 /// Envoy would have logged.
-fn finish(c: &mut Caller<'_, HostState>, call: &'static str, r: HostResult<()>) -> wasmtime::Result<i32> {
+fn finish(
+    c: &mut Caller<'_, HostState>,
+    call: &'static str,
+    r: HostResult<()>,
+) -> wasmtime::Result<i32> {
     match r {
         Ok(()) => Ok(0),
         Err(Fail::Status(s)) => {
@@ -126,7 +139,8 @@ fn finish(c: &mut Caller<'_, HostState>, call: &'static str, r: HostResult<()>) 
 }
 
 fn bad_enum(c: &mut Caller<'_, HostState>, call: &'static str, what: &str, v: i32) -> Fail {
-    c.data_mut().host_error(format!("{call}: unknown {what} {v}"));
+    c.data_mut()
+        .host_error(format!("{call}: unknown {what} {v}"));
     Fail::Status(Status::BadArgument)
 }
 
@@ -162,7 +176,9 @@ fn buffer(st: &mut HostState, t: BufferType) -> Option<Vec<u8>> {
         BufferType::VmConfiguration => Some(st.vm_config.clone()),
         BufferType::RequestBody => st.active_stream().map(|s| s.request_body.clone()),
         BufferType::ResponseBody => st.active_stream().map(|s| s.response_body.clone()),
-        BufferType::GrpcReceiveBuffer | BufferType::HttpCallResponseBody => st.callback_buffer.clone(),
+        BufferType::GrpcReceiveBuffer | BufferType::HttpCallResponseBody => {
+            st.callback_buffer.clone()
+        }
         _ => None,
     }
 }
@@ -172,43 +188,69 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     wasi::add_to_linker(linker)?;
     const E: &str = "env";
 
-    linker.func_wrap(E, "proxy_log", |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
-        let r = (|| {
-            let Some(level) = LogLevel::from_u32(level as u32) else {
-                return Err(bad_enum(&mut c, "proxy_log", "log level", level));
+    linker.func_wrap(
+        E,
+        "proxy_log",
+        |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+            let r = (|| {
+                let Some(level) = LogLevel::from_u32(level as u32) else {
+                    return Err(bad_enum(&mut c, "proxy_log", "log level", level));
+                };
+                let msg = mem_read(&mut c, ptr, len)?;
+                c.data_mut()
+                    .log(level, String::from_utf8_lossy(&msg).into_owned());
+                Ok(())
+            })();
+            finish(&mut c, "proxy_log", r)
+        },
+    )?;
+
+    linker.func_wrap(
+        E,
+        "proxy_get_log_level",
+        |mut c: Caller<'_, HostState>, out: i32| {
+            let level = c.data().log_level as u32;
+            let r = write_u32(&mut c, out, level);
+            finish(&mut c, "proxy_get_log_level", r)
+        },
+    )?;
+
+    linker.func_wrap(
+        E,
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Caller<'_, HostState>, out: i32| {
+            let now = c.data().shared.now_unix_nanos();
+            let r = mem_write(&mut c, out, &now.to_le_bytes());
+            finish(&mut c, "proxy_get_current_time_nanoseconds", r)
+        },
+    )?;
+
+    linker.func_wrap(
+        E,
+        "proxy_set_tick_period_milliseconds",
+        |mut c: Caller<'_, HostState>, ms: i32| {
+            let ms = ms as u32;
+            let now = c.data().shared.monotonic_nanos();
+            let st = c.data_mut();
+            st.tick_period_ms = ms;
+            st.next_tick_mono_ns = if ms == 0 {
+                None
+            } else {
+                Some(now + u64::from(ms) * 1_000_000)
             };
-            let msg = mem_read(&mut c, ptr, len)?;
-            c.data_mut().log(level, String::from_utf8_lossy(&msg).into_owned());
-            Ok(())
-        })();
-        finish(&mut c, "proxy_log", r)
-    })?;
-
-    linker.func_wrap(E, "proxy_get_log_level", |mut c: Caller<'_, HostState>, out: i32| {
-        let level = c.data().log_level as u32;
-        let r = write_u32(&mut c, out, level);
-        finish(&mut c, "proxy_get_log_level", r)
-    })?;
-
-    linker.func_wrap(E, "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, HostState>, out: i32| {
-        let now = c.data().shared.now_unix_nanos();
-        let r = mem_write(&mut c, out, &now.to_le_bytes());
-        finish(&mut c, "proxy_get_current_time_nanoseconds", r)
-    })?;
-
-    linker.func_wrap(E, "proxy_set_tick_period_milliseconds", |mut c: Caller<'_, HostState>, ms: i32| {
-        let ms = ms as u32;
-        let now = c.data().shared.monotonic_nanos();
-        let st = c.data_mut();
-        st.tick_period_ms = ms;
-        st.next_tick_mono_ns = if ms == 0 { None } else { Some(now + u64::from(ms) * 1_000_000) };
-        Ok::<i32, wasmtime::Error>(0)
-    })?;
+            Ok::<i32, wasmtime::Error>(0)
+        },
+    )?;
 
     linker.func_wrap(
         E,
         "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, HostState>, t: i32, start: i32, max: i32, ptr_ptr: i32, size_ptr: i32| {
+        |mut c: Caller<'_, HostState>,
+         t: i32,
+         start: i32,
+         max: i32,
+         ptr_ptr: i32,
+         size_ptr: i32| {
             let r = (|| {
                 let Some(t) = BufferType::from_u32(t as u32) else {
                     return Err(bad_enum(&mut c, "proxy_get_buffer_bytes", "buffer type", t));
@@ -283,7 +325,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let pairs = match abi::decode_pairs(&raw) {
                     Ok(p) => p,
                     Err(e) => {
-                        c.data_mut().host_error(format!("proxy_set_header_map_pairs: {e}"));
+                        c.data_mut()
+                            .host_error(format!("proxy_set_header_map_pairs: {e}"));
                         return Err(Status::BadArgument.into());
                     }
                 };
@@ -399,12 +442,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         E,
         "proxy_get_shared_data",
-        |mut c: Caller<'_, HostState>, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32, cas_ptr: i32| {
+        |mut c: Caller<'_, HostState>,
+         kp: i32,
+         kl: i32,
+         ptr_ptr: i32,
+         size_ptr: i32,
+         cas_ptr: i32| {
             let r = (|| {
                 let key = mem_read(&mut c, kp, kl)?;
                 let (value, cas) = {
                     let st = c.data();
-                    st.shared.lock().get_shared(&st.vm_id, &key).ok_or(Status::NotFound)?
+                    st.shared
+                        .lock()
+                        .get_shared(&st.vm_id, &key)
+                        .ok_or(Status::NotFound)?
                 };
                 copy_out(&mut c, &value, ptr_ptr, size_ptr)?;
                 write_u32(&mut c, cas_ptr, cas)
@@ -421,7 +472,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let key = mem_read(&mut c, kp, kl)?;
                 let value = mem_read(&mut c, vp, vl)?;
                 let st = c.data();
-                let s = st.shared.lock().set_shared(&st.vm_id, &key, &value, cas as u32);
+                let s = st
+                    .shared
+                    .lock()
+                    .set_shared(&st.vm_id, &key, &value, cas as u32);
                 if s == Status::Ok {
                     Ok(())
                 } else {
@@ -442,7 +496,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let token = {
                     let st = c.data();
                     // Envoy wakes the root context of the registering context.
-                    st.shared.lock().register_queue(&st.vm_id, &name, st.vm_index, st.root_context_id)
+                    st.shared.lock().register_queue(
+                        &st.vm_id,
+                        &name,
+                        st.vm_index,
+                        st.root_context_id,
+                    )
                 };
                 write_u32(&mut c, out, token)
             })();
@@ -457,7 +516,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             let r = (|| {
                 let vm_id = String::from_utf8_lossy(&mem_read(&mut c, vp, vl)?).into_owned();
                 let name = String::from_utf8_lossy(&mem_read(&mut c, np, nl)?).into_owned();
-                let token = c.data().shared.lock().queue_tokens.get(&(vm_id, name)).copied();
+                let token = c
+                    .data()
+                    .shared
+                    .lock()
+                    .queue_tokens
+                    .get(&(vm_id, name))
+                    .copied();
                 write_u32(&mut c, out, token.ok_or(Status::NotFound)?)
             })();
             finish(&mut c, "proxy_resolve_shared_queue", r)
@@ -498,31 +563,39 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
 
-    linker.func_wrap(E, "proxy_continue_stream", |mut c: Caller<'_, HostState>, t: i32| {
-        let r = (|| {
-            let s = c.data_mut().active_stream().ok_or(Status::NotFound)?;
-            match t {
-                0 => s.continued_request += 1,
-                1 => s.continued_response += 1,
-                2 | 3 => {}
-                _ => return Err(Status::BadArgument.into()),
-            }
-            Ok(())
-        })();
-        finish(&mut c, "proxy_continue_stream", r)
-    })?;
+    linker.func_wrap(
+        E,
+        "proxy_continue_stream",
+        |mut c: Caller<'_, HostState>, t: i32| {
+            let r = (|| {
+                let s = c.data_mut().active_stream().ok_or(Status::NotFound)?;
+                match t {
+                    0 => s.continued_request += 1,
+                    1 => s.continued_response += 1,
+                    2 | 3 => {}
+                    _ => return Err(Status::BadArgument.into()),
+                }
+                Ok(())
+            })();
+            finish(&mut c, "proxy_continue_stream", r)
+        },
+    )?;
 
-    linker.func_wrap(E, "proxy_close_stream", |mut c: Caller<'_, HostState>, t: i32| {
-        let r = (|| {
-            if !(0..=3).contains(&t) {
-                return Err(Status::BadArgument.into());
-            }
-            let s = c.data_mut().active_stream().ok_or(Status::NotFound)?;
-            s.closed.push(t as u32);
-            Ok(())
-        })();
-        finish(&mut c, "proxy_close_stream", r)
-    })?;
+    linker.func_wrap(
+        E,
+        "proxy_close_stream",
+        |mut c: Caller<'_, HostState>, t: i32| {
+            let r = (|| {
+                if !(0..=3).contains(&t) {
+                    return Err(Status::BadArgument.into());
+                }
+                let s = c.data_mut().active_stream().ok_or(Status::NotFound)?;
+                s.closed.push(t as u32);
+                Ok(())
+            })();
+            finish(&mut c, "proxy_close_stream", r)
+        },
+    )?;
 
     linker.func_wrap(
         E,
@@ -543,7 +616,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let headers = match abi::decode_pairs(&raw) {
                     Ok(p) => p.into_iter().map(|(k, v)| (lower(&k), v)).collect(),
                     Err(e) => {
-                        c.data_mut().host_error(format!("proxy_send_local_response: {e}"));
+                        c.data_mut()
+                            .host_error(format!("proxy_send_local_response: {e}"));
                         Vec::new()
                     }
                 };
@@ -587,8 +661,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let body = mem_read(&mut c, bp, bl)?;
                 let raw_trailers = mem_read(&mut c, tp, tl)?;
                 mem_read(&mut c, out, 4)?;
-                let (Ok(headers), Ok(trailers)) = (abi::decode_pairs(&raw_headers), abi::decode_pairs(&raw_trailers)) else {
-                    c.data_mut().host_error("proxy_http_call: malformed header pairs".into());
+                let (Ok(headers), Ok(trailers)) = (
+                    abi::decode_pairs(&raw_headers),
+                    abi::decode_pairs(&raw_trailers),
+                ) else {
+                    c.data_mut()
+                        .host_error("proxy_http_call: malformed header pairs".into());
                     return Err(Status::BadArgument.into());
                 };
                 let headers: Vec<Pair> = headers.into_iter().map(|(k, v)| (lower(&k), v)).collect();
@@ -610,8 +688,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 st.grpc.next_http_token += 1;
                 let token = st.grpc.next_http_token;
                 let timeout_ms = timeout as u32;
-                st.grpc.http_calls.insert(token, (timeout_ms > 0).then(|| now + u64::from(timeout_ms) * 1_000_000));
-                st.grpc.http_outbox.push(HttpCall { token, upstream, headers, body, trailers, timeout_ms });
+                st.grpc.http_calls.insert(
+                    token,
+                    (timeout_ms > 0).then(|| now + u64::from(timeout_ms) * 1_000_000),
+                );
+                st.grpc.http_outbox.push(HttpCall {
+                    token,
+                    upstream,
+                    headers,
+                    body,
+                    trailers,
+                    timeout_ms,
+                });
                 write_u32(&mut c, out, token)
             })();
             finish(&mut c, "proxy_http_call", r)
@@ -635,7 +723,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          timeout: i32,
          out: i32| {
             let r = (|| {
-                let target = read_target(&mut c, "proxy_grpc_call", (sp, sl), (np, nl), (mp, ml), (ip, il))?;
+                let target = read_target(
+                    &mut c,
+                    "proxy_grpc_call",
+                    (sp, sl),
+                    (np, nl),
+                    (mp, ml),
+                    (ip, il),
+                )?;
                 let message = mem_read(&mut c, msgp, msgl)?;
                 mem_read(&mut c, out, 4)?;
                 let now = c.data().shared.monotonic_nanos();
@@ -645,10 +740,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 st.grpc.calls.insert(
                     token,
                     CallState {
-                        deadline_mono_ns: (timeout_ms > 0).then(|| now + u64::from(timeout_ms) * 1_000_000),
+                        deadline_mono_ns: (timeout_ms > 0)
+                            .then(|| now + u64::from(timeout_ms) * 1_000_000),
                     },
                 );
-                st.grpc.push(GrpcOutbound::CallStarted { token, target, message, timeout_ms });
+                st.grpc.push(GrpcOutbound::CallStarted {
+                    token,
+                    target,
+                    message,
+                    timeout_ms,
+                });
                 write_u32(&mut c, out, token)
             })();
             finish(&mut c, "proxy_grpc_call", r)
@@ -669,11 +770,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          il: i32,
          out: i32| {
             let r = (|| {
-                let target = read_target(&mut c, "proxy_grpc_stream", (sp, sl), (np, nl), (mp, ml), (ip, il))?;
+                let target = read_target(
+                    &mut c,
+                    "proxy_grpc_stream",
+                    (sp, sl),
+                    (np, nl),
+                    (mp, ml),
+                    (ip, il),
+                )?;
                 mem_read(&mut c, out, 4)?;
                 let st = c.data_mut();
                 let token = st.grpc.next(true);
-                st.grpc.streams.insert(token, StreamInfo { local_closed: false });
+                st.grpc.streams.insert(
+                    token,
+                    StreamInfo {
+                        local_closed: false,
+                    },
+                );
                 st.grpc.push(GrpcOutbound::StreamOpened { token, target });
                 write_u32(&mut c, out, token)
             })();
@@ -699,47 +812,59 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 if end != 0 {
                     s.local_closed = true;
                 }
-                st.grpc.push(GrpcOutbound::StreamMessage { token, message, end_stream: end != 0 });
+                st.grpc.push(GrpcOutbound::StreamMessage {
+                    token,
+                    message,
+                    end_stream: end != 0,
+                });
                 Ok(())
             })();
             finish(&mut c, "proxy_grpc_send", r)
         },
     )?;
 
-    linker.func_wrap(E, "proxy_grpc_cancel", |mut c: Caller<'_, HostState>, token: i32| {
-        let r = (|| {
-            let token = token as u32;
-            let st = c.data_mut();
-            if st.grpc.calls.remove(&token).is_some() {
-                st.grpc.push(GrpcOutbound::CallCancelled { token });
-            } else if st.grpc.streams.remove(&token).is_some() {
-                st.grpc.push(GrpcOutbound::StreamCancelled { token });
-            } else {
-                return Err(Status::NotFound.into());
-            }
-            Ok(())
-        })();
-        finish(&mut c, "proxy_grpc_cancel", r)
-    })?;
-
-    linker.func_wrap(E, "proxy_grpc_close", |mut c: Caller<'_, HostState>, token: i32| {
-        let r = (|| {
-            let token = token as u32;
-            let st = c.data_mut();
-            if st.grpc.calls.remove(&token).is_some() {
-                st.grpc.push(GrpcOutbound::CallCancelled { token });
-            } else if let Some(s) = st.grpc.streams.get_mut(&token) {
-                if !s.local_closed {
-                    s.local_closed = true;
-                    st.grpc.push(GrpcOutbound::StreamClosed { token });
+    linker.func_wrap(
+        E,
+        "proxy_grpc_cancel",
+        |mut c: Caller<'_, HostState>, token: i32| {
+            let r = (|| {
+                let token = token as u32;
+                let st = c.data_mut();
+                if st.grpc.calls.remove(&token).is_some() {
+                    st.grpc.push(GrpcOutbound::CallCancelled { token });
+                } else if st.grpc.streams.remove(&token).is_some() {
+                    st.grpc.push(GrpcOutbound::StreamCancelled { token });
+                } else {
+                    return Err(Status::NotFound.into());
                 }
-            } else {
-                return Err(Status::NotFound.into());
-            }
-            Ok(())
-        })();
-        finish(&mut c, "proxy_grpc_close", r)
-    })?;
+                Ok(())
+            })();
+            finish(&mut c, "proxy_grpc_cancel", r)
+        },
+    )?;
+
+    linker.func_wrap(
+        E,
+        "proxy_grpc_close",
+        |mut c: Caller<'_, HostState>, token: i32| {
+            let r = (|| {
+                let token = token as u32;
+                let st = c.data_mut();
+                if st.grpc.calls.remove(&token).is_some() {
+                    st.grpc.push(GrpcOutbound::CallCancelled { token });
+                } else if let Some(s) = st.grpc.streams.get_mut(&token) {
+                    if !s.local_closed {
+                        s.local_closed = true;
+                        st.grpc.push(GrpcOutbound::StreamClosed { token });
+                    }
+                } else {
+                    return Err(Status::NotFound.into());
+                }
+                Ok(())
+            })();
+            finish(&mut c, "proxy_grpc_close", r)
+        },
+    )?;
 
     linker.func_wrap(
         E,
@@ -754,16 +879,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
 
-    linker.func_wrap(E, "proxy_set_effective_context", |mut c: Caller<'_, HostState>, id: i32| {
-        let id = id as u32;
-        let st = c.data_mut();
-        if id == st.root_context_id || st.streams.contains_key(&id) {
-            st.effective_context = id;
-            Ok::<i32, wasmtime::Error>(0)
-        } else {
-            Ok(Status::BadArgument.code())
-        }
-    })?;
+    linker.func_wrap(
+        E,
+        "proxy_set_effective_context",
+        |mut c: Caller<'_, HostState>, id: i32| {
+            let id = id as u32;
+            let st = c.data_mut();
+            if id == st.root_context_id || st.streams.contains_key(&id) {
+                st.effective_context = id;
+                Ok::<i32, wasmtime::Error>(0)
+            } else {
+                Ok(Status::BadArgument.code())
+            }
+        },
+    )?;
 
     linker.func_wrap(
         E,
@@ -823,51 +952,67 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
 
-    linker.func_wrap(E, "proxy_increment_metric", |mut c: Caller<'_, HostState>, id: i32, offset: i64| {
-        let st = c.data_mut();
-        let Some(idx) = st.metric_ids.get(&(id as u32)).copied() else {
-            return Ok::<i32, wasmtime::Error>(Status::NotFound.code());
-        };
-        let mut g = st.shared.lock();
-        let m = &mut g.metrics[idx];
-        let code = match m.kind {
-            MetricKind::Counter if offset < 0 => Status::BadArgument.code(),
-            MetricKind::Counter | MetricKind::Gauge => {
-                m.value = m.value.saturating_add(offset);
-                0
-            }
-            MetricKind::Histogram => Status::BadArgument.code(),
-        };
-        Ok(code)
-    })?;
+    linker.func_wrap(
+        E,
+        "proxy_increment_metric",
+        |mut c: Caller<'_, HostState>, id: i32, offset: i64| {
+            let st = c.data_mut();
+            let Some(idx) = st.metric_ids.get(&(id as u32)).copied() else {
+                return Ok::<i32, wasmtime::Error>(Status::NotFound.code());
+            };
+            let mut g = st.shared.lock();
+            let m = &mut g.metrics[idx];
+            let code = match m.kind {
+                MetricKind::Counter if offset < 0 => Status::BadArgument.code(),
+                MetricKind::Counter | MetricKind::Gauge => {
+                    m.value = m.value.saturating_add(offset);
+                    0
+                }
+                MetricKind::Histogram => Status::BadArgument.code(),
+            };
+            Ok(code)
+        },
+    )?;
 
-    linker.func_wrap(E, "proxy_record_metric", |mut c: Caller<'_, HostState>, id: i32, value: i64| {
-        let st = c.data_mut();
-        let Some(idx) = st.metric_ids.get(&(id as u32)).copied() else {
-            return Ok::<i32, wasmtime::Error>(Status::NotFound.code());
-        };
-        let mut g = st.shared.lock();
-        let m = &mut g.metrics[idx];
-        match m.kind {
-            MetricKind::Counter => m.value = m.value.saturating_add(value),
-            MetricKind::Gauge => m.value = value,
-            MetricKind::Histogram => m.samples.push(value as u64),
-        }
-        Ok(0)
-    })?;
-
-    linker.func_wrap(E, "proxy_get_metric", |mut c: Caller<'_, HostState>, id: i32, out: i32| {
-        let r = (|| {
-            let st = c.data();
-            let idx = st.metric_ids.get(&(id as u32)).copied().ok_or(Status::NotFound)?;
-            let m = st.shared.lock().metrics[idx].clone();
-            if m.kind == MetricKind::Histogram {
-                return Err(Status::BadArgument.into());
+    linker.func_wrap(
+        E,
+        "proxy_record_metric",
+        |mut c: Caller<'_, HostState>, id: i32, value: i64| {
+            let st = c.data_mut();
+            let Some(idx) = st.metric_ids.get(&(id as u32)).copied() else {
+                return Ok::<i32, wasmtime::Error>(Status::NotFound.code());
+            };
+            let mut g = st.shared.lock();
+            let m = &mut g.metrics[idx];
+            match m.kind {
+                MetricKind::Counter => m.value = m.value.saturating_add(value),
+                MetricKind::Gauge => m.value = value,
+                MetricKind::Histogram => m.samples.push(value as u64),
             }
-            mem_write(&mut c, out, &(m.value as u64).to_le_bytes())
-        })();
-        finish(&mut c, "proxy_get_metric", r)
-    })?;
+            Ok(0)
+        },
+    )?;
+
+    linker.func_wrap(
+        E,
+        "proxy_get_metric",
+        |mut c: Caller<'_, HostState>, id: i32, out: i32| {
+            let r = (|| {
+                let st = c.data();
+                let idx = st
+                    .metric_ids
+                    .get(&(id as u32))
+                    .copied()
+                    .ok_or(Status::NotFound)?;
+                let m = st.shared.lock().metrics[idx].clone();
+                if m.kind == MetricKind::Histogram {
+                    return Err(Status::BadArgument.into());
+                }
+                mem_write(&mut c, out, &(m.value as u64).to_le_bytes())
+            })();
+            finish(&mut c, "proxy_get_metric", r)
+        },
+    )?;
 
     Ok(())
 }
@@ -887,7 +1032,8 @@ fn read_target(
     let initial_metadata = match abi::decode_pairs(&raw) {
         Ok(p) => p.into_iter().map(|(k, v)| (lower(&k), v)).collect(),
         Err(e) => {
-            c.data_mut().host_error(format!("{call}: initial metadata: {e}"));
+            c.data_mut()
+                .host_error(format!("{call}: initial metadata: {e}"));
             return Err(Status::BadArgument.into());
         }
     };
@@ -895,8 +1041,16 @@ fn read_target(
         Ok(name) => name,
         Err(why) => {
             c.data_mut().host_error(format!("{call}: {why}"));
-            return Err(Fail::Trap(wasmtime::Error::new(HostTrap { call, message: why })));
+            return Err(Fail::Trap(wasmtime::Error::new(HostTrap {
+                call,
+                message: why,
+            })));
         }
     };
-    Ok(GrpcTarget { cluster, service, method, initial_metadata })
+    Ok(GrpcTarget {
+        cluster,
+        service,
+        method,
+        initial_metadata,
+    })
 }

@@ -32,11 +32,17 @@ impl Response {
 
     /// The upstream resets the stream (or times out) before any response headers.
     pub fn reset() -> Self {
-        Response { status: 0, headers: Vec::new(), body: Vec::new(), trailers: Vec::new() }
+        Response {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            trailers: Vec::new(),
+        }
     }
 
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
     }
 
@@ -46,7 +52,8 @@ impl Response {
     }
 
     pub fn trailer(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.trailers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.trailers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
     }
 }
@@ -127,13 +134,15 @@ impl Request {
 
     /// Appends a header (name lowercased, as Envoy's codecs deliver it); repeats are kept.
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
     }
 
     /// Appends a header with the name exactly as given (for malformed-input tests).
     pub fn raw_header(mut self, name: &[u8], value: &[u8]) -> Self {
-        self.headers.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+        self.headers
+            .push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
         self
     }
 
@@ -148,7 +157,8 @@ impl Request {
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<i64>().ok())
             .unwrap_or(0);
-        self.property("source.address", addr).property("source.port", port)
+        self.property("source.address", addr)
+            .property("source.port", port)
     }
 
     pub fn property(mut self, path: &str, value: impl Into<PropValue>) -> Self {
@@ -166,7 +176,8 @@ impl Request {
     }
 
     pub fn trailer(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.trailers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.trailers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
     }
 
@@ -205,12 +216,19 @@ impl SetCookie {
                 }
             })
             .collect();
-        Some(SetCookie { name: name.trim().to_string(), value: value.trim().to_string(), attributes })
+        Some(SetCookie {
+            name: name.trim().to_string(),
+            value: value.trim().to_string(),
+            attributes,
+        })
     }
 
     pub fn attribute(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.attributes.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn max_age(&self) -> Option<i64> {
@@ -241,7 +259,9 @@ pub struct Exchange {
 
 fn find<'a>(h: &'a [Pair], name: &str) -> Option<&'a str> {
     let name = name.to_ascii_lowercase();
-    h.iter().find(|(k, _)| *k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    h.iter()
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 impl Exchange {
@@ -269,7 +289,9 @@ impl Exchange {
 
     /// The status the client received.
     pub fn status(&self) -> u16 {
-        self.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.response_header(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Every `set-cookie` the client received, parsed.

@@ -100,7 +100,10 @@ impl WasmModule {
             message: e.to_string(),
         })?;
         let m = Arc::new(compile(&bytes, path.display().to_string())?);
-        cache().lock().unwrap_or_else(|e| e.into_inner()).insert(key, m.clone());
+        cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, m.clone());
         Ok(m)
     }
 
@@ -114,12 +117,18 @@ impl WasmModule {
             return Ok(m.clone());
         }
         let m = Arc::new(compile(bytes, format!("<{} bytes>", bytes.len()))?);
-        cache().lock().unwrap_or_else(|e| e.into_inner()).insert(key, m.clone());
+        cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, m.clone());
         Ok(m)
     }
 
     /// Names of the module's exports, for diagnostics.
     pub fn exports(&self) -> Vec<String> {
-        self.module.exports().map(|e| e.name().to_string()).collect()
+        self.module
+            .exports()
+            .map(|e| e.name().to_string())
+            .collect()
     }
 }

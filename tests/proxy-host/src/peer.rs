@@ -25,7 +25,11 @@ impl Reply {
             Reply::InitialMetadata(metadata) => GrpcInbound::InitialMetadata { token, metadata },
             Reply::Message(message) => GrpcInbound::Message { token, message },
             Reply::TrailingMetadata(metadata) => GrpcInbound::TrailingMetadata { token, metadata },
-            Reply::Close(status, message) => GrpcInbound::Close { token, status, message },
+            Reply::Close(status, message) => GrpcInbound::Close {
+                token,
+                status,
+                message,
+            },
         }
     }
 }
@@ -72,7 +76,11 @@ impl Default for ScriptedPeer {
 
 impl ScriptedPeer {
     pub fn new() -> Self {
-        ScriptedPeer { unary: HashMap::new(), stream: HashMap::new(), state: Default::default() }
+        ScriptedPeer {
+            unary: HashMap::new(),
+            stream: HashMap::new(),
+            state: Default::default(),
+        }
     }
 
     /// Answers unary calls to `path`; `Err((status, message))` fails the call.
@@ -87,7 +95,11 @@ impl ScriptedPeer {
 
     /// Handles streams to `path`. Streams to paths without a handler stay open and
     /// silent until the test pushes something through the handle.
-    pub fn stream(mut self, path: &str, f: impl FnMut(VmId, StreamEvent<'_>) -> Vec<Reply> + Send + 'static) -> Self {
+    pub fn stream(
+        mut self,
+        path: &str,
+        f: impl FnMut(VmId, StreamEvent<'_>) -> Vec<Reply> + Send + 'static,
+    ) -> Self {
         self.stream.insert(path.into(), Box::new(f));
         self
     }
@@ -106,10 +118,17 @@ impl ScriptHandle {
     /// Returns how many streams it went to.
     pub fn push(&self, path: &str, reply: Reply) -> usize {
         let mut g = self.lock();
-        let targets: Vec<(VmId, u32)> =
-            g.streams.iter().filter(|(_, p)| p.as_str() == path).map(|(k, _)| *k).collect();
+        let targets: Vec<(VmId, u32)> = g
+            .streams
+            .iter()
+            .filter(|(_, p)| p.as_str() == path)
+            .map(|(k, _)| *k)
+            .collect();
         for (vm, token) in &targets {
-            g.pending.entry(*vm).or_default().push(reply.clone().with_token(*token));
+            g.pending
+                .entry(*vm)
+                .or_default()
+                .push(reply.clone().with_token(*token));
         }
         if matches!(reply, Reply::Close(..)) {
             for k in &targets {
@@ -122,12 +141,24 @@ impl ScriptHandle {
     /// Answers a pending unary call the closures left unanswered.
     pub fn answer_calls(&self, path: &str, reply: Result<Vec<u8>, (u32, String)>) -> usize {
         let mut g = self.lock();
-        let calls: Vec<(VmId, u32)> = g.calls.iter().filter(|(_, p)| p.as_str() == path).map(|(k, _)| *k).collect();
+        let calls: Vec<(VmId, u32)> = g
+            .calls
+            .iter()
+            .filter(|(_, p)| p.as_str() == path)
+            .map(|(k, _)| *k)
+            .collect();
         for (vm, token) in &calls {
             g.calls.remove(&(*vm, *token));
             let ev = match &reply {
-                Ok(m) => GrpcInbound::CallReply { token: *token, message: m.clone() },
-                Err((status, message)) => GrpcInbound::CallFailed { token: *token, status: *status, message: message.clone() },
+                Ok(m) => GrpcInbound::CallReply {
+                    token: *token,
+                    message: m.clone(),
+                },
+                Err((status, message)) => GrpcInbound::CallFailed {
+                    token: *token,
+                    status: *status,
+                    message: message.clone(),
+                },
             };
             g.pending.entry(*vm).or_default().push(ev);
         }
@@ -136,7 +167,13 @@ impl ScriptHandle {
 
     /// Open streams to `path`, as (vm, token).
     pub fn open_streams(&self, path: &str) -> Vec<(VmId, u32)> {
-        let mut v: Vec<_> = self.lock().streams.iter().filter(|(_, p)| p.as_str() == path).map(|(k, _)| *k).collect();
+        let mut v: Vec<_> = self
+            .lock()
+            .streams
+            .iter()
+            .filter(|(_, p)| p.as_str() == path)
+            .map(|(k, _)| *k)
+            .collect();
         v.sort();
         v
     }
@@ -153,7 +190,8 @@ impl ScriptHandle {
         let mut out = Vec::new();
         for (vm, ev) in &g.received {
             match ev {
-                GrpcOutbound::StreamOpened { token, target } | GrpcOutbound::CallStarted { token, target, .. } => {
+                GrpcOutbound::StreamOpened { token, target }
+                | GrpcOutbound::CallStarted { token, target, .. } => {
                     paths.insert((*vm, *token), target.path());
                     if let GrpcOutbound::CallStarted { message, .. } = ev {
                         if target.path() == path {
@@ -161,7 +199,9 @@ impl ScriptHandle {
                         }
                     }
                 }
-                GrpcOutbound::StreamMessage { token, message, .. } if paths.get(&(*vm, *token)).is_some_and(|p| p == path) => {
+                GrpcOutbound::StreamMessage { token, message, .. }
+                    if paths.get(&(*vm, *token)).is_some_and(|p| p == path) =>
+                {
                     out.push((*vm, message.clone()));
                 }
                 _ => {}
@@ -176,13 +216,25 @@ impl GrpcPeer for ScriptedPeer {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         g.received.push((vm, event.clone()));
         let (token, path, ev) = match event {
-            GrpcOutbound::CallStarted { token, target, message, .. } => {
+            GrpcOutbound::CallStarted {
+                token,
+                target,
+                message,
+                ..
+            } => {
                 let path = target.path();
                 match self.unary.get_mut(&path) {
                     Some(f) => {
                         let ev = match f(vm, target, message) {
-                            Ok(m) => GrpcInbound::CallReply { token: *token, message: m },
-                            Err((status, message)) => GrpcInbound::CallFailed { token: *token, status, message },
+                            Ok(m) => GrpcInbound::CallReply {
+                                token: *token,
+                                message: m,
+                            },
+                            Err((status, message)) => GrpcInbound::CallFailed {
+                                token: *token,
+                                status,
+                                message,
+                            },
                         };
                         g.pending.entry(vm).or_default().push(ev);
                     }
@@ -200,8 +252,14 @@ impl GrpcPeer for ScriptedPeer {
                 g.streams.insert((vm, *token), target.path());
                 (*token, target.path(), StreamEvent::Opened(target))
             }
-            GrpcOutbound::StreamMessage { token, message, end_stream } => {
-                let Some(path) = g.streams.get(&(vm, *token)).cloned() else { return };
+            GrpcOutbound::StreamMessage {
+                token,
+                message,
+                end_stream,
+            } => {
+                let Some(path) = g.streams.get(&(vm, *token)).cloned() else {
+                    return;
+                };
                 let mut replies = Vec::new();
                 if let Some(f) = self.stream.get_mut(&path) {
                     replies.extend(f(vm, StreamEvent::Message(message)));
@@ -213,11 +271,15 @@ impl GrpcPeer for ScriptedPeer {
                 return;
             }
             GrpcOutbound::StreamClosed { token } => {
-                let Some(path) = g.streams.get(&(vm, *token)).cloned() else { return };
+                let Some(path) = g.streams.get(&(vm, *token)).cloned() else {
+                    return;
+                };
                 (*token, path, StreamEvent::HalfClosed)
             }
             GrpcOutbound::StreamCancelled { token } => {
-                let Some(path) = g.streams.remove(&(vm, *token)) else { return };
+                let Some(path) = g.streams.remove(&(vm, *token)) else {
+                    return;
+                };
                 if let Some(f) = self.stream.get_mut(&path) {
                     f(vm, StreamEvent::Cancelled);
                 }

@@ -50,7 +50,12 @@ impl Process {
 
     /// A process whose virtual wall clock starts at `unix_nanos`.
     pub fn starting_at(unix_nanos: u64) -> Self {
-        Process { shared: Shared::new(unix_nanos), vms: Vec::new(), peer: None, http: None }
+        Process {
+            shared: Shared::new(unix_nanos),
+            vms: Vec::new(),
+            peer: None,
+            http: None,
+        }
     }
 
     /// Process-wide state: shared data, queues, stats, foreign functions, clock.
@@ -86,7 +91,10 @@ impl Process {
     }
 
     /// Installs what answers HTTP calls (e.g. `|_, call| Some(HttpReply::status(200, ""))`).
-    pub fn set_http_responder(&mut self, f: impl FnMut(VmId, &HttpCall) -> Option<HttpReply> + Send + 'static) {
+    pub fn set_http_responder(
+        &mut self,
+        f: impl FnMut(VmId, &HttpCall) -> Option<HttpReply> + Send + 'static,
+    ) {
         self.http = Some(Box::new(f));
     }
 
@@ -108,7 +116,11 @@ impl Process {
     }
 
     /// Sends a request through one VM, then delivers whatever it queued.
-    pub fn send(&mut self, vm: VmId, req: crate::http::Request) -> Result<crate::http::Exchange, HostError> {
+    pub fn send(
+        &mut self,
+        vm: VmId,
+        req: crate::http::Request,
+    ) -> Result<crate::http::Exchange, HostError> {
         let ex = self.vms[vm.0].send(req)?;
         self.flush()?;
         Ok(ex)
@@ -232,7 +244,9 @@ impl Process {
                 return Ok(delivered);
             }
         }
-        Err(HostError::Usage("flush: events kept coming after 10000 rounds (a feedback loop?)".into()))
+        Err(HostError::Usage(
+            "flush: events kept coming after 10000 rounds (a feedback loop?)".into(),
+        ))
     }
 
     /// Flushes repeatedly until `done` holds or `real_timeout` passes, for peers that

@@ -61,7 +61,11 @@ pub(crate) fn lookup(st: &mut HostState, path: &str) -> Option<Vec<u8>> {
     let vm_id = st.vm_id.clone();
     let root_id = st.root_id.clone();
     if let Some(s) = st.active_stream() {
-        if let Some(v) = s.guest_properties.get(path).or_else(|| s.properties.get(path)) {
+        if let Some(v) = s
+            .guest_properties
+            .get(path)
+            .or_else(|| s.properties.get(path))
+        {
             return Some(v.clone());
         }
         let req = &s.request_headers;
@@ -81,7 +85,11 @@ pub(crate) fn lookup(st: &mut HostState, path: &str) -> Option<Vec<u8>> {
             "response.headers" => Some(abi::encode_pairs(&s.response_headers)),
             "response.code" => header(&s.response_headers, ":status")
                 .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
-                .or_else(|| s.local_response.as_ref().map(|l| i64::from(l.status as i32)))
+                .or_else(|| {
+                    s.local_response
+                        .as_ref()
+                        .map(|l| i64::from(l.status as i32))
+                })
                 .map(|c| c.to_le_bytes().to_vec()),
             "response.trailers" => Some(abi::encode_pairs(&s.response_trailers)),
             "request.trailers" => Some(abi::encode_pairs(&s.request_trailers)),

@@ -147,16 +147,22 @@ impl Scenario {
     pub fn load(path: impl AsRef<Path>) -> Result<Scenario, String> {
         let p = path.as_ref();
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let s: Scenario = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        let s: Scenario =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
         if s.version != 1 {
-            return Err(format!("{}: unsupported scenario version {}", p.display(), s.version));
+            return Err(format!(
+                "{}: unsupported scenario version {}",
+                p.display(),
+                s.version
+            ));
         }
         Ok(s)
     }
 
     pub fn policy_text(&self) -> Result<String, String> {
         match (&self.policy, &self.policy_inline) {
-            (Some(p), None) => std::fs::read_to_string(crate::build::workspace_root().join(p)).map_err(|e| format!("policy {p}: {e}")),
+            (Some(p), None) => std::fs::read_to_string(crate::build::workspace_root().join(p))
+                .map_err(|e| format!("policy {p}: {e}")),
             (None, Some(v)) => Ok(v.to_string()),
             _ => Err("exactly one of policy and policy_inline".into()),
         }
@@ -165,8 +171,13 @@ impl Scenario {
 
 fn upstream_for(all: HashMap<String, Upstream>) -> crate::http::Upstream {
     Arc::new(move |h: &[Pair]| {
-        let stack = h.iter().find(|(k, _)| k == STACK_HEADER).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-        let status = stack.and_then(|s| all.get(&s).map(|u| u.status)).unwrap_or(200);
+        let stack = h
+            .iter()
+            .find(|(k, _)| k == STACK_HEADER)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let status = stack
+            .and_then(|s| all.get(&s).map(|u| u.status))
+            .unwrap_or(200);
         Response::status(status)
     })
 }
@@ -206,7 +217,10 @@ pub struct Observed {
 
 impl Observed {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn set_cookies(&self) -> Vec<crate::http::SetCookie> {
@@ -220,7 +234,11 @@ impl Observed {
     /// From an exchange on this host.
     pub fn from_exchange(ex: &Exchange) -> Observed {
         Observed {
-            stack: ex.upstream_request.as_ref().and(ex.stack()).map(str::to_string),
+            stack: ex
+                .upstream_request
+                .as_ref()
+                .and(ex.stack())
+                .map(str::to_string),
             status: ex.status(),
             headers: ex
                 .response_headers
@@ -259,16 +277,25 @@ pub fn run_with(
                 match cookies.get(from) {
                     Some(c) => {
                         let (name, value) = c.split_once('=').unwrap_or(("sy_aff", c));
-                        let value = if r.cookie_forged { corrupt(value) } else { value.to_string() };
+                        let value = if r.cookie_forged {
+                            corrupt(value)
+                        } else {
+                            value.to_string()
+                        };
                         headers.push(("cookie".into(), format!("{name}={value}")));
                     }
-                    None => failures.push(format!("step {} has no cookie from step {from}", step.name)),
+                    None => {
+                        failures.push(format!("step {} has no cookie from step {from}", step.name))
+                    }
                 }
             }
             // An address with a port is used as is; a bare IP gets port 0, which is
             // what Envoy shows for an address taken from x-forwarded-for.
             let source = r.source.as_ref().map(|src| {
-                match (src.parse::<std::net::SocketAddr>(), src.parse::<std::net::IpAddr>()) {
+                match (
+                    src.parse::<std::net::SocketAddr>(),
+                    src.parse::<std::net::IpAddr>(),
+                ) {
                     (Ok(a), _) => a.to_string(),
                     (_, Ok(ip)) => std::net::SocketAddr::new(ip, 0).to_string(),
                     _ => src.clone(),
@@ -310,7 +337,11 @@ pub fn run(s: &Scenario) -> Result<usize, String> {
     run_with(
         s,
         |o| {
-            let ups: HashMap<String, Upstream> = o.upstreams.iter().map(|(k, v)| (k.clone(), Upstream { status: *v })).collect();
+            let ups: HashMap<String, Upstream> = o
+                .upstreams
+                .iter()
+                .map(|(k, v)| (k.clone(), Upstream { status: *v }))
+                .collect();
             let mut req = Request::new(&o.method, &o.path).upstream(upstream_for(ups));
             if let Some(a) = &o.authority {
                 req = req.authority(a);
@@ -324,22 +355,39 @@ pub fn run(s: &Scenario) -> Result<usize, String> {
             let ex = sy.borrow_mut().send(req).map_err(|e| e.to_string())?;
             Ok(Observed::from_exchange(&ex))
         },
-        |ms| sy.borrow_mut().advance(Duration::from_millis(ms)).map_err(|e| e.to_string()),
+        |ms| {
+            sy.borrow_mut()
+                .advance(Duration::from_millis(ms))
+                .map_err(|e| e.to_string())
+        },
     )
 }
 
-fn check(step: &str, i: u32, e: &Expect, ex: &Observed, stacks: &HashMap<String, String>, out: &mut Vec<String>) {
+fn check(
+    step: &str,
+    i: u32,
+    e: &Expect,
+    ex: &Observed,
+    stacks: &HashMap<String, String>,
+    out: &mut Vec<String>,
+) {
     let at = format!("step {step} #{i}");
     let decision = ex.header(crate::fixture::DECISION_HEADER);
     if let Some(want) = &e.stack {
         match ex.stack.as_deref() {
             Some(s) if want.allows(s) => {}
-            other => out.push(format!("{at}: stack {other:?}, want {want:?} (decision {decision:?})")),
+            other => out.push(format!(
+                "{at}: stack {other:?}, want {want:?} (decision {decision:?})"
+            )),
         }
     }
     if let Some(no) = e.no_upstream {
         if no != ex.stack.is_none() {
-            out.push(format!("{at}: reached upstream = {}, want {}", ex.stack.is_some(), !no));
+            out.push(format!(
+                "{at}: reached upstream = {}, want {}",
+                ex.stack.is_some(),
+                !no
+            ));
         }
     }
     if let Some(st) = e.status {
@@ -349,7 +397,10 @@ fn check(step: &str, i: u32, e: &Expect, ex: &Observed, stacks: &HashMap<String,
     }
     if let Some(ra) = &e.retry_after {
         if ex.header("retry-after") != Some(ra.as_str()) {
-            out.push(format!("{at}: retry-after {:?}, want {ra}", ex.header("retry-after")));
+            out.push(format!(
+                "{at}: retry-after {:?}, want {ra}",
+                ex.header("retry-after")
+            ));
         }
     }
     if let Some(b) = &e.body_contains {
@@ -369,7 +420,11 @@ fn check(step: &str, i: u32, e: &Expect, ex: &Observed, stacks: &HashMap<String,
     }
     if let Some(other) = &e.same_stack_as {
         if stacks.get(other) != ex.stack.as_ref() {
-            out.push(format!("{at}: stack {:?}, want the same as step {other} ({:?})", ex.stack, stacks.get(other)));
+            out.push(format!(
+                "{at}: stack {:?}, want the same as step {other} ({:?})",
+                ex.stack,
+                stacks.get(other)
+            ));
         }
     }
 }
@@ -381,7 +436,13 @@ pub fn load_dir(dir: impl AsRef<Path>) -> Result<Vec<(String, Scenario)>, String
     for entry in entries.flatten() {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "json") {
-            out.push((p.file_name().unwrap_or_default().to_string_lossy().into_owned(), Scenario::load(&p)?));
+            out.push((
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                Scenario::load(&p)?,
+            ));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));

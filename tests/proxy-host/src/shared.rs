@@ -126,7 +126,11 @@ impl Shared {
     /// Test side enqueue, exactly as a guest's `proxy_enqueue_shared_queue` would.
     pub fn enqueue(&self, vm_id: &str, name: &str, value: &[u8]) -> Status {
         let mut g = self.lock();
-        match g.queue_tokens.get(&(vm_id.to_string(), name.to_string())).copied() {
+        match g
+            .queue_tokens
+            .get(&(vm_id.to_string(), name.to_string()))
+            .copied()
+        {
             Some(token) => g.enqueue(token, value),
             None => Status::NotFound,
         }

@@ -186,7 +186,11 @@ fn export<P: WasmParams, R: WasmResults>(
     instance
         .get_typed_func::<P, R>(&mut *store, name)
         .map(Some)
-        .map_err(|e| HostError::Instantiate(format!("{vm}: export {name} has the wrong signature: {e:#}")))
+        .map_err(|e| {
+            HostError::Instantiate(format!(
+                "{vm}: export {name} has the wrong signature: {e:#}"
+            ))
+        })
 }
 
 /// A running VM.
@@ -211,7 +215,10 @@ impl Vm {
     /// `_start`), then `proxy_on_context_create(root)`, `proxy_on_vm_start` with the VM
     /// configuration and `proxy_on_configure` with the plugin configuration.
     pub(crate) fn start(spec: VmSpec, shared: Shared, index: usize) -> Result<Vm, HostError> {
-        let name = spec.name.clone().unwrap_or_else(|| format!("{}#{index}", spec.vm_id));
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}#{index}", spec.vm_id));
         let state = HostState {
             shared: shared.clone(),
             vm_index: index,
@@ -220,7 +227,11 @@ impl Vm {
             root_context_id: 1,
             memory: None,
             alloc: None,
-            wasi: WasiState::virtual_clock(shared, spec.env.clone(), spec.seed ^ (index as u64).wrapping_mul(0x9E37)),
+            wasi: WasiState::virtual_clock(
+                shared,
+                spec.env.clone(),
+                spec.seed ^ (index as u64).wrapping_mul(0x9E37),
+            ),
             plugin_config: spec.plugin_config.clone(),
             vm_config: spec.vm_config.clone(),
             current_context: 0,
@@ -252,12 +263,15 @@ impl Vm {
             .map_err(|e| HostError::Instantiate(format!("{name}: {e:#}")))?;
         let memory: Option<Memory> = instance.get_memory(&mut store, "memory");
         if memory.is_none() {
-            return Err(HostError::Instantiate(format!("{name}: the module exports no memory")));
+            return Err(HostError::Instantiate(format!(
+                "{name}: the module exports no memory"
+            )));
         }
-        let alloc = match export::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate", &name)? {
-            Some(f) => Some(f),
-            None => export::<i32, i32>(&mut store, &instance, "malloc", &name)?,
-        };
+        let alloc =
+            match export::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate", &name)? {
+                Some(f) => Some(f),
+                None => export::<i32, i32>(&mut store, &instance, "malloc", &name)?,
+            };
         store.data_mut().memory = memory;
         store.data_mut().alloc = alloc;
         let exports = spec.module.exports();
@@ -277,15 +291,35 @@ impl Vm {
             on_request_trailers: export(&mut store, &instance, "proxy_on_request_trailers", &name)?,
             on_response_headers: export(&mut store, &instance, "proxy_on_response_headers", &name)?,
             on_response_body: export(&mut store, &instance, "proxy_on_response_body", &name)?,
-            on_response_trailers: export(&mut store, &instance, "proxy_on_response_trailers", &name)?,
+            on_response_trailers: export(
+                &mut store,
+                &instance,
+                "proxy_on_response_trailers",
+                &name,
+            )?,
             on_log: export(&mut store, &instance, "proxy_on_log", &name)?,
             on_done: export(&mut store, &instance, "proxy_on_done", &name)?,
             on_delete: export(&mut store, &instance, "proxy_on_delete", &name)?,
-            on_grpc_initial: export(&mut store, &instance, "proxy_on_grpc_receive_initial_metadata", &name)?,
+            on_grpc_initial: export(
+                &mut store,
+                &instance,
+                "proxy_on_grpc_receive_initial_metadata",
+                &name,
+            )?,
             on_grpc_receive: export(&mut store, &instance, "proxy_on_grpc_receive", &name)?,
-            on_grpc_trailing: export(&mut store, &instance, "proxy_on_grpc_receive_trailing_metadata", &name)?,
+            on_grpc_trailing: export(
+                &mut store,
+                &instance,
+                "proxy_on_grpc_receive_trailing_metadata",
+                &name,
+            )?,
             on_grpc_close: export(&mut store, &instance, "proxy_on_grpc_close", &name)?,
-            on_http_call_response: export(&mut store, &instance, "proxy_on_http_call_response", &name)?,
+            on_http_call_response: export(
+                &mut store,
+                &instance,
+                "proxy_on_http_call_response",
+                &name,
+            )?,
         };
         let mut vm = Vm {
             store,
@@ -302,7 +336,9 @@ impl Vm {
         };
         let start = match export::<(), ()>(&mut vm.store, &instance, "_initialize", &name)? {
             Some(f) => Some(("_initialize", f)),
-            None => export::<(), ()>(&mut vm.store, &instance, "_start", &name)?.map(|f| ("_start", f)),
+            None => {
+                export::<(), ()>(&mut vm.store, &instance, "_start", &name)?.map(|f| ("_start", f))
+            }
         };
         if let Some((what, f)) = start {
             vm.call(what, 0, &f, ())?;
@@ -314,13 +350,19 @@ impl Vm {
         if let Some(f) = vm.ex.on_vm_start.clone() {
             let n = spec.vm_config.len() as i32;
             if vm.call("proxy_on_vm_start", root, &f, (root as i32, n))? == 0 {
-                return Err(HostError::VmStartRejected { vm: name, logs: vm.logs_text() });
+                return Err(HostError::VmStartRejected {
+                    vm: name,
+                    logs: vm.logs_text(),
+                });
             }
         }
         if let Some(f) = vm.ex.on_configure.clone() {
             let n = spec.plugin_config.len() as i32;
             if vm.call("proxy_on_configure", root, &f, (root as i32, n))? == 0 {
-                return Err(HostError::ConfigureRejected { vm: name, logs: vm.logs_text() });
+                return Err(HostError::ConfigureRejected {
+                    vm: name,
+                    logs: vm.logs_text(),
+                });
             }
         }
         Ok(vm)
@@ -358,7 +400,11 @@ impl Vm {
                 Some(p) => format!("proc_exit({})", p.0),
                 None => format!("{e:?}"),
             };
-            HostError::Trap { vm: self.name.clone(), callback, message }
+            HostError::Trap {
+                vm: self.name.clone(),
+                callback,
+                message,
+            }
         })
     }
 
@@ -399,7 +445,10 @@ impl Vm {
 
     /// Log lines at or above `level` containing `needle`.
     pub fn logs_matching(&self, level: LogLevel, needle: &str) -> Vec<&LogEntry> {
-        self.logs().iter().filter(|l| l.level >= level && l.message.contains(needle)).collect()
+        self.logs()
+            .iter()
+            .filter(|l| l.level >= level && l.message.contains(needle))
+            .collect()
     }
 
     /// Bad pointers, malformed pairs and other guest mistakes the host saw.
@@ -439,7 +488,12 @@ impl Vm {
     /// Calls `proxy_on_queue_ready` on the given context.
     pub(crate) fn queue_ready(&mut self, context: u32, token: u32) -> Result<(), HostError> {
         if let Some(f) = self.ex.on_queue_ready.clone() {
-            self.call("proxy_on_queue_ready", context, &f, (context as i32, token as i32))?;
+            self.call(
+                "proxy_on_queue_ready",
+                context,
+                &f,
+                (context as i32, token as i32),
+            )?;
         }
         Ok(())
     }
@@ -460,30 +514,53 @@ impl Vm {
     }
 
     pub(crate) fn next_http_deadline(&self) -> Option<(u64, u32)> {
-        self.store.data().grpc.http_calls.iter().filter_map(|(t, d)| d.map(|d| (d, *t))).min()
+        self.store
+            .data()
+            .grpc
+            .http_calls
+            .iter()
+            .filter_map(|(t, d)| d.map(|d| (d, *t)))
+            .min()
     }
 
     /// Answers an HTTP call: `proxy_on_http_call_response` on the root context with the
     /// response visible through the HttpCallResponse maps and body. Unknown or already
     /// answered tokens are ignored, as Envoy drops late replies.
     pub fn deliver_http(&mut self, token: u32, reply: HttpReply) -> Result<(), HostError> {
-        if self.store.data_mut().grpc.http_calls.remove(&token).is_none() {
+        if self
+            .store
+            .data_mut()
+            .grpc
+            .http_calls
+            .remove(&token)
+            .is_none()
+        {
             return Ok(());
         }
         let root = self.root_context_id();
         let (h, b, t) = match reply {
-            HttpReply::Response { headers, body, trailers } => (headers, body, trailers),
+            HttpReply::Response {
+                headers,
+                body,
+                trailers,
+            } => (headers, body, trailers),
             HttpReply::Failed => (Vec::new(), Vec::new(), Vec::new()),
         };
         let (nh, nb, nt) = (h.len() as i32, b.len() as i32, t.len() as i32);
         {
             let st = self.store.data_mut();
             st.callback_maps.insert(MapType::HttpCallResponseHeaders, h);
-            st.callback_maps.insert(MapType::HttpCallResponseTrailers, t);
+            st.callback_maps
+                .insert(MapType::HttpCallResponseTrailers, t);
             st.callback_buffer = Some(b);
         }
         let r = match self.ex.on_http_call_response.clone() {
-            Some(f) => self.call("proxy_on_http_call_response", root, &f, (root as i32, token as i32, nh, nb, nt)),
+            Some(f) => self.call(
+                "proxy_on_http_call_response",
+                root,
+                &f,
+                (root as i32, token as i32, nh, nb, nt),
+            ),
             None => Ok(()),
         };
         let st = self.store.data_mut();
@@ -518,7 +595,9 @@ impl Vm {
                 }
                 self.store.data_mut().callback_buffer = None;
             }
-            GrpcInbound::CallFailed { status, message, .. } => {
+            GrpcInbound::CallFailed {
+                status, message, ..
+            } => {
                 if !known_call {
                     return Ok(());
                 }
@@ -560,7 +639,9 @@ impl Vm {
                 }
                 self.store.data_mut().callback_buffer = None;
             }
-            GrpcInbound::Close { status, message, .. } => {
+            GrpcInbound::Close {
+                status, message, ..
+            } => {
                 if !known_stream {
                     return Ok(());
                 }
@@ -590,10 +671,21 @@ impl Vm {
         r
     }
 
-    fn close_callback(&mut self, root: u32, token: u32, status: u32, message: String) -> Result<(), HostError> {
+    fn close_callback(
+        &mut self,
+        root: u32,
+        token: u32,
+        status: u32,
+        message: String,
+    ) -> Result<(), HostError> {
         self.store.data_mut().grpc_status = (status, message.into_bytes());
         let r = match self.ex.on_grpc_close.clone() {
-            Some(f) => self.call("proxy_on_grpc_close", root, &f, (root as i32, token as i32, status as i32)),
+            Some(f) => self.call(
+                "proxy_on_grpc_close",
+                root,
+                &f,
+                (root as i32, token as i32, status as i32),
+            ),
             None => Ok(()),
         };
         self.store.data_mut().grpc_status = (0, Vec::new());
@@ -601,16 +693,39 @@ impl Vm {
     }
 
     /// Calls a stream callback on `ctx`; absent callbacks continue, as the SDK's would.
-    fn stream_cb3(&mut self, name: &'static str, f: Option<F3R>, ctx: u32, a: i32, b: bool) -> Result<Action, HostError> {
+    fn stream_cb3(
+        &mut self,
+        name: &'static str,
+        f: Option<F3R>,
+        ctx: u32,
+        a: i32,
+        b: bool,
+    ) -> Result<Action, HostError> {
         match f {
-            Some(f) => Ok(Action::from_i32(self.call(name, ctx, &f, (ctx as i32, a, i32::from(b)))?)),
+            Some(f) => Ok(Action::from_i32(self.call(
+                name,
+                ctx,
+                &f,
+                (ctx as i32, a, i32::from(b)),
+            )?)),
             None => Ok(Action::Continue),
         }
     }
 
-    fn stream_cb2(&mut self, name: &'static str, f: Option<F2R>, ctx: u32, a: i32) -> Result<Action, HostError> {
+    fn stream_cb2(
+        &mut self,
+        name: &'static str,
+        f: Option<F2R>,
+        ctx: u32,
+        a: i32,
+    ) -> Result<Action, HostError> {
         match f {
-            Some(f) => Ok(Action::from_i32(self.call(name, ctx, &f, (ctx as i32, a))?)),
+            Some(f) => Ok(Action::from_i32(self.call(
+                name,
+                ctx,
+                &f,
+                (ctx as i32, a),
+            )?)),
             None => Ok(Action::Continue),
         }
     }
@@ -620,7 +735,11 @@ impl Vm {
     }
 
     fn local_reply(&self, ctx: u32) -> Option<LocalResponse> {
-        self.store.data().streams.get(&ctx).and_then(|s| s.local_response.clone())
+        self.store
+            .data()
+            .streams
+            .get(&ctx)
+            .and_then(|s| s.local_response.clone())
     }
 
     /// Sends one request through a new HTTP context: request headers, body chunks and
@@ -636,12 +755,20 @@ impl Vm {
         let mut req = req;
         if self.envoy_headers {
             if !req.headers.iter().any(|(k, _)| k == "x-forwarded-proto") {
-                let scheme = req.headers.iter().find(|(k, _)| k == ":scheme").map_or(b"http".to_vec(), |(_, v)| v.clone());
+                let scheme = req
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == ":scheme")
+                    .map_or(b"http".to_vec(), |(_, v)| v.clone());
                 req.headers.push(("x-forwarded-proto".into(), scheme));
             }
             if !req.headers.iter().any(|(k, _)| k == "x-request-id") {
                 let n = u64::from(ctx) ^ (self.store.data().vm_index as u64) << 32;
-                let id = format!("{:08x}-0000-4000-8000-{:012x}", (n >> 32) as u32, n & 0xffff_ffff_ffff);
+                let id = format!(
+                    "{:08x}-0000-4000-8000-{:012x}",
+                    (n >> 32) as u32,
+                    n & 0xffff_ffff_ffff
+                );
                 req.headers.push(("x-request-id".into(), id.into_bytes()));
             }
         }
@@ -651,14 +778,26 @@ impl Vm {
             s.properties = req.properties.iter().cloned().collect();
         }
         if let Some(f) = self.ex.on_context_create.clone() {
-            self.call("proxy_on_context_create", ctx, &f, (ctx as i32, root as i32))?;
+            self.call(
+                "proxy_on_context_create",
+                ctx,
+                &f,
+                (ctx as i32, root as i32),
+            )?;
         }
         let has_body = !req.body.is_empty();
         let has_trailers = !req.trailers.is_empty();
         let n = req.headers.len() as i32;
         let f = self.ex.on_request_headers.clone();
-        let action = self.stream_cb3("proxy_on_request_headers", f, ctx, n, !has_body && !has_trailers)?;
-        let paused = action == Action::Pause && self.local_reply(ctx).is_none()
+        let action = self.stream_cb3(
+            "proxy_on_request_headers",
+            f,
+            ctx,
+            n,
+            !has_body && !has_trailers,
+        )?;
+        let paused = action == Action::Pause
+            && self.local_reply(ctx).is_none()
             && self.stream(ctx).continued_request == 0;
         if paused {
             // Envoy holds the stream until the guest calls proxy_continue_stream (from a
@@ -681,7 +820,11 @@ impl Vm {
             response_body: Vec::new(),
             paused: true,
             route_cache_cleared: 0,
-            logs: logs.iter().filter(|l| l.context_id == ctx).cloned().collect(),
+            logs: logs
+                .iter()
+                .filter(|l| l.context_id == ctx)
+                .cloned()
+                .collect(),
             guest_properties: Vec::new(),
         }
     }
@@ -700,7 +843,11 @@ impl Vm {
             .paused_streams()
             .into_iter()
             .filter(|c| {
-                self.store.data().streams.get(c).is_some_and(|s| s.continued_request > 0 || s.local_response.is_some())
+                self.store
+                    .data()
+                    .streams
+                    .get(c)
+                    .is_some_and(|s| s.continued_request > 0 || s.local_response.is_some())
             })
             .collect();
         let mut out = Vec::new();
@@ -736,7 +883,13 @@ impl Vm {
         self.finish(ctx, action, None, true, log_start).map(Some)
     }
 
-    fn after_request_headers(&mut self, ctx: u32, req: Request, action: Action, log_start: usize) -> Result<Exchange, HostError> {
+    fn after_request_headers(
+        &mut self,
+        ctx: u32,
+        req: Request,
+        action: Action,
+        log_start: usize,
+    ) -> Result<Exchange, HostError> {
         let has_trailers = !req.trailers.is_empty();
         let mut paused = false;
         if self.local_reply(ctx).is_none() && !paused {
@@ -752,7 +905,12 @@ impl Vm {
             if has_trailers && self.local_reply(ctx).is_none() {
                 self.stream(ctx).request_trailers = req.trailers.clone();
                 let f = self.ex.on_request_trailers.clone();
-                self.stream_cb2("proxy_on_request_trailers", f, ctx, req.trailers.len() as i32)?;
+                self.stream_cb2(
+                    "proxy_on_request_trailers",
+                    f,
+                    ctx,
+                    req.trailers.len() as i32,
+                )?;
             }
         }
         let mut upstream_request = None;
@@ -775,18 +933,38 @@ impl Vm {
                 self.stream(ctx).response_headers = vec![(":status".into(), b"503".to_vec())];
                 Action::Pause
             } else {
-                self.stream_cb3("proxy_on_response_headers", f, ctx, n, !resp_has_body && !resp_has_trailers)?
+                self.stream_cb3(
+                    "proxy_on_response_headers",
+                    f,
+                    ctx,
+                    n,
+                    !resp_has_body && !resp_has_trailers,
+                )?
             };
-            paused = !reset && a == Action::Pause && self.stream(ctx).continued_response == 0 && self.local_reply(ctx).is_none();
+            paused = !reset
+                && a == Action::Pause
+                && self.stream(ctx).continued_response == 0
+                && self.local_reply(ctx).is_none();
             if resp_has_body && !paused && !reset && self.local_reply(ctx).is_none() {
                 self.stream(ctx).response_body = resp.body.clone();
                 let f = self.ex.on_response_body.clone();
-                self.stream_cb3("proxy_on_response_body", f, ctx, resp.body.len() as i32, !resp_has_trailers)?;
+                self.stream_cb3(
+                    "proxy_on_response_body",
+                    f,
+                    ctx,
+                    resp.body.len() as i32,
+                    !resp_has_trailers,
+                )?;
             }
             if resp_has_trailers && !paused && !reset && self.local_reply(ctx).is_none() {
                 self.stream(ctx).response_trailers = resp.trailers.clone();
                 let f = self.ex.on_response_trailers.clone();
-                self.stream_cb2("proxy_on_response_trailers", f, ctx, resp.trailers.len() as i32)?;
+                self.stream_cb2(
+                    "proxy_on_response_trailers",
+                    f,
+                    ctx,
+                    resp.trailers.len() as i32,
+                )?;
             }
         }
         if let Some(local) = self.local_reply(ctx) {
@@ -795,7 +973,10 @@ impl Vm {
             headers.extend(local.headers.iter().cloned());
             if !local.body.is_empty() {
                 // Envoy 1.39 order: content-length, then content-type if the guest set none.
-                headers.push(("content-length".into(), local.body.len().to_string().into_bytes()));
+                headers.push((
+                    "content-length".into(),
+                    local.body.len().to_string().into_bytes(),
+                ));
                 if !headers.iter().any(|(k, _)| k == "content-type") {
                     headers.push(("content-type".into(), b"text/plain".to_vec()));
                 }
@@ -838,9 +1019,18 @@ impl Vm {
         if let Some(f) = self.ex.on_delete.clone() {
             self.call("proxy_on_delete", ctx, &f, ctx as i32)?;
         }
-        let s = self.store.data_mut().streams.remove(&ctx).unwrap_or_default();
+        let s = self
+            .store
+            .data_mut()
+            .streams
+            .remove(&ctx)
+            .unwrap_or_default();
         let logs = self.store.data().logs.get(log_start..).unwrap_or(&[]);
-        let logs = logs.iter().filter(|l| l.context_id == ctx).cloned().collect();
+        let logs = logs
+            .iter()
+            .filter(|l| l.context_id == ctx)
+            .cloned()
+            .collect();
         Ok(Exchange {
             context_id: ctx,
             request_headers_action: action,

@@ -146,7 +146,9 @@ fn memory<T>(caller: &mut Caller<'_, T>) -> Option<Memory> {
 fn read<T>(caller: &mut Caller<'_, T>, ptr: i32, len: usize) -> Option<Vec<u8>> {
     let m = memory(caller)?;
     let start = ptr as u32 as usize;
-    m.data(&*caller).get(start..start.checked_add(len)?).map(|s| s.to_vec())
+    m.data(&*caller)
+        .get(start..start.checked_add(len)?)
+        .map(|s| s.to_vec())
 }
 
 fn write<T>(caller: &mut Caller<'_, T>, ptr: i32, bytes: &[u8]) -> bool {
@@ -171,7 +173,12 @@ fn write_u32<T>(caller: &mut Caller<'_, T>, ptr: i32, v: u32) -> bool {
 }
 
 /// Writes NUL-terminated strings and a pointer table, as args_get/environ_get expect.
-fn write_string_table<T>(caller: &mut Caller<'_, T>, items: &[String], table: i32, buf: i32) -> i32 {
+fn write_string_table<T>(
+    caller: &mut Caller<'_, T>,
+    items: &[String],
+    table: i32,
+    buf: i32,
+) -> i32 {
     let mut at = buf as u32;
     for (i, s) in items.iter().enumerate() {
         if !write_u32(caller, table.wrapping_add((i * 4) as i32), at) {
@@ -189,7 +196,9 @@ fn write_string_table<T>(caller: &mut Caller<'_, T>, items: &[String], table: i3
 
 fn sizes<T>(caller: &mut Caller<'_, T>, items: &[String], count_ptr: i32, size_ptr: i32) -> i32 {
     let total: usize = items.iter().map(|s| s.len() + 1).sum();
-    if !write_u32(caller, count_ptr, items.len() as u32) || !write_u32(caller, size_ptr, total as u32) {
+    if !write_u32(caller, count_ptr, items.len() as u32)
+        || !write_u32(caller, size_ptr, total as u32)
+    {
         return EFAULT;
     }
     ESUCCESS
@@ -202,32 +211,52 @@ fn env_strings(w: &WasiState) -> Vec<String> {
 /// Adds the WASI preview 1 functions to a linker.
 pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     const M: &str = "wasi_snapshot_preview1";
-    linker.func_wrap(M, "args_sizes_get", |mut c: Caller<'_, T>, argc: i32, size: i32| -> i32 {
-        let args = c.data_mut().wasi().args.clone();
-        sizes(&mut c, &args, argc, size)
-    })?;
-    linker.func_wrap(M, "args_get", |mut c: Caller<'_, T>, argv: i32, buf: i32| -> i32 {
-        let args = c.data_mut().wasi().args.clone();
-        write_string_table(&mut c, &args, argv, buf)
-    })?;
-    linker.func_wrap(M, "environ_sizes_get", |mut c: Caller<'_, T>, n: i32, size: i32| -> i32 {
-        let env = env_strings(c.data_mut().wasi());
-        sizes(&mut c, &env, n, size)
-    })?;
-    linker.func_wrap(M, "environ_get", |mut c: Caller<'_, T>, table: i32, buf: i32| -> i32 {
-        let env = env_strings(c.data_mut().wasi());
-        write_string_table(&mut c, &env, table, buf)
-    })?;
-    linker.func_wrap(M, "clock_res_get", |mut c: Caller<'_, T>, id: i32, out: i32| -> i32 {
-        if !(0..=1).contains(&id) {
-            return ENOTSUP;
-        }
-        if write(&mut c, out, &1u64.to_le_bytes()) {
-            ESUCCESS
-        } else {
-            EFAULT
-        }
-    })?;
+    linker.func_wrap(
+        M,
+        "args_sizes_get",
+        |mut c: Caller<'_, T>, argc: i32, size: i32| -> i32 {
+            let args = c.data_mut().wasi().args.clone();
+            sizes(&mut c, &args, argc, size)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "args_get",
+        |mut c: Caller<'_, T>, argv: i32, buf: i32| -> i32 {
+            let args = c.data_mut().wasi().args.clone();
+            write_string_table(&mut c, &args, argv, buf)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "environ_sizes_get",
+        |mut c: Caller<'_, T>, n: i32, size: i32| -> i32 {
+            let env = env_strings(c.data_mut().wasi());
+            sizes(&mut c, &env, n, size)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "environ_get",
+        |mut c: Caller<'_, T>, table: i32, buf: i32| -> i32 {
+            let env = env_strings(c.data_mut().wasi());
+            write_string_table(&mut c, &env, table, buf)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "clock_res_get",
+        |mut c: Caller<'_, T>, id: i32, out: i32| -> i32 {
+            if !(0..=1).contains(&id) {
+                return ENOTSUP;
+            }
+            if write(&mut c, out, &1u64.to_le_bytes()) {
+                ESUCCESS
+            } else {
+                EFAULT
+            }
+        },
+    )?;
     linker.func_wrap(
         M,
         "clock_time_get",
@@ -312,46 +341,60 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()
             }
         },
     )?;
-    linker.func_wrap(M, "fd_close", |_c: Caller<'_, T>, _fd: i32| -> i32 { ESUCCESS })?;
+    linker.func_wrap(M, "fd_close", |_c: Caller<'_, T>, _fd: i32| -> i32 {
+        ESUCCESS
+    })?;
     linker.func_wrap(
         M,
         "fd_seek",
         |_c: Caller<'_, T>, _fd: i32, _off: i64, _whence: i32, _out: i32| -> i32 { ESPIPE },
     )?;
-    linker.func_wrap(M, "fd_fdstat_get", |mut c: Caller<'_, T>, fd: i32, out: i32| -> i32 {
-        if !(0..=2).contains(&fd) {
-            return EBADF;
-        }
-        // filetype unknown (so is_terminal() is false), no flags, rights: read or write.
-        let mut stat = [0u8; 24];
-        let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 };
-        stat[8..16].copy_from_slice(&rights.to_le_bytes());
-        if write(&mut c, out, &stat) {
-            ESUCCESS
-        } else {
-            EFAULT
-        }
-    })?;
-    linker.func_wrap(M, "fd_prestat_get", |_c: Caller<'_, T>, _fd: i32, _out: i32| -> i32 { EBADF })?;
+    linker.func_wrap(
+        M,
+        "fd_fdstat_get",
+        |mut c: Caller<'_, T>, fd: i32, out: i32| -> i32 {
+            if !(0..=2).contains(&fd) {
+                return EBADF;
+            }
+            // filetype unknown (so is_terminal() is false), no flags, rights: read or write.
+            let mut stat = [0u8; 24];
+            let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 };
+            stat[8..16].copy_from_slice(&rights.to_le_bytes());
+            if write(&mut c, out, &stat) {
+                ESUCCESS
+            } else {
+                EFAULT
+            }
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "fd_prestat_get",
+        |_c: Caller<'_, T>, _fd: i32, _out: i32| -> i32 { EBADF },
+    )?;
     linker.func_wrap(
         M,
         "fd_prestat_dir_name",
         |_c: Caller<'_, T>, _fd: i32, _p: i32, _l: i32| -> i32 { EBADF },
     )?;
     linker.func_wrap(M, "sched_yield", |_c: Caller<'_, T>| -> i32 { ESUCCESS })?;
-    linker.func_wrap(M, "random_get", |mut c: Caller<'_, T>, buf: i32, len: i32| -> i32 {
-        let len = len as u32 as usize;
-        if len > 64 << 20 {
-            return EINVAL;
-        }
-        let mut bytes = vec![0u8; len];
-        c.data_mut().wasi().fill_random(&mut bytes);
-        if write(&mut c, buf, &bytes) {
-            ESUCCESS
-        } else {
-            EFAULT
-        }
-    })?;
+    linker.func_wrap(
+        M,
+        "random_get",
+        |mut c: Caller<'_, T>, buf: i32, len: i32| -> i32 {
+            let len = len as u32 as usize;
+            if len > 64 << 20 {
+                return EINVAL;
+            }
+            let mut bytes = vec![0u8; len];
+            c.data_mut().wasi().fill_random(&mut bytes);
+            if write(&mut c, buf, &bytes) {
+                ESUCCESS
+            } else {
+                EFAULT
+            }
+        },
+    )?;
     linker.func_wrap(
         M,
         "poll_oneoff",
@@ -372,7 +415,9 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()
                     let absolute = u16::from_le_bytes([sub[40], sub[41]]) & 1 == 1;
                     if let WasiClock::Real(_) = c.data_mut().wasi().clock {
                         if !absolute {
-                            std::thread::sleep(std::time::Duration::from_nanos(timeout.min(5_000_000_000)));
+                            std::thread::sleep(std::time::Duration::from_nanos(
+                                timeout.min(5_000_000_000),
+                            ));
                         }
                     }
                 } else {
@@ -390,8 +435,12 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()
             }
         },
     )?;
-    linker.func_wrap(M, "proc_exit", |_c: Caller<'_, T>, code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::new(ProcExit(code)))
-    })?;
+    linker.func_wrap(
+        M,
+        "proc_exit",
+        |_c: Caller<'_, T>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::new(ProcExit(code)))
+        },
+    )?;
     Ok(())
 }

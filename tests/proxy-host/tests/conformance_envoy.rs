@@ -43,7 +43,10 @@ fn http(addr: &str, raw: &str) -> std::io::Result<(String, String)> {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let len = head
                 .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length")))
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                })
                 .and_then(|(_, v)| v.trim().parse::<usize>().ok());
             if let Some(len) = len {
                 while buf.len() < end + 4 + len {
@@ -53,7 +56,8 @@ fn http(addr: &str, raw: &str) -> std::io::Result<(String, String)> {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let body = String::from_utf8_lossy(&buf[end + 4..(end + 4 + len).min(buf.len())]).into_owned();
+                let body = String::from_utf8_lossy(&buf[end + 4..(end + 4 + len).min(buf.len())])
+                    .into_owned();
                 return Ok((head, body));
             }
         }
@@ -87,7 +91,10 @@ fn config(s: &Scenario, wasm: &std::path::Path) -> String {
             b = yaml_str(&format!("served-by {name}")),
         ));
     }
-    let keys = s.affinity_keys.clone().unwrap_or_else(|| TEST_KEYS.to_string());
+    let keys = s
+        .affinity_keys
+        .clone()
+        .unwrap_or_else(|| TEST_KEYS.to_string());
     format!(
         r#"
 static_resources:
@@ -142,54 +149,105 @@ fn start(bin: &std::path::Path, yaml: &str) -> Envoy {
     let child = Command::new(bin)
         .arg("-c")
         .arg(&cfg)
-        .args(["--concurrency", "1", "-l", "warning", "--use-dynamic-base-id", "--admin-address-path"])
+        .args([
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+            "--use-dynamic-base-id",
+            "--admin-address-path",
+        ])
         .arg(&admin_path)
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .expect("envoy starts");
-    let mut envoy = Envoy { child, port: 0, log, _dir: dir };
+    let mut envoy = Envoy {
+        child,
+        port: 0,
+        log,
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(admin) = std::fs::read_to_string(&admin_path) {
-            if let Ok((_, body)) = http(admin.trim(), "GET /listeners HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n") {
-                if let Some(p) = body.lines().find_map(|l| l.strip_prefix("main::127.0.0.1:")).and_then(|p| p.trim().parse().ok()) {
+            if let Ok((_, body)) = http(
+                admin.trim(),
+                "GET /listeners HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+            ) {
+                if let Some(p) = body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("main::127.0.0.1:"))
+                    .and_then(|p| p.trim().parse().ok())
+                {
                     envoy.port = p;
                     return envoy;
                 }
             }
         }
         if let Ok(Some(status)) = envoy.child.try_wait() {
-            panic!("envoy exited {status}:\n{}", std::fs::read_to_string(&envoy.log).unwrap_or_default());
+            panic!(
+                "envoy exited {status}:\n{}",
+                std::fs::read_to_string(&envoy.log).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("envoy did not come up:\n{}", std::fs::read_to_string(&envoy.log).unwrap_or_default());
+    panic!(
+        "envoy did not come up:\n{}",
+        std::fs::read_to_string(&envoy.log).unwrap_or_default()
+    );
 }
 
 fn send(envoy: &Envoy, o: &Outgoing) -> Result<Observed, String> {
-    let mut raw = format!("{} {} HTTP/1.1\r\nHost: {}\r\n", o.method, o.path, o.authority.as_deref().unwrap_or("shop.example.com"));
+    let mut raw = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\n",
+        o.method,
+        o.path,
+        o.authority.as_deref().unwrap_or("shop.example.com")
+    );
     for (k, v) in &o.headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some(src) = &o.source {
-        let ip = src.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| src.clone());
+        let ip = src
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| src.clone());
         raw.push_str(&format!("x-forwarded-for: {ip}\r\n"));
     }
     raw.push_str("Connection: close\r\n\r\n");
-    let (head, body) = http(&format!("127.0.0.1:{}", envoy.port), &raw).map_err(|e| e.to_string())?;
+    let (head, body) =
+        http(&format!("127.0.0.1:{}", envoy.port), &raw).map_err(|e| e.to_string())?;
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
         .collect();
-    let stack = headers.iter().find(|(k, _)| k == "x-served-by").map(|(_, v)| v.clone());
-    Ok(Observed { stack, status, headers, body })
+    let stack = headers
+        .iter()
+        .find(|(k, _)| k == "x-served-by")
+        .map(|(_, v)| v.clone());
+    Ok(Observed {
+        stack,
+        status,
+        headers,
+        body,
+    })
 }
 
 #[test]
 fn every_scenario_holds_on_the_real_envoy() {
-    let bin = std::env::var("ENVOY").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join(".tools/envoy"));
+    let bin = std::env::var("ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".tools/envoy"));
     if !bin.exists() {
         eprintln!("SKIPPED: no Envoy binary (make setup installs .tools/envoy, or set ENVOY)");
         return;
@@ -213,7 +271,10 @@ fn every_scenario_holds_on_the_real_envoy() {
         );
         match result {
             Ok(n) => eprintln!("{file}: {n} requests ok on Envoy"),
-            Err(e) => failures.push(format!("{e}\nEnvoy log:\n{}", std::fs::read_to_string(&envoy.log).unwrap_or_default())),
+            Err(e) => failures.push(format!(
+                "{e}\nEnvoy log:\n{}",
+                std::fs::read_to_string(&envoy.log).unwrap_or_default()
+            )),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

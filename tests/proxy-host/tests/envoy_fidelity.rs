@@ -28,7 +28,9 @@ impl Drop for Envoy {
 }
 
 fn envoy_binary() -> Option<PathBuf> {
-    let p = std::env::var("ENVOY").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join(".tools/envoy"));
+    let p = std::env::var("ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".tools/envoy"));
     p.exists().then_some(p)
 }
 
@@ -89,12 +91,25 @@ admin:
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .expect("envoy starts");
-    let mut envoy = Envoy { child, port: 0, log, _dir: dir };
+    let mut envoy = Envoy {
+        child,
+        port: 0,
+        log,
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(admin) = std::fs::read_to_string(&admin_path) {
-            if let Ok(body) = http(admin.trim(), "GET /listeners HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n") {
-                if let Some(port) = body.1.lines().find_map(|l| l.strip_prefix("main::127.0.0.1:")).and_then(|p| p.trim().parse().ok()) {
+            if let Ok(body) = http(
+                admin.trim(),
+                "GET /listeners HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+            ) {
+                if let Some(port) = body
+                    .1
+                    .lines()
+                    .find_map(|l| l.strip_prefix("main::127.0.0.1:"))
+                    .and_then(|p| p.trim().parse().ok())
+                {
                     envoy.port = port;
                     return envoy;
                 }
@@ -102,7 +117,10 @@ admin:
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("envoy did not come up; log:\n{}", std::fs::read_to_string(&envoy.log).unwrap_or_default());
+    panic!(
+        "envoy did not come up; log:\n{}",
+        std::fs::read_to_string(&envoy.log).unwrap_or_default()
+    );
 }
 
 /// Minimal HTTP/1.1 exchange: (status line + headers, body).
@@ -119,7 +137,10 @@ fn http(addr: &str, raw: &str) -> std::io::Result<(String, String)> {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let len = head
                 .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length")))
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                })
                 .and_then(|(_, v)| v.trim().parse::<usize>().ok());
             if let Some(len) = len {
                 while buf.len() < end + 4 + len {
@@ -129,7 +150,8 @@ fn http(addr: &str, raw: &str) -> std::io::Result<(String, String)> {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let body = String::from_utf8_lossy(&buf[end + 4..(end + 4 + len).min(buf.len())]).into_owned();
+                let body = String::from_utf8_lossy(&buf[end + 4..(end + 4 + len).min(buf.len())])
+                    .into_owned();
                 return Ok((head, body));
             }
         }
@@ -164,7 +186,10 @@ fn header_names(head: &str) -> Vec<String> {
     let mut v: Vec<String> = head
         .lines()
         .skip(1)
-        .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim().to_ascii_lowercase()))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, _)| k.trim().to_ascii_lowercase())
+        })
         .filter(|k| k != "date" && k != "server" && k != "connection")
         .collect();
     v.sort();
@@ -189,7 +214,13 @@ fn the_probe_sees_the_same_abi_on_envoy_and_on_the_host() {
     let wasm = probe_wasm().unwrap();
     let envoy = start_envoy(&bin, &wasm);
     let mut host = Process::new();
-    let vm = host.spawn(VmSpec::new(WasmModule::from_file(&wasm).unwrap()).vm_id("probe").root_id("probe")).unwrap();
+    let vm = host
+        .spawn(
+            VmSpec::new(WasmModule::from_file(&wasm).unwrap())
+                .vm_id("probe")
+                .root_id("probe"),
+        )
+        .unwrap();
     let mut seen_lines = 0;
     for (i, headers) in CASES.iter().enumerate() {
         let path = "/fidelity?case=1";
@@ -207,27 +238,55 @@ fn the_probe_sees_the_same_abi_on_envoy_and_on_the_host() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let envoy_result = loop {
             let log = std::fs::read_to_string(&envoy.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().filter_map(|l| l.split_once("probe: result ").map(|(_, r)| r)).collect();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter_map(|l| l.split_once("probe: result ").map(|(_, r)| r))
+                .collect();
             if lines.len() > seen_lines {
                 seen_lines = lines.len();
                 break lines[lines.len() - 1].to_string();
             }
-            assert!(Instant::now() < deadline, "case {i}: no result line in Envoy's log");
+            assert!(
+                Instant::now() < deadline,
+                "case {i}: no result line in Envoy's log"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let ex = host.send(vm, req).unwrap();
-        let host_result = ex.logs.iter().find_map(|l| l.message.strip_prefix("probe: result ")).unwrap_or_default().to_string();
-        assert_eq!(normalize(&host_result), normalize(&envoy_result), "case {i}: guest observations differ (left host, right Envoy)");
-        let envoy_status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let host_result = ex
+            .logs
+            .iter()
+            .find_map(|l| l.message.strip_prefix("probe: result "))
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            normalize(&host_result),
+            normalize(&envoy_result),
+            "case {i}: guest observations differ (left host, right Envoy)"
+        );
+        let envoy_status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         // Case 3 strips :authority and :method: Envoy's route table then answers 404,
         // which is routing, not the ABI, and this host has no route table.
         if i != 3 {
             assert_eq!(ex.status(), envoy_status, "case {i}: status");
         }
         if ex.local_response.is_some() {
-            let mut host_names: Vec<String> = ex.response_headers.iter().map(|(k, _)| k.clone()).filter(|k| k != ":status").collect();
+            let mut host_names: Vec<String> = ex
+                .response_headers
+                .iter()
+                .map(|(k, _)| k.clone())
+                .filter(|k| k != ":status")
+                .collect();
             host_names.sort();
-            assert_eq!(host_names, header_names(&head), "case {i}: local reply headers as the client sees them");
+            assert_eq!(
+                host_names,
+                header_names(&head),
+                "case {i}: local reply headers as the client sees them"
+            );
             assert_eq!(ex.body_str(), body, "case {i}: local reply body");
         }
     }

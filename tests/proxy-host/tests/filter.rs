@@ -26,7 +26,12 @@ fn rfc3339(unix: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 fn two_stacks(extra: &str) -> String {
@@ -51,11 +56,18 @@ fn default_route_sets_the_stack_header_and_an_affinity_cookie() {
     let ex = sy.send(Request::get("/")).unwrap();
     let stack = ex.stack().expect("routed").to_string();
     assert!(stack == "blue" || stack == "green", "{stack}");
-    assert_eq!(ex.decision(), Some(format!("rule=default; stack={stack}; reason=weighted; affinity=new").as_str()));
+    assert_eq!(
+        ex.decision(),
+        Some(format!("rule=default; stack={stack}; reason=weighted; affinity=new").as_str())
+    );
     let cookie = ex.set_cookie("sy_aff").expect("affinity cookie");
     assert_eq!(cookie.max_age(), Some(3600));
     assert!(cookie.attribute("httponly").is_some());
-    assert!(cookie.value.contains(&format!(".{stack}.1.")), "{}", cookie.value);
+    assert!(
+        cookie.value.contains(&format!(".{stack}.1.")),
+        "{}",
+        cookie.value
+    );
     assert!(sy.host_errors().is_empty(), "{:?}", sy.host_errors());
 }
 
@@ -75,7 +87,11 @@ fn smooth_weighted_round_robin_splits_evenly() {
 fn client_supplied_routing_headers_are_removed() {
     let mut sy = demo();
     let ex = sy
-        .send(Request::get("/").header("x-switchyard-stack", "canary").header("x-switchyard-decision", "forged"))
+        .send(
+            Request::get("/")
+                .header("x-switchyard-stack", "canary")
+                .header("x-switchyard-decision", "forged"),
+        )
         .unwrap();
     assert_eq!(ex.upstream_headers("x-switchyard-stack").len(), 1);
     assert_ne!(ex.stack(), Some("canary"));
@@ -87,24 +103,46 @@ fn client_supplied_routing_headers_are_removed() {
 #[test]
 fn geo_by_trusted_header_and_by_client_cidr() {
     let mut sy = demo();
-    let ex = sy.send(Request::get("/").header("x-geo-country", "DE")).unwrap();
+    let ex = sy
+        .send(Request::get("/").header("x-geo-country", "DE"))
+        .unwrap();
     assert_eq!(ex.stack(), Some("eu"));
     assert!(ex.decision().unwrap().starts_with("rule=eu-residency;"));
     let ex = sy.send(Request::get("/").source("10.20.3.4:5555")).unwrap();
     assert_eq!(ex.stack(), Some("eu"));
     let ex = sy.send(Request::get("/").source("10.21.3.4:5555")).unwrap();
     assert_ne!(ex.stack(), Some("eu"));
-    let ex = sy.send(Request::get("/").header("x-geo-country", "US")).unwrap();
+    let ex = sy
+        .send(Request::get("/").header("x-geo-country", "US"))
+        .unwrap();
     assert_ne!(ex.stack(), Some("eu"));
 }
 
 #[test]
 fn channels_and_cohorts() {
     let mut sy = demo();
-    assert_eq!(sy.send(Request::get("/api").header("x-partner-key", "p1")).unwrap().stack(), Some("green"));
-    assert_eq!(sy.send(Request::get("/partner/orders")).unwrap().stack(), Some("green"));
-    assert_eq!(sy.send(Request::get("/").header("x-jwt-cohort", "premium")).unwrap().stack(), Some("blue"));
-    assert_eq!(sy.send(Request::get("/").header("x-jwt-cohort", "beta")).unwrap().stack(), Some("canary"));
+    assert_eq!(
+        sy.send(Request::get("/api").header("x-partner-key", "p1"))
+            .unwrap()
+            .stack(),
+        Some("green")
+    );
+    assert_eq!(
+        sy.send(Request::get("/partner/orders")).unwrap().stack(),
+        Some("green")
+    );
+    assert_eq!(
+        sy.send(Request::get("/").header("x-jwt-cohort", "premium"))
+            .unwrap()
+            .stack(),
+        Some("blue")
+    );
+    assert_eq!(
+        sy.send(Request::get("/").header("x-jwt-cohort", "beta"))
+            .unwrap()
+            .stack(),
+        Some("canary")
+    );
 }
 
 #[test]
@@ -114,9 +152,15 @@ fn mobile_users_hash_consistently_across_workers() {
         let mut seen = Vec::new();
         for w in 0..3 {
             for _ in 0..3 {
-                let req = Request::get("/").header("user-agent", "SwitchyardShop-iOS/5.1").header("x-jwt-sub", user);
+                let req = Request::get("/")
+                    .header("user-agent", "SwitchyardShop-iOS/5.1")
+                    .header("x-jwt-sub", user);
                 let ex = sy.send_on(w, req).unwrap();
-                assert!(ex.decision().unwrap().contains("reason=hash"), "{:?}", ex.decision());
+                assert!(
+                    ex.decision().unwrap().contains("reason=hash"),
+                    "{:?}",
+                    ex.decision()
+                );
                 seen.push(ex.stack().unwrap().to_string());
             }
         }
@@ -132,14 +176,22 @@ fn affinity_cookie_keeps_the_user_on_the_stack() {
     let stack = first.stack().unwrap().to_string();
     let cookie = first.set_cookie("sy_aff").unwrap();
     for _ in 0..10 {
-        let ex = sy.send(Request::get("/").cookie("sy_aff", &cookie.value)).unwrap();
+        let ex = sy
+            .send(Request::get("/").cookie("sy_aff", &cookie.value))
+            .unwrap();
         assert_eq!(ex.stack(), Some(stack.as_str()));
-        assert!(ex.decision().unwrap().contains("reason=affinity"), "{:?}", ex.decision());
+        assert!(
+            ex.decision().unwrap().contains("reason=affinity"),
+            "{:?}",
+            ex.decision()
+        );
         assert!(ex.set_cookie("sy_aff").is_none(), "no refresh while young");
     }
     // Past half its life the cookie is refreshed.
     sy.advance(Duration::from_secs(1801)).unwrap();
-    let ex = sy.send(Request::get("/").cookie("sy_aff", &cookie.value)).unwrap();
+    let ex = sy
+        .send(Request::get("/").cookie("sy_aff", &cookie.value))
+        .unwrap();
     assert_eq!(ex.stack(), Some(stack.as_str()));
     assert!(ex.set_cookie("sy_aff").is_some());
 }
@@ -153,23 +205,47 @@ fn expired_forged_stale_and_repeated_cookies_are_reassigned_never_errors() {
     let mut forged = value.clone();
     forged.pop();
     forged.push(if value.ends_with('A') { 'B' } else { 'A' });
-    let ex = sy.send(Request::get("/").cookie("sy_aff", &forged)).unwrap();
-    assert!(ex.decision().unwrap().ends_with("affinity=forged"), "{:?}", ex.decision());
+    let ex = sy
+        .send(Request::get("/").cookie("sy_aff", &forged))
+        .unwrap();
+    assert!(
+        ex.decision().unwrap().ends_with("affinity=forged"),
+        "{:?}",
+        ex.decision()
+    );
     assert!(ex.set_cookie("sy_aff").is_some());
 
     // Another epoch, correctly signed with the VM's own key.
     let keys = switchyard_filter::affinity::Keyring::parse(TEST_KEYS).unwrap();
     let stale = keys.sign("blue", 0, DEFAULT_START_UNIX_SECS + 600);
     let ex = sy.send(Request::get("/").cookie("sy_aff", &stale)).unwrap();
-    assert!(ex.decision().unwrap().ends_with("affinity=stale"), "{:?}", ex.decision());
+    assert!(
+        ex.decision().unwrap().ends_with("affinity=stale"),
+        "{:?}",
+        ex.decision()
+    );
 
     // Two cookies of the routing name: hostile, treated as forged.
-    let ex = sy.send(Request::get("/").cookie("sy_aff", &value).cookie("sy_aff", &value)).unwrap();
-    assert!(ex.decision().unwrap().ends_with("affinity=forged"), "{:?}", ex.decision());
+    let ex = sy
+        .send(
+            Request::get("/")
+                .cookie("sy_aff", &value)
+                .cookie("sy_aff", &value),
+        )
+        .unwrap();
+    assert!(
+        ex.decision().unwrap().ends_with("affinity=forged"),
+        "{:?}",
+        ex.decision()
+    );
 
     sy.advance(Duration::from_secs(3600)).unwrap();
     let ex = sy.send(Request::get("/").cookie("sy_aff", &value)).unwrap();
-    assert!(ex.decision().unwrap().ends_with("affinity=expired"), "{:?}", ex.decision());
+    assert!(
+        ex.decision().unwrap().ends_with("affinity=expired"),
+        "{:?}",
+        ex.decision()
+    );
     assert!(ex.stack().is_some());
     sy.advance(Duration::from_secs(1)).unwrap();
     assert_eq!(sy.metric("switchyard.affinity_forged"), 2);
@@ -184,14 +260,23 @@ fn without_keys_no_cookie_is_set_and_the_log_says_why() {
     let ex = sy.send(Request::get("/")).unwrap();
     assert!(ex.stack().is_some());
     assert!(ex.set_cookie("sy_aff").is_none());
-    assert!(sy.logs_text(0).contains("SWITCHYARD_AFFINITY_KEYS is not set"), "{}", sy.logs_text(0));
+    assert!(
+        sy.logs_text(0)
+            .contains("SWITCHYARD_AFFINITY_KEYS is not set"),
+        "{}",
+        sy.logs_text(0)
+    );
 }
 
 #[test]
 fn an_invalid_policy_is_rejected_with_the_field_path() {
-    let err = Switchyard::builder().policy(r#"{"stacks": [], "default": {"targets": [{"stack": "nope"}]}, "bogus": 1}"#).build();
+    let err = Switchyard::builder()
+        .policy(r#"{"stacks": [], "default": {"targets": [{"stack": "nope"}]}, "bogus": 1}"#)
+        .build();
     match err {
-        Err(HostError::ConfigureRejected { logs, .. }) => assert!(logs.contains("invalid policy"), "{logs}"),
+        Err(HostError::ConfigureRejected { logs, .. }) => {
+            assert!(logs.contains("invalid policy"), "{logs}")
+        }
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("accepted an invalid policy"),
     }
@@ -199,21 +284,30 @@ fn an_invalid_policy_is_rejected_with_the_field_path() {
 
 #[test]
 fn breaker_opens_then_half_opens_then_closes() {
-    let mut sy = Switchyard::builder().policy(two_stacks("")).build().unwrap();
+    let mut sy = Switchyard::builder()
+        .policy(two_stacks(""))
+        .build()
+        .unwrap();
     let failing_blue = stacks_failing(&["blue"], 503);
     // Blue fails five times in a row: its breaker opens.
     let mut blue_failures = 0;
     while blue_failures < 5 {
-        let ex = sy.send(Request::get("/").upstream(failing_blue.clone())).unwrap();
+        let ex = sy
+            .send(Request::get("/").upstream(failing_blue.clone()))
+            .unwrap();
         if ex.stack() == Some("blue") {
             blue_failures += 1;
         }
     }
     for _ in 0..20 {
-        let ex = sy.send(Request::get("/").upstream(failing_blue.clone())).unwrap();
+        let ex = sy
+            .send(Request::get("/").upstream(failing_blue.clone()))
+            .unwrap();
         assert_eq!(ex.stack(), Some("green"), "blue is open");
     }
-    assert!(sy.logs_text(0).contains("circuit breaker of stack 'blue' is now Open"));
+    assert!(sy
+        .logs_text(0)
+        .contains("circuit breaker of stack 'blue' is now Open"));
     sy.advance(Duration::from_millis(1999)).unwrap();
     assert_eq!(sy.send(Request::get("/")).unwrap().stack(), Some("green"));
     assert_eq!(sy.send(Request::get("/")).unwrap().stack(), Some("green"));
@@ -226,9 +320,16 @@ fn breaker_opens_then_half_opens_then_closes() {
         }
     }
     assert!(trials >= 2, "blue got {trials} requests after closing");
-    assert!(sy.logs_text(0).contains("circuit breaker of stack 'blue' is now Closed"), "{}", sy.logs_text(0));
+    assert!(
+        sy.logs_text(0)
+            .contains("circuit breaker of stack 'blue' is now Closed"),
+        "{}",
+        sy.logs_text(0)
+    );
     // Closed again: the even split is back.
-    let blues = (0..20).filter(|_| sy.send(Request::get("/")).unwrap().stack() == Some("blue")).count();
+    let blues = (0..20)
+        .filter(|_| sy.send(Request::get("/")).unwrap().stack() == Some("blue"))
+        .count();
     assert_eq!(blues, 10);
     sy.advance(Duration::from_secs(1)).unwrap();
     assert_eq!(sy.metric("switchyard.stack.blue.breaker_state"), 0);
@@ -237,18 +338,31 @@ fn breaker_opens_then_half_opens_then_closes() {
 
 #[test]
 fn a_failed_trial_reopens_the_breaker_for_longer() {
-    let mut sy = Switchyard::builder().policy(two_stacks("")).build().unwrap();
+    let mut sy = Switchyard::builder()
+        .policy(two_stacks(""))
+        .build()
+        .unwrap();
     let failing_blue = stacks_failing(&["blue"], 503);
     let mut n = 0;
     while n < 5 {
-        if sy.send(Request::get("/").upstream(failing_blue.clone())).unwrap().stack() == Some("blue") {
+        if sy
+            .send(Request::get("/").upstream(failing_blue.clone()))
+            .unwrap()
+            .stack()
+            == Some("blue")
+        {
             n += 1;
         }
     }
     sy.advance(Duration::from_millis(2000)).unwrap();
     // The trial fails: open again for 2 × open_ms.
     loop {
-        if sy.send(Request::get("/").upstream(failing_blue.clone())).unwrap().stack() == Some("blue") {
+        if sy
+            .send(Request::get("/").upstream(failing_blue.clone()))
+            .unwrap()
+            .stack()
+            == Some("blue")
+        {
             break;
         }
     }
@@ -260,11 +374,20 @@ fn a_failed_trial_reopens_the_breaker_for_longer() {
 
 #[test]
 fn breakers_are_per_worker() {
-    let mut sy = Switchyard::builder().policy(two_stacks("")).workers(2).build().unwrap();
+    let mut sy = Switchyard::builder()
+        .policy(two_stacks(""))
+        .workers(2)
+        .build()
+        .unwrap();
     let failing_blue = stacks_failing(&["blue"], 503);
     let mut n = 0;
     while n < 5 {
-        if sy.send_on(0, Request::get("/").upstream(failing_blue.clone())).unwrap().stack() == Some("blue") {
+        if sy
+            .send_on(0, Request::get("/").upstream(failing_blue.clone()))
+            .unwrap()
+            .stack()
+            == Some("blue")
+        {
             n += 1;
         }
     }
@@ -282,19 +405,39 @@ fn health_probes_close_an_open_breaker() {
     let probes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = probes.clone();
     sy.process.set_http_responder(move |_, call| {
-        seen.lock().unwrap().push((call.upstream.clone(), call.header(":path").unwrap_or("").to_string()));
+        seen.lock().unwrap().push((
+            call.upstream.clone(),
+            call.header(":path").unwrap_or("").to_string(),
+        ));
         Some(HttpReply::status(200, "ok"))
     });
     let failing_blue = stacks_failing(&["blue"], 503);
     let mut n = 0;
     while n < 5 {
-        if sy.send(Request::get("/").upstream(failing_blue.clone())).unwrap().stack() == Some("blue") {
+        if sy
+            .send(Request::get("/").upstream(failing_blue.clone()))
+            .unwrap()
+            .stack()
+            == Some("blue")
+        {
             n += 1;
         }
     }
     sy.advance(Duration::from_secs(3)).unwrap();
-    assert!(probes.lock().unwrap().contains(&("blue".to_string(), "/healthz".to_string())), "{:?}", probes.lock().unwrap());
-    assert!(sy.logs_text(0).contains("health probe of stack 'blue' succeeded"), "{}", sy.logs_text(0));
+    assert!(
+        probes
+            .lock()
+            .unwrap()
+            .contains(&("blue".to_string(), "/healthz".to_string())),
+        "{:?}",
+        probes.lock().unwrap()
+    );
+    assert!(
+        sy.logs_text(0)
+            .contains("health probe of stack 'blue' succeeded"),
+        "{}",
+        sy.logs_text(0)
+    );
     assert!((0..4).any(|_| sy.send(Request::get("/")).unwrap().stack() == Some("blue")));
 }
 
@@ -303,11 +446,23 @@ fn residency_never_fails_over_outside_the_region_it_sends_a_local_503() {
     let mut sy = demo();
     let failing_eu = stacks_failing(&["eu"], 503);
     for _ in 0..5 {
-        let ex = sy.send(Request::get("/").header("x-geo-country", "FR").upstream(failing_eu.clone())).unwrap();
+        let ex = sy
+            .send(
+                Request::get("/")
+                    .header("x-geo-country", "FR")
+                    .upstream(failing_eu.clone()),
+            )
+            .unwrap();
         assert_eq!(ex.stack(), Some("eu"));
     }
-    let ex = sy.send(Request::get("/").header("x-geo-country", "FR")).unwrap();
-    assert!(ex.upstream_request.is_none(), "EU traffic left the EU: {:?}", ex.stack());
+    let ex = sy
+        .send(Request::get("/").header("x-geo-country", "FR"))
+        .unwrap();
+    assert!(
+        ex.upstream_request.is_none(),
+        "EU traffic left the EU: {:?}",
+        ex.stack()
+    );
     let local = ex.local_response.as_ref().expect("local reply");
     assert_eq!(local.status, 503);
     assert_eq!(local.header("retry-after"), Some("10"));
@@ -316,8 +471,14 @@ fn residency_never_fails_over_outside_the_region_it_sends_a_local_503() {
     assert_eq!(body["error"], "no_eligible_stack");
     assert_eq!(body["rule"], "eu-residency");
     assert_eq!(ex.status(), 503);
-    assert!(ex.set_cookie("sy_aff").is_none(), "no cookie on a local reply");
-    assert_eq!(ex.decision(), Some("rule=eu-residency; reason=no_eligible_stack"));
+    assert!(
+        ex.set_cookie("sy_aff").is_none(),
+        "no cookie on a local reply"
+    );
+    assert_eq!(
+        ex.decision(),
+        Some("rule=eu-residency; reason=no_eligible_stack")
+    );
     sy.advance(Duration::from_secs(1)).unwrap();
     assert_eq!(sy.metric("switchyard.local_replies"), 1);
 }
@@ -332,14 +493,29 @@ fn campaign_windows_open_and_close_on_the_virtual_clock() {
         rfc3339(t0 + 3600),
         rfc3339(t0 + 7200)
     );
-    let mut sy = Switchyard::builder().policy(two_stacks(&rules)).build().unwrap();
-    let rule = |sy: &mut Switchyard| sy.send(Request::get("/sale/shoes")).unwrap().decision().unwrap().split(';').next().unwrap().to_string();
+    let mut sy = Switchyard::builder()
+        .policy(two_stacks(&rules))
+        .build()
+        .unwrap();
+    let rule = |sy: &mut Switchyard| {
+        sy.send(Request::get("/sale/shoes"))
+            .unwrap()
+            .decision()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(rule(&mut sy), "rule=default");
     sy.advance(Duration::from_secs(3599)).unwrap();
     assert_eq!(rule(&mut sy), "rule=default");
     sy.advance(Duration::from_secs(1)).unwrap();
     assert_eq!(rule(&mut sy), "rule=flash");
-    assert_eq!(sy.send(Request::get("/sale/hats")).unwrap().stack(), Some("green"));
+    assert_eq!(
+        sy.send(Request::get("/sale/hats")).unwrap().stack(),
+        Some("green")
+    );
     sy.advance(Duration::from_secs(3599)).unwrap();
     assert_eq!(rule(&mut sy), "rule=flash");
     sy.advance(Duration::from_secs(1)).unwrap();
@@ -352,14 +528,27 @@ fn daily_windows_and_days_of_week() {
     let rules = r#""rules": [ { "id": "office", "priority": 1,
         "match": { "time": { "windows": [ { "start": "09:00", "end": "17:00" } ], "days": ["mon", "tue", "wed", "thu", "fri"] } },
         "route": { "targets": [ { "stack": "green" } ] } } ],"#;
-    let mut sy = Switchyard::builder().policy(two_stacks(rules)).build().unwrap();
-    let rule = |sy: &mut Switchyard| sy.send(Request::get("/")).unwrap().decision().unwrap().split(';').next().unwrap().to_string();
+    let mut sy = Switchyard::builder()
+        .policy(two_stacks(rules))
+        .build()
+        .unwrap();
+    let rule = |sy: &mut Switchyard| {
+        sy.send(Request::get("/"))
+            .unwrap()
+            .decision()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(rule(&mut sy), "rule=default", "Monday 00:00");
     sy.advance(Duration::from_secs(9 * 3600)).unwrap();
     assert_eq!(rule(&mut sy), "rule=office", "Monday 09:00");
     sy.advance(Duration::from_secs(8 * 3600)).unwrap();
     assert_eq!(rule(&mut sy), "rule=default", "Monday 17:00");
-    sy.advance(Duration::from_secs(5 * 86_400 - 8 * 3600)).unwrap();
+    sy.advance(Duration::from_secs(5 * 86_400 - 8 * 3600))
+        .unwrap();
     assert_eq!(rule(&mut sy), "rule=default", "Saturday 09:00");
 }
 
@@ -367,22 +556,33 @@ fn daily_windows_and_days_of_week() {
 fn metrics_count_per_stack_and_record_latency() {
     let mut sy = demo();
     for _ in 0..4 {
-        sy.send(Request::get("/").respond(Response::status(200))).unwrap();
+        sy.send(Request::get("/").respond(Response::status(200)))
+            .unwrap();
     }
-    sy.send(Request::get("/").header("x-partner-key", "k").respond(Response::status(404))).unwrap();
+    sy.send(
+        Request::get("/")
+            .header("x-partner-key", "k")
+            .respond(Response::status(404)),
+    )
+    .unwrap();
     sy.advance(Duration::from_secs(1)).unwrap();
-    let total = sy.metric("switchyard.stack.blue.rq_total") + sy.metric("switchyard.stack.green.rq_total");
+    let total =
+        sy.metric("switchyard.stack.blue.rq_total") + sy.metric("switchyard.stack.green.rq_total");
     assert_eq!(total, 5);
     assert_eq!(sy.metric("switchyard.stack.green.rq_4xx"), 1);
     assert_eq!(sy.metric("switchyard.rule.partner-api.matched"), 1);
     assert_eq!(sy.metric("switchyard.rule.default.matched"), 4);
-    let latencies = sy.histogram("switchyard.stack.blue.latency_ms").len() + sy.histogram("switchyard.stack.green.latency_ms").len();
+    let latencies = sy.histogram("switchyard.stack.blue.latency_ms").len()
+        + sy.histogram("switchyard.stack.green.latency_ms").len();
     assert_eq!(latencies, 5);
 }
 
 #[test]
 fn an_upstream_reset_counts_against_the_stack() {
-    let mut sy = Switchyard::builder().policy(two_stacks("")).build().unwrap();
+    let mut sy = Switchyard::builder()
+        .policy(two_stacks(""))
+        .build()
+        .unwrap();
     let reset = std::sync::Arc::new(|_: &[switchyard_proxy_host::abi::Pair]| Response::reset());
     let mut blue_resets = 0;
     while blue_resets < 5 {
@@ -393,7 +593,10 @@ fn an_upstream_reset_counts_against_the_stack() {
     }
     sy.advance(Duration::from_secs(1)).unwrap();
     assert_eq!(sy.metric("switchyard.stack.blue.rq_reset"), 5);
-    assert!((0..6).all(|_| sy.send(Request::get("/")).unwrap().stack() == Some("green")), "resets trip the breaker too");
+    assert!(
+        (0..6).all(|_| sy.send(Request::get("/")).unwrap().stack() == Some("green")),
+        "resets trip the breaker too"
+    );
 }
 
 #[test]
@@ -412,17 +615,28 @@ fn percentage_buckets_are_stable_and_about_the_right_size() {
             in_slice += 1;
         }
     }
-    assert!((60..=140).contains(&in_slice), "{in_slice} of 2000 users in a 5% slice");
+    assert!(
+        (60..=140).contains(&in_slice),
+        "{in_slice} of 2000 users in a 5% slice"
+    );
 }
 
 #[test]
 fn ipv6_and_odd_client_addresses_never_break_routing() {
     let mut sy = demo();
-    for addr in ["[2001:db8::7]:443", "[::ffff:10.20.1.1]:80", "10.20.1.1:0", "not an address", ""] {
+    for addr in [
+        "[2001:db8::7]:443",
+        "[::ffff:10.20.1.1]:80",
+        "10.20.1.1:0",
+        "not an address",
+        "",
+    ] {
         let ex = sy.send(Request::get("/").source(addr)).unwrap();
         assert!(ex.stack().is_some(), "{addr}: {:?}", ex.local_response);
     }
-    let ex = sy.send(Request::get("/").property("source.address", "10.20.9.9:1")).unwrap();
+    let ex = sy
+        .send(Request::get("/").property("source.address", "10.20.9.9:1"))
+        .unwrap();
     assert_eq!(ex.stack(), Some("eu"));
     assert!(sy.host_errors().is_empty());
 }
@@ -430,9 +644,26 @@ fn ipv6_and_odd_client_addresses_never_break_routing() {
 #[test]
 fn repeated_routing_headers_are_hostile_and_never_pick_a_rule() {
     let mut sy = demo();
-    let ex = sy.send(Request::get("/").header("x-jwt-cohort", "beta").header("x-jwt-cohort", "beta")).unwrap();
-    assert_ne!(ex.stack(), Some("canary"), "a repeated cohort header chose the beta rule: {:?}", ex.decision());
-    let ex = sy.send(Request::get("/").header("x-partner-key", "a").header("x-partner-key", "b")).unwrap();
+    let ex = sy
+        .send(
+            Request::get("/")
+                .header("x-jwt-cohort", "beta")
+                .header("x-jwt-cohort", "beta"),
+        )
+        .unwrap();
+    assert_ne!(
+        ex.stack(),
+        Some("canary"),
+        "a repeated cohort header chose the beta rule: {:?}",
+        ex.decision()
+    );
+    let ex = sy
+        .send(
+            Request::get("/")
+                .header("x-partner-key", "a")
+                .header("x-partner-key", "b"),
+        )
+        .unwrap();
     assert!(ex.stack().is_some());
     sy.advance(Duration::from_secs(1)).unwrap();
     assert!(sy.metric("switchyard.hostile_requests") >= 1);

@@ -52,23 +52,66 @@ impl Rng {
 }
 
 const NAMES: &[&str] = &[
-    "x-geo-country", "x-partner-key", "user-agent", "x-jwt-cohort", "x-jwt-sub", "cookie",
-    "x-switchyard-stack", "x-switchyard-decision", "accept", "x-forwarded-for", "x-request-id",
-    "content-type", "authorization", "x-custom",
+    "x-geo-country",
+    "x-partner-key",
+    "user-agent",
+    "x-jwt-cohort",
+    "x-jwt-sub",
+    "cookie",
+    "x-switchyard-stack",
+    "x-switchyard-decision",
+    "accept",
+    "x-forwarded-for",
+    "x-request-id",
+    "content-type",
+    "authorization",
+    "x-custom",
 ];
-const COUNTRIES: &[&str] = &["DE", "FR", "NL", "IE", "US", "CA", "de", "XX", "", "DE,FR", "eu", " DE"];
+const COUNTRIES: &[&str] = &[
+    "DE", "FR", "NL", "IE", "US", "CA", "de", "XX", "", "DE,FR", "eu", " DE",
+];
 const EU: &[&str] = &["DE", "FR", "NL", "IE"];
-const AGENTS: &[&str] = &["Mozilla/5.0", "SwitchyardShop-iOS/5.1", "SwitchyardShop-Android/2", "curl/8", ""];
+const AGENTS: &[&str] = &[
+    "Mozilla/5.0",
+    "SwitchyardShop-iOS/5.1",
+    "SwitchyardShop-Android/2",
+    "curl/8",
+    "",
+];
 const COHORTS: &[&str] = &["beta", "premium", "gold", "none", "BETA", ""];
-const PATHS: &[&str] = &["/", "/cart", "/partner/orders", "/pos/checkout", "/sale/x", "/a?b=c", "", "*", "/%00", "//"];
+const PATHS: &[&str] = &[
+    "/",
+    "/cart",
+    "/partner/orders",
+    "/pos/checkout",
+    "/sale/x",
+    "/a?b=c",
+    "",
+    "*",
+    "/%00",
+    "//",
+];
 const ADDRESSES: &[&str] = &[
-    "203.0.113.7:443", "10.20.1.1:1000", "10.20.255.255:1", "[2001:db8::1]:80", "[::1]:0", "garbage",
-    "", "10.20.1.1", "999.1.1.1:80", "1.2.3.4:99999", "[fe80::1%eth0]:80", "0.0.0.0:0",
+    "203.0.113.7:443",
+    "10.20.1.1:1000",
+    "10.20.255.255:1",
+    "[2001:db8::1]:80",
+    "[::1]:0",
+    "garbage",
+    "",
+    "10.20.1.1",
+    "999.1.1.1:80",
+    "1.2.3.4:99999",
+    "[fe80::1%eth0]:80",
+    "0.0.0.0:0",
 ];
 const STACKS: &[&str] = &["blue", "green", "canary", "eu"];
 
 fn generate(rng: &mut Rng, cookies: &[String]) -> (Request, bool) {
-    let mut req = Request::new(rng.pick(&["GET", "POST", "PUT", "DELETE", "get", "BREW"][..]), rng.pick(PATHS));
+    let mut req = Request::new(
+        rng.pick(&["GET", "POST", "PUT", "DELETE", "get", "BREW"][..]),
+        rng.pick(PATHS),
+    );
     let mut geo: Vec<&str> = Vec::new();
     let headers = rng.below(12);
     for _ in 0..headers {
@@ -83,7 +126,9 @@ fn generate(rng: &mut Rng, cookies: &[String]) -> (Request, bool) {
             "x-jwt-cohort" => rng.pick(COHORTS).as_bytes().to_vec(),
             "x-jwt-sub" => format!("user-{}", rng.below(50)).into_bytes(),
             "cookie" => match rng.below(6) {
-                0 if !cookies.is_empty() => format!("sy_aff={}", rng.pick_ref(cookies)).into_bytes(),
+                0 if !cookies.is_empty() => {
+                    format!("sy_aff={}", rng.pick_ref(cookies)).into_bytes()
+                }
                 1 if !cookies.is_empty() => {
                     let mut c = rng.pick_ref(cookies).clone();
                     let cut = rng.below(c.len() as u64) as usize;
@@ -97,7 +142,12 @@ fn generate(rng: &mut Rng, cookies: &[String]) -> (Request, bool) {
                     v.extend(junk);
                     v
                 }
-                3 => format!("sy_aff=v1.k1.{}.1.{}.AAAAAAAAAAAAAAAAAAAAAA", rng.pick(STACKS), rng.next() % 4_000_000_000).into_bytes(),
+                3 => format!(
+                    "sy_aff=v1.k1.{}.1.{}.AAAAAAAAAAAAAAAAAAAAAA",
+                    rng.pick(STACKS),
+                    rng.next() % 4_000_000_000
+                )
+                .into_bytes(),
                 _ => format!("a=1; b=2; session=s{}", rng.below(9)).into_bytes(),
             },
             _ => {
@@ -136,13 +186,25 @@ fn generate(rng: &mut Rng, cookies: &[String]) -> (Request, bool) {
         0 => req.properties.retain(|(k, _)| k != "source.address"),
         1..=5 => req = req.source(rng.pick(ADDRESSES)),
         _ => {
-            let a = format!("{}.{}.{}.{}:{}", rng.below(256), rng.below(256), rng.below(256), rng.below(256), rng.below(65536));
+            let a = format!(
+                "{}.{}.{}.{}:{}",
+                rng.below(256),
+                rng.below(256),
+                rng.below(256),
+                rng.below(256),
+                rng.below(65536)
+            );
             req = req.source(&a);
         }
     }
     // EU traffic: exactly one trusted geo header naming an EU country. (A repeated geo
     // header is hostile; the filter then ignores it, see the report.)
-    let geo_values: Vec<&[u8]> = req.headers.iter().filter(|(k, _)| k == "x-geo-country").map(|(_, v)| v.as_slice()).collect();
+    let geo_values: Vec<&[u8]> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-geo-country")
+        .map(|(_, v)| v.as_slice())
+        .collect();
     let _ = geo;
     let eu = geo_values.len() == 1 && EU.iter().any(|c| c.as_bytes() == geo_values[0]);
     (req, eu)
@@ -162,23 +224,42 @@ fn check(i: usize, ex: &switchyard_proxy_host::Exchange, eu: bool) {
     match (&ex.upstream_request, &ex.local_response) {
         (Some(_), None) => {
             assert_eq!(stacks.len(), 1, "request {i}: forwarded with {stacks:?}");
-            assert!(STACKS.contains(&stacks[0]), "request {i}: unknown stack {stacks:?}");
-            assert!(ex.upstream_header("x-switchyard-decision").is_none(), "request {i}: client decision header leaked");
+            assert!(
+                STACKS.contains(&stacks[0]),
+                "request {i}: unknown stack {stacks:?}"
+            );
+            assert!(
+                ex.upstream_header("x-switchyard-decision").is_none(),
+                "request {i}: client decision header leaked"
+            );
             if eu {
                 assert_eq!(stacks[0], "eu", "request {i}: EU traffic left the EU");
             }
             for c in ex.set_cookies() {
                 assert_eq!(c.name, "sy_aff", "request {i}");
-                assert!(c.value.contains(&format!(".{}.", stacks[0])), "request {i}: cookie for another stack {}", c.value);
+                assert!(
+                    c.value.contains(&format!(".{}.", stacks[0])),
+                    "request {i}: cookie for another stack {}",
+                    c.value
+                );
                 assert!(c.max_age().is_some_and(|a| a > 0), "request {i}");
             }
         }
         (None, Some(local)) => {
             assert_eq!(local.status, 503, "request {i}");
-            assert!(local.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok()), "request {i}");
-            let body: serde_json::Value = serde_json::from_slice(&local.body).unwrap_or_else(|e| panic!("request {i}: body {e}"));
+            assert!(
+                local
+                    .header("retry-after")
+                    .is_some_and(|v| v.parse::<u64>().is_ok()),
+                "request {i}"
+            );
+            let body: serde_json::Value = serde_json::from_slice(&local.body)
+                .unwrap_or_else(|e| panic!("request {i}: body {e}"));
             assert_eq!(body["error"], "no_eligible_stack", "request {i}");
-            assert!(ex.set_cookies().is_empty(), "request {i}: cookie on a local reply");
+            assert!(
+                ex.set_cookies().is_empty(),
+                "request {i}: cookie on a local reply"
+            );
         }
         other => panic!("request {i}: neither a decision nor a local reply: {other:?}"),
     }
@@ -186,9 +267,19 @@ fn check(i: usize, ex: &switchyard_proxy_host::Exchange, eu: bool) {
 
 #[test]
 fn a_hundred_thousand_generated_requests_never_trap_and_keep_the_invariants() {
-    let seed: u64 = std::env::var("SWITCHYARD_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5717_c4ad_0001);
-    let n: usize = std::env::var("SWITCHYARD_FUZZ_REQUESTS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let mut sy = Switchyard::builder().workers(2).log_capacity(2_000).build().unwrap();
+    let seed: u64 = std::env::var("SWITCHYARD_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5717_c4ad_0001);
+    let n: usize = std::env::var("SWITCHYARD_FUZZ_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let mut sy = Switchyard::builder()
+        .workers(2)
+        .log_capacity(2_000)
+        .build()
+        .unwrap();
     let mut rng = Rng(seed | 1);
     let mut cookies: Vec<String> = Vec::new();
     let mut locals = 0;
@@ -201,7 +292,11 @@ fn a_hundred_thousand_generated_requests_never_trap_and_keep_the_invariants() {
         }
         // Outages: now and then one stack fails everything for a while.
         if i % 4_000 == 0 {
-            outage = if rng.chance(70) { Some(rng.pick(STACKS)) } else { None };
+            outage = if rng.chance(70) {
+                Some(rng.pick(STACKS))
+            } else {
+                None
+            };
         }
         if let (Some(bad), true) = (outage, i % 4_000 < 1_500) {
             req = req.upstream(switchyard_proxy_host::fixture::stacks_failing(&[bad], 503));
@@ -232,7 +327,10 @@ fn a_hundred_thousand_generated_requests_never_trap_and_keep_the_invariants() {
     let elapsed = started.elapsed();
     assert!(sy.host_errors().is_empty(), "{:?}", sy.host_errors());
     sy.advance(Duration::from_secs(1)).unwrap();
-    let routed: i64 = STACKS.iter().map(|s| sy.metric(&format!("switchyard.stack.{s}.rq_total"))).sum();
+    let routed: i64 = STACKS
+        .iter()
+        .map(|s| sy.metric(&format!("switchyard.stack.{s}.rq_total")))
+        .sum();
     assert_eq!(routed as usize + locals, n, "every request counted once");
     eprintln!(
         "{n} requests in {:.1}s ({:.0}/s), {locals} local replies, seed {seed}",

@@ -20,8 +20,19 @@ const POLICY: &str = r#"{"name": "from-control", "stacks": [
   "default": {"targets": [{"stack": "blue"}, {"stack": "green"}]}, "debug_header": true}"#;
 
 fn snapshot(version: u64, blue: u32, green: u32) -> Vec<u8> {
-    let stack = |name: &str, w: u32| StackState { name: name.into(), weight_percent: w, healthy: true, reason: String::new(), draining: false };
-    Snapshot { version, policy_json: POLICY.into(), stacks: vec![stack("blue", blue), stack("green", green)] }.encode()
+    let stack = |name: &str, w: u32| StackState {
+        name: name.into(),
+        weight_percent: w,
+        healthy: true,
+        reason: String::new(),
+        draining: false,
+    };
+    Snapshot {
+        version,
+        policy_json: POLICY.into(),
+        stacks: vec![stack("blue", blue), stack("green", green)],
+    }
+    .encode()
 }
 
 /// A control plane that answers every new Watch with snapshot `version` (blue 0, green 100).
@@ -30,7 +41,10 @@ fn control_plane(version: u64) -> ScriptedPeer {
         StreamEvent::Message(m) => {
             let req = WatchRequest::decode(m).expect("WatchRequest");
             if req.ack_version == 0 {
-                vec![Reply::InitialMetadata(vec![]), Reply::Message(snapshot(version, 0, 100))]
+                vec![
+                    Reply::InitialMetadata(vec![]),
+                    Reply::Message(snapshot(version, 0, 100)),
+                ]
             } else {
                 vec![]
             }
@@ -40,27 +54,58 @@ fn control_plane(version: u64) -> ScriptedPeer {
 }
 
 fn stacks_of(sy: &mut Switchyard, worker: usize, n: usize) -> Vec<String> {
-    (0..n).map(|_| sy.send_on(worker, Request::get("/")).unwrap().stack().unwrap().to_string()).collect()
+    (0..n)
+        .map(|_| {
+            sy.send_on(worker, Request::get("/"))
+                .unwrap()
+                .stack()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
 }
 
 #[test]
 fn a_snapshot_reaches_every_worker_and_is_acked() {
     let peer = control_plane(7);
     let handle = peer.handle();
-    let mut sy = Switchyard::builder().singleton(control_config("control", "n1")).workers(3).grpc_peer(peer).build().unwrap();
-    assert!(sy.singleton_logs().contains("applied snapshot version 7"), "{}", sy.singleton_logs());
+    let mut sy = Switchyard::builder()
+        .singleton(control_config("control", "n1"))
+        .workers(3)
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
+    assert!(
+        sy.singleton_logs().contains("applied snapshot version 7"),
+        "{}",
+        sy.singleton_logs()
+    );
     for w in 0..3 {
-        assert!(stacks_of(&mut sy, w, 6).iter().all(|s| s == "green"), "worker {w} ignores snapshot 7");
+        assert!(
+            stacks_of(&mut sy, w, 6).iter().all(|s| s == "green"),
+            "worker {w} ignores snapshot 7"
+        );
     }
-    let acks: Vec<u64> = handle.messages(WATCH).iter().map(|(_, m)| WatchRequest::decode(m).unwrap().ack_version).collect();
+    let acks: Vec<u64> = handle
+        .messages(WATCH)
+        .iter()
+        .map(|(_, m)| WatchRequest::decode(m).unwrap().ack_version)
+        .collect();
     assert_eq!(acks, vec![0, 7]);
     // A newer snapshot pushed on the open stream: every worker follows.
     assert_eq!(handle.push(WATCH, Reply::Message(snapshot(8, 100, 0))), 1);
     sy.process.flush().unwrap();
     for w in 0..3 {
-        assert!(stacks_of(&mut sy, w, 6).iter().all(|s| s == "blue"), "worker {w} ignores snapshot 8");
+        assert!(
+            stacks_of(&mut sy, w, 6).iter().all(|s| s == "blue"),
+            "worker {w} ignores snapshot 8"
+        );
     }
-    let (v, _) = sy.process.shared().shared_data("switchyard", "switchyard.snapshot.version").unwrap();
+    let (v, _) = sy
+        .process
+        .shared()
+        .shared_data("switchyard", "switchyard.snapshot.version")
+        .unwrap();
     assert_eq!(v, 8u64.to_le_bytes());
     assert_eq!(sy.metric("switchyard.control.applied_version"), 8);
     assert!(sy.host_errors().is_empty());
@@ -70,8 +115,17 @@ fn a_snapshot_reaches_every_worker_and_is_acked() {
 fn an_invalid_snapshot_is_rejected_and_the_last_good_one_kept() {
     let peer = control_plane(3);
     let handle = peer.handle();
-    let mut sy = Switchyard::builder().singleton(control_config("control", "n1")).grpc_peer(peer).build().unwrap();
-    let bad = Snapshot { version: 4, policy_json: "{\"stacks\": []}".into(), stacks: vec![] }.encode();
+    let mut sy = Switchyard::builder()
+        .singleton(control_config("control", "n1"))
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
+    let bad = Snapshot {
+        version: 4,
+        policy_json: "{\"stacks\": []}".into(),
+        stacks: vec![],
+    }
+    .encode();
     handle.push(WATCH, Reply::Message(bad));
     handle.push(WATCH, Reply::Message(b"\xff\xff\xff garbage".to_vec()));
     sy.process.flush().unwrap();
@@ -83,17 +137,34 @@ fn an_invalid_snapshot_is_rejected_and_the_last_good_one_kept() {
 fn fail_static_when_the_control_service_goes_away() {
     let peer = control_plane(5);
     let handle = peer.handle();
-    let mut sy = Switchyard::builder().singleton(control_config("control", "n1")).workers(2).grpc_peer(peer).build().unwrap();
+    let mut sy = Switchyard::builder()
+        .singleton(control_config("control", "n1"))
+        .workers(2)
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
     handle.push(WATCH, Reply::Close(14, "control service restarting".into()));
     sy.process.flush().unwrap();
-    assert!(sy.singleton_logs().contains("Watch stream closed (grpc status 14); serving version 5"), "{}", sy.singleton_logs());
+    assert!(
+        sy.singleton_logs()
+            .contains("Watch stream closed (grpc status 14); serving version 5"),
+        "{}",
+        sy.singleton_logs()
+    );
     assert_eq!(sy.metric("switchyard.control.connected"), 0);
     for w in 0..2 {
-        assert!(stacks_of(&mut sy, w, 4).iter().all(|s| s == "green"), "worker {w} lost the last good snapshot");
+        assert!(
+            stacks_of(&mut sy, w, 4).iter().all(|s| s == "green"),
+            "worker {w} lost the last good snapshot"
+        );
     }
     // It comes back: the reconnect asks for more than version 5.
     sy.advance(Duration::from_secs(1)).unwrap();
-    let hellos: Vec<WatchRequest> = handle.messages(WATCH).iter().map(|(_, m)| WatchRequest::decode(m).unwrap()).collect();
+    let hellos: Vec<WatchRequest> = handle
+        .messages(WATCH)
+        .iter()
+        .map(|(_, m)| WatchRequest::decode(m).unwrap())
+        .collect();
     let last = hellos.iter().rev().find(|h| h.ack_version == 0).unwrap();
     assert_eq!(last.last_applied_version, 5);
 }
@@ -104,7 +175,11 @@ fn reconnect_backoff_is_jittered_exponential_on_virtual_time() {
     // each delay drawn in [backoff/2, backoff], seen through 100 ms ticks.
     let peer = ScriptedPeer::new();
     let handle = peer.handle();
-    let mut sy = Switchyard::builder().singleton(control_config("control", "n1")).grpc_peer(peer).build().unwrap();
+    let mut sy = Switchyard::builder()
+        .singleton(control_config("control", "n1"))
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
     let singleton = sy.singleton.unwrap();
     let mut delays = Vec::new();
     for _ in 0..7 {
@@ -121,10 +196,21 @@ fn reconnect_backoff_is_jittered_exponential_on_virtual_time() {
     }
     let bounds = [250u64, 500, 1000, 2000, 4000, 5000, 5000];
     for (d, b) in delays.iter().zip(bounds) {
-        assert!(*d >= b / 2 && *d <= b + 100, "delays {delays:?}: {d} outside [{}, {}]", b / 2, b + 100);
+        assert!(
+            *d >= b / 2 && *d <= b + 100,
+            "delays {delays:?}: {d} outside [{}, {}]",
+            b / 2,
+            b + 100
+        );
     }
     assert_eq!(sy.metric("switchyard.control.reconnects"), 7);
-    let opens = sy.process.vm(singleton).grpc_history().iter().filter(|e| matches!(e, GrpcOutbound::StreamOpened { .. })).count();
+    let opens = sy
+        .process
+        .vm(singleton)
+        .grpc_history()
+        .iter()
+        .filter(|e| matches!(e, GrpcOutbound::StreamOpened { .. }))
+        .count();
     assert_eq!(opens, 8);
 }
 
@@ -133,32 +219,59 @@ fn telemetry_goes_through_the_shared_queue_into_report_calls() {
     let batches: Arc<Mutex<Vec<TelemetryBatch>>> = Arc::default();
     let seen = batches.clone();
     let peer = control_plane(1).unary(REPORT, move |_, _, msg| {
-        seen.lock().unwrap().push(TelemetryBatch::decode(msg).map_err(|e| (3, e.to_string()))?);
+        seen.lock()
+            .unwrap()
+            .push(TelemetryBatch::decode(msg).map_err(|e| (3, e.to_string()))?);
         Ok(Vec::new())
     });
-    let mut sy = Switchyard::builder().singleton(control_config("control", "n1")).workers(3).grpc_peer(peer).build().unwrap();
+    let mut sy = Switchyard::builder()
+        .singleton(control_config("control", "n1"))
+        .workers(3)
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
     for i in 0..30 {
         sy.send_on(i % 3, Request::get("/")).unwrap();
     }
     sy.advance(Duration::from_secs(3)).unwrap();
     let batches = batches.lock().unwrap();
-    assert!(!batches.is_empty(), "no Report call; singleton logs:\n{}", sy.singleton_logs());
+    assert!(
+        !batches.is_empty(),
+        "no Report call; singleton logs:\n{}",
+        sy.singleton_logs()
+    );
     assert!(batches.iter().all(|b| b.node_id == "n1"));
-    let requests: u64 = batches.iter().flat_map(|b| &b.stacks).map(|s| s.requests).sum();
+    let requests: u64 = batches
+        .iter()
+        .flat_map(|b| &b.stacks)
+        .map(|s| s.requests)
+        .sum();
     assert_eq!(requests, 30);
-    let green: u64 = batches.iter().flat_map(|b| &b.stacks).filter(|s| s.stack == "green").map(|s| s.requests).sum();
+    let green: u64 = batches
+        .iter()
+        .flat_map(|b| &b.stacks)
+        .filter(|s| s.stack == "green")
+        .map(|s| s.requests)
+        .sum();
     assert_eq!(green, 30);
     assert!(sy.metric("switchyard.control.reports_sent") >= 1);
 }
 
 #[test]
 fn singleton_against_the_real_control_service() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = switchyard_control::config::ServeConfig::ephemeral(dir.path());
-    cfg.bootstrap_policy = Some(switchyard_proxy_host::build::workspace_root().join("examples/policies/demo.json"));
+    cfg.bootstrap_policy =
+        Some(switchyard_proxy_host::build::workspace_root().join("examples/policies/demo.json"));
     cfg.http = None;
-    let server = rt.block_on(switchyard_control::server::start(cfg)).expect("control service starts");
+    let server = rt
+        .block_on(switchyard_control::server::start(cfg))
+        .expect("control service starts");
     let bridge = TonicBridge::new(rt.handle().clone()).cluster("control", &server.grpc_url());
     let mut sy = Switchyard::builder()
         .policy(POLICY)
@@ -169,17 +282,31 @@ fn singleton_against_the_real_control_service() {
         .unwrap();
     let applied = sy
         .process
-        .flush_until(Duration::from_secs(20), |p| p.shared().metric("switchyard.control.applied_version").is_some_and(|m| m.value > 0))
+        .flush_until(Duration::from_secs(20), |p| {
+            p.shared()
+                .metric("switchyard.control.applied_version")
+                .is_some_and(|m| m.value > 0)
+        })
         .unwrap();
-    assert!(applied, "no snapshot from the control service:\n{}", sy.singleton_logs());
+    assert!(
+        applied,
+        "no snapshot from the control service:\n{}",
+        sy.singleton_logs()
+    );
     // The workers now route with the control service's policy (demo), not their own.
-    let ex = sy.send_on(1, Request::get("/").header("x-geo-country", "DE")).unwrap();
+    let ex = sy
+        .send_on(1, Request::get("/").header("x-geo-country", "DE"))
+        .unwrap();
     assert_eq!(ex.stack(), Some("eu"), "{:?}", ex.decision());
     // Telemetry reaches the service's Report.
     sy.advance(Duration::from_secs(2)).unwrap();
     let reported = sy
         .process
-        .flush_until(Duration::from_secs(20), |p| p.shared().metric("switchyard.control.reports_sent").is_some_and(|m| m.value > 0))
+        .flush_until(Duration::from_secs(20), |p| {
+            p.shared()
+                .metric("switchyard.control.reports_sent")
+                .is_some_and(|m| m.value > 0)
+        })
         .unwrap();
     assert!(reported, "{}", sy.singleton_logs());
     rt.block_on(server.shutdown());
@@ -189,20 +316,42 @@ fn singleton_against_the_real_control_service() {
 fn control_plane_weights_and_draining_shape_the_split() {
     let peer = control_plane(1);
     let handle = peer.handle();
-    let mut sy = Switchyard::builder().singleton(control_config("control", "n1")).grpc_peer(peer).build().unwrap();
+    let mut sy = Switchyard::builder()
+        .singleton(control_config("control", "n1"))
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
     handle.push(WATCH, Reply::Message(snapshot(2, 25, 75)));
     sy.process.flush().unwrap();
-    let blue = stacks_of(&mut sy, 0, 100).iter().filter(|s| *s == "blue").count();
+    let blue = stacks_of(&mut sy, 0, 100)
+        .iter()
+        .filter(|s| *s == "blue")
+        .count();
     assert!((20..=30).contains(&blue), "blue got {blue} of 100 at 25%");
     let drain = Snapshot {
         version: 3,
         policy_json: POLICY.into(),
         stacks: vec![
-            StackState { name: "blue".into(), weight_percent: 100, healthy: true, reason: String::new(), draining: true },
-            StackState { name: "green".into(), weight_percent: 100, healthy: true, reason: String::new(), draining: false },
+            StackState {
+                name: "blue".into(),
+                weight_percent: 100,
+                healthy: true,
+                reason: String::new(),
+                draining: true,
+            },
+            StackState {
+                name: "green".into(),
+                weight_percent: 100,
+                healthy: true,
+                reason: String::new(),
+                draining: false,
+            },
         ],
     };
     handle.push(WATCH, Reply::Message(drain.encode()));
     sy.process.flush().unwrap();
-    assert!(stacks_of(&mut sy, 0, 20).iter().all(|s| s == "green"), "a draining stack took new traffic");
+    assert!(
+        stacks_of(&mut sy, 0, 20).iter().all(|s| s == "green"),
+        "a draining stack took new traffic"
+    );
 }

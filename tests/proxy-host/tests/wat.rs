@@ -87,7 +87,10 @@ fn a_malformed_pairs_buffer_is_an_error_not_a_read_past_its_end() {
     let vm = p.spawn(VmSpec::new(m)).unwrap();
     let ex = p.send(vm, Request::get("/x")).unwrap();
     assert_eq!(ex.upstream_header(":path"), Some("/x"));
-    assert_eq!(p.vm(vm).host_errors(), ["proxy_set_header_map_pairs: pairs key runs past the buffer"]);
+    assert_eq!(
+        p.vm(vm).host_errors(),
+        ["proxy_set_header_map_pairs: pairs key runs past the buffer"]
+    );
 }
 
 #[test]
@@ -120,7 +123,9 @@ fn a_guest_stuck_in_a_loop_is_trapped_not_hung() {
     )
     .unwrap();
     let mut p = Process::new();
-    let vm = p.spawn(VmSpec::new(m).callback_deadline(std::time::Duration::from_millis(300))).unwrap();
+    let vm = p
+        .spawn(VmSpec::new(m).callback_deadline(std::time::Duration::from_millis(300)))
+        .unwrap();
     let started = std::time::Instant::now();
     let err = p.send(vm, Request::get("/")).unwrap_err();
     assert!(err.is_trap(), "{err}");

@@ -42,9 +42,16 @@ fn main() -> ExitCode {
     guest_args.extend(args);
     // Only what a test binary needs from the environment.
     let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("RUST_") || k.starts_with("PROPTEST_") || k.starts_with("SWITCHYARD_"))
+        .filter(|(k, _)| {
+            k.starts_with("RUST_") || k.starts_with("PROPTEST_") || k.starts_with("SWITCHYARD_")
+        })
         .collect();
-    let mut store = Store::new(engine(), Runner { wasi: WasiState::real(guest_args, env) });
+    let mut store = Store::new(
+        engine(),
+        Runner {
+            wasi: WasiState::real(guest_args, env),
+        },
+    );
     // The engine interrupts on epochs; a test binary may run as long as it needs.
     store.set_epoch_deadline(u64::MAX / 2);
     let mut linker: Linker<Runner> = Linker::new(engine());
@@ -57,15 +64,21 @@ fn main() -> ExitCode {
         if linker.get_by_import(&mut store, &import).is_some() {
             continue;
         }
-        let ExternType::Func(ty) = import.ty() else { continue };
-        let errno_shaped = m == "wasi_snapshot_preview1" && ty.results().len() == 1 && matches!(ty.results().next(), Some(ValType::I32));
+        let ExternType::Func(ty) = import.ty() else {
+            continue;
+        };
+        let errno_shaped = m == "wasi_snapshot_preview1"
+            && ty.results().len() == 1
+            && matches!(ty.results().next(), Some(ValType::I32));
         let label = format!("{m}::{name}");
         let r = linker.func_new(&m, &name, ty.clone(), move |_, _, results| {
             if errno_shaped {
                 results[0] = Val::I32(ENOSYS);
                 Ok(())
             } else {
-                Err(wasmtime::Error::msg(format!("import {label} is not provided by wasm32-runner")))
+                Err(wasmtime::Error::msg(format!(
+                    "import {label} is not provided by wasm32-runner"
+                )))
             }
         });
         if let Err(e) = r {
