@@ -90,6 +90,9 @@ for port in "$BENCH_PORT" "$BENCH_ADMIN_PORT" "$BENCH_UP_ADMIN_PORT" $(seq "$BEN
   fi
 done
 
+# Revision measured (taken before building; others may commit during a long run).
+src_rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- filter/src bench 2>/dev/null || echo ' (filter/src or bench modified in the work tree)')"
+[ "${BENCH_SKIP_BUILD:-0}" = 1 ] && src_rev="$src_rev (BENCH_SKIP_BUILD=1: .wasm files as found in target/)"
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   # The filter as it ships: `make wasm` (cargo, then wasm-opt when available).
   log "building the wasm filters (make wasm; cargo build -p switchyard-bench-trivial)"
@@ -223,7 +226,7 @@ done
   echo "Data-plane benchmark, $(date -u +'%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
   echo "Envoy $("$ENVOY" --version | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p') --concurrency 1 on core $ENVOY_CORE; wrk -t1 -c$CONNS and the upstream on core $LOAD_CORE"
   echo "rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s, variants interleaved: $VARIANTS"
-  echo "source: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- filter/src bench 2>/dev/null || echo ' (filter/src or bench modified in the work tree)')"
+  echo "source: $src_rev"
   echo
   python3 bench/report.py "$results" "$GOAL"
   echo
