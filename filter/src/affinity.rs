@@ -173,10 +173,15 @@ fn b64url_decode(s: &str, out: &mut [u8]) -> bool {
     let mut bits = 0;
     let mut pos = 0;
     for c in s.bytes() {
-        let Some(v) = B64.iter().position(|&x| x == c) else {
-            return false;
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return false,
         };
-        acc = (acc << 6) | v as u32;
+        acc = (acc << 6) | u32::from(v);
         bits += 6;
         if bits >= 8 {
             bits -= 8;

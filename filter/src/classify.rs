@@ -165,15 +165,15 @@ pub fn classify<'a>(policy: &Policy, req: &Request<'a>) -> Attributes<'a> {
         region = req.source.and_then(|ip| c.cidrs.lookup(ip));
     }
 
-    // Channel: first definition that matches.
-    let ua_lower = user_agent.to_ascii_lowercase();
+    // Channel: first definition that matches (user agents compared lower-case).
+    let ua_lower = String::from_utf8_lossy(user_agent).to_ascii_lowercase();
     let channel = c
         .channels
         .iter()
         .find(|ch| {
             ch.path_prefixes.iter().any(|p| path.starts_with(p.as_bytes()))
                 || ch.headers.iter().any(|h| req.header(h) != Found::Absent)
-                || ch.user_agent_contains.iter().any(|s| contains(&ua_lower, s.as_bytes()))
+                || ch.user_agent_contains.iter().any(|s| ua_lower.contains(s.as_str()))
         })
         .map_or(c.default_channel, |ch| ch.id);
 
@@ -210,6 +210,3 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end.max(start)]
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}

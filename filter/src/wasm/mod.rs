@@ -328,7 +328,14 @@ impl Flow {
                 }
             }
         }
-        let source = if shared.router.policy().classify.cidrs.is_empty() && !uses_client_ip(shared.router.policy()) {
+        let policy = shared.router.policy();
+        let geo_header_present = policy
+            .classify
+            .geo_header
+            .as_deref()
+            .is_some_and(|h| pairs.iter().any(|(n, _)| *n == h.as_bytes()));
+        let needs_source = uses_client_ip(policy) || (!policy.classify.cidrs.is_empty() && !geo_header_present);
+        let source = if !needs_source {
             None
         } else {
             hostcalls::get_property(vec!["source", "address"])
@@ -444,16 +451,16 @@ impl HttpContext for Flow {
         if self.responded {
             return;
         }
-        // The stream ended without response headers: a reset or a timeout of the upstream.
+        // The stream ended without response headers. Upstream failures (connect failure,
+        // reset, timeout) reach `on_http_response_headers` as Envoy's local 503/504, so
+        // what ends here is almost always the client going away: count it, but never
+        // against the stack's circuit breaker (five cancelled requests must not open it).
         let (Some(shared), Some(stack)) = (self.shared.clone(), self.stack) else {
             return;
         };
         let mut guard = shared.borrow_mut();
         let s = &mut *guard;
         if self.same_policy(s) {
-            if let Some(state) = s.router.record(stack, None, now_ms()) {
-                s.metrics.breaker_state(stack, state);
-            }
             s.metrics.response(stack, None, 0);
         }
     }

@@ -169,30 +169,13 @@ impl Envoy {
         Envoy::start_with_keys(policy_json, stack_ports, concurrency, TEST_KEYS)
     }
 
-    /// [`Envoy::start`] with the given cookie keys (conformance scenarios carry their own).
+    /// [`Envoy::start`] with the given cookie keys.
     pub fn start_with_keys(policy_json: &str, stack_ports: &HashMap<&str, u16>, concurrency: u32, keys: &str) -> Envoy {
-        Envoy::start_with(policy_json, stack_ports, concurrency, keys, false)
-    }
-
-    /// Full control: `filter_only` drops the identity layer in front of the filter (early
-    /// header mutation, jwt_authn and the `internal_only_headers` entries, which all strip
-    /// client-set claim headers), so the filter sees requests as a scenario writes them.
-    pub fn start_with(policy_json: &str, stack_ports: &HashMap<&str, u16>, concurrency: u32, keys: &str, filter_only: bool) -> Envoy {
         let dir = TempDir::new("envoy");
         let port = free_port();
         let admin = free_port();
         let config = dir.0.join("envoy.yaml");
-        let mut text = render_config(policy_json, port, admin, stack_ports);
-        if filter_only {
-            let start = text.find("          early_header_mutation_extensions:").unwrap();
-            let end = text.find("          http_filters:").unwrap();
-            text.replace_range(start..end, "");
-            let start = text.find("          - name: envoy.filters.http.jwt_authn").unwrap();
-            let end = text.find("          - name: envoy.filters.http.wasm").unwrap();
-            text.replace_range(start..end, "");
-            text = text.replace(", x-jwt-cohort, x-jwt-sub]", "]");
-        }
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, render_config(policy_json, port, admin, stack_ports)).unwrap();
         let log = std::fs::File::create(dir.0.join("envoy.log")).unwrap();
         let child = Command::new(envoy_bin())
             .args(["-c", config.to_str().unwrap(), "--concurrency", &concurrency.to_string()])
@@ -533,74 +516,4 @@ pub fn wait_routing(port: u16, allowed: &[&str], timeout: Duration) -> Option<Du
     None
 }
 
-/// A minimal upstream for conformance runs: answers every request with the status it is
-/// told, names itself in `x-served-by`, and counts what it received.
-pub struct FakeStack {
-    pub name: String,
-    pub port: u16,
-    pub status: Arc<AtomicU16>,
-    pub received: Arc<AtomicUsize>,
-}
-
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::Arc;
-
-impl FakeStack {
-    pub fn start(name: &str) -> FakeStack {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let status = Arc::new(AtomicU16::new(200));
-        let received = Arc::new(AtomicUsize::new(0));
-        let (st, rc, nm) = (Arc::clone(&status), Arc::clone(&received), name.to_string());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (st, rc, nm) = (Arc::clone(&st), Arc::clone(&rc), nm.clone());
-                std::thread::spawn(move || serve_fake(conn, &nm, &st, &rc));
-            }
-        });
-        FakeStack { name: name.to_string(), port, status, received }
-    }
-}
-
-fn serve_fake(conn: TcpStream, name: &str, status: &AtomicU16, received: &AtomicUsize) {
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut content_length = 0usize;
-        let mut first = true;
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                if first {
-                    continue;
-                }
-                break;
-            }
-            first = false;
-            if let Some((n, v)) = l.split_once(':') {
-                if n.trim().eq_ignore_ascii_case("content-length") {
-                    content_length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; content_length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        received.fetch_add(1, Ordering::SeqCst);
-        let code = status.load(Ordering::SeqCst);
-        let payload = format!("{{\"stack\":\"{name}\"}}");
-        let resp = format!(
-            "HTTP/1.1 {code} X\r\nx-served-by: {name}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{payload}",
-            payload.len()
-        );
-        if reader.get_mut().write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
 
