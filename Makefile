@@ -70,12 +70,19 @@ test: setup wasm
 	$(CARGO) test -p switchyard-e2e -- --test-threads 1
 
 ## ---- bench ---------------------------------------------------------------
-bench: setup build
+# Load generator for the benchmarks (Debian package).
+$(TOOLS)/.wrk:
+	@mkdir -p $(TOOLS)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@touch $@
+
+bench: setup build $(TOOLS)/.wrk
 	$(CARGO) bench -p switchyard-filter
 	bench/run.sh
 	$(CARGO) run --release -p switchyard-e2e --example control_bench
 	$(CARGO) build --release -p switchyard-control --bins --examples
 	taskset -c 1 target/release/examples/watch_load --streams 1000 --rounds 20 --server-cpu 0
+	taskset -c 1 $(CARGO) bench -p switchyard-proxy-host --bench throughput
 
 fmt:
 	$(CARGO) fmt --all

@@ -16,6 +16,10 @@ use crate::policy::{Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome};
 
 const NO_METRIC: u32 = u32::MAX;
+/// One response in this many has its latency recorded. Envoy's own per-cluster
+/// `upstream_rq_time` keeps every sample; this histogram is the per-stack view at a
+/// fraction of the host calls.
+pub const LATENCY_SAMPLE: u64 = 8;
 
 /// Per-stack counters, in this order.
 #[derive(Clone, Copy)]
@@ -76,6 +80,7 @@ pub struct Metrics {
     telemetry: Vec<StackTelemetry>,
     /// Telemetry batches that could not be queued (reported with the next one).
     telemetry_dropped: u64,
+    responses: u64,
 }
 
 fn define(kind: MetricType, name: &str) -> u32 {
@@ -117,6 +122,7 @@ impl Metrics {
         Self {
             telemetry,
             telemetry_dropped: 0,
+            responses: 0,
             counter_ids,
             pending,
             stacks: policy.stacks.len(),
@@ -187,8 +193,15 @@ impl Metrics {
         }
     }
 
-    /// Count a response from a stack (`None`: the stream ended without one).
-    pub fn response(&mut self, id: StackId, status: Option<u32>, latency_ms: u64) {
+    /// Whether this response's latency is sampled.
+    pub fn sample_latency(&mut self) -> bool {
+        self.responses = self.responses.wrapping_add(1);
+        self.responses % LATENCY_SAMPLE == 0
+    }
+
+    /// Count a response from a stack (`None`: the stream ended without one), with its
+    /// latency when sampled.
+    pub fn response(&mut self, id: StackId, status: Option<u32>, latency_ms: Option<u64>) {
         self.stack(id, StackCounter::Requests);
         let class = match status {
             Some(200..=299) => StackCounter::Status2xx,
@@ -206,13 +219,12 @@ impl Metrics {
                 Some(500..) | None => t.status_5xx += 1,
                 _ => {}
             }
-            t.latency_ms_sum += latency_ms;
+            // Unbiased estimate of the window's latency sum from the samples.
+            t.latency_ms_sum += latency_ms.unwrap_or(0) * LATENCY_SAMPLE;
         }
-        if status.is_some() {
-            if let Some(&h) = self.latency.get(id) {
-                if h != NO_METRIC {
-                    let _ = hostcalls::record_metric(h, latency_ms);
-                }
+        if let (Some(ms), Some(&h)) = (latency_ms, self.latency.get(id)) {
+            if h != NO_METRIC {
+                let _ = hostcalls::record_metric(h, ms);
             }
         }
     }

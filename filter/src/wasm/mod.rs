@@ -433,16 +433,20 @@ impl HttpContext for Flow {
             .ok()
             .flatten()
             .and_then(|s| s.parse::<u32>().ok());
-        let now = now_ms();
         let mut guard = shared.borrow_mut();
         let s = &mut *guard;
+        // Host calls are the filter's main cost: the clock is read again only for failures
+        // (the breaker needs the real time to open) and for the sampled latency.
+        let sampled = s.metrics.sample_latency();
+        let failed = status.is_none_or(|c| c >= 500);
+        let now = if sampled || failed { now_ms() } else { self.started_ms };
         if self.same_policy(s) {
             if let Some(state) = s.router.record(stack, status, now) {
                 let name = s.router.policy().stacks.get(stack).map_or("?", |st| st.name.as_str());
                 warn!("circuit breaker of stack '{name}' is now {state:?}");
                 s.metrics.breaker_state(stack, state);
             }
-            s.metrics.response(stack, status, now.saturating_sub(self.started_ms));
+            s.metrics.response(stack, status, sampled.then(|| now.saturating_sub(self.started_ms)));
         }
         Action::Continue
     }
@@ -461,7 +465,7 @@ impl HttpContext for Flow {
         let mut guard = shared.borrow_mut();
         let s = &mut *guard;
         if self.same_policy(s) {
-            s.metrics.response(stack, None, 0);
+            s.metrics.response(stack, None, None);
         }
     }
 }
