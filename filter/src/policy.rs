@@ -494,6 +494,9 @@ pub struct Policy {
     pub debug_header: bool,
     /// Whether any rule has a time condition (skip calendar maths otherwise).
     pub uses_time: bool,
+    /// Whether a user key or hash key is the client address (then `source.address` is
+    /// always needed, not only for CIDR tables).
+    pub uses_client_ip: bool,
     stack_index: HashMap<String, StackId>,
 }
 
@@ -944,6 +947,8 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     if !ctx.errors.is_empty() {
         return Err(Invalid { errors: ctx.errors });
     }
+    let uses_client_ip = c.user_key.contains(&KeyDoc::ClientIp)
+        || rules.iter().any(|(_, r)| matches!(&r.route.balance, Balance::Hash { key: HashKeyDoc::ClientIp, .. }));
     Ok(Validated {
         policy: Policy {
             name: doc.name.clone(),
@@ -970,6 +975,7 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
             rules: rules.into_iter().map(|(_, r)| r).collect(),
             debug_header: doc.debug_header,
             uses_time,
+            uses_client_ip,
             stack_index,
         },
         warnings: ctx.warnings,

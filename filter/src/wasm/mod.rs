@@ -334,7 +334,7 @@ impl Flow {
             .geo_header
             .as_deref()
             .is_some_and(|h| pairs.iter().any(|(n, _)| *n == h.as_bytes()));
-        let needs_source = uses_client_ip(policy) || (!policy.classify.cidrs.is_empty() && !geo_header_present);
+        let needs_source = policy.uses_client_ip || (!policy.classify.cidrs.is_empty() && !geo_header_present);
         let source = if !needs_source {
             None
         } else {
@@ -363,11 +363,6 @@ fn vm_id() -> String {
         .unwrap_or_else(|| "switchyard".into())
 }
 
-fn uses_client_ip(p: &Policy) -> bool {
-    use crate::policy::{Balance, HashKeyDoc, KeyDoc};
-    p.classify.user_key.contains(&KeyDoc::ClientIp)
-        || p.rules.iter().any(|r| matches!(&r.route.balance, Balance::Hash { key: HashKeyDoc::ClientIp, .. }))
-}
 
 impl HttpContext for Flow {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
