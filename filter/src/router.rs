@@ -3,6 +3,7 @@
 //! by the control plane, the local circuit breakers and the round-robin state. Never
 //! panics and always decides: a stack, or the route's documented local reply.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::affinity::{set_cookie_header, Keyring, Verdict};
@@ -99,6 +100,24 @@ pub struct Router {
     /// Round-robin state per rule: (targets, fallback).
     swrr: Vec<(Swrr, Swrr)>,
     keys: Option<Keyring>,
+    /// Cookies this worker already verified, so a returning user's next requests skip
+    /// the HMAC. Only authentic cookies of the current epoch enter, keyed by the whole
+    /// value (a forgery can never hit); bounded, cleared when full; dropped with the
+    /// router on a policy change (stack ids are per policy).
+    verified: HashMap<Vec<u8>, (StackId, u64)>,
+}
+
+/// Most cookies remembered per worker.
+const VERIFIED_CAP: usize = 4096;
+
+/// Outcome of checking an affinity cookie against this router's policy.
+enum CookieCheck {
+    Valid(StackId, u64),
+    Forged,
+    Expired,
+    Stale,
+    /// Authentic but naming a stack this policy does not have.
+    Unknown,
 }
 
 impl Router {
@@ -120,6 +139,7 @@ impl Router {
             swrr,
             keys,
             policy,
+            verified: HashMap::new(),
         }
     }
 
@@ -252,19 +272,20 @@ impl Router {
         let now_s = req.now_ms / 1000;
         let mut affinity = AffinityEvent::Off;
         let mut sticky: Option<(StackId, u64)> = None;
-        if let (Some(_), Some(keys)) = (route.affinity_ttl_s, &self.keys) {
+        if route.affinity_ttl_s.is_some() && self.keys.is_some() {
             affinity = AffinityEvent::Miss;
             match req.cookie(&policy.affinity.cookie) {
-                Found::One(value) => match keys.verify(value, policy.affinity.epoch, now_s) {
-                    Verdict::Valid { stack, expiry_s } => {
-                        if let Some(id) = policy.stack_id(stack).filter(|id| active & (1u64 << id) != 0) {
+                Found::One(value) => match self.check_cookie(&policy, value, now_s) {
+                    CookieCheck::Valid(id, expiry_s) => {
+                        if active & (1u64 << id) != 0 {
                             sticky = Some((id, expiry_s));
                             affinity = AffinityEvent::Hit;
                         }
                     }
-                    Verdict::Forged | Verdict::UnknownKey => affinity = AffinityEvent::Forged,
-                    Verdict::Expired => affinity = AffinityEvent::Expired,
-                    Verdict::Stale => affinity = AffinityEvent::Stale,
+                    CookieCheck::Unknown => {}
+                    CookieCheck::Forged => affinity = AffinityEvent::Forged,
+                    CookieCheck::Expired => affinity = AffinityEvent::Expired,
+                    CookieCheck::Stale => affinity = AffinityEvent::Stale,
                 },
                 Found::Repeated => {
                     hostile = true;
@@ -280,7 +301,8 @@ impl Router {
             None
         } else if in_fallback {
             let (_, fb) = &mut self.swrr[rule_index];
-            fb.pick(&route.fallback, active, factor).map(|i| (route.fallback[i].stack, How::Fallback))
+            let health = &self.health;
+            fb.pick(&route.fallback, active, |s| health.factor.get(s).copied().unwrap_or(0)).map(|i| (route.fallback[i].stack, How::Fallback))
         } else {
             self.balance(rule_index, rule, &attrs, req, active, &mut hostile)
         };
@@ -320,6 +342,34 @@ impl Router {
             set_cookie,
             affinity,
             hostile,
+        }
+    }
+
+    fn check_cookie(&mut self, policy: &Policy, value: &[u8], now_s: u64) -> CookieCheck {
+        if let Some(&(id, expiry_s)) = self.verified.get(value) {
+            if expiry_s <= now_s {
+                self.verified.remove(value);
+                return CookieCheck::Expired;
+            }
+            return CookieCheck::Valid(id, expiry_s);
+        }
+        let Some(keys) = &self.keys else {
+            return CookieCheck::Forged;
+        };
+        match keys.verify(value, policy.affinity.epoch, now_s) {
+            Verdict::Valid { stack, expiry_s } => match policy.stack_id(stack) {
+                Some(id) => {
+                    if self.verified.len() >= VERIFIED_CAP {
+                        self.verified.clear();
+                    }
+                    self.verified.insert(value.to_vec(), (id, expiry_s));
+                    CookieCheck::Valid(id, expiry_s)
+                }
+                None => CookieCheck::Unknown,
+            },
+            Verdict::Forged | Verdict::UnknownKey => CookieCheck::Forged,
+            Verdict::Expired => CookieCheck::Expired,
+            Verdict::Stale => CookieCheck::Stale,
         }
     }
 
