@@ -42,11 +42,13 @@ impl<'a> Found<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// A header by (lower-case) name.
+    /// A header by (lower-case) name. Envoy hands filters lower-case header names (HTTP/1
+    /// names are normalised, HTTP/2 requires it), and policy names are validated
+    /// lower-case, so an exact comparison is enough.
     pub fn header(&self, name: &str) -> Found<'a> {
         let mut found = Found::Absent;
         for (n, v) in self.headers {
-            if n.eq_ignore_ascii_case(name.as_bytes()) {
+            if *n == name.as_bytes() {
                 found = match found {
                     Found::Absent => Found::One(v),
                     _ => return Found::Repeated,
@@ -60,7 +62,7 @@ impl<'a> Request<'a> {
     pub fn cookie(&self, name: &str) -> Found<'a> {
         let mut found = Found::Absent;
         for (n, v) in self.headers {
-            if !n.eq_ignore_ascii_case(b"cookie") {
+            if *n != b"cookie" {
                 continue;
             }
             for (cn, cv) in cookie_pairs(v) {
@@ -166,7 +168,14 @@ pub fn classify<'a>(policy: &Policy, req: &Request<'a>) -> Attributes<'a> {
     }
 
     // Channel: first definition that matches (user agents compared lower-case).
-    let ua_lower = String::from_utf8_lossy(user_agent).to_ascii_lowercase();
+    let ua_lower = if c.channels.iter().any(|ch| !ch.user_agent_contains.is_empty()) {
+        match std::str::from_utf8(user_agent) {
+            Ok(ua) => ua.to_ascii_lowercase(),
+            Err(_) => String::from_utf8_lossy(user_agent).to_ascii_lowercase(),
+        }
+    } else {
+        String::new()
+    };
     let channel = c
         .channels
         .iter()

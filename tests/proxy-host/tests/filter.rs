@@ -555,7 +555,8 @@ fn daily_windows_and_days_of_week() {
 #[test]
 fn metrics_count_per_stack_and_record_latency() {
     let mut sy = demo();
-    for _ in 0..4 {
+    // 16 responses: the latency histogram samples 1 response in 8.
+    for _ in 0..15 {
         sy.send(Request::get("/").respond(Response::status(200)))
             .unwrap();
     }
@@ -568,17 +569,21 @@ fn metrics_count_per_stack_and_record_latency() {
     sy.advance(Duration::from_secs(1)).unwrap();
     let total =
         sy.metric("switchyard.stack.blue.rq_total") + sy.metric("switchyard.stack.green.rq_total");
-    assert_eq!(total, 5);
+    assert_eq!(total, 16);
     assert_eq!(sy.metric("switchyard.stack.green.rq_4xx"), 1);
     assert_eq!(sy.metric("switchyard.rule.partner-api.matched"), 1);
-    assert_eq!(sy.metric("switchyard.rule.default.matched"), 4);
+    assert_eq!(sy.metric("switchyard.rule.default.matched"), 15);
     let latencies = sy.histogram("switchyard.stack.blue.latency_ms").len()
         + sy.histogram("switchyard.stack.green.latency_ms").len();
-    assert_eq!(latencies, 5);
+    assert_eq!(latencies, 2, "1 response in 8 has its latency recorded");
 }
 
+/// A stream that ends without response headers is counted (`rq_reset`) but never
+/// opens the breaker: upstream failures reach the filter as Envoy's own 503/504 with
+/// headers, so what ends without any is almost always the client going away, and five
+/// cancelled requests must not take a stack out.
 #[test]
-fn an_upstream_reset_counts_against_the_stack() {
+fn a_stream_without_response_is_counted_but_does_not_open_the_breaker() {
     let mut sy = Switchyard::builder()
         .policy(two_stacks(""))
         .build()
@@ -594,8 +599,8 @@ fn an_upstream_reset_counts_against_the_stack() {
     sy.advance(Duration::from_secs(1)).unwrap();
     assert_eq!(sy.metric("switchyard.stack.blue.rq_reset"), 5);
     assert!(
-        (0..6).all(|_| sy.send(Request::get("/")).unwrap().stack() == Some("green")),
-        "resets trip the breaker too"
+        (0..6).any(|_| sy.send(Request::get("/")).unwrap().stack() == Some("blue")),
+        "client resets leave blue's breaker closed"
     );
 }
 
