@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::affinity::cookie_pairs;
 use crate::hash::{bucket, hash64};
-use crate::policy::{ChannelId, KeyDoc, Policy, RegionId};
+use crate::policy::{ChannelId, CohortId, Inputs, KeyDoc, KeySlot, Policy, RegionId};
 
 /// One request as the routing core sees it.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +114,8 @@ pub struct Attributes<'a> {
     pub country: Option<[u8; 2]>,
     pub channel: ChannelId,
     pub cohort: Option<&'a [u8]>,
+    /// The cohort's id when some rule names it.
+    pub cohort_id: Option<CohortId>,
     /// Path without the query string.
     pub path: &'a [u8],
     pub method: &'a [u8],
@@ -121,38 +123,249 @@ pub struct Attributes<'a> {
     pub user_key: Option<u64>,
     /// Percentage bucket in basis points, when there is a user key.
     pub bucket: Option<u16>,
+    /// The affinity cookie.
+    pub affinity_cookie: Found<'a>,
     /// A routing-relevant header or cookie was repeated.
     pub hostile: bool,
 }
 
-/// Classify a request under a policy.
-pub fn classify<'a>(policy: &Policy, req: &Request<'a>) -> Attributes<'a> {
-    let c = &policy.classify;
-    let mut hostile = false;
-    let mut path: &[u8] = b"/";
-    let mut method: &[u8] = b"GET";
-    let mut user_agent: &[u8] = b"";
-    for (n, v) in req.headers {
-        match *n {
-            b":path" => path = v.split(|&b| b == b'?').next().unwrap_or(v),
-            b":method" => method = v,
-            b"user-agent" => user_agent = v,
-            _ => {}
+/// Where one header or cookie the policy reads was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hit {
+    Absent,
+    /// Header index, and the value's byte range within that header's value.
+    One(usize, usize, usize),
+    Repeated,
+}
+
+impl Hit {
+    fn add(&mut self, header: usize, start: usize, end: usize) {
+        *self = match *self {
+            Hit::Absent => Hit::One(header, start, end),
+            _ => Hit::Repeated,
+        };
+    }
+
+    fn resolve<'a>(self, req: &Request<'a>) -> Found<'a> {
+        match self {
+            Hit::Absent => Found::Absent,
+            Hit::Repeated => Found::Repeated,
+            Hit::One(h, start, end) => req
+                .headers
+                .get(h)
+                .and_then(|(_, v)| v.get(start..end))
+                .map_or(Found::Absent, Found::One),
         }
     }
+}
+
+/// Result of the one pass over a request's headers: a [`Hit`] per header and cookie
+/// slot of the policy's [`Inputs`]. Kept by the router and reused, so a request costs
+/// no allocation here.
+#[derive(Debug, Default)]
+pub struct Scan {
+    headers: Vec<Hit>,
+    cookies: Vec<Hit>,
+}
+
+impl Scan {
+    /// A key from its slot; `None` if absent, empty or hostile (repeats set `hostile`).
+    pub fn key_hash(&self, slot: KeySlot, req: &Request, hostile: &mut bool) -> Option<u64> {
+        match slot {
+            KeySlot::Header(i) => hash_found(self.header(i, req), hostile),
+            KeySlot::Cookie(i) => hash_found(self.cookie(i, req), hostile),
+            KeySlot::ClientIp => req.ip_hash(),
+        }
+    }
+
+    /// The header in slot `i`.
+    pub fn header<'a>(&self, i: usize, req: &Request<'a>) -> Found<'a> {
+        self.headers.get(i).map_or(Found::Absent, |h| h.resolve(req))
+    }
+
+    /// The cookie in slot `i`.
+    pub fn cookie<'a>(&self, i: usize, req: &Request<'a>) -> Found<'a> {
+        self.cookies.get(i).map_or(Found::Absent, |h| h.resolve(req))
+    }
+
+    /// One pass over the headers: pseudo-headers and the user agent by name, the policy's
+    /// headers by slot (most names are ruled out by their length), and its cookies from
+    /// every `cookie` header. Returns (path, method, user agent).
+    fn run<'a>(&mut self, inputs: &Inputs, req: &Request<'a>) -> (&'a [u8], &'a [u8], &'a [u8]) {
+        self.headers.clear();
+        self.headers.resize(inputs.headers.len(), Hit::Absent);
+        self.cookies.clear();
+        self.cookies.resize(inputs.cookies.len(), Hit::Absent);
+        let mut path: &[u8] = b"/";
+        let mut method: &[u8] = b"GET";
+        let mut user_agent: &[u8] = b"";
+        for (i, (n, v)) in req.headers.iter().enumerate() {
+            let (n, v): (&[u8], &'a [u8]) = (n, v);
+            if n.first() == Some(&b':') {
+                if same(n, b":path") {
+                    path = v.split(|&b| b == b'?').next().unwrap_or(v);
+                } else if same(n, b":method") {
+                    method = v;
+                }
+                continue; // policies cannot read pseudo-headers
+            }
+            if same(n, b"user-agent") {
+                user_agent = v;
+            } else if same(n, b"cookie") && !inputs.cookies.is_empty() {
+                self.scan_cookies(inputs, i, v);
+            }
+            if inputs.header_lengths & (1u64 << n.len().min(63)) == 0 {
+                continue;
+            }
+            for (slot, name) in inputs.headers.iter().enumerate() {
+                if same(name, n) {
+                    if let Some(h) = self.headers.get_mut(slot) {
+                        h.add(i, 0, v.len());
+                    }
+                }
+            }
+        }
+        (path, method, user_agent)
+    }
+
+    /// The policy's cookies in one `cookie` header (`a=1; b="2"`), whitespace trimmed and
+    /// quotes removed like [`cookie_pairs`].
+    fn scan_cookies(&mut self, inputs: &Inputs, header: usize, v: &[u8]) {
+        let mut pos = 0;
+        while pos <= v.len() {
+            let end = find_byte(&v[pos..], b';').map_or(v.len(), |e| pos + e);
+            let (s, e) = trim_range(v, pos, end);
+            if let Some(eq) = v[s..e].iter().position(|&b| b == b'=') {
+                let (ns, ne) = trim_range(v, s, s + eq);
+                let (mut vs, mut ve) = trim_range(v, s + eq + 1, e);
+                if ve - vs >= 2 && v[vs] == b'"' && v[ve - 1] == b'"' {
+                    vs += 1;
+                    ve -= 1;
+                }
+                let name = &v[ns..ne];
+                for (slot, c) in inputs.cookies.iter().enumerate() {
+                    if same(c, name) {
+                        if let Some(h) = self.cookies.get_mut(slot) {
+                            h.add(header, vs, ve);
+                        }
+                    }
+                }
+            }
+            pos = end + 1;
+        }
+    }
+}
+
+/// Position of the first `needle` in `hay`, eight bytes at a time (cookie headers are
+/// long, and the wasm build is size-optimised, so a plain byte loop is what it would get).
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        // A zero byte in x is a match; the lowest flagged byte is the first one.
+        let zero = x.wrapping_sub(LO) & !x & HI;
+        if zero != 0 {
+            return Some(base + (zero.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks.remainder().iter().position(|&b| b == needle).map(|i| base + i)
+}
+
+/// Byte equality without a `memcmp` call: the names compared here are short, and most
+/// differ in length or in their first bytes.
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && has_prefix(a, b)
+}
+
+/// Whether `s` starts with `prefix` (see [`same`]). An index loop, because the
+/// size-optimised build does not inline iterator adaptors.
+#[inline(always)]
+pub fn has_prefix(s: &[u8], prefix: &[u8]) -> bool {
+    if s.len() < prefix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if s[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `v[start..end]` without surrounding ASCII whitespace, as a range.
+fn trim_range(v: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
+    while start < end && v[start].is_ascii_whitespace() {
+        start += 1;
+    }
+    while end > start && v[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    (start, end)
+}
+
+/// Bit `i` set when the user agent contains substring `i` of [`Inputs::ua_substrings`],
+/// ASCII case-insensitively: one pass, checking substrings only where one can start.
+fn ua_found(inputs: &Inputs, ua: &[u8]) -> u64 {
+    let all = crate::policy::mask_of(inputs.ua_substrings.len());
+    let mut found = 0u64;
+    for i in 0..ua.len() {
+        let b = ua[i];
+        if inputs.ua_first[usize::from(b >> 6)] & (1u64 << (b & 63)) == 0 {
+            continue;
+        }
+        let b = b.to_ascii_lowercase();
+        for (bit, s) in inputs.ua_substrings.iter().enumerate() {
+            if found & (1u64 << bit) == 0 && s.first() == Some(&b) && ua.len() - i >= s.len() {
+                let mut k = 1;
+                while k < s.len() && ua[i + k].to_ascii_lowercase() == s[k] {
+                    k += 1;
+                }
+                if k == s.len() {
+                    found |= 1u64 << bit;
+                }
+            }
+        }
+        if found == all {
+            break;
+        }
+    }
+    found
+}
+
+/// Classify a request under a policy (allocates a fresh [`Scan`]; the router reuses one).
+pub fn classify<'a>(policy: &Policy, req: &Request<'a>) -> Attributes<'a> {
+    classify_with(policy, req, &mut Scan::default())
+}
+
+/// Classify a request under a policy, leaving the header and cookie slots in `scan`.
+pub fn classify_with<'a>(policy: &Policy, req: &Request<'a>, scan: &mut Scan) -> Attributes<'a> {
+    let c = &policy.classify;
+    let inputs = &c.inputs;
+    let mut hostile = false;
+    let (path, method, user_agent) = scan.run(inputs, req);
 
     // Geography: trusted edge header first, then the client address.
     let mut region = None;
     let mut country = None;
-    if let Some(h) = &c.geo_header {
-        match req.header(h) {
+    if let Some(slot) = inputs.geo {
+        match scan.header(slot, req) {
             Found::One(v) => {
                 let v = trim(v);
-                if v.len() == 2 && v.iter().all(u8::is_ascii_alphabetic) {
-                    let code = [v[0].to_ascii_uppercase(), v[1].to_ascii_uppercase()];
-                    country = Some(code);
-                    if let Ok(s) = std::str::from_utf8(&code) {
-                        region = c.countries.get(s).copied();
+                if let [a, b] = *v {
+                    if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() {
+                        let code = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
+                        country = Some(code);
+                        region = policy.country_region(code);
                     }
                 }
                 if region.is_none() {
@@ -167,27 +380,21 @@ pub fn classify<'a>(policy: &Policy, req: &Request<'a>) -> Attributes<'a> {
         region = req.source.and_then(|ip| c.cidrs.lookup(ip));
     }
 
-    // Channel: first definition that matches (user agents compared lower-case).
-    let ua_lower = if c.channels.iter().any(|ch| !ch.user_agent_contains.is_empty()) {
-        match std::str::from_utf8(user_agent) {
-            Ok(ua) => ua.to_ascii_lowercase(),
-            Err(_) => String::from_utf8_lossy(user_agent).to_ascii_lowercase(),
-        }
-    } else {
-        String::new()
-    };
+    // Channel: first definition that matches (user agents compared case-insensitively;
+    // the substrings are searched once, when the first channel needs them).
+    let mut ua_bits: Option<u64> = None;
     let channel = c
         .channels
         .iter()
         .find(|ch| {
-            ch.path_prefixes.iter().any(|p| path.starts_with(p.as_bytes()))
-                || ch.headers.iter().any(|h| req.header(h) != Found::Absent)
-                || ch.user_agent_contains.iter().any(|s| ua_lower.contains(s.as_str()))
+            ch.path_prefixes.iter().any(|p| has_prefix(path, p.as_bytes()))
+                || ch.header_slots.iter().any(|&s| scan.header(s, req) != Found::Absent)
+                || (ch.ua_mask != 0 && *ua_bits.get_or_insert_with(|| ua_found(inputs, user_agent)) & ch.ua_mask != 0)
         })
         .map_or(c.default_channel, |ch| ch.id);
 
     // Cohort: only from the trusted claim header.
-    let cohort = match c.cohort_header.as_deref().map(|h| req.header(h)) {
+    let cohort = match inputs.cohort.map(|s| scan.header(s, req)) {
         Some(Found::One(v)) if !v.is_empty() => Some(v),
         Some(Found::Repeated) => {
             hostile = true;
@@ -195,9 +402,10 @@ pub fn classify<'a>(policy: &Policy, req: &Request<'a>) -> Attributes<'a> {
         }
         _ => None,
     };
+    let cohort_id = cohort.and_then(|v| policy.cohort_id(v));
 
     // User key: first source present.
-    let user_key = c.user_key.iter().find_map(|source| req.key_hash(source, &mut hostile));
+    let user_key = inputs.user_key.iter().find_map(|&slot| scan.key_hash(slot, req, &mut hostile));
     let bucket = user_key.map(|k| bucket(k, c.bucket_salt.as_bytes()));
 
     Attributes {
@@ -205,17 +413,30 @@ pub fn classify<'a>(policy: &Policy, req: &Request<'a>) -> Attributes<'a> {
         country,
         channel,
         cohort,
+        cohort_id,
         path,
         method,
         user_key,
         bucket,
+        affinity_cookie: scan.cookie(inputs.affinity_cookie, req),
         hostile,
     }
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
-    &b[start..end.max(start)]
+    let (s, e) = trim_range(b, 0, b.len());
+    &b[s..e]
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn find_byte_is_position(hay in proptest::collection::vec(prop::sample::select(vec![b';', b'a', 0x3a, 0xbb, 0, 0x80]), 0..40)) {
+            prop_assert_eq!(find_byte(&hay, b';'), hay.iter().position(|&b| b == b';'));
+        }
+    }
+}

@@ -29,6 +29,11 @@ pub type StackId = usize;
 pub type RegionId = u16;
 /// Index of a channel in [`Policy::channels`].
 pub type ChannelId = u16;
+/// Index of a cohort in [`Policy::cohorts`].
+pub type CohortId = u32;
+/// At most this many distinct `user_agent_contains` substrings over all channels: the
+/// request path finds all of them in one pass over the user agent, one bit each.
+pub const MAX_UA_SUBSTRINGS: usize = 64;
 
 // ---------------------------------------------------------------------------------------
 // The document (DTOs)
@@ -486,11 +491,15 @@ pub struct Policy {
     pub stacks: Vec<Stack>,
     pub regions: Vec<String>,
     pub channels: Vec<String>,
+    /// Every cohort named by a rule, sorted (a [`CohortId`] indexes it).
+    pub cohorts: Vec<Box<[u8]>>,
     pub classify: Classification,
     pub affinity: AffinityCfg,
     pub breaker: BreakerDoc,
     /// Rules in evaluation order; the default rule is last.
     pub rules: Vec<Rule>,
+    /// Which rules admit each attribute value, so a request only evaluates candidates.
+    pub index: RuleIndex,
     pub debug_header: bool,
     /// Whether any rule has a time condition (skip calendar maths otherwise).
     pub uses_time: bool,
@@ -515,14 +524,93 @@ pub struct Stack {
 #[derive(Debug)]
 pub struct Classification {
     pub geo_header: Option<String>,
-    /// Upper-case country code → region.
-    pub countries: HashMap<String, RegionId>,
+    /// Upper-case country code → region, sorted by code.
+    pub countries: Vec<([u8; 2], RegionId)>,
     pub cidrs: CidrTable<RegionId>,
     pub channels: Vec<ChannelDef>,
     pub default_channel: ChannelId,
     pub cohort_header: Option<String>,
     pub user_key: Vec<KeyDoc>,
     pub bucket_salt: String,
+    /// What the request scan looks for.
+    pub inputs: Inputs,
+}
+
+/// Where the request path finds a key: a slot of the one-pass request scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySlot {
+    Header(usize),
+    Cookie(usize),
+    ClientIp,
+}
+
+/// Every header and cookie the policy reads, each given a slot, so one pass over the
+/// request finds them all (and sees repeats) instead of one search per lookup.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Header names (lower-case) by slot.
+    pub headers: Vec<Box<[u8]>>,
+    /// Bit `min(n, 63)` set when some slot name is `n` bytes long: most request headers
+    /// are skipped on their length alone.
+    pub header_lengths: u64,
+    /// Cookie names by slot.
+    pub cookies: Vec<Box<[u8]>>,
+    pub geo: Option<usize>,
+    pub cohort: Option<usize>,
+    pub user_key: Vec<KeySlot>,
+    /// Cookie slot of the affinity cookie.
+    pub affinity_cookie: usize,
+    /// Lower-cased `user_agent_contains` substrings of every channel, deduplicated.
+    pub ua_substrings: Vec<Box<[u8]>>,
+    /// Bit per byte value: some substring starts with that byte (either case).
+    pub ua_first: [u64; 4],
+}
+
+impl Inputs {
+    fn header_slot(&mut self, name: &str) -> usize {
+        let name = name.as_bytes();
+        if let Some(i) = self.headers.iter().position(|h| **h == *name) {
+            return i;
+        }
+        self.header_lengths |= 1u64 << name.len().min(63);
+        self.headers.push(name.into());
+        self.headers.len() - 1
+    }
+
+    fn cookie_slot(&mut self, name: &str) -> usize {
+        let name = name.as_bytes();
+        if let Some(i) = self.cookies.iter().position(|c| **c == *name) {
+            return i;
+        }
+        self.cookies.push(name.into());
+        self.cookies.len() - 1
+    }
+
+    fn key_slot(&mut self, key: &KeyDoc) -> KeySlot {
+        match key {
+            KeyDoc::Header(h) => KeySlot::Header(self.header_slot(h)),
+            KeyDoc::Cookie(c) => KeySlot::Cookie(self.cookie_slot(c)),
+            KeyDoc::ClientIp => KeySlot::ClientIp,
+        }
+    }
+
+    /// Bit index of a user-agent substring, `None` past [`MAX_UA_SUBSTRINGS`].
+    fn ua_substring(&mut self, lower: &str) -> Option<usize> {
+        let s = lower.as_bytes();
+        if let Some(i) = self.ua_substrings.iter().position(|x| **x == *s) {
+            return Some(i);
+        }
+        if self.ua_substrings.len() >= MAX_UA_SUBSTRINGS {
+            return None;
+        }
+        if let Some(&b) = s.first() {
+            for b in [b, b.to_ascii_uppercase()] {
+                self.ua_first[usize::from(b >> 6)] |= 1u64 << (b & 63);
+            }
+        }
+        self.ua_substrings.push(s.into());
+        Some(self.ua_substrings.len() - 1)
+    }
 }
 
 /// A compiled channel definition.
@@ -531,7 +619,11 @@ pub struct ChannelDef {
     pub id: ChannelId,
     /// Lower-cased substrings.
     pub user_agent_contains: Vec<String>,
+    /// Bits of [`Inputs::ua_substrings`] for `user_agent_contains`.
+    pub ua_mask: u64,
     pub headers: Vec<String>,
+    /// Header slots of `headers`.
+    pub header_slots: Vec<usize>,
     pub path_prefixes: Vec<String>,
 }
 
@@ -556,16 +648,121 @@ pub struct Rule {
 #[derive(Debug, Default)]
 pub struct Condition {
     pub regions: Vec<RegionId>,
-    /// Upper-case.
-    pub countries: Vec<String>,
+    /// Upper-case ISO codes.
+    pub countries: Vec<[u8; 2]>,
     pub channels: Vec<ChannelId>,
-    pub cohorts: Vec<String>,
+    pub cohorts: Vec<CohortId>,
     pub path_prefixes: Vec<String>,
     /// Upper-case.
     pub methods: Vec<String>,
     pub time: Option<Schedule>,
     /// Basis points: from ≤ bucket < to, bucket in 0..10_000.
     pub percent: Option<(u16, u16)>,
+}
+
+/// Rules by attribute value: for every value of a matched dimension (region, country,
+/// channel, cohort, method), a bit set of the rules whose condition on that dimension
+/// admits the value (an empty list admits everything; an unknown value only those).
+/// A request ANDs one row per dimension and evaluates just the surviving rules, in
+/// order, on what is left (path, percentage, time): the cost no longer grows with the
+/// number of rules that cannot match.
+#[derive(Debug, Default)]
+pub struct RuleIndex {
+    /// 64-bit words per row (one bit per rule).
+    pub words: usize,
+    /// Rows per region id, then one for "no region".
+    regions: Vec<u64>,
+    /// Country codes named by some rule, sorted; rows in that order, then "other".
+    countries: Vec<[u8; 2]>,
+    country_rows: Vec<u64>,
+    /// Rows per channel id.
+    channels: Vec<u64>,
+    /// Rows per cohort id, then "no cohort / one no rule names".
+    cohorts: Vec<u64>,
+    /// Upper-case methods named by some rule; rows in that order, then "other".
+    methods: Vec<Box<[u8]>>,
+    method_rows: Vec<u64>,
+}
+
+impl RuleIndex {
+    fn build(rules: &[(usize, Rule)], regions: usize, channels: usize, cohorts: usize) -> Self {
+        let words = rules.len().div_ceil(64).max(1);
+        let mut countries: Vec<[u8; 2]> = Vec::new();
+        for code in rules.iter().flat_map(|(_, r)| &r.cond.countries) {
+            if let Err(i) = countries.binary_search(code) {
+                countries.insert(i, *code);
+            }
+        }
+        let mut methods: Vec<Box<[u8]>> = Vec::new();
+        for (_, r) in rules {
+            for m in &r.cond.methods {
+                if !methods.iter().any(|x| **x == *m.as_bytes()) {
+                    methods.push(m.as_bytes().into());
+                }
+            }
+        }
+        // `admits(rule, value)`: value `None` is the "other / unknown" row.
+        fn table(rules: &[(usize, Rule)], words: usize, values: usize, admits: impl Fn(&Condition, Option<usize>) -> bool) -> Vec<u64> {
+            let mut t = vec![0u64; (values + 1) * words];
+            for (row, value) in (0..values).map(Some).chain([None]).enumerate() {
+                for (i, (_, r)) in rules.iter().enumerate() {
+                    if admits(&r.cond, value) {
+                        t[row * words + i / 64] |= 1u64 << (i % 64);
+                    }
+                }
+            }
+            t
+        }
+        let any = |list_empty: bool, hit: bool| list_empty || hit;
+        Self {
+            words,
+            regions: table(rules, words, regions, |c, v| any(c.regions.is_empty(), v.is_some_and(|v| c.regions.contains(&(v as RegionId))))),
+            country_rows: table(rules, words, countries.len(), |c, v| {
+                any(c.countries.is_empty(), v.is_some_and(|v| c.countries.contains(&countries[v])))
+            }),
+            channels: table(rules, words, channels, |c, v| any(c.channels.is_empty(), v.is_some_and(|v| c.channels.contains(&(v as ChannelId))))),
+            cohorts: table(rules, words, cohorts, |c, v| any(c.cohorts.is_empty(), v.is_some_and(|v| c.cohorts.contains(&(v as CohortId))))),
+            method_rows: table(rules, words, methods.len(), |c, v| {
+                any(c.methods.is_empty(), v.is_some_and(|v| c.methods.iter().any(|m| *m.as_bytes() == *methods[v])))
+            }),
+            countries,
+            methods,
+        }
+    }
+
+    fn row(table: &[u64], words: usize, row: usize) -> &[u64] {
+        table.get(row * words..(row + 1) * words).unwrap_or(&[])
+    }
+
+    /// Rules admitting a region (`None`: unknown).
+    pub fn region(&self, region: Option<RegionId>) -> &[u64] {
+        let rows = self.regions.len() / self.words.max(1);
+        Self::row(&self.regions, self.words, region.map_or(rows - 1, usize::from).min(rows - 1))
+    }
+
+    /// Rules admitting a country code (`None`: no or unreadable geo header).
+    pub fn country(&self, code: Option<[u8; 2]>) -> &[u64] {
+        let other = self.countries.len();
+        let row = code.and_then(|c| self.countries.binary_search(&c).ok()).unwrap_or(other);
+        Self::row(&self.country_rows, self.words, row)
+    }
+
+    /// Rules admitting a channel.
+    pub fn channel(&self, channel: ChannelId) -> &[u64] {
+        Self::row(&self.channels, self.words, usize::from(channel))
+    }
+
+    /// Rules admitting a cohort (`None`: none, or one no rule names).
+    pub fn cohort(&self, cohort: Option<CohortId>) -> &[u64] {
+        let other = self.cohorts.len() / self.words.max(1) - 1;
+        Self::row(&self.cohorts, self.words, cohort.map_or(other, |c| (c as usize).min(other)))
+    }
+
+    /// Rules admitting a request method (compared case-insensitively).
+    pub fn method(&self, method: &[u8]) -> &[u64] {
+        let row = self.methods.iter().position(|m| m.eq_ignore_ascii_case(method)).unwrap_or(self.methods.len());
+        Self::row(&self.method_rows, self.words, row)
+    }
 }
 
 /// A weighted target.
@@ -596,6 +793,8 @@ pub enum Balance {
     Weighted,
     Hash {
         key: HashKeyDoc,
+        /// Where the key is read (`None`: the classified user key).
+        slot: Option<KeySlot>,
         /// Built on first use: most policies never hash, and a VM should not pay for it.
         table: OnceLock<HashTable>,
     },
@@ -628,6 +827,17 @@ impl Policy {
     /// Stack id by name.
     pub fn stack_id(&self, name: &str) -> Option<StackId> {
         self.stack_index.get(name).copied()
+    }
+
+    /// Cohort id of a claim value, if any rule names that cohort.
+    pub fn cohort_id(&self, value: &[u8]) -> Option<CohortId> {
+        self.cohorts.binary_search_by(|c| (**c).cmp(value)).ok().map(|i| i as CohortId)
+    }
+
+    /// Region of an upper-case country code in the geo table.
+    pub fn country_region(&self, code: [u8; 2]) -> Option<RegionId> {
+        let t = &self.classify.countries;
+        t.binary_search_by(|(c, _)| c.cmp(&code)).ok().map(|i| t[i].1)
     }
 
     /// Region id by name.
@@ -787,7 +997,7 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     if let Some(h) = &c.geo.header {
         check_header(&mut ctx, "classify.geo.header", h);
     }
-    let mut countries = HashMap::new();
+    let mut countries: Vec<([u8; 2], RegionId)> = Vec::new();
     for (code, region) in &c.geo.countries {
         let path = format!("classify.geo.countries.{code}");
         if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -796,7 +1006,14 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
         if region.is_empty() {
             ctx.err(&path, "region must not be empty");
         }
-        countries.insert(code.to_ascii_uppercase(), intern(region, &mut regions));
+        let region = intern(region, &mut regions);
+        if let [a, b] = *code.as_bytes() {
+            let key = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
+            match countries.binary_search_by(|(c, _)| c.cmp(&key)) {
+                Ok(i) => countries[i].1 = region,
+                Err(i) => countries.insert(i, (key, region)),
+            }
+        }
     }
     let mut cidrs = Vec::new();
     for (i, entry) in c.geo.cidrs.iter().enumerate() {
@@ -838,7 +1055,9 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
         channel_defs.push(ChannelDef {
             id: (channels.len() - 1) as ChannelId,
             user_agent_contains: ch.user_agent_contains.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            ua_mask: 0,
             headers: ch.headers.clone(),
+            header_slots: Vec::new(),
             path_prefixes: ch.path_prefixes.clone(),
         });
     }
@@ -916,10 +1135,16 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     };
     let mut rules = Vec::with_capacity(doc.rules.len() + 1);
     let mut uses_time = false;
+    // Cohorts sorted (no sort call: every `sort` instance costs the module kilobytes), so
+    // a claim value is found by binary search.
+    let mut cohorts: Vec<String> = Vec::new();
+    for co in doc.rules.iter().flat_map(|r| &r.matches.cohorts) {
+        insert_sorted(&mut cohorts, co);
+    }
     for &i in &order {
         let r = &doc.rules[i];
         let path = format!("rules[{i}]");
-        let cond = compile_match(&mut ctx, &env, &mut regions, &format!("{path}.match"), &r.matches);
+        let cond = compile_match(&mut ctx, &env, &mut regions, &cohorts, &format!("{path}.match"), &r.matches);
         uses_time |= cond.time.is_some();
         let route = compile_route(&mut ctx, &env, &mut regions, &format!("{path}.route"), &r.route);
         rules.push((i, Rule { id: r.id.clone(), cond, route }));
@@ -949,12 +1174,21 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     }
     let uses_client_ip = c.user_key.contains(&KeyDoc::ClientIp)
         || rules.iter().any(|(_, r)| matches!(&r.route.balance, Balance::Hash { key: HashKeyDoc::ClientIp, .. }));
+
+    let cohorts: Vec<Box<[u8]>> = cohorts.into_iter().map(|c| c.into_bytes().into_boxed_slice()).collect();
+
+    let inputs = plan_inputs(&mut ctx, c, &a.cookie, &mut channel_defs, &mut rules);
+    let index = RuleIndex::build(&rules, regions.len(), channels.len(), cohorts.len());
+    if !ctx.errors.is_empty() {
+        return Err(Invalid { errors: ctx.errors });
+    }
     Ok(Validated {
         policy: Policy {
             name: doc.name.clone(),
             stacks,
             regions,
             channels,
+            cohorts,
             classify: Classification {
                 geo_header: c.geo.header.clone(),
                 countries,
@@ -964,6 +1198,7 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
                 cohort_header: c.cohort_header.clone(),
                 user_key: c.user_key.clone(),
                 bucket_salt: c.bucket_salt.clone().unwrap_or_else(|| "switchyard".into()),
+                inputs,
             },
             affinity: AffinityCfg {
                 cookie: a.cookie.clone(),
@@ -973,6 +1208,7 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
             },
             breaker: b.clone(),
             rules: rules.into_iter().map(|(_, r)| r).collect(),
+            index,
             debug_header: doc.debug_header,
             uses_time,
             uses_client_ip,
@@ -980,6 +1216,52 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
         },
         warnings: ctx.warnings,
     })
+}
+
+/// Insert into a sorted list of names unless present.
+fn insert_sorted(list: &mut Vec<String>, name: &str) {
+    if let Err(i) = list.binary_search_by(|x| x.as_str().cmp(name)) {
+        list.insert(i, name.to_string());
+    }
+}
+
+/// Give every header and cookie the policy reads a slot of the request scan, and every
+/// user-agent substring a bit.
+fn plan_inputs(
+    ctx: &mut Ctx,
+    c: &ClassifyDoc,
+    affinity_cookie: &str,
+    channels: &mut [ChannelDef],
+    rules: &mut [(usize, Rule)],
+) -> Inputs {
+    let mut inputs = Inputs::default();
+    inputs.affinity_cookie = inputs.cookie_slot(affinity_cookie);
+    inputs.geo = c.geo.header.as_deref().map(|h| inputs.header_slot(h));
+    inputs.cohort = c.cohort_header.as_deref().map(|h| inputs.header_slot(h));
+    inputs.user_key = c.user_key.iter().map(|k| inputs.key_slot(k)).collect();
+    for (i, ch) in channels.iter_mut().enumerate() {
+        ch.header_slots = ch.headers.iter().map(|h| inputs.header_slot(h)).collect();
+        for (j, s) in ch.user_agent_contains.iter().enumerate() {
+            match inputs.ua_substring(s) {
+                Some(bit) => ch.ua_mask |= 1u64 << bit,
+                None => ctx.err(
+                    format!("classify.channels[{i}].user_agent_contains[{j}]"),
+                    format!("at most {MAX_UA_SUBSTRINGS} distinct user-agent substrings over all channels"),
+                ),
+            }
+        }
+    }
+    for (_, r) in rules.iter_mut() {
+        if let Balance::Hash { key, slot, .. } = &mut r.route.balance {
+            *slot = match key {
+                HashKeyDoc::User => None,
+                HashKeyDoc::ClientIp => Some(KeySlot::ClientIp),
+                HashKeyDoc::Header(h) => Some(KeySlot::Header(inputs.header_slot(h))),
+                HashKeyDoc::Cookie(c) => Some(KeySlot::Cookie(inputs.cookie_slot(c))),
+            };
+        }
+    }
+    inputs
 }
 
 struct Env<'a> {
@@ -990,7 +1272,14 @@ struct Env<'a> {
     affinity_ttl_s: u64,
 }
 
-fn compile_match(ctx: &mut Ctx, env: &Env, regions: &mut Vec<String>, path: &str, m: &MatchDoc) -> Condition {
+fn compile_match(
+    ctx: &mut Ctx,
+    env: &Env,
+    regions: &mut Vec<String>,
+    cohorts: &[String],
+    path: &str,
+    m: &MatchDoc,
+) -> Condition {
     let mut cond = Condition::default();
     for (i, r) in m.regions.iter().enumerate() {
         match regions.iter().position(|x| x == r) {
@@ -1002,7 +1291,9 @@ fn compile_match(ctx: &mut Ctx, env: &Env, regions: &mut Vec<String>, path: &str
         if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
             ctx.err(format!("{path}.countries[{i}]"), format!("'{code}' is not a two-letter country code"));
         }
-        cond.countries.push(code.to_ascii_uppercase());
+        if let [a, b] = *code.as_bytes() {
+            cond.countries.push([a.to_ascii_uppercase(), b.to_ascii_uppercase()]);
+        }
     }
     for (i, ch) in m.channels.iter().enumerate() {
         match env.channels.iter().position(|x| x == ch) {
@@ -1015,7 +1306,13 @@ fn compile_match(ctx: &mut Ctx, env: &Env, regions: &mut Vec<String>, path: &str
             ctx.err(format!("{path}.cohorts[{i}]"), "must not be empty");
         }
     }
-    cond.cohorts = m.cohorts.clone();
+    for co in &m.cohorts {
+        if let Ok(id) = cohorts.binary_search(co) {
+            if !cond.cohorts.contains(&(id as CohortId)) {
+                cond.cohorts.push(id as CohortId);
+            }
+        }
+    }
     for (i, p) in m.path_prefixes.iter().enumerate() {
         if !p.starts_with('/') {
             ctx.err(format!("{path}.path_prefixes[{i}]"), format!("'{p}' must start with '/'"));
@@ -1142,6 +1439,7 @@ fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut Vec<String>, path: &str
             }
             Balance::Hash {
                 key: key.clone(),
+                slot: None, // resolved with the other inputs at the end of `compile`
                 table: OnceLock::new(),
             }
         }

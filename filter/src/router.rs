@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::affinity::{set_cookie_header, Keyring, Verdict};
 use crate::breaker::{Breaker, State};
 use crate::balance::Swrr;
-use crate::classify::{classify, hash_found, Attributes, Found, Request};
-use crate::policy::{Balance, HashKeyDoc, LocalReply, Policy, Rule, StackId, Target};
+use crate::classify::{classify_with, has_prefix, Attributes, Found, Request, Scan};
+use crate::policy::{Balance, LocalReply, Policy, Rule, StackId, Target};
 
 /// Health of every stack as the control plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +104,38 @@ pub struct Router {
     /// the HMAC. Only authentic cookies of the current epoch enter, keyed by the whole
     /// value (a forgery can never hit); bounded, cleared when full; dropped with the
     /// router on a policy change (stack ids are per policy).
-    verified: HashMap<Vec<u8>, (StackId, u64)>,
+    verified: HashMap<Vec<u8>, (StackId, u64), TailHash>,
+    /// Header and cookie slots of the request being decided (reused: no allocation).
+    scan: Scan,
+}
+
+/// Hasher of the verified-cookie cache. Only authentic cookies are ever inserted, and
+/// their last bytes are an HMAC nobody can choose, so hashing those is enough (and a
+/// quarter of the cost of SipHash over the whole value); equality still compares all.
+#[derive(Debug, Clone, Copy, Default)]
+struct TailHash;
+
+impl std::hash::BuildHasher for TailHash {
+    type Hasher = TailHasher;
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct TailHasher(u64);
+
+impl std::hash::Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = &bytes[bytes.len().saturating_sub(16)..];
+        self.0 = crate::hash::hash64(self.0, tail);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 ^= n as u64;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Most cookies remembered per worker.
@@ -139,7 +170,8 @@ impl Router {
             swrr,
             keys,
             policy,
-            verified: HashMap::new(),
+            verified: HashMap::with_hasher(TailHash),
+            scan: Scan::default(),
         }
     }
 
@@ -229,16 +261,12 @@ impl Router {
 
     fn decide_with(&mut self, req: &Request, default_only: bool) -> Decision {
         let policy = Arc::clone(&self.policy);
-        let attrs = classify(&policy, req);
+        let attrs = classify_with(&policy, req, &mut self.scan);
         let default_rule = policy.rules.len().saturating_sub(1);
         let rule_index = if default_only {
             default_rule
         } else {
-            policy
-                .rules
-                .iter()
-                .position(|r| matches(r, &attrs, req.now_ms, &policy))
-                .unwrap_or(default_rule)
+            first_match(&policy, &attrs, req.now_ms).unwrap_or(default_rule)
         };
         let mut hostile = attrs.hostile;
         let Some(rule) = policy.rules.get(rule_index) else {
@@ -274,7 +302,7 @@ impl Router {
         let mut sticky: Option<(StackId, u64)> = None;
         if route.affinity_ttl_s.is_some() && self.keys.is_some() {
             affinity = AffinityEvent::Miss;
-            match req.cookie(&policy.affinity.cookie) {
+            match attrs.affinity_cookie {
                 Found::One(value) => match self.check_cookie(&policy, value, now_s) {
                     CookieCheck::Valid(id, expiry_s) => {
                         if active & (1u64 << id) != 0 {
@@ -394,12 +422,10 @@ impl Router {
         hostile: &mut bool,
     ) -> Option<(StackId, How)> {
         let route = &rule.route;
-        if let Balance::Hash { key, .. } = &route.balance {
-            let key_hash = match key {
-                HashKeyDoc::User => attrs.user_key,
-                HashKeyDoc::ClientIp => req.ip_hash(),
-                HashKeyDoc::Header(h) => hash_found(req.header(h), hostile),
-                HashKeyDoc::Cookie(c) => hash_found(req.cookie(c), hostile),
+        if let Balance::Hash { slot, .. } = &route.balance {
+            let key_hash = match slot {
+                None => attrs.user_key,
+                Some(slot) => self.scan.key_hash(*slot, req, hostile),
             };
             if let (Some(k), Some(table)) = (key_hash, route.hash_table()) {
                 return table.pick(&route.targets, k, active).map(|i| (route.targets[i].stack, How::Hashed));
@@ -412,14 +438,31 @@ impl Router {
     }
 }
 
-fn matches(rule: &Rule, a: &Attributes, now_ms: u64, policy: &Policy) -> bool {
+/// The first rule, in order, that matches: candidates from the index (region, country,
+/// channel, cohort, method), then each checked on what the index does not cover.
+fn first_match(policy: &Policy, a: &Attributes, now_ms: u64) -> Option<usize> {
+    let ix = &policy.index;
+    let rows = [ix.region(a.region), ix.country(a.country), ix.channel(a.channel), ix.cohort(a.cohort_id), ix.method(a.method)];
+    for w in 0..ix.words {
+        let mut candidates = u64::MAX;
+        for row in &rows {
+            candidates &= row.get(w).copied().unwrap_or(0);
+        }
+        while candidates != 0 {
+            let i = w * 64 + candidates.trailing_zeros() as usize;
+            if policy.rules.get(i).is_some_and(|r| matches_rest(r, a, now_ms, policy)) {
+                return Some(i);
+            }
+            candidates &= candidates - 1;
+        }
+    }
+    None
+}
+
+/// The conditions the rule index does not cover.
+fn matches_rest(rule: &Rule, a: &Attributes, now_ms: u64, policy: &Policy) -> bool {
     let c = &rule.cond;
-    (c.regions.is_empty() || a.region.is_some_and(|r| c.regions.contains(&r)))
-        && (c.countries.is_empty() || a.country.is_some_and(|cc| c.countries.iter().any(|x| x.as_bytes() == cc)))
-        && (c.channels.is_empty() || c.channels.contains(&a.channel))
-        && (c.cohorts.is_empty() || a.cohort.is_some_and(|co| c.cohorts.iter().any(|x| x.as_bytes() == co)))
-        && (c.path_prefixes.is_empty() || c.path_prefixes.iter().any(|p| a.path.starts_with(p.as_bytes())))
-        && (c.methods.is_empty() || c.methods.iter().any(|m| m.as_bytes().eq_ignore_ascii_case(a.method)))
+    (c.path_prefixes.is_empty() || c.path_prefixes.iter().any(|p| has_prefix(a.path, p.as_bytes())))
         && (c.percent.is_none() || matches!((c.percent, a.bucket), (Some((from, to)), Some(b)) if from <= b && b < to))
         && (c.time.is_none() || (policy.uses_time && c.time.as_ref().is_some_and(|t| t.contains(now_ms))))
 }
