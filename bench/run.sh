@@ -14,6 +14,8 @@
 #   sy-norules  no rules, default route only, affinity on
 #   sy-nocidrs  realistic policy without geo CIDR tables (no source.address lookup)
 #   switchyard-alt  as (c) with another build of the filter, BENCH_ALT_WASM (A/B of a change)
+#   hc-<kind>=<N>   (b) plus N extra host calls of one kind per request, to price them:
+#                   kinds shared, pairs, time, header, status, prop, set (bench/trivial-filter)
 # Per run: CPU time of the Envoy process (sum of its threads' schedstat run time) over
 # the measured window / requests completed = CPU µs per request. Medians per variant and
 # per-round ratios go to a markdown report.
@@ -124,6 +126,8 @@ render_variant() {
   local v="$1"
   case "$v" in
     none | trivial | lua) bench/envoy/render.sh "$v" ;;
+    hc-*) # the trivial filter plus N host calls of one kind, e.g. hc-shared=20
+      BENCH_TRIVIAL_CONFIG="${v#hc-}" bench/envoy/render.sh trivial ;;
     switchyard) BENCH_POLICY=bench/policies/realistic.json bench/envoy/render.sh switchyard ;;
     sy-nokeys) BENCH_POLICY=bench/policies/realistic.json bench/envoy/render.sh switchyard ;;
     sy-default) BENCH_POLICY=bench/policies/default-only.json bench/envoy/render.sh switchyard ;;

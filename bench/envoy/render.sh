@@ -82,6 +82,9 @@ filter() {
                   vm_id: trivial
                   runtime: envoy.wasm.runtime.v8
                   code: { local: { filename: $TRIVIAL_WASM } }
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: "${BENCH_TRIVIAL_CONFIG:-}"
 YAML
       ;;
     switchyard)

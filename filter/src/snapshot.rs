@@ -10,6 +10,14 @@
 pub const VERSION_KEY: &str = "switchyard.snapshot.version";
 /// Shared-data key holding the snapshot (protobuf `Snapshot`).
 pub const SNAPSHOT_KEY: &str = "switchyard.snapshot";
+/// Shared-data key counting worker VMs that registered a wake queue (4 bytes, little
+/// endian): worker `i` owns queue `switchyard.wake.<i>`.
+pub const WORKERS_KEY: &str = "switchyard.workers";
+/// Prefix of the per-worker queues the singleton pokes after writing a snapshot, so
+/// workers apply it at once without polling the version on every request.
+pub const WAKE_QUEUE_PREFIX: &str = "switchyard.wake.";
+/// At most this many wake queues are poked (worker VMs of one Envoy, counting restarts).
+pub const MAX_WORKERS: u32 = 4096;
 /// Shared queue carrying worker telemetry to the singleton.
 pub const TELEMETRY_QUEUE: &str = "switchyard.telemetry";
 /// Largest message accepted from the wire or a queue.

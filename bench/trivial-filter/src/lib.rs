@@ -2,12 +2,22 @@
 //! header and sets the routing header from it, so Envoy pays for a V8 VM, one context
 //! per stream and two host calls, and nothing else. Switchyard's per-request cost is
 //! compared against this (bench/run.sh, variant b).
+//!
+//! With a plugin configuration `kind=N` it also makes N extra host calls of one kind per
+//! request, to price single host calls in Envoy (bench/run.sh variants `hc-<kind>N`):
+//! `shared` (read a shared-data key), `pairs` (the whole request header map), `time`,
+//! `header` (one request header), `status` (`:status` of the response), `prop`
+//! (`source.address`), `set` (replace a request header).
 #![forbid(unsafe_code)]
 
 #[cfg(target_arch = "wasm32")]
 mod filter {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, LogLevel};
+    use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
     /// Header the load generator may send to pick a stack.
     const INPUT: &str = "x-bench-stack";
@@ -19,16 +29,56 @@ mod filter {
 
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Warn);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
     }}
 
-    struct Root;
+    /// Extra host calls per request: (kind, count).
+    #[derive(Clone, Copy, Default, PartialEq)]
+    enum Extra {
+        #[default]
+        None,
+        Shared,
+        Pairs,
+        Time,
+        Header,
+        Status,
+        Prop,
+        Set,
+    }
+
+    #[derive(Default)]
+    struct Root {
+        extra: Rc<Cell<(Extra, u32)>>,
+    }
 
     impl Context for Root {}
 
     impl RootContext for Root {
+        fn on_configure(&mut self, _: usize) -> bool {
+            let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
+            let config = String::from_utf8_lossy(&config);
+            if let Some((kind, n)) = config.trim().split_once('=') {
+                let kind = match kind {
+                    "shared" => Extra::Shared,
+                    "pairs" => Extra::Pairs,
+                    "time" => Extra::Time,
+                    "header" => Extra::Header,
+                    "status" => Extra::Status,
+                    "prop" => Extra::Prop,
+                    "set" => Extra::Set,
+                    _ => return false,
+                };
+                let Ok(n) = n.parse() else { return false };
+                self.extra.set((kind, n));
+                if kind == Extra::Shared {
+                    let _ = hostcalls::set_shared_data("bench.key", Some(&[1, 2, 3, 4, 5, 6, 7, 8]), None);
+                }
+            }
+            true
+        }
+
         fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-            Some(Box::new(Flow))
+            Some(Box::new(Flow { extra: self.extra.get() }))
         }
 
         fn get_type(&self) -> Option<ContextType> {
@@ -36,12 +86,35 @@ mod filter {
         }
     }
 
-    struct Flow;
+    struct Flow {
+        extra: (Extra, u32),
+    }
 
     impl Context for Flow {}
 
     impl HttpContext for Flow {
+        fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+            if self.extra.0 == Extra::Status {
+                for _ in 0..self.extra.1 {
+                    let _ = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status");
+                }
+            }
+            Action::Continue
+        }
+
         fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+            let (kind, n) = self.extra;
+            for i in 0..n {
+                match kind {
+                    Extra::Shared => drop(hostcalls::get_shared_data("bench.key")),
+                    Extra::Pairs => drop(hostcalls::get_map(MapType::HttpRequestHeaders)),
+                    Extra::Time => drop(hostcalls::get_current_time()),
+                    Extra::Header => drop(hostcalls::get_map_value(MapType::HttpRequestHeaders, "user-agent")),
+                    Extra::Prop => drop(hostcalls::get_property(vec!["source", "address"])),
+                    Extra::Set => drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-bench-scratch", Some(if i % 2 == 0 { "a" } else { "b" }))),
+                    Extra::None | Extra::Status => {}
+                }
+            }
             let wanted = self.get_http_request_header(INPUT);
             let stack = wanted
                 .as_deref()

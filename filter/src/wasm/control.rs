@@ -17,7 +17,10 @@ use serde::Deserialize;
 
 use crate::hash::hash64;
 use crate::policy::validate_json;
-use crate::snapshot::{grpc_service, Snapshot, StackTelemetry, TelemetryBatch, WatchRequest, SNAPSHOT_KEY, TELEMETRY_QUEUE, VERSION_KEY};
+use crate::snapshot::{
+    grpc_service, Snapshot, StackTelemetry, TelemetryBatch, WatchRequest, MAX_WORKERS, SNAPSHOT_KEY, TELEMETRY_QUEUE, VERSION_KEY,
+    WAKE_QUEUE_PREFIX, WORKERS_KEY,
+};
 
 const SERVICE: &str = "switchyard.v1.DataPlane";
 /// Most stacks the telemetry aggregate holds (bounded memory on the main thread).
@@ -267,6 +270,7 @@ impl Control {
             return;
         }
         self.applied = snapshot.version;
+        wake_workers();
         set_gauge(self.ids.version, snapshot.version);
         bump(self.ids.applied, 1);
         info!("applied snapshot version {} ({} stacks)", snapshot.version, snapshot.stacks.len());
@@ -350,6 +354,54 @@ impl Control {
 }
 
 /// The version currently in shared data (0: none).
+/// Poke every worker's wake queue after a snapshot was written. The worker count is read
+/// after the write, and a worker registers its queue before it reads the snapshot, so no
+/// worker misses a version (a queue not registered yet belongs to a worker that will read
+/// the snapshot itself); the workers' tick re-checks the version as a backstop.
+fn wake_workers() {
+    let workers = match hostcalls::get_shared_data(WORKERS_KEY) {
+        Ok((Some(b), _)) => u32_le(&b).min(MAX_WORKERS),
+        _ => 0,
+    };
+    let vm = super::vm_id();
+    for i in 0..workers {
+        let name = format!("{WAKE_QUEUE_PREFIX}{i}");
+        if let Ok(Some(q)) = hostcalls::resolve_shared_queue(&vm, &name) {
+            let _ = hostcalls::enqueue_shared_queue(q, Some(&[]));
+        }
+    }
+}
+
+fn u32_le(b: &[u8]) -> u32 {
+    match <[u8; 4]>::try_from(b) {
+        Ok(a) => u32::from_le_bytes(a),
+        Err(_) => 0,
+    }
+}
+
+/// Register this worker VM's wake queue: take the next worker number (compare-and-swap
+/// on the shared counter), then register `switchyard.wake.<n>`. `None` if the host
+/// refuses; the worker then relies on its tick.
+pub fn register_wake_queue() -> Option<u32> {
+    for _ in 0..64 {
+        let (n, cas) = match hostcalls::get_shared_data(WORKERS_KEY) {
+            Ok((Some(b), cas)) => (u32_le(&b), cas),
+            Ok((None, cas)) => (0, cas),
+            Err(_) => return None,
+        };
+        if n >= MAX_WORKERS {
+            warn!("{MAX_WORKERS} worker VMs registered already; this one re-checks the snapshot on its tick");
+            return None;
+        }
+        match hostcalls::set_shared_data(WORKERS_KEY, Some(&(n + 1).to_le_bytes()), cas) {
+            Ok(()) => return hostcalls::register_shared_queue(&format!("{WAKE_QUEUE_PREFIX}{n}")).ok(),
+            Err(proxy_wasm::types::Status::CasMismatch) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 pub fn read_version() -> u64 {
     match hostcalls::get_shared_data(VERSION_KEY) {
         Ok((Some(b), _)) if b.len() == 8 => {

@@ -53,9 +53,11 @@ struct Shared {
 }
 
 impl Shared {
-    /// Apply a newer control-plane snapshot if the singleton wrote one. One small
-    /// shared-data read per call; the snapshot itself is read and decoded only when the
-    /// version changed. Any problem keeps the current state (fail static).
+    /// Apply a newer control-plane snapshot if the singleton wrote one: on a wake-up
+    /// from the singleton and on every tick, never per request (a host call costs about
+    /// as much as a whole routing decision). One small shared-data read; the snapshot
+    /// itself is read and decoded only when the version changed. Any problem keeps the
+    /// current state (fail static).
     fn refresh(&mut self) {
         let version = control::read_version();
         if version == 0 || version == self.snapshot_version {
@@ -105,9 +107,12 @@ struct Root {
     control: Option<control::Control>,
     /// Worker → singleton telemetry queue, once resolved.
     telemetry_queue: Option<u32>,
+    /// This worker's wake queue: the singleton pokes it after writing a snapshot.
+    wake_queue: Option<u32>,
 }
 
-/// Tick period of worker root contexts: health probes are due at most this late.
+/// Tick period of worker root contexts: health probes are due at most this late, and a
+/// snapshot whose wake-up was lost is applied at most this late.
 const TICK: Duration = Duration::from_millis(200);
 /// Counters are flushed every this many ticks (once a second).
 const FLUSH_EVERY: u64 = 5;
@@ -227,6 +232,14 @@ impl RootContext for Root {
                 })));
             }
         }
+        // Register for wake-ups first, then read the snapshot: one written in between is
+        // either seen now or announced on the queue (see `control::wake_workers`).
+        if self.wake_queue.is_none() {
+            self.wake_queue = control::register_wake_queue();
+        }
+        if let Some(shared) = &self.shared {
+            shared.borrow_mut().refresh();
+        }
         let _ = hostcalls::set_tick_period(TICK);
         true
     }
@@ -270,9 +283,16 @@ impl RootContext for Root {
         }
     }
 
-    fn on_queue_ready(&mut self, _: u32) {
+    fn on_queue_ready(&mut self, queue: u32) {
         if let Some(c) = &mut self.control {
             c.drain_queue();
+            return;
+        }
+        if self.wake_queue == Some(queue) {
+            while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
+            if let Some(shared) = &self.shared {
+                shared.borrow_mut().refresh();
+            }
         }
     }
 
@@ -309,7 +329,7 @@ impl Context for Flow {}
 
 impl Flow {
     fn decide(&mut self, shared: &mut Shared) -> Decision {
-        shared.refresh();
+        // No snapshot check here: the singleton's wake-up (and the tick) apply new ones.
         let now = now_ms();
         self.started_ms = now;
         let raw = abi::header_map(MapType::HttpRequestHeaders);

@@ -37,6 +37,11 @@ pub fn engine() -> &'static Engine {
         // A guest stuck in a loop must fail its test, not hang it: every store gets an
         // epoch deadline and a ticker thread moves the epoch on.
         cfg.epoch_interruption(true);
+        // Profiling the guest with `perf`: build with `--features wasmtime/profiling` and
+        // set SWITCHYARD_WASM_PERFMAP=1 (writes /tmp/perf-<pid>.map for wasm functions).
+        if std::env::var_os("SWITCHYARD_WASM_PERFMAP").is_some() {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&cfg).expect("wasmtime engine with default settings");
         let ticker = engine.clone();
         std::thread::Builder::new()

@@ -107,6 +107,10 @@ fn a_snapshot_reaches_every_worker_and_is_acked() {
         .shared_data("switchyard", "switchyard.snapshot.version")
         .unwrap();
     assert_eq!(v, 8u64.to_le_bytes());
+    // Workers learn of it through their wake queues (no per-request polling, no tick
+    // happened): all three registered one.
+    let (workers, _) = sy.process.shared().shared_data("switchyard", "switchyard.workers").unwrap();
+    assert_eq!(workers, 3u32.to_le_bytes());
     assert_eq!(sy.metric("switchyard.control.applied_version"), 8);
     assert!(sy.host_errors().is_empty());
 }
