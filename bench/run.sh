@@ -126,8 +126,9 @@ render_variant() {
   local v="$1"
   case "$v" in
     none | trivial | lua) bench/envoy/render.sh "$v" ;;
-    hc-*) # the trivial filter plus N host calls of one kind, e.g. hc-shared=20
-      BENCH_TRIVIAL_CONFIG="${v#hc-}" bench/envoy/render.sh trivial ;;
+    hc-*) # the trivial filter plus N host calls of one kind, e.g. hc-shared=20; BENCH_HC_WASM
+      # picks another build of it (hc-decide needs `--features price-decision`)
+      BENCH_TRIVIAL_WASM="${BENCH_HC_WASM:-$BENCH_TRIVIAL_WASM}" BENCH_TRIVIAL_CONFIG="${v#hc-}" bench/envoy/render.sh trivial ;;
     switchyard) BENCH_POLICY=bench/policies/realistic.json bench/envoy/render.sh switchyard ;;
     sy-nokeys) BENCH_POLICY=bench/policies/realistic.json bench/envoy/render.sh switchyard ;;
     sy-default) BENCH_POLICY=bench/policies/default-only.json bench/envoy/render.sh switchyard ;;

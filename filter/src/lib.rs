@@ -18,5 +18,5 @@ pub mod router;
 pub mod schedule;
 pub mod snapshot;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "adapter"))]
 mod wasm;

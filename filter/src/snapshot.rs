@@ -4,7 +4,8 @@
 //! error, never a panic; unknown fields are skipped as protobuf requires.
 //!
 //! The singleton stores the `Snapshot` bytes exactly as received in Envoy shared data;
-//! workers decode them only when the version key changes.
+//! workers check the version key when the singleton pokes their wake queue (and on their
+//! tick) and decode the snapshot only when it changed.
 
 /// Shared-data key holding the applied snapshot version (8 bytes, little endian).
 pub const VERSION_KEY: &str = "switchyard.snapshot.version";

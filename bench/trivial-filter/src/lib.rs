@@ -7,7 +7,8 @@
 //! request, to price single host calls in Envoy (bench/run.sh variants `hc-<kind>N`):
 //! `shared` (read a shared-data key), `pairs` (the whole request header map), `time`,
 //! `header` (one request header), `status` (`:status` of the response), `prop`
-//! (`source.address`), `set` (replace a request header).
+//! (`source.address`), `set` (replace a request header), `mix` (Switchyard's host calls
+//! without its decision: clock + header map, `:status` on the response).
 #![forbid(unsafe_code)]
 
 #[cfg(target_arch = "wasm32")]
@@ -44,6 +45,12 @@ mod filter {
         Status,
         Prop,
         Set,
+        /// Switchyard's routing decision (realistic policy, affinity keys) on this request's
+        /// headers, in the VM, without host calls: prices the decision's code under V8.
+        Decide,
+        /// Switchyard's host calls for a returning visitor, without its decision: the
+        /// clock, the whole header map (instead of one header), `:status` on the response.
+        Mix,
     }
 
     #[derive(Default)]
@@ -66,6 +73,8 @@ mod filter {
                     "status" => Extra::Status,
                     "prop" => Extra::Prop,
                     "set" => Extra::Set,
+                    "mix" => Extra::Mix,
+                    "decide" => Extra::Decide,
                     _ => return false,
                 };
                 let Ok(n) = n.parse() else { return false };
@@ -86,6 +95,32 @@ mod filter {
         }
     }
 
+    #[cfg(feature = "price-decision")]
+    thread_local! {
+        static ROUTER: std::cell::RefCell<Option<switchyard_filter::router::Router>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Run Switchyard's decision `n` times on this request (one header-map read).
+    #[cfg(feature = "price-decision")]
+    fn decide_n(n: u32) {
+        use switchyard_filter::{affinity::Keyring, classify::Request, policy::validate_json, router::Router};
+        let pairs = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let headers: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect();
+        ROUTER.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.is_none() {
+                if let Ok(v) = validate_json(include_str!("../../policies/realistic.json")) {
+                    *r = Some(Router::new(std::sync::Arc::new(v.policy), Keyring::parse("k1=0123456789abcdef0123").ok()));
+                }
+            }
+            let Some(router) = r.as_mut() else { return };
+            for _ in 0..n {
+                let d = router.decide(&Request { headers: &headers, source: None, now_ms: 1_795_000_000_000 });
+                std::hint::black_box(d);
+            }
+        });
+    }
+
     struct Flow {
         extra: (Extra, u32),
     }
@@ -94,7 +129,7 @@ mod filter {
 
     impl HttpContext for Flow {
         fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-            if self.extra.0 == Extra::Status {
+            if matches!(self.extra.0, Extra::Status | Extra::Mix) {
                 for _ in 0..self.extra.1 {
                     let _ = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status");
                 }
@@ -104,15 +139,34 @@ mod filter {
 
         fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
             let (kind, n) = self.extra;
+            #[cfg(feature = "price-decision")]
+            if kind == Extra::Decide {
+                decide_n(n);
+            }
+            if kind == Extra::Mix {
+                // The whole map (and the clock) instead of the one input header below.
+                let mut stack = DEFAULT_STACK;
+                for _ in 0..n {
+                    let _ = hostcalls::get_current_time();
+                    let pairs = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                    if let Some((_, v)) = pairs.iter().find(|(k, _)| k == INPUT) {
+                        stack = STACKS.iter().find(|s| s.as_bytes() == v.as_slice()).copied().unwrap_or(DEFAULT_STACK);
+                    }
+                }
+                self.set_http_request_header(ROUTING, Some(stack));
+                return Action::Continue;
+            }
             for i in 0..n {
                 match kind {
                     Extra::Shared => drop(hostcalls::get_shared_data("bench.key")),
                     Extra::Pairs => drop(hostcalls::get_map(MapType::HttpRequestHeaders)),
-                    Extra::Time => drop(hostcalls::get_current_time()),
+                    Extra::Time => {
+                        let _ = hostcalls::get_current_time();
+                    }
                     Extra::Header => drop(hostcalls::get_map_value(MapType::HttpRequestHeaders, "user-agent")),
                     Extra::Prop => drop(hostcalls::get_property(vec!["source", "address"])),
                     Extra::Set => drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-bench-scratch", Some(if i % 2 == 0 { "a" } else { "b" }))),
-                    Extra::None | Extra::Status => {}
+                    Extra::None | Extra::Status | Extra::Mix | Extra::Decide => {}
                 }
             }
             let wanted = self.get_http_request_header(INPUT);

@@ -1,7 +1,8 @@
 //! The control singleton: runs once per Envoy (bootstrap `envoy.bootstrap.wasm`,
 //! `singleton: true`, same `vm_id` as the filter) on the main thread. It keeps a `Watch`
 //! stream to the control service open, writes each valid snapshot into shared data as the
-//! only writer, acknowledges it, reconnects with jittered exponential backoff, and drains
+//! only writer, pokes every worker's wake queue so they apply it at once, acknowledges it,
+//! reconnects with jittered exponential backoff, and drains
 //! worker telemetry from a shared queue into one `Report` call per interval.
 //!
 //! It must never block or trap the main thread: every tick does a bounded amount of work,
@@ -261,8 +262,8 @@ impl Control {
             bump(self.ids.rejected, 1);
             return;
         }
-        // Blob first, then the version key workers poll: a worker that sees the new
-        // version always finds at least that snapshot.
+        // Blob first, then the version key workers check (on a wake-up or their tick): a
+        // worker that sees the new version always finds at least that snapshot.
         let written = hostcalls::set_shared_data(SNAPSHOT_KEY, Some(&bytes), None)
             .and_then(|_| hostcalls::set_shared_data(VERSION_KEY, Some(&snapshot.version.to_le_bytes()), None));
         if let Err(e) = written {
