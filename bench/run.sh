@@ -15,7 +15,8 @@
 #   sy-nocidrs  realistic policy without geo CIDR tables (no source.address lookup)
 #   switchyard-alt  as (c) with another build of the filter, BENCH_ALT_WASM (A/B of a change)
 #   hc-<kind>=<N>   (b) plus N extra host calls of one kind per request, to price them:
-#                   kinds shared, pairs, time, header, status, prop, set (bench/trivial-filter)
+#                   kinds shared, pairs, time, header, status, prop, set, mix; decide runs
+#                   Switchyard's decision N times in the VM (bench/trivial-filter)
 # Per run: CPU time of the Envoy process (sum of its threads' schedstat run time) over
 # the measured window / requests completed = CPU µs per request. Medians per variant and
 # per-round ratios go to a markdown report.
@@ -104,6 +105,13 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     cargo build -q --release --target wasm32-wasip1 -p switchyard-filter
   fi
   cargo build -q --release --target wasm32-wasip1 -p switchyard-bench-trivial
+  if [[ " $VARIANTS " == *" hc-decide="* ]] && [ -z "${BENCH_HC_WASM:-}" ]; then
+    # The baseline with Switchyard's routing core inside, in its own target dir so the
+    # plain baseline build is not replaced.
+    cargo build -q --release --target wasm32-wasip1 -p switchyard-bench-trivial --features price-decision \
+      --target-dir target/bench-price-decision
+    export BENCH_HC_WASM="$root/target/bench-price-decision/wasm32-wasip1/release/switchyard_bench_trivial.wasm"
+  fi
 fi
 export SWITCHYARD_WASM="${SWITCHYARD_WASM:-$root/target/wasm32-wasip1/release/switchyard_filter.wasm}"
 export BENCH_TRIVIAL_WASM="${BENCH_TRIVIAL_WASM:-$root/target/wasm32-wasip1/release/switchyard_bench_trivial.wasm}"
