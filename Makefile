@@ -42,7 +42,7 @@ $(TOOLS)/envoy:
 ## ---- build ---------------------------------------------------------------
 build: wasm native
 
-WASM_OPT_FLAGS := -O2 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
+WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 
 # cargo re-links its output on every build, so the optimised module is kept beside it
 # and copied over the release artifact each time.
