@@ -265,8 +265,9 @@ fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
     let mut chunks = hay.chunks_exact(8);
     let mut base = 0;
     for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
+        // Byte by byte: `copy_from_slice` stays an out-of-line call in the size-optimised
+        // build; these eight loads become one.
+        let word = [chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]];
         let x = u64::from_le_bytes(word) ^ pattern;
         // A zero byte in x is a match; the lowest flagged byte is the first one.
         let zero = x.wrapping_sub(LO) & !x & HI;

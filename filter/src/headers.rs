@@ -4,19 +4,35 @@
 /// Parse Envoy's pairs encoding: `u32 count`, `count × (u32 key_len, u32 value_len)`, then
 /// each key and value followed by a NUL byte.
 pub fn parse_pairs(buf: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut out = Vec::new();
+    parse_pairs_into(buf, &mut out).then_some(out)
+}
+
+/// [`parse_pairs`] into a caller's vector (cleared first), so the request path reuses one
+/// allocation. Returns `false` (leaving `out` empty) if the buffer is malformed.
+pub fn parse_pairs_into<'a>(buf: &'a [u8], out: &mut Vec<(&'a [u8], &'a [u8])>) -> bool {
+    out.clear();
+    if buf.is_empty() {
+        return true;
+    }
+    let ok = parse(buf, out).is_some();
+    if !ok {
+        out.clear();
+    }
+    ok
+}
+
+fn parse<'a>(buf: &'a [u8], out: &mut Vec<(&'a [u8], &'a [u8])>) -> Option<()> {
     let u32_at = |at: usize| -> Option<usize> {
         let b = buf.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
-    if buf.is_empty() {
-        return Some(Vec::new());
-    }
     let count = u32_at(0)?;
     // Every pair needs at least 8 bytes of sizes and 2 NULs.
     if count > buf.len() / 10 {
         return None;
     }
-    let mut out = Vec::with_capacity(count);
+    out.reserve(count);
     let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
     for i in 0..count {
         let klen = u32_at(4 + i * 8)?;
@@ -35,7 +51,26 @@ pub fn parse_pairs(buf: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
         data += 1;
         out.push((key, value));
     }
-    Some(out)
+    Some(())
+}
+
+/// An empty vector of pairs with `v`'s allocation and no borrow: how the request path
+/// keeps its pairs vector between requests whose header buffers live shorter than it.
+pub fn recycle(mut v: Vec<(&[u8], &[u8])>) -> Vec<(&'static [u8], &'static [u8])> {
+    v.clear();
+    // In-place collection: same element layout, so the buffer is kept.
+    v.into_iter().map(|_| (&[][..], &[][..])).collect()
+}
+
+/// A `:status` value: exactly three ASCII digits, 100–999 (what Envoy's codecs accept);
+/// anything else is `None` (the response then counts as a failure).
+pub fn parse_status(s: &[u8]) -> Option<u32> {
+    match *s {
+        [a @ b'1'..=b'9', b @ b'0'..=b'9', c @ b'0'..=b'9'] => {
+            Some(u32::from(a - b'0') * 100 + u32::from(b - b'0') * 10 + u32::from(c - b'0'))
+        }
+        _ => None,
+    }
 }
 
 /// Encode pairs the way Envoy does (used by tests and tools).
@@ -68,7 +103,43 @@ mod tests {
         assert_eq!(parse_pairs(&[]).unwrap(), Vec::<(&[u8], &[u8])>::new());
     }
 
+    #[test]
+    fn reused_vector_keeps_its_allocation_and_is_cleared() {
+        let pairs: Vec<(&[u8], &[u8])> = vec![(b":path", b"/x"), (b"cookie", b"a=1")];
+        let buf = encode_pairs(&pairs);
+        let mut v = Vec::new();
+        assert!(parse_pairs_into(&buf, &mut v));
+        assert_eq!(v, pairs);
+        let cap = v.capacity();
+        let ptr = v.as_ptr() as usize;
+        let kept = recycle(v);
+        assert!(kept.is_empty());
+        assert_eq!((kept.capacity(), kept.as_ptr() as usize), (cap, ptr));
+        // A malformed buffer leaves the vector empty, not half-filled.
+        let mut v: Vec<(&[u8], &[u8])> = kept;
+        assert!(!parse_pairs_into(&buf[..buf.len() - 1], &mut v));
+        assert!(v.is_empty());
+        assert!(parse_pairs_into(&[], &mut v) && v.is_empty());
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(parse_status(b"200"), Some(200));
+        assert_eq!(parse_status(b"503"), Some(503));
+        assert_eq!(parse_status(b"100"), Some(100));
+        assert_eq!(parse_status(b"999"), Some(999));
+        for bad in [&b""[..], b"20", b"2000", b"099", b" 200", b"20x", b"+20", b"\xff00"] {
+            assert_eq!(parse_status(bad), None, "{bad:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn status_matches_std_on_three_digits(n in 0u32..1000) {
+            let text = format!("{n:03}");
+            prop_assert_eq!(parse_status(text.as_bytes()), (n >= 100).then_some(n));
+        }
+
         #[test]
         fn never_panics_on_garbage(buf in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse_pairs(&buf);

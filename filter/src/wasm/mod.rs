@@ -20,7 +20,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::affinity::{Keyring, KEYS_ENV};
 use crate::classify::Request;
-use crate::headers::parse_pairs;
+use crate::headers::{parse_pairs_into, parse_status, recycle};
 use crate::policy::{validate_bytes, Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome, Router};
 use metrics::Metrics;
@@ -50,6 +50,9 @@ struct Shared {
     snapshot_version: u64,
     /// Policy text of the last applied snapshot (skip recompiling on health-only changes).
     snapshot_policy: String,
+    /// The request path's header-pairs vector, kept empty between requests (no allocation
+    /// per request).
+    pairs: Vec<(&'static [u8], &'static [u8])>,
 }
 
 impl Shared {
@@ -229,6 +232,7 @@ impl RootContext for Root {
                     metrics,
                     snapshot_version: 0,
                     snapshot_policy: String::new(),
+                    pairs: Vec::new(),
                 })));
             }
         }
@@ -333,28 +337,44 @@ impl Flow {
         let now = now_ms();
         self.started_ms = now;
         let raw = abi::header_map(MapType::HttpRequestHeaders);
-        let Some(pairs) = raw.as_deref().and_then(parse_pairs) else {
-            // The host did not give us the request: route by the default rule, count it.
-            shared.metrics.filter_error();
-            return shared.router.decide_default(now);
+        let mut pairs: Vec<(&[u8], &[u8])> = std::mem::take(&mut shared.pairs);
+        let decision = match raw.as_deref() {
+            Some(buf) if parse_pairs_into(buf, &mut pairs) => Self::decide_pairs(shared, &pairs, now),
+            _ => {
+                // The host did not give us the request: route by the default rule, count it.
+                shared.metrics.filter_error();
+                shared.router.decide_default(now)
+            }
         };
+        shared.pairs = recycle(pairs);
+        decision
+    }
 
+    fn decide_pairs(shared: &mut Shared, pairs: &[(&[u8], &[u8])], now: u64) -> Decision {
+        let policy = shared.router.policy();
+        let geo = policy.classify.geo_header.as_deref().map(str::as_bytes);
+        // One pass: client-supplied internal headers, and whether the geo header came.
+        let (mut stack_header, mut decision_header, mut geo_header_present) = (false, false, false);
+        for (n, _) in pairs {
+            let n: &[u8] = n;
+            if n == STACK_HEADER.as_bytes() {
+                stack_header = true;
+            } else if n == DECISION_HEADER.as_bytes() {
+                decision_header = true;
+            } else if geo == Some(n) {
+                geo_header_present = true;
+            }
+        }
+        let needs_source = policy.uses_client_ip || (!policy.classify.cidrs.is_empty() && !geo_header_present);
         // Client-supplied internal headers never reach the decision or the upstream.
-        for internal in [STACK_HEADER, DECISION_HEADER] {
-            if pairs.iter().any(|(n, _)| *n == internal.as_bytes()) {
+        for (present, internal) in [(stack_header, STACK_HEADER), (decision_header, DECISION_HEADER)] {
+            if present {
                 shared.metrics.spoofed_header();
                 if hostcalls::set_map_value(MapType::HttpRequestHeaders, internal, None).is_err() {
                     shared.metrics.filter_error();
                 }
             }
         }
-        let policy = shared.router.policy();
-        let geo_header_present = policy
-            .classify
-            .geo_header
-            .as_deref()
-            .is_some_and(|h| pairs.iter().any(|(n, _)| *n == h.as_bytes()));
-        let needs_source = policy.uses_client_ip || (!policy.classify.cidrs.is_empty() && !geo_header_present);
         let source = if !needs_source {
             None
         } else {
@@ -365,7 +385,7 @@ impl Flow {
                 .and_then(|s| crate::cidr::parse_socket_address(&s))
         };
         let req = Request {
-            headers: &pairs,
+            headers: pairs,
             source,
             now_ms: now,
         };
@@ -444,10 +464,10 @@ impl HttpContext for Flow {
         if let Some(d) = self.decision.take() {
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, DECISION_HEADER, Some(&d));
         }
-        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|s| s.parse::<u32>().ok());
+            .and_then(|s| parse_status(&s));
         let mut guard = shared.borrow_mut();
         let s = &mut *guard;
         // Host calls are the filter's main cost: the clock is read again only for failures
