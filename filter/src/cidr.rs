@@ -89,7 +89,7 @@ pub struct CidrTable<T> {
 
 impl<T: Copy> CidrTable<T> {
     pub fn new(mut entries: Vec<(Cidr, T)>) -> Self {
-        entries.sort_by(|a, b| b.0.len.cmp(&a.0.len));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0.len));
         Self { entries }
     }
 

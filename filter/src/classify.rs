@@ -104,7 +104,7 @@ pub fn hash_found(found: Found, hostile: &mut bool) -> Option<u64> {
     found.value().filter(|v| !v.is_empty()).map(|v| hash64(KEY_SEED, v))
 }
 
-const KEY_SEED: u64 = 0x5379_4b65_79; // "SyKey"
+const KEY_SEED: u64 = 0x0053_794b_6579; // "SyKey"
 
 /// Classified attributes of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

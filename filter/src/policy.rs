@@ -1275,7 +1275,7 @@ struct Env<'a> {
 fn compile_match(
     ctx: &mut Ctx,
     env: &Env,
-    regions: &mut Vec<String>,
+    regions: &mut [String],
     cohorts: &[String],
     path: &str,
     m: &MatchDoc,
@@ -1393,7 +1393,7 @@ fn compile_targets(ctx: &mut Ctx, env: &Env, path: &str, targets: &[TargetDoc], 
     out
 }
 
-fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut Vec<String>, path: &str, r: &RouteDoc) -> Route {
+fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut [String], path: &str, r: &RouteDoc) -> Route {
     let all = mask_of(env.stacks.len());
     let (residency, residency_regions) = match &r.residency {
         None => (all, None),

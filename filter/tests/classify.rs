@@ -173,14 +173,14 @@ fn cookie_slots_see_every_cookie_header_and_repeats() {
     let one = req(&[("cookie", "_ga=1; aff=\"v1.k.a\" ; x=2"), ("cookie", "session=s1")]);
     let a = classify(&p, &Request { headers: &one, source: None, now_ms: 0 });
     assert_eq!(a.affinity_cookie, Found::One(b"v1.k.a"));
-    assert_eq!(a.user_key, Some(hash64(0x5379_4b65_79, b"s1")));
+    assert_eq!(a.user_key, Some(hash64(0x0053_794b_6579, b"s1")));
     assert!(!a.hostile);
 
     // The user key cookie twice, across two headers: hostile, and the next source is used.
     let two = req(&[("cookie", "session=s1; sid=z"), ("cookie", "session=s2")]);
     let a = classify(&p, &Request { headers: &two, source: None, now_ms: 0 });
     assert!(a.hostile);
-    assert_eq!(a.user_key, Some(hash64(0x5379_4b65_79, b"z")));
+    assert_eq!(a.user_key, Some(hash64(0x0053_794b_6579, b"z")));
     assert!(matches!(p.classify.user_key[1], KeyDoc::Cookie(_)));
 }
 
@@ -221,7 +221,7 @@ fn too_many_user_agent_substrings_are_rejected_by_field() {
              "default": {{ "targets": [ {{ "stack": "a" }} ] }} }}"#,
         subs.join(",")
     );
-    let err = validate_json(&json).err().expect("65 substrings must be rejected");
+    let err = validate_json(&json).expect_err("65 substrings must be rejected");
     let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["classify.channels[0].user_agent_contains[64]"]);
     // 64 is fine.

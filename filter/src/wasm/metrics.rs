@@ -196,7 +196,7 @@ impl Metrics {
     /// Whether this response's latency is sampled.
     pub fn sample_latency(&mut self) -> bool {
         self.responses = self.responses.wrapping_add(1);
-        self.responses % LATENCY_SAMPLE == 0
+        self.responses.is_multiple_of(LATENCY_SAMPLE)
     }
 
     /// Count a response from a stack (`None`: the stream ended without one), with its

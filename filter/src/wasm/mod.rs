@@ -261,7 +261,7 @@ impl RootContext for Root {
         s.refresh();
         let Shared { router, metrics, .. } = &mut *s;
         self.ticks += 1;
-        if self.ticks % FLUSH_EVERY == 0 {
+        if self.ticks.is_multiple_of(FLUSH_EVERY) {
             metrics.flush();
             if self.telemetry_queue.is_none() {
                 self.telemetry_queue = hostcalls::resolve_shared_queue(&vm_id(), crate::snapshot::TELEMETRY_QUEUE).ok().flatten();
