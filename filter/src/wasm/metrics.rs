@@ -80,6 +80,7 @@ pub struct Metrics {
     telemetry: Vec<StackTelemetry>,
     /// Telemetry batches that could not be queued (reported with the next one).
     telemetry_dropped: u64,
+    /// Requests seen, for latency sampling.
     responses: u64,
 }
 
@@ -193,7 +194,7 @@ impl Metrics {
         }
     }
 
-    /// Whether this response's latency is sampled.
+    /// Whether this request's latency is sampled (decided when the request arrives).
     pub fn sample_latency(&mut self) -> bool {
         self.responses = self.responses.wrapping_add(1);
         self.responses.is_multiple_of(LATENCY_SAMPLE)
