@@ -97,6 +97,7 @@ impl<'a> Request<'a> {
 }
 
 /// Hash of a found value; repeats set `hostile`.
+#[inline(always)]
 pub fn hash_found(found: Found, hostile: &mut bool) -> Option<u64> {
     if found == Found::Repeated {
         *hostile = true;
@@ -146,6 +147,7 @@ impl Hit {
         };
     }
 
+    #[inline(always)]
     fn resolve<'a>(self, req: &Request<'a>) -> Found<'a> {
         match self {
             Hit::Absent => Found::Absent,
@@ -179,11 +181,13 @@ impl Scan {
     }
 
     /// The header in slot `i`.
+    #[inline(always)]
     pub fn header<'a>(&self, i: usize, req: &Request<'a>) -> Found<'a> {
         self.headers.get(i).map_or(Found::Absent, |h| h.resolve(req))
     }
 
     /// The cookie in slot `i`.
+    #[inline(always)]
     pub fn cookie<'a>(&self, i: usize, req: &Request<'a>) -> Found<'a> {
         self.cookies.get(i).map_or(Found::Absent, |h| h.resolve(req))
     }
@@ -304,6 +308,7 @@ pub fn has_prefix(s: &[u8], prefix: &[u8]) -> bool {
 }
 
 /// `v[start..end]` without surrounding ASCII whitespace, as a range.
+#[inline(always)]
 fn trim_range(v: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
     while start < end && v[start].is_ascii_whitespace() {
         start += 1;

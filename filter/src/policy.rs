@@ -730,17 +730,20 @@ impl RuleIndex {
         }
     }
 
+    #[inline(always)]
     fn row(table: &[u64], words: usize, row: usize) -> &[u64] {
         table.get(row * words..(row + 1) * words).unwrap_or(&[])
     }
 
     /// Rules admitting a region (`None`: unknown).
+    #[inline(always)]
     pub fn region(&self, region: Option<RegionId>) -> &[u64] {
         let rows = self.regions.len() / self.words.max(1);
         Self::row(&self.regions, self.words, region.map_or(rows - 1, usize::from).min(rows - 1))
     }
 
     /// Rules admitting a country code (`None`: no or unreadable geo header).
+    #[inline(always)]
     pub fn country(&self, code: Option<[u8; 2]>) -> &[u64] {
         let other = self.countries.len();
         let row = code.and_then(|c| self.countries.binary_search(&c).ok()).unwrap_or(other);
@@ -748,17 +751,20 @@ impl RuleIndex {
     }
 
     /// Rules admitting a channel.
+    #[inline(always)]
     pub fn channel(&self, channel: ChannelId) -> &[u64] {
         Self::row(&self.channels, self.words, usize::from(channel))
     }
 
     /// Rules admitting a cohort (`None`: none, or one no rule names).
+    #[inline(always)]
     pub fn cohort(&self, cohort: Option<CohortId>) -> &[u64] {
         let other = self.cohorts.len() / self.words.max(1) - 1;
         Self::row(&self.cohorts, self.words, cohort.map_or(other, |c| (c as usize).min(other)))
     }
 
     /// Rules admitting a request method (compared case-insensitively).
+    #[inline(always)]
     pub fn method(&self, method: &[u8]) -> &[u64] {
         let row = self.methods.iter().position(|m| m.eq_ignore_ascii_case(method)).unwrap_or(self.methods.len());
         Self::row(&self.method_rows, self.words, row)
@@ -835,6 +841,7 @@ impl Policy {
     }
 
     /// Region of an upper-case country code in the geo table.
+    #[inline(always)]
     pub fn country_region(&self, code: [u8; 2]) -> Option<RegionId> {
         let t = &self.classify.countries;
         t.binary_search_by(|(c, _)| c.cmp(&code)).ok().map(|i| t[i].1)

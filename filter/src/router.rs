@@ -3,7 +3,6 @@
 //! by the control plane, the local circuit breakers and the round-robin state. Never
 //! panics and always decides: a stack, or the route's documented local reply.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::affinity::{set_cookie_header, Keyring, Verdict};
@@ -101,45 +100,58 @@ pub struct Router {
     swrr: Vec<(Swrr, Swrr)>,
     keys: Option<Keyring>,
     /// Cookies this worker already verified, so a returning user's next requests skip
-    /// the HMAC. Only authentic cookies of the current epoch enter, keyed by the whole
-    /// value (a forgery can never hit); bounded, cleared when full; dropped with the
-    /// router on a policy change (stack ids are per policy).
-    verified: HashMap<Vec<u8>, (StackId, u64), TailHash>,
+    /// the HMAC. Only authentic cookies of the current epoch enter, matched on the whole
+    /// value (a forgery can never hit); bounded; dropped with the router on a policy
+    /// change (stack ids are per policy).
+    verified: VerifiedCookies,
     /// Header and cookie slots of the request being decided (reused: no allocation).
     scan: Scan,
 }
 
-/// Hasher of the verified-cookie cache. Only authentic cookies are ever inserted, and
-/// their last bytes are an HMAC nobody can choose, so hashing those is enough (and a
-/// quarter of the cost of SipHash over the whole value); equality still compares all.
-#[derive(Debug, Clone, Copy, Default)]
-struct TailHash;
-
-impl std::hash::BuildHasher for TailHash {
-    type Hasher = TailHasher;
-    fn build_hasher(&self) -> TailHasher {
-        TailHasher(0)
-    }
+/// Cookies a worker already verified: a direct-mapped table indexed by a hash of the
+/// cookie's last 16 bytes. Only authentic cookies are ever inserted, and their last bytes
+/// are an HMAC nobody can choose, so that hash spreads them evenly; a hit still compares
+/// the whole value, so a forgery can never hit. A colliding cookie replaces the older
+/// one (which is verified again on its next request): the table never grows, never
+/// needs clearing, and a lookup is one hash, one index and one comparison.
+#[derive(Debug, Default)]
+struct VerifiedCookies {
+    slots: Vec<Option<Verified>>,
 }
 
 #[derive(Debug)]
-struct TailHasher(u64);
-
-impl std::hash::Hasher for TailHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let tail = &bytes[bytes.len().saturating_sub(16)..];
-        self.0 = crate::hash::hash64(self.0, tail);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 ^= n as u64;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
+struct Verified {
+    tag: u64,
+    value: Box<[u8]>,
+    stack: StackId,
+    expiry_s: u64,
 }
 
-/// Most cookies remembered per worker.
-const VERIFIED_CAP: usize = 4096;
+/// Slots of the verified-cookie table (a power of two).
+const VERIFIED_SLOTS: usize = 4096;
+
+impl VerifiedCookies {
+    fn tag(value: &[u8]) -> u64 {
+        crate::hash::hash64(0, &value[value.len().saturating_sub(16)..])
+    }
+
+    /// The slot of `value` if it holds `value`.
+    fn get(&mut self, value: &[u8]) -> Option<&mut Option<Verified>> {
+        let tag = Self::tag(value);
+        let slot = self.slots.get_mut(tag as usize & (VERIFIED_SLOTS - 1))?;
+        slot.as_ref().is_some_and(|v| v.tag == tag && *v.value == *value).then_some(slot)
+    }
+
+    fn insert(&mut self, value: &[u8], stack: StackId, expiry_s: u64) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(VERIFIED_SLOTS, || None);
+        }
+        let tag = Self::tag(value);
+        if let Some(slot) = self.slots.get_mut(tag as usize & (VERIFIED_SLOTS - 1)) {
+            *slot = Some(Verified { tag, value: value.into(), stack, expiry_s });
+        }
+    }
+}
 
 /// Outcome of checking an affinity cookie against this router's policy.
 enum CookieCheck {
@@ -170,7 +182,7 @@ impl Router {
             swrr,
             keys,
             policy,
-            verified: HashMap::with_hasher(TailHash),
+            verified: VerifiedCookies::default(),
             scan: Scan::default(),
         }
     }
@@ -374,12 +386,14 @@ impl Router {
     }
 
     fn check_cookie(&mut self, policy: &Policy, value: &[u8], now_s: u64) -> CookieCheck {
-        if let Some(&(id, expiry_s)) = self.verified.get(value) {
-            if expiry_s <= now_s {
-                self.verified.remove(value);
-                return CookieCheck::Expired;
+        if let Some(slot) = self.verified.get(value) {
+            if let Some(&Verified { stack, expiry_s, .. }) = slot.as_ref() {
+                if expiry_s <= now_s {
+                    *slot = None;
+                    return CookieCheck::Expired;
+                }
+                return CookieCheck::Valid(stack, expiry_s);
             }
-            return CookieCheck::Valid(id, expiry_s);
         }
         let Some(keys) = &self.keys else {
             return CookieCheck::Forged;
@@ -387,10 +401,7 @@ impl Router {
         match keys.verify(value, policy.affinity.epoch, now_s) {
             Verdict::Valid { stack, expiry_s } => match policy.stack_id(stack) {
                 Some(id) => {
-                    if self.verified.len() >= VERIFIED_CAP {
-                        self.verified.clear();
-                    }
-                    self.verified.insert(value.to_vec(), (id, expiry_s));
+                    self.verified.insert(value, id, expiry_s);
                     CookieCheck::Valid(id, expiry_s)
                 }
                 None => CookieCheck::Unknown,
@@ -465,4 +476,44 @@ fn matches_rest(rule: &Rule, a: &Attributes, now_ms: u64, policy: &Policy) -> bo
     (c.path_prefixes.is_empty() || c.path_prefixes.iter().any(|p| has_prefix(a.path, p.as_bytes())))
         && (c.percent.is_none() || matches!((c.percent, a.bucket), (Some((from, to)), Some(b)) if from <= b && b < to))
         && (c.time.is_none() || (policy.uses_time && c.time.as_ref().is_some_and(|t| t.contains(now_ms))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verified_cookie_table_matches_whole_values_only() {
+        let mut t = VerifiedCookies::default();
+        assert!(t.get(b"v1.k1.blue.1.100.TAILTAILTAILTAIL").is_none());
+        t.insert(b"v1.k1.blue.1.100.TAILTAILTAILTAIL", 0, 100);
+        let hit = t.get(b"v1.k1.blue.1.100.TAILTAILTAILTAIL").and_then(|s| s.as_ref()).map(|v| (v.stack, v.expiry_s));
+        assert_eq!(hit, Some((0, 100)));
+        // Same last 16 bytes (same slot, same tag), different cookie: never a hit.
+        assert!(t.get(b"v1.k1.green.1.100.TAILTAILTAILTAIL").is_none());
+        // Values shorter than 16 bytes hash whole.
+        t.insert(b"short", 1, 7);
+        assert!(t.get(b"short").is_some() && t.get(b"shorT").is_none());
+    }
+
+    #[test]
+    fn verified_cookie_table_is_bounded_and_replaces_on_collision() {
+        let mut t = VerifiedCookies::default();
+        let cookie = |i: u32| format!("v1.k1.blue.1.100.{i:016}").into_bytes();
+        for i in 0..20_000 {
+            t.insert(&cookie(i), 0, 100);
+        }
+        assert_eq!(t.slots.len(), VERIFIED_SLOTS);
+        let held = (0..20_000).filter(|&i| t.get(&cookie(i)).is_some()).count();
+        assert!(held <= VERIFIED_SLOTS, "{held}");
+        // The most recent insert always survives.
+        assert!(t.get(&cookie(19_999)).is_some());
+        // A slot taken over by another cookie no longer answers for the old one.
+        let slot = |v: &[u8]| VerifiedCookies::tag(v) as usize & (VERIFIED_SLOTS - 1);
+        let a = cookie(19_999);
+        let b = (0..100_000u32).map(|i| cookie(100_000 + i)).find(|c| slot(c) == slot(&a)).expect("some cookie shares the slot");
+        t.insert(&b, 1, 100);
+        assert!(t.get(&a).is_none());
+        assert!(t.get(&b).is_some());
+    }
 }
