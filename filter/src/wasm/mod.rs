@@ -229,6 +229,10 @@ impl RootContext for Root {
                 let mut s = shared.borrow_mut();
                 s.metrics = Metrics::define(&policy);
                 s.router.set_policy(policy);
+                // The plugin's policy is the bootstrap; a control-plane snapshot, if one
+                // was applied, still wins: forget it so `refresh` below applies it again.
+                s.snapshot_version = 0;
+                s.snapshot_policy.clear();
             }
             None => {
                 let metrics = Metrics::define(&policy);

@@ -190,6 +190,14 @@ impl Switchyard {
         self.process.send(w, req)
     }
 
+    /// Reconfigure worker `worker`'s plugin in place with a new policy document.
+    pub fn reconfigure(&mut self, worker: usize, policy: &str) -> Result<bool, HostError> {
+        let w = self.workers[worker];
+        let accepted = self.process.vm(w).reconfigure(policy)?;
+        self.process.flush()?;
+        Ok(accepted)
+    }
+
     pub fn advance(&mut self, d: Duration) -> Result<(), HostError> {
         self.process.advance(d)
     }

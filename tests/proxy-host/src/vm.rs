@@ -408,6 +408,20 @@ impl Vm {
         })
     }
 
+    /// Delivers a new plugin configuration to the existing root context and calls
+    /// `proxy_on_configure` again (what a host does when it reconfigures a plugin in
+    /// place). Returns whether the plugin accepted it.
+    pub fn reconfigure(&mut self, config: impl AsRef<[u8]>) -> Result<bool, HostError> {
+        let config = config.as_ref().to_vec();
+        let n = config.len() as i32;
+        self.store.data_mut().plugin_config = config;
+        let root = self.root_context_id();
+        let Some(f) = self.ex.on_configure.clone() else {
+            return Ok(false);
+        };
+        Ok(self.call("proxy_on_configure", root, &f, (root as i32, n))? != 0)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

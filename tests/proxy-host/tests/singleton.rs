@@ -359,3 +359,26 @@ fn control_plane_weights_and_draining_shape_the_split() {
         "a draining stack took new traffic"
     );
 }
+
+#[test]
+fn reconfiguring_the_plugin_keeps_the_control_planes_policy_and_health() {
+    let peer = control_plane(1);
+    let handle = peer.handle();
+    let mut sy = Switchyard::builder()
+        .singleton(control_config("control", "n1"))
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
+    // The control plane drains blue (weight 0): everything goes to green.
+    handle.push(WATCH, Reply::Message(snapshot(2, 0, 100)));
+    sy.process.flush().unwrap();
+    assert!(stacks_of(&mut sy, 0, 20).iter().all(|s| s == "green"));
+    // The plugin's own configuration is reloaded in place (its policy knows nothing of
+    // the control plane's weights): the control plane's snapshot still decides.
+    assert!(sy.reconfigure(0, POLICY).unwrap());
+    let after = stacks_of(&mut sy, 0, 20);
+    assert!(after.iter().all(|s| s == "green"), "plugin reload overrode the control plane: {after:?}");
+    // A bad reload is refused and changes nothing.
+    assert!(!sy.reconfigure(0, "{\"stacks\": []}").unwrap());
+    assert!(stacks_of(&mut sy, 0, 20).iter().all(|s| s == "green"));
+}
