@@ -89,6 +89,7 @@ fmt:
 	$(CARGO) fmt --all
 
 lint:
+	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets
 	$(CARGO) clippy --target wasm32-wasip1 -p switchyard-filter
 

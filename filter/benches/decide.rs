@@ -59,7 +59,9 @@ fn policy_json(avoid_bucket: u16) -> String {
         .collect();
     let us: Vec<usize> = (0..8).collect();
     let targets = |i: usize, n: usize| -> Vec<Value> {
-        (0..n).map(|k| json!({ "stack": stack_name(us[(i + k) % us.len()]) })).collect()
+        (0..n)
+            .map(|k| json!({ "stack": stack_name(us[(i + k) % us.len()]) }))
+            .collect()
     };
     // A percent slice of width 3% that does not contain the request's bucket.
     let slice = |i: usize| -> (f64, f64) {
@@ -76,7 +78,9 @@ fn policy_json(avoid_bucket: u16) -> String {
             0 => json!({ "countries": ["DE", "FR", "NL"] }),
             1 => json!({ "cohorts": [format!("beta-{i}"), "staff", "internal"] }),
             2 => json!({ "channels": ["mobile"] }),
-            3 => json!({ "path_prefixes": [format!("/checkout-{i}/"), format!("/cart-{i}/"), "/account/"] }),
+            3 => {
+                json!({ "path_prefixes": [format!("/checkout-{i}/"), format!("/cart-{i}/"), "/account/"] })
+            }
             4 => json!({ "countries": ["US", "CA"], "methods": ["POST", "PUT"] }),
             5 => json!({
                 "countries": ["US"],
@@ -98,7 +102,9 @@ fn policy_json(avoid_bucket: u16) -> String {
                 "fallback": { "targets": [ { "stack": stack_name(7) } ] }
             })
         };
-        rules.push(json!({ "id": format!("r{i:03}"), "priority": i as i32, "match": m, "route": route }));
+        rules.push(
+            json!({ "id": format!("r{i:03}"), "priority": i as i32, "match": m, "route": route }),
+        );
     }
     rules.push(json!({
         "id": "us-web-product", "priority": 1000,
@@ -141,7 +147,9 @@ fn compile(json: &str) -> Arc<Policy> {
 /// A signed-in desktop shopper in the US looking at a product: the headers Envoy hands
 /// the filter, with analytics cookies around the affinity cookie.
 fn headers(affinity_cookie: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut cookie = String::from("_ga=GA1.2.465623510.1793032185; session=s1600a35a099950d8; consent=analytics%2Cmarketing");
+    let mut cookie = String::from(
+        "_ga=GA1.2.465623510.1793032185; session=s1600a35a099950d8; consent=analytics%2Cmarketing",
+    );
     if let Some(c) = affinity_cookie {
         cookie.push_str("; sy_aff=");
         cookie.push_str(c);
@@ -163,11 +171,16 @@ fn headers(affinity_cookie: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
         ("x-forwarded-proto", "https"),
         ("x-request-id", "6f1c2b7e-3d4a-4f5b-9c8d-0e1f2a3b4c5d"),
     ];
-    pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 fn borrowed(h: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
-    h.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect()
+    h.iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect()
 }
 
 fn request<'a>(h: &'a [(&'a [u8], &'a [u8])]) -> Request<'a> {
@@ -270,7 +283,9 @@ fn bench_decide(c: &mut Criterion) {
 }
 
 fn bench_hash(c: &mut Criterion) {
-    let targets: Vec<Target> = (0..STACKS).map(|stack| Target { stack, weight: 100 }).collect();
+    let targets: Vec<Target> = (0..STACKS)
+        .map(|stack| Target { stack, weight: 100 })
+        .collect();
     let table = HashTable::build(&targets);
     let keys: Vec<u64> = (0..1024u64).map(mix64).collect();
     let all = u64::MAX;
@@ -387,7 +402,11 @@ fn switchyard_moved(n: usize, keys: &[u64]) -> Moved {
         worst = worst.max(f);
         coll += collateral as f64 / keys.len() as f64;
     }
-    Moved { mean: sum / n as f64, worst, collateral: coll / n as f64 }
+    Moved {
+        mean: sum / n as f64,
+        worst,
+        collateral: coll / n as f64,
+    }
 }
 
 fn maglev_moved(n: usize, keys: &[u64]) -> Moved {
@@ -413,14 +432,25 @@ fn maglev_moved(n: usize, keys: &[u64]) -> Moved {
         worst = worst.max(f);
         coll += collateral as f64 / keys.len() as f64;
     }
-    Moved { mean: sum / n as f64, worst, collateral: coll / n as f64 }
+    Moved {
+        mean: sum / n as f64,
+        worst,
+        collateral: coll / n as f64,
+    }
 }
 
 fn print_disruption(keys: usize) {
-    let keys: Vec<u64> = (0..keys as u64).map(|i| hash64(USER_KEY_SEED, format!("user-{i}").as_bytes())).collect();
+    let keys: Vec<u64> = (0..keys as u64)
+        .map(|i| hash64(USER_KEY_SEED, format!("user-{i}").as_bytes()))
+        .collect();
     println!();
-    println!("Keys moved when 1 of N equally weighted stacks leaves ({} keys, every stack in turn),", keys.len());
-    println!("as a multiple of 1/N (ideal 1.0; goal ≤ 1.5). Collateral: keys moved whose stack stayed.");
+    println!(
+        "Keys moved when 1 of N equally weighted stacks leaves ({} keys, every stack in turn),",
+        keys.len()
+    );
+    println!(
+        "as a multiple of 1/N (ideal 1.0; goal ≤ 1.5). Collateral: keys moved whose stack stayed."
+    );
     println!();
     println!("| N | Switchyard mean × 1/N | worst × 1/N | collateral | Maglev (M=65537) mean × 1/N | worst × 1/N | collateral | goal ≤ 1.5 |");
     println!("|---|---|---|---|---|---|---|---|");

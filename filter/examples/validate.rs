@@ -17,7 +17,11 @@ fn main() {
             for w in &v.warnings {
                 println!("warning: {w}");
             }
-            println!("ok: {} stacks, {} rules", v.policy.stacks.len(), v.policy.rules.len());
+            println!(
+                "ok: {} stacks, {} rules",
+                v.policy.stacks.len(),
+                v.policy.rules.len()
+            );
         }
         Err(e) => {
             for err in &e.errors {

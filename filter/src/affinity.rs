@@ -47,9 +47,19 @@ impl Keyring {
     /// Parse `kid=secret[,kid=secret…]`.
     pub fn parse(spec: &str) -> Result<Self, KeyError> {
         let mut keys: Vec<(String, HmacSha256)> = Vec::new();
-        for (i, entry) in spec.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        for (i, entry) in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
             let (kid, secret) = entry.split_once('=').ok_or(KeyError::Shape(i))?;
-            if kid.is_empty() || kid.len() > 16 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if kid.is_empty()
+                || kid.len() > 16
+                || !kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(KeyError::Kid(i));
             }
             if secret.len() < 16 {
@@ -58,7 +68,8 @@ impl Keyring {
             if keys.iter().any(|(k, _)| k == kid) {
                 return Err(KeyError::Duplicate(i));
             }
-            let mac = HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| KeyError::Short(i))?;
+            let mac =
+                HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| KeyError::Short(i))?;
             keys.push((kid.to_string(), mac));
         }
         if keys.is_empty() {
@@ -111,9 +122,14 @@ impl Keyring {
             return Verdict::Forged;
         };
         let mut parts = payload.split('.');
-        let (Some(ver), Some(kid), Some(stack), Some(ep), Some(exp), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(ver), Some(kid), Some(stack), Some(ep), Some(exp), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Verdict::Forged;
         };
         if ver != VERSION {
@@ -141,14 +157,20 @@ impl Keyring {
         if ep != epoch {
             return Verdict::Stale;
         }
-        Verdict::Valid { stack, expiry_s: exp }
+        Verdict::Valid {
+            stack,
+            expiry_s: exp,
+        }
     }
 }
 
 /// Outcome of checking an affinity cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict<'a> {
-    Valid { stack: &'a str, expiry_s: u64 },
+    Valid {
+        stack: &'a str,
+        expiry_s: u64,
+    },
     /// Bad signature or malformed.
     Forged,
     /// Signed with a key id we do not hold.
@@ -162,7 +184,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 fn b64url_encode(bytes: &[u8], out: &mut Vec<u8>) {
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..chars {
@@ -239,14 +265,23 @@ pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         let pair = trim(pair);
         let eq = pair.iter().position(|&b| b == b'=')?;
         let (name, value) = (trim(&pair[..eq]), trim(&pair[eq + 1..]));
-        let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
         Some((name, value))
     })
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end.max(start)]
 }
 
@@ -263,7 +298,13 @@ mod tests {
         let k = ring("k2=0123456789abcdef0123");
         let c = k.sign("blue", 1, 2_000);
         assert!(c.starts_with("v1.k2.blue.1.2000."));
-        assert_eq!(k.verify(c.as_bytes(), 1, 1_000), Verdict::Valid { stack: "blue", expiry_s: 2_000 });
+        assert_eq!(
+            k.verify(c.as_bytes(), 1, 1_000),
+            Verdict::Valid {
+                stack: "blue",
+                expiry_s: 2_000
+            }
+        );
     }
 
     #[test]
@@ -273,8 +314,14 @@ mod tests {
             push_decimal(&mut s, n);
             assert_eq!(s, format!("x{n}").into_bytes());
         }
-        assert_eq!(set_cookie_header("sy_aff", "v1.a", 3600, false), "sy_aff=v1.a; Max-Age=3600; Path=/; HttpOnly; SameSite=Lax");
-        assert_eq!(set_cookie_header("c", "v", 0, true), "c=v; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure");
+        assert_eq!(
+            set_cookie_header("sy_aff", "v1.a", 3600, false),
+            "sy_aff=v1.a; Max-Age=3600; Path=/; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(
+            set_cookie_header("c", "v", 0, true),
+            "c=v; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"
+        );
     }
 
     #[test]
@@ -282,7 +329,13 @@ mod tests {
         let old = ring("k1=old-secret-old-secret");
         let c = old.sign("green", 1, 5_000);
         let rotated = ring("k2=new-secret-new-secret,k1=old-secret-old-secret");
-        assert_eq!(rotated.verify(c.as_bytes(), 1, 1), Verdict::Valid { stack: "green", expiry_s: 5_000 });
+        assert_eq!(
+            rotated.verify(c.as_bytes(), 1, 1),
+            Verdict::Valid {
+                stack: "green",
+                expiry_s: 5_000
+            }
+        );
         assert!(rotated.sign("green", 1, 5_000).starts_with("v1.k2."));
         let dropped = ring("k3=another-secret-value");
         assert_eq!(dropped.verify(c.as_bytes(), 1, 1), Verdict::UnknownKey);
@@ -296,8 +349,21 @@ mod tests {
         assert_eq!(k.verify(tampered.as_bytes(), 1, 1), Verdict::Forged);
         let other = ring("k=fedcba9876543210fedc").sign("green", 1, 2_000);
         assert_eq!(k.verify(other.as_bytes(), 1, 1), Verdict::Forged);
-        for junk in ["", ".", "v1.k.blue.1.2000", "v1.k.blue.1.2000.", "v2.k.blue.1.2000.AAAAAAAAAAAAAAAAAAAAAA", "\u{0}\u{1}"] {
-            assert!(matches!(k.verify(junk.as_bytes(), 1, 1), Verdict::Forged | Verdict::UnknownKey), "{junk:?}");
+        for junk in [
+            "",
+            ".",
+            "v1.k.blue.1.2000",
+            "v1.k.blue.1.2000.",
+            "v2.k.blue.1.2000.AAAAAAAAAAAAAAAAAAAAAA",
+            "\u{0}\u{1}",
+        ] {
+            assert!(
+                matches!(
+                    k.verify(junk.as_bytes(), 1, 1),
+                    Verdict::Forged | Verdict::UnknownKey
+                ),
+                "{junk:?}"
+            );
         }
         assert_eq!(k.verify(&[0xff, 0xfe, b'.'], 1, 1), Verdict::Forged);
     }
@@ -315,15 +381,29 @@ mod tests {
         assert_eq!(Keyring::parse("").unwrap_err(), KeyError::Empty);
         assert_eq!(Keyring::parse("k=short").unwrap_err(), KeyError::Short(0));
         assert_eq!(Keyring::parse("nokid").unwrap_err(), KeyError::Shape(0));
-        assert_eq!(Keyring::parse("k=0123456789abcdef,k=0123456789abcdef").unwrap_err(), KeyError::Duplicate(1));
-        assert_eq!(Keyring::parse("bad kid=0123456789abcdef").unwrap_err(), KeyError::Kid(0));
+        assert_eq!(
+            Keyring::parse("k=0123456789abcdef,k=0123456789abcdef").unwrap_err(),
+            KeyError::Duplicate(1)
+        );
+        assert_eq!(
+            Keyring::parse("bad kid=0123456789abcdef").unwrap_err(),
+            KeyError::Kid(0)
+        );
         assert!(!format!("{:?}", ring("k=0123456789abcdef0123")).contains("0123"));
     }
 
     #[test]
     fn cookie_parsing() {
         let pairs: Vec<_> = cookie_pairs(b" a=1; sy_aff=\"x.y\" ;junk; b = 2 ;=").collect();
-        assert_eq!(pairs, vec![(&b"a"[..], &b"1"[..]), (b"sy_aff", b"x.y"), (b"b", b"2"), (b"", b"")]);
+        assert_eq!(
+            pairs,
+            vec![
+                (&b"a"[..], &b"1"[..]),
+                (b"sy_aff", b"x.y"),
+                (b"b", b"2"),
+                (b"", b"")
+            ]
+        );
     }
 
     #[test]

@@ -24,12 +24,19 @@ pub struct Swrr {
 
 impl Swrr {
     pub fn new(len: usize) -> Self {
-        Self { current: vec![0; len] }
+        Self {
+            current: vec![0; len],
+        }
     }
 
     /// Pick among `targets` whose stack is in `eligible`, each weight scaled by
     /// `factor(stack)` percent. `None` when nothing eligible has weight.
-    pub fn pick(&mut self, targets: &[Target], eligible: u64, factor: impl Fn(usize) -> u32) -> Option<usize> {
+    pub fn pick(
+        &mut self,
+        targets: &[Target],
+        eligible: u64,
+        factor: impl Fn(usize) -> u32,
+    ) -> Option<usize> {
         if self.current.len() != targets.len() {
             self.current = vec![0; targets.len()];
         }
@@ -77,7 +84,10 @@ fn slot_score(slot: u64, seed: u64, weight: f64) -> f64 {
 impl HashTable {
     /// Build the table for a target list. Cost: `SLOTS × targets` score evaluations.
     pub fn build(targets: &[Target]) -> Self {
-        let seeds: Vec<u64> = targets.iter().map(|t| hash64(0x5eed, &(t.stack as u64).to_le_bytes())).collect();
+        let seeds: Vec<u64> = targets
+            .iter()
+            .map(|t| hash64(0x5eed, &(t.stack as u64).to_le_bytes()))
+            .collect();
         let weights: Vec<f64> = targets.iter().map(|t| f64::from(t.weight)).collect();
         let mut slots = Vec::with_capacity(SLOTS);
         for s in 0..SLOTS as u64 {
@@ -92,7 +102,11 @@ impl HashTable {
             }
             slots.push(best);
         }
-        Self { slots, seeds, weights }
+        Self {
+            slots,
+            seeds,
+            weights,
+        }
     }
 
     /// The target index a key maps to, among targets whose stack is in `eligible`.
@@ -126,16 +140,29 @@ mod tests {
     use super::*;
 
     fn targets(weights: &[u32]) -> Vec<Target> {
-        weights.iter().enumerate().map(|(i, &w)| Target { stack: i, weight: w }).collect()
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Target {
+                stack: i,
+                weight: w,
+            })
+            .collect()
     }
 
     #[test]
     fn swrr_is_exact_and_smooth() {
         let t = targets(&[5, 1, 1]);
         let mut s = Swrr::new(t.len());
-        let picks: Vec<usize> = (0..7).map(|_| s.pick(&t, u64::MAX, |_| 100).unwrap()).collect();
+        let picks: Vec<usize> = (0..7)
+            .map(|_| s.pick(&t, u64::MAX, |_| 100).unwrap())
+            .collect();
         assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 5);
-        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0], "nginx smooth interleaving");
+        assert_eq!(
+            picks,
+            vec![0, 0, 1, 0, 2, 0, 0],
+            "nginx smooth interleaving"
+        );
     }
 
     #[test]
@@ -143,7 +170,9 @@ mod tests {
         let t = targets(&[1, 1, 1]);
         let mut s = Swrr::new(t.len());
         for _ in 0..30 {
-            let p = s.pick(&t, 0b101, |st| if st == 2 { 0 } else { 100 }).unwrap();
+            let p = s
+                .pick(&t, 0b101, |st| if st == 2 { 0 } else { 100 })
+                .unwrap();
             assert_eq!(p, 0);
         }
         assert_eq!(s.pick(&t, 0, |_| 100), None);
@@ -154,9 +183,14 @@ mod tests {
         let t = targets(&[1, 3]);
         let table = HashTable::build(&t);
         let n = 40_000u64;
-        let heavy = (0..n).filter(|k| table.pick(&t, mix64(*k), u64::MAX) == Some(1)).count() as f64;
+        let heavy = (0..n)
+            .filter(|k| table.pick(&t, mix64(*k), u64::MAX) == Some(1))
+            .count() as f64;
         let share = heavy / n as f64;
-        assert!((0.72..0.78).contains(&share), "share of the weight-3 target: {share}");
+        assert!(
+            (0.72..0.78).contains(&share),
+            "share of the weight-3 target: {share}"
+        );
     }
 
     #[test]

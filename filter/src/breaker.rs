@@ -69,7 +69,11 @@ impl Breaker {
 
     /// Whether a health probe should be sent now (marks it in flight).
     pub fn start_probe(&mut self, cfg: &BreakerDoc, now_ms: u64) -> bool {
-        let due = cfg.enabled && self.probe && self.state == State::Open && now_ms >= self.open_until_ms && !self.probe_in_flight;
+        let due = cfg.enabled
+            && self.probe
+            && self.state == State::Open
+            && now_ms >= self.open_until_ms
+            && !self.probe_in_flight;
         if due {
             self.probe_in_flight = true;
         }
@@ -133,7 +137,8 @@ impl Breaker {
                 self.count(cfg, now_ms, ok);
                 self.consecutive = if ok { 0 } else { self.consecutive + 1 };
                 let (total, failed) = self.totals(cfg, now_ms);
-                let rate_trip = total >= cfg.min_requests && f64::from(failed) >= cfg.error_rate * f64::from(total);
+                let rate_trip = total >= cfg.min_requests
+                    && f64::from(failed) >= cfg.error_rate * f64::from(total);
                 if !ok && (self.consecutive >= cfg.consecutive_failures || rate_trip) {
                     self.trip(cfg, now_ms);
                 }
@@ -142,7 +147,10 @@ impl Breaker {
                 if ok {
                     self.trials_ok += 1;
                     if self.trials_ok >= cfg.half_open_requests {
-                        *self = Breaker { probe: self.probe, ..Breaker::default() };
+                        *self = Breaker {
+                            probe: self.probe,
+                            ..Breaker::default()
+                        };
                     }
                 } else {
                     self.trip(cfg, now_ms);
@@ -216,7 +224,10 @@ mod tests {
             assert!(b.available(&c, t2));
             b.on_pick(&c, t2);
         }
-        assert!(!b.available(&c, t2), "no more trials than half_open_requests");
+        assert!(
+            !b.available(&c, t2),
+            "no more trials than half_open_requests"
+        );
         for i in 0..c.half_open_requests {
             b.record(&c, t2 + 1, true);
             let _ = i;
@@ -235,7 +246,10 @@ mod tests {
         let t2 = t + 4 + c.open_ms;
         b.on_pick(&c, t2);
         assert_eq!(b.record(&c, t2, false), Some(State::Open));
-        assert!(!b.available(&c, t2 + c.open_ms), "second opening lasts 2x open_ms");
+        assert!(
+            !b.available(&c, t2 + c.open_ms),
+            "second opening lasts 2x open_ms"
+        );
         assert!(b.available(&c, t2 + 2 * c.open_ms));
     }
 
@@ -280,19 +294,31 @@ mod tests {
             b.record(&c, t + i, false);
         }
         let later = t + 10 * c.open_ms;
-        assert!(!b.available(&c, later), "no trial user requests while probing");
+        assert!(
+            !b.available(&c, later),
+            "no trial user requests while probing"
+        );
         assert!(b.start_probe(&c, later));
         assert!(!b.start_probe(&c, later), "one probe in flight");
         assert_eq!(b.probe_result(&c, later, false), None);
-        assert!(!b.start_probe(&c, later + 1), "failed probe: open again, with backoff");
+        assert!(
+            !b.start_probe(&c, later + 1),
+            "failed probe: open again, with backoff"
+        );
         assert!(b.start_probe(&c, later + 2 * c.open_ms));
-        assert_eq!(b.probe_result(&c, later + 2 * c.open_ms, true), Some(State::Closed));
+        assert_eq!(
+            b.probe_result(&c, later + 2 * c.open_ms, true),
+            Some(State::Closed)
+        );
         assert!(b.available(&c, later + 2 * c.open_ms));
     }
 
     #[test]
     fn disabled_breaker_never_opens() {
-        let c = BreakerDoc { enabled: false, ..cfg() };
+        let c = BreakerDoc {
+            enabled: false,
+            ..cfg()
+        };
         let mut b = Breaker::default();
         for i in 0..100 {
             b.record(&c, i, false);

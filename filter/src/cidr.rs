@@ -161,10 +161,19 @@ mod tests {
 
     #[test]
     fn socket_addresses() {
-        assert_eq!(parse_socket_address("1.2.3.4:80"), Some("1.2.3.4".parse().unwrap()));
-        assert_eq!(parse_socket_address("[::1]:443"), Some("::1".parse().unwrap()));
+        assert_eq!(
+            parse_socket_address("1.2.3.4:80"),
+            Some("1.2.3.4".parse().unwrap())
+        );
+        assert_eq!(
+            parse_socket_address("[::1]:443"),
+            Some("::1".parse().unwrap())
+        );
         assert_eq!(parse_socket_address("::1"), Some("::1".parse().unwrap()));
-        assert_eq!(parse_socket_address("1.2.3.4"), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(
+            parse_socket_address("1.2.3.4"),
+            Some("1.2.3.4".parse().unwrap())
+        );
         assert_eq!(parse_socket_address("garbage"), None);
         assert_eq!(parse_socket_address("[::1"), None);
         assert_eq!(parse_socket_address(""), None);

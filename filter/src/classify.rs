@@ -102,7 +102,10 @@ pub fn hash_found(found: Found, hostile: &mut bool) -> Option<u64> {
     if found == Found::Repeated {
         *hostile = true;
     }
-    found.value().filter(|v| !v.is_empty()).map(|v| hash64(KEY_SEED, v))
+    found
+        .value()
+        .filter(|v| !v.is_empty())
+        .map(|v| hash64(KEY_SEED, v))
 }
 
 const KEY_SEED: u64 = 0x0053_794b_6579; // "SyKey"
@@ -183,13 +186,17 @@ impl Scan {
     /// The header in slot `i`.
     #[inline(always)]
     pub fn header<'a>(&self, i: usize, req: &Request<'a>) -> Found<'a> {
-        self.headers.get(i).map_or(Found::Absent, |h| h.resolve(req))
+        self.headers
+            .get(i)
+            .map_or(Found::Absent, |h| h.resolve(req))
     }
 
     /// The cookie in slot `i`.
     #[inline(always)]
     pub fn cookie<'a>(&self, i: usize, req: &Request<'a>) -> Found<'a> {
-        self.cookies.get(i).map_or(Found::Absent, |h| h.resolve(req))
+        self.cookies
+            .get(i)
+            .map_or(Found::Absent, |h| h.resolve(req))
     }
 
     /// One pass over the headers: pseudo-headers and the user agent by name, the policy's
@@ -271,7 +278,9 @@ fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
     for chunk in &mut chunks {
         // Byte by byte: `copy_from_slice` stays an out-of-line call in the size-optimised
         // build; these eight loads become one.
-        let word = [chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]];
+        let word = [
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ];
         let x = u64::from_le_bytes(word) ^ pattern;
         // A zero byte in x is a match; the lowest flagged byte is the first one.
         let zero = x.wrapping_sub(LO) & !x & HI;
@@ -280,7 +289,11 @@ fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
         }
         base += 8;
     }
-    chunks.remainder().iter().position(|&b| b == needle).map(|i| base + i)
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|i| base + i)
 }
 
 /// Byte equality without a `memcmp` call: the names compared here are short, and most
@@ -375,7 +388,9 @@ pub fn classify_with<'a>(policy: &Policy, req: &Request<'a>, scan: &mut Scan) ->
                     }
                 }
                 if region.is_none() {
-                    region = std::str::from_utf8(v).ok().and_then(|s| policy.region_id(s));
+                    region = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| policy.region_id(s));
                 }
             }
             Found::Repeated => hostile = true,
@@ -393,9 +408,16 @@ pub fn classify_with<'a>(policy: &Policy, req: &Request<'a>, scan: &mut Scan) ->
         .channels
         .iter()
         .find(|ch| {
-            ch.path_prefixes.iter().any(|p| has_prefix(path, p.as_bytes()))
-                || ch.header_slots.iter().any(|&s| scan.header(s, req) != Found::Absent)
-                || (ch.ua_mask != 0 && *ua_bits.get_or_insert_with(|| ua_found(inputs, user_agent)) & ch.ua_mask != 0)
+            ch.path_prefixes
+                .iter()
+                .any(|p| has_prefix(path, p.as_bytes()))
+                || ch
+                    .header_slots
+                    .iter()
+                    .any(|&s| scan.header(s, req) != Found::Absent)
+                || (ch.ua_mask != 0
+                    && *ua_bits.get_or_insert_with(|| ua_found(inputs, user_agent)) & ch.ua_mask
+                        != 0)
         })
         .map_or(c.default_channel, |ch| ch.id);
 
@@ -411,7 +433,10 @@ pub fn classify_with<'a>(policy: &Policy, req: &Request<'a>, scan: &mut Scan) ->
     let cohort_id = cohort.and_then(|v| policy.cohort_id(v));
 
     // User key: first source present.
-    let user_key = inputs.user_key.iter().find_map(|&slot| scan.key_hash(slot, req, &mut hostile));
+    let user_key = inputs
+        .user_key
+        .iter()
+        .find_map(|&slot| scan.key_hash(slot, req, &mut hostile));
     let bucket = user_key.map(|k| bucket(k, c.bucket_salt.as_bytes()));
 
     Attributes {

@@ -44,7 +44,8 @@ mod tests {
     fn buckets_are_uniform() {
         let mut counts = [0u32; 10];
         for i in 0..100_000u32 {
-            counts[usize::from(bucket(hash64(1, format!("user-{i}").as_bytes()), b"s") / 1000)] += 1;
+            counts[usize::from(bucket(hash64(1, format!("user-{i}").as_bytes()), b"s") / 1000)] +=
+                1;
         }
         for c in counts {
             assert!((9_500..10_500).contains(&c), "bucket decile count {c}");

@@ -97,7 +97,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let pairs: Vec<(&[u8], &[u8])> = vec![(b":path", b"/x"), (b"cookie", b"a=1"), (b"cookie", b"\xff\x00")];
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b":path", b"/x"),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"\xff\x00"),
+        ];
         let buf = encode_pairs(&pairs);
         assert_eq!(parse_pairs(&buf).unwrap(), pairs);
         assert_eq!(parse_pairs(&[]).unwrap(), Vec::<(&[u8], &[u8])>::new());
@@ -128,7 +132,16 @@ mod tests {
         assert_eq!(parse_status(b"503"), Some(503));
         assert_eq!(parse_status(b"100"), Some(100));
         assert_eq!(parse_status(b"999"), Some(999));
-        for bad in [&b""[..], b"20", b"2000", b"099", b" 200", b"20x", b"+20", b"\xff00"] {
+        for bad in [
+            &b""[..],
+            b"20",
+            b"2000",
+            b"099",
+            b" 200",
+            b"20x",
+            b"+20",
+            b"\xff00",
+        ] {
             assert_eq!(parse_status(bad), None, "{bad:?}");
         }
     }

@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::OnceLock;
 
-
 use crate::balance::HashTable;
 use crate::cidr::{Cidr, CidrTable};
 use crate::schedule::{Schedule, TimeWindow};
@@ -324,7 +323,12 @@ impl RuleIndex {
             }
         }
         // `admits(rule, value)`: value `None` is the "other / unknown" row.
-        fn table(rules: &[(usize, Rule)], words: usize, values: usize, admits: impl Fn(&Condition, Option<usize>) -> bool) -> Vec<u64> {
+        fn table(
+            rules: &[(usize, Rule)],
+            words: usize,
+            values: usize,
+            admits: impl Fn(&Condition, Option<usize>) -> bool,
+        ) -> Vec<u64> {
             let mut t = vec![0u64; (values + 1) * words];
             for (row, value) in (0..values).map(Some).chain([None]).enumerate() {
                 for (i, (_, r)) in rules.iter().enumerate() {
@@ -338,14 +342,35 @@ impl RuleIndex {
         let any = |list_empty: bool, hit: bool| list_empty || hit;
         Self {
             words,
-            regions: table(rules, words, regions, |c, v| any(c.regions.is_empty(), v.is_some_and(|v| c.regions.contains(&(v as RegionId))))),
-            country_rows: table(rules, words, countries.len(), |c, v| {
-                any(c.countries.is_empty(), v.is_some_and(|v| c.countries.contains(&countries[v])))
+            regions: table(rules, words, regions, |c, v| {
+                any(
+                    c.regions.is_empty(),
+                    v.is_some_and(|v| c.regions.contains(&(v as RegionId))),
+                )
             }),
-            channels: table(rules, words, channels, |c, v| any(c.channels.is_empty(), v.is_some_and(|v| c.channels.contains(&(v as ChannelId))))),
-            cohorts: table(rules, words, cohorts, |c, v| any(c.cohorts.is_empty(), v.is_some_and(|v| c.cohorts.contains(&(v as CohortId))))),
+            country_rows: table(rules, words, countries.len(), |c, v| {
+                any(
+                    c.countries.is_empty(),
+                    v.is_some_and(|v| c.countries.contains(&countries[v])),
+                )
+            }),
+            channels: table(rules, words, channels, |c, v| {
+                any(
+                    c.channels.is_empty(),
+                    v.is_some_and(|v| c.channels.contains(&(v as ChannelId))),
+                )
+            }),
+            cohorts: table(rules, words, cohorts, |c, v| {
+                any(
+                    c.cohorts.is_empty(),
+                    v.is_some_and(|v| c.cohorts.contains(&(v as CohortId))),
+                )
+            }),
             method_rows: table(rules, words, methods.len(), |c, v| {
-                any(c.methods.is_empty(), v.is_some_and(|v| c.methods.iter().any(|m| *m.as_bytes() == *methods[v])))
+                any(
+                    c.methods.is_empty(),
+                    v.is_some_and(|v| c.methods.iter().any(|m| *m.as_bytes() == *methods[v])),
+                )
             }),
             countries,
             methods,
@@ -361,14 +386,20 @@ impl RuleIndex {
     #[inline(always)]
     pub fn region(&self, region: Option<RegionId>) -> &[u64] {
         let rows = self.regions.len() / self.words.max(1);
-        Self::row(&self.regions, self.words, region.map_or(rows - 1, usize::from).min(rows - 1))
+        Self::row(
+            &self.regions,
+            self.words,
+            region.map_or(rows - 1, usize::from).min(rows - 1),
+        )
     }
 
     /// Rules admitting a country code (`None`: no or unreadable geo header).
     #[inline(always)]
     pub fn country(&self, code: Option<[u8; 2]>) -> &[u64] {
         let other = self.countries.len();
-        let row = code.and_then(|c| self.countries.binary_search(&c).ok()).unwrap_or(other);
+        let row = code
+            .and_then(|c| self.countries.binary_search(&c).ok())
+            .unwrap_or(other);
         Self::row(&self.country_rows, self.words, row)
     }
 
@@ -382,13 +413,21 @@ impl RuleIndex {
     #[inline(always)]
     pub fn cohort(&self, cohort: Option<CohortId>) -> &[u64] {
         let other = self.cohorts.len() / self.words.max(1) - 1;
-        Self::row(&self.cohorts, self.words, cohort.map_or(other, |c| (c as usize).min(other)))
+        Self::row(
+            &self.cohorts,
+            self.words,
+            cohort.map_or(other, |c| (c as usize).min(other)),
+        )
     }
 
     /// Rules admitting a request method (compared case-insensitively).
     #[inline(always)]
     pub fn method(&self, method: &[u8]) -> &[u64] {
-        let row = self.methods.iter().position(|m| m.eq_ignore_ascii_case(method)).unwrap_or(self.methods.len());
+        let row = self
+            .methods
+            .iter()
+            .position(|m| m.eq_ignore_ascii_case(method))
+            .unwrap_or(self.methods.len());
         Self::row(&self.method_rows, self.words, row)
     }
 }
@@ -459,19 +498,27 @@ impl Policy {
 
     /// Cohort id of a claim value, if any rule names that cohort.
     pub fn cohort_id(&self, value: &[u8]) -> Option<CohortId> {
-        self.cohorts.binary_search_by(|c| (**c).cmp(value)).ok().map(|i| i as CohortId)
+        self.cohorts
+            .binary_search_by(|c| (**c).cmp(value))
+            .ok()
+            .map(|i| i as CohortId)
     }
 
     /// Region of an upper-case country code in the geo table.
     #[inline(always)]
     pub fn country_region(&self, code: [u8; 2]) -> Option<RegionId> {
         let t = &self.classify.countries;
-        t.binary_search_by(|(c, _)| c.cmp(&code)).ok().map(|i| t[i].1)
+        t.binary_search_by(|(c, _)| c.cmp(&code))
+            .ok()
+            .map(|i| t[i].1)
     }
 
     /// Region id by name.
     pub fn region_id(&self, name: &str) -> Option<RegionId> {
-        self.regions.iter().position(|r| r == name).map(|i| i as RegionId)
+        self.regions
+            .iter()
+            .position(|r| r == name)
+            .map(|i| i as RegionId)
     }
 
     /// Mask with one bit per stack of this policy.
@@ -494,7 +541,9 @@ impl Route {
     pub fn hash_table(&self) -> Option<&HashTable> {
         match &self.balance {
             Balance::Weighted => None,
-            Balance::Hash { table, .. } => Some(table.get_or_init(|| HashTable::build(&self.targets))),
+            Balance::Hash { table, .. } => {
+                Some(table.get_or_init(|| HashTable::build(&self.targets)))
+            }
         }
     }
 }
@@ -541,18 +590,25 @@ const INTERNAL_HEADERS: [&str; 2] = ["x-switchyard-stack", "x-switchyard-decisio
 
 fn check_header(ctx: &mut Ctx, path: &str, name: &str) {
     if !valid_header_name(name) {
-        ctx.err(path, format!("'{name}' is not a lower-case HTTP header name"));
+        ctx.err(
+            path,
+            format!("'{name}' is not a lower-case HTTP header name"),
+        );
     } else if INTERNAL_HEADERS.contains(&name) || name.starts_with(':') {
-        ctx.err(path, format!("'{name}' is set by Switchyard itself and cannot be an input"));
+        ctx.err(
+            path,
+            format!("'{name}' is set by Switchyard itself and cannot be an input"),
+        );
     }
 }
 
 fn check_key(ctx: &mut Ctx, path: &str, key: &KeyDoc) {
     match key {
         KeyDoc::Header(h) => check_header(ctx, &format!("{path}.header"), h),
-        KeyDoc::Cookie(c) if !valid_cookie_name(c) => {
-            ctx.err(format!("{path}.cookie"), format!("'{c}' is not a valid cookie name"))
-        }
+        KeyDoc::Cookie(c) if !valid_cookie_name(c) => ctx.err(
+            format!("{path}.cookie"),
+            format!("'{c}' is not a valid cookie name"),
+        ),
         _ => {}
     }
 }
@@ -586,17 +642,29 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
         ctx.err("stacks", "at least one stack is required");
     }
     if doc.stacks.len() > MAX_STACKS {
-        ctx.err("stacks", format!("at most {MAX_STACKS} stacks are supported, got {}", doc.stacks.len()));
+        ctx.err(
+            "stacks",
+            format!(
+                "at most {MAX_STACKS} stacks are supported, got {}",
+                doc.stacks.len()
+            ),
+        );
     }
     let mut stacks = Vec::with_capacity(doc.stacks.len());
     let mut stack_index = HashMap::new();
     for (i, s) in doc.stacks.iter().enumerate() {
         let path = format!("stacks[{i}]");
         if !valid_name(&s.name) {
-            ctx.err(format!("{path}.name"), format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", s.name));
+            ctx.err(
+                format!("{path}.name"),
+                format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", s.name),
+            );
         }
         if stack_index.insert(s.name.clone(), i).is_some() {
-            ctx.err(format!("{path}.name"), format!("duplicate stack '{}'", s.name));
+            ctx.err(
+                format!("{path}.name"),
+                format!("duplicate stack '{}'", s.name),
+            );
         }
         let cluster = s.cluster.clone().unwrap_or_else(|| s.name.clone());
         if cluster.is_empty() {
@@ -608,7 +676,10 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
         let region = intern(&s.region, &mut regions);
         if let Some(hp) = &s.health_path {
             if !hp.starts_with('/') || hp.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                ctx.err(format!("{path}.health_path"), format!("'{hp}' must be a path starting with '/'"));
+                ctx.err(
+                    format!("{path}.health_path"),
+                    format!("'{hp}' must be a path starting with '/'"),
+                );
             }
         }
         stacks.push(Stack {
@@ -648,10 +719,16 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     for (i, entry) in c.geo.cidrs.iter().enumerate() {
         match entry.cidr.parse::<Cidr>() {
             Ok(net) => cidrs.push((net, intern(&entry.region, &mut regions))),
-            Err(e) => ctx.err(format!("classify.geo.cidrs[{i}].cidr"), format!("'{}': {e}", entry.cidr)),
+            Err(e) => ctx.err(
+                format!("classify.geo.cidrs[{i}].cidr"),
+                format!("'{}': {e}", entry.cidr),
+            ),
         }
         if entry.region.is_empty() {
-            ctx.err(format!("classify.geo.cidrs[{i}].region"), "must not be empty");
+            ctx.err(
+                format!("classify.geo.cidrs[{i}].region"),
+                "must not be empty",
+            );
         }
     }
     let mut channels: Vec<String> = Vec::new();
@@ -659,40 +736,66 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     for (i, ch) in c.channels.iter().enumerate() {
         let path = format!("classify.channels[{i}]");
         if !valid_name(&ch.name) {
-            ctx.err(format!("{path}.name"), format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", ch.name));
+            ctx.err(
+                format!("{path}.name"),
+                format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", ch.name),
+            );
         }
         if channels.contains(&ch.name) {
-            ctx.err(format!("{path}.name"), format!("duplicate channel '{}'", ch.name));
+            ctx.err(
+                format!("{path}.name"),
+                format!("duplicate channel '{}'", ch.name),
+            );
         }
-        if ch.user_agent_contains.is_empty() && ch.headers.is_empty() && ch.path_prefixes.is_empty() {
-            ctx.err(&path, "a channel needs at least one of user_agent_contains, headers, path_prefixes");
+        if ch.user_agent_contains.is_empty() && ch.headers.is_empty() && ch.path_prefixes.is_empty()
+        {
+            ctx.err(
+                &path,
+                "a channel needs at least one of user_agent_contains, headers, path_prefixes",
+            );
         }
         for (j, h) in ch.headers.iter().enumerate() {
             check_header(&mut ctx, &format!("{path}.headers[{j}]"), h);
         }
         for (j, p) in ch.path_prefixes.iter().enumerate() {
             if !p.starts_with('/') {
-                ctx.err(format!("{path}.path_prefixes[{j}]"), format!("'{p}' must start with '/'"));
+                ctx.err(
+                    format!("{path}.path_prefixes[{j}]"),
+                    format!("'{p}' must start with '/'"),
+                );
             }
         }
         for (j, u) in ch.user_agent_contains.iter().enumerate() {
             if u.is_empty() {
-                ctx.err(format!("{path}.user_agent_contains[{j}]"), "must not be empty");
+                ctx.err(
+                    format!("{path}.user_agent_contains[{j}]"),
+                    "must not be empty",
+                );
             }
         }
         channels.push(ch.name.clone());
         channel_defs.push(ChannelDef {
             id: (channels.len() - 1) as ChannelId,
-            user_agent_contains: ch.user_agent_contains.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            user_agent_contains: ch
+                .user_agent_contains
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
             ua_mask: 0,
             headers: ch.headers.clone(),
             header_slots: Vec::new(),
             path_prefixes: ch.path_prefixes.clone(),
         });
     }
-    let default_channel_name = c.default_channel.clone().unwrap_or_else(|| "web".to_string());
+    let default_channel_name = c
+        .default_channel
+        .clone()
+        .unwrap_or_else(|| "web".to_string());
     if !valid_name(&default_channel_name) {
-        ctx.err("classify.default_channel", format!("'{default_channel_name}' must be 1-48 characters of [A-Za-z0-9_-]"));
+        ctx.err(
+            "classify.default_channel",
+            format!("'{default_channel_name}' must be 1-48 characters of [A-Za-z0-9_-]"),
+        );
     }
     let default_channel = match channels.iter().position(|n| *n == default_channel_name) {
         Some(i) => i as ChannelId,
@@ -711,7 +814,10 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     // Affinity.
     let a = &doc.affinity;
     if !valid_cookie_name(&a.cookie) {
-        ctx.err("affinity.cookie", format!("'{}' is not a valid cookie name", a.cookie));
+        ctx.err(
+            "affinity.cookie",
+            format!("'{}' is not a valid cookie name", a.cookie),
+        );
     }
     if a.ttl_s == 0 || a.ttl_s > 30 * 86_400 {
         ctx.err("affinity.ttl_s", "must be between 1 and 2592000 (30 days)");
@@ -744,12 +850,21 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     let mut seen_ids = HashSet::new();
     for (i, r) in doc.rules.iter().enumerate() {
         if !valid_name(&r.id) {
-            ctx.err(format!("rules[{i}].id"), format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", r.id));
+            ctx.err(
+                format!("rules[{i}].id"),
+                format!("'{}' must be 1-48 characters of [A-Za-z0-9_-]", r.id),
+            );
         } else if r.id == DEFAULT_RULE_ID {
-            ctx.err(format!("rules[{i}].id"), "'default' is reserved for the default route");
+            ctx.err(
+                format!("rules[{i}].id"),
+                "'default' is reserved for the default route",
+            );
         }
         if !seen_ids.insert(r.id.as_str()) {
-            ctx.err(format!("rules[{i}].id"), format!("duplicate rule id '{}'", r.id));
+            ctx.err(
+                format!("rules[{i}].id"),
+                format!("duplicate rule id '{}'", r.id),
+            );
         }
     }
     let mut order: Vec<usize> = (0..doc.rules.len()).collect();
@@ -773,20 +888,50 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     for &i in &order {
         let r = &doc.rules[i];
         let path = format!("rules[{i}]");
-        let cond = compile_match(&mut ctx, &env, &mut regions, &cohorts, &format!("{path}.match"), &r.matches);
+        let cond = compile_match(
+            &mut ctx,
+            &env,
+            &mut regions,
+            &cohorts,
+            &format!("{path}.match"),
+            &r.matches,
+        );
         uses_time |= cond.time.is_some();
-        let route = compile_route(&mut ctx, &env, &mut regions, &format!("{path}.route"), &r.route);
-        rules.push((i, Rule { id: r.id.clone(), cond, route }));
+        let route = compile_route(
+            &mut ctx,
+            &env,
+            &mut regions,
+            &format!("{path}.route"),
+            &r.route,
+        );
+        rules.push((
+            i,
+            Rule {
+                id: r.id.clone(),
+                cond,
+                route,
+            },
+        ));
     }
     let route = compile_route(&mut ctx, &env, &mut regions, "default", &doc.default);
-    rules.push((usize::MAX, Rule { id: DEFAULT_RULE_ID.into(), cond: Condition::default(), route }));
+    rules.push((
+        usize::MAX,
+        Rule {
+            id: DEFAULT_RULE_ID.into(),
+            cond: Condition::default(),
+            route,
+        },
+    ));
 
     // Unreachable rules: an earlier rule whose every condition is at least as broad.
     for (later_pos, (doc_i, later)) in rules.iter().enumerate() {
         if *doc_i == usize::MAX {
             continue;
         }
-        if let Some((_, earlier)) = rules[..later_pos].iter().find(|(_, e)| subsumes(&e.cond, &later.cond)) {
+        if let Some((_, earlier)) = rules[..later_pos]
+            .iter()
+            .find(|(_, e)| subsumes(&e.cond, &later.cond))
+        {
             ctx.warn(
                 format!("rules[{doc_i}]"),
                 format!("rule '{}' is unreachable: rule '{}' is evaluated first and matches everything it matches", later.id, earlier.id),
@@ -802,9 +947,20 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
         return Err(Invalid { errors: ctx.errors });
     }
     let uses_client_ip = c.user_key.contains(&KeyDoc::ClientIp)
-        || rules.iter().any(|(_, r)| matches!(&r.route.balance, Balance::Hash { key: HashKeyDoc::ClientIp, .. }));
+        || rules.iter().any(|(_, r)| {
+            matches!(
+                &r.route.balance,
+                Balance::Hash {
+                    key: HashKeyDoc::ClientIp,
+                    ..
+                }
+            )
+        });
 
-    let cohorts: Vec<Box<[u8]>> = cohorts.into_iter().map(|c| c.into_bytes().into_boxed_slice()).collect();
+    let cohorts: Vec<Box<[u8]>> = cohorts
+        .into_iter()
+        .map(|c| c.into_bytes().into_boxed_slice())
+        .collect();
 
     let inputs = plan_inputs(&mut ctx, c, &a.cookie, &mut channel_defs, &mut rules);
     let index = RuleIndex::build(&rules, regions.len(), channels.len(), cohorts.len());
@@ -913,21 +1069,31 @@ fn compile_match(
     for (i, r) in m.regions.iter().enumerate() {
         match regions.iter().position(|x| x == r) {
             Some(id) => cond.regions.push(id as RegionId),
-            None => ctx.err(format!("{path}.regions[{i}]"), format!("unknown region '{r}' (not used by any stack or geo table)")),
+            None => ctx.err(
+                format!("{path}.regions[{i}]"),
+                format!("unknown region '{r}' (not used by any stack or geo table)"),
+            ),
         }
     }
     for (i, code) in m.countries.iter().enumerate() {
         if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
-            ctx.err(format!("{path}.countries[{i}]"), format!("'{code}' is not a two-letter country code"));
+            ctx.err(
+                format!("{path}.countries[{i}]"),
+                format!("'{code}' is not a two-letter country code"),
+            );
         }
         if let [a, b] = *code.as_bytes() {
-            cond.countries.push([a.to_ascii_uppercase(), b.to_ascii_uppercase()]);
+            cond.countries
+                .push([a.to_ascii_uppercase(), b.to_ascii_uppercase()]);
         }
     }
     for (i, ch) in m.channels.iter().enumerate() {
         match env.channels.iter().position(|x| x == ch) {
             Some(id) => cond.channels.push(id as ChannelId),
-            None => ctx.err(format!("{path}.channels[{i}]"), format!("unknown channel '{ch}'")),
+            None => ctx.err(
+                format!("{path}.channels[{i}]"),
+                format!("unknown channel '{ch}'"),
+            ),
         }
     }
     for (i, co) in m.cohorts.iter().enumerate() {
@@ -944,7 +1110,10 @@ fn compile_match(
     }
     for (i, p) in m.path_prefixes.iter().enumerate() {
         if !p.starts_with('/') {
-            ctx.err(format!("{path}.path_prefixes[{i}]"), format!("'{p}' must start with '/'"));
+            ctx.err(
+                format!("{path}.path_prefixes[{i}]"),
+                format!("'{p}' must start with '/'"),
+            );
         }
     }
     cond.path_prefixes = m.path_prefixes.clone();
@@ -961,7 +1130,10 @@ fn compile_match(
         for (i, d) in t.days.iter().enumerate() {
             match crate::schedule::parse_day(d) {
                 Some(day) => schedule.days |= 1 << day,
-                None => ctx.err(format!("{tpath}.days[{i}]"), format!("'{d}' is not a day (mon, tue, wed, thu, fri, sat, sun)")),
+                None => ctx.err(
+                    format!("{tpath}.days[{i}]"),
+                    format!("'{d}' is not a day (mon, tue, wed, thu, fri, sat, sun)"),
+                ),
             }
         }
         for (i, cpn) in t.campaigns.iter().enumerate() {
@@ -969,7 +1141,9 @@ fn compile_match(
             let end = crate::schedule::parse_rfc3339(&cpn.end);
             match (start, end) {
                 (Ok(s), Ok(e)) if s < e => schedule.campaigns.push((s, e)),
-                (Ok(_), Ok(_)) => ctx.err(format!("{tpath}.campaigns[{i}]"), "end must be after start"),
+                (Ok(_), Ok(_)) => {
+                    ctx.err(format!("{tpath}.campaigns[{i}]"), "end must be after start")
+                }
                 (Err(e), _) => ctx.err(format!("{tpath}.campaigns[{i}].start"), e),
                 (_, Err(e)) => ctx.err(format!("{tpath}.campaigns[{i}].end"), e),
             }
@@ -981,7 +1155,11 @@ fn compile_match(
     }
     if let Some(p) = &m.percent {
         let ppath = format!("{path}.percent");
-        let ok = p.from.is_finite() && p.to.is_finite() && p.from >= 0.0 && p.to <= 100.0 && p.from < p.to;
+        let ok = p.from.is_finite()
+            && p.to.is_finite()
+            && p.from >= 0.0
+            && p.to <= 100.0
+            && p.from < p.to;
         if !ok {
             ctx.err(&ppath, "need 0 <= from < to <= 100");
         } else if !env.has_user_key {
@@ -995,7 +1173,13 @@ fn compile_match(
     cond
 }
 
-fn compile_targets(ctx: &mut Ctx, env: &Env, path: &str, targets: &[TargetDoc], residency: u64) -> Vec<Target> {
+fn compile_targets(
+    ctx: &mut Ctx,
+    env: &Env,
+    path: &str,
+    targets: &[TargetDoc],
+    residency: u64,
+) -> Vec<Target> {
     let mut out = Vec::with_capacity(targets.len());
     if targets.len() > MAX_TARGETS {
         ctx.err(path, format!("at most {MAX_TARGETS} targets"));
@@ -1003,15 +1187,24 @@ fn compile_targets(ctx: &mut Ctx, env: &Env, path: &str, targets: &[TargetDoc], 
     for (i, t) in targets.iter().enumerate() {
         let tpath = format!("{path}[{i}]");
         let Some(&stack) = env.stack_index.get(&t.stack) else {
-            ctx.err(format!("{tpath}.stack"), format!("unknown stack '{}'", t.stack));
+            ctx.err(
+                format!("{tpath}.stack"),
+                format!("unknown stack '{}'", t.stack),
+            );
             continue;
         };
         if out.iter().any(|x: &Target| x.stack == stack) {
-            ctx.err(format!("{tpath}.stack"), format!("stack '{}' is listed twice", t.stack));
+            ctx.err(
+                format!("{tpath}.stack"),
+                format!("stack '{}' is listed twice", t.stack),
+            );
             continue;
         }
         if residency & (1u64 << stack) == 0 {
-            ctx.err(format!("{tpath}.stack"), format!("stack '{}' is outside this route's residency", t.stack));
+            ctx.err(
+                format!("{tpath}.stack"),
+                format!("stack '{}' is outside this route's residency", t.stack),
+            );
         }
         let weight = t.weight.unwrap_or(env.stacks[stack].weight);
         if weight > 1_000_000 {
@@ -1022,7 +1215,13 @@ fn compile_targets(ctx: &mut Ctx, env: &Env, path: &str, targets: &[TargetDoc], 
     out
 }
 
-fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut [String], path: &str, r: &RouteDoc) -> Route {
+fn compile_route(
+    ctx: &mut Ctx,
+    env: &Env,
+    regions: &mut [String],
+    path: &str,
+    r: &RouteDoc,
+) -> Route {
     let all = mask_of(env.stacks.len());
     let (residency, residency_regions) = match &r.residency {
         None => (all, None),
@@ -1034,7 +1233,10 @@ fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut [String], path: &str, r
             for (i, name) in list.iter().enumerate() {
                 match regions.iter().position(|x| x == name) {
                     Some(id) => ids.push(id as RegionId),
-                    None => ctx.err(format!("{path}.residency[{i}]"), format!("unknown region '{name}'")),
+                    None => ctx.err(
+                        format!("{path}.residency[{i}]"),
+                        format!("unknown region '{name}'"),
+                    ),
                 }
             }
             let mut mask = 0u64;
@@ -1057,13 +1259,17 @@ fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut [String], path: &str, r
         BalanceDoc::Weighted => Balance::Weighted,
         BalanceDoc::Hash { key } => {
             match key {
-                HashKeyDoc::User if !env.has_user_key => {
-                    ctx.err(format!("{path}.balance.key"), "hashing on 'user' needs classify.user_key")
+                HashKeyDoc::User if !env.has_user_key => ctx.err(
+                    format!("{path}.balance.key"),
+                    "hashing on 'user' needs classify.user_key",
+                ),
+                HashKeyDoc::Header(h) => {
+                    check_header(ctx, &format!("{path}.balance.key.header"), h)
                 }
-                HashKeyDoc::Header(h) => check_header(ctx, &format!("{path}.balance.key.header"), h),
-                HashKeyDoc::Cookie(c) if !valid_cookie_name(c) => {
-                    ctx.err(format!("{path}.balance.key.cookie"), format!("'{c}' is not a valid cookie name"))
-                }
+                HashKeyDoc::Cookie(c) if !valid_cookie_name(c) => ctx.err(
+                    format!("{path}.balance.key.cookie"),
+                    format!("'{c}' is not a valid cookie name"),
+                ),
                 _ => {}
             }
             Balance::Hash {
@@ -1075,15 +1281,27 @@ fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut [String], path: &str, r
     };
     if let Some(ttl) = r.affinity_ttl_s {
         if !r.affinity {
-            ctx.err(format!("{path}.affinity_ttl_s"), "set only when affinity is true");
+            ctx.err(
+                format!("{path}.affinity_ttl_s"),
+                "set only when affinity is true",
+            );
         } else if ttl == 0 || ttl > 30 * 86_400 {
-            ctx.err(format!("{path}.affinity_ttl_s"), "must be between 1 and 2592000 (30 days)");
+            ctx.err(
+                format!("{path}.affinity_ttl_s"),
+                "must be between 1 and 2592000 (30 days)",
+            );
         }
     }
     let (fallback, local) = match &r.fallback {
         None => (Vec::new(), LocalReply::default()),
         Some(f) => {
-            let fb = compile_targets(ctx, env, &format!("{path}.fallback.targets"), &f.targets, residency);
+            let fb = compile_targets(
+                ctx,
+                env,
+                &format!("{path}.fallback.targets"),
+                &f.targets,
+                residency,
+            );
             if !fb.is_empty() && fb.iter().all(|t| t.weight == 0) {
                 ctx.err(format!("{path}.fallback.targets"), "total weight is zero");
             }
@@ -1091,15 +1309,24 @@ fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut [String], path: &str, r
                 None => LocalReply::default(),
                 Some(l) => {
                     if !(500..=599).contains(&l.status) && l.status != 429 {
-                        ctx.err(format!("{path}.fallback.local.status"), "must be 429 or 5xx");
+                        ctx.err(
+                            format!("{path}.fallback.local.status"),
+                            "must be 429 or 5xx",
+                        );
                     }
                     if l.retry_after_s > 86_400 {
-                        ctx.err(format!("{path}.fallback.local.retry_after_s"), "must be at most 86400");
+                        ctx.err(
+                            format!("{path}.fallback.local.retry_after_s"),
+                            "must be at most 86400",
+                        );
                     }
                     LocalReply {
                         status: l.status,
                         retry_after_s: l.retry_after_s,
-                        message: l.message.clone().unwrap_or_else(|| LocalReply::default().message),
+                        message: l
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| LocalReply::default().message),
                     }
                 }
             };
@@ -1109,7 +1336,9 @@ fn compile_route(ctx: &mut Ctx, env: &Env, regions: &mut [String], path: &str, r
     Route {
         targets,
         balance,
-        affinity_ttl_s: r.affinity.then(|| r.affinity_ttl_s.unwrap_or(env.affinity_ttl_s)),
+        affinity_ttl_s: r
+            .affinity
+            .then(|| r.affinity_ttl_s.unwrap_or(env.affinity_ttl_s)),
         residency,
         residency_regions,
         fallback,
@@ -1123,7 +1352,10 @@ fn subsumes(a: &Condition, b: &Condition) -> bool {
         a.is_empty() || (!b.is_empty() && b.iter().all(|x| a.contains(x)))
     }
     fn prefixes(a: &[String], b: &[String]) -> bool {
-        a.is_empty() || (!b.is_empty() && b.iter().all(|x| a.iter().any(|p| x.starts_with(p.as_str()))))
+        a.is_empty()
+            || (!b.is_empty()
+                && b.iter()
+                    .all(|x| a.iter().any(|p| x.starts_with(p.as_str()))))
     }
     let time = a.time.is_none();
     let percent = match (a.percent, b.percent) {

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use crate::affinity::{set_cookie_header, Keyring, Verdict};
-use crate::breaker::{Breaker, State};
 use crate::balance::Swrr;
+use crate::breaker::{Breaker, State};
 use crate::classify::{classify_with, has_prefix, Attributes, Found, Request, Scan};
 use crate::policy::{Balance, LocalReply, Policy, Rule, StackId, Target};
 
@@ -139,7 +139,9 @@ impl VerifiedCookies {
     fn get(&mut self, value: &[u8]) -> Option<&mut Option<Verified>> {
         let tag = Self::tag(value);
         let slot = self.slots.get_mut(tag as usize & (VERIFIED_SLOTS - 1))?;
-        slot.as_ref().is_some_and(|v| v.tag == tag && *v.value == *value).then_some(slot)
+        slot.as_ref()
+            .is_some_and(|v| v.tag == tag && *v.value == *value)
+            .then_some(slot)
     }
 
     fn insert(&mut self, value: &[u8], stack: StackId, expiry_s: u64) {
@@ -148,7 +150,12 @@ impl VerifiedCookies {
         }
         let tag = Self::tag(value);
         if let Some(slot) = self.slots.get_mut(tag as usize & (VERIFIED_SLOTS - 1)) {
-            *slot = Some(Verified { tag, value: value.into(), stack, expiry_s });
+            *slot = Some(Verified {
+                tag,
+                value: value.into(),
+                stack,
+                expiry_s,
+            });
         }
     }
 }
@@ -169,12 +176,23 @@ impl Router {
         let swrr = policy
             .rules
             .iter()
-            .map(|r| (Swrr::new(r.route.targets.len()), Swrr::new(r.route.fallback.len())))
+            .map(|r| {
+                (
+                    Swrr::new(r.route.targets.len()),
+                    Swrr::new(r.route.fallback.len()),
+                )
+            })
             .collect();
         let breakers = policy
             .stacks
             .iter()
-            .map(|s| if s.health_path.is_some() { Breaker::probing() } else { Breaker::default() })
+            .map(|s| {
+                if s.health_path.is_some() {
+                    Breaker::probing()
+                } else {
+                    Breaker::default()
+                }
+            })
             .collect();
         Self {
             health: Health::all(n),
@@ -202,7 +220,8 @@ impl Router {
         for (id, stack) in next.policy.stacks.iter().enumerate() {
             if let Some(old) = self.policy.stack_id(&stack.name) {
                 if let (Some(slot), Some(b)) = (next.breakers.get_mut(id), self.breakers.get(old)) {
-                    if stack.health_path.is_some() == self.policy.stacks[old].health_path.is_some() {
+                    if stack.health_path.is_some() == self.policy.stacks[old].health_path.is_some()
+                    {
                         *slot = b.clone();
                     }
                 }
@@ -233,7 +252,9 @@ impl Router {
     /// Breaker state of a stack.
     pub fn breaker_state(&mut self, id: StackId, now_ms: u64) -> State {
         let cfg = &self.policy.breaker;
-        self.breakers.get_mut(id).map_or(State::Closed, |b| b.state(cfg, now_ms))
+        self.breakers
+            .get_mut(id)
+            .map_or(State::Closed, |b| b.state(cfg, now_ms))
     }
 
     /// Record the outcome of a request sent to `id`: `status` is the response code, or
@@ -268,7 +289,14 @@ impl Router {
     /// Decide by the default rule only: used when the request could not be read (the
     /// host refused its headers). Traffic is never blocked by the filter's own trouble.
     pub fn decide_default(&mut self, now_ms: u64) -> Decision {
-        self.decide_with(&Request { headers: &[], source: None, now_ms }, true)
+        self.decide_with(
+            &Request {
+                headers: &[],
+                source: None,
+                now_ms,
+            },
+            true,
+        )
     }
 
     fn decide_with(&mut self, req: &Request, default_only: bool) -> Decision {
@@ -298,7 +326,9 @@ impl Router {
         let factor = |s: StackId| self.health.factor.get(s).copied().unwrap_or(0);
         let usable = |ts: &[Target]| -> u64 {
             ts.iter()
-                .filter(|t| eligible & (1u64 << t.stack) != 0 && t.weight > 0 && factor(t.stack) > 0)
+                .filter(|t| {
+                    eligible & (1u64 << t.stack) != 0 && t.weight > 0 && factor(t.stack) > 0
+                })
                 .fold(0u64, |m, t| m | (1u64 << t.stack))
         };
         let primary = usable(&route.targets);
@@ -342,7 +372,10 @@ impl Router {
         } else if in_fallback {
             let (_, fb) = &mut self.swrr[rule_index];
             let health = &self.health;
-            fb.pick(&route.fallback, active, |s| health.factor.get(s).copied().unwrap_or(0)).map(|i| (route.fallback[i].stack, How::Fallback))
+            fb.pick(&route.fallback, active, |s| {
+                health.factor.get(s).copied().unwrap_or(0)
+            })
+            .map(|i| (route.fallback[i].stack, How::Fallback))
         } else {
             self.balance(rule_index, rule, &attrs, req, active, &mut hostile)
         };
@@ -352,7 +385,11 @@ impl Router {
                 rule: rule_index,
                 outcome: Outcome::Local(route.local.clone()),
                 set_cookie: None,
-                affinity: if affinity == AffinityEvent::Off { AffinityEvent::Off } else { AffinityEvent::Miss },
+                affinity: if affinity == AffinityEvent::Off {
+                    AffinityEvent::Off
+                } else {
+                    AffinityEvent::Miss
+                },
                 hostile,
             };
         };
@@ -369,7 +406,8 @@ impl Router {
                     None => true,
                 };
                 refresh.then(|| {
-                    let value = keys.sign(&policy.stacks[id].name, policy.affinity.epoch, now_s + ttl);
+                    let value =
+                        keys.sign(&policy.stacks[id].name, policy.affinity.epoch, now_s + ttl);
                     set_cookie_header(&policy.affinity.cookie, &value, ttl, policy.affinity.secure)
                 })
             }
@@ -387,7 +425,10 @@ impl Router {
 
     fn check_cookie(&mut self, policy: &Policy, value: &[u8], now_s: u64) -> CookieCheck {
         if let Some(slot) = self.verified.get(value) {
-            if let Some(&Verified { stack, expiry_s, .. }) = slot.as_ref() {
+            if let Some(&Verified {
+                stack, expiry_s, ..
+            }) = slot.as_ref()
+            {
                 if expiry_s <= now_s {
                     *slot = None;
                     return CookieCheck::Expired;
@@ -439,13 +480,16 @@ impl Router {
                 Some(slot) => self.scan.key_hash(*slot, req, hostile),
             };
             if let (Some(k), Some(table)) = (key_hash, route.hash_table()) {
-                return table.pick(&route.targets, k, active).map(|i| (route.targets[i].stack, How::Hashed));
+                return table
+                    .pick(&route.targets, k, active)
+                    .map(|i| (route.targets[i].stack, How::Hashed));
             }
             // No key: fall through to weighted round-robin.
         }
         let factor = |s: StackId| self.health.factor.get(s).copied().unwrap_or(0);
         let (rr, _) = &mut self.swrr[rule_index];
-        rr.pick(&route.targets, active, factor).map(|i| (route.targets[i].stack, How::Weighted))
+        rr.pick(&route.targets, active, factor)
+            .map(|i| (route.targets[i].stack, How::Weighted))
     }
 }
 
@@ -453,7 +497,13 @@ impl Router {
 /// channel, cohort, method), then each checked on what the index does not cover.
 fn first_match(policy: &Policy, a: &Attributes, now_ms: u64) -> Option<usize> {
     let ix = &policy.index;
-    let rows = [ix.region(a.region), ix.country(a.country), ix.channel(a.channel), ix.cohort(a.cohort_id), ix.method(a.method)];
+    let rows = [
+        ix.region(a.region),
+        ix.country(a.country),
+        ix.channel(a.channel),
+        ix.cohort(a.cohort_id),
+        ix.method(a.method),
+    ];
     for w in 0..ix.words {
         let mut candidates = u64::MAX;
         for row in &rows {
@@ -461,7 +511,11 @@ fn first_match(policy: &Policy, a: &Attributes, now_ms: u64) -> Option<usize> {
         }
         while candidates != 0 {
             let i = w * 64 + candidates.trailing_zeros() as usize;
-            if policy.rules.get(i).is_some_and(|r| matches_rest(r, a, now_ms, policy)) {
+            if policy
+                .rules
+                .get(i)
+                .is_some_and(|r| matches_rest(r, a, now_ms, policy))
+            {
                 return Some(i);
             }
             candidates &= candidates - 1;
@@ -473,9 +527,14 @@ fn first_match(policy: &Policy, a: &Attributes, now_ms: u64) -> Option<usize> {
 /// The conditions the rule index does not cover.
 fn matches_rest(rule: &Rule, a: &Attributes, now_ms: u64, policy: &Policy) -> bool {
     let c = &rule.cond;
-    (c.path_prefixes.is_empty() || c.path_prefixes.iter().any(|p| has_prefix(a.path, p.as_bytes())))
-        && (c.percent.is_none() || matches!((c.percent, a.bucket), (Some((from, to)), Some(b)) if from <= b && b < to))
-        && (c.time.is_none() || (policy.uses_time && c.time.as_ref().is_some_and(|t| t.contains(now_ms))))
+    (c.path_prefixes.is_empty()
+        || c.path_prefixes
+            .iter()
+            .any(|p| has_prefix(a.path, p.as_bytes())))
+        && (c.percent.is_none()
+            || matches!((c.percent, a.bucket), (Some((from, to)), Some(b)) if from <= b && b < to))
+        && (c.time.is_none()
+            || (policy.uses_time && c.time.as_ref().is_some_and(|t| t.contains(now_ms))))
 }
 
 #[cfg(test)]
@@ -487,7 +546,10 @@ mod tests {
         let mut t = VerifiedCookies::default();
         assert!(t.get(b"v1.k1.blue.1.100.TAILTAILTAILTAIL").is_none());
         t.insert(b"v1.k1.blue.1.100.TAILTAILTAILTAIL", 0, 100);
-        let hit = t.get(b"v1.k1.blue.1.100.TAILTAILTAILTAIL").and_then(|s| s.as_ref()).map(|v| (v.stack, v.expiry_s));
+        let hit = t
+            .get(b"v1.k1.blue.1.100.TAILTAILTAILTAIL")
+            .and_then(|s| s.as_ref())
+            .map(|v| (v.stack, v.expiry_s));
         assert_eq!(hit, Some((0, 100)));
         // Same last 16 bytes (same slot, same tag), different cookie: never a hit.
         assert!(t.get(b"v1.k1.green.1.100.TAILTAILTAILTAIL").is_none());
@@ -511,7 +573,10 @@ mod tests {
         // A slot taken over by another cookie no longer answers for the old one.
         let slot = |v: &[u8]| VerifiedCookies::tag(v) as usize & (VERIFIED_SLOTS - 1);
         let a = cookie(19_999);
-        let b = (0..100_000u32).map(|i| cookie(100_000 + i)).find(|c| slot(c) == slot(&a)).expect("some cookie shares the slot");
+        let b = (0..100_000u32)
+            .map(|i| cookie(100_000 + i))
+            .find(|c| slot(c) == slot(&a))
+            .expect("some cookie shares the slot");
         t.insert(&b, 1, 100);
         assert!(t.get(&a).is_none());
         assert!(t.get(&b).is_some());

@@ -66,7 +66,8 @@ impl Schedule {
         let weekday = (day_index + 3).rem_euclid(7) as u8;
         (self.days == 0 || self.days & (1 << weekday) != 0)
             && (self.windows.is_empty() || self.windows.iter().any(|w| w.contains(minute)))
-            && (self.campaigns.is_empty() || self.campaigns.iter().any(|&(s, e)| s <= secs && secs < e))
+            && (self.campaigns.is_empty()
+                || self.campaigns.iter().any(|&(s, e)| s <= secs && secs < e))
     }
 }
 
@@ -74,7 +75,15 @@ impl Schedule {
 pub fn parse_day(s: &str) -> Option<u8> {
     let s = s.to_ascii_lowercase();
     const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-    const LONG: [&str; 7] = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+    const LONG: [&str; 7] = [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ];
     DAYS.iter()
         .position(|d| *d == s)
         .or_else(|| LONG.iter().position(|d| *d == s))
@@ -115,11 +124,29 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
             .and_then(|p| p.parse().ok())
             .ok_or_else(bad)
     };
-    if b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(bad());
     }
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(i64::from(y), mo) || h > 23 || mi > 59 || se > 60 {
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo)
+        || d == 0
+        || d > days_in_month(i64::from(y), mo)
+        || h > 23
+        || mi > 59
+        || se > 60
+    {
         return Err(bad());
     }
     let mut rest = &s[19..];
@@ -158,10 +185,21 @@ mod tests {
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
         assert_eq!(parse_rfc3339("2026-11-27T00:00:00Z"), Ok(1_795_737_600));
-        assert_eq!(parse_rfc3339("2026-11-27T01:00:00+01:00"), Ok(1_795_737_600));
+        assert_eq!(
+            parse_rfc3339("2026-11-27T01:00:00+01:00"),
+            Ok(1_795_737_600)
+        );
         assert_eq!(parse_rfc3339("2026-11-27T00:00:00.250Z"), Ok(1_795_737_600));
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Ok(1_709_164_800));
-        for bad in ["2026-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "2026-11-27", "2026-11-27T00:00:00", "x026-11-27T00:00:00Z", "2026-11-27T00:00:00+1:00", "２026-11-27T00:00:00Z"] {
+        for bad in [
+            "2026-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-27",
+            "2026-11-27T00:00:00",
+            "x026-11-27T00:00:00Z",
+            "2026-11-27T00:00:00+1:00",
+            "２026-11-27T00:00:00Z",
+        ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad} must be rejected");
         }
     }
@@ -171,15 +209,30 @@ mod tests {
         // 2026-11-25 (a Wednesday) 12:30 UTC.
         let now = (parse_rfc3339("2026-11-25T12:30:00Z").unwrap() * 1000) as u64;
         let w = |a, b| TimeWindow::parse(a, b).unwrap();
-        let s = Schedule { windows: vec![w("12:00", "13:00")], ..Default::default() };
+        let s = Schedule {
+            windows: vec![w("12:00", "13:00")],
+            ..Default::default()
+        };
         assert!(s.contains(now));
-        let s = Schedule { windows: vec![w("13:00", "12:31")], ..Default::default() };
+        let s = Schedule {
+            windows: vec![w("13:00", "12:31")],
+            ..Default::default()
+        };
         assert!(s.contains(now), "wrapping window includes 12:30");
-        let s = Schedule { windows: vec![w("22:00", "02:00")], ..Default::default() };
+        let s = Schedule {
+            windows: vec![w("22:00", "02:00")],
+            ..Default::default()
+        };
         assert!(!s.contains(now));
-        let wed = Schedule { days: 1 << parse_day("wed").unwrap(), ..Default::default() };
+        let wed = Schedule {
+            days: 1 << parse_day("wed").unwrap(),
+            ..Default::default()
+        };
         assert!(wed.contains(now));
-        let thu = Schedule { days: 1 << parse_day("Thursday").unwrap(), ..Default::default() };
+        let thu = Schedule {
+            days: 1 << parse_day("Thursday").unwrap(),
+            ..Default::default()
+        };
         assert!(!thu.contains(now));
         assert!(TimeWindow::parse("10:00", "10:00").is_err());
         assert!(TimeWindow::parse("25:00", "10:00").is_err());
@@ -190,7 +243,10 @@ mod tests {
     fn campaigns() {
         let start = parse_rfc3339("2026-11-27T00:00:00Z").unwrap();
         let end = parse_rfc3339("2026-11-28T00:00:00Z").unwrap();
-        let s = Schedule { campaigns: vec![(start, end)], ..Default::default() };
+        let s = Schedule {
+            campaigns: vec![(start, end)],
+            ..Default::default()
+        };
         assert!(!s.contains((start * 1000 - 1) as u64));
         assert!(s.contains((start * 1000) as u64));
         assert!(!s.contains((end * 1000) as u64));

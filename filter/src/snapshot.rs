@@ -116,7 +116,11 @@ impl StackTelemetry {
     }
 
     pub fn is_empty(&self) -> bool {
-        *self == StackTelemetry { stack: self.stack.clone(), ..Default::default() }
+        *self
+            == StackTelemetry {
+                stack: self.stack.clone(),
+                ..Default::default()
+            }
     }
 }
 
@@ -203,7 +207,9 @@ impl Snapshot {
                     for_each_field(b, |f, v| {
                         match (f, v) {
                             (1, Value::Bytes(b)) => s.name = utf8(1, b)?,
-                            (2, Value::Varint(x)) => s.weight_percent = x.min(u64::from(u32::MAX)) as u32,
+                            (2, Value::Varint(x)) => {
+                                s.weight_percent = x.min(u64::from(u32::MAX)) as u32
+                            }
                             (3, Value::Varint(x)) => s.healthy = x != 0,
                             (4, Value::Bytes(b)) => s.reason = utf8(4, b)?,
                             (5, Value::Varint(x)) => s.draining = x != 0,
@@ -321,7 +327,10 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
     Err(DecodeError::Varint)
 }
 
-fn for_each_field<'a>(buf: &'a [u8], mut f: impl FnMut(u32, Value<'a>) -> Result<(), DecodeError>) -> Result<(), DecodeError> {
+fn for_each_field<'a>(
+    buf: &'a [u8],
+    mut f: impl FnMut(u32, Value<'a>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
     if buf.len() > MAX_MESSAGE {
         return Err(DecodeError::TooLarge);
     }
@@ -332,18 +341,28 @@ fn for_each_field<'a>(buf: &'a [u8], mut f: impl FnMut(u32, Value<'a>) -> Result
         let value = match (key & 7) as u8 {
             0 => Value::Varint(get_varint(buf, &mut pos)?),
             1 => {
-                pos = pos.checked_add(8).filter(|&p| p <= buf.len()).ok_or(DecodeError::Truncated)?;
+                pos = pos
+                    .checked_add(8)
+                    .filter(|&p| p <= buf.len())
+                    .ok_or(DecodeError::Truncated)?;
                 Value::Fixed
             }
             2 => {
-                let len = usize::try_from(get_varint(buf, &mut pos)?).map_err(|_| DecodeError::Truncated)?;
-                let end = pos.checked_add(len).filter(|&e| e <= buf.len()).ok_or(DecodeError::Truncated)?;
+                let len = usize::try_from(get_varint(buf, &mut pos)?)
+                    .map_err(|_| DecodeError::Truncated)?;
+                let end = pos
+                    .checked_add(len)
+                    .filter(|&e| e <= buf.len())
+                    .ok_or(DecodeError::Truncated)?;
                 let b = &buf[pos..end];
                 pos = end;
                 Value::Bytes(b)
             }
             5 => {
-                pos = pos.checked_add(4).filter(|&p| p <= buf.len()).ok_or(DecodeError::Truncated)?;
+                pos = pos
+                    .checked_add(4)
+                    .filter(|&p| p <= buf.len())
+                    .ok_or(DecodeError::Truncated)?;
                 Value::Fixed
             }
             w => return Err(DecodeError::WireType(w)),
@@ -361,7 +380,11 @@ mod tests {
     #[test]
     fn known_bytes() {
         // protoc --encode=switchyard.v1.WatchRequest: node_id: "n1" last_applied_version: 300
-        let w = WatchRequest { node_id: "n1".into(), last_applied_version: 300, ack_version: 0 };
+        let w = WatchRequest {
+            node_id: "n1".into(),
+            last_applied_version: 300,
+            ack_version: 0,
+        };
         assert_eq!(w.encode(), vec![0x0a, 2, b'n', b'1', 0x10, 0xac, 0x02]);
         assert_eq!(grpc_service("hx"), vec![0x0a, 4, 0x0a, 2, b'h', b'x']);
     }
@@ -372,8 +395,20 @@ mod tests {
             version: 42,
             policy_json: "{\"x\":1}".into(),
             stacks: vec![
-                StackState { name: "blue".into(), weight_percent: 100, healthy: true, reason: String::new(), draining: false },
-                StackState { name: "green".into(), weight_percent: 0, healthy: false, reason: "db down".into(), draining: true },
+                StackState {
+                    name: "blue".into(),
+                    weight_percent: 100,
+                    healthy: true,
+                    reason: String::new(),
+                    draining: false,
+                },
+                StackState {
+                    name: "green".into(),
+                    weight_percent: 0,
+                    healthy: false,
+                    reason: "db down".into(),
+                    draining: true,
+                },
             ],
         };
         assert_eq!(Snapshot::decode(&s.encode()).unwrap(), s);
@@ -381,7 +416,14 @@ mod tests {
             node_id: "envoy-1".into(),
             window_end_unix_ms: 1_795_737_600_000,
             window_ms: 1000,
-            stacks: vec![StackTelemetry { stack: "blue".into(), requests: 10, status_2xx: 9, status_5xx: 1, latency_ms_sum: 55, ..Default::default() }],
+            stacks: vec![StackTelemetry {
+                stack: "blue".into(),
+                requests: 10,
+                status_2xx: 9,
+                status_5xx: 1,
+                latency_ms_sum: 55,
+                ..Default::default()
+            }],
             dropped: 3,
         };
         assert_eq!(TelemetryBatch::decode(&t.encode()).unwrap(), t);
@@ -389,7 +431,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_skipped() {
-        let mut b = Snapshot { version: 7, ..Default::default() }.encode();
+        let mut b = Snapshot {
+            version: 7,
+            ..Default::default()
+        }
+        .encode();
         b.extend_from_slice(&[0x49, 1, 2, 3, 4, 5, 6, 7, 8]); // field 9, fixed64
         b.extend_from_slice(&[0x55, 1, 2, 3, 4]); // field 10, fixed32
         assert_eq!(Snapshot::decode(&b).unwrap().version, 7);

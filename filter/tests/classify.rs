@@ -36,7 +36,9 @@ const POLICY: &str = r#"{
 }"#;
 
 fn policy() -> Policy {
-    validate_json(POLICY).unwrap_or_else(|e| panic!("{e}")).policy
+    validate_json(POLICY)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .policy
 }
 
 /// What classification must find, computed the slow, obvious way.
@@ -78,9 +80,14 @@ fn reference<'a>(p: &Policy, req: &Request<'a>) -> Attributes<'a> {
         .channels
         .iter()
         .find(|ch| {
-            ch.path_prefixes.iter().any(|x| path.starts_with(x.as_bytes()))
+            ch.path_prefixes
+                .iter()
+                .any(|x| path.starts_with(x.as_bytes()))
                 || ch.headers.iter().any(|h| req.header(h) != Found::Absent)
-                || ch.user_agent_contains.iter().any(|s| ua_lower.contains(s.as_str()))
+                || ch
+                    .user_agent_contains
+                    .iter()
+                    .any(|s| ua_lower.contains(s.as_str()))
         })
         .map_or(c.default_channel, |ch| ch.id);
     let cohort = match req.header(c.cohort_header.as_deref().unwrap()) {
@@ -91,13 +98,18 @@ fn reference<'a>(p: &Policy, req: &Request<'a>) -> Attributes<'a> {
         }
         _ => None,
     };
-    let user_key = c.user_key.iter().find_map(|k| req.key_hash(k, &mut hostile));
+    let user_key = c
+        .user_key
+        .iter()
+        .find_map(|k| req.key_hash(k, &mut hostile));
     Attributes {
         region,
         country,
         channel,
         cohort,
-        cohort_id: cohort.and_then(|v| p.cohorts.iter().position(|c| **c == *v)).map(|i| i as u32),
+        cohort_id: cohort
+            .and_then(|v| p.cohorts.iter().position(|c| **c == *v))
+            .map(|i| i as u32),
         path,
         method,
         user_key,
@@ -109,19 +121,40 @@ fn reference<'a>(p: &Policy, req: &Request<'a>) -> Attributes<'a> {
 
 fn header_name() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
-        "x-geo", "x-cohort", "x-sub", "x-partner", "x-api-key", "cookie", "user-agent", ":path", ":method",
-        "accept", "x-geox", "x-co", "x-request-id", "x-forwarded-for", "set-cookie",
+        "x-geo",
+        "x-cohort",
+        "x-sub",
+        "x-partner",
+        "x-api-key",
+        "cookie",
+        "user-agent",
+        ":path",
+        ":method",
+        "accept",
+        "x-geox",
+        "x-co",
+        "x-request-id",
+        "x-forwarded-for",
+        "set-cookie",
     ])
     .prop_map(String::from)
 }
 
 fn cookie_header() -> impl Strategy<Value = String> {
-    let name = prop::sample::select(vec!["session", "sid", "aff", "_ga", "sessio", "session2", "", " session"]);
+    let name = prop::sample::select(vec![
+        "session", "sid", "aff", "_ga", "sessio", "session2", "", " session",
+    ]);
     let value = prop::sample::select(vec!["v1", "\"quoted\"", " spaced ", "", "\"", "a=b", "x"]);
     prop::collection::vec((name, value, any::<bool>()), 0..5).prop_map(|pairs| {
         pairs
             .into_iter()
-            .map(|(n, v, no_eq)| if no_eq { n.to_string() } else { format!("{n}={v}") })
+            .map(|(n, v, no_eq)| {
+                if no_eq {
+                    n.to_string()
+                } else {
+                    format!("{n}={v}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(";")
     })
@@ -131,20 +164,45 @@ fn header_value(name: &str) -> BoxedStrategy<String> {
     match name {
         "cookie" => cookie_header().boxed(),
         "user-agent" => prop::sample::select(vec![
-            "Mozilla/5.0", "ShopApp/9.1 (iOS)", "SHOPAPP", "okhttp/4", "Googlebot/2.1", "sPiDeR", "shopapp/9", "xbo", "bot",
-            "ShopAp", "",
+            "Mozilla/5.0",
+            "ShopApp/9.1 (iOS)",
+            "SHOPAPP",
+            "okhttp/4",
+            "Googlebot/2.1",
+            "sPiDeR",
+            "shopapp/9",
+            "xbo",
+            "bot",
+            "ShopAp",
+            "",
         ])
         .prop_map(String::from)
         .boxed(),
-        ":path" => prop::sample::select(vec!["/", "/partner/x", "/pos/1?a=b", "/partne", "/pos", "?x"]).prop_map(String::from).boxed(),
-        "x-geo" => prop::sample::select(vec!["US", "de", " DE ", "eu", "us", "XX", "U", "", "D3"]).prop_map(String::from).boxed(),
-        "x-cohort" => prop::sample::select(vec!["gold", "beta", "platinum", "GOLD", "", "silver"]).prop_map(String::from).boxed(),
+        ":path" => prop::sample::select(vec![
+            "/",
+            "/partner/x",
+            "/pos/1?a=b",
+            "/partne",
+            "/pos",
+            "?x",
+        ])
+        .prop_map(String::from)
+        .boxed(),
+        "x-geo" => prop::sample::select(vec!["US", "de", " DE ", "eu", "us", "XX", "U", "", "D3"])
+            .prop_map(String::from)
+            .boxed(),
+        "x-cohort" => prop::sample::select(vec!["gold", "beta", "platinum", "GOLD", "", "silver"])
+            .prop_map(String::from)
+            .boxed(),
         _ => "[a-z0-9]{0,6}".boxed(),
     }
 }
 
 fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
-    prop::collection::vec(header_name().prop_flat_map(|n| header_value(&n).prop_map(move |v| (n.clone(), v))), 0..12)
+    prop::collection::vec(
+        header_name().prop_flat_map(|n| header_value(&n).prop_map(move |v| (n.clone(), v))),
+        0..12,
+    )
 }
 
 proptest! {
@@ -168,17 +226,36 @@ proptest! {
 fn cookie_slots_see_every_cookie_header_and_repeats() {
     let p = policy();
     let req = |h: &[(&'static str, &'static str)]| -> Vec<(&'static [u8], &'static [u8])> {
-        h.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
+        h.iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect()
     };
-    let one = req(&[("cookie", "_ga=1; aff=\"v1.k.a\" ; x=2"), ("cookie", "session=s1")]);
-    let a = classify(&p, &Request { headers: &one, source: None, now_ms: 0 });
+    let one = req(&[
+        ("cookie", "_ga=1; aff=\"v1.k.a\" ; x=2"),
+        ("cookie", "session=s1"),
+    ]);
+    let a = classify(
+        &p,
+        &Request {
+            headers: &one,
+            source: None,
+            now_ms: 0,
+        },
+    );
     assert_eq!(a.affinity_cookie, Found::One(b"v1.k.a"));
     assert_eq!(a.user_key, Some(hash64(0x0053_794b_6579, b"s1")));
     assert!(!a.hostile);
 
     // The user key cookie twice, across two headers: hostile, and the next source is used.
     let two = req(&[("cookie", "session=s1; sid=z"), ("cookie", "session=s2")]);
-    let a = classify(&p, &Request { headers: &two, source: None, now_ms: 0 });
+    let a = classify(
+        &p,
+        &Request {
+            headers: &two,
+            source: None,
+            now_ms: 0,
+        },
+    );
     assert!(a.hostile);
     assert_eq!(a.user_key, Some(hash64(0x0053_794b_6579, b"z")));
     assert!(matches!(p.classify.user_key[1], KeyDoc::Cookie(_)));
@@ -189,7 +266,14 @@ fn user_agent_substrings_match_case_insensitively_anywhere() {
     let p = policy();
     let channel = |ua: &'static str| {
         let h: Vec<(&[u8], &[u8])> = vec![(b"user-agent", ua.as_bytes())];
-        let a = classify(&p, &Request { headers: &h, source: None, now_ms: 0 });
+        let a = classify(
+            &p,
+            &Request {
+                headers: &h,
+                source: None,
+                now_ms: 0,
+            },
+        );
         p.channels[usize::from(a.channel)].clone()
     };
     assert_eq!(channel("Dalvik OKHTTP"), "mobile"); // at the very end, other case
@@ -203,11 +287,24 @@ fn user_agent_substrings_match_case_insensitively_anywhere() {
 fn cohorts_are_matched_by_id_in_rule_order() {
     let p = policy();
     assert_eq!(p.cohorts.len(), 3);
-    assert!(p.cohorts.windows(2).all(|w| w[0] < w[1]), "sorted for binary search");
-    for (cohort, rule) in [("gold", "gold"), ("beta", "gold"), ("platinum", "plat"), ("GOLD", "default"), ("silver", "default")] {
+    assert!(
+        p.cohorts.windows(2).all(|w| w[0] < w[1]),
+        "sorted for binary search"
+    );
+    for (cohort, rule) in [
+        ("gold", "gold"),
+        ("beta", "gold"),
+        ("platinum", "plat"),
+        ("GOLD", "default"),
+        ("silver", "default"),
+    ] {
         let h: Vec<(&[u8], &[u8])> = vec![(b"x-cohort", cohort.as_bytes())];
         let mut r = switchyard_filter::router::Router::new(std::sync::Arc::new(policy()), None);
-        let d = r.decide(&Request { headers: &h, source: None, now_ms: 0 });
+        let d = r.decide(&Request {
+            headers: &h,
+            source: None,
+            now_ms: 0,
+        });
         assert_eq!(p.rules[d.rule].id, rule, "cohort {cohort}");
     }
 }

@@ -14,10 +14,17 @@ const STACKS: &str = r#""stacks": [ { "name": "blue", "region": "us" }, { "name"
 
 #[test]
 fn demo_policy_is_valid_without_warnings() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policies/demo.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/policies/demo.json"
+    ))
+    .unwrap();
     let v = validate_json(&text).unwrap();
     assert!(v.warnings.is_empty(), "{:?}", v.warnings);
-    assert_eq!(v.policy.stack_names(), vec!["blue", "green", "canary", "eu"]);
+    assert_eq!(
+        v.policy.stack_names(),
+        vec!["blue", "green", "canary", "eu"]
+    );
     assert_eq!(v.policy.rules.last().unwrap().id, "default");
 }
 
@@ -48,18 +55,31 @@ fn every_error_is_reported_with_its_path() {
         "default.targets: at least one target is required",
     ];
     for e in expect {
-        assert!(errs.iter().any(|x| x.starts_with(e)), "missing {e:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
     }
 }
 
 #[test]
 fn type_errors_name_the_field() {
-    let errs = errors(&format!(r#"{{ {STACKS}, "default": {{ "targets": [ {{ "stack": "blue", "weight": "heavy" }} ] }} }}"#));
-    assert!(errs[0].starts_with("default.targets[0].weight: invalid type"), "{errs:?}");
-    let errs = errors(&format!(r#"{{ {STACKS}, "default": {{ "targets": [ {{ "stack": "blue" }} ], "afinity": true }} }}"#));
+    let errs = errors(&format!(
+        r#"{{ {STACKS}, "default": {{ "targets": [ {{ "stack": "blue", "weight": "heavy" }} ] }} }}"#
+    ));
+    assert!(
+        errs[0].starts_with("default.targets[0].weight: invalid type"),
+        "{errs:?}"
+    );
+    let errs = errors(&format!(
+        r#"{{ {STACKS}, "default": {{ "targets": [ {{ "stack": "blue" }} ], "afinity": true }} }}"#
+    ));
     assert!(errs[0].contains("unknown field `afinity`"), "{errs:?}");
     let errs = errors("not json");
-    assert!(errs[0].starts_with("$: expected") && errs[0].contains("line 1 column"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("$: expected") && errs[0].contains("line 1 column"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -76,7 +96,9 @@ fn unreachable_rules_are_warned_about() {
     );
     let v = validate_json(&json).unwrap();
     assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
-    assert!(v.warnings[0].to_string().starts_with("rules[1]: rule 'eu-checkout' is unreachable: rule 'eu-all'"));
+    assert!(v.warnings[0]
+        .to_string()
+        .starts_with("rules[1]: rule 'eu-checkout' is unreachable: rule 'eu-all'"));
 }
 
 #[test]
@@ -85,5 +107,9 @@ fn residency_binds_fallbacks_too() {
         r#"{{ {STACKS}, "default": {{ "targets": [ {{ "stack": "eu" }} ], "residency": ["eu"], "fallback": {{ "targets": [ {{ "stack": "blue" }} ] }} }} }}"#
     );
     let errs = errors(&json);
-    assert!(errs.iter().any(|e| e.starts_with("default.fallback.targets[0].stack: stack 'blue' is outside")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("default.fallback.targets[0].stack: stack 'blue' is outside")),
+        "{errs:?}"
+    );
 }

@@ -18,14 +18,32 @@ fn policy(json: &str) -> Arc<Policy> {
 }
 
 fn demo() -> Arc<Policy> {
-    policy(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policies/demo.json")).unwrap())
+    policy(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/policies/demo.json"
+        ))
+        .unwrap(),
+    )
 }
 
 /// Decide for headers given as strings.
-fn decide(r: &mut Router, headers: &[(&str, &str)], source: Option<&str>, now_ms: u64) -> switchyard_filter::router::Decision {
-    let h: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+fn decide(
+    r: &mut Router,
+    headers: &[(&str, &str)],
+    source: Option<&str>,
+    now_ms: u64,
+) -> switchyard_filter::router::Decision {
+    let h: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
     let source: Option<IpAddr> = source.map(|s| s.parse().unwrap());
-    r.decide(&Request { headers: &h, source, now_ms })
+    r.decide(&Request {
+        headers: &h,
+        source,
+        now_ms,
+    })
 }
 
 fn stack_of(p: &Policy, d: &switchyard_filter::router::Decision) -> String {
@@ -47,7 +65,12 @@ fn demo_rules_route_each_segment() {
         (&[("x-geo-country", "DE")], None, "eu-residency", "eu"),
         (&[], Some("10.20.3.4"), "eu-residency", "eu"),
         (&[("x-partner-key", "p")], None, "partner-api", "green"),
-        (&[(":path", "/partner/orders")], None, "partner-api", "green"),
+        (
+            &[(":path", "/partner/orders")],
+            None,
+            "partner-api",
+            "green",
+        ),
         (&[("x-jwt-cohort", "beta")], None, "beta-cohort", "canary"),
         (&[("x-jwt-cohort", "gold")], None, "premium-cohort", "blue"),
     ];
@@ -62,7 +85,12 @@ fn demo_rules_route_each_segment() {
 fn hostile_repeats_are_ignored_and_flagged() {
     let p = demo();
     let mut r = Router::new(Arc::clone(&p), None);
-    let d = decide(&mut r, &[("x-jwt-cohort", "beta"), ("x-jwt-cohort", "gold")], None, T0);
+    let d = decide(
+        &mut r,
+        &[("x-jwt-cohort", "beta"), ("x-jwt-cohort", "gold")],
+        None,
+        T0,
+    );
     assert!(d.hostile);
     assert_ne!(p.rules[d.rule].id, "beta-cohort");
     assert_ne!(p.rules[d.rule].id, "premium-cohort");
@@ -78,10 +106,21 @@ fn affinity_cookie_round_trip_and_reassignment() {
     let stack = stack_of(&p, &first);
     let cookie = cookie_value(&set);
     for i in 0..1000 {
-        let d = decide(&mut r, &[("cookie", &format!("a=b; {cookie}"))], None, T0 + i);
+        let d = decide(
+            &mut r,
+            &[("cookie", &format!("a=b; {cookie}"))],
+            None,
+            T0 + i,
+        );
         assert_eq!(stack_of(&p, &d), stack);
         assert_eq!(d.affinity, AffinityEvent::Hit);
-        assert!(matches!(d.outcome, Outcome::Stack { how: How::Sticky, .. }));
+        assert!(matches!(
+            d.outcome,
+            Outcome::Stack {
+                how: How::Sticky,
+                ..
+            }
+        ));
         assert!(d.set_cookie.is_none());
     }
     // Past half its life: refreshed, same stack.
@@ -100,7 +139,12 @@ fn affinity_cookie_round_trip_and_reassignment() {
     let d = decide(&mut r, &[("cookie", &forged)], None, T0);
     assert_eq!(d.affinity, AffinityEvent::Forged);
     // Two affinity cookies: hostile, treated as forged.
-    let d = decide(&mut r, &[("cookie", &cookie), ("cookie", &cookie)], None, T0);
+    let d = decide(
+        &mut r,
+        &[("cookie", &cookie), ("cookie", &cookie)],
+        None,
+        T0,
+    );
     assert_eq!(d.affinity, AffinityEvent::Forged);
     assert!(d.hostile);
 }
@@ -136,9 +180,11 @@ fn residency_is_never_left_and_local_reply_is_documented() {
 
 #[test]
 fn breaker_opens_and_traffic_moves_off() {
-    let p = policy(r#"{ "stacks": [ { "name": "a", "region": "x" }, { "name": "b", "region": "x" } ],
+    let p = policy(
+        r#"{ "stacks": [ { "name": "a", "region": "x" }, { "name": "b", "region": "x" } ],
         "breaker": { "consecutive_failures": 3, "open_ms": 1000 },
-        "default": { "targets": [ { "stack": "a" }, { "stack": "b" } ] } }"#);
+        "default": { "targets": [ { "stack": "a" }, { "stack": "b" } ] } }"#,
+    );
     let mut r = Router::new(Arc::clone(&p), None);
     let a = p.stack_id("a").unwrap();
     for i in 0..3 {
@@ -165,8 +211,10 @@ fn breaker_opens_and_traffic_moves_off() {
 
 #[test]
 fn weight_factor_zero_drains_a_stack() {
-    let p = policy(r#"{ "stacks": [ { "name": "a", "region": "x" }, { "name": "b", "region": "x" } ],
-        "default": { "targets": [ { "stack": "a" }, { "stack": "b" } ] } }"#);
+    let p = policy(
+        r#"{ "stacks": [ { "name": "a", "region": "x" }, { "name": "b", "region": "x" } ],
+        "default": { "targets": [ { "stack": "a" }, { "stack": "b" } ] } }"#,
+    );
     let mut r = Router::new(Arc::clone(&p), None);
     r.set_health([("a", 0, true)]);
     for _ in 0..100 {
@@ -176,27 +224,49 @@ fn weight_factor_zero_drains_a_stack() {
 
 #[test]
 fn time_windows_open_and_close() {
-    let p = policy(r#"{ "stacks": [ { "name": "a", "region": "x" }, { "name": "sale", "region": "x" } ],
+    let p = policy(
+        r#"{ "stacks": [ { "name": "a", "region": "x" }, { "name": "sale", "region": "x" } ],
         "rules": [ { "id": "flash", "match": { "time": { "campaigns": [ { "start": "2026-11-27T08:00:00Z", "end": "2026-11-27T10:00:00Z" } ] } },
                      "route": { "targets": [ { "stack": "sale" } ] } } ],
-        "default": { "targets": [ { "stack": "a" } ] } }"#);
+        "default": { "targets": [ { "stack": "a" } ] } }"#,
+    );
     let mut r = Router::new(Arc::clone(&p), None);
     let h = 3_600_000;
-    assert_eq!(stack_of(&p, &decide(&mut r, &[], None, T0 + 8 * h - 1)), "a");
+    assert_eq!(
+        stack_of(&p, &decide(&mut r, &[], None, T0 + 8 * h - 1)),
+        "a"
+    );
     assert_eq!(stack_of(&p, &decide(&mut r, &[], None, T0 + 8 * h)), "sale");
-    assert_eq!(stack_of(&p, &decide(&mut r, &[], None, T0 + 10 * h - 1)), "sale");
+    assert_eq!(
+        stack_of(&p, &decide(&mut r, &[], None, T0 + 10 * h - 1)),
+        "sale"
+    );
     assert_eq!(stack_of(&p, &decide(&mut r, &[], None, T0 + 10 * h)), "a");
 }
 
 fn weighted_policy(weights: &[u32]) -> Arc<Policy> {
-    let stacks: Vec<String> = (0..weights.len()).map(|i| format!(r#"{{ "name": "s{i}", "region": "x" }}"#)).collect();
-    let targets: Vec<String> = weights.iter().enumerate().map(|(i, w)| format!(r#"{{ "stack": "s{i}", "weight": {w} }}"#)).collect();
-    policy(&format!(r#"{{ "stacks": [{}], "default": {{ "targets": [{}] }} }}"#, stacks.join(","), targets.join(",")))
+    let stacks: Vec<String> = (0..weights.len())
+        .map(|i| format!(r#"{{ "name": "s{i}", "region": "x" }}"#))
+        .collect();
+    let targets: Vec<String> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!(r#"{{ "stack": "s{i}", "weight": {w} }}"#))
+        .collect();
+    policy(&format!(
+        r#"{{ "stacks": [{}], "default": {{ "targets": [{}] }} }}"#,
+        stacks.join(","),
+        targets.join(",")
+    ))
 }
 
 fn hash_policy(n: usize) -> Arc<Policy> {
-    let stacks: Vec<String> = (0..n).map(|i| format!(r#"{{ "name": "s{i}", "region": "x" }}"#)).collect();
-    let targets: Vec<String> = (0..n).map(|i| format!(r#"{{ "stack": "s{i}" }}"#)).collect();
+    let stacks: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{ "name": "s{i}", "region": "x" }}"#))
+        .collect();
+    let targets: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{ "stack": "s{i}" }}"#))
+        .collect();
     policy(&format!(
         r#"{{ "stacks": [{}], "classify": {{ "user_key": [ {{ "header": "x-user" }} ] }},
              "default": {{ "targets": [{}], "balance": {{ "mode": "hash", "key": "user" }} }} }}"#,

@@ -60,7 +60,11 @@ fn policy(matches: &[Value]) -> Arc<Policy> {
         "rules": rules,
         "default": { "targets": [ { "stack": "b" } ] }
     });
-    Arc::new(validate_json(&doc.to_string()).unwrap_or_else(|e| panic!("{e}")).policy)
+    Arc::new(
+        validate_json(&doc.to_string())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .policy,
+    )
 }
 
 /// First match the slow way: every rule, every condition.
@@ -69,19 +73,31 @@ fn walk(p: &Policy, a: &Attributes) -> usize {
         (c.regions.is_empty() || a.region.is_some_and(|r| c.regions.contains(&r)))
             && (c.countries.is_empty() || a.country.is_some_and(|cc| c.countries.contains(&cc)))
             && (c.channels.is_empty() || c.channels.contains(&a.channel))
-            && (c.cohorts.is_empty() || a.cohort.is_some_and(|co| c.cohorts.iter().any(|&id| *p.cohorts[id as usize] == *co)))
-            && (c.methods.is_empty() || c.methods.iter().any(|m| m.as_bytes().eq_ignore_ascii_case(a.method)))
-            && (c.path_prefixes.is_empty() || c.path_prefixes.iter().any(|x| a.path.starts_with(x.as_bytes())))
+            && (c.cohorts.is_empty()
+                || a.cohort
+                    .is_some_and(|co| c.cohorts.iter().any(|&id| *p.cohorts[id as usize] == *co)))
+            && (c.methods.is_empty()
+                || c.methods
+                    .iter()
+                    .any(|m| m.as_bytes().eq_ignore_ascii_case(a.method)))
+            && (c.path_prefixes.is_empty()
+                || c.path_prefixes
+                    .iter()
+                    .any(|x| a.path.starts_with(x.as_bytes())))
     };
     p.rules.iter().position(|r| ok(&r.cond)).unwrap()
 }
 
 fn request() -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
     (
-        prop::option::of(prop::sample::select(vec!["US", "de", "FR", "JP", "XX", "eu"])),
+        prop::option::of(prop::sample::select(vec![
+            "US", "de", "FR", "JP", "XX", "eu",
+        ])),
         any::<bool>(),
         prop::sample::select(vec!["Mozilla", "ShopApp/1"]),
-        prop::option::of(prop::sample::select(vec!["gold", "beta", "staff", "other", ""])),
+        prop::option::of(prop::sample::select(vec![
+            "gold", "beta", "staff", "other", "",
+        ])),
         prop::sample::select(vec!["GET", "POST", "put", "DELETE", "get"]),
         prop::sample::select(vec!["/", "/a", "/ab", "/b/c", "/b"]),
     )

@@ -62,7 +62,10 @@ mod filter {
 
     impl RootContext for Root {
         fn on_configure(&mut self, _: usize) -> bool {
-            let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
+            let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             let config = String::from_utf8_lossy(&config);
             if let Some((kind, n)) = config.trim().split_once('=') {
                 let kind = match kind {
@@ -80,14 +83,20 @@ mod filter {
                 let Ok(n) = n.parse() else { return false };
                 self.extra.set((kind, n));
                 if kind == Extra::Shared {
-                    let _ = hostcalls::set_shared_data("bench.key", Some(&[1, 2, 3, 4, 5, 6, 7, 8]), None);
+                    let _ = hostcalls::set_shared_data(
+                        "bench.key",
+                        Some(&[1, 2, 3, 4, 5, 6, 7, 8]),
+                        None,
+                    );
                 }
             }
             true
         }
 
         fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-            Some(Box::new(Flow { extra: self.extra.get() }))
+            Some(Box::new(Flow {
+                extra: self.extra.get(),
+            }))
         }
 
         fn get_type(&self) -> Option<ContextType> {
@@ -103,19 +112,31 @@ mod filter {
     /// Run Switchyard's decision `n` times on this request (one header-map read).
     #[cfg(feature = "price-decision")]
     fn decide_n(n: u32) {
-        use switchyard_filter::{affinity::Keyring, classify::Request, policy::validate_json, router::Router};
+        use switchyard_filter::{
+            affinity::Keyring, classify::Request, policy::validate_json, router::Router,
+        };
         let pairs = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let headers: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect();
+        let headers: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+            .collect();
         ROUTER.with(|r| {
             let mut r = r.borrow_mut();
             if r.is_none() {
                 if let Ok(v) = validate_json(include_str!("../../policies/realistic.json")) {
-                    *r = Some(Router::new(std::sync::Arc::new(v.policy), Keyring::parse("k1=0123456789abcdef0123").ok()));
+                    *r = Some(Router::new(
+                        std::sync::Arc::new(v.policy),
+                        Keyring::parse("k1=0123456789abcdef0123").ok(),
+                    ));
                 }
             }
             let Some(router) = r.as_mut() else { return };
             for _ in 0..n {
-                let d = router.decide(&Request { headers: &headers, source: None, now_ms: 1_795_000_000_000 });
+                let d = router.decide(&Request {
+                    headers: &headers,
+                    source: None,
+                    now_ms: 1_795_000_000_000,
+                });
                 std::hint::black_box(d);
             }
         });
@@ -148,9 +169,14 @@ mod filter {
                 let mut stack = DEFAULT_STACK;
                 for _ in 0..n {
                     let _ = hostcalls::get_current_time();
-                    let pairs = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                    let pairs =
+                        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
                     if let Some((_, v)) = pairs.iter().find(|(k, _)| k == INPUT) {
-                        stack = STACKS.iter().find(|s| s.as_bytes() == v.as_slice()).copied().unwrap_or(DEFAULT_STACK);
+                        stack = STACKS
+                            .iter()
+                            .find(|s| s.as_bytes() == v.as_slice())
+                            .copied()
+                            .unwrap_or(DEFAULT_STACK);
                     }
                 }
                 self.set_http_request_header(ROUTING, Some(stack));
@@ -163,9 +189,16 @@ mod filter {
                     Extra::Time => {
                         let _ = hostcalls::get_current_time();
                     }
-                    Extra::Header => drop(hostcalls::get_map_value(MapType::HttpRequestHeaders, "user-agent")),
+                    Extra::Header => drop(hostcalls::get_map_value(
+                        MapType::HttpRequestHeaders,
+                        "user-agent",
+                    )),
                     Extra::Prop => drop(hostcalls::get_property(vec!["source", "address"])),
-                    Extra::Set => drop(hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-bench-scratch", Some(if i % 2 == 0 { "a" } else { "b" }))),
+                    Extra::Set => drop(hostcalls::set_map_value(
+                        MapType::HttpRequestHeaders,
+                        "x-bench-scratch",
+                        Some(if i % 2 == 0 { "a" } else { "b" }),
+                    )),
                     Extra::None | Extra::Status | Extra::Mix | Extra::Decide => {}
                 }
             }

@@ -6,7 +6,11 @@
 use proxy_wasm::types::MapType;
 
 extern "C" {
-    fn proxy_get_header_map_pairs(map_type: MapType, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
 }
 
 /// The whole serialized header map, or `None` if the host refused.
@@ -25,4 +29,3 @@ pub fn header_map(map: MapType) -> Option<Vec<u8>> {
     // SAFETY: see above; capacity equals length for the allocator's boxed slices.
     Some(unsafe { Vec::from_raw_parts(data, size, size) })
 }
-

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use crate::hash::hash64;
 use crate::policy::validate_json;
 use crate::snapshot::{
-    grpc_service, Snapshot, StackTelemetry, TelemetryBatch, WatchRequest, MAX_WORKERS, SNAPSHOT_KEY, TELEMETRY_QUEUE, VERSION_KEY,
-    WAKE_QUEUE_PREFIX, WORKERS_KEY,
+    grpc_service, Snapshot, StackTelemetry, TelemetryBatch, WatchRequest, MAX_WORKERS,
+    SNAPSHOT_KEY, TELEMETRY_QUEUE, VERSION_KEY, WAKE_QUEUE_PREFIX, WORKERS_KEY,
 };
 
 const SERVICE: &str = "switchyard.v1.DataPlane";
@@ -133,10 +133,15 @@ impl Control {
             }
         };
         if cfg.cluster.is_empty() || cfg.cluster.len() > 100 || !cfg.cluster.is_ascii() {
-            error!("invalid control singleton configuration: cluster must be 1-100 ASCII characters");
+            error!(
+                "invalid control singleton configuration: cluster must be 1-100 ASCII characters"
+            );
             return None;
         }
-        if cfg.reconnect_initial_ms == 0 || cfg.reconnect_max_ms < cfg.reconnect_initial_ms || cfg.report_interval_ms < 100 {
+        if cfg.reconnect_initial_ms == 0
+            || cfg.reconnect_max_ms < cfg.reconnect_initial_ms
+            || cfg.report_interval_ms < 100
+        {
             error!("invalid control singleton configuration: need 0 < reconnect_initial_ms <= reconnect_max_ms and report_interval_ms >= 100");
             return None;
         }
@@ -195,7 +200,10 @@ impl Control {
                 self.connected = false;
             }
             Err(e) => {
-                warn!("cannot open the Watch stream to '{}': {e:?}", self.cfg.cluster);
+                warn!(
+                    "cannot open the Watch stream to '{}': {e:?}",
+                    self.cfg.cluster
+                );
                 self.schedule_retry(now_ms);
             }
         }
@@ -218,7 +226,10 @@ impl Control {
         if self.stream.is_some() && self.connected {
             self.last_contact_ms = now_ms;
         }
-        set_gauge(self.ids.stale, now_ms.saturating_sub(self.last_contact_ms) / 1000);
+        set_gauge(
+            self.ids.stale,
+            now_ms.saturating_sub(self.last_contact_ms) / 1000,
+        );
         if self.stream.is_none() && now_ms >= self.next_attempt_ms {
             self.connect(now_ms);
         }
@@ -244,7 +255,10 @@ impl Control {
         self.connected = true;
         set_gauge(self.ids.connected, 1);
         self.backoff_ms = self.cfg.reconnect_initial_ms;
-        let Some(bytes) = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten() else {
+        let Some(bytes) = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+            .ok()
+            .flatten()
+        else {
             return;
         };
         let snapshot = match Snapshot::decode(&bytes) {
@@ -258,23 +272,34 @@ impl Control {
         if let Err(invalid) = validate_json(&snapshot.policy_json) {
             // The control service validates with this same code; this is a mismatch of
             // versions. Keep serving the last good snapshot.
-            error!("snapshot {} rejected, keeping version {}: {invalid}", snapshot.version, self.applied);
+            error!(
+                "snapshot {} rejected, keeping version {}: {invalid}",
+                snapshot.version, self.applied
+            );
             bump(self.ids.rejected, 1);
             return;
         }
         // Blob first, then the version key workers check (on a wake-up or their tick): a
         // worker that sees the new version always finds at least that snapshot.
-        let written = hostcalls::set_shared_data(SNAPSHOT_KEY, Some(&bytes), None)
-            .and_then(|_| hostcalls::set_shared_data(VERSION_KEY, Some(&snapshot.version.to_le_bytes()), None));
+        let written = hostcalls::set_shared_data(SNAPSHOT_KEY, Some(&bytes), None).and_then(|_| {
+            hostcalls::set_shared_data(VERSION_KEY, Some(&snapshot.version.to_le_bytes()), None)
+        });
         if let Err(e) = written {
-            error!("cannot write snapshot {} to shared data: {e:?}", snapshot.version);
+            error!(
+                "cannot write snapshot {} to shared data: {e:?}",
+                snapshot.version
+            );
             return;
         }
         self.applied = snapshot.version;
         wake_workers();
         set_gauge(self.ids.version, snapshot.version);
         bump(self.ids.applied, 1);
-        info!("applied snapshot version {} ({} stacks)", snapshot.version, snapshot.stacks.len());
+        info!(
+            "applied snapshot version {} ({} stacks)",
+            snapshot.version,
+            snapshot.stacks.len()
+        );
         let ack = WatchRequest {
             node_id: self.cfg.node_id.clone(),
             last_applied_version: self.applied,
@@ -292,7 +317,10 @@ impl Control {
         self.stream = None;
         self.connected = false;
         set_gauge(self.ids.connected, 0);
-        warn!("Watch stream closed (grpc status {status}); serving version {} until reconnected", self.applied);
+        warn!(
+            "Watch stream closed (grpc status {status}); serving version {} until reconnected",
+            self.applied
+        );
         self.schedule_retry(now_ms);
     }
 
@@ -300,7 +328,14 @@ impl Control {
     pub fn on_call_response(&mut self, token: u32, status: u32) {
         if self.report_in_flight == Some(token) {
             self.report_in_flight = None;
-            bump(if status == 0 { self.ids.reports_ok } else { self.ids.reports_failed }, 1);
+            bump(
+                if status == 0 {
+                    self.ids.reports_ok
+                } else {
+                    self.ids.reports_failed
+                },
+                1,
+            );
         }
     }
 
@@ -347,7 +382,14 @@ impl Control {
         };
         bump(self.ids.dropped, self.dropped);
         self.dropped = 0;
-        match hostcalls::dispatch_grpc_call(&self.upstream, SERVICE, "Report", vec![], Some(&batch.encode()), Duration::from_secs(2)) {
+        match hostcalls::dispatch_grpc_call(
+            &self.upstream,
+            SERVICE,
+            "Report",
+            vec![],
+            Some(&batch.encode()),
+            Duration::from_secs(2),
+        ) {
             Ok(token) => self.report_in_flight = Some(token),
             Err(_) => bump(self.ids.reports_failed, 1),
         }
@@ -395,7 +437,9 @@ pub fn register_wake_queue() -> Option<u32> {
             return None;
         }
         match hostcalls::set_shared_data(WORKERS_KEY, Some(&(n + 1).to_le_bytes()), cas) {
-            Ok(()) => return hostcalls::register_shared_queue(&format!("{WAKE_QUEUE_PREFIX}{n}")).ok(),
+            Ok(()) => {
+                return hostcalls::register_shared_queue(&format!("{WAKE_QUEUE_PREFIX}{n}")).ok()
+            }
             Err(proxy_wasm::types::Status::CasMismatch) => continue,
             Err(_) => return None,
         }

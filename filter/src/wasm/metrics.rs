@@ -11,9 +11,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::breaker::State;
-use crate::snapshot::{StackTelemetry, TelemetryBatch};
 use crate::policy::{Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome};
+use crate::snapshot::{StackTelemetry, TelemetryBatch};
 
 const NO_METRIC: u32 = u32::MAX;
 /// One response in this many has its latency recorded. Envoy's own per-cluster
@@ -94,11 +94,17 @@ impl Metrics {
         let mut counter_ids = Vec::new();
         for s in &policy.stacks {
             for c in STACK_COUNTERS {
-                counter_ids.push(define(MetricType::Counter, &format!("switchyard.stack.{}.{c}", s.name)));
+                counter_ids.push(define(
+                    MetricType::Counter,
+                    &format!("switchyard.stack.{}.{c}", s.name),
+                ));
             }
         }
         for r in &policy.rules {
-            counter_ids.push(define(MetricType::Counter, &format!("switchyard.rule.{}.matched", r.id)));
+            counter_ids.push(define(
+                MetricType::Counter,
+                &format!("switchyard.rule.{}.matched", r.id),
+            ));
         }
         for c in GLOBAL_COUNTERS {
             counter_ids.push(define(MetricType::Counter, &format!("switchyard.{c}")));
@@ -106,20 +112,36 @@ impl Metrics {
         let latency = policy
             .stacks
             .iter()
-            .map(|s| define(MetricType::Histogram, &format!("switchyard.stack.{}.latency_ms", s.name)))
+            .map(|s| {
+                define(
+                    MetricType::Histogram,
+                    &format!("switchyard.stack.{}.latency_ms", s.name),
+                )
+            })
             .collect();
         let breaker = policy
             .stacks
             .iter()
-            .map(|s| define(MetricType::Gauge, &format!("switchyard.stack.{}.breaker_state", s.name)))
+            .map(|s| {
+                define(
+                    MetricType::Gauge,
+                    &format!("switchyard.stack.{}.breaker_state", s.name),
+                )
+            })
             .collect();
         let pending = vec![0; counter_ids.len()];
         let mut telemetry: Vec<StackTelemetry> = policy
             .stacks
             .iter()
-            .map(|s| StackTelemetry { stack: s.name.clone(), ..Default::default() })
+            .map(|s| StackTelemetry {
+                stack: s.name.clone(),
+                ..Default::default()
+            })
             .collect();
-        telemetry.push(StackTelemetry { stack: "_local".into(), ..Default::default() });
+        telemetry.push(StackTelemetry {
+            stack: "_local".into(),
+            ..Default::default()
+        });
         Self {
             telemetry,
             telemetry_dropped: 0,
@@ -253,16 +275,35 @@ impl Metrics {
     /// Queue this window's telemetry for the control singleton (bounded: one message per
     /// worker per second; a batch that cannot be queued is counted and reported later).
     pub fn send_telemetry(&mut self, queue: Option<u32>, now_ms: u64) {
-        let stacks: Vec<StackTelemetry> = self.telemetry.iter().filter(|t| !t.is_empty()).cloned().collect();
+        let stacks: Vec<StackTelemetry> = self
+            .telemetry
+            .iter()
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect();
         if stacks.is_empty() && self.telemetry_dropped == 0 {
             return;
         }
         for t in &mut self.telemetry {
-            *t = StackTelemetry { stack: std::mem::take(&mut t.stack), ..Default::default() };
+            *t = StackTelemetry {
+                stack: std::mem::take(&mut t.stack),
+                ..Default::default()
+            };
         }
-        let batch = TelemetryBatch { node_id: String::new(), window_end_unix_ms: now_ms, window_ms: 1000, stacks, dropped: self.telemetry_dropped };
-        let queued = queue.is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&batch.encode())).is_ok());
-        self.telemetry_dropped = if queued { 0 } else { self.telemetry_dropped + 1 };
+        let batch = TelemetryBatch {
+            node_id: String::new(),
+            window_end_unix_ms: now_ms,
+            window_ms: 1000,
+            stacks,
+            dropped: self.telemetry_dropped,
+        };
+        let queued = queue
+            .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&batch.encode())).is_ok());
+        self.telemetry_dropped = if queued {
+            0
+        } else {
+            self.telemetry_dropped + 1
+        };
     }
 
     /// Send accumulated counter increments to the host.

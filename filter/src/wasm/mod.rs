@@ -93,14 +93,21 @@ impl Shared {
                     self.snapshot_policy = snapshot.policy_json.clone();
                 }
                 Err(e) => {
-                    error!("snapshot {} carries an invalid policy, keeping the current one: {e}", snapshot.version);
+                    error!(
+                        "snapshot {} carries an invalid policy, keeping the current one: {e}",
+                        snapshot.version
+                    );
                     self.metrics.filter_error();
                     return;
                 }
             }
         }
-        self.router
-            .set_health(snapshot.stacks.iter().map(|st| (st.name.as_str(), st.factor(), st.healthy)));
+        self.router.set_health(
+            snapshot
+                .stacks
+                .iter()
+                .map(|st| (st.name.as_str(), st.factor(), st.healthy)),
+        );
     }
 }
 
@@ -136,12 +143,17 @@ impl Root {
         match std::env::var(KEYS_ENV) {
             Ok(spec) => match Keyring::parse(&spec) {
                 Ok(k) => {
-                    info!("affinity keys loaded (signing key id '{}')", k.current_kid());
+                    info!(
+                        "affinity keys loaded (signing key id '{}')",
+                        k.current_kid()
+                    );
                     self.keys = Some(k);
                 }
                 Err(e) => error!("{KEYS_ENV} is invalid ({e}); affinity cookies are disabled"),
             },
-            Err(_) => warn!("{KEYS_ENV} is not set in the VM environment; affinity cookies are disabled"),
+            Err(_) => {
+                warn!("{KEYS_ENV} is not set in the VM environment; affinity cookies are disabled")
+            }
         }
     }
 }
@@ -196,10 +208,14 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        let config = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let config = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         if control::is_control_config(&config) {
             self.control = control::Control::start(&config, now_ms());
             return self.control.is_some();
@@ -271,12 +287,17 @@ impl RootContext for Root {
         let mut s = shared.borrow_mut();
         s.clock_ms = now;
         s.refresh();
-        let Shared { router, metrics, .. } = &mut *s;
+        let Shared {
+            router, metrics, ..
+        } = &mut *s;
         self.ticks += 1;
         if self.ticks.is_multiple_of(FLUSH_EVERY) {
             metrics.flush();
             if self.telemetry_queue.is_none() {
-                self.telemetry_queue = hostcalls::resolve_shared_queue(&vm_id(), crate::snapshot::TELEMETRY_QUEUE).ok().flatten();
+                self.telemetry_queue =
+                    hostcalls::resolve_shared_queue(&vm_id(), crate::snapshot::TELEMETRY_QUEUE)
+                        .ok()
+                        .flatten();
             }
             metrics.send_telemetry(self.telemetry_queue, now);
             for id in 0..router.policy().stacks.len() {
@@ -286,13 +307,31 @@ impl RootContext for Root {
         }
         let policy = Arc::clone(router.policy());
         for id in router.probes_due(now) {
-            let Some(stack) = policy.stacks.get(id) else { continue };
-            let Some(path) = stack.health_path.as_deref() else { continue };
-            let headers = vec![(":method", "GET"), (":path", path), (":authority", stack.name.as_str()), ("user-agent", "switchyard-probe")];
-            match hostcalls::dispatch_http_call(&stack.cluster, headers, None, vec![], PROBE_TIMEOUT) {
+            let Some(stack) = policy.stacks.get(id) else {
+                continue;
+            };
+            let Some(path) = stack.health_path.as_deref() else {
+                continue;
+            };
+            let headers = vec![
+                (":method", "GET"),
+                (":path", path),
+                (":authority", stack.name.as_str()),
+                ("user-agent", "switchyard-probe"),
+            ];
+            match hostcalls::dispatch_http_call(
+                &stack.cluster,
+                headers,
+                None,
+                vec![],
+                PROBE_TIMEOUT,
+            ) {
                 Ok(token) => self.probes.push((token, Arc::clone(&policy), id)),
                 Err(e) => {
-                    warn!("health probe of stack '{}' could not be sent: {e:?}", stack.name);
+                    warn!(
+                        "health probe of stack '{}' could not be sent: {e:?}",
+                        stack.name
+                    );
                     router.probe_result(id, false, now);
                 }
             }
@@ -361,7 +400,9 @@ impl Flow {
         let raw = abi::header_map(MapType::HttpRequestHeaders);
         let mut pairs: Vec<(&[u8], &[u8])> = std::mem::take(&mut shared.pairs);
         let decision = match raw.as_deref() {
-            Some(buf) if parse_pairs_into(buf, &mut pairs) => Self::decide_pairs(shared, &pairs, now),
+            Some(buf) if parse_pairs_into(buf, &mut pairs) => {
+                Self::decide_pairs(shared, &pairs, now)
+            }
             _ => {
                 // The host did not give us the request: route by the default rule, count it.
                 shared.metrics.filter_error();
@@ -387,9 +428,13 @@ impl Flow {
                 geo_header_present = true;
             }
         }
-        let needs_source = policy.uses_client_ip || (!policy.classify.cidrs.is_empty() && !geo_header_present);
+        let needs_source =
+            policy.uses_client_ip || (!policy.classify.cidrs.is_empty() && !geo_header_present);
         // Client-supplied internal headers never reach the decision or the upstream.
-        for (present, internal) in [(stack_header, STACK_HEADER), (decision_header, DECISION_HEADER)] {
+        for (present, internal) in [
+            (stack_header, STACK_HEADER),
+            (decision_header, DECISION_HEADER),
+        ] {
             if present {
                 shared.metrics.spoofed_header();
                 if hostcalls::set_map_value(MapType::HttpRequestHeaders, internal, None).is_err() {
@@ -425,7 +470,6 @@ fn vm_id() -> String {
         .unwrap_or_else(|| "switchyard".into())
 }
 
-
 impl HttpContext for Flow {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
@@ -436,16 +480,25 @@ impl HttpContext for Flow {
         let s = &mut *guard;
         let decision = self.decide(s);
         let policy = Arc::clone(s.router.policy());
-        let rule_id = policy.rules.get(decision.rule).map_or("default", |r| r.id.as_str());
+        let rule_id = policy
+            .rules
+            .get(decision.rule)
+            .map_or("default", |r| r.id.as_str());
         s.metrics.decision(&decision);
         match &decision.outcome {
             Outcome::Stack { id, how } => {
                 let name = policy.stacks.get(*id).map_or("", |st| st.name.as_str());
-                if hostcalls::set_map_value(MapType::HttpRequestHeaders, STACK_HEADER, Some(name)).is_err() {
+                if hostcalls::set_map_value(MapType::HttpRequestHeaders, STACK_HEADER, Some(name))
+                    .is_err()
+                {
                     s.metrics.filter_error();
                 }
                 if policy.debug_header {
-                    self.decision = Some(format!("rule={rule_id}; stack={name}; reason={}{}", how.as_str(), affinity_note(decision.affinity, *how)));
+                    self.decision = Some(format!(
+                        "rule={rule_id}; stack={name}; reason={}{}",
+                        how.as_str(),
+                        affinity_note(decision.affinity, *how)
+                    ));
                 }
                 self.stack = Some(*id);
                 self.set_cookie = decision.set_cookie;
@@ -461,11 +514,20 @@ impl HttpContext for Flow {
                 );
                 let retry = reply.retry_after_s.to_string();
                 let decision_header = format!("rule={rule_id}; reason=no_eligible_stack");
-                let mut headers = vec![("content-type", "application/json"), ("retry-after", retry.as_str())];
+                let mut headers = vec![
+                    ("content-type", "application/json"),
+                    ("retry-after", retry.as_str()),
+                ];
                 if policy.debug_header {
                     headers.push((DECISION_HEADER, decision_header.as_str()));
                 }
-                if hostcalls::send_http_response(u32::from(reply.status), headers, Some(body.as_bytes())).is_err() {
+                if hostcalls::send_http_response(
+                    u32::from(reply.status),
+                    headers,
+                    Some(body.as_bytes()),
+                )
+                .is_err()
+                {
                     s.metrics.filter_error();
                     return Action::Continue;
                 }
@@ -484,7 +546,8 @@ impl HttpContext for Flow {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie);
         }
         if let Some(d) = self.decision.take() {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, DECISION_HEADER, Some(&d));
+            let _ =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, DECISION_HEADER, Some(&d));
         }
         let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
             .ok()
@@ -496,14 +559,27 @@ impl HttpContext for Flow {
         // (the breaker needs the real time to open) and for the sampled latency.
         let sampled = self.sampled;
         let failed = status.is_none_or(|c| c >= 500);
-        let now = if sampled || failed { now_ms() } else { self.started_ms };
+        let now = if sampled || failed {
+            now_ms()
+        } else {
+            self.started_ms
+        };
         if self.same_policy(s) {
             if let Some(state) = s.router.record(stack, status, now) {
-                let name = s.router.policy().stacks.get(stack).map_or("?", |st| st.name.as_str());
+                let name = s
+                    .router
+                    .policy()
+                    .stacks
+                    .get(stack)
+                    .map_or("?", |st| st.name.as_str());
                 warn!("circuit breaker of stack '{name}' is now {state:?}");
                 s.metrics.breaker_state(stack, state);
             }
-            s.metrics.response(stack, status, sampled.then(|| now.saturating_sub(self.started_ms)));
+            s.metrics.response(
+                stack,
+                status,
+                sampled.then(|| now.saturating_sub(self.started_ms)),
+            );
         }
         Action::Continue
     }
@@ -529,7 +605,9 @@ impl HttpContext for Flow {
 
 impl Flow {
     fn same_policy(&self, s: &Shared) -> bool {
-        self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, s.router.policy()))
+        self.policy
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, s.router.policy()))
     }
 }
 

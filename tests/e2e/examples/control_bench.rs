@@ -25,7 +25,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn wrk(port: u16, secs: u32) -> f64 {
     let out = Command::new("wrk")
-        .args(["-t1", "-c16", &format!("-d{secs}s"), &format!("http://127.0.0.1:{port}/")])
+        .args([
+            "-t1",
+            "-c16",
+            &format!("-d{secs}s"),
+            &format!("http://127.0.0.1:{port}/"),
+        ])
         .output()
         .expect("wrk is installed");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -42,7 +47,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("APPLIES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let rounds: usize = std::env::var("APPLIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let shop = Shop::start();
     let dir = TempDir::new("bench");
     let grpc = free_port();
@@ -59,11 +67,18 @@ fn main() {
         let file = dir.0.join("p.json");
         std::fs::write(&file, policy(target)).unwrap();
         let out = control.cli(&["policy", "apply", file.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let t0 = Instant::now();
         let mut done = [false; 4];
         while !done.iter().all(|d| *d) {
-            assert!(t0.elapsed() < Duration::from_secs(10), "apply {i} did not propagate");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "apply {i} did not propagate"
+            );
             for (c, d) in clients.iter_mut().zip(done.iter_mut()) {
                 if !*d {
                     *d = c.get("/", &[]).unwrap().served_by() == Some(target);
@@ -73,20 +88,28 @@ fn main() {
         samples.push(t0.elapsed());
     }
     samples.sort();
-    println!("| propagation over {rounds} applies | p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms |",
+    println!(
+        "| propagation over {rounds} applies | p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms |",
         percentile(&samples, 0.5).as_secs_f64() * 1e3,
         percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        samples.last().unwrap().as_secs_f64() * 1e3);
+        samples.last().unwrap().as_secs_f64() * 1e3
+    );
 
     // 2. RPS: control-fed vs static, same policy, interleaved.
     let file = dir.0.join("p.json");
     std::fs::write(&file, policy("blue")).unwrap();
-    assert!(control.cli(&["policy", "apply", file.to_str().unwrap()]).status.success());
+    assert!(control
+        .cli(&["policy", "apply", file.to_str().unwrap()])
+        .status
+        .success());
     assert!(wait_routing(fed.port, &["blue"], Duration::from_secs(5)).is_some());
     let mut static_ports = shop.ports();
     static_ports.insert("control", free_port()); // nothing listens: plugin policy only
     let fixed = Envoy::start(&policy("blue"), &static_ports, 2);
-    let secs: u32 = std::env::var("RPS_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let secs: u32 = std::env::var("RPS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     wrk(fed.port, 1);
     wrk(fixed.port, 1);

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 /// Repository root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The Envoy binary: `$ENVOY`, else the pinned one `make setup` links.
@@ -28,13 +31,21 @@ pub fn envoy_bin() -> PathBuf {
 /// The filter under test (`make test` builds it first).
 pub fn wasm_path() -> PathBuf {
     let p = root().join("target/wasm32-wasip1/release/switchyard_filter.wasm");
-    assert!(p.exists(), "{} is missing: run the tests through `make test`", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests through `make test`",
+        p.display()
+    );
     p
 }
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Cookie signing keys every test Envoy gets.
@@ -62,12 +73,20 @@ pub struct Stack {
 /// Where the workspace binaries under test are: the profile this harness was built with
 /// (`make test` builds them in the dev profile, benchmarks in release).
 pub fn bin_dir() -> PathBuf {
-    root().join(if cfg!(debug_assertions) { "target/debug" } else { "target/release" })
+    root().join(if cfg!(debug_assertions) {
+        "target/debug"
+    } else {
+        "target/release"
+    })
 }
 
 fn storefront_bin() -> PathBuf {
     let p = bin_dir().join("switchyard-storefront");
-    assert!(p.exists(), "{} is missing: run the tests through `make test`", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests through `make test`",
+        p.display()
+    );
     p
 }
 
@@ -81,9 +100,22 @@ impl Stack {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("storefront said {line:?}"));
-        Stack { proc: Proc { child, name: name.to_string() }, port }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("storefront said {line:?}"));
+        Stack {
+            proc: Proc {
+                child,
+                name: name.to_string(),
+            },
+            port,
+        }
     }
 
     /// SIGKILL the stack.
@@ -107,7 +139,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("switchyard-{tag}-{}-{}", std::process::id(), free_port()));
+        let p = std::env::temp_dir().join(format!(
+            "switchyard-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -120,9 +156,20 @@ impl Drop for TempDir {
 }
 
 /// Render `envoy/envoy.yaml` for a test: ports, policy and wasm path replaced.
-pub fn render_config(policy_json: &str, listener: u16, admin: u16, stack_ports: &HashMap<&str, u16>) -> String {
+pub fn render_config(
+    policy_json: &str,
+    listener: u16,
+    admin: u16,
+    stack_ports: &HashMap<&str, u16>,
+) -> String {
     let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap();
-    let defaults = [("blue", 8081u16), ("green", 8082), ("canary", 8083), ("eu", 8084), ("control", 18000)];
+    let defaults = [
+        ("blue", 8081u16),
+        ("green", 8082),
+        ("canary", 8083),
+        ("eu", 8084),
+        ("control", 18000),
+    ];
     let mut out = Vec::new();
     let mut lines = text.lines().peekable();
     let mut in_policy = false;
@@ -151,12 +198,21 @@ pub fn render_config(policy_json: &str, listener: u16, admin: u16, stack_ports: 
         l = l.replace("port_value: 9901", &format!("port_value: {admin}"));
         for (name, default) in defaults {
             if let Some(p) = stack_ports.get(name) {
-                l = l.replace(&format!("port_value: {default} "), &format!("port_value: {p} "));
+                l = l.replace(
+                    &format!("port_value: {default} "),
+                    &format!("port_value: {p} "),
+                );
             }
         }
-        l = l.replace("filename: target/wasm32-wasip1/release/switchyard_filter.wasm", &format!("filename: {}", wasm_path().display()));
+        l = l.replace(
+            "filename: target/wasm32-wasip1/release/switchyard_filter.wasm",
+            &format!("filename: {}", wasm_path().display()),
+        );
         if let Some(node) = stack_ports.get("node") {
-            l = l.replace("\"node_id\": \"envoy-local\"", &format!("\"node_id\": \"envoy-{node}\""));
+            l = l.replace(
+                "\"node_id\": \"envoy-local\"",
+                &format!("\"node_id\": \"envoy-{node}\""),
+            );
         }
         out.push(l);
     }
@@ -170,22 +226,45 @@ impl Envoy {
     }
 
     /// [`Envoy::start`] with the given cookie keys.
-    pub fn start_with_keys(policy_json: &str, stack_ports: &HashMap<&str, u16>, concurrency: u32, keys: &str) -> Envoy {
+    pub fn start_with_keys(
+        policy_json: &str,
+        stack_ports: &HashMap<&str, u16>,
+        concurrency: u32,
+        keys: &str,
+    ) -> Envoy {
         let dir = TempDir::new("envoy");
         let port = free_port();
         let admin = free_port();
         let config = dir.0.join("envoy.yaml");
-        std::fs::write(&config, render_config(policy_json, port, admin, stack_ports)).unwrap();
+        std::fs::write(
+            &config,
+            render_config(policy_json, port, admin, stack_ports),
+        )
+        .unwrap();
         let log = std::fs::File::create(dir.0.join("envoy.log")).unwrap();
         let child = Command::new(envoy_bin())
-            .args(["-c", config.to_str().unwrap(), "--concurrency", &concurrency.to_string()])
+            .args([
+                "-c",
+                config.to_str().unwrap(),
+                "--concurrency",
+                &concurrency.to_string(),
+            ])
             .args(["--log-level", "warn", "--base-id", &free_port().to_string()])
             .env("SWITCHYARD_AFFINITY_KEYS", keys)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let envoy = Envoy { proc: Proc { child, name: "envoy".into() }, port, admin, config, _dir: dir };
+        let envoy = Envoy {
+            proc: Proc {
+                child,
+                name: "envoy".into(),
+            },
+            port,
+            admin,
+            config,
+            _dir: dir,
+        };
         envoy.wait_ready();
         envoy
     }
@@ -257,11 +336,18 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// Which stack served the request.
@@ -298,7 +384,10 @@ impl Client {
         let s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.set_nodelay(true)?;
-        Ok(Client { port, reader: BufReader::new(s) })
+        Ok(Client {
+            port,
+            reader: BufReader::new(s),
+        })
     }
 
     pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
@@ -307,7 +396,12 @@ impl Client {
     }
 
     /// Send a request; reconnects once if the server had closed the connection.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> std::io::Result<Response> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> std::io::Result<Response> {
         match self.try_request(method, path, headers) {
             Ok(r) => Ok(r),
             Err(_) => {
@@ -317,7 +411,12 @@ impl Client {
         }
     }
 
-    fn try_request(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> std::io::Result<Response> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> std::io::Result<Response> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nhost: shop.test\r\n").into_bytes();
         for (n, v) in headers {
             req.extend_from_slice(n.as_bytes());
@@ -343,7 +442,11 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
     if r.read_line(&mut line)? == 0 {
         return Err(bad("connection closed"));
     }
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("status line"))?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("status line"))?;
     let mut headers = Vec::new();
     loop {
         let mut l = String::new();
@@ -356,7 +459,12 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
             headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v): &(String, String)| v.clone());
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v): &(String, String)| v.clone())
+    };
     let mut body = Vec::new();
     if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
         body.resize(len, 0);
@@ -365,7 +473,8 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
         loop {
             let mut l = String::new();
             r.read_line(&mut l)?;
-            let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16).map_err(|_| bad("chunk size"))?;
+            let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(|_| bad("chunk size"))?;
             let mut chunk = vec![0; size + 2];
             r.read_exact(&mut chunk)?;
             if size == 0 {
@@ -374,7 +483,11 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
             body.extend_from_slice(&chunk[..size]);
         }
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// The JWT key of the demo provider in envoy/envoy.yaml.
@@ -384,7 +497,11 @@ fn b64url(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -397,8 +514,15 @@ fn b64url(data: &[u8]) -> String {
 pub fn jwt(sub: &str, cohort: &str, secret: &[u8]) -> String {
     use hmac::{Hmac, Mac};
     let header = b64url(br#"{"alg":"HS256","typ":"JWT","kid":"demo"}"#);
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
-    let payload = b64url(format!(r#"{{"iss":"switchyard-demo","sub":"{sub}","cohort":"{cohort}","exp":{exp}}}"#).as_bytes());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let payload = b64url(
+        format!(r#"{{"iss":"switchyard-demo","sub":"{sub}","cohort":"{cohort}","exp":{exp}}}"#)
+            .as_bytes(),
+    );
     let signing = format!("{header}.{payload}");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
     mac.update(signing.as_bytes());
@@ -407,7 +531,10 @@ pub fn jwt(sub: &str, cohort: &str, secret: &[u8]) -> String {
 
 /// Unix time now, in seconds.
 pub fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// RFC 3339 UTC timestamp of a unix time.
@@ -424,7 +551,12 @@ pub fn rfc3339(unix_s: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// Standard set of four stacks (blue, green, canary, eu) on free ports.
@@ -434,15 +566,26 @@ pub struct Shop {
 
 impl Shop {
     pub fn start() -> Shop {
-        Shop { stacks: ["blue", "green", "canary", "eu"].iter().map(|n| Stack::start(n, 0)).collect() }
+        Shop {
+            stacks: ["blue", "green", "canary", "eu"]
+                .iter()
+                .map(|n| Stack::start(n, 0))
+                .collect(),
+        }
     }
 
     pub fn ports(&self) -> HashMap<&str, u16> {
-        self.stacks.iter().map(|s| (s.proc.name.as_str(), s.port)).collect()
+        self.stacks
+            .iter()
+            .map(|s| (s.proc.name.as_str(), s.port))
+            .collect()
     }
 
     pub fn stack(&mut self, name: &str) -> &mut Stack {
-        self.stacks.iter_mut().find(|s| s.proc.name == name).unwrap()
+        self.stacks
+            .iter_mut()
+            .find(|s| s.proc.name == name)
+            .unwrap()
     }
 }
 
@@ -454,7 +597,11 @@ pub struct ControlService {
 
 fn control_bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: run the tests through `make test`", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests through `make test`",
+        p.display()
+    );
     p
 }
 
@@ -462,15 +609,33 @@ impl ControlService {
     /// Start on `grpc` (a fixed port, so Envoy can be pointed at it before it runs).
     pub fn start(data_dir: &std::path::Path, grpc: u16) -> ControlService {
         let mut child = Command::new(control_bin("switchyard-control"))
-            .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--grpc", &format!("127.0.0.1:{grpc}"), "--no-http"])
+            .args([
+                "serve",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--grpc",
+                &format!("127.0.0.1:{grpc}"),
+                "--no-http",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.contains("grpc listening on"), "control service said {line:?}");
-        ControlService { proc: Proc { child, name: "control".into() }, grpc }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.contains("grpc listening on"),
+            "control service said {line:?}"
+        );
+        ControlService {
+            proc: Proc {
+                child,
+                name: "control".into(),
+            },
+            grpc,
+        }
     }
 
     /// SIGKILL it.
@@ -491,12 +656,21 @@ impl ControlService {
 
 /// Spread `n` requests over `conns` connections (so both Envoy workers serve) and count
 /// which stack answered; failures count under their status code.
-pub fn spread(port: u16, conns: usize, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
+pub fn spread(
+    port: u16,
+    conns: usize,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     let mut clients: Vec<Client> = (0..conns).map(|_| Client::connect(port).unwrap()).collect();
     for i in 0..n {
         let r = clients[i % conns].get("/", headers).unwrap();
-        let key = if r.status == 200 { r.served_by().unwrap_or("?").to_string() } else { format!("status {}", r.status) };
+        let key = if r.status == 200 {
+            r.served_by().unwrap_or("?").to_string()
+        } else {
+            format!("status {}", r.status)
+        };
         *counts.entry(key).or_insert(0) += 1;
     }
     counts
@@ -515,5 +689,3 @@ pub fn wait_routing(port: u16, allowed: &[&str], timeout: Duration) -> Option<Du
     }
     None
 }
-
-

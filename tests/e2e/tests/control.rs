@@ -30,7 +30,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        Setup { shop: Shop::start(), dir: TempDir::new("control"), grpc: free_port() }
+        Setup {
+            shop: Shop::start(),
+            dir: TempDir::new("control"),
+            grpc: free_port(),
+        }
     }
 
     fn envoy(&self, plugin_policy: &str, node: u16) -> Envoy {
@@ -52,7 +56,8 @@ impl Setup {
 }
 
 fn ok(out: std::process::Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "CLI failed: {text}");
     text
 }
@@ -62,13 +67,23 @@ fn policy_and_weights_reach_every_worker_and_bad_policies_change_nothing() {
     let s = Setup::new();
     let control = s.control();
     let envoy = s.envoy(&policy(BLUE), 1);
-    assert!(wait_routing(envoy.port, &["blue"], Duration::from_secs(5)).is_some(), "plugin policy serves first");
+    assert!(
+        wait_routing(envoy.port, &["blue"], Duration::from_secs(5)).is_some(),
+        "plugin policy serves first"
+    );
 
     ok(s.apply(&control, &policy(GREEN_CANARY)));
-    let took = wait_routing(envoy.port, &["green", "canary"], Duration::from_secs(5)).expect("new policy on every worker");
+    let took = wait_routing(envoy.port, &["green", "canary"], Duration::from_secs(5))
+        .expect("new policy on every worker");
     let counts = spread(envoy.port, 4, 400, &[]);
-    assert!(counts.keys().all(|k| k == "green" || k == "canary"), "{counts:?}");
-    assert!(counts.get("canary").copied().unwrap_or(0) > 100, "{counts:?}");
+    assert!(
+        counts.keys().all(|k| k == "green" || k == "canary"),
+        "{counts:?}"
+    );
+    assert!(
+        counts.get("canary").copied().unwrap_or(0) > 100,
+        "{counts:?}"
+    );
     println!("policy applied → routed on every worker after {took:?}");
 
     // Weight 0: no request reaches the stack once propagated.
@@ -79,15 +94,25 @@ fn policy_and_weights_reach_every_worker_and_bad_policies_change_nothing() {
 
     // An invalid policy is rejected with its field paths, and the old one keeps serving.
     let out = s.apply(&control, r#"{ "stacks": [ { "name": "blue", "region": "us" } ], "default": { "targets": [ { "stack": "purple" } ] } }"#);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "invalid policy accepted: {text}");
-    assert!(text.contains("default.targets[0].stack"), "field path named: {text}");
+    assert!(
+        text.contains("default.targets[0].stack"),
+        "field path named: {text}"
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(spread(envoy.port, 4, 200, &[]), HashMap::from([("green".to_string(), 200)]));
+    assert_eq!(
+        spread(envoy.port, 4, 200, &[]),
+        HashMap::from([("green".to_string(), 200)])
+    );
 
     // The control service knows the Envoy and the version it applied.
     let status = ok(control.cli(&["--json", "status"]));
-    assert!(status.contains("envoy-1"), "node listed in status: {status}");
+    assert!(
+        status.contains("envoy-1"),
+        "node listed in status: {status}"
+    );
 
     // Telemetry: workers → shared queue → singleton → Report, once a second.
     let deadline = Instant::now() + Duration::from_secs(6);
@@ -95,11 +120,28 @@ fn policy_and_weights_reach_every_worker_and_bad_policies_change_nothing() {
     while Instant::now() < deadline && reported == 0 {
         spread(envoy.port, 2, 50, &[]);
         std::thread::sleep(Duration::from_millis(500));
-        let list: serde_json::Value = serde_json::from_str(&ok(control.cli(&["--json", "stacks", "list"]))).unwrap();
-        let green = list["stacks"].as_array().unwrap().iter().find(|st| st["name"] == "green").cloned().unwrap_or_default();
-        reported = green["telemetry"]["requests"].as_u64().or_else(|| green["telemetry"]["requests"].as_str().and_then(|v| v.parse().ok())).unwrap_or(0);
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(control.cli(&["--json", "stacks", "list"]))).unwrap();
+        let green = list["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["name"] == "green")
+            .cloned()
+            .unwrap_or_default();
+        reported = green["telemetry"]["requests"]
+            .as_u64()
+            .or_else(|| {
+                green["telemetry"]["requests"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0);
     }
-    assert!(reported > 0, "green's requests reached the control service through Report");
+    assert!(
+        reported > 0,
+        "green's requests reached the control service through Report"
+    );
 }
 
 #[test]
@@ -108,7 +150,10 @@ fn fail_static_while_the_control_service_is_down_then_resync() {
     let mut control = s.control();
     ok(s.apply(&control, &policy(GREEN)));
     let envoy = s.envoy(&policy(BLUE), 2);
-    assert!(wait_routing(envoy.port, &["green"], Duration::from_secs(5)).is_some(), "control state replaces the plugin policy");
+    assert!(
+        wait_routing(envoy.port, &["green"], Duration::from_secs(5)).is_some(),
+        "control state replaces the plugin policy"
+    );
 
     // Steady traffic while the control service is killed for 30 s.
     let stop = Arc::new(AtomicBool::new(false));
@@ -140,15 +185,23 @@ fn fail_static_while_the_control_service_is_down_then_resync() {
     let seen = seen.lock().unwrap().clone();
     let total: usize = seen.values().sum();
     println!("30 s without the control service: {total} requests, {seen:?}");
-    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["green"], "zero failures, routing unchanged: {seen:?}");
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        vec!["green"],
+        "zero failures, routing unchanged: {seen:?}"
+    );
     assert!(total > 1000);
 
     // Restart: Envoy reconnects within its backoff bound (5 s max, jittered) and resyncs.
     let control = s.control();
     ok(s.apply(&control, &policy(BLUE)));
-    let took = wait_routing(envoy.port, &["blue"], Duration::from_secs(10)).expect("resynced after restart");
+    let took = wait_routing(envoy.port, &["blue"], Duration::from_secs(10))
+        .expect("resynced after restart");
     println!("control service restarted → new policy served after {took:?}");
-    assert!(took <= Duration::from_secs(7), "within the reconnect backoff bound: {took:?}");
+    assert!(
+        took <= Duration::from_secs(7),
+        "within the reconnect backoff bound: {took:?}"
+    );
 }
 
 #[test]
@@ -156,11 +209,21 @@ fn envoy_started_without_the_control_service_serves_its_plugin_policy_until_it_c
     let s = Setup::new();
     let envoy = s.envoy(&policy(BLUE), 3);
     let start = Instant::now();
-    assert_eq!(spread(envoy.port, 4, 100, &[]), HashMap::from([("blue".to_string(), 100)]));
+    assert_eq!(
+        spread(envoy.port, 4, 100, &[]),
+        HashMap::from([("blue".to_string(), 100)])
+    );
     std::thread::sleep(Duration::from_secs(1));
     let control = s.control();
     ok(s.apply(&control, &policy(GREEN)));
-    let took = wait_routing(envoy.port, &["green"], Duration::from_secs(10)).expect("control state takes over");
-    println!("control service came up {:?} after Envoy; its policy served {took:?} after apply", start.elapsed());
-    assert_eq!(spread(envoy.port, 4, 200, &[]), HashMap::from([("green".to_string(), 200)]));
+    let took = wait_routing(envoy.port, &["green"], Duration::from_secs(10))
+        .expect("control state takes over");
+    println!(
+        "control service came up {:?} after Envoy; its policy served {took:?} after apply",
+        start.elapsed()
+    );
+    assert_eq!(
+        spread(envoy.port, 4, 200, &[]),
+        HashMap::from([("green".to_string(), 200)])
+    );
 }

@@ -64,7 +64,12 @@ fn segmentation_policy(now: u64) -> String {
 
 fn served(c: &mut Client, path: &str, headers: &[(&str, &str)]) -> String {
     let r = c.get(path, headers).unwrap();
-    assert!(r.status < 500, "{path} {headers:?}: {} {}", r.status, r.text());
+    assert!(
+        r.status < 500,
+        "{path} {headers:?}: {} {}",
+        r.status,
+        r.text()
+    );
     r.served_by().unwrap_or("?").to_string()
 }
 
@@ -78,14 +83,28 @@ fn segmentation_by_geo_channel_time_cohort_and_percentage() {
     assert_eq!(served(&mut c, "/", &[("x-geo-country", "DE")]), "eu");
     assert_eq!(served(&mut c, "/", &[("x-geo-country", "fr")]), "eu");
     assert_eq!(served(&mut c, "/", &[("x-geo-country", "US")]), "blue");
-    assert_eq!(served(&mut c, "/lab/x", &[]), "eu", "127.0.0.1 is in the lab CIDR");
-    assert_eq!(served(&mut c, "/lab/x", &[("x-geo-country", "US")]), "blue", "the edge header wins over CIDR");
+    assert_eq!(
+        served(&mut c, "/lab/x", &[]),
+        "eu",
+        "127.0.0.1 is in the lab CIDR"
+    );
+    assert_eq!(
+        served(&mut c, "/lab/x", &[("x-geo-country", "US")]),
+        "blue",
+        "the edge header wins over CIDR"
+    );
 
     // Channel: API key header, path prefix, user agent.
     assert_eq!(served(&mut c, "/", &[("x-partner-key", "k-123")]), "green");
     assert_eq!(served(&mut c, "/pos/terminal", &[]), "blue");
-    assert_eq!(served(&mut c, "/", &[("user-agent", "SwitchyardShop-iOS/5.1")]), "green");
-    assert_eq!(served(&mut c, "/", &[("user-agent", "Mozilla/5.0")]), "blue");
+    assert_eq!(
+        served(&mut c, "/", &[("user-agent", "SwitchyardShop-iOS/5.1")]),
+        "green"
+    );
+    assert_eq!(
+        served(&mut c, "/", &[("user-agent", "Mozilla/5.0")]),
+        "blue"
+    );
 
     // Time: an active campaign routes, a future one does not.
     assert_eq!(served(&mut c, "/sale/shoes", &[]), "green");
@@ -93,11 +112,23 @@ fn segmentation_by_geo_channel_time_cohort_and_percentage() {
 
     // Cohort: only from a verified JWT claim, never from a header the client sets.
     let beta = jwt("user-7", "beta", JWT_SECRET);
-    assert_eq!(served(&mut c, "/", &[("authorization", &format!("Bearer {beta}"))]), "canary");
-    assert_eq!(served(&mut c, "/", &[("x-jwt-cohort", "beta")]), "blue", "client-set claim header is stripped");
+    assert_eq!(
+        served(&mut c, "/", &[("authorization", &format!("Bearer {beta}"))]),
+        "canary"
+    );
+    assert_eq!(
+        served(&mut c, "/", &[("x-jwt-cohort", "beta")]),
+        "blue",
+        "client-set claim header is stripped"
+    );
     let forged = jwt("user-7", "beta", b"not-the-key-not-the-key-not-the-key");
-    let r = c.get("/", &[("authorization", &format!("Bearer {forged}"))]).unwrap();
-    assert_eq!(r.status, 401, "a JWT with a bad signature is rejected by jwt_authn");
+    let r = c
+        .get("/", &[("authorization", &format!("Bearer {forged}"))])
+        .unwrap();
+    assert_eq!(
+        r.status, 401,
+        "a JWT with a bad signature is rejected by jwt_authn"
+    );
 
     // Percentage: the users whose bucket is below 10% go to canary, the rest do not.
     let mut in_slice = 0;
@@ -109,7 +140,10 @@ fn segmentation_by_geo_channel_time_cohort_and_percentage() {
         assert_eq!(got == "canary", expect_canary, "user s-{i}");
         in_slice += usize::from(expect_canary);
     }
-    assert!((8..=40).contains(&in_slice), "about 10% of 200 users in the slice, got {in_slice}");
+    assert!(
+        (8..=40).contains(&in_slice),
+        "about 10% of 200 users in the slice, got {in_slice}"
+    );
 }
 
 #[test]
@@ -118,14 +152,37 @@ fn spoofed_routing_headers_have_no_effect() {
     let envoy = Envoy::start(&segmentation_policy(now_s()), &shop.ports(), 2);
     let mut c = envoy.client();
     for _ in 0..50 {
-        let r = c.get("/echo", &[("x-switchyard-stack", "canary"), ("x-switchyard-decision", "rule=evil")]).unwrap();
+        let r = c
+            .get(
+                "/echo",
+                &[
+                    ("x-switchyard-stack", "canary"),
+                    ("x-switchyard-decision", "rule=evil"),
+                ],
+            )
+            .unwrap();
         assert_eq!(r.served_by(), Some("blue"));
         let echoed = r.json();
-        let names: Vec<String> = echoed["headers"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap().to_string()).collect();
-        assert!(!names.iter().any(|n| n.starts_with("x-switchyard")), "no routing header reaches the stack: {names:?}");
+        let names: Vec<String> = echoed["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("x-switchyard")),
+            "no routing header reaches the stack: {names:?}"
+        );
     }
     // Repeated routing-relevant headers are hostile: the attribute is ignored.
-    assert_eq!(served(&mut c, "/", &[("x-geo-country", "DE"), ("x-geo-country", "US")]), "blue");
+    assert_eq!(
+        served(
+            &mut c,
+            "/",
+            &[("x-geo-country", "DE"), ("x-geo-country", "US")]
+        ),
+        "blue"
+    );
     assert!(envoy.wait_counter("hostile_requests", 1) >= 1);
 }
 
@@ -148,11 +205,19 @@ fn stickiness_holds_for_1000_requests_and_bad_cookies_are_reassigned() {
     let envoy = Envoy::start(&affinity_policy(), &shop.ports(), 2);
     let mut c = envoy.client();
     let first = c.get("/", &[]).unwrap();
-    let cookie = first.affinity_cookie().expect("a new user gets an affinity cookie");
+    let cookie = first
+        .affinity_cookie()
+        .expect("a new user gets an affinity cookie");
     let set = first.header("set-cookie").unwrap();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Max-Age=600"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Max-Age=600"),
+        "{set}"
+    );
     let stack = first.served_by().unwrap().to_string();
-    assert!(cookie.contains(&format!(".{stack}.")), "cookie {cookie} names the serving stack {stack}");
+    assert!(
+        cookie.contains(&format!(".{stack}.")),
+        "cookie {cookie} names the serving stack {stack}"
+    );
 
     // 1,000 requests over several connections (both Envoy workers) stay on the stack.
     for conn in 0..4 {
@@ -160,7 +225,10 @@ fn stickiness_holds_for_1000_requests_and_bad_cookies_are_reassigned() {
         for _ in 0..250 {
             let r = c.get("/", &[("cookie", &cookie)]).unwrap();
             assert_eq!(r.served_by(), Some(stack.as_str()), "connection {conn}");
-            assert!(r.affinity_cookie().is_none(), "a fresh cookie is not re-issued");
+            assert!(
+                r.affinity_cookie().is_none(),
+                "a fresh cookie is not re-issued"
+            );
         }
     }
     assert!(envoy.wait_counter(&format!("stack.{stack}.affinity_hit"), 1000) >= 1000);
@@ -177,16 +245,24 @@ fn stickiness_holds_for_1000_requests_and_bad_cookies_are_reassigned() {
     let keys = switchyard_filter::affinity::Keyring::parse(TEST_KEYS).unwrap();
     let expired = format!("sy_aff={}", keys.sign(other, 1, now_s() - 10));
     let r = c.get("/", &[("cookie", &expired)]).unwrap();
-    assert!(r.affinity_cookie().is_some(), "an expired cookie is replaced");
+    assert!(
+        r.affinity_cookie().is_some(),
+        "an expired cookie is replaced"
+    );
     assert!(envoy.wait_counter("affinity_expired", 1) >= 1);
-    let stranger = switchyard_filter::affinity::Keyring::parse("zz=some-other-secret-abcdef").unwrap();
+    let stranger =
+        switchyard_filter::affinity::Keyring::parse("zz=some-other-secret-abcdef").unwrap();
     let unknown = format!("sy_aff={}", stranger.sign(other, 1, now_s() + 600));
     let r = c.get("/", &[("cookie", &unknown)]).unwrap();
-    assert!(r.affinity_cookie().is_some(), "an unknown-key cookie is replaced");
+    assert!(
+        r.affinity_cookie().is_some(),
+        "an unknown-key cookie is replaced"
+    );
     assert!(envoy.wait_counter("affinity_forged", 2) >= 2);
 
     // Rotation: a cookie signed with the previous key (second in the list) still holds.
-    let previous = switchyard_filter::affinity::Keyring::parse("t0=e2e-previous-secret-987").unwrap();
+    let previous =
+        switchyard_filter::affinity::Keyring::parse("t0=e2e-previous-secret-987").unwrap();
     let old = format!("sy_aff={}", previous.sign(other, 1, now_s() + 600));
     let r = c.get("/", &[("cookie", &old)]).unwrap();
     assert_eq!(r.served_by(), Some(other), "previous key still verifies");
@@ -209,7 +285,11 @@ fn weighted_spread_within_3_percent_over_10000_requests() {
                 let mut c = Client::connect(port).unwrap();
                 for _ in 0..2500 {
                     let r = c.get("/", &[]).unwrap();
-                    *counts.lock().unwrap().entry(r.served_by().unwrap_or("?").to_string()).or_default() += 1;
+                    *counts
+                        .lock()
+                        .unwrap()
+                        .entry(r.served_by().unwrap_or("?").to_string())
+                        .or_default() += 1;
                 }
             })
         })
@@ -222,7 +302,10 @@ fn weighted_spread_within_3_percent_over_10000_requests() {
     assert_eq!(total, 10_000);
     for (stack, weight) in [("blue", 0.60), ("green", 0.30), ("canary", 0.10)] {
         let share = f64::from(counts.get(stack).copied().unwrap_or(0)) / f64::from(total);
-        assert!((share - weight).abs() <= 0.03, "{stack}: {share:.4} vs {weight} ({counts:?})");
+        assert!(
+            (share - weight).abs() <= 0.03,
+            "{stack}: {share:.4} vs {weight} ({counts:?})"
+        );
     }
     println!("weighted spread over 10000 requests: {counts:?}");
 }
@@ -245,7 +328,11 @@ fn killed_stack_is_skipped_within_one_second() {
                 let mut c = Client::connect(port).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     let r = c.get("/", &[]).unwrap();
-                    log.lock().unwrap().push((Instant::now(), r.status, r.served_by().unwrap_or("-").to_string()));
+                    log.lock().unwrap().push((
+                        Instant::now(),
+                        r.status,
+                        r.served_by().unwrap_or("-").to_string(),
+                    ));
                     std::thread::sleep(Duration::from_millis(2));
                 }
             })
@@ -261,20 +348,40 @@ fn killed_stack_is_skipped_within_one_second() {
     }
     let log = log.lock().unwrap();
     let before: Vec<_> = log.iter().filter(|(t, _, _)| *t < killed_at).collect();
-    assert!(before.iter().any(|(_, _, s)| s == "blue"), "blue served before the kill");
+    assert!(
+        before.iter().any(|(_, _, s)| s == "blue"),
+        "blue served before the kill"
+    );
     let after: Vec<_> = log.iter().filter(|(t, _, _)| *t >= killed_at).collect();
     let failures: Vec<_> = after.iter().filter(|(_, st, _)| *st != 200).collect();
-    let last_failure = failures.iter().map(|(t, _, _)| t.duration_since(killed_at)).max();
+    let last_failure = failures
+        .iter()
+        .map(|(t, _, _)| t.duration_since(killed_at))
+        .max();
     println!(
         "stack killed: {} requests after the kill, {} client-visible failures, last failure {:?} after the kill",
         after.len(),
         failures.len(),
         last_failure
     );
-    let late: Vec<_> = after.iter().filter(|(t, st, _)| t.duration_since(killed_at) > Duration::from_secs(1) && *st != 200).collect();
-    assert!(late.is_empty(), "no failures later than 1 s after the kill: {} late", late.len());
-    assert!(after.iter().filter(|(t, _, _)| t.duration_since(killed_at) > Duration::from_secs(1)).all(|(_, _, s)| s == "green"));
-    assert!(failures.len() <= 20, "failures before the breaker opened: {}", failures.len());
+    let late: Vec<_> = after
+        .iter()
+        .filter(|(t, st, _)| t.duration_since(killed_at) > Duration::from_secs(1) && *st != 200)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "no failures later than 1 s after the kill: {} late",
+        late.len()
+    );
+    assert!(after
+        .iter()
+        .filter(|(t, _, _)| t.duration_since(killed_at) > Duration::from_secs(1))
+        .all(|(_, _, s)| s == "green"));
+    assert!(
+        failures.len() <= 20,
+        "failures before the breaker opened: {}",
+        failures.len()
+    );
 }
 
 #[test]
@@ -297,7 +404,11 @@ fn residency_is_honoured_when_the_only_in_region_stack_is_down() {
     let mut local = None;
     for _ in 0..20 {
         let r = c.get("/", &[("x-geo-country", "DE")]).unwrap();
-        assert_ne!(r.served_by(), Some("blue"), "EU traffic never leaves the EU");
+        assert_ne!(
+            r.served_by(),
+            Some("blue"),
+            "EU traffic never leaves the EU"
+        );
         if r.header("retry-after").is_some() {
             local = Some(r);
             break;

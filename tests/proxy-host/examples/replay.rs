@@ -28,11 +28,17 @@ fn load(path: &str) -> Vec<Request> {
             for h in lines {
                 if let Some((n, v)) = h.split_once(": ") {
                     let n = n.to_ascii_lowercase();
-                    req = if n == "host" { req.authority(v) } else { req.header(&n, v) };
+                    req = if n == "host" {
+                        req.authority(v)
+                    } else {
+                        req.header(&n, v)
+                    };
                 }
             }
             // What Envoy adds before the filter runs.
-            req = req.header("x-forwarded-proto", "http").header("x-request-id", "6f1c2b7e-3d4a-4f5b-9c8d-0e1f2a3b4c5d");
+            req = req
+                .header("x-forwarded-proto", "http")
+                .header("x-request-id", "6f1c2b7e-3d4a-4f5b-9c8d-0e1f2a3b4c5d");
             if !body.is_empty() {
                 req = req.body(body);
             }
@@ -45,10 +51,17 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let requests = load(args.get(1).map_or("/tmp/load.lua", String::as_str));
     let rounds: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(400);
-    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/policies/realistic.json");
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bench/policies/realistic.json"
+    );
     let mut sy = Switchyard::builder()
         .policy_file(policy)
-        .affinity_keys(if std::env::var_os("REPLAY_NO_KEYS").is_some() { None } else { Some("k1=0123456789abcdef0123") })
+        .affinity_keys(if std::env::var_os("REPLAY_NO_KEYS").is_some() {
+            None
+        } else {
+            Some("k1=0123456789abcdef0123")
+        })
         .log_capacity(1_000)
         .build()
         .expect("filter starts");
@@ -62,7 +75,12 @@ fn main() {
     }
     let n = rounds * requests.len();
     let secs = t.elapsed().as_secs_f64();
-    println!("{n} requests ({} distinct): {:.0} req/s, {:.2} µs/request; set-cookie on {:.1}%",
-        requests.len(), n as f64 / secs, secs * 1e6 / n as f64, cookies as f64 * 100.0 / n as f64);
+    println!(
+        "{n} requests ({} distinct): {:.0} req/s, {:.2} µs/request; set-cookie on {:.1}%",
+        requests.len(),
+        n as f64 / secs,
+        secs * 1e6 / n as f64,
+        cookies as f64 * 100.0 / n as f64
+    );
     assert!(sy.host_errors().is_empty(), "{:?}", sy.host_errors());
 }

@@ -109,7 +109,11 @@ fn a_snapshot_reaches_every_worker_and_is_acked() {
     assert_eq!(v, 8u64.to_le_bytes());
     // Workers learn of it through their wake queues (no per-request polling, no tick
     // happened): all three registered one.
-    let (workers, _) = sy.process.shared().shared_data("switchyard", "switchyard.workers").unwrap();
+    let (workers, _) = sy
+        .process
+        .shared()
+        .shared_data("switchyard", "switchyard.workers")
+        .unwrap();
     assert_eq!(workers, 3u32.to_le_bytes());
     assert_eq!(sy.metric("switchyard.control.applied_version"), 8);
     assert!(sy.host_errors().is_empty());
@@ -377,7 +381,10 @@ fn reconfiguring_the_plugin_keeps_the_control_planes_policy_and_health() {
     // the control plane's weights): the control plane's snapshot still decides.
     assert!(sy.reconfigure(0, POLICY).unwrap());
     let after = stacks_of(&mut sy, 0, 20);
-    assert!(after.iter().all(|s| s == "green"), "plugin reload overrode the control plane: {after:?}");
+    assert!(
+        after.iter().all(|s| s == "green"),
+        "plugin reload overrode the control plane: {after:?}"
+    );
     // A bad reload is refused and changes nothing.
     assert!(!sy.reconfigure(0, "{\"stacks\": []}").unwrap());
     assert!(stacks_of(&mut sy, 0, 20).iter().all(|s| s == "green"));
