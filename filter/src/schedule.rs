@@ -101,6 +101,42 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Civil date `(year, month, day)` of a count of days since 1970-01-01 (proleptic
+/// Gregorian): the inverse of `days_from_civil` (Howard Hinnant's algorithms).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `2026-11-27T08:00:00Z`: the UTC RFC 3339 form of unix seconds, the inverse of
+/// [`parse_rfc3339`] (which also accepts offsets and fractions).
+pub fn format_rfc3339(unix_s: i64) -> String {
+    let (date, time) = split_date_time(unix_s);
+    format!("{date}T{time}Z")
+}
+
+/// `2026-11-27 08:00:00`: the same instant for people (UTC, no `T`/`Z`).
+pub fn format_utc(unix_s: i64) -> String {
+    let (date, time) = split_date_time(unix_s);
+    format!("{date} {time}")
+}
+
+fn split_date_time(unix_s: i64) -> (String, String) {
+    let (y, m, d) = civil_from_days(unix_s.div_euclid(86_400));
+    let secs = unix_s.rem_euclid(86_400);
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60),
+    )
+}
+
 fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -201,6 +237,25 @@ mod tests {
             "２026-11-27T00:00:00Z",
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad} must be rejected");
+        }
+    }
+
+    #[test]
+    fn format_is_the_inverse_of_parse() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(1_795_737_600), "2026-11-27T00:00:00Z");
+        assert_eq!(format_rfc3339(1_709_164_800 + 3_723), "2024-02-29T01:02:03Z");
+        assert_eq!(format_utc(1_795_737_600 + 59), "2026-11-27 00:00:59");
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59Z");
+        // Every day of four centuries round-trips (leap years and century rules).
+        let mut t = parse_rfc3339("1900-01-01T00:00:00Z").unwrap();
+        let end = parse_rfc3339("2300-01-01T00:00:00Z").unwrap();
+        while t < end {
+            let s = format_rfc3339(t + 45_296);
+            assert_eq!(parse_rfc3339(&s), Ok(t + 45_296), "{s}");
+            let (y, m, d) = civil_from_days(t / 86_400);
+            assert_eq!(days_from_civil(y, m, d), t / 86_400);
+            t += 86_400;
         }
     }
 
