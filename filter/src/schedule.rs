@@ -133,7 +133,12 @@ fn split_date_time(unix_s: i64) -> (String, String) {
     let secs = unix_s.rem_euclid(86_400);
     (
         format!("{y:04}-{m:02}-{d:02}"),
-        format!("{:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60),
+        format!(
+            "{:02}:{:02}:{:02}",
+            secs / 3600,
+            secs % 3600 / 60,
+            secs % 60
+        ),
     )
 }
 
@@ -244,7 +249,10 @@ mod tests {
     fn format_is_the_inverse_of_parse() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(1_795_737_600), "2026-11-27T00:00:00Z");
-        assert_eq!(format_rfc3339(1_709_164_800 + 3_723), "2024-02-29T01:02:03Z");
+        assert_eq!(
+            format_rfc3339(1_709_164_800 + 3_723),
+            "2024-02-29T01:02:03Z"
+        );
         assert_eq!(format_utc(1_795_737_600 + 59), "2026-11-27 00:00:59");
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59Z");
         // Every day of four centuries round-trips (leap years and century rules).
