@@ -12,12 +12,24 @@ use crate::classify::{classify_with, has_prefix, Attributes, Found, Request, Sca
 use crate::policy::{Balance, LocalReply, Policy, Rule, StackId, Target};
 
 /// Health of every stack as the control plane sees it.
+///
+/// Three ways a stack stops taking traffic, which differ only for users holding a valid
+/// affinity cookie for it:
+/// - **draining**: factor 0 (no new visitors), cookies honoured until `sticky_until`
+///   (the drain deadline, or `u64::MAX` for "until the cookies expire"), never refreshed;
+/// - **evacuating** and **operator weight 0**: factor 0 and `sticky_until` 0, so cookie
+///   holders are re-pointed at once and get a new cookie;
+/// - **unhealthy** (or a local breaker open): not in `healthy`, so not eligible at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
-    /// Weight factor in percent per stack id (100 = the policy's weights).
+    /// Weight factor in percent per stack id (100 = the policy's weights) for new
+    /// traffic.
     pub factor: Vec<u32>,
     /// Bit per stack id: healthy.
     pub healthy: u64,
+    /// Per stack id: a valid affinity cookie for the stack is honoured while the
+    /// request's time (Unix ms) is below this; `u64::MAX` = always, 0 = never.
+    pub sticky_until: Vec<u64>,
 }
 
 impl Health {
@@ -26,8 +38,21 @@ impl Health {
         Self {
             factor: vec![100; stacks],
             healthy: crate::policy::mask_of(stacks),
+            sticky_until: vec![u64::MAX; stacks],
         }
     }
+}
+
+/// The control plane's view of one stack, as [`Router::set_stacks`] takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackHealth<'n> {
+    pub name: &'n str,
+    /// Weight factor for new traffic, percent (0 = no new visitors).
+    pub factor: u32,
+    pub healthy: bool,
+    /// Affinity cookies for the stack are honoured before this time (Unix ms):
+    /// `u64::MAX` = always, 0 = never (see [`Health::sticky_until`]).
+    pub sticky_until_ms: u64,
 }
 
 /// How the stack of a decision was chosen.
@@ -230,14 +255,36 @@ impl Router {
         *self = next;
     }
 
-    /// Apply health by stack name: `(name, weight factor percent, healthy)`. Stacks not
-    /// listed keep full weight and health.
+    /// Apply health by stack name: `(name, weight factor percent, healthy)`, where a
+    /// factor of 0 means no traffic at all (cookies for the stack are not honoured).
+    /// Stacks not listed keep full weight and health.
     pub fn set_health<'n>(&mut self, entries: impl IntoIterator<Item = (&'n str, u32, bool)>) {
+        self.set_stacks(
+            entries
+                .into_iter()
+                .map(|(name, factor, healthy)| StackHealth {
+                    name,
+                    factor,
+                    healthy,
+                    sticky_until_ms: if factor > 0 { u64::MAX } else { 0 },
+                }),
+        );
+    }
+
+    /// Apply the control plane's view of the stacks, by name. Stacks not listed keep
+    /// full weight and health. A stack with factor > 0 always honours its cookies.
+    pub fn set_stacks<'n>(&mut self, entries: impl IntoIterator<Item = StackHealth<'n>>) {
         let mut h = Health::all(self.policy.stacks.len());
-        for (name, factor, healthy) in entries {
-            if let Some(id) = self.policy.stack_id(name) {
-                h.factor[id] = factor.min(100);
-                if !healthy {
+        for e in entries {
+            if let Some(id) = self.policy.stack_id(e.name) {
+                let factor = e.factor.min(100);
+                h.factor[id] = factor;
+                h.sticky_until[id] = if factor > 0 {
+                    u64::MAX
+                } else {
+                    e.sticky_until_ms
+                };
+                if !e.healthy {
                     h.healthy &= !(1u64 << id);
                 }
             }
@@ -347,7 +394,19 @@ impl Router {
             match attrs.affinity_cookie {
                 Found::One(value) => match self.check_cookie(&policy, value, now_s) {
                     CookieCheck::Valid(id, expiry_s) => {
-                        if active & (1u64 << id) != 0 {
+                        // Honoured for a stack taking traffic, or a draining one before
+                        // its deadline: eligible, and a target of the set in use with a
+                        // policy weight (a drain keeps users, it does not add routes).
+                        let bit = 1u64 << id;
+                        let honoured = active & bit != 0
+                            || (eligible & bit != 0
+                                && self
+                                    .health
+                                    .sticky_until
+                                    .get(id)
+                                    .is_some_and(|&until| req.now_ms < until)
+                                && targets_with_weight(route, id, in_fallback));
+                        if honoured {
                             sticky = Some((id, expiry_s));
                             affinity = AffinityEvent::Hit;
                         }
@@ -401,8 +460,12 @@ impl Router {
         // Issue a cookie on a new assignment, or refresh one past half its life.
         let set_cookie = match (route.affinity_ttl_s, &self.keys) {
             (Some(ttl), Some(keys)) => {
+                // Never extend a cookie for a stack that takes no new traffic (a
+                // draining one): the drain must end when the cookies do.
                 let refresh = match sticky {
-                    Some((_, expiry_s)) => expiry_s.saturating_sub(now_s) < ttl / 2,
+                    Some((id, expiry_s)) => {
+                        expiry_s.saturating_sub(now_s) < ttl / 2 && active & (1u64 << id) != 0
+                    }
                     None => true,
                 };
                 refresh.then(|| {
@@ -491,6 +554,13 @@ impl Router {
         rr.pick(&route.targets, active, factor)
             .map(|i| (route.targets[i].stack, How::Weighted))
     }
+}
+
+/// Whether `id` is a target with a policy weight > 0 of the route's primary set, or of
+/// its fallback set while that is in use.
+fn targets_with_weight(route: &crate::policy::Route, id: StackId, in_fallback: bool) -> bool {
+    let has = |ts: &[Target]| ts.iter().any(|t| t.stack == id && t.weight > 0);
+    has(&route.targets) || (in_fallback && has(&route.fallback))
 }
 
 /// The first rule, in order, that matches: candidates from the index (region, country,

@@ -54,16 +54,42 @@ pub struct StackState {
     pub weight_percent: u32,
     pub healthy: bool,
     pub reason: String,
+    /// No new visitors; valid affinity cookies keep their users on the stack until the
+    /// cookie expires or `drain_deadline_unix_ms` passes.
     pub draining: bool,
+    /// End of the drain (Unix ms): from then on the stack behaves as evacuated. 0 = until
+    /// the cookies expire.
+    pub drain_deadline_unix_ms: u64,
+    /// Everyone moves now, cookie holders included. Wins over `draining`.
+    pub evacuating: bool,
 }
 
 impl StackState {
-    /// Effective weight factor for the router (a draining stack takes no new traffic).
+    /// Effective weight factor for new traffic (a draining or evacuating stack takes no
+    /// new visitors).
     pub fn factor(&self) -> u32 {
-        if self.draining {
+        if self.draining || self.evacuating {
             0
         } else {
             self.weight_percent.min(100)
+        }
+    }
+
+    /// Until when (Unix ms, exclusive) a valid affinity cookie for this stack is honoured:
+    /// `u64::MAX` while the stack takes traffic or drains without a deadline, the
+    /// deadline while it drains with one, 0 when evacuating or weighted to 0.
+    pub fn sticky_until_ms(&self) -> u64 {
+        if self.evacuating {
+            0
+        } else if self.draining {
+            match self.drain_deadline_unix_ms {
+                0 => u64::MAX,
+                d => d,
+            }
+        } else if self.factor() > 0 {
+            u64::MAX
+        } else {
+            0
         }
     }
 }
@@ -191,6 +217,8 @@ impl Snapshot {
             put_u64(&mut b, 3, u64::from(s.healthy));
             put_bytes(&mut b, 4, s.reason.as_bytes());
             put_u64(&mut b, 5, u64::from(s.draining));
+            put_u64(&mut b, 6, s.drain_deadline_unix_ms);
+            put_u64(&mut b, 7, u64::from(s.evacuating));
             put_message(&mut out, 3, &b);
         }
         out
@@ -213,6 +241,8 @@ impl Snapshot {
                             (3, Value::Varint(x)) => s.healthy = x != 0,
                             (4, Value::Bytes(b)) => s.reason = utf8(4, b)?,
                             (5, Value::Varint(x)) => s.draining = x != 0,
+                            (6, Value::Varint(x)) => s.drain_deadline_unix_ms = x,
+                            (7, Value::Varint(x)) => s.evacuating = x != 0,
                             _ => {}
                         }
                         Ok(())
@@ -401,6 +431,7 @@ mod tests {
                     healthy: true,
                     reason: String::new(),
                     draining: false,
+                    ..Default::default()
                 },
                 StackState {
                     name: "green".into(),
@@ -408,6 +439,15 @@ mod tests {
                     healthy: false,
                     reason: "db down".into(),
                     draining: true,
+                    drain_deadline_unix_ms: 1_795_737_630_000,
+                    evacuating: false,
+                },
+                StackState {
+                    name: "canary".into(),
+                    weight_percent: 100,
+                    healthy: true,
+                    evacuating: true,
+                    ..Default::default()
                 },
             ],
         };
@@ -439,6 +479,49 @@ mod tests {
         b.extend_from_slice(&[0x49, 1, 2, 3, 4, 5, 6, 7, 8]); // field 9, fixed64
         b.extend_from_slice(&[0x55, 1, 2, 3, 4]); // field 10, fixed32
         assert_eq!(Snapshot::decode(&b).unwrap().version, 7);
+    }
+
+    #[test]
+    fn drain_fields_are_optional_on_the_wire() {
+        // A StackState from before fields 6 and 7: name "blue", weight 100, healthy,
+        // draining. It decodes as draining until cookies expire, not evacuating.
+        let old = [
+            0x1a, 12, 0x0a, 4, b'b', b'l', b'u', b'e', 0x10, 100, 0x18, 1, 0x28, 1,
+        ];
+        let s = &Snapshot::decode(&old).unwrap().stacks[0];
+        assert!(s.draining && !s.evacuating);
+        assert_eq!(s.drain_deadline_unix_ms, 0);
+        assert_eq!((s.factor(), s.sticky_until_ms()), (0, u64::MAX));
+        // New fields: deadline 1000 (field 6), evacuating (field 7).
+        let mut b = old.to_vec();
+        b[1] += 5;
+        b.extend_from_slice(&[0x30, 0xe8, 0x07, 0x38, 1]);
+        let s = &Snapshot::decode(&b).unwrap().stacks[0];
+        assert_eq!(s.drain_deadline_unix_ms, 1000);
+        assert!(s.evacuating);
+        assert_eq!(Snapshot::decode(&b).unwrap().encode(), b);
+    }
+
+    #[test]
+    fn factor_and_sticky_window_per_state() {
+        let st = |weight_percent, healthy, draining, drain_deadline_unix_ms, evacuating| {
+            let s = StackState {
+                weight_percent,
+                healthy,
+                draining,
+                drain_deadline_unix_ms,
+                evacuating,
+                ..Default::default()
+            };
+            (s.factor(), s.sticky_until_ms())
+        };
+        assert_eq!(st(100, true, false, 0, false), (100, u64::MAX));
+        assert_eq!(st(40, true, false, 0, false), (40, u64::MAX));
+        assert_eq!(st(0, true, false, 0, false), (0, 0), "weight 0: no traffic");
+        assert_eq!(st(100, true, true, 0, false), (0, u64::MAX));
+        assert_eq!(st(100, true, true, 5000, false), (0, 5000));
+        assert_eq!(st(100, true, true, 5000, true), (0, 0), "evacuate wins");
+        assert_eq!(st(100, true, false, 0, true), (0, 0));
     }
 
     proptest! {

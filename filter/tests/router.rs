@@ -8,7 +8,8 @@ use proptest::prelude::*;
 use switchyard_filter::affinity::Keyring;
 use switchyard_filter::classify::Request;
 use switchyard_filter::policy::{validate_json, Policy};
-use switchyard_filter::router::{AffinityEvent, How, Outcome, Router};
+use switchyard_filter::router::{AffinityEvent, How, Outcome, Router, StackHealth};
+use switchyard_filter::snapshot::StackState;
 
 const KEYS: &str = "k2=current-secret-0123456789,k1=previous-secret-0123456789";
 const T0: u64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
@@ -351,5 +352,249 @@ fn unreadable_request_goes_by_the_default_rule() {
         assert_eq!(p.rules[d.rule].id, "default");
         let s = stack_of(&p, &d);
         assert!(s == "blue" || s == "green", "{s}");
+    }
+}
+
+// ----- drain, evacuate, weight 0, unhealthy -------------------------------------------
+
+const MIN: u64 = 60_000;
+
+/// blue and green, sticky; `only_blue` routes to blue alone with green as fallback.
+fn sticky_policy(only_blue: bool) -> Arc<Policy> {
+    let route = if only_blue {
+        r#""targets": [ { "stack": "blue" } ], "fallback": { "targets": [ { "stack": "green" } ] }"#
+    } else {
+        r#""targets": [ { "stack": "blue" }, { "stack": "green" } ]"#
+    };
+    policy(&format!(
+        r#"{{ "stacks": [ {{ "name": "blue", "region": "x" }}, {{ "name": "green", "region": "x" }} ],
+        "affinity": {{ "cookie": "sy_aff", "ttl_s": 3600, "secure": false, "epoch": 1 }},
+        "default": {{ {route}, "affinity": true }} }}"#
+    ))
+}
+
+/// Apply control-plane stack states the way the worker does.
+fn apply(r: &mut Router, states: &[StackState]) {
+    r.set_stacks(states.iter().map(|st| StackHealth {
+        name: &st.name,
+        factor: st.factor(),
+        healthy: st.healthy,
+        sticky_until_ms: st.sticky_until_ms(),
+    }));
+}
+
+fn state(name: &str) -> StackState {
+    StackState {
+        name: name.into(),
+        weight_percent: 100,
+        healthy: true,
+        ..Default::default()
+    }
+}
+
+fn draining(name: &str, deadline_unix_ms: u64) -> StackState {
+    StackState {
+        draining: true,
+        drain_deadline_unix_ms: deadline_unix_ms,
+        ..state(name)
+    }
+}
+
+/// A router and the cookie of a user it put on blue.
+fn blue_user(p: &Arc<Policy>) -> (Router, String) {
+    let mut r = Router::new(Arc::clone(p), Keyring::parse(KEYS).ok());
+    for i in 0..10 {
+        let d = decide(&mut r, &[], None, T0 + i);
+        if stack_of(p, &d) == "blue" {
+            return (r, cookie_value(&d.set_cookie.unwrap()));
+        }
+    }
+    panic!("nobody was sent to blue");
+}
+
+#[test]
+fn draining_keeps_cookie_holders_and_takes_no_new_users() {
+    let p = sticky_policy(false);
+    let (mut r, cookie) = blue_user(&p);
+    apply(&mut r, &[draining("blue", 0), state("green")]);
+    for i in 0..200 {
+        let d = decide(&mut r, &[], None, T0 + i);
+        assert_eq!(
+            stack_of(&p, &d),
+            "green",
+            "a new user went to the draining stack"
+        );
+    }
+    // Past half the cookie's life: still blue, but the cookie is not extended.
+    for t in [T0 + 1, T0 + 1_900_000, T0 + 3_599_999] {
+        let d = decide(&mut r, &[("cookie", &cookie)], None, t);
+        assert_eq!(stack_of(&p, &d), "blue");
+        assert_eq!(d.affinity, AffinityEvent::Hit);
+        assert!(matches!(
+            d.outcome,
+            Outcome::Stack {
+                how: How::Sticky,
+                ..
+            }
+        ));
+        assert_eq!(
+            d.set_cookie, None,
+            "a cookie for a draining stack was refreshed"
+        );
+    }
+    // The cookie expires: the user moves and gets a cookie for the new stack.
+    let d = decide(&mut r, &[("cookie", &cookie)], None, T0 + 3_600_000);
+    assert_eq!(stack_of(&p, &d), "green");
+    assert!(d.set_cookie.unwrap().contains("green"));
+}
+
+#[test]
+fn drain_deadline_ends_stickiness() {
+    let p = sticky_policy(false);
+    let (mut r, cookie) = blue_user(&p);
+    apply(&mut r, &[draining("blue", T0 + MIN), state("green")]);
+    let d = decide(&mut r, &[("cookie", &cookie)], None, T0 + MIN - 1);
+    assert_eq!((stack_of(&p, &d), d.set_cookie), ("blue".into(), None));
+    let d = decide(&mut r, &[("cookie", &cookie)], None, T0 + MIN);
+    assert_eq!(stack_of(&p, &d), "green");
+    assert_eq!(d.affinity, AffinityEvent::Miss);
+    let moved = cookie_value(&d.set_cookie.expect("re-pointed users get a new cookie"));
+    let d = decide(&mut r, &[("cookie", &moved)], None, T0 + MIN + 1);
+    assert_eq!(
+        (stack_of(&p, &d), d.affinity),
+        ("green".into(), AffinityEvent::Hit)
+    );
+}
+
+#[test]
+fn draining_the_only_target_keeps_its_users_while_new_ones_fall_back() {
+    let p = sticky_policy(true);
+    let (mut r, cookie) = blue_user(&p);
+    apply(&mut r, &[draining("blue", 0), state("green")]);
+    let d = decide(&mut r, &[], None, T0);
+    assert!(matches!(
+        d.outcome,
+        Outcome::Stack {
+            how: How::Fallback,
+            ..
+        }
+    ));
+    assert_eq!(stack_of(&p, &d), "green");
+    let d = decide(&mut r, &[("cookie", &cookie)], None, T0);
+    assert_eq!((stack_of(&p, &d), d.set_cookie), ("blue".into(), None));
+}
+
+#[test]
+fn evacuate_weight_zero_and_unhealthy_move_cookie_holders_at_once() {
+    let p = sticky_policy(false);
+    let cases = [
+        StackState {
+            evacuating: true,
+            ..state("blue")
+        },
+        StackState {
+            evacuating: true,
+            ..draining("blue", T0 + MIN)
+        },
+        StackState {
+            weight_percent: 0,
+            ..state("blue")
+        },
+        StackState {
+            healthy: false,
+            ..state("blue")
+        },
+        StackState {
+            healthy: false,
+            ..draining("blue", 0)
+        },
+    ];
+    for blue in cases {
+        let (mut r, cookie) = blue_user(&p);
+        apply(&mut r, &[blue.clone(), state("green")]);
+        let d = decide(&mut r, &[("cookie", &cookie)], None, T0 + 1);
+        assert_eq!(stack_of(&p, &d), "green", "{blue:?}");
+        assert_eq!(d.affinity, AffinityEvent::Miss);
+        let set = d.set_cookie.expect("a new cookie in the same response");
+        let d = decide(&mut r, &[("cookie", &cookie_value(&set))], None, T0 + 2);
+        assert_eq!(stack_of(&p, &d), "green");
+        for i in 0..50 {
+            assert_eq!(stack_of(&p, &decide(&mut r, &[], None, T0 + i)), "green");
+        }
+    }
+}
+
+#[test]
+fn a_drain_does_not_add_a_stack_to_a_route_that_does_not_use_it() {
+    let p = policy(
+        r#"{ "stacks": [ { "name": "blue", "region": "x" }, { "name": "green", "region": "x" } ],
+        "affinity": { "cookie": "sy_aff", "ttl_s": 3600, "secure": false, "epoch": 1 },
+        "rules": [ { "id": "beta", "match": { "cohorts": ["beta"] },
+                     "route": { "targets": [ { "stack": "green" } ], "affinity": true } } ],
+        "classify": { "cohort_header": "x-jwt-cohort" },
+        "default": { "targets": [ { "stack": "blue" }, { "stack": "green", "weight": 0 } ], "affinity": true } }"#,
+    );
+    let (mut r, blue) = blue_user(&p);
+    let beta = [("x-jwt-cohort", "beta")];
+    let green = cookie_value(&decide(&mut r, &beta, None, T0).set_cookie.unwrap());
+    apply(&mut r, &[draining("blue", 0), draining("green", 0)]);
+    // A blue cookie on the beta route (green only): not honoured.
+    let d = decide(&mut r, &[beta[0], ("cookie", &blue)], None, T0);
+    assert_ne!(stack_of(&p, &d), "blue");
+    // A green cookie on the default route, where green's policy weight is 0.
+    let d = decide(&mut r, &[("cookie", &green)], None, T0);
+    assert_ne!(stack_of(&p, &d), "green");
+    // Each on its own route: kept.
+    let d = decide(&mut r, &[beta[0], ("cookie", &green)], None, T0);
+    assert_eq!(stack_of(&p, &d), "green");
+    let d = decide(&mut r, &[("cookie", &blue)], None, T0);
+    assert_eq!(stack_of(&p, &d), "blue");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Against a plain model: a blue cookie is honoured exactly when blue is healthy,
+    /// and either takes traffic or drains before its deadline and is not evacuating;
+    /// a draining stack's cookie is never refreshed; new users only reach stacks that
+    /// take traffic.
+    #[test]
+    fn drain_states_match_the_model(
+        weight in prop_oneof![Just(0u32), Just(100u32), 1u32..100],
+        healthy in any::<bool>(),
+        is_draining in any::<bool>(),
+        deadline in prop_oneof![Just(0u64), 1u64..2 * MIN],
+        evacuating in any::<bool>(),
+        at in 0u64..2 * MIN,
+    ) {
+        let p = sticky_policy(false);
+        let (mut r, cookie) = blue_user(&p);
+        let blue = StackState {
+            weight_percent: weight,
+            healthy,
+            draining: is_draining,
+            drain_deadline_unix_ms: if deadline == 0 { 0 } else { T0 + deadline },
+            evacuating,
+            ..state("blue")
+        };
+        apply(&mut r, &[blue, state("green")]);
+        let now = T0 + at;
+        let takes_traffic = healthy && !is_draining && !evacuating && weight > 0;
+        let sticky = healthy
+            && !evacuating
+            && (takes_traffic || (is_draining && (deadline == 0 || at < deadline)));
+        let d = decide(&mut r, &[("cookie", &cookie)], None, now);
+        prop_assert_eq!(stack_of(&p, &d) == "blue", sticky);
+        if sticky && !takes_traffic {
+            prop_assert_eq!(d.set_cookie.clone(), None);
+        }
+        if !sticky {
+            prop_assert!(d.set_cookie.unwrap().contains("green"));
+        }
+        if !takes_traffic {
+            for i in 0..20 {
+                prop_assert_eq!(stack_of(&p, &decide(&mut r, &[], None, now + i)), "green");
+            }
+        }
     }
 }

@@ -102,12 +102,13 @@ impl Shared {
                 }
             }
         }
-        self.router.set_health(
-            snapshot
-                .stacks
-                .iter()
-                .map(|st| (st.name.as_str(), st.factor(), st.healthy)),
-        );
+        self.router
+            .set_stacks(snapshot.stacks.iter().map(|st| crate::router::StackHealth {
+                name: &st.name,
+                factor: st.factor(),
+                healthy: st.healthy,
+                sticky_until_ms: st.sticky_until_ms(),
+            }));
     }
 }
 
