@@ -129,13 +129,24 @@ pub enum StacksCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Stop sending new traffic to a stack (its weight is kept for undrain).
+    /// Planned maintenance: no new visitors; users with an affinity cookie for the stack
+    /// stay until it expires or the deadline passes (its weight is kept for undrain).
     Drain {
+        stack: String,
+        /// End the drain after this long (e.g. 90s, 30m, 1h30m); then everyone moves.
+        /// Default: until the affinity cookies expire.
+        #[arg(long, value_parser = parse_duration_s)]
+        deadline: Option<u64>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Get everyone off a stack now: affinity cookie holders move too.
+    Evacuate {
         stack: String,
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Let a drained stack take traffic again.
+    /// End a drain or an evacuation: the stack takes traffic again.
     Undrain {
         stack: String,
         #[arg(long, default_value = "")]
@@ -546,7 +557,21 @@ async fn stacks(ctx: &mut Ctx<'_>, cmd: &StacksCmd) -> Result<(), Failure> {
                 })
                 .await?
         }
-        StacksCmd::Drain { stack, reason } => client.drain(reason_req(stack, reason)).await?,
+        StacksCmd::Drain {
+            stack,
+            deadline,
+            reason,
+        } => {
+            client
+                .drain(v1::DrainStackRequest {
+                    stack: stack.clone(),
+                    reason: reason.clone(),
+                    actor: actor.clone(),
+                    deadline_seconds: deadline.unwrap_or(0),
+                })
+                .await?
+        }
+        StacksCmd::Evacuate { stack, reason } => client.evacuate(reason_req(stack, reason)).await?,
         StacksCmd::Undrain { stack, reason } => client.undrain(reason_req(stack, reason)).await?,
         StacksCmd::Unhealthy { stack, reason } => {
             client.mark_unhealthy(reason_req(stack, reason)).await?
@@ -606,14 +631,63 @@ fn stack_state(s: &v1::StackStatus) -> String {
     if !s.healthy {
         parts.push("unhealthy");
     }
-    if s.draining {
-        parts.push("draining");
+    let drain;
+    if s.evacuating {
+        parts.push("evacuating");
+    } else if s.draining {
+        drain = match s.drain_deadline_unix_ms {
+            0 => "draining (sticky until cookies expire)".to_string(),
+            d => format!("draining (sticky until {})", fmt_time(d)),
+        };
+        parts.push(&drain);
     }
     if parts.is_empty() {
         "serving".into()
     } else {
         parts.join(",")
     }
+}
+
+/// A duration in whole seconds: `90`, `90s`, `30m`, `2h`, `1h30m`, `1d`.
+pub fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 90s, 30m, 1h30m)");
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(s) = text.parse::<u64>() {
+        return Ok(s);
+    }
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    for c in text.chars() {
+        if let Some(d) = c.to_digit(10) {
+            number = Some(
+                number
+                    .unwrap_or(0)
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(d)))
+                    .ok_or_else(bad)?,
+            );
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n = number.take().ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|x| total.checked_add(x))
+            .ok_or_else(bad)?;
+    }
+    if number.is_some() {
+        return Err(bad());
+    }
+    Ok(total)
 }
 
 fn print_stacks(r: &v1::ListStacksResponse) {
@@ -747,8 +821,16 @@ async fn watch(
                     if !st.healthy {
                         t.push_str(" unhealthy");
                     }
-                    if st.draining {
+                    if st.evacuating {
+                        t.push_str(" evacuating");
+                    } else if st.draining {
                         t.push_str(" draining");
+                        if st.drain_deadline_unix_ms != 0 {
+                            t.push_str(&format!(
+                                " (sticky until {})",
+                                fmt_time(st.drain_deadline_unix_ms)
+                            ));
+                        }
                     }
                     t
                 })

@@ -57,13 +57,37 @@ pub struct Change {
 /// A stack operation.
 #[derive(Debug, Clone)]
 pub enum StackOp {
-    SetWeight { percent: u32, reason: String },
-    Drain { reason: String },
-    Undrain { reason: String },
-    MarkUnhealthy { reason: String },
-    MarkHealthy { reason: String },
-    Register { endpoint: String },
-    Deregister { reason: String },
+    SetWeight {
+        percent: u32,
+        reason: String,
+    },
+    /// No new visitors; cookie holders stay until their cookie expires or `deadline`
+    /// (from now) passes. Draining again replaces the deadline; draining an evacuating
+    /// stack turns the evacuation into a drain.
+    Drain {
+        reason: String,
+        deadline: Option<std::time::Duration>,
+    },
+    /// Everyone off now, cookie holders included.
+    Evacuate {
+        reason: String,
+    },
+    /// End a drain or an evacuation.
+    Undrain {
+        reason: String,
+    },
+    MarkUnhealthy {
+        reason: String,
+    },
+    MarkHealthy {
+        reason: String,
+    },
+    Register {
+        endpoint: String,
+    },
+    Deregister {
+        reason: String,
+    },
 }
 
 /// Result of a change request.
@@ -362,7 +386,7 @@ impl Control {
         let version = current.record.version + 1;
         let now = now_unix_ms();
         let mut after = before.clone();
-        let (kind, summary) = apply_stack_op(&mut after, &op)?;
+        let (kind, summary) = apply_stack_op(&mut after, &op, now)?;
         if after == *before {
             return Ok(Outcome {
                 record: current.record.clone(),
@@ -529,6 +553,7 @@ fn or_default(reason: &str, default: &str) -> String {
 fn apply_stack_op(
     s: &mut StackRuntime,
     op: &StackOp,
+    now_ms: u64,
 ) -> Result<(ChangeKind, String), ControlError> {
     let name = s.name.clone();
     Ok(match op {
@@ -552,24 +577,56 @@ fn apply_stack_op(
                 with_reason(format!("{name} weight {old}% -> {percent}%"), reason),
             )
         }
-        StackOp::Drain { reason } => {
-            if !s.draining {
+        StackOp::Drain { reason, deadline } => {
+            let deadline_ms = match deadline {
+                None => 0,
+                Some(d) if d.is_zero() => 0,
+                Some(d) => u64::try_from(d.as_millis())
+                    .ok()
+                    .and_then(|d| now_ms.checked_add(d))
+                    .ok_or_else(|| {
+                        ControlError::InvalidArgument(format!("drain deadline {d:?} is too far"))
+                    })?,
+            };
+            if !s.draining || s.evacuating || s.drain_deadline_unix_ms != deadline_ms {
                 s.draining = true;
+                s.evacuating = false;
+                s.drain_deadline_unix_ms = deadline_ms;
                 s.drain_reason = or_default(reason, "drained by operator");
             }
+            let what = match deadline {
+                Some(d) if deadline_ms != 0 => {
+                    format!(
+                        "{name} draining, sticky sessions for at most {}s",
+                        d.as_secs()
+                    )
+                }
+                _ => format!("{name} draining, sticky sessions until their cookies expire"),
+            };
+            (ChangeKind::StackDrain, with_reason(what, reason))
+        }
+        StackOp::Evacuate { reason } => {
+            if !s.evacuating {
+                s.evacuating = true;
+                s.draining = false;
+                s.drain_deadline_unix_ms = 0;
+                s.drain_reason = or_default(reason, "evacuated by operator");
+            }
             (
-                ChangeKind::StackDrain,
-                with_reason(format!("{name} draining"), reason),
+                ChangeKind::StackEvacuate,
+                with_reason(format!("{name} evacuating"), reason),
             )
         }
         StackOp::Undrain { reason } => {
-            if s.draining {
+            if s.draining || s.evacuating {
                 s.draining = false;
+                s.evacuating = false;
+                s.drain_deadline_unix_ms = 0;
                 s.drain_reason.clear();
             }
             (
                 ChangeKind::StackUndrain,
-                with_reason(format!("{name} no longer draining"), reason),
+                with_reason(format!("{name} no longer draining or evacuating"), reason),
             )
         }
         StackOp::MarkUnhealthy { reason } => {

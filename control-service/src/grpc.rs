@@ -426,12 +426,25 @@ impl v1::stacks_server::Stacks for StacksService {
 
     async fn drain(
         &self,
+        request: Request<v1::DrainStackRequest>,
+    ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let r = request.into_inner();
+        let op = StackOp::Drain {
+            reason: r.reason,
+            deadline: (r.deadline_seconds != 0)
+                .then(|| std::time::Duration::from_secs(r.deadline_seconds)),
+        };
+        self.change(&r.stack, op, r.actor, String::new()).await
+    }
+
+    async fn evacuate(
+        &self,
         request: Request<v1::StackReasonRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
         let r = request.into_inner();
         self.change(
             &r.stack,
-            StackOp::Drain { reason: r.reason },
+            StackOp::Evacuate { reason: r.reason },
             r.actor,
             String::new(),
         )

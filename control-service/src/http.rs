@@ -61,6 +61,12 @@ fn stack_json(s: &StackRuntime) -> Value {
         "effective_weight_percent": s.effective_weight_percent(),
         "healthy": s.healthy,
         "draining": s.draining,
+        // RFC 3339; null = no deadline (cookie holders stay until their cookies expire).
+        "drain_deadline": (s.draining && s.drain_deadline_unix_ms != 0).then(|| {
+            switchyard_filter::schedule::format_rfc3339((s.drain_deadline_unix_ms / 1000) as i64)
+        }),
+        "drain_deadline_unix_ms": s.drain_deadline_unix_ms,
+        "evacuating": s.evacuating,
         "registered": s.registered,
         "reason": s.reason(),
         "endpoint": s.endpoint,
@@ -234,7 +240,7 @@ async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
         };
         gauge(
             "switchyard_control_stack_effective_weight_percent",
-            "Weight factor Envoys apply to the stack (0 while draining, unhealthy or deregistered).",
+            "Weight factor Envoys apply to new visitors (0 while draining, evacuating, unhealthy or deregistered).",
             &per(&|s| f64::from(s.effective_weight_percent())),
         );
         gauge(
@@ -246,6 +252,11 @@ async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
             "switchyard_control_stack_draining",
             "1 if the stack is draining.",
             &per(&|s| if s.draining { 1.0 } else { 0.0 }),
+        );
+        gauge(
+            "switchyard_control_stack_evacuating",
+            "1 if everyone is being moved off the stack.",
+            &per(&|s| if s.evacuating { 1.0 } else { 0.0 }),
         );
     }
     let totals = control.fleet().stack_totals();

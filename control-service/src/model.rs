@@ -17,12 +17,20 @@ pub struct StackRuntime {
     /// Operator weight factor 0..=100, kept while draining.
     pub weight_percent: u32,
     pub healthy: bool,
+    /// No new visitors; affinity cookie holders stay until their cookie expires or
+    /// `drain_deadline_unix_ms` passes.
     pub draining: bool,
+    /// End of the drain (Unix ms); 0 = until the cookies expire. Only set while draining.
+    #[serde(default)]
+    pub drain_deadline_unix_ms: u64,
+    /// Everyone moves off the stack now, cookie holders included.
+    #[serde(default)]
+    pub evacuating: bool,
     pub registered: bool,
     /// Why the stack was marked unhealthy.
     #[serde(default)]
     pub health_reason: String,
-    /// Why the stack is draining.
+    /// Why the stack is draining or evacuating.
     #[serde(default)]
     pub drain_reason: String,
     /// Why the weight was set below 100.
@@ -50,6 +58,8 @@ impl StackRuntime {
             weight_percent: 100,
             healthy: true,
             draining: false,
+            drain_deadline_unix_ms: 0,
+            evacuating: false,
             registered: true,
             health_reason: String::new(),
             drain_reason: String::new(),
@@ -68,13 +78,13 @@ impl StackRuntime {
     }
 
     /// The reason that matters most right now: deregistered, then unhealthy, then
-    /// draining, then a reduced weight. Empty when the stack is at full service.
+    /// draining or evacuating, then a reduced weight. Empty when the stack is at full service.
     pub fn reason(&self) -> &str {
         if !self.registered {
             &self.deregister_reason
         } else if !self.healthy {
             &self.health_reason
-        } else if self.draining {
+        } else if self.draining || self.evacuating {
             &self.drain_reason
         } else if self.weight_percent < 100 {
             &self.weight_reason
@@ -83,9 +93,10 @@ impl StackRuntime {
         }
     }
 
-    /// The factor Envoys apply: 0 whenever the stack must take no new traffic.
+    /// The factor Envoys apply to new visitors: 0 whenever the stack must take no new
+    /// traffic.
     pub fn effective_weight_percent(&self) -> u32 {
-        if self.draining || !self.eligible() {
+        if self.draining || self.evacuating || !self.eligible() {
             0
         } else {
             self.weight_percent
@@ -103,6 +114,7 @@ pub enum ChangeKind {
     PolicyRollback,
     StackWeight,
     StackDrain,
+    StackEvacuate,
     StackUndrain,
     StackUnhealthy,
     StackHealthy,
@@ -118,6 +130,7 @@ impl ChangeKind {
             Self::PolicyRollback => "policy_rollback",
             Self::StackWeight => "stack_weight",
             Self::StackDrain => "stack_drain",
+            Self::StackEvacuate => "stack_evacuate",
             Self::StackUndrain => "stack_undrain",
             Self::StackUnhealthy => "stack_unhealthy",
             Self::StackHealthy => "stack_healthy",
@@ -190,11 +203,23 @@ mod tests {
         s.draining = true;
         assert_eq!(s.effective_weight_percent(), 0);
         s.draining = false;
+        s.evacuating = true;
+        assert_eq!(s.effective_weight_percent(), 0);
+        s.evacuating = false;
         s.healthy = false;
         assert_eq!(s.effective_weight_percent(), 0);
         s.healthy = true;
         s.registered = false;
         assert_eq!(s.effective_weight_percent(), 0);
+    }
+
+    #[test]
+    fn records_stored_before_drain_deadlines_still_load() {
+        let old = r#"{"name":"blue","weight_percent":100,"healthy":true,"draining":true,
+            "registered":true,"changed_version":3,"changed_unix_ms":5}"#;
+        let s: StackRuntime = serde_json::from_str(old).unwrap();
+        assert!(s.draining && !s.evacuating);
+        assert_eq!(s.drain_deadline_unix_ms, 0);
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub fn snapshot(c: &Current) -> v1::Snapshot {
                 healthy: s.eligible(),
                 reason: s.reason().to_string(),
                 draining: s.draining,
+                drain_deadline_unix_ms: if s.draining {
+                    s.drain_deadline_unix_ms
+                } else {
+                    0
+                },
+                evacuating: s.evacuating,
             })
             .collect(),
     }
@@ -65,6 +71,8 @@ pub fn stack_status(s: &StackRuntime, telemetry: Option<&StackCounters>) -> v1::
         changed_unix_ms: s.changed_unix_ms,
         changed_by: s.changed_by.clone(),
         telemetry: telemetry.map(|c| stack_telemetry(&s.name, c)),
+        drain_deadline_unix_ms: s.drain_deadline_unix_ms,
+        evacuating: s.evacuating,
     }
 }
 

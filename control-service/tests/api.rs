@@ -252,6 +252,8 @@ async fn stack_operations_make_versions_that_reach_watch_streams() {
             healthy: true,
             reason: String::new(),
             draining: false,
+            drain_deadline_unix_ms: 0,
+            evacuating: false,
         }
     );
 
@@ -282,7 +284,7 @@ async fn stack_operations_make_versions_that_reach_watch_streams() {
     .unwrap();
     assert_eq!(stack(&w.next().await, "green").weight_percent, 40);
 
-    st.drain(reason_req("green", "deploy")).await.unwrap();
+    st.drain(drain_req("green", "deploy", 0)).await.unwrap();
     let s = w.next().await;
     let g = stack(&s, "green");
     assert!(g.draining && g.healthy);
@@ -348,7 +350,10 @@ async fn stack_operations_make_versions_that_reach_watch_streams() {
 
     // Unknown stacks and out-of-range weights are rejected.
     assert_eq!(
-        st.drain(reason_req("purple", "")).await.unwrap_err().code(),
+        st.drain(drain_req("purple", "", 0))
+            .await
+            .unwrap_err()
+            .code(),
         Code::NotFound
     );
     let err = st
@@ -390,7 +395,11 @@ async fn stack_operations_make_versions_that_reach_watch_streams() {
 #[tokio::test]
 async fn stack_operations_need_a_policy() {
     let h = Harness::start().await;
-    let err = h.stacks().drain(reason_req("blue", "")).await.unwrap_err();
+    let err = h
+        .stacks()
+        .drain(drain_req("blue", "", 0))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     h.stop().await;
 }
@@ -538,7 +547,7 @@ async fn http_api_serves_health_status_policy_stacks_history() {
     let hist = http_json(&h.http_url("/api/v1/history?limit=5")).await;
     assert_eq!(hist["versions"][0]["kind"], "policy_apply");
 
-    h.stacks().drain(reason_req("green", "")).await.unwrap();
+    h.stacks().drain(drain_req("green", "", 0)).await.unwrap();
     let (code, metrics) = http_get(&h.http_url("/metrics")).await;
     assert_eq!(code, 200);
     for line in [
@@ -547,9 +556,98 @@ async fn http_api_serves_health_status_policy_stacks_history() {
         "switchyard_control_stack_effective_weight_percent{stack=\"blue\"} 100",
         "switchyard_control_stack_effective_weight_percent{stack=\"green\"} 0",
         "switchyard_control_stack_draining{stack=\"green\"} 1",
+        "switchyard_control_stack_evacuating{stack=\"green\"} 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn drain_with_deadline_evacuate_and_undrain() {
+    let h = Harness::start().await;
+    h.apply(&policy("p", &["blue", "green"])).await;
+    let mut w = h.watch("envoy-1", 0).await;
+    assert_eq!(w.next().await.version, 1);
+    let mut st = h.stacks();
+
+    // Drain with a deadline: the server turns "seconds from now" into an absolute time.
+    let before = switchyard_control::model::now_unix_ms();
+    let r = st
+        .drain(drain_req("blue", "maintenance", 120))
+        .await
+        .unwrap()
+        .into_inner();
+    let after = switchyard_control::model::now_unix_ms();
+    assert!(r.changed);
+    assert_eq!(r.info.unwrap().kind, "stack_drain");
+    let s = w.next().await;
+    let b = stack(&s, "blue");
+    assert!(b.draining && !b.evacuating && b.healthy);
+    assert_eq!(b.weight_percent, 0);
+    assert!(
+        (before + 120_000..=after + 120_000).contains(&b.drain_deadline_unix_ms),
+        "{} not 120 s after {before}..{after}",
+        b.drain_deadline_unix_ms
+    );
+    let status = r.stack.unwrap();
+    assert_eq!(status.drain_deadline_unix_ms, b.drain_deadline_unix_ms);
+    assert!(status.draining && !status.evacuating);
+
+    // The HTTP status shows the deadline.
+    let j = http_json(&h.http_url("/api/v1/stacks")).await;
+    let blue = &j["stacks"][0];
+    assert_eq!(blue["draining"], true);
+    assert_eq!(blue["evacuating"], false);
+    assert_eq!(blue["drain_deadline_unix_ms"], b.drain_deadline_unix_ms);
+    let want =
+        switchyard_filter::schedule::format_rfc3339((b.drain_deadline_unix_ms / 1000) as i64);
+    assert_eq!(blue["drain_deadline"], want.as_str());
+
+    // Draining again without a deadline replaces it.
+    st.drain(drain_req("blue", "", 0)).await.unwrap();
+    let b = stack(&w.next().await, "blue").clone();
+    assert!(b.draining);
+    assert_eq!(b.drain_deadline_unix_ms, 0);
+    let j = http_json(&h.http_url("/api/v1/stacks")).await;
+    assert!(j["stacks"][0]["drain_deadline"].is_null());
+
+    // Evacuate: everyone off now; it replaces the drain.
+    let r = st
+        .evacuate(reason_req("blue", "rolled back"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.info.unwrap().kind, "stack_evacuate");
+    let s = w.next().await;
+    let b = stack(&s, "blue");
+    assert!(b.evacuating && !b.draining);
+    assert_eq!((b.weight_percent, b.drain_deadline_unix_ms), (0, 0));
+    assert_eq!(b.reason, "rolled back");
+    let again = st
+        .evacuate(reason_req("blue", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.changed);
+    let (_, metrics) = http_get(&h.http_url("/metrics")).await;
+    assert!(metrics
+        .lines()
+        .any(|l| l == "switchyard_control_stack_evacuating{stack=\"blue\"} 1"));
+
+    // Undrain ends the evacuation.
+    st.undrain(reason_req("blue", "")).await.unwrap();
+    let s = w.next().await;
+    let b = stack(&s, "blue");
+    assert!(!b.evacuating && !b.draining);
+    assert_eq!(b.weight_percent, 100);
+    assert_eq!(
+        st.evacuate(reason_req("purple", ""))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
     h.stop().await;
 }
 
@@ -566,7 +664,10 @@ async fn restart_restores_every_version() {
         .await
         .unwrap();
     h.apply(&policy("b", &["blue", "green"])).await;
-    h.stacks().drain(reason_req("blue", "maint")).await.unwrap();
+    h.stacks()
+        .drain(drain_req("blue", "maint", 0))
+        .await
+        .unwrap();
     let before = h
         .policies()
         .history(v1::HistoryRequest {

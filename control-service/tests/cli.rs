@@ -241,3 +241,94 @@ fn operator_workflow_through_the_cli() {
     assert!(out.contains("NODE") && out.contains("cli-node"), "{out}");
     drop(server);
 }
+
+#[test]
+fn drain_with_deadline_evacuate_and_undrain_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    let p = write(tmp.path(), "p.json", &policy("p", &["blue", "green"]));
+    ok(cli(s, &["policy", "apply", &p]));
+
+    let out = ok(cli(
+        s,
+        &[
+            "stacks",
+            "drain",
+            "blue",
+            "--deadline",
+            "1h30m",
+            "--reason",
+            "patching",
+        ],
+    ));
+    assert!(
+        out.starts_with("version 2: blue draining, sticky sessions for at most 5400s: patching"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "stacks", "list"]))).unwrap();
+    let deadline = v["stacks"][0]["drain_deadline_unix_ms"]
+        .as_str()
+        .map(|d| d.parse::<u64>().unwrap())
+        .or_else(|| v["stacks"][0]["drain_deadline_unix_ms"].as_u64())
+        .unwrap();
+    let now = switchyard_control::model::now_unix_ms();
+    assert!(
+        deadline > now + 5_300_000 && deadline <= now + 5_400_000,
+        "{v}"
+    );
+    let until = switchyard_filter::schedule::format_utc((deadline / 1000) as i64);
+    let out = ok(cli(s, &["stacks", "list"]));
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .contains(&format!("draining (sticky until {until})")),
+        "{out}"
+    );
+
+    let out = ok(cli(s, &["stacks", "drain", "blue"]));
+    assert!(
+        out.contains("blue draining, sticky sessions until their cookies expire"),
+        "{out}"
+    );
+    let out = ok(cli(s, &["stacks", "list"]));
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .contains("draining (sticky until cookies expire)"),
+        "{out}"
+    );
+
+    let out = ok(cli(
+        s,
+        &["stacks", "evacuate", "green", "--reason", "rolled back"],
+    ));
+    assert!(
+        out.starts_with("version 4: green evacuating: rolled back"),
+        "{out}"
+    );
+    let out = ok(cli(s, &["stacks", "list"]));
+    let green = out.lines().nth(2).unwrap();
+    assert!(
+        green.contains("evacuating") && green.contains("rolled back"),
+        "{out}"
+    );
+    let out = ok(cli(s, &["policy", "history", "--limit", "1"]));
+    assert!(out.contains("stack_evacuate"), "{out}");
+
+    // A deadline that is not a duration is a usage error; nothing changes.
+    let o = cli(s, &["stacks", "drain", "green", "--deadline", "soon"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is not a duration"), "{}", stderr(&o));
+
+    ok(cli(s, &["stacks", "undrain", "green"]));
+    ok(cli(s, &["stacks", "undrain", "blue"]));
+    let out = ok(cli(s, &["stacks", "list"]));
+    for line in out.lines().skip(1) {
+        assert!(line.contains("serving"), "{out}");
+    }
+    drop(server);
+}

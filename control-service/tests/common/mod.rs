@@ -129,6 +129,15 @@ pub fn reason_req(stack: &str, reason: &str) -> v1::StackReasonRequest {
     }
 }
 
+pub fn drain_req(stack: &str, reason: &str, deadline_seconds: u64) -> v1::DrainStackRequest {
+    v1::DrainStackRequest {
+        stack: stack.into(),
+        reason: reason.into(),
+        actor: "test".into(),
+        deadline_seconds,
+    }
+}
+
 /// A Watch stream as the wasm singleton drives it.
 pub struct Watch {
     pub tx: mpsc::Sender<v1::WatchRequest>,
