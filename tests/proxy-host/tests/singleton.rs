@@ -19,13 +19,19 @@ const POLICY: &str = r#"{"name": "from-control", "stacks": [
     {"name": "blue", "region": "us"}, {"name": "green", "region": "us"}],
   "default": {"targets": [{"stack": "blue"}, {"stack": "green"}]}, "debug_header": true}"#;
 
+const STICKY_POLICY: &str = r#"{"name": "sticky", "stacks": [
+    {"name": "blue", "region": "us"}, {"name": "green", "region": "us"}],
+  "affinity": {"cookie": "sy_aff", "ttl_s": 3600, "secure": false, "epoch": 1},
+  "default": {"targets": [{"stack": "blue"}, {"stack": "green"}], "affinity": true},
+  "debug_header": true}"#;
+
 fn snapshot(version: u64, blue: u32, green: u32) -> Vec<u8> {
     let stack = |name: &str, w: u32| StackState {
         name: name.into(),
         weight_percent: w,
         healthy: true,
         reason: String::new(),
-        draining: false,
+        ..Default::default()
     };
     Snapshot {
         version,
@@ -346,13 +352,14 @@ fn control_plane_weights_and_draining_shape_the_split() {
                 healthy: true,
                 reason: String::new(),
                 draining: true,
+                ..Default::default()
             },
             StackState {
                 name: "green".into(),
                 weight_percent: 100,
                 healthy: true,
                 reason: String::new(),
-                draining: false,
+                ..Default::default()
             },
         ],
     };
@@ -362,6 +369,78 @@ fn control_plane_weights_and_draining_shape_the_split() {
         stacks_of(&mut sy, 0, 20).iter().all(|s| s == "green"),
         "a draining stack took new traffic"
     );
+
+    // With affinity: one user holds a blue cookie, one a green cookie.
+    let full = |name: &str| StackState {
+        name: name.into(),
+        weight_percent: 100,
+        healthy: true,
+        ..Default::default()
+    };
+    let sticky = |version, stacks: Vec<StackState>| {
+        Reply::Message(
+            Snapshot {
+                version,
+                policy_json: STICKY_POLICY.into(),
+                stacks,
+            }
+            .encode(),
+        )
+    };
+    handle.push(WATCH, sticky(4, vec![full("blue"), full("green")]));
+    sy.process.flush().unwrap();
+    let mut cookies = std::collections::HashMap::new();
+    for _ in 0..10 {
+        let ex = sy.send(Request::get("/")).unwrap();
+        let c = ex.set_cookie("sy_aff").expect("a new user gets a cookie");
+        cookies.insert(ex.stack().unwrap().to_string(), c.value);
+    }
+    let (blue, green) = (cookies["blue"].clone(), cookies["green"].clone());
+    let with = |c: &str| Request::get("/").cookie("sy_aff", c);
+
+    // Drain blue for 60 s: its cookie holder stays (no cookie refresh), new users don't
+    // come.
+    let deadline = sy.process.now_unix_secs() * 1000 + 60_000;
+    let drained = StackState {
+        draining: true,
+        drain_deadline_unix_ms: deadline,
+        ..full("blue")
+    };
+    handle.push(WATCH, sticky(5, vec![drained, full("green")]));
+    sy.process.flush().unwrap();
+    for _ in 0..10 {
+        let ex = sy.send(with(&blue)).unwrap();
+        assert_eq!(ex.stack(), Some("blue"), "{:?}", ex.decision());
+        assert!(
+            ex.set_cookie("sy_aff").is_none(),
+            "a draining cookie was refreshed"
+        );
+        let ex = sy.send(Request::get("/")).unwrap();
+        assert_eq!(
+            ex.stack(),
+            Some("green"),
+            "a new user went to a draining stack"
+        );
+    }
+    // Past the deadline the blue user moves, with a new cookie in the same response.
+    sy.advance(Duration::from_secs(61)).unwrap();
+    let ex = sy.send(with(&blue)).unwrap();
+    assert_eq!(ex.stack(), Some("green"), "{:?}", ex.decision());
+    let moved = ex.set_cookie("sy_aff").expect("a new cookie");
+    assert_eq!(sy.send(with(&moved.value)).unwrap().stack(), Some("green"));
+
+    // Evacuate green (blue back in service): the green user moves at once.
+    let evacuated = StackState {
+        evacuating: true,
+        ..full("green")
+    };
+    handle.push(WATCH, sticky(6, vec![full("blue"), evacuated]));
+    sy.process.flush().unwrap();
+    let ex = sy.send(with(&green)).unwrap();
+    assert_eq!(ex.stack(), Some("blue"), "{:?}", ex.decision());
+    let moved = ex.set_cookie("sy_aff").expect("a new cookie");
+    assert_eq!(sy.send(with(&moved.value)).unwrap().stack(), Some("blue"));
+    assert!(sy.host_errors().is_empty());
 }
 
 #[test]
