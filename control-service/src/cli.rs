@@ -637,7 +637,8 @@ fn stack_state(s: &v1::StackStatus) -> String {
     } else if s.draining {
         drain = match s.drain_deadline_unix_ms {
             0 => "draining (sticky until cookies expire)".to_string(),
-            d => format!("draining (sticky until {})", fmt_time(d)),
+            d if d <= now_unix_ms() => "draining (deadline passed: evacuated)".to_string(),
+            d => format!("draining (sticky until {} UTC)", fmt_time(d)),
         };
         parts.push(&drain);
     }

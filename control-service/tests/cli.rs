@@ -284,7 +284,7 @@ fn drain_with_deadline_evacuate_and_undrain_through_the_cli() {
         out.lines()
             .nth(1)
             .unwrap()
-            .contains(&format!("draining (sticky until {until})")),
+            .contains(&format!("draining (sticky until {until} UTC)")),
         "{out}"
     );
 
@@ -323,6 +323,26 @@ fn drain_with_deadline_evacuate_and_undrain_through_the_cli() {
     let o = cli(s, &["stacks", "drain", "green", "--deadline", "soon"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("is not a duration"), "{}", stderr(&o));
+
+    // Past its deadline a drain shows as what it has become (waited for by polling).
+    ok(cli(s, &["stacks", "drain", "green", "--deadline", "1s"]));
+    let start = std::time::Instant::now();
+    loop {
+        let out = ok(cli(s, &["stacks", "list"]));
+        if out
+            .lines()
+            .nth(2)
+            .unwrap()
+            .contains("draining (deadline passed: evacuated)")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     ok(cli(s, &["stacks", "undrain", "green"]));
     ok(cli(s, &["stacks", "undrain", "blue"]));
