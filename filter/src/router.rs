@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::affinity::{set_cookie_header, Keyring, Verdict};
-use crate::balance::Swrr;
+use crate::balance::{HashTable, Swrr};
 use crate::breaker::{Breaker, State};
 use crate::classify::{classify_with, has_prefix, Attributes, Found, Request, Scan};
 use crate::policy::{Balance, LocalReply, Policy, Rule, StackId, Target};
@@ -98,6 +98,10 @@ pub struct Router {
     breakers: Vec<Breaker>,
     /// Round-robin state per rule: (targets, fallback).
     swrr: Vec<(Swrr, Swrr)>,
+    /// Consistent-hash table per rule, built on the rule's first hashed pick (most
+    /// policies never hash, and a VM should not pay for it); rebuilt with the router
+    /// when the policy is swapped, so the compiled policy stays read-only.
+    hash_tables: Vec<Option<HashTable>>,
     keys: Option<Keyring>,
     /// Cookies this worker already verified, so a returning user's next requests skip
     /// the HMAC. Only authentic cookies of the current epoch enter, matched on the whole
@@ -197,6 +201,7 @@ impl Router {
         Self {
             health: Health::all(n),
             breakers,
+            hash_tables: policy.rules.iter().map(|_| None).collect(),
             swrr,
             keys,
             policy,
@@ -479,8 +484,9 @@ impl Router {
                 None => attrs.user_key,
                 Some(slot) => self.scan.key_hash(*slot, req, hostile),
             };
-            if let (Some(k), Some(table)) = (key_hash, route.hash_table()) {
+            if let (Some(k), Some(table)) = (key_hash, self.hash_tables.get_mut(rule_index)) {
                 return table
+                    .get_or_insert_with(|| HashTable::build(&route.targets))
                     .pick(&route.targets, k, active)
                     .map(|i| (route.targets[i].stack, How::Hashed));
             }
