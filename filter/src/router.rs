@@ -548,6 +548,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hash_tables_are_per_rule_built_on_first_use_and_dropped_on_swap() {
+        let policy = |targets: &str| {
+            let json = format!(
+                r#"{{ "stacks": [ {{ "name": "a", "region": "x" }}, {{ "name": "b", "region": "x" }}, {{ "name": "c", "region": "x" }} ],
+                     "rules": [ {{ "id": "api", "match": {{ "path_prefixes": ["/api"] }}, "route": {{ "targets": [ {{ "stack": "a" }} ] }} }} ],
+                     "default": {{ "targets": [{targets}], "balance": {{ "mode": "hash", "key": {{ "header": "x-user" }} }} }} }}"#
+            );
+            Arc::new(crate::policy::validate_json(&json).unwrap().policy)
+        };
+        let headers: [(&[u8], &[u8]); 2] = [(b":path", b"/"), (b"x-user", b"u1")];
+        let req = Request {
+            headers: &headers,
+            source: None,
+            now_ms: 0,
+        };
+        let mut r = Router::new(policy(r#"{ "stack": "a" }, { "stack": "b" }"#), None);
+        assert!(r.hash_tables.iter().all(Option::is_none), "built lazily");
+        let d = r.decide(&req);
+        assert!(matches!(
+            d.outcome,
+            Outcome::Stack {
+                how: How::Hashed,
+                ..
+            }
+        ));
+        assert!(r.hash_tables[0].is_none(), "the weighted rule has none");
+        assert!(r.hash_tables[1].is_some(), "the hashing rule built its own");
+
+        // A new policy brings new targets: the old table must not answer for them.
+        r.set_policy(policy(r#"{ "stack": "c" }"#));
+        assert!(r.hash_tables.iter().all(Option::is_none));
+        let d = r.decide(&req);
+        assert_eq!(
+            d.outcome,
+            Outcome::Stack {
+                id: 2,
+                how: How::Hashed
+            }
+        );
+    }
+
+    #[test]
     fn verified_cookie_table_matches_whole_values_only() {
         let mut t = VerifiedCookies::default();
         assert!(t.get(b"v1.k1.blue.1.100.TAILTAILTAILTAIL").is_none());
