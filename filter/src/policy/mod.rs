@@ -8,11 +8,11 @@
 //! policy it accepts is exactly one the filter accepts.
 //!
 //! This module only declares the parts and re-exports their public surface:
-//! - [`parse`]: the JSON shape (unknown fields, wrong types);
-//! - [`compile`]: the sections, checked and compiled in one error-collecting pass
-//!   ([`check`] holds the context and the shared name checks);
-//! - [`compiled`], [`condition`], [`ids`]: the compiled policy, plain read-only data;
-//! - [`index`]: the rule index; [`inputs`]: the request-scan plan.
+//! - `parse`: the JSON shape (unknown fields, wrong types);
+//! - `compile`: the sections, checked and compiled in one error-collecting pass
+//!   (`check` holds the context and the shared name checks);
+//! - `compiled`, `condition`, `ids`: the compiled policy, plain read-only data;
+//! - `index`: the rule index; `inputs`: the request-scan plan.
 //!
 //! The policy depends on no request-path module (classify, balance, affinity, router):
 //! they depend on it.
