@@ -6,6 +6,9 @@
 //! and none among the modules of the `policy` tree, where `mod.rs` files only declare
 //! and re-export (a child never reaches back into its parent). Run with `--nocapture`
 //! to print the graph.
+//!
+//! Native only: it reads the crate's source files.
+#![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
