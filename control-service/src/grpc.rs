@@ -1,9 +1,10 @@
 //! gRPC front end: the data plane (Watch, Report) for Envoys and the operator services
 //! (Policies, Stacks, Fleet). Thin: every decision is the control core's.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use switchyard_filter::snapshot::Snapshot;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -68,11 +69,36 @@ impl Default for WatchSettings {
     }
 }
 
+/// The wire form of the newest published snapshot: converted once per version, then
+/// shared by every Watch stream (a fan-out to 1,000 Envoys must not convert 1,000 times).
+#[derive(Debug, Default)]
+struct WireSnapshot {
+    newest: Mutex<Option<Arc<v1::Snapshot>>>,
+}
+
+impl WireSnapshot {
+    /// The wire form of `s`, converting it only if no stream did so before.
+    fn of(&self, s: &Snapshot) -> Arc<v1::Snapshot> {
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        match &*newest {
+            Some(w) if w.version == s.version => w.clone(),
+            // A stream still behind: convert for it, keep the newer one cached.
+            Some(w) if w.version > s.version => Arc::new(proto::snapshot(s)),
+            _ => {
+                let w = Arc::new(proto::snapshot(s));
+                *newest = Some(w.clone());
+                w
+            }
+        }
+    }
+}
+
 /// `switchyard.v1.DataPlane`.
 pub struct DataPlaneService {
     control: Arc<Control>,
     shutdown: CancellationToken,
     settings: WatchSettings,
+    wire: Arc<WireSnapshot>,
 }
 
 impl DataPlaneService {
@@ -85,6 +111,7 @@ impl DataPlaneService {
             control,
             shutdown,
             settings,
+            wire: Arc::default(),
         }
     }
 }
@@ -96,6 +123,7 @@ async fn run_watch(
     control: Arc<Control>,
     shutdown: CancellationToken,
     settings: WatchSettings,
+    wire: Arc<WireSnapshot>,
     peer: String,
     mut inbound: Streaming<v1::WatchRequest>,
     tx: SnapshotTx,
@@ -147,8 +175,9 @@ async fn run_watch(
     let reason = loop {
         if let Some(s) = pending.take() {
             if s.version != sent {
+                let w = wire.of(&s);
                 let send = tokio::select! {
-                    r = tx.send(Ok((*s).clone())) => r.is_ok(),
+                    r = tx.send(Ok((*w).clone())) => r.is_ok(),
                     _ = shutdown.cancelled() => false,
                 };
                 if !send {
@@ -215,6 +244,7 @@ impl v1::data_plane_server::DataPlane for DataPlaneService {
             self.control.clone(),
             self.shutdown.clone(),
             self.settings.clone(),
+            self.wire.clone(),
             peer,
             inbound,
             tx,
@@ -521,5 +551,41 @@ impl v1::fleet_server::Fleet for FleetService {
         _: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
         Ok(Response::new(status(&self.control)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_filter::snapshot::StackState;
+
+    use super::*;
+
+    fn snapshot(version: u64) -> Snapshot {
+        Snapshot {
+            version,
+            policy_json: format!("{{\"v\":{version}}}"),
+            stacks: vec![StackState {
+                name: "blue".into(),
+                weight_percent: 100,
+                healthy: true,
+                reason: String::new(),
+                draining: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn streams_share_one_wire_snapshot_per_version() {
+        let wire = WireSnapshot::default();
+        let a = wire.of(&snapshot(3));
+        let b = wire.of(&snapshot(3));
+        assert!(Arc::ptr_eq(&a, &b), "the second stream converted again");
+        assert_eq!(*a, proto::snapshot(&snapshot(3)));
+
+        let newer = wire.of(&snapshot(4));
+        assert_eq!(newer.version, 4);
+        // A stream that is behind gets its own version, without evicting the newest.
+        assert_eq!(wire.of(&snapshot(3)).version, 3);
+        assert!(Arc::ptr_eq(&newer, &wire.of(&snapshot(4))));
     }
 }
