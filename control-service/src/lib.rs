@@ -7,6 +7,13 @@
 //! Envoys and their telemetry), [`proto`] (wire types and conversions), [`grpc`] and
 //! [`http`] (front ends), [`config`] and [`server`] (running it), [`cli`] (the
 //! `switchyard` operator CLI).
+//!
+//! Imports point one way, from the edges to the domain, never back:
+//! `server → {config, grpc, http, control, store, proto}`, `config → grpc` (Watch
+//! settings), `grpc → {control, fleet, proto}`, `http → {control, fleet, model}`,
+//! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
+//! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,
+//! `store → model`. Only the edges (`grpc`, `server`, `cli`) import `proto`.
 #![forbid(unsafe_code)]
 
 pub mod cli;
