@@ -10,7 +10,7 @@
 //!
 //! Imports point one way, from the edges to the domain, never back:
 //! `server → {config, grpc, http, control, store, proto}`, `config → grpc` (Watch
-//! settings), `grpc → {control, fleet, proto}`, `http → {control, fleet, model}`,
+//! settings), `grpc → {control, fleet, proto, codec}`, `http → {control, fleet, model}`,
 //! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
 //! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,
 //! `store → model`. Only the edges (`grpc`, `server`, `cli`) import `proto`.
