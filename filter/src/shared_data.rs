@@ -44,11 +44,14 @@
 //!    have one writer and need no CAS.
 //! 5. **Policy identity.** A worker recompiles its policy only when the snapshot's
 //!    [`PolicyId`] differs from the one it compiled: the control service's
-//!    `policy_version` (the version that set the document), or for a control service that
-//!    does not send one, a SHA-256 of the document. A snapshot that changes only stack
-//!    weights or health keeps the compiled policy and the router's per-policy state.
-//!    Replacing the plugin configuration forgets both ([`Applied::forget`]) so the
-//!    control plane's snapshot is applied again on top.
+//!    `policy_version` (the version that set the document; 0 from a control service that
+//!    does not send it) together with a SHA-256 of the document, so a control service
+//!    whose history restarted (store replaced, versions reused) cannot make a worker keep
+//!    an old document under a reused number. A snapshot that changes only stack weights or
+//!    health keeps the compiled policy and the router's per-policy state. Replacing the
+//!    plugin configuration forgets both ([`Applied::forget`]) so the control plane's
+//!    snapshot is applied again on top. The singleton validates a policy only when its
+//!    identity changes, by the same rule.
 //!
 //! # Bounds
 //!
@@ -120,35 +123,39 @@ pub fn wake_queue_name(n: u32) -> String {
     format!("{WAKE_QUEUE_PREFIX}{n}")
 }
 
-/// What identifies the policy document of a snapshot (rule 5 above).
+/// What identifies the policy document of a snapshot (rule 5 above). Hashing the
+/// document costs one pass over it per snapshot change, far less than decoding it; no
+/// copy of the text is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolicyId {
-    /// The control service's `policy_version`: the version that set the document.
-    Version(u64),
-    /// SHA-256 of the document, when the control service sends no `policy_version`.
-    Digest([u8; 32]),
+pub struct PolicyId {
+    /// The control service's `policy_version` (0: not sent).
+    pub version: u64,
+    /// SHA-256 of the document.
+    pub digest: [u8; 32],
 }
 
 impl PolicyId {
     /// The identity of `snapshot`'s policy.
     pub fn of(snapshot: &Snapshot) -> Self {
-        if snapshot.policy_version != 0 {
-            PolicyId::Version(snapshot.policy_version)
-        } else {
-            PolicyId::Digest(Sha256::digest(snapshot.policy_json.as_bytes()).into())
+        PolicyId {
+            version: snapshot.policy_version,
+            digest: Sha256::digest(snapshot.policy_json.as_bytes()).into(),
         }
     }
 }
 
 impl fmt::Display for PolicyId {
+    /// `policy version 5, digest 0123456789ab`: the digest as the control service's
+    /// history shows it (the first 12 hex digits).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PolicyId::Version(v) => write!(f, "policy version {v}"),
-            PolicyId::Digest(d) => {
-                f.write_str("policy digest ")?;
-                d.iter().take(6).try_for_each(|b| write!(f, "{b:02x}"))
-            }
+        if self.version != 0 {
+            write!(f, "policy version {}, ", self.version)?;
         }
+        f.write_str("digest ")?;
+        self.digest
+            .iter()
+            .take(6)
+            .try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
@@ -212,23 +219,26 @@ mod tests {
     }
 
     #[test]
-    fn the_control_services_policy_version_identifies_the_document() {
-        let a = PolicyId::of(&snapshot(5, 3, "{\"a\":1}"));
+    fn the_policy_version_and_the_document_identify_a_policy() {
+        let a = PolicyId::of(&snapshot(5, 3, "{}"));
         // Another snapshot of the same policy version, whatever its stacks say.
-        assert_eq!(a, PolicyId::of(&snapshot(6, 3, "{\"a\":1}")));
-        // A new policy version is a new document even if the text is equal.
-        assert_ne!(a, PolicyId::of(&snapshot(7, 7, "{\"a\":1}")));
-        assert_eq!(a.to_string(), "policy version 3");
+        assert_eq!(a, PolicyId::of(&snapshot(6, 3, "{}")));
+        // A new policy version is a new policy, even with the same text.
+        assert_ne!(a, PolicyId::of(&snapshot(7, 7, "{}")));
+        // A reused policy version (the control service's store was replaced) with another
+        // document is another policy.
+        assert_ne!(a, PolicyId::of(&snapshot(2, 3, "{\"a\":1}")));
+        // SHA-256("{}"), as `policy_digest` in the control service's history shows it.
+        assert_eq!(a.to_string(), "policy version 3, digest 44136fa355b3");
     }
 
     #[test]
-    fn without_a_policy_version_the_document_digest_identifies_it() {
+    fn without_a_policy_version_the_document_decides() {
         let a = PolicyId::of(&snapshot(5, 0, "{\"a\":1}"));
         assert_eq!(a, PolicyId::of(&snapshot(6, 0, "{\"a\":1}")));
         assert_ne!(a, PolicyId::of(&snapshot(7, 0, "{\"a\":2}")));
-        assert!(matches!(a, PolicyId::Digest(_)));
-        assert!(a.to_string().starts_with("policy digest "));
-        assert_eq!(a.to_string().len(), "policy digest ".len() + 12);
+        assert!(a.to_string().starts_with("digest "), "{a}");
+        assert_eq!(a.to_string().len(), "digest ".len() + 12);
     }
 
     #[test]
@@ -238,14 +248,14 @@ mod tests {
         assert!(applied.announces(1));
         applied.seen(1);
         assert!(!applied.announces(1));
-        let p = PolicyId::Version(1);
+        let p = PolicyId::of(&snapshot(1, 1, "{}"));
         assert!(applied.needs_compile(p));
         applied.compiled(p);
-        // Version 2 changes only weights: same policy version, nothing to compile.
+        // Version 2 changes only weights: same policy, nothing to compile.
         assert!(applied.announces(2));
         applied.seen(2);
-        assert!(!applied.needs_compile(PolicyId::Version(1)));
-        assert!(applied.needs_compile(PolicyId::Version(2)));
+        assert!(!applied.needs_compile(PolicyId::of(&snapshot(2, 1, "{}"))));
+        assert!(applied.needs_compile(PolicyId::of(&snapshot(3, 3, "{}"))));
         // The plugin configuration was reloaded: everything is applied again.
         applied.forget();
         assert!(applied.announces(2));

@@ -47,7 +47,8 @@ enum Root {
     /// No good plugin configuration yet: routes nothing, lets Envoy route.
     Unconfigured,
     Worker(WorkerRoot),
-    Singleton(SingletonRoot),
+    /// Boxed: it is much larger than a worker and there is one per Envoy.
+    Singleton(Box<SingletonRoot>),
 }
 
 impl Root {
@@ -55,7 +56,7 @@ impl Root {
         match self {
             Root::Unconfigured => None,
             Root::Worker(w) => Some(w),
-            Root::Singleton(s) => Some(s),
+            Root::Singleton(s) => Some(s.as_mut()),
         }
     }
 }
@@ -109,7 +110,7 @@ impl RootContext for Root {
                 // plugin), keeping the old one if it is invalid.
                 match SingletonRoot::start(&config, now_ms()) {
                     Some(s) => {
-                        *self = Root::Singleton(s);
+                        *self = Root::Singleton(Box::new(s));
                         true
                     }
                     None => false,

@@ -395,11 +395,18 @@ fn workers_recompile_the_policy_only_when_its_version_changes() {
         1,
         "a weights-only snapshot recompiled the policy"
     );
-    // A new policy version is a new document, even with the same text.
+    // A new policy version is a new policy, even with the same text.
     assert_eq!(push(at(3, 3)), 2);
-    // From a control service that sends no policy version, the document's digest decides.
-    assert_eq!(push(at(4, 0)), 3);
-    assert_eq!(push(at(5, 0)), 3);
+    // A reused policy version with another document (the control service's store was
+    // replaced and its versions restarted) is another policy too.
+    let replaced = Snapshot {
+        policy_json: POLICY.replace("from-control", "replaced"),
+        ..at(4, 3)
+    };
+    assert_eq!(push(replaced), 3);
+    // From a control service that sends no policy version, the document decides.
+    assert_eq!(push(at(5, 0)), 4);
+    assert_eq!(push(at(6, 0)), 4);
     assert!(stacks_of(&mut sy, 0, 10).iter().all(|s| s == "blue"));
 }
 
