@@ -20,6 +20,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub fn snapshot(c: &Current) -> v1::Snapshot {
     v1::Snapshot {
         version: c.record.version,
+        policy_version: c.record.policy_version,
         policy_json: c.policy_json.to_string(),
         stacks: c
             .record
