@@ -85,6 +85,7 @@ impl Current {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             version: self.record.version,
+            policy_version: self.record.policy_version,
             policy_json: self.policy_json.to_string(),
             stacks: self
                 .record

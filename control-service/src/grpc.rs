@@ -629,6 +629,7 @@ mod tests {
     fn snapshot(version: u64) -> Snapshot {
         Snapshot {
             version,
+            policy_version: version,
             policy_json: format!("{{\"v\":{version}}}"),
             stacks: vec![StackState {
                 name: "blue".into(),

@@ -25,6 +25,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub fn snapshot(s: &Snapshot) -> v1::Snapshot {
     v1::Snapshot {
         version: s.version,
+        policy_version: s.policy_version,
         policy_json: s.policy_json.clone(),
         stacks: s
             .stacks
@@ -185,6 +186,7 @@ mod tests {
     fn snapshot_wire_form_matches_the_filter_codec() {
         let s = Snapshot {
             version: 9,
+            policy_version: 7,
             policy_json: r#"{"name":"p"}"#.into(),
             stacks: vec![
                 StackState {

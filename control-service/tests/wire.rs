@@ -55,6 +55,7 @@ fn snapshot() {
     golden(
         v1::Snapshot {
             version: 5,
+            policy_version: 0,
             policy_json: "{}".into(),
             stacks: vec![
                 v1::StackState {
@@ -84,6 +85,19 @@ fn snapshot() {
          1a 0a 0a 04 62 6c 75 65 10 64 18 01 \
          1a 0c 0a 05 67 72 65 65 6e 22 03 35 78 78 \
          1a 11 0a 03 72 65 64 18 01 22 06 64 65 70 6c 6f 79 28 01",
+    );
+}
+
+#[test]
+fn snapshot_policy_version() {
+    // Field 4 comes after the stacks; the filter's codec test pins the same bytes.
+    golden(
+        v1::Snapshot {
+            version: 6,
+            policy_version: 5,
+            ..Default::default()
+        },
+        "08 06 20 05",
     );
 }
 
