@@ -50,12 +50,14 @@ trap 'log "interrupted"; exit 130' INT TERM
 [ -x "$ENVOY" ] || die "no Envoy at $ENVOY (run 'make setup' or set ENVOY)"
 command -v wrk >/dev/null || die "wrk is not installed (make bench installs it)"
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  make -s wasm >&2
-  cargo build -q --release --target wasm32-wasip1 -p switchyard-bench-trivial
+  # The filter as it ships (the one producer of target/switchyard/switchyard_filter.wasm),
+  # and the baseline with the same profile.
+  scripts/build-wasm.sh -q >/dev/null
+  cargo build -q --profile wasm --target wasm32-wasip1 -p switchyard-bench-trivial
 fi
 mkdir -p "$OUT"
-cp target/wasm32-wasip1/release/switchyard_filter.wasm "$OUT/"
-cp target/wasm32-wasip1/release/switchyard_bench_trivial.wasm "$OUT/"
+cp target/switchyard/switchyard_filter.wasm "$OUT/"
+cp target/wasm32-wasip1/wasm/switchyard_bench_trivial.wasm "$OUT/"
 export SWITCHYARD_WASM="$OUT/switchyard_filter.wasm" BENCH_TRIVIAL_WASM="$OUT/switchyard_bench_trivial.wasm"
 
 # variant → config on the given listener/admin ports

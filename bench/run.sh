@@ -97,24 +97,21 @@ done
 src_rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- filter/src bench 2>/dev/null || echo ' (filter/src or bench modified in the work tree)')"
 [ "${BENCH_SKIP_BUILD:-0}" = 1 ] && src_rev="$src_rev (BENCH_SKIP_BUILD=1: .wasm files as found in target/)"
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  # The filter as it ships: `make wasm` (cargo, then wasm-opt when available).
-  log "building the wasm filters (make wasm; cargo build -p switchyard-bench-trivial)"
-  if command -v make >/dev/null && [ -f Makefile ]; then
-    make -s wasm >&2
-  else
-    cargo build -q --release --target wasm32-wasip1 -p switchyard-filter
-  fi
-  cargo build -q --release --target wasm32-wasip1 -p switchyard-bench-trivial
+  # The filter as it ships: scripts/build-wasm.sh (what `make wasm` runs: cargo with the
+  # wasm profile, then wasm-opt when available); the baseline with the same profile.
+  log "building the wasm filters (scripts/build-wasm.sh; cargo build -p switchyard-bench-trivial)"
+  scripts/build-wasm.sh -q >/dev/null
+  cargo build -q --profile wasm --target wasm32-wasip1 -p switchyard-bench-trivial
   if [[ " $VARIANTS " == *" hc-decide="* ]] && [ -z "${BENCH_HC_WASM:-}" ]; then
     # The baseline with Switchyard's routing core inside, in its own target dir so the
     # plain baseline build is not replaced.
-    cargo build -q --release --target wasm32-wasip1 -p switchyard-bench-trivial --features price-decision \
+    cargo build -q --profile wasm --target wasm32-wasip1 -p switchyard-bench-trivial --features price-decision \
       --target-dir target/bench-price-decision
-    export BENCH_HC_WASM="$root/target/bench-price-decision/wasm32-wasip1/release/switchyard_bench_trivial.wasm"
+    export BENCH_HC_WASM="$root/target/bench-price-decision/wasm32-wasip1/wasm/switchyard_bench_trivial.wasm"
   fi
 fi
-export SWITCHYARD_WASM="${SWITCHYARD_WASM:-$root/target/wasm32-wasip1/release/switchyard_filter.wasm}"
-export BENCH_TRIVIAL_WASM="${BENCH_TRIVIAL_WASM:-$root/target/wasm32-wasip1/release/switchyard_bench_trivial.wasm}"
+export SWITCHYARD_WASM="${SWITCHYARD_WASM:-$root/target/switchyard/switchyard_filter.wasm}"
+export BENCH_TRIVIAL_WASM="${BENCH_TRIVIAL_WASM:-$root/target/wasm32-wasip1/wasm/switchyard_bench_trivial.wasm}"
 [ -f "$SWITCHYARD_WASM" ] && [ -f "$BENCH_TRIVIAL_WASM" ] || die "missing .wasm files"
 
 mkdir -p "$OUT"

@@ -27,6 +27,8 @@ for port in 10000 9901 8081 8082 8083 8084 18000 18080; do
   fi
 done
 
+[ -f target/switchyard/switchyard_filter.wasm ] || { echo "no filter module (envoy/envoy.yaml loads target/switchyard/switchyard_filter.wasm): run make build" >&2; exit 1; }
+
 for spec in blue:8081:us green:8082:us canary:8083:us eu:8084:eu; do
   IFS=: read -r name port region <<<"$spec"
   target/release/switchyard-storefront --name "$name" --port "$port" --region "$region" >"$RUN/$name.log" 2>&1 &

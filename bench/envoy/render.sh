@@ -24,8 +24,8 @@ PORT="${BENCH_PORT:-19100}"
 ADMIN_PORT="${BENCH_ADMIN_PORT:-19101}"
 UP_ADMIN_PORT="${BENCH_UP_ADMIN_PORT:-19102}"
 UP_PORT="${BENCH_UP_PORT:-19111}"
-TRIVIAL_WASM="${BENCH_TRIVIAL_WASM:-$root/target/wasm32-wasip1/release/switchyard_bench_trivial.wasm}"
-FILTER_WASM="${SWITCHYARD_WASM:-$root/target/wasm32-wasip1/release/switchyard_filter.wasm}"
+TRIVIAL_WASM="${BENCH_TRIVIAL_WASM:-$root/target/wasm32-wasip1/wasm/switchyard_bench_trivial.wasm}"
+FILTER_WASM="${SWITCHYARD_WASM:-$root/target/switchyard/switchyard_filter.wasm}"
 POLICY="${BENCH_POLICY:-$root/bench/policies/realistic.json}"
 STACKS=(blue green canary eu apac)
 

@@ -4,14 +4,18 @@
 //! the next numbered version, committed durably to the [`Store`], and only then made
 //! current and published to every Watch stream. Changes are serialised by one writer
 //! lock, so versions are gapless and each one is complete. Nothing changes on error.
+//!
+//! What it publishes is a domain [`Snapshot`] (plain Rust, the data-plane message as the
+//! filter decodes it); turning it into protobuf is the gRPC edge's job, never this
+//! module's.
 
 use std::sync::{Arc, RwLock};
 
+use switchyard_filter::snapshot::{Snapshot, StackState};
 use tokio::sync::{watch, Mutex};
 
 use crate::fleet::Fleet;
 use crate::model::{now_unix_ms, policy_digest, ChangeKind, StackRuntime, VersionRecord};
-use crate::proto;
 use crate::store::{Store, StoreError};
 use crate::validate::{self, Accepted, Issue};
 
@@ -99,8 +103,39 @@ pub struct Outcome {
     pub warnings: Vec<Issue>,
 }
 
-/// Snapshots as streams send them: `None` until a first policy exists.
-pub type Published = Option<Arc<proto::v1::Snapshot>>;
+impl Current {
+    /// The snapshot every Envoy receives for this state: the policy document and, per
+    /// stack, the weight factor and eligibility the operator and health state give it.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: self.record.version,
+            policy_version: self.record.policy_version,
+            policy_json: self.policy_json.to_string(),
+            stacks: self
+                .record
+                .stacks
+                .iter()
+                .map(|s| StackState {
+                    name: s.name.clone(),
+                    weight_percent: s.effective_weight_percent(),
+                    healthy: s.eligible(),
+                    reason: s.reason().to_string(),
+                    draining: s.draining,
+                    drain_deadline_unix_ms: if s.draining {
+                        s.drain_deadline_unix_ms
+                    } else {
+                        0
+                    },
+                    evacuating: s.evacuating,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Snapshots as Watch streams send them, one per version: `None` until a first policy
+/// exists.
+pub type Published = Option<Arc<Snapshot>>;
 
 /// The control core, shared by the gRPC and HTTP front ends.
 pub struct Control {
@@ -161,8 +196,7 @@ impl Control {
             );
         }
         let current = current.map(Arc::new);
-        let (snapshots, _) =
-            watch::channel(current.as_deref().map(|c| Arc::new(proto::snapshot(c))));
+        let (snapshots, _) = watch::channel(current.as_deref().map(|c| Arc::new(c.snapshot())));
         Ok(Arc::new(Self {
             store,
             writer: Mutex::new(()),
@@ -442,7 +476,7 @@ impl Control {
         );
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(current.clone());
         self.snapshots
-            .send_replace(Some(Arc::new(proto::snapshot(&current))));
+            .send_replace(Some(Arc::new(current.snapshot())));
         Ok(())
     }
 

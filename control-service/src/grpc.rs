@@ -1,15 +1,22 @@
 //! gRPC front end: the data plane (Watch, Report) for Envoys and the operator services
 //! (Policies, Stacks, Fleet). Thin: every decision is the control core's.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prost::Message;
+use switchyard_filter::snapshot::Snapshot;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
+use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use crate::codec::{Encoded, SmallBufferCodec};
 use crate::control::{Change, Control, ControlError, Outcome, StackOp};
 use crate::fleet::MAX_NAME_LEN;
 use crate::proto::{self, v1};
@@ -68,11 +75,41 @@ impl Default for WatchSettings {
     }
 }
 
-/// `switchyard.v1.DataPlane`.
+/// The encoded wire form of the newest published snapshot: converted and encoded once
+/// per version, then shared by every Watch stream (a fan-out to 1,000 Envoys must not
+/// encode 1,000 times).
+#[derive(Debug, Default)]
+struct WireSnapshot {
+    newest: Mutex<Option<(u64, Encoded)>>,
+}
+
+impl WireSnapshot {
+    /// The encoded `s`, encoding it only if no stream did so before.
+    fn of(&self, s: &Snapshot) -> Encoded {
+        let encode = || Encoded(proto::snapshot(s).encode_to_vec().into());
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        match &*newest {
+            Some((v, w)) if *v == s.version => w.clone(),
+            // A stream still behind: encode for it, keep the newer one cached.
+            Some((v, _)) if *v > s.version => encode(),
+            _ => {
+                let w = encode();
+                *newest = Some((s.version, w.clone()));
+                w
+            }
+        }
+    }
+}
+
+/// `switchyard.v1.DataPlane`. Served by hand rather than through the generated server,
+/// whose Watch would re-encode a `v1::Snapshot` per stream: Watch sends [`Encoded`]
+/// snapshots (the same bytes on the wire), Report is an ordinary unary call.
+#[derive(Clone)]
 pub struct DataPlaneService {
     control: Arc<Control>,
     shutdown: CancellationToken,
     settings: WatchSettings,
+    wire: Arc<WireSnapshot>,
 }
 
 impl DataPlaneService {
@@ -85,17 +122,19 @@ impl DataPlaneService {
             control,
             shutdown,
             settings,
+            wire: Arc::default(),
         }
     }
 }
 
-type SnapshotTx = mpsc::Sender<Result<v1::Snapshot, Status>>;
+type SnapshotTx = mpsc::Sender<Result<Encoded, Status>>;
 
 /// One Watch stream, from its first message until the client leaves or we shut down.
 async fn run_watch(
     control: Arc<Control>,
     shutdown: CancellationToken,
     settings: WatchSettings,
+    wire: Arc<WireSnapshot>,
     peer: String,
     mut inbound: Streaming<v1::WatchRequest>,
     tx: SnapshotTx,
@@ -148,7 +187,7 @@ async fn run_watch(
         if let Some(s) = pending.take() {
             if s.version != sent {
                 let send = tokio::select! {
-                    r = tx.send(Ok((*s).clone())) => r.is_ok(),
+                    r = tx.send(Ok(wire.of(&s))) => r.is_ok(),
                     _ = shutdown.cancelled() => false,
                 };
                 if !send {
@@ -195,14 +234,11 @@ async fn run_watch(
     drop(guard);
 }
 
-#[tonic::async_trait]
-impl v1::data_plane_server::DataPlane for DataPlaneService {
-    type WatchStream = ReceiverStream<Result<v1::Snapshot, Status>>;
-
-    async fn watch(
+impl DataPlaneService {
+    fn watch(
         &self,
         request: Request<Streaming<v1::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Response<ReceiverStream<Result<Encoded, Status>>> {
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -215,14 +251,15 @@ impl v1::data_plane_server::DataPlane for DataPlaneService {
             self.control.clone(),
             self.shutdown.clone(),
             self.settings.clone(),
+            self.wire.clone(),
             peer,
             inbound,
             tx,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Response::new(ReceiverStream::new(rx))
     }
 
-    async fn report(
+    fn report(
         &self,
         request: Request<v1::TelemetryBatch>,
     ) -> Result<Response<v1::ReportAck>, Status> {
@@ -231,6 +268,65 @@ impl v1::data_plane_server::DataPlane for DataPlaneService {
         self.control.fleet().report(&batch.node_id, telemetry);
         Ok(Response::new(v1::ReportAck {}))
     }
+}
+
+struct WatchMethod(DataPlaneService);
+
+impl StreamingService<v1::WatchRequest> for WatchMethod {
+    type Response = Encoded;
+    type ResponseStream = ReceiverStream<Result<Encoded, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<v1::WatchRequest>>) -> Self::Future {
+        let response = self.0.watch(request);
+        Box::pin(async move { Ok(response) })
+    }
+}
+
+struct ReportMethod(DataPlaneService);
+
+impl UnaryService<v1::TelemetryBatch> for ReportMethod {
+    type Response = v1::ReportAck;
+    type Future = BoxFuture<Response<v1::ReportAck>, Status>;
+
+    fn call(&mut self, request: Request<v1::TelemetryBatch>) -> Self::Future {
+        let response = self.0.report(request);
+        Box::pin(async move { response })
+    }
+}
+
+impl<B> Service<http::Request<B>> for DataPlaneService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let svc = self.clone();
+        match req.uri().path() {
+            "/switchyard.v1.DataPlane/Watch" => Box::pin(async move {
+                let mut grpc = Grpc::new(SmallBufferCodec::<Encoded, v1::WatchRequest>::default());
+                Ok(grpc.streaming(WatchMethod(svc), req).await)
+            }),
+            "/switchyard.v1.DataPlane/Report" => Box::pin(async move {
+                let mut grpc =
+                    Grpc::new(SmallBufferCodec::<v1::ReportAck, v1::TelemetryBatch>::default());
+                Ok(grpc.unary(ReportMethod(svc), req).await)
+            }),
+            _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
+        }
+    }
+}
+
+impl NamedService for DataPlaneService {
+    const NAME: &'static str = v1::data_plane_server::SERVICE_NAME;
 }
 
 fn change_response(o: Outcome) -> v1::ChangeResponse {
@@ -534,5 +630,46 @@ impl v1::fleet_server::Fleet for FleetService {
         _: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
         Ok(Response::new(status(&self.control)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_filter::snapshot::StackState;
+
+    use super::*;
+
+    fn snapshot(version: u64) -> Snapshot {
+        Snapshot {
+            version,
+            policy_version: version,
+            policy_json: format!("{{\"v\":{version}}}"),
+            stacks: vec![StackState {
+                name: "blue".into(),
+                weight_percent: 100,
+                healthy: true,
+                reason: String::new(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn streams_share_one_encoding_per_version() {
+        let wire = WireSnapshot::default();
+        let a = wire.of(&snapshot(3));
+        let b = wire.of(&snapshot(3));
+        assert_eq!(
+            a.0.as_ptr(),
+            b.0.as_ptr(),
+            "the second stream encoded again"
+        );
+        assert_eq!(a.0, proto::snapshot(&snapshot(3)).encode_to_vec());
+
+        let newer = wire.of(&snapshot(4));
+        assert_eq!(newer.0, proto::snapshot(&snapshot(4)).encode_to_vec());
+        // A stream that is behind gets its own version, without evicting the newest.
+        assert_eq!(wire.of(&snapshot(3)).0, a.0);
+        assert_eq!(newer.0.as_ptr(), wire.of(&snapshot(4)).0.as_ptr());
     }
 }

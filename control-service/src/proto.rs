@@ -1,7 +1,12 @@
 //! The wire types (generated from `proto/switchyard/v1/*.proto`) and every conversion
 //! between them and the domain types. No other module builds protobuf messages by hand.
+//!
+//! A leaf of the domain: it reads the plain domain types ([`crate::model`],
+//! [`crate::fleet`], [`crate::validate`], the filter's [`Snapshot`]) and only the edges
+//! (`grpc`, `server`, `cli`) import it. The domain never does.
 
-use crate::control::Current;
+use switchyard_filter::snapshot::Snapshot;
+
 use crate::fleet::{NodeView, StackCounters, Telemetry, MAX_NAME_LEN, MAX_STACKS_PER_BATCH};
 use crate::model::{StackRuntime, VersionRecord};
 use crate::validate::Issue;
@@ -16,26 +21,22 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
 
-/// The snapshot every Envoy receives for the state in force.
-pub fn snapshot(c: &Current) -> v1::Snapshot {
+/// The wire form of a published snapshot.
+pub fn snapshot(s: &Snapshot) -> v1::Snapshot {
     v1::Snapshot {
-        version: c.record.version,
-        policy_json: c.policy_json.to_string(),
-        stacks: c
-            .record
+        version: s.version,
+        policy_version: s.policy_version,
+        policy_json: s.policy_json.clone(),
+        stacks: s
             .stacks
             .iter()
             .map(|s| v1::StackState {
                 name: s.name.clone(),
-                weight_percent: s.effective_weight_percent(),
-                healthy: s.eligible(),
-                reason: s.reason().to_string(),
+                weight_percent: s.weight_percent,
+                healthy: s.healthy,
+                reason: s.reason.clone(),
                 draining: s.draining,
-                drain_deadline_unix_ms: if s.draining {
-                    s.drain_deadline_unix_ms
-                } else {
-                    0
-                },
+                drain_deadline_unix_ms: s.drain_deadline_unix_ms,
                 evacuating: s.evacuating,
             })
             .collect(),
@@ -173,5 +174,51 @@ pub fn node_status(n: &NodeView) -> v1::NodeStatus {
                     .collect()
             })
             .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use switchyard_filter::snapshot::StackState;
+
+    use super::*;
+
+    /// The conversion carries every field: its protobuf encoding is byte for byte what
+    /// the filter's own codec makes of the domain snapshot.
+    #[test]
+    fn snapshot_wire_form_matches_the_filter_codec() {
+        let s = Snapshot {
+            version: 9,
+            policy_version: 7,
+            policy_json: r#"{"name":"p"}"#.into(),
+            stacks: vec![
+                StackState {
+                    name: "blue".into(),
+                    weight_percent: 40,
+                    healthy: true,
+                    reason: "canary".into(),
+                    ..Default::default()
+                },
+                StackState {
+                    name: "green".into(),
+                    weight_percent: 0,
+                    healthy: false,
+                    reason: "5xx".into(),
+                    draining: true,
+                    drain_deadline_unix_ms: 1_795_737_630_000,
+                    evacuating: false,
+                },
+                StackState {
+                    name: "red".into(),
+                    healthy: true,
+                    evacuating: true,
+                    ..Default::default()
+                },
+            ],
+        };
+        let wire = snapshot(&s);
+        assert_eq!(wire.encode_to_vec(), s.encode());
+        assert_eq!(Snapshot::decode(&wire.encode_to_vec()).unwrap(), s);
     }
 }

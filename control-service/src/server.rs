@@ -102,9 +102,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
     let grpc_addr = grpc_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<v1::data_plane_server::DataPlaneServer<DataPlaneService>>()
-        .await;
+    health.set_serving::<DataPlaneService>().await;
     health
         .set_serving::<v1::policies_server::PoliciesServer<PoliciesService>>()
         .await;
@@ -136,8 +134,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(v1::data_plane_server::DataPlaneServer::new(
-            DataPlaneService::new(control.clone(), shutdown.clone(), cfg.watch.clone()),
+        .add_service(DataPlaneService::new(
+            control.clone(),
+            shutdown.clone(),
+            cfg.watch.clone(),
         ))
         .add_service(v1::policies_server::PoliciesServer::new(
             PoliciesService::new(control.clone()),

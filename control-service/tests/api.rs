@@ -271,6 +271,10 @@ async fn stack_operations_make_versions_that_reach_watch_streams() {
     assert_eq!((r.version, r.changed), (2, true));
     let s = w.next().await;
     assert_eq!(s.version, 2);
+    assert_eq!(
+        s.policy_version, 1,
+        "a stack change keeps the policy version"
+    );
     assert_eq!(stack(&s, "green").weight_percent, 0);
     assert_eq!(stack(&s, "green").reason, "hold");
     assert_eq!(stack(&s, "blue").weight_percent, 100);
@@ -423,7 +427,12 @@ async fn watch_sends_current_on_connect_and_skips_it_when_already_applied() {
     let mut current = h.watch("current", 1).await;
     current.expect_quiet(Duration::from_millis(150)).await;
     h.apply(&policy("p2", &["blue"])).await;
-    assert_eq!(current.next().await.version, 2);
+    let s = current.next().await;
+    assert_eq!(
+        (s.version, s.policy_version),
+        (2, 2),
+        "a policy change is a new policy version"
+    );
     assert_eq!(stale.next().await.version, 2);
 
     // A version the service never had (its store was replaced): sent, since it differs.

@@ -259,32 +259,6 @@ pub fn set_cookie_header(name: &str, value: &str, max_age_s: u64, secure: bool) 
     String::from_utf8(s).unwrap_or_default()
 }
 
-/// Iterate over `name=value` pairs of one `Cookie` header value.
-pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    header.split(|&b| b == b';').filter_map(|pair| {
-        let pair = trim(pair);
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (name, value) = (trim(&pair[..eq]), trim(&pair[eq + 1..]));
-        let value = value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(value);
-        Some((name, value))
-    })
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end.max(start)]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,20 +364,6 @@ mod tests {
             KeyError::Kid(0)
         );
         assert!(!format!("{:?}", ring("k=0123456789abcdef0123")).contains("0123"));
-    }
-
-    #[test]
-    fn cookie_parsing() {
-        let pairs: Vec<_> = cookie_pairs(b" a=1; sy_aff=\"x.y\" ;junk; b = 2 ;=").collect();
-        assert_eq!(
-            pairs,
-            vec![
-                (&b"a"[..], &b"1"[..]),
-                (b"sy_aff", b"x.y"),
-                (b"b", b"2"),
-                (b"", b"")
-            ]
-        );
     }
 
     #[test]

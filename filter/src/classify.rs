@@ -8,8 +8,8 @@
 
 use std::net::IpAddr;
 
-use crate::affinity::cookie_pairs;
 use crate::hash::{bucket, hash64};
+use crate::headers::cookie_pairs;
 use crate::policy::{ChannelId, CohortId, Inputs, KeyDoc, KeySlot, Policy, RegionId};
 
 /// One request as the routing core sees it.

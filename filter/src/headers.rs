@@ -1,5 +1,6 @@
-//! Envoy's serialized header-map encoding, parsed in place. Every length is bounds-checked:
-//! a malformed buffer yields `None`, never a panic.
+//! Header utilities: Envoy's serialized header-map encoding, parsed in place, and the
+//! splitting of header values (`:status`, `cookie`). Every length is bounds-checked: a
+//! malformed buffer yields `None`, never a panic. Knows nothing of policy or routing.
 
 /// Parse Envoy's pairs encoding: `u32 count`, `count × (u32 key_len, u32 value_len)`, then
 /// each key and value followed by a NUL byte.
@@ -73,6 +74,22 @@ pub fn parse_status(s: &[u8]) -> Option<u32> {
     }
 }
 
+/// Iterate over the `name=value` pairs of one `Cookie` header value, each side trimmed of
+/// ASCII whitespace and a value's surrounding double quotes removed. A pair without `=`
+/// is skipped. Callers must read every `cookie` header: Envoy may pass several.
+pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|&b| b == b';').filter_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        Some((name, value))
+    })
+}
+
 /// Encode pairs the way Envoy does (used by tests and tools).
 pub fn encode_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -124,6 +141,20 @@ mod tests {
         assert!(!parse_pairs_into(&buf[..buf.len() - 1], &mut v));
         assert!(v.is_empty());
         assert!(parse_pairs_into(&[], &mut v) && v.is_empty());
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let pairs: Vec<_> = cookie_pairs(b" a=1; sy_aff=\"x.y\" ;junk; b = 2 ;=").collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (&b"a"[..], &b"1"[..]),
+                (b"sy_aff", b"x.y"),
+                (b"b", b"2"),
+                (b"", b"")
+            ]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod headers;
 pub mod policy;
 pub mod router;
 pub mod schedule;
+pub mod shared_data;
 pub mod snapshot;
 
 #[cfg(all(target_arch = "wasm32", feature = "adapter"))]

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::affinity::{set_cookie_header, Keyring, Verdict};
-use crate::balance::Swrr;
+use crate::balance::{HashTable, Swrr};
 use crate::breaker::{Breaker, State};
 use crate::classify::{classify_with, has_prefix, Attributes, Found, Request, Scan};
 use crate::policy::{Balance, LocalReply, Policy, Rule, StackId, Target};
@@ -123,6 +123,10 @@ pub struct Router {
     breakers: Vec<Breaker>,
     /// Round-robin state per rule: (targets, fallback).
     swrr: Vec<(Swrr, Swrr)>,
+    /// Consistent-hash table per rule, built on the rule's first hashed pick (most
+    /// policies never hash, and a VM should not pay for it); rebuilt with the router
+    /// when the policy is swapped, so the compiled policy stays read-only.
+    hash_tables: Vec<Option<HashTable>>,
     keys: Option<Keyring>,
     /// Cookies this worker already verified, so a returning user's next requests skip
     /// the HMAC. Only authentic cookies of the current epoch enter, matched on the whole
@@ -222,6 +226,7 @@ impl Router {
         Self {
             health: Health::all(n),
             breakers,
+            hash_tables: policy.rules.iter().map(|_| None).collect(),
             swrr,
             keys,
             policy,
@@ -542,8 +547,9 @@ impl Router {
                 None => attrs.user_key,
                 Some(slot) => self.scan.key_hash(*slot, req, hostile),
             };
-            if let (Some(k), Some(table)) = (key_hash, route.hash_table()) {
+            if let (Some(k), Some(table)) = (key_hash, self.hash_tables.get_mut(rule_index)) {
                 return table
+                    .get_or_insert_with(|| HashTable::build(&route.targets))
                     .pick(&route.targets, k, active)
                     .map(|i| (route.targets[i].stack, How::Hashed));
             }
@@ -610,6 +616,48 @@ fn matches_rest(rule: &Rule, a: &Attributes, now_ms: u64, policy: &Policy) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_tables_are_per_rule_built_on_first_use_and_dropped_on_swap() {
+        let policy = |targets: &str| {
+            let json = format!(
+                r#"{{ "stacks": [ {{ "name": "a", "region": "x" }}, {{ "name": "b", "region": "x" }}, {{ "name": "c", "region": "x" }} ],
+                     "rules": [ {{ "id": "api", "match": {{ "path_prefixes": ["/api"] }}, "route": {{ "targets": [ {{ "stack": "a" }} ] }} }} ],
+                     "default": {{ "targets": [{targets}], "balance": {{ "mode": "hash", "key": {{ "header": "x-user" }} }} }} }}"#
+            );
+            Arc::new(crate::policy::validate_json(&json).unwrap().policy)
+        };
+        let headers: [(&[u8], &[u8]); 2] = [(b":path", b"/"), (b"x-user", b"u1")];
+        let req = Request {
+            headers: &headers,
+            source: None,
+            now_ms: 0,
+        };
+        let mut r = Router::new(policy(r#"{ "stack": "a" }, { "stack": "b" }"#), None);
+        assert!(r.hash_tables.iter().all(Option::is_none), "built lazily");
+        let d = r.decide(&req);
+        assert!(matches!(
+            d.outcome,
+            Outcome::Stack {
+                how: How::Hashed,
+                ..
+            }
+        ));
+        assert!(r.hash_tables[0].is_none(), "the weighted rule has none");
+        assert!(r.hash_tables[1].is_some(), "the hashing rule built its own");
+
+        // A new policy brings new targets: the old table must not answer for them.
+        r.set_policy(policy(r#"{ "stack": "c" }"#));
+        assert!(r.hash_tables.iter().all(Option::is_none));
+        let d = r.decide(&req);
+        assert_eq!(
+            d.outcome,
+            Outcome::Stack {
+                id: 2,
+                how: How::Hashed
+            }
+        );
+    }
 
     #[test]
     fn verified_cookie_table_matches_whole_values_only() {

@@ -4,23 +4,8 @@
 //! error, never a panic; unknown fields are skipped as protobuf requires.
 //!
 //! The singleton stores the `Snapshot` bytes exactly as received in Envoy shared data;
-//! workers check the version key when the singleton pokes their wake queue (and on their
-//! tick) and decode the snapshot only when it changed.
+//! how it and the workers use shared data is [`crate::shared_data`]'s business.
 
-/// Shared-data key holding the applied snapshot version (8 bytes, little endian).
-pub const VERSION_KEY: &str = "switchyard.snapshot.version";
-/// Shared-data key holding the snapshot (protobuf `Snapshot`).
-pub const SNAPSHOT_KEY: &str = "switchyard.snapshot";
-/// Shared-data key counting worker VMs that registered a wake queue (4 bytes, little
-/// endian): worker `i` owns queue `switchyard.wake.<i>`.
-pub const WORKERS_KEY: &str = "switchyard.workers";
-/// Prefix of the per-worker queues the singleton pokes after writing a snapshot, so
-/// workers apply it at once without polling the version on every request.
-pub const WAKE_QUEUE_PREFIX: &str = "switchyard.wake.";
-/// At most this many wake queues are poked (worker VMs of one Envoy, counting restarts).
-pub const MAX_WORKERS: u32 = 4096;
-/// Shared queue carrying worker telemetry to the singleton.
-pub const TELEMETRY_QUEUE: &str = "switchyard.telemetry";
 /// Largest message accepted from the wire or a queue.
 pub const MAX_MESSAGE: usize = 4 << 20;
 
@@ -45,6 +30,9 @@ pub struct Snapshot {
     pub version: u64,
     pub policy_json: String,
     pub stacks: Vec<StackState>,
+    /// The version that set `policy_json` (0: not sent, from an older control service).
+    /// Workers compare it to skip recompiling an unchanged policy.
+    pub policy_version: u64,
 }
 
 /// `switchyard.v1.StackState`.
@@ -221,6 +209,7 @@ impl Snapshot {
             put_u64(&mut b, 7, u64::from(s.evacuating));
             put_message(&mut out, 3, &b);
         }
+        put_u64(&mut out, 4, self.policy_version);
         out
     }
 
@@ -249,6 +238,7 @@ impl Snapshot {
                     })?;
                     m.stacks.push(s);
                 }
+                (4, Value::Varint(x)) => m.policy_version = x,
                 _ => {}
             }
             Ok(())
@@ -417,12 +407,21 @@ mod tests {
         };
         assert_eq!(w.encode(), vec![0x0a, 2, b'n', b'1', 0x10, 0xac, 0x02]);
         assert_eq!(grpc_service("hx"), vec![0x0a, 4, 0x0a, 2, b'h', b'x']);
+        // control-service/tests/wire.rs: Snapshot{version: 6, policy_version: 5}
+        let s = Snapshot {
+            version: 6,
+            policy_version: 5,
+            ..Default::default()
+        };
+        assert_eq!(s.encode(), vec![0x08, 6, 0x20, 5]);
+        assert_eq!(Snapshot::decode(&[0x08, 6, 0x20, 5]).unwrap(), s);
     }
 
     #[test]
     fn round_trips() {
         let s = Snapshot {
             version: 42,
+            policy_version: 40,
             policy_json: "{\"x\":1}".into(),
             stacks: vec![
                 StackState {

@@ -272,9 +272,10 @@ impl Metrics {
         self.global(GlobalCounter::FilterErrors);
     }
 
-    /// Queue this window's telemetry for the control singleton (bounded: one message per
-    /// worker per second; a batch that cannot be queued is counted and reported later).
-    pub fn send_telemetry(&mut self, queue: Option<u32>, now_ms: u64) {
+    /// This window's telemetry for the control singleton, encoded, and a new window; `None`
+    /// when there is nothing to report. Bounded: one batch per flush, one entry per stack
+    /// plus local replies. Say whether it was queued with [`Metrics::telemetry_queued`].
+    pub fn take_telemetry(&mut self, now_ms: u64) -> Option<Vec<u8>> {
         let stacks: Vec<StackTelemetry> = self
             .telemetry
             .iter()
@@ -282,7 +283,7 @@ impl Metrics {
             .cloned()
             .collect();
         if stacks.is_empty() && self.telemetry_dropped == 0 {
-            return;
+            return None;
         }
         for t in &mut self.telemetry {
             *t = StackTelemetry {
@@ -297,8 +298,12 @@ impl Metrics {
             stacks,
             dropped: self.telemetry_dropped,
         };
-        let queued = queue
-            .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&batch.encode())).is_ok());
+        Some(batch.encode())
+    }
+
+    /// Whether the batch from [`Metrics::take_telemetry`] was queued; one that was not is
+    /// counted and reported with the next.
+    pub fn telemetry_queued(&mut self, queued: bool) {
         self.telemetry_dropped = if queued {
             0
         } else {

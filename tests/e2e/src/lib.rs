@@ -28,12 +28,13 @@ pub fn envoy_bin() -> PathBuf {
     }
 }
 
-/// The filter under test (`make test` builds it first).
+/// The filter under test, the one module `scripts/build-wasm.sh` produces (`make test`
+/// builds it first).
 pub fn wasm_path() -> PathBuf {
-    let p = root().join("target/wasm32-wasip1/release/switchyard_filter.wasm");
+    let p = root().join("target/switchyard/switchyard_filter.wasm");
     assert!(
         p.exists(),
-        "{} is missing: run the tests through `make test`",
+        "{} is missing: run `make wasm` (scripts/build-wasm.sh) or the tests through `make test`",
         p.display()
     );
     p
@@ -205,7 +206,7 @@ pub fn render_config(
             }
         }
         l = l.replace(
-            "filename: target/wasm32-wasip1/release/switchyard_filter.wasm",
+            "filename: target/switchyard/switchyard_filter.wasm",
             &format!("filename: {}", wasm_path().display()),
         );
         if let Some(node) = stack_ports.get("node") {

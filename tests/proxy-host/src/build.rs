@@ -1,6 +1,8 @@
 //! Finding (and when stale, building) the `.wasm` files the tests load, so that no test
-//! ever fails with "build it first". Builds run `cargo` for `wasm32-wasip1`; the result
-//! is checked against the newest source file, so an edited filter is rebuilt.
+//! ever fails with "build it first". The filter comes from `scripts/build-wasm.sh`, the
+//! same step `make wasm` runs, so tests load exactly the module that ships (optimised,
+//! at [`FILTER_WASM`]); cargo inside that script decides what is stale. The probe guest
+//! is rebuilt when a source file is newer than its module.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,13 +63,13 @@ fn run(mut cmd: Command, what: &str) -> Result<(), HostError> {
     }
     let out = cmd.output().map_err(|e| HostError::Load {
         what: what.into(),
-        message: format!("running cargo: {e}"),
+        message: format!("running {}: {e}", cmd.get_program().to_string_lossy()),
     })?;
     if !out.status.success() {
         return Err(HostError::Load {
             what: what.into(),
             message: format!(
-                "cargo build failed:\n{}",
+                "{what} build failed:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             ),
         });
@@ -77,8 +79,13 @@ fn run(mut cmd: Command, what: &str) -> Result<(), HostError> {
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
-/// `target/wasm32-wasip1/release/switchyard_filter.wasm`, rebuilt first when missing or
-/// older than `filter/` (or `SWITCHYARD_WASM` if set, used as is).
+/// Where `scripts/build-wasm.sh` (`make wasm`) puts the shipped filter module, relative to
+/// the workspace root. Nothing else writes this path.
+pub const FILTER_WASM: &str = "target/switchyard/switchyard_filter.wasm";
+
+/// The shipped filter module, [`FILTER_WASM`]: `$SWITCHYARD_WASM` when set to an existing
+/// file (used as is: `make test` exports the module it just built; benchmarks point it at
+/// other builds), else built or refreshed once per process by [`build_filter_wasm`].
 pub fn filter_wasm() -> Result<PathBuf, HostError> {
     if let Ok(p) = std::env::var("SWITCHYARD_WASM") {
         let p = PathBuf::from(p);
@@ -90,29 +97,29 @@ pub fn filter_wasm() -> Result<PathBuf, HostError> {
     if let Some(p) = DONE.get() {
         return Ok(p.clone());
     }
+    let wasm = build_filter_wasm()?;
+    let _ = DONE.set(wasm.clone());
+    Ok(wasm)
+}
+
+/// Runs `scripts/build-wasm.sh` (cargo with the `wasm` profile, then wasm-opt; both
+/// skipped when nothing changed) and returns the module's path, [`FILTER_WASM`].
+pub fn build_filter_wasm() -> Result<PathBuf, HostError> {
     let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let root = workspace_root();
-    let wasm = root.join("target/wasm32-wasip1/release/switchyard_filter.wasm");
-    let sources = vec![root.join("filter"), root.join("Cargo.lock")];
-    if is_stale(&wasm, &sources) {
-        let mut cmd = Command::new(cargo());
-        cmd.current_dir(&root).args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            "switchyard-filter",
-        ]);
-        run(cmd, "switchyard_filter.wasm")?;
-    }
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(&root)
+        .arg(root.join("scripts/build-wasm.sh"))
+        .arg("-q")
+        .env("CARGO", cargo());
+    run(cmd, "switchyard_filter.wasm")?;
+    let wasm = root.join(FILTER_WASM);
     if !wasm.exists() {
         return Err(HostError::Load {
             what: wasm.display().to_string(),
-            message: "cargo built nothing".into(),
+            message: "scripts/build-wasm.sh built nothing".into(),
         });
     }
-    let _ = DONE.set(wasm.clone());
     Ok(wasm)
 }
 
@@ -143,4 +150,56 @@ pub fn probe_wasm() -> Result<PathBuf, HostError> {
     }
     let _ = DONE.set(wasm.clone());
     Ok(wasm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn sha256(path: &Path) -> String {
+        let out = Command::new("sha256sum").arg(path).output().unwrap();
+        assert!(out.status.success(), "sha256sum {}", path.display());
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    fn has_wasm_opt() -> bool {
+        Command::new("wasm-opt").arg("--version").output().is_ok()
+    }
+
+    /// The tests load the module `make wasm` ships: the script's one output path, run
+    /// through wasm-opt (when installed) rather than cargo's raw artifact, and a second
+    /// build with nothing changed leaves the file alone (same inode, same mtime).
+    #[test]
+    fn tests_load_the_module_make_wasm_ships_and_a_rebuild_rewrites_nothing() {
+        let root = workspace_root();
+        let first = build_filter_wasm().unwrap();
+        assert_eq!(first, root.join(FILTER_WASM));
+        let meta = std::fs::metadata(&first).unwrap();
+
+        let raw = root.join("target/wasm32-wasip1/wasm/switchyard_filter.wasm");
+        assert!(raw.exists(), "cargo's artifact of the wasm profile");
+        if has_wasm_opt() {
+            assert_ne!(
+                sha256(&first),
+                sha256(&raw),
+                "the module is wasm-opt's output"
+            );
+            assert!(meta.len() <= 409_600, "{} bytes: over budget", meta.len());
+        } else {
+            eprintln!("wasm-opt not installed: the module is cargo's, unoptimised");
+        }
+        let record = std::fs::read_to_string(first.with_extension("wasm.inputs")).unwrap();
+        assert!(record.contains(&sha256(&raw)), "{record}");
+
+        let second = build_filter_wasm().unwrap();
+        assert_eq!(second, first);
+        let again = std::fs::metadata(&second).unwrap();
+        assert_eq!(again.ino(), meta.ino(), "the module was replaced");
+        assert_eq!(again.modified().unwrap(), meta.modified().unwrap());
+    }
 }

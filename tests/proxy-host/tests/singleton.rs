@@ -35,6 +35,7 @@ fn snapshot(version: u64, blue: u32, green: u32) -> Vec<u8> {
     };
     Snapshot {
         version,
+        policy_version: 1,
         policy_json: POLICY.into(),
         stacks: vec![stack("blue", blue), stack("green", green)],
     }
@@ -136,6 +137,7 @@ fn an_invalid_snapshot_is_rejected_and_the_last_good_one_kept() {
         .unwrap();
     let bad = Snapshot {
         version: 4,
+        policy_version: 4,
         policy_json: "{\"stacks\": []}".into(),
         stacks: vec![],
     }
@@ -344,6 +346,7 @@ fn control_plane_weights_and_draining_shape_the_split() {
     assert!((20..=30).contains(&blue), "blue got {blue} of 100 at 25%");
     let drain = Snapshot {
         version: 3,
+        policy_version: 1,
         policy_json: POLICY.into(),
         stacks: vec![
             StackState {
@@ -381,6 +384,8 @@ fn control_plane_weights_and_draining_shape_the_split() {
         Reply::Message(
             Snapshot {
                 version,
+                // Version 4 set this document.
+                policy_version: 4,
                 policy_json: STICKY_POLICY.into(),
                 stacks,
             }
@@ -441,6 +446,49 @@ fn control_plane_weights_and_draining_shape_the_split() {
     let moved = ex.set_cookie("sy_aff").expect("a new cookie");
     assert_eq!(sy.send(with(&moved.value)).unwrap().stack(), Some("blue"));
     assert!(sy.host_errors().is_empty());
+}
+
+#[test]
+fn workers_recompile_the_policy_only_when_its_version_changes() {
+    let peer = control_plane(1);
+    let handle = peer.handle();
+    let mut sy = Switchyard::builder()
+        .singleton(control_config("control", "n1"))
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
+    let compiled = |sy: &Switchyard| sy.logs_text(0).matches(") of snapshot ").count();
+    assert_eq!(compiled(&sy), 1, "{}", sy.logs_text(0));
+    let mut push = |s: Snapshot| {
+        handle.push(WATCH, Reply::Message(s.encode()));
+        sy.process.flush().unwrap();
+        assert!(sy.host_errors().is_empty());
+        compiled(&sy)
+    };
+    let at = |version, policy_version| Snapshot {
+        version,
+        policy_version,
+        ..Snapshot::decode(&snapshot(version, 100, 0)).unwrap()
+    };
+    // Only the stack weights change: the policy stays compiled (and the split follows).
+    assert_eq!(
+        push(at(2, 1)),
+        1,
+        "a weights-only snapshot recompiled the policy"
+    );
+    // A new policy version is a new policy, even with the same text.
+    assert_eq!(push(at(3, 3)), 2);
+    // A reused policy version with another document (the control service's store was
+    // replaced and its versions restarted) is another policy too.
+    let replaced = Snapshot {
+        policy_json: POLICY.replace("from-control", "replaced"),
+        ..at(4, 3)
+    };
+    assert_eq!(push(replaced), 3);
+    // From a control service that sends no policy version, the document decides.
+    assert_eq!(push(at(5, 0)), 4);
+    assert_eq!(push(at(6, 0)), 4);
+    assert!(stacks_of(&mut sy, 0, 10).iter().all(|s| s == "blue"));
 }
 
 #[test]

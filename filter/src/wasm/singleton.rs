@@ -1,9 +1,9 @@
-//! The control singleton: runs once per Envoy (bootstrap `envoy.bootstrap.wasm`,
-//! `singleton: true`, same `vm_id` as the filter) on the main thread. It keeps a `Watch`
-//! stream to the control service open, writes each valid snapshot into shared data as the
-//! only writer, pokes every worker's wake queue so they apply it at once, acknowledges it,
-//! reconnects with jittered exponential backoff, and drains
-//! worker telemetry from a shared queue into one `Report` call per interval.
+//! The singleton role: the root context of the VM Envoy runs once per process
+//! (bootstrap `envoy.bootstrap.wasm`, `singleton: true`, same `vm_id` as the filter) on
+//! the main thread. It keeps a `Watch` stream to the control service open, publishes each
+//! valid snapshot into shared data as the only writer (which wakes the workers),
+//! acknowledges it, reconnects with jittered exponential backoff, and drains worker
+//! telemetry from the shared queue into one `Report` call per interval.
 //!
 //! It must never block or trap the main thread: every tick does a bounded amount of work,
 //! and when the control service is away the workers keep their last-known-good snapshot.
@@ -13,27 +13,25 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, MetricType};
 use serde::Deserialize;
 
+use super::{now_ms, shared};
 use crate::hash::hash64;
 use crate::policy::validate_json;
-use crate::snapshot::{
-    grpc_service, Snapshot, StackTelemetry, TelemetryBatch, WatchRequest, MAX_WORKERS,
-    SNAPSHOT_KEY, TELEMETRY_QUEUE, VERSION_KEY, WAKE_QUEUE_PREFIX, WORKERS_KEY,
-};
+use crate::shared_data::{PolicyId, MAX_DRAIN, MAX_TELEMETRY_STACKS};
+use crate::snapshot::{grpc_service, Snapshot, StackTelemetry, TelemetryBatch, WatchRequest};
 
 const SERVICE: &str = "switchyard.v1.DataPlane";
-/// Most stacks the telemetry aggregate holds (bounded memory on the main thread).
-const MAX_STACKS: usize = 64;
-/// Most queue messages drained per callback.
-const MAX_DRAIN: usize = 1024;
+/// Tick period of the singleton: reconnects and reports are due at most this late.
+const TICK: Duration = Duration::from_millis(100);
 
-/// Plugin configuration of the singleton.
+/// Plugin configuration of the singleton (`"role": "control"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
-    /// Must be `control` (checked by [`is_control_config`]).
+    /// Must be `control` (checked by [`is_singleton_config`]).
     #[allow(dead_code)]
     pub role: String,
     /// Envoy cluster of the control service (HTTP/2).
@@ -65,8 +63,8 @@ struct RoleProbe {
     role: Option<String>,
 }
 
-/// Whether a plugin configuration is the control singleton's.
-pub fn is_control_config(bytes: &[u8]) -> bool {
+/// Whether a plugin configuration is the singleton's (else it is a worker's policy).
+pub fn is_singleton_config(bytes: &[u8]) -> bool {
     serde_json::from_slice::<RoleProbe>(bytes)
         .ok()
         .and_then(|p| p.role)
@@ -101,8 +99,8 @@ fn bump(id: u32, by: u64) {
     }
 }
 
-/// State of the singleton.
-pub struct Control {
+/// The singleton's root context.
+pub struct SingletonRoot {
     cfg: ControlConfig,
     /// Serialized `GrpcService{envoy_grpc{cluster_name}}`.
     upstream: String,
@@ -110,6 +108,9 @@ pub struct Control {
     /// The current stream has delivered headers or a message.
     connected: bool,
     applied: u64,
+    /// Policy of the last snapshot that passed validation (an equal one is not validated
+    /// again).
+    validated: Option<PolicyId>,
     backoff_ms: u64,
     next_attempt_ms: u64,
     queue: Option<u32>,
@@ -122,9 +123,9 @@ pub struct Control {
     ids: Ids,
 }
 
-impl Control {
-    /// Validate the configuration and start.
-    pub fn start(config: &[u8], now_ms: u64) -> Option<Control> {
+impl SingletonRoot {
+    /// Validate the configuration and start; `None` (with a log line) if it is invalid.
+    pub fn start(config: &[u8], now_ms: u64) -> Option<SingletonRoot> {
         let cfg: ControlConfig = match serde_json::from_slice(config) {
             Ok(c) => c,
             Err(e) => {
@@ -146,8 +147,8 @@ impl Control {
             return None;
         }
         let upstream = String::from_utf8(grpc_service(&cfg.cluster)).ok()?;
-        let queue = hostcalls::register_shared_queue(TELEMETRY_QUEUE).ok();
-        let applied = read_version();
+        let queue = shared::register_telemetry_queue();
+        let applied = shared::read_version();
         let ids = Ids {
             connected: metric(MetricType::Gauge, "switchyard.control.connected"),
             stale: metric(MetricType::Gauge, "switchyard.control.stale_seconds"),
@@ -160,15 +161,16 @@ impl Control {
             dropped: metric(MetricType::Counter, "switchyard.control.telemetry_dropped"),
         };
         set_gauge(ids.version, applied);
-        let _ = hostcalls::set_tick_period(Duration::from_millis(100));
+        let _ = hostcalls::set_tick_period(TICK);
         info!("control singleton for node '{}' starting; cluster '{}', last applied version {applied}", cfg.node_id, cfg.cluster);
-        let mut c = Control {
+        let mut c = SingletonRoot {
             backoff_ms: cfg.reconnect_initial_ms,
             cfg,
             upstream,
             stream: None,
             connected: false,
             applied,
+            validated: None,
             next_attempt_ms: 0,
             queue,
             last_contact_ms: now_ms,
@@ -220,7 +222,7 @@ impl Control {
     }
 
     /// Periodic work: reconnect when due, send telemetry when due.
-    pub fn on_tick(&mut self, now_ms: u64) {
+    fn tick(&mut self, now_ms: u64) {
         // Staleness: 0 while connected, else seconds since the control service was last
         // heard from (the data plane serves its last-known-good snapshot meanwhile).
         if self.stream.is_some() && self.connected {
@@ -240,7 +242,7 @@ impl Control {
     }
 
     /// The stream delivered its headers: the control service is reachable.
-    pub fn on_stream_open(&mut self, token: u32) {
+    fn on_stream_open(&mut self, token: u32) {
         if self.stream == Some(token) {
             self.connected = true;
             set_gauge(self.ids.connected, 1);
@@ -248,7 +250,7 @@ impl Control {
     }
 
     /// A snapshot arrived on the Watch stream.
-    pub fn on_stream_message(&mut self, token: u32, size: usize) {
+    fn on_stream_message(&mut self, token: u32, size: usize) {
         if self.stream != Some(token) {
             return;
         }
@@ -269,22 +271,21 @@ impl Control {
                 return;
             }
         };
-        if let Err(invalid) = validate_json(&snapshot.policy_json) {
-            // The control service validates with this same code; this is a mismatch of
-            // versions. Keep serving the last good snapshot.
-            error!(
-                "snapshot {} rejected, keeping version {}: {invalid}",
-                snapshot.version, self.applied
-            );
-            bump(self.ids.rejected, 1);
-            return;
+        let policy = PolicyId::of(&snapshot);
+        if self.validated != Some(policy) {
+            if let Err(invalid) = validate_json(&snapshot.policy_json) {
+                // The control service validates with this same code; this is a mismatch of
+                // versions. Keep serving the last good snapshot.
+                error!(
+                    "snapshot {} rejected, keeping version {}: {invalid}",
+                    snapshot.version, self.applied
+                );
+                bump(self.ids.rejected, 1);
+                return;
+            }
+            self.validated = Some(policy);
         }
-        // Blob first, then the version key workers check (on a wake-up or their tick): a
-        // worker that sees the new version always finds at least that snapshot.
-        let written = hostcalls::set_shared_data(SNAPSHOT_KEY, Some(&bytes), None).and_then(|_| {
-            hostcalls::set_shared_data(VERSION_KEY, Some(&snapshot.version.to_le_bytes()), None)
-        });
-        if let Err(e) = written {
+        if let Err(e) = shared::publish(&bytes, snapshot.version) {
             error!(
                 "cannot write snapshot {} to shared data: {e:?}",
                 snapshot.version
@@ -292,7 +293,6 @@ impl Control {
             return;
         }
         self.applied = snapshot.version;
-        wake_workers();
         set_gauge(self.ids.version, snapshot.version);
         bump(self.ids.applied, 1);
         info!(
@@ -310,7 +310,7 @@ impl Control {
     }
 
     /// The Watch stream ended: keep serving, reconnect later.
-    pub fn on_stream_close(&mut self, token: u32, status: u32, now_ms: u64) {
+    fn on_stream_close(&mut self, token: u32, status: u32, now_ms: u64) {
         if self.stream != Some(token) {
             return;
         }
@@ -325,7 +325,7 @@ impl Control {
     }
 
     /// A `Report` call finished.
-    pub fn on_call_response(&mut self, token: u32, status: u32) {
+    fn on_call_response(&mut self, token: u32, status: u32) {
         if self.report_in_flight == Some(token) {
             self.report_in_flight = None;
             bump(
@@ -340,10 +340,10 @@ impl Control {
     }
 
     /// Worker telemetry is waiting in the queue.
-    pub fn drain_queue(&mut self) {
+    fn drain_queue(&mut self) {
         let Some(q) = self.queue else { return };
         for _ in 0..MAX_DRAIN {
-            let Ok(Some(msg)) = hostcalls::dequeue_shared_queue(q) else {
+            let Some(msg) = shared::next_telemetry(q) else {
                 break;
             };
             match TelemetryBatch::decode(&msg) {
@@ -352,7 +352,7 @@ impl Control {
                     for s in batch.stacks {
                         if let Some(agg) = self.telemetry.get_mut(&s.stack) {
                             agg.merge(&s);
-                        } else if self.telemetry.len() < MAX_STACKS {
+                        } else if self.telemetry.len() < MAX_TELEMETRY_STACKS {
                             self.telemetry.insert(s.stack.clone(), s);
                         } else {
                             self.dropped += 1;
@@ -396,64 +396,31 @@ impl Control {
     }
 }
 
-/// The version currently in shared data (0: none).
-/// Poke every worker's wake queue after a snapshot was written. The worker count is read
-/// after the write, and a worker registers its queue before it reads the snapshot, so no
-/// worker misses a version (a queue not registered yet belongs to a worker that will read
-/// the snapshot itself); the workers' tick re-checks the version as a backstop.
-fn wake_workers() {
-    let workers = match hostcalls::get_shared_data(WORKERS_KEY) {
-        Ok((Some(b), _)) => u32_le(&b).min(MAX_WORKERS),
-        _ => 0,
-    };
-    let vm = super::vm_id();
-    for i in 0..workers {
-        let name = format!("{WAKE_QUEUE_PREFIX}{i}");
-        if let Ok(Some(q)) = hostcalls::resolve_shared_queue(&vm, &name) {
-            let _ = hostcalls::enqueue_shared_queue(q, Some(&[]));
-        }
+impl Context for SingletonRoot {
+    fn on_grpc_stream_initial_metadata(&mut self, token: u32, _: u32) {
+        self.on_stream_open(token);
+    }
+
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        self.on_stream_message(token, size);
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
+        self.on_stream_close(token, status, now_ms());
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, _: usize) {
+        self.on_call_response(token, status);
     }
 }
 
-fn u32_le(b: &[u8]) -> u32 {
-    match <[u8; 4]>::try_from(b) {
-        Ok(a) => u32::from_le_bytes(a),
-        Err(_) => 0,
+impl RootContext for SingletonRoot {
+    fn on_tick(&mut self) {
+        self.tick(now_ms());
     }
-}
 
-/// Register this worker VM's wake queue: take the next worker number (compare-and-swap
-/// on the shared counter), then register `switchyard.wake.<n>`. `None` if the host
-/// refuses; the worker then relies on its tick.
-pub fn register_wake_queue() -> Option<u32> {
-    for _ in 0..64 {
-        let (n, cas) = match hostcalls::get_shared_data(WORKERS_KEY) {
-            Ok((Some(b), cas)) => (u32_le(&b), cas),
-            Ok((None, cas)) => (0, cas),
-            Err(_) => return None,
-        };
-        if n >= MAX_WORKERS {
-            warn!("{MAX_WORKERS} worker VMs registered already; this one re-checks the snapshot on its tick");
-            return None;
-        }
-        match hostcalls::set_shared_data(WORKERS_KEY, Some(&(n + 1).to_le_bytes()), cas) {
-            Ok(()) => {
-                return hostcalls::register_shared_queue(&format!("{WAKE_QUEUE_PREFIX}{n}")).ok()
-            }
-            Err(proxy_wasm::types::Status::CasMismatch) => continue,
-            Err(_) => return None,
-        }
-    }
-    None
-}
-
-pub fn read_version() -> u64 {
-    match hostcalls::get_shared_data(VERSION_KEY) {
-        Ok((Some(b), _)) if b.len() == 8 => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b);
-            u64::from_le_bytes(a)
-        }
-        _ => 0,
+    /// The only queue the singleton owns is the telemetry queue.
+    fn on_queue_ready(&mut self, _: u32) {
+        self.drain_queue();
     }
 }

@@ -1,0 +1,210 @@
+//! The command line as clap parses it: global options, verbs and their arguments. No
+//! behaviour here; `switchyard --help` is generated from these doc comments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Operator CLI of the Switchyard control service.
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Operate the Switchyard control service"
+)]
+pub struct Cli {
+    /// Control service gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_SERVER",
+        default_value = "http://127.0.0.1:18000"
+    )]
+    pub server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is making the change (kept in the audit log) [default: $USER].
+    #[arg(long, global = true, env = "SWITCHYARD_ACTOR")]
+    pub actor: Option<String>,
+    /// Timeout of each call, in seconds.
+    #[arg(long, global = true, default_value_t = 10)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate, apply, read, audit and roll back the routing policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Weight, drain and health of the stacks.
+    #[command(subcommand)]
+    Stacks(StacksCmd),
+    /// The connected Envoys: version applied, last report, connected since.
+    Status,
+    /// Follow the Watch stream as an Envoy would (acknowledging each version) and print
+    /// every snapshot: for debugging what the data plane receives.
+    Watch {
+        /// Node id to present.
+        #[arg(long, default_value = "switchyard-cli")]
+        node_id: String,
+        /// Version already applied (0 = send the current snapshot at once).
+        #[arg(long, default_value_t = 0)]
+        last_applied: u64,
+        /// Exit after this many snapshots (0 = follow until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy file (`-` = stdin) without applying it.
+    Validate {
+        file: PathBuf,
+        /// Validate locally with the filter's validator, without a control service.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Validate and apply a policy file (`-` = stdin) as a new version.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Print the policy in force (or at --version).
+    Get {
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+    },
+    /// Every version, newest first: the audit log.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only versions below this one.
+        #[arg(long, default_value_t = 0)]
+        before: u64,
+    },
+    /// Re-apply the policy of an earlier version as a new version.
+    Rollback {
+        version: u64,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// Why (kept in the audit log).
+    #[arg(long, default_value = "")]
+    pub comment: String,
+    /// Only if this is still the current version (compare-and-set).
+    #[arg(long, default_value_t = 0)]
+    pub expect_version: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StacksCmd {
+    /// Every stack of the current policy with its weight, health and traffic.
+    List,
+    /// Set a stack's weight factor, 0..=100 (100 = the policy's own weights).
+    Weight {
+        stack: String,
+        percent: u32,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Planned maintenance: no new visitors; users with an affinity cookie for the stack
+    /// stay until it expires or the deadline passes (its weight is kept for undrain).
+    Drain {
+        stack: String,
+        /// End the drain after this long (e.g. 90s, 30m, 1h30m); then everyone moves.
+        /// Default: until the affinity cookies expire.
+        #[arg(long, value_parser = parse_duration_s)]
+        deadline: Option<u64>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Get everyone off a stack now: affinity cookie holders move too.
+    Evacuate {
+        stack: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// End a drain or an evacuation: the stack takes traffic again.
+    Undrain {
+        stack: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Remove a stack from every target set.
+    Unhealthy {
+        stack: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Put an unhealthy stack back.
+    Healthy {
+        stack: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Mark a stack present again, optionally with its endpoint.
+    Register {
+        stack: String,
+        #[arg(long, default_value = "")]
+        endpoint: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// The stack is gone: it gets no traffic.
+    Deregister {
+        stack: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// A duration in whole seconds: `90`, `90s`, `30m`, `2h`, `1h30m`, `1d`.
+pub fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 90s, 30m, 1h30m)");
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(s) = text.parse::<u64>() {
+        return Ok(s);
+    }
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    for c in text.chars() {
+        if let Some(d) = c.to_digit(10) {
+            number = Some(
+                number
+                    .unwrap_or(0)
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(d)))
+                    .ok_or_else(bad)?,
+            );
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n = number.take().ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|x| total.checked_add(x))
+            .ok_or_else(bad)?;
+    }
+    if number.is_some() {
+        return Err(bad());
+    }
+    Ok(total)
+}

@@ -1,0 +1,279 @@
+//! One function per verb group (policy, stacks, status, watch): build the request, make
+//! the call, hand the answer to [`super::output`]. Failures are returned, not printed.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::args::{Command, PolicyCmd, StacksCmd};
+use super::context::Ctx;
+use super::output::{self, Failure};
+use crate::model::now_unix_ms;
+use crate::proto::{self, v1};
+use crate::validate;
+
+/// Run the parsed command.
+pub async fn run(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
+    match &ctx.cli.command {
+        Command::Policy(cmd) => policy(ctx, cmd).await,
+        Command::Stacks(cmd) => stacks(ctx, cmd).await,
+        Command::Status => status(ctx).await,
+        Command::Watch {
+            node_id,
+            last_applied,
+            count,
+        } => watch(ctx, node_id, *last_applied, *count).await,
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, Failure> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Failure::rejected(format!("reading stdin: {e}")))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::rejected(format!("reading {}: {e}", path.display())))
+}
+
+async fn policy(ctx: &mut Ctx<'_>, cmd: &PolicyCmd) -> Result<(), Failure> {
+    let json_out = ctx.json();
+    match cmd {
+        PolicyCmd::Validate { file, offline } => {
+            let doc = read_file(file)?;
+            let (stacks, warnings) = if *offline {
+                let ok = validate::check(&doc).map_err(Failure::invalid_policy)?;
+                let warnings: Vec<v1::FieldIssue> =
+                    ok.warnings.iter().map(proto::field_issue).collect();
+                (
+                    ok.stacks.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+                    warnings,
+                )
+            } else {
+                let mut client = v1::policies_client::PoliciesClient::new(ctx.channel().await?);
+                let r = client
+                    .validate(v1::ValidatePolicyRequest { policy_json: doc })
+                    .await
+                    .map_err(Failure::from_policy_call)?
+                    .into_inner();
+                (r.stacks, r.warnings)
+            };
+            if json_out {
+                output::print_json(
+                    &json!({ "valid": true, "stacks": stacks, "warnings": warnings }),
+                );
+            } else {
+                output::print_warnings(&warnings);
+                println!("valid: {} stack(s): {}", stacks.len(), stacks.join(", "));
+            }
+            Ok(())
+        }
+        PolicyCmd::Apply { file, change } => {
+            let doc = read_file(file)?;
+            let mut client = v1::policies_client::PoliciesClient::new(ctx.channel().await?);
+            let r = client
+                .apply(v1::ApplyPolicyRequest {
+                    policy_json: doc,
+                    actor: ctx.actor(),
+                    comment: change.comment.clone(),
+                    expected_version: change.expect_version,
+                })
+                .await
+                .map_err(Failure::from_policy_call)?
+                .into_inner();
+            output::print_change(json_out, &r);
+            Ok(())
+        }
+        PolicyCmd::Get { version } => {
+            let mut client = v1::policies_client::PoliciesClient::new(ctx.channel().await?);
+            let r = client
+                .get(v1::GetPolicyRequest { version: *version })
+                .await?
+                .into_inner();
+            if json_out {
+                let policy: Value =
+                    serde_json::from_str(&r.policy_json).unwrap_or(Value::String(r.policy_json));
+                output::print_json(&json!({ "info": r.info, "policy": policy }));
+            } else {
+                if let Some(i) = &r.info {
+                    eprintln!(
+                        "# version {} (policy set at v{}: {} [{}])",
+                        i.version,
+                        i.policy_version,
+                        output::display_name(&i.policy_name),
+                        i.policy_digest
+                    );
+                }
+                // The document itself on stdout, so `policy get > p.json` round-trips.
+                println!("{}", r.policy_json.trim_end());
+            }
+            Ok(())
+        }
+        PolicyCmd::History { limit, before } => {
+            let mut client = v1::policies_client::PoliciesClient::new(ctx.channel().await?);
+            let r = client
+                .history(v1::HistoryRequest {
+                    limit: *limit,
+                    before_version: *before,
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                output::print_json(&r);
+            } else {
+                output::print_history(&r);
+            }
+            Ok(())
+        }
+        PolicyCmd::Rollback { version, change } => {
+            let mut client = v1::policies_client::PoliciesClient::new(ctx.channel().await?);
+            let r = client
+                .rollback(v1::RollbackRequest {
+                    to_version: *version,
+                    actor: ctx.actor(),
+                    comment: change.comment.clone(),
+                    expected_version: change.expect_version,
+                })
+                .await
+                .map_err(Failure::from_policy_call)?
+                .into_inner();
+            output::print_change(json_out, &r);
+            Ok(())
+        }
+    }
+}
+
+async fn stacks(ctx: &mut Ctx<'_>, cmd: &StacksCmd) -> Result<(), Failure> {
+    let json_out = ctx.json();
+    let mut client = v1::stacks_client::StacksClient::new(ctx.channel().await?);
+    let actor = ctx.actor();
+    let reason_req = |stack: &str, reason: &str| v1::StackReasonRequest {
+        stack: stack.to_string(),
+        reason: reason.to_string(),
+        actor: actor.clone(),
+    };
+    let r = match cmd {
+        StacksCmd::List => {
+            let r = client.list(v1::ListStacksRequest {}).await?.into_inner();
+            if json_out {
+                output::print_json(&r);
+            } else {
+                output::print_stacks(&r);
+            }
+            return Ok(());
+        }
+        StacksCmd::Weight {
+            stack,
+            percent,
+            reason,
+        } => {
+            if *percent > 100 {
+                return Err(Failure::usage(format!(
+                    "PERCENT must be 0..=100, got {percent}"
+                )));
+            }
+            client
+                .set_weight(v1::SetWeightRequest {
+                    stack: stack.clone(),
+                    weight_percent: *percent,
+                    reason: reason.clone(),
+                    actor: actor.clone(),
+                })
+                .await?
+        }
+        StacksCmd::Drain {
+            stack,
+            deadline,
+            reason,
+        } => {
+            client
+                .drain(v1::DrainStackRequest {
+                    stack: stack.clone(),
+                    reason: reason.clone(),
+                    actor: actor.clone(),
+                    deadline_seconds: deadline.unwrap_or(0),
+                })
+                .await?
+        }
+        StacksCmd::Evacuate { stack, reason } => client.evacuate(reason_req(stack, reason)).await?,
+        StacksCmd::Undrain { stack, reason } => client.undrain(reason_req(stack, reason)).await?,
+        StacksCmd::Unhealthy { stack, reason } => {
+            client.mark_unhealthy(reason_req(stack, reason)).await?
+        }
+        StacksCmd::Healthy { stack, reason } => {
+            client.mark_healthy(reason_req(stack, reason)).await?
+        }
+        StacksCmd::Register {
+            stack,
+            endpoint,
+            comment,
+        } => {
+            client
+                .register(v1::RegisterStackRequest {
+                    stack: stack.clone(),
+                    endpoint: endpoint.clone(),
+                    actor: actor.clone(),
+                    comment: comment.clone(),
+                })
+                .await?
+        }
+        StacksCmd::Deregister { stack, reason } => {
+            client
+                .deregister(v1::DeregisterStackRequest {
+                    stack: stack.clone(),
+                    reason: reason.clone(),
+                    actor: actor.clone(),
+                })
+                .await?
+        }
+    }
+    .into_inner();
+    output::print_stack_change(json_out, &r);
+    Ok(())
+}
+
+async fn status(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
+    let mut client = v1::fleet_client::FleetClient::new(ctx.channel().await?);
+    let r = client.status(v1::StatusRequest {}).await?.into_inner();
+    if ctx.json() {
+        output::print_json(&r);
+    } else {
+        output::print_status(&r, now_unix_ms());
+    }
+    Ok(())
+}
+
+/// Follow the Watch stream as an Envoy would, acknowledging every snapshot.
+async fn watch(ctx: &Ctx<'_>, node_id: &str, last_applied: u64, count: u64) -> Result<(), Failure> {
+    let mut client = v1::data_plane_client::DataPlaneClient::new(ctx.stream_channel().await?);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let _ = tx
+        .send(v1::WatchRequest {
+            node_id: node_id.to_string(),
+            last_applied_version: last_applied,
+            ack_version: 0,
+        })
+        .await;
+    let mut stream = client
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut seen = 0;
+    while let Some(s) = stream.message().await? {
+        output::print_snapshot(ctx.json(), &s, now_unix_ms());
+        let _ = tx
+            .send(v1::WatchRequest {
+                ack_version: s.version,
+                ..Default::default()
+            })
+            .await;
+        seen += 1;
+        if count != 0 && seen >= count {
+            break;
+        }
+    }
+    Ok(())
+}

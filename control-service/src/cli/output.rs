@@ -1,0 +1,447 @@
+//! What the CLI prints: tables, times, JSON, and failures with their exit codes.
+//!
+//! Every failure is a [`Failure`] and is printed by [`report`], once, when the command
+//! ends; commands never print errors themselves. Results go to stdout, everything else
+//! (warnings, errors, headers around a document) to stderr.
+
+use serde_json::json;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::proto::v1;
+use crate::validate::Issue;
+
+/// Exit code of a rejected or failed operation (invalid policy, unknown stack, ...).
+pub const EXIT_REJECTED: u8 = 1;
+/// Exit code of a usage error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when the control service cannot be reached or did not answer in time.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// Why a command failed, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+    /// Field problems of a rejected policy, each with its path.
+    pub issues: Vec<Issue>,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            issues: Vec::new(),
+        }
+    }
+
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(EXIT_REJECTED, message)
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(EXIT_USAGE, message)
+    }
+
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Self::new(EXIT_UNREACHABLE, message)
+    }
+
+    /// A policy that failed validation, with every problem.
+    pub fn invalid_policy(issues: Vec<Issue>) -> Self {
+        Self {
+            issues,
+            ..Self::rejected("")
+        }
+    }
+
+    /// A failed policy call: its field violations when the server sent them.
+    pub fn from_policy_call(s: Status) -> Self {
+        match violations(&s) {
+            Some(issues) if !issues.is_empty() => Self::invalid_policy(issues),
+            _ => s.into(),
+        }
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        let code = if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) {
+            EXIT_UNREACHABLE
+        } else {
+            EXIT_REJECTED
+        };
+        Self::new(code, format!("{}: {}", code_name(s.code()), s.message()))
+    }
+}
+
+fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::Internal => "internal error",
+        _ => "error",
+    }
+}
+
+/// The field violations of an INVALID_ARGUMENT status, if it carries them.
+fn violations(s: &Status) -> Option<Vec<Issue>> {
+    if s.code() != Code::InvalidArgument {
+        return None;
+    }
+    let bad = s.get_details_bad_request()?;
+    Some(
+        bad.field_violations
+            .into_iter()
+            .map(|v| Issue {
+                path: v.field,
+                message: v.description,
+            })
+            .collect(),
+    )
+}
+
+/// Print a failure: an invalid policy with every field path (to stderr, or as JSON on
+/// stdout), anything else as one line on stderr.
+pub fn report(f: &Failure, json_out: bool) {
+    if !f.issues.is_empty() {
+        if json_out {
+            print_json(&json!({ "valid": false, "errors": f.issues }));
+        } else {
+            eprintln!(
+                "invalid policy ({} problem{}):",
+                f.issues.len(),
+                if f.issues.len() == 1 { "" } else { "s" }
+            );
+            for i in &f.issues {
+                eprintln!("  {}: {}", i.path, i.message);
+            }
+        }
+    }
+    if !f.message.is_empty() {
+        eprintln!("switchyard: {}", f.message);
+    }
+}
+
+pub fn print_json(v: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("switchyard: cannot encode JSON: {e}"),
+    }
+}
+
+pub fn print_warnings(warnings: &[v1::FieldIssue]) {
+    for w in warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+}
+
+pub fn display_name(name: &str) -> &str {
+    if name.is_empty() {
+        "(unnamed)"
+    } else {
+        name
+    }
+}
+
+/// The result of a policy change (apply, rollback).
+pub fn print_change(json_out: bool, r: &v1::ChangeResponse) {
+    if json_out {
+        print_json(r);
+        return;
+    }
+    print_warnings(&r.warnings);
+    let summary = r.info.as_ref().map(|i| i.summary.as_str()).unwrap_or("");
+    if r.changed {
+        println!("version {}: {summary}", r.version);
+    } else {
+        println!("unchanged: version {} already has this policy", r.version);
+    }
+}
+
+/// The result of a stack operation, with the stack's new state.
+pub fn print_stack_change(json_out: bool, r: &v1::StackChangeResponse) {
+    if json_out {
+        print_json(r);
+        return;
+    }
+    if r.changed {
+        let summary = r.info.as_ref().map(|i| i.summary.as_str()).unwrap_or("");
+        println!("version {}: {summary}", r.version);
+    } else {
+        println!("unchanged (version {})", r.version);
+    }
+    if let Some(s) = &r.stack {
+        print_stacks(&v1::ListStacksResponse {
+            version: r.version,
+            stacks: vec![s.clone()],
+        });
+    }
+}
+
+/// The audit log, newest first; `*` marks the version in force.
+pub fn print_history(r: &v1::HistoryResponse) {
+    let mut rows = vec![row([
+        "",
+        "VERSION",
+        "TIME (UTC)",
+        "KIND",
+        "ACTOR",
+        "SUMMARY",
+    ])];
+    for v in &r.versions {
+        let mut summary = v.summary.clone();
+        if !v.comment.is_empty() {
+            summary.push_str(&format!(" — {}", v.comment));
+        }
+        rows.push(vec![
+            if v.version == r.current_version {
+                "*".into()
+            } else {
+                String::new()
+            },
+            v.version.to_string(),
+            fmt_time(v.created_unix_ms),
+            v.kind.clone(),
+            v.actor.clone(),
+            summary,
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn stack_state(s: &v1::StackStatus) -> String {
+    let mut parts = Vec::new();
+    if !s.registered {
+        parts.push("deregistered");
+    }
+    if !s.healthy {
+        parts.push("unhealthy");
+    }
+    let drain;
+    if s.evacuating {
+        parts.push("evacuating");
+    } else if s.draining {
+        drain = match s.drain_deadline_unix_ms {
+            0 => "draining (sticky until cookies expire)".to_string(),
+            d if d <= crate::model::now_unix_ms() => {
+                "draining (deadline passed: evacuated)".to_string()
+            }
+            d => format!("draining (sticky until {} UTC)", fmt_time(d)),
+        };
+        parts.push(&drain);
+    }
+    if parts.is_empty() {
+        "serving".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+pub fn print_stacks(r: &v1::ListStacksResponse) {
+    let mut rows = vec![row([
+        "STACK",
+        "REGION",
+        "WEIGHT",
+        "EFFECTIVE",
+        "STATE",
+        "REQ",
+        "5XX",
+        "CHANGED",
+        "REASON",
+    ])];
+    for s in &r.stacks {
+        let t = s.telemetry.clone().unwrap_or_default();
+        rows.push(vec![
+            s.name.clone(),
+            s.region.clone(),
+            format!("{}%", s.weight_percent),
+            format!("{}%", s.effective_weight_percent),
+            stack_state(s),
+            t.requests.to_string(),
+            t.status_5xx.to_string(),
+            format!("v{} {}", s.changed_version, s.changed_by),
+            s.reason.clone(),
+        ]);
+    }
+    print_table(&rows);
+}
+
+/// The fleet: a summary line, then one row per Envoy.
+pub fn print_status(r: &v1::StatusResponse, now_ms: u64) {
+    let connected = r.nodes.iter().filter(|n| n.connected).count();
+    println!(
+        "version {} · {} of {} connected node(s) on it · store {} · up since {}",
+        r.current_version,
+        r.nodes_current,
+        connected,
+        r.store,
+        fmt_time(r.started_unix_ms)
+    );
+    if r.nodes.is_empty() {
+        println!("no Envoy has connected yet");
+        return;
+    }
+    let mut rows = vec![row([
+        "NODE",
+        "STATE",
+        "APPLIED",
+        "SENT",
+        "CONNECTED SINCE",
+        "LAST ACK",
+        "LAST REPORT",
+        "PEER",
+    ])];
+    for n in &r.nodes {
+        rows.push(vec![
+            n.node_id.clone(),
+            if n.connected {
+                "connected".into()
+            } else if n.disconnected_unix_ms == 0 {
+                // Reports telemetry but never opened a Watch stream.
+                "not watching".into()
+            } else {
+                format!("gone {}", ago(now_ms, n.disconnected_unix_ms))
+            },
+            format!("v{}", n.applied_version),
+            format!("v{}", n.sent_version),
+            fmt_time(n.connected_since_unix_ms),
+            ago(now_ms, n.last_ack_unix_ms),
+            ago(now_ms, n.last_report_unix_ms),
+            n.peer.clone(),
+        ]);
+    }
+    print_table(&rows);
+}
+
+/// One received snapshot: a JSON line, or a one-line summary.
+pub fn print_snapshot(json_out: bool, s: &v1::Snapshot, now_ms: u64) {
+    if json_out {
+        match serde_json::to_string(s) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("switchyard: {e}"),
+        }
+        return;
+    }
+    let stacks: Vec<String> = s
+        .stacks
+        .iter()
+        .map(|st| {
+            let mut t = format!("{} {}%", st.name, st.weight_percent);
+            if !st.healthy {
+                t.push_str(" unhealthy");
+            }
+            if st.evacuating {
+                t.push_str(" evacuating");
+            } else if st.draining {
+                t.push_str(" draining");
+                if st.drain_deadline_unix_ms != 0 {
+                    t.push_str(&format!(
+                        " (sticky until {})",
+                        fmt_time(st.drain_deadline_unix_ms)
+                    ));
+                }
+            }
+            t
+        })
+        .collect();
+    println!(
+        "v{}  {}  policy {} bytes  stacks: {}",
+        s.version,
+        fmt_time(now_ms),
+        s.policy_json.len(),
+        stacks.join(", ")
+    );
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|s| s.to_string()).collect()
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 2));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// `2026-11-25 15:04:05` (UTC); `-` for 0.
+pub fn fmt_time(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "-".into();
+    }
+    switchyard_filter::schedule::format_utc((unix_ms / 1000) as i64)
+}
+
+/// `3s ago`, `5m ago`, `2h ago`; `never` for 0.
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    if then_ms == 0 {
+        return "never".into();
+    }
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(fmt_time(0), "-");
+        assert_eq!(fmt_time(1_000), "1970-01-01 00:00:01");
+        assert_eq!(fmt_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(fmt_time(1_795_000_000_000), "2026-11-18 11:06:40");
+    }
+
+    #[test]
+    fn formats_ages() {
+        assert_eq!(ago(10_000, 0), "never");
+        assert_eq!(ago(10_000, 7_000), "3s ago");
+        assert_eq!(ago(1_000_000, 400_000), "10m ago");
+    }
+
+    #[test]
+    fn maps_status_codes_to_exit_codes() {
+        assert_eq!(
+            Failure::from(Status::unavailable("down")).code,
+            EXIT_UNREACHABLE
+        );
+        assert_eq!(
+            Failure::from(Status::deadline_exceeded("slow")).code,
+            EXIT_UNREACHABLE
+        );
+        let f = Failure::from(Status::not_found("stack \"x\""));
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (EXIT_REJECTED, "not found: stack \"x\"")
+        );
+    }
+}

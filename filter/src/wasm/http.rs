@@ -1,0 +1,286 @@
+//! The per-request context of a worker VM: reads the request headers in one host call,
+//! asks the router for a decision, applies it (routing header or local reply), sets the
+//! affinity cookie and records the outcome. This is the benchmarked path: it must add no
+//! host call per request, and when the host misbehaves the request still gets a decision.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use log::warn;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+
+use super::worker::WorkerState;
+use super::{abi, now_ms};
+use crate::classify::Request;
+use crate::headers::{parse_pairs_into, parse_status, recycle};
+use crate::policy::{Policy, StackId};
+use crate::router::{AffinityEvent, Decision, How, Outcome};
+
+/// Request header carrying the chosen stack; Envoy's route table maps it to a cluster.
+pub const STACK_HEADER: &str = "x-switchyard-stack";
+/// Optional response header explaining the decision.
+pub const DECISION_HEADER: &str = "x-switchyard-decision";
+
+/// One HTTP stream.
+pub struct Flow {
+    /// The worker's state; `None` in a VM that is not a configured worker (pass-through).
+    shared: Option<Rc<RefCell<WorkerState>>>,
+    /// Policy the decision was made under (stack ids are only meaningful with it).
+    policy: Option<Arc<Policy>>,
+    stack: Option<StackId>,
+    /// Request time (Unix ms, the request clock; the real clock when `sampled`).
+    started_ms: u64,
+    /// This request's latency is sampled.
+    sampled: bool,
+    set_cookie: Option<String>,
+    decision: Option<String>,
+    responded: bool,
+}
+
+impl Context for Flow {}
+
+impl Flow {
+    pub fn new(shared: Option<Rc<RefCell<WorkerState>>>) -> Self {
+        Flow {
+            shared,
+            policy: None,
+            stack: None,
+            started_ms: 0,
+            sampled: false,
+            set_cookie: None,
+            decision: None,
+            responded: false,
+        }
+    }
+
+    fn decide(&mut self, shared: &mut WorkerState) -> Decision {
+        // No snapshot check here: the singleton's wake-up (and the tick) apply new ones.
+        self.sampled = shared.metrics.sample_latency();
+        let now = if self.sampled {
+            shared.clock_ms = now_ms();
+            shared.clock_ms
+        } else {
+            shared.clock_ms
+        };
+        self.started_ms = now;
+        let raw = abi::header_map(MapType::HttpRequestHeaders);
+        let mut pairs: Vec<(&[u8], &[u8])> = std::mem::take(&mut shared.pairs);
+        let decision = match raw.as_deref() {
+            Some(buf) if parse_pairs_into(buf, &mut pairs) => {
+                Self::decide_pairs(shared, &pairs, now)
+            }
+            _ => {
+                // The host did not give us the request: route by the default rule, count it.
+                shared.metrics.filter_error();
+                shared.router.decide_default(now)
+            }
+        };
+        shared.pairs = recycle(pairs);
+        decision
+    }
+
+    fn decide_pairs(shared: &mut WorkerState, pairs: &[(&[u8], &[u8])], now: u64) -> Decision {
+        let policy = shared.router.policy();
+        let geo = policy.classify.geo_header.as_deref().map(str::as_bytes);
+        // One pass: client-supplied internal headers, and whether the geo header came.
+        let (mut stack_header, mut decision_header, mut geo_header_present) = (false, false, false);
+        for (n, _) in pairs {
+            let n: &[u8] = n;
+            if n == STACK_HEADER.as_bytes() {
+                stack_header = true;
+            } else if n == DECISION_HEADER.as_bytes() {
+                decision_header = true;
+            } else if geo == Some(n) {
+                geo_header_present = true;
+            }
+        }
+        let needs_source =
+            policy.uses_client_ip || (!policy.classify.cidrs.is_empty() && !geo_header_present);
+        // Client-supplied internal headers never reach the decision or the upstream.
+        for (present, internal) in [
+            (stack_header, STACK_HEADER),
+            (decision_header, DECISION_HEADER),
+        ] {
+            if present {
+                shared.metrics.spoofed_header();
+                if hostcalls::set_map_value(MapType::HttpRequestHeaders, internal, None).is_err() {
+                    shared.metrics.filter_error();
+                }
+            }
+        }
+        let source = if !needs_source {
+            None
+        } else {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| crate::cidr::parse_socket_address(&s))
+        };
+        let req = Request {
+            headers: pairs,
+            source,
+            now_ms: now,
+        };
+        shared.router.decide(&req)
+    }
+}
+
+impl HttpContext for Flow {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            // No policy configured yet: leave routing to Envoy's default route.
+            return Action::Continue;
+        };
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        let decision = self.decide(s);
+        let policy = Arc::clone(s.router.policy());
+        let rule_id = policy
+            .rules
+            .get(decision.rule)
+            .map_or("default", |r| r.id.as_str());
+        s.metrics.decision(&decision);
+        match &decision.outcome {
+            Outcome::Stack { id, how } => {
+                let name = policy.stacks.get(*id).map_or("", |st| st.name.as_str());
+                if hostcalls::set_map_value(MapType::HttpRequestHeaders, STACK_HEADER, Some(name))
+                    .is_err()
+                {
+                    s.metrics.filter_error();
+                }
+                if policy.debug_header {
+                    self.decision = Some(format!(
+                        "rule={rule_id}; stack={name}; reason={}{}",
+                        how.as_str(),
+                        affinity_note(decision.affinity, *how)
+                    ));
+                }
+                self.stack = Some(*id);
+                self.set_cookie = decision.set_cookie;
+                self.policy = Some(policy);
+                Action::Continue
+            }
+            Outcome::Local(reply) => {
+                let body = format!(
+                    "{{\"error\":\"no_eligible_stack\",\"rule\":{},\"message\":{},\"retry_after_s\":{}}}",
+                    json_string(rule_id),
+                    json_string(&reply.message),
+                    reply.retry_after_s
+                );
+                let retry = reply.retry_after_s.to_string();
+                let decision_header = format!("rule={rule_id}; reason=no_eligible_stack");
+                let mut headers = vec![
+                    ("content-type", "application/json"),
+                    ("retry-after", retry.as_str()),
+                ];
+                if policy.debug_header {
+                    headers.push((DECISION_HEADER, decision_header.as_str()));
+                }
+                if hostcalls::send_http_response(
+                    u32::from(reply.status),
+                    headers,
+                    Some(body.as_bytes()),
+                )
+                .is_err()
+                {
+                    s.metrics.filter_error();
+                    return Action::Continue;
+                }
+                self.responded = true;
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let (Some(shared), Some(stack)) = (self.shared.clone(), self.stack) else {
+            return Action::Continue;
+        };
+        self.responded = true;
+        if let Some(cookie) = self.set_cookie.take() {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie);
+        }
+        if let Some(d) = self.decision.take() {
+            let _ =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, DECISION_HEADER, Some(&d));
+        }
+        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| parse_status(&s));
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        // Host calls are the filter's main cost: the clock is read again only for failures
+        // (the breaker needs the real time to open) and for the sampled latency.
+        let sampled = self.sampled;
+        let failed = status.is_none_or(|c| c >= 500);
+        let now = if sampled || failed {
+            now_ms()
+        } else {
+            self.started_ms
+        };
+        if self.same_policy(s) {
+            if let Some(state) = s.router.record(stack, status, now) {
+                let name = s
+                    .router
+                    .policy()
+                    .stacks
+                    .get(stack)
+                    .map_or("?", |st| st.name.as_str());
+                warn!("circuit breaker of stack '{name}' is now {state:?}");
+                s.metrics.breaker_state(stack, state);
+            }
+            s.metrics.response(
+                stack,
+                status,
+                sampled.then(|| now.saturating_sub(self.started_ms)),
+            );
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.responded {
+            return;
+        }
+        // The stream ended without response headers. Upstream failures (connect failure,
+        // reset, timeout) reach `on_http_response_headers` as Envoy's local 503/504, so
+        // what ends here is almost always the client going away: count it, but never
+        // against the stack's circuit breaker (five cancelled requests must not open it).
+        let (Some(shared), Some(stack)) = (self.shared.clone(), self.stack) else {
+            return;
+        };
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        if self.same_policy(s) {
+            s.metrics.response(stack, None, None);
+        }
+    }
+}
+
+impl Flow {
+    fn same_policy(&self, s: &WorkerState) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, s.router.policy()))
+    }
+}
+
+fn affinity_note(event: AffinityEvent, how: How) -> &'static str {
+    match (event, how) {
+        (_, How::Sticky) | (AffinityEvent::Off, _) => "",
+        (AffinityEvent::Miss, _) | (AffinityEvent::Hit, _) => "; affinity=new",
+        (AffinityEvent::Forged, _) => "; affinity=forged",
+        (AffinityEvent::Expired, _) => "; affinity=expired",
+        (AffinityEvent::Stale, _) => "; affinity=stale",
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
