@@ -128,12 +128,35 @@ impl Client {
         }
     }
 
+    /// Send exactly these headers (plus `host` if none is given) once: no reconnect, no
+    /// `content-length` added. For tests where a resent request would change what they
+    /// count.
+    pub fn request_once(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> std::io::Result<Response> {
+        self.send(method, path, headers, None, false)
+    }
+
     fn try_request(
         &mut self,
         method: &str,
         path: &str,
         headers: &[(&str, &[u8])],
         body: Option<&[u8]>,
+    ) -> std::io::Result<Response> {
+        self.send(method, path, headers, body, true)
+    }
+
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: Option<&[u8]>,
+        add_length: bool,
     ) -> std::io::Result<Response> {
         let mut req = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
         if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
@@ -147,7 +170,7 @@ impl Client {
         }
         match body {
             Some(b) => req.extend_from_slice(format!("content-length: {}\r\n", b.len()).as_bytes()),
-            None if method == "POST" || method == "PUT" => {
+            None if add_length && (method == "POST" || method == "PUT") => {
                 req.extend_from_slice(b"content-length: 0\r\n")
             }
             None => {}

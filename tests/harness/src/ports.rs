@@ -70,10 +70,8 @@ pub fn start_on_port<T>(
     mut start: impl FnMut(u16) -> Result<T, HarnessError>,
 ) -> Result<T, HarnessError> {
     let mut last = None;
-    let mut held = Some(
-        ReservedPort::new()
-            .map_err(|e| HarnessError::io("harness", "reserving a port", e))?,
-    );
+    let mut held =
+        Some(ReservedPort::new().map_err(|e| HarnessError::io("harness", "reserving a port", e))?);
     for attempt in 0..attempts.max(1) {
         let reserved = match held.take() {
             Some(r) => r,

@@ -245,10 +245,14 @@ impl Proc {
         path: &str,
         timeout: Duration,
     ) -> Result<Response, HarnessError> {
-        self.wait_until(&format!("200 from GET http://{addr}{path}"), timeout, |_| {
-            let mut c = Client::connect_addr(addr).ok()?;
-            c.get(path, &[]).ok().filter(|r| r.status == 200)
-        })
+        self.wait_until(
+            &format!("200 from GET http://{addr}{path}"),
+            timeout,
+            |_| {
+                let mut c = Client::connect_addr(addr).ok()?;
+                c.get(path, &[]).ok().filter(|r| r.status == 200)
+            },
+        )
     }
 }
 
