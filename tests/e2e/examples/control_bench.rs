@@ -52,11 +52,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let shop = Shop::start();
-    let dir = TempDir::new("bench");
-    let grpc = free_port();
-    let control = ControlService::start(&dir.0.join("data"), grpc);
+    let dir = TestDir::new("bench");
+    let grpc = ReservedPort::new().unwrap();
+    let control = ControlService::start(&dir.join("data"), grpc.port());
     let mut ports = shop.ports();
-    ports.insert("control", grpc);
+    ports.insert("control", grpc.port());
     let fed = Envoy::start(&policy("blue"), &ports, 2);
 
     // 1. Propagation.
@@ -64,7 +64,7 @@ fn main() {
     let mut samples = Vec::with_capacity(rounds);
     for i in 0..rounds {
         let target = if i % 2 == 0 { "green" } else { "blue" };
-        let file = dir.0.join("p.json");
+        let file = dir.join("p.json");
         std::fs::write(&file, policy(target)).unwrap();
         let out = control.cli(&["policy", "apply", file.to_str().unwrap()]);
         assert!(
@@ -96,7 +96,7 @@ fn main() {
     );
 
     // 2. RPS: control-fed vs static, same policy, interleaved.
-    let file = dir.0.join("p.json");
+    let file = dir.join("p.json");
     std::fs::write(&file, policy("blue")).unwrap();
     assert!(control
         .cli(&["policy", "apply", file.to_str().unwrap()])
@@ -104,7 +104,9 @@ fn main() {
         .success());
     assert!(wait_routing(fed.port, &["blue"], Duration::from_secs(5)).is_some());
     let mut static_ports = shop.ports();
-    static_ports.insert("control", free_port()); // nothing listens: plugin policy only
+    // Held but never listening (connections refused): plugin policy only.
+    let nobody = ReservedPort::new().unwrap();
+    static_ports.insert("control", nobody.port());
     let fixed = Envoy::start(&policy("blue"), &static_ports, 2);
     let secs: u32 = std::env::var("RPS_SECS")
         .ok()

@@ -1,168 +1,120 @@
-//! End-to-end harness: the real Envoy binary with the built `.wasm`, real demo stacks,
-//! and a small HTTP/1.1 client that can send exactly the bytes a hostile client would.
+//! End-to-end fixtures for Switchyard on the shared harness (`switchyard-harness`): the
+//! shipped Envoy bootstrap rendered for a test, the demo storefront stacks, the control
+//! service and its CLI, the demo JWT provider, and traffic helpers that count which stack
+//! served. Processes, ports, Envoy and the HTTP client are the harness's; this crate only
+//! knows what is specific to Switchyard's demo shop.
 //!
-//! Everything binds 127.0.0.1 on free ports and is killed on drop, so a failing test
-//! leaves nothing running.
+//! Everything binds 127.0.0.1 (port 0 wherever the server reports what it bound) and is
+//! killed on drop, so a failing test leaves nothing running and prints its logs' tails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+pub use switchyard_harness::{Client, Proc, ReservedPort, Response, TestDir};
 
 /// Repository root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    switchyard_harness::workspace_root()
 }
 
 /// The Envoy binary: `$ENVOY`, else the pinned one `make setup` links.
 pub fn envoy_bin() -> PathBuf {
-    match std::env::var("ENVOY") {
-        Ok(p) if !p.is_empty() => PathBuf::from(p),
-        _ => root().join(".tools/envoy"),
-    }
+    switchyard_harness::envoy_bin()
 }
 
-/// The filter under test, the one module `scripts/build-wasm.sh` produces (`make test`
-/// builds it first).
+/// The filter under test.
 pub fn wasm_path() -> PathBuf {
-    let p = root().join("target/switchyard/switchyard_filter.wasm");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make wasm` (scripts/build-wasm.sh) or the tests through `make test`",
-        p.display()
-    );
-    p
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    switchyard_harness::filter_wasm()
 }
 
 /// Cookie signing keys every test Envoy gets.
 pub const TEST_KEYS: &str = "t1=e2e-test-secret-0123456789,t0=e2e-previous-secret-987";
 
-/// A child process killed on drop.
-pub struct Proc {
-    pub child: Child,
-    pub name: String,
+/// How long a demo server may take to say where it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the demo shop's responses say.
+pub trait ShopResponse {
+    /// Which stack served the request (`x-served-by`).
+    fn served_by(&self) -> Option<&str>;
+    /// `name=value` of the affinity cookie set, if any.
+    fn affinity_cookie(&self) -> Option<String>;
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl ShopResponse for Response {
+    fn served_by(&self) -> Option<&str> {
+        self.header("x-served-by")
     }
+
+    fn affinity_cookie(&self) -> Option<String> {
+        self.set_cookie("sy_aff")
+    }
+}
+
+/// The port in a `... listening on 127.0.0.1:PORT` line.
+fn listening_port(line: &str) -> Option<u16> {
+    line.trim().rsplit(':').next()?.parse().ok()
 }
 
 /// A demo storefront stack.
 pub struct Stack {
     pub proc: Proc,
     pub port: u16,
-}
-
-/// Where the workspace binaries under test are: the profile this harness was built with
-/// (`make test` builds them in the dev profile, benchmarks in release).
-pub fn bin_dir() -> PathBuf {
-    root().join(if cfg!(debug_assertions) {
-        "target/debug"
-    } else {
-        "target/release"
-    })
-}
-
-fn storefront_bin() -> PathBuf {
-    let p = bin_dir().join("switchyard-storefront");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests through `make test`",
-        p.display()
-    );
-    p
+    _dir: TestDir,
 }
 
 impl Stack {
-    /// Start a stack on `port` (0 = any free port).
+    /// Start a stack on `port` (0 = any free port; it prints the one it bound).
     pub fn start(name: &str, port: u16) -> Stack {
-        let mut child = Command::new(storefront_bin())
-            .args(["--name", name, "--port", &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("storefront said {line:?}"));
+        let dir = TestDir::new(&format!("stack-{name}"));
+        let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-storefront"));
+        cmd.args(["--name", name, "--port", &port.to_string()]);
+        let mut proc = Proc::spawn(name, cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let line = proc
+            .wait_for_line("its `listening on` line", START_TIMEOUT, |l| {
+                l.starts_with("listening on") && listening_port(l).is_some()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
         Stack {
-            proc: Proc {
-                child,
-                name: name.to_string(),
-            },
-            port,
+            port: listening_port(&line).unwrap(),
+            proc,
+            _dir: dir,
         }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        self.proc.name()
     }
 
     /// SIGKILL the stack.
     pub fn kill(&mut self) {
-        let _ = self.proc.child.kill();
-        let _ = self.proc.child.wait();
+        self.proc.kill();
     }
 }
 
-/// A running Envoy with the switchyard filter.
+/// A running Envoy with the switchyard filter and the shipped bootstrap.
 pub struct Envoy {
-    pub proc: Proc,
+    /// The harness's Envoy (admin, stats, config dump, log).
+    pub inner: switchyard_harness::Envoy,
+    /// The `storefront` listener's port.
     pub port: u16,
+    /// The admin port.
     pub admin: u16,
+    /// The rendered bootstrap.
     pub config: PathBuf,
-    _dir: TempDir,
 }
 
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
+/// The name of the shipped bootstrap's listener.
+pub const LISTENER: &str = "storefront";
 
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "switchyard-{tag}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Render `envoy/envoy.yaml` for a test: ports, policy and wasm path replaced.
-pub fn render_config(
-    policy_json: &str,
-    listener: u16,
-    admin: u16,
-    stack_ports: &HashMap<&str, u16>,
-) -> String {
+/// Render `envoy/envoy.yaml` for a test: the listener and admin on port 0 (the harness
+/// reads the bound ports back), the stacks' and control service's ports, the policy and
+/// the wasm path replaced; `stack_ports["node"]` names the node `envoy-<n>`.
+pub fn render_config(policy_json: &str, stack_ports: &HashMap<&str, u16>) -> String {
     let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap();
     let defaults = [
         ("blue", 8081u16),
@@ -195,8 +147,8 @@ pub fn render_config(
             in_policy = false;
             continue;
         }
-        let mut l = line.replace("port_value: 10000", &format!("port_value: {listener}"));
-        l = l.replace("port_value: 9901", &format!("port_value: {admin}"));
+        let mut l = line.replace("port_value: 10000", "port_value: 0");
+        l = l.replace("port_value: 9901", "port_value: 0");
         for (name, default) in defaults {
             if let Some(p) = stack_ports.get(name) {
                 l = l.replace(
@@ -233,61 +185,26 @@ impl Envoy {
         concurrency: u32,
         keys: &str,
     ) -> Envoy {
-        let dir = TempDir::new("envoy");
-        let port = free_port();
-        let admin = free_port();
-        let config = dir.0.join("envoy.yaml");
-        std::fs::write(
-            &config,
-            render_config(policy_json, port, admin, stack_ports),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.0.join("envoy.log")).unwrap();
-        let child = Command::new(envoy_bin())
-            .args([
-                "-c",
-                config.to_str().unwrap(),
-                "--concurrency",
-                &concurrency.to_string(),
-            ])
-            .args(["--log-level", "warn", "--base-id", &free_port().to_string()])
-            .env("SWITCHYARD_AFFINITY_KEYS", keys)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let envoy = Envoy {
-            proc: Proc {
-                child,
-                name: "envoy".into(),
-            },
-            port,
-            admin,
-            config,
-            _dir: dir,
+        let opts = switchyard_harness::EnvoyOptions {
+            concurrency,
+            log_level: "warn".into(),
+            env: vec![("SWITCHYARD_AFFINITY_KEYS".into(), keys.into())],
+            ..Default::default()
         };
-        envoy.wait_ready();
-        envoy
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(mut c) = Client::connect(self.admin) {
-                if let Ok(r) = c.get("/ready", &[]) {
-                    if r.status == 200 {
-                        return;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let inner =
+            switchyard_harness::Envoy::start(&render_config(policy_json, stack_ports), &opts);
+        let port = inner.listener(LISTENER).port();
+        Envoy {
+            port,
+            admin: inner.admin_addr().port(),
+            config: inner.config_path().to_path_buf(),
+            inner,
         }
-        panic!("envoy did not become ready; log:\n{}", self.log());
     }
 
     /// Envoy's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.0.join("envoy.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     /// A client connected to the listener.
@@ -295,17 +212,9 @@ impl Envoy {
         Client::connect(self.port).unwrap()
     }
 
-    /// All counters and gauges from `/stats` whose name contains `filter`.
+    /// All counters and gauges from `/stats` whose name matches `filter`.
     pub fn stats(&self, filter: &str) -> HashMap<String, u64> {
-        let mut c = Client::connect(self.admin).unwrap();
-        let r = c.get(&format!("/stats?filter={filter}"), &[]).unwrap();
-        r.text()
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(": ")?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect()
+        self.inner.stats_matching(filter)
     }
 
     /// A switchyard counter (`switchyard.<name>`), after the filter's once-a-second flush.
@@ -325,170 +234,6 @@ impl Envoy {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-/// An HTTP/1.1 response.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// Which stack served the request.
-    pub fn served_by(&self) -> Option<&str> {
-        self.header("x-served-by")
-    }
-
-    /// `name=value` of the affinity cookie set, if any.
-    pub fn affinity_cookie(&self) -> Option<String> {
-        self.headers_named("set-cookie")
-            .into_iter()
-            .find(|c| c.starts_with("sy_aff="))
-            .map(|c| c.split(';').next().unwrap_or("").to_string())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-/// A keep-alive HTTP/1.1 client over one connection that sends headers verbatim
-/// (repeats and arbitrary bytes included).
-pub struct Client {
-    port: u16,
-    reader: BufReader<TcpStream>,
-}
-
-impl Client {
-    pub fn connect(port: u16) -> std::io::Result<Client> {
-        let s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_nodelay(true)?;
-        Ok(Client {
-            port,
-            reader: BufReader::new(s),
-        })
-    }
-
-    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
-        let h: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-        self.request("GET", path, &h)
-    }
-
-    /// Send a request; reconnects once if the server had closed the connection.
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &[u8])],
-    ) -> std::io::Result<Response> {
-        match self.try_request(method, path, headers) {
-            Ok(r) => Ok(r),
-            Err(_) => {
-                *self = Client::connect(self.port)?;
-                self.try_request(method, path, headers)
-            }
-        }
-    }
-
-    fn try_request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &[u8])],
-    ) -> std::io::Result<Response> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: shop.test\r\n").into_bytes();
-        for (n, v) in headers {
-            req.extend_from_slice(n.as_bytes());
-            req.extend_from_slice(b": ");
-            req.extend_from_slice(v);
-            req.extend_from_slice(b"\r\n");
-        }
-        if method == "POST" {
-            req.extend_from_slice(b"content-length: 0\r\n");
-        }
-        req.extend_from_slice(b"\r\n");
-        self.reader.get_mut().write_all(&req)?;
-        read_response(&mut self.reader)
-    }
-}
-
-fn bad(msg: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
-}
-
-fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(bad("connection closed"));
-    }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("status line"))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut l = String::new();
-        r.read_line(&mut l)?;
-        let l = l.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let find = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v): &(String, String)| v.clone())
-    };
-    let mut body = Vec::new();
-    if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body.resize(len, 0);
-        r.read_exact(&mut body)?;
-    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        loop {
-            let mut l = String::new();
-            r.read_line(&mut l)?;
-            let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16)
-                .map_err(|_| bad("chunk size"))?;
-            let mut chunk = vec![0; size + 2];
-            r.read_exact(&mut chunk)?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    }
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
 }
 
 /// The JWT key of the demo provider in envoy/envoy.yaml.
@@ -559,17 +304,11 @@ impl Shop {
     }
 
     pub fn ports(&self) -> HashMap<&str, u16> {
-        self.stacks
-            .iter()
-            .map(|s| (s.proc.name.as_str(), s.port))
-            .collect()
+        self.stacks.iter().map(|s| (s.name(), s.port)).collect()
     }
 
     pub fn stack(&mut self, name: &str) -> &mut Stack {
-        self.stacks
-            .iter_mut()
-            .find(|s| s.proc.name == name)
-            .unwrap()
+        self.stacks.iter_mut().find(|s| s.name() == name).unwrap()
     }
 }
 
@@ -577,60 +316,44 @@ impl Shop {
 pub struct ControlService {
     pub proc: Proc,
     pub grpc: u16,
-}
-
-fn control_bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests through `make test`",
-        p.display()
-    );
-    p
+    _dir: TestDir,
 }
 
 impl ControlService {
-    /// Start on `grpc` (a fixed port, so Envoy can be pointed at it before it runs).
-    pub fn start(data_dir: &std::path::Path, grpc: u16) -> ControlService {
-        let mut child = Command::new(control_bin("switchyard-control"))
-            .args([
-                "serve",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--grpc",
-                &format!("127.0.0.1:{grpc}"),
-                "--no-http",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.contains("grpc listening on"),
-            "control service said {line:?}"
-        );
+    /// Start on `grpc`: a fixed port, so Envoy can be pointed at it before it runs and it
+    /// can restart where Envoy expects it. Hold that port with a [`ReservedPort`] for the
+    /// test's life: the service binds it with `SO_REUSEADDR`, so it can while it is held.
+    pub fn start(data_dir: &Path, grpc: u16) -> ControlService {
+        let dir = TestDir::new("control");
+        let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
+        cmd.args([
+            "serve",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--grpc",
+            &format!("127.0.0.1:{grpc}"),
+            "--no-http",
+        ]);
+        let mut proc = Proc::spawn("control", cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        proc.wait_for_line("its `grpc listening on` line", START_TIMEOUT, |l| {
+            l.contains("grpc listening on")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         ControlService {
-            proc: Proc {
-                child,
-                name: "control".into(),
-            },
+            proc,
             grpc,
+            _dir: dir,
         }
     }
 
     /// SIGKILL it.
     pub fn kill(&mut self) {
-        let _ = self.proc.child.kill();
-        let _ = self.proc.child.wait();
+        self.proc.kill();
     }
 
     /// Run the operator CLI against it.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(control_bin("switchyard"))
+        Command::new(switchyard_harness::workspace_bin("switchyard"))
             .args(["--server", &format!("http://127.0.0.1:{}", self.grpc)])
             .args(args)
             .output()

@@ -7,9 +7,9 @@ use switchyard_e2e::*;
 
 #[test]
 fn envoy_yaml_validates_with_the_real_envoy() {
-    let dir = TempDir::new("validate");
+    let dir = TestDir::new("validate");
     // Validate the file as shipped, with the wasm path made absolute.
-    let config = dir.0.join("envoy.yaml");
+    let config = dir.join("envoy.yaml");
     let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap();
     let text = text.replace(
         "filename: target/",
@@ -65,14 +65,10 @@ fn envoy_yaml_policy_is_the_demo_policy() {
 
 #[test]
 fn invalid_policy_is_rejected_by_envoy_with_the_field_named() {
-    let dir = TempDir::new("invalid");
+    let dir = TestDir::new("invalid");
     let policy = r#"{ "stacks": [ { "name": "blue", "region": "us" } ], "default": { "targets": [ { "stack": "purple" } ] } }"#;
-    let config = dir.0.join("envoy.yaml");
-    std::fs::write(
-        &config,
-        render_config(policy, free_port(), free_port(), &Default::default()),
-    )
-    .unwrap();
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, render_config(policy, &Default::default())).unwrap();
     let out = Command::new(envoy_bin())
         .args(["--mode", "validate", "-c", config.to_str().unwrap()])
         .output()

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,32 +24,37 @@ const GREEN_CANARY: &str = r#"{ "stack": "green" }, { "stack": "canary" }"#;
 
 struct Setup {
     shop: Shop,
-    dir: TempDir,
-    grpc: u16,
+    dir: TestDir,
+    /// Held for the test's life: Envoy is pointed at it before the service first starts,
+    /// and the service restarts on it.
+    grpc: ReservedPort,
+    applied: AtomicUsize,
 }
 
 impl Setup {
     fn new() -> Setup {
         Setup {
             shop: Shop::start(),
-            dir: TempDir::new("control"),
-            grpc: free_port(),
+            dir: TestDir::new("control"),
+            grpc: ReservedPort::new().unwrap(),
+            applied: AtomicUsize::new(0),
         }
     }
 
     fn envoy(&self, plugin_policy: &str, node: u16) -> Envoy {
         let mut ports = self.shop.ports();
-        ports.insert("control", self.grpc);
+        ports.insert("control", self.grpc.port());
         ports.insert("node", node);
         Envoy::start(plugin_policy, &ports, 2)
     }
 
     fn control(&self) -> ControlService {
-        ControlService::start(&self.dir.0.join("data"), self.grpc)
+        ControlService::start(&self.dir.join("data"), self.grpc.port())
     }
 
     fn apply(&self, control: &ControlService, policy: &str) -> std::process::Output {
-        let file = self.dir.0.join(format!("policy-{}.json", free_port()));
+        let n = self.applied.fetch_add(1, Ordering::Relaxed);
+        let file = self.dir.join(format!("policy-{n}.json"));
         std::fs::write(&file, policy).unwrap();
         control.cli(&["policy", "apply", file.to_str().unwrap()])
     }

@@ -6,70 +6,11 @@
 //! `x-forwarded-for` on a connection manager that trusts it (`use_remote_address:
 //! false`), so `source.address` is that IP with port 0. Skipped without an Envoy binary.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use switchyard_proxy_host::build::{filter_wasm, workspace_root};
+use switchyard_harness::{Client, Envoy, EnvoyOptions};
 use switchyard_proxy_host::fixture::TEST_KEYS;
 use switchyard_proxy_host::scenario::{self, Observed, Outgoing, Scenario};
-
-struct Envoy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http(addr: &str, raw: &str) -> std::io::Result<(String, String)> {
-    // Reads one response by its content-length: Envoy keeps a closing connection open
-    // for its delayed-close timeout (1 s), so waiting for EOF would slow every request.
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(raw.as_bytes())?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                })
-                .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-            if let Some(len) = len {
-                while buf.len() < end + 4 + len {
-                    let n = s.read(&mut chunk)?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let body = String::from_utf8_lossy(&buf[end + 4..(end + 4 + len).min(buf.len())])
-                    .into_owned();
-                return Ok((head, body));
-            }
-        }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            return Ok((head.to_string(), body.to_string()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
 
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
@@ -140,97 +81,30 @@ admin:
     )
 }
 
-fn start(bin: &std::path::Path, yaml: &str) -> Envoy {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("envoy.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
-    let admin_path = dir.path().join("admin");
-    let log = dir.path().join("envoy.log");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&cfg)
-        .args([
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-            "--use-dynamic-base-id",
-            "--admin-address-path",
-        ])
-        .arg(&admin_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("envoy starts");
-    let mut envoy = Envoy {
-        child,
-        port: 0,
-        log,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(admin) = std::fs::read_to_string(&admin_path) {
-            if let Ok((_, body)) = http(
-                admin.trim(),
-                "GET /listeners HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-            ) {
-                if let Some(p) = body
-                    .lines()
-                    .find_map(|l| l.strip_prefix("main::127.0.0.1:"))
-                    .and_then(|p| p.trim().parse().ok())
-                {
-                    envoy.port = p;
-                    return envoy;
-                }
-            }
-        }
-        if let Ok(Some(status)) = envoy.child.try_wait() {
-            panic!(
-                "envoy exited {status}:\n{}",
-                std::fs::read_to_string(&envoy.log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "envoy did not come up:\n{}",
-        std::fs::read_to_string(&envoy.log).unwrap_or_default()
-    );
-}
-
 fn send(envoy: &Envoy, o: &Outgoing) -> Result<Observed, String> {
-    let mut raw = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\n",
-        o.method,
-        o.path,
-        o.authority.as_deref().unwrap_or("shop.example.com")
-    );
-    for (k, v) in &o.headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
+    let mut headers: Vec<(String, String)> = vec![(
+        "host".into(),
+        o.authority.as_deref().unwrap_or("shop.example.com").into(),
+    )];
+    headers.extend(o.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(src) = &o.source {
         let ip = src
             .parse::<std::net::SocketAddr>()
             .map(|a| a.ip().to_string())
             .unwrap_or_else(|_| src.clone());
-        raw.push_str(&format!("x-forwarded-for: {ip}\r\n"));
+        headers.push(("x-forwarded-for".into(), ip));
     }
-    raw.push_str("Connection: close\r\n\r\n");
-    let (head, body) =
-        http(&format!("127.0.0.1:{}", envoy.port), &raw).map_err(|e| e.to_string())?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        })
+    // One connection per request, as a client population would.
+    headers.push(("connection".into(), "close".into()));
+    let header_refs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
+    let r = Client::connect_addr(envoy.listener("main"))
+        .and_then(|mut c| c.request_once(&o.method, &o.path, &header_refs))
+        .map_err(|e| e.to_string())?;
+    let body = r.text();
+    let (status, headers) = (r.status, r.headers);
     let stack = headers
         .iter()
         .find(|(k, _)| k == "x-served-by")
@@ -245,14 +119,11 @@ fn send(envoy: &Envoy, o: &Outgoing) -> Result<Observed, String> {
 
 #[test]
 fn every_scenario_holds_on_the_real_envoy() {
-    let bin = std::env::var("ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join(".tools/envoy"));
-    if !bin.exists() {
+    if switchyard_harness::envoy_bin_if_present().is_none() {
         eprintln!("SKIPPED: no Envoy binary (make setup installs .tools/envoy, or set ENVOY)");
         return;
     }
-    let wasm = filter_wasm().unwrap();
+    let wasm = switchyard_harness::filter_wasm();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let mut failures = Vec::new();
     for (file, s) in scenario::load_dir(&dir).unwrap() {
@@ -260,7 +131,7 @@ fn every_scenario_holds_on_the_real_envoy() {
             eprintln!("{file}: SKIPPED on Envoy (step-level upstreams need a reconfiguration)");
             continue;
         }
-        let envoy = start(&bin, &config(&s, &wasm));
+        let envoy = Envoy::start(&config(&s, &wasm), &EnvoyOptions::default());
         let result = scenario::run_with(
             &s,
             |o| send(&envoy, o),
@@ -271,10 +142,7 @@ fn every_scenario_holds_on_the_real_envoy() {
         );
         match result {
             Ok(n) => eprintln!("{file}: {n} requests ok on Envoy"),
-            Err(e) => failures.push(format!(
-                "{e}\nEnvoy log:\n{}",
-                std::fs::read_to_string(&envoy.log).unwrap_or_default()
-            )),
+            Err(e) => failures.push(format!("{e}\nEnvoy log:\n{}", envoy.log())),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -4,38 +4,13 @@
 //! local replies through the response path — must be the same. Skipped (with a
 //! message) when no Envoy binary is present.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_proxy_host::build::{probe_wasm, workspace_root};
+use switchyard_harness::{Client, Envoy, EnvoyOptions};
+use switchyard_proxy_host::build::probe_wasm;
 use switchyard_proxy_host::{Process, Request, VmSpec, WasmModule};
 
-struct Envoy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn envoy_binary() -> Option<PathBuf> {
-    let p = std::env::var("ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join(".tools/envoy"));
-    p.exists().then_some(p)
-}
-
-fn start_envoy(bin: &std::path::Path, wasm: &std::path::Path) -> Envoy {
-    let dir = tempfile::tempdir().unwrap();
+fn start_envoy(wasm: &std::path::Path) -> Envoy {
     let cfg = format!(
         r#"
 static_resources:
@@ -74,95 +49,13 @@ admin:
 "#,
         wasm = wasm.display()
     );
-    let cfg_path = dir.path().join("envoy.yaml");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let admin_path = dir.path().join("admin");
-    let log = dir.path().join("envoy.log");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&cfg_path)
-        .args(["--concurrency", "1", "-l", "info", "--base-id-path"])
-        .arg(dir.path().join("base-id"))
-        .arg("--use-dynamic-base-id")
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .stdout(Stdio::null())
-        // Envoy's application log on stderr is written as it happens.
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("envoy starts");
-    let mut envoy = Envoy {
-        child,
-        port: 0,
-        log,
-        _dir: dir,
+    // Envoy's application log (stderr, written as it happens) carries the probe's
+    // result lines at info.
+    let opts = EnvoyOptions {
+        log_level: "info".into(),
+        ..Default::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(admin) = std::fs::read_to_string(&admin_path) {
-            if let Ok(body) = http(
-                admin.trim(),
-                "GET /listeners HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-            ) {
-                if let Some(port) = body
-                    .1
-                    .lines()
-                    .find_map(|l| l.strip_prefix("main::127.0.0.1:"))
-                    .and_then(|p| p.trim().parse().ok())
-                {
-                    envoy.port = port;
-                    return envoy;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "envoy did not come up; log:\n{}",
-        std::fs::read_to_string(&envoy.log).unwrap_or_default()
-    );
-}
-
-/// Minimal HTTP/1.1 exchange: (status line + headers, body).
-fn http(addr: &str, raw: &str) -> std::io::Result<(String, String)> {
-    // Reads one response by its content-length: Envoy keeps a closing connection open
-    // for its delayed-close timeout (1 s), so waiting for EOF would slow every request.
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(raw.as_bytes())?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                })
-                .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-            if let Some(len) = len {
-                while buf.len() < end + 4 + len {
-                    let n = s.read(&mut chunk)?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let body = String::from_utf8_lossy(&buf[end + 4..(end + 4 + len).min(buf.len())])
-                    .into_owned();
-                return Ok((head, body));
-            }
-        }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            return Ok((head.to_string(), body.to_string()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    Envoy::start(&cfg, &opts)
 }
 
 fn normalize(result: &str) -> String {
@@ -182,14 +75,10 @@ fn normalize(result: &str) -> String {
 }
 
 /// Response header names the filter-visible part of the response has (minus date/server).
-fn header_names(head: &str) -> Vec<String> {
-    let mut v: Vec<String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, _)| k.trim().to_ascii_lowercase())
-        })
+fn header_names(headers: &[(String, String)]) -> Vec<String> {
+    let mut v: Vec<String> = headers
+        .iter()
+        .map(|(k, _)| k.clone())
         .filter(|k| k != "date" && k != "server" && k != "connection")
         .collect();
     v.sort();
@@ -207,12 +96,12 @@ const CASES: &[&[(&str, &str)]] = &[
 
 #[test]
 fn the_probe_sees_the_same_abi_on_envoy_and_on_the_host() {
-    let Some(bin) = envoy_binary() else {
+    if switchyard_harness::envoy_bin_if_present().is_none() {
         eprintln!("SKIPPED: no Envoy binary (make setup installs .tools/envoy, or set ENVOY)");
         return;
-    };
+    }
     let wasm = probe_wasm().unwrap();
-    let envoy = start_envoy(&bin, &wasm);
+    let envoy = start_envoy(&wasm);
     let mut host = Process::new();
     let vm = host
         .spawn(
@@ -224,20 +113,22 @@ fn the_probe_sees_the_same_abi_on_envoy_and_on_the_host() {
     let mut seen_lines = 0;
     for (i, headers) in CASES.iter().enumerate() {
         let path = "/fidelity?case=1";
-        let mut raw = format!("GET {path} HTTP/1.1\r\nHost: shop.example.com\r\n");
+        let mut raw: Vec<(&str, &[u8])> = vec![("host", b"shop.example.com")];
         let mut req = Request::get(path).authority("shop.example.com");
         req.headers.retain(|(k, _)| k != ":scheme");
         req.headers.push((":scheme".into(), b"http".to_vec()));
         for (k, v) in *headers {
-            raw.push_str(&format!("{k}: {v}\r\n"));
+            raw.push((k, v.as_bytes()));
             req = req.header(k, v);
         }
-        raw.push_str("Connection: close\r\n\r\n");
-        let (head, body) = http(&format!("127.0.0.1:{}", envoy.port), &raw).unwrap();
+        raw.push(("connection", b"close"));
+        let resp = Client::connect_addr(envoy.listener("main"))
+            .and_then(|mut c| c.request_once("GET", path, &raw))
+            .unwrap();
         // The guest's result line from Envoy's log.
         let deadline = Instant::now() + Duration::from_secs(5);
         let envoy_result = loop {
-            let log = std::fs::read_to_string(&envoy.log).unwrap_or_default();
+            let log = envoy.log();
             let lines: Vec<&str> = log
                 .lines()
                 .filter_map(|l| l.split_once("probe: result ").map(|(_, r)| r))
@@ -264,11 +155,7 @@ fn the_probe_sees_the_same_abi_on_envoy_and_on_the_host() {
             normalize(&envoy_result),
             "case {i}: guest observations differ (left host, right Envoy)"
         );
-        let envoy_status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let envoy_status = resp.status;
         // Case 3 strips :authority and :method: Envoy's route table then answers 404,
         // which is routing, not the ABI, and this host has no route table.
         if i != 3 {
@@ -284,10 +171,10 @@ fn the_probe_sees_the_same_abi_on_envoy_and_on_the_host() {
             host_names.sort();
             assert_eq!(
                 host_names,
-                header_names(&head),
+                header_names(&resp.headers),
                 "case {i}: local reply headers as the client sees them"
             );
-            assert_eq!(ex.body_str(), body, "case {i}: local reply body");
+            assert_eq!(ex.body_str(), resp.text(), "case {i}: local reply body");
         }
     }
 }
