@@ -73,14 +73,14 @@ fn wait_moved(port: u16, cookie: &str, stack: &str, timeout: Duration) -> Option
 #[test]
 fn drain_keeps_sticky_users_until_the_deadline_and_evacuate_moves_them_at_once() {
     let shop = Shop::start();
-    let dir = TempDir::new("drain");
-    let grpc = free_port();
-    let control = ControlService::start(&dir.0.join("data"), grpc);
+    let dir = TestDir::new("drain");
+    let grpc = ReservedPort::new().unwrap();
+    let control = ControlService::start(&dir.join("data"), grpc.port());
     let mut ports = shop.ports();
-    ports.insert("control", grpc);
+    ports.insert("control", grpc.port());
     ports.insert("node", 1);
     let envoy = Envoy::start(&policy(r#"{ "stack": "canary" }"#), &ports, 2);
-    let file = dir.0.join("policy.json");
+    let file = dir.join("policy.json");
     std::fs::write(
         &file,
         policy(r#"{ "stack": "blue" }, { "stack": "green" }"#),
