@@ -58,7 +58,7 @@ run: setup build
 ## ---- test ----------------------------------------------------------------
 test: setup wasm
 	$(CARGO) test --workspace --exclude switchyard-e2e
-	$(TEST_WASM32)
+	SWITCHYARD_RUNNER_FRESH=1 $(TEST_WASM32)
 	$(CARGO) build -p switchyard-storefront -p switchyard-control
 	$(CARGO) test -p switchyard-e2e -- --test-threads 1
 

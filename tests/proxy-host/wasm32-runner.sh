@@ -5,6 +5,13 @@
 # is (re)built first by cargo, which knows when it is stale; a no-op build takes well
 # under a second.
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET cargo build -q --manifest-path "$root/tests/proxy-host/Cargo.toml" \
-    --bin wasm32-runner >&2 || exit 2
-exec "$root/target/debug/wasm32-runner" "$@"
+#
+# SWITCHYARD_RUNNER_FRESH=1 (set by `make test`, right after `cargo test --workspace` built
+# the runner with the workspace's feature set) skips that build: building the bin on its
+# own resolves features for proxy-host alone and would recompile wasmtime a second time.
+runner="$root/target/debug/wasm32-runner"
+if [ -z "${SWITCHYARD_RUNNER_FRESH:-}" ] || [ ! -x "$runner" ]; then
+    env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET cargo build -q --manifest-path "$root/tests/proxy-host/Cargo.toml" \
+        --bin wasm32-runner >&2 || exit 2
+fi
+exec "$runner" "$@"

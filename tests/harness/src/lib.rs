@@ -21,6 +21,7 @@ pub mod error;
 pub mod http;
 pub mod ports;
 pub mod proc;
+pub mod wasm;
 
 use std::path::PathBuf;
 
@@ -32,7 +33,8 @@ pub use proc::{Proc, TestDir};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    switchyard_proxy_host::build::workspace_root()
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    here.canonicalize().unwrap_or(here)
 }
 
 /// The Envoy binary: `$ENVOY` if set and non-empty, else `.tools/envoy` (`make setup`).
@@ -53,8 +55,7 @@ pub fn envoy_bin_if_present() -> Option<PathBuf> {
 /// The switchyard filter's `.wasm`, the single lookup every suite uses (it builds the
 /// module when missing or stale). Re-point it here, and only here.
 pub fn filter_wasm() -> PathBuf {
-    switchyard_proxy_host::build::filter_wasm()
-        .unwrap_or_else(|e| panic!("the switchyard .wasm: {e}"))
+    wasm::filter_wasm().unwrap_or_else(|e| panic!("the switchyard .wasm: {e}"))
 }
 
 /// Where the workspace's native binaries under test are: the profile the calling test

@@ -81,46 +81,26 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Where `scripts/build-wasm.sh` (`make wasm`) puts the shipped filter module, relative to
 /// the workspace root. Nothing else writes this path.
-pub const FILTER_WASM: &str = "target/switchyard/switchyard_filter.wasm";
+pub const FILTER_WASM: &str = switchyard_harness::wasm::FILTER_WASM;
 
 /// The shipped filter module, [`FILTER_WASM`]: `$SWITCHYARD_WASM` when set to an existing
-/// file (used as is: `make test` exports the module it just built; benchmarks point it at
-/// other builds), else built or refreshed once per process by [`build_filter_wasm`].
+/// file, else built or refreshed once per process — the harness's one lookup
+/// ([`switchyard_harness::wasm::filter_wasm`]), shared with the end-to-end suites.
 pub fn filter_wasm() -> Result<PathBuf, HostError> {
-    if let Ok(p) = std::env::var("SWITCHYARD_WASM") {
-        let p = PathBuf::from(p);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    static DONE: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(p) = DONE.get() {
-        return Ok(p.clone());
-    }
-    let wasm = build_filter_wasm()?;
-    let _ = DONE.set(wasm.clone());
-    Ok(wasm)
+    switchyard_harness::wasm::filter_wasm().map_err(load_error)
 }
 
 /// Runs `scripts/build-wasm.sh` (cargo with the `wasm` profile, then wasm-opt; both
 /// skipped when nothing changed) and returns the module's path, [`FILTER_WASM`].
 pub fn build_filter_wasm() -> Result<PathBuf, HostError> {
-    let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let root = workspace_root();
-    let mut cmd = Command::new("bash");
-    cmd.current_dir(&root)
-        .arg(root.join("scripts/build-wasm.sh"))
-        .arg("-q")
-        .env("CARGO", cargo());
-    run(cmd, "switchyard_filter.wasm")?;
-    let wasm = root.join(FILTER_WASM);
-    if !wasm.exists() {
-        return Err(HostError::Load {
-            what: wasm.display().to_string(),
-            message: "scripts/build-wasm.sh built nothing".into(),
-        });
+    switchyard_harness::wasm::build_filter_wasm().map_err(load_error)
+}
+
+fn load_error(e: switchyard_harness::HarnessError) -> HostError {
+    HostError::Load {
+        what: FILTER_WASM.into(),
+        message: e.to_string(),
     }
-    Ok(wasm)
 }
 
 /// The probe guest (`tests/proxy-host/guests/probe`), built into its own target
