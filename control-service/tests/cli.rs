@@ -352,3 +352,23 @@ fn drain_with_deadline_evacuate_and_undrain_through_the_cli() {
     }
     drop(server);
 }
+
+#[test]
+fn server_accepts_host_port_and_rejects_other_forms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let bare = server.grpc.trim_start_matches("http://");
+    assert!(!bare.contains("://"), "{bare}");
+    let v: serde_json::Value = serde_json::from_str(&ok(cli(bare, &["--json", "status"]))).unwrap();
+    assert_eq!(v["current_version"], 0);
+    ok(cli(&server.grpc, &["status"]));
+
+    let o = cli("ftp://127.0.0.1:1", &["status"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("use host:port (e.g. 127.0.0.1:18000)"),
+        "{}",
+        stderr(&o)
+    );
+    drop(server);
+}

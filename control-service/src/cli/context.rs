@@ -46,8 +46,9 @@ impl<'a> Ctx<'a> {
 
     async fn connect(&self, call_timeout: Option<Duration>) -> Result<Channel, Failure> {
         let server = &self.cli.server;
-        let mut endpoint = Channel::from_shared(server.clone())
-            .map_err(|e| Failure::rejected(format!("bad --server {server:?}: {e}")))?
+        let uri = server_uri(server).map_err(Failure::usage)?;
+        let mut endpoint = Channel::from_shared(uri)
+            .map_err(|e| Failure::usage(format!("bad --server {server:?}: {e}")))?
             .connect_timeout(self.timeout());
         if let Some(t) = call_timeout {
             endpoint = endpoint.timeout(t);
@@ -66,5 +67,71 @@ impl<'a> Ctx<'a> {
             .or_else(|| std::env::var("LOGNAME").ok())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "cli".into())
+    }
+}
+
+/// The URI to dial for a `--server` value: `host:port` (what `make run` prints and
+/// `serve --grpc` takes) means plain HTTP/2; `http://…` and `https://…` are used as they
+/// are. Anything else is a usage error that says which forms work.
+pub fn server_uri(server: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!(
+            "bad --server {server:?}: {why}; use host:port (e.g. 127.0.0.1:18000), \
+             http://host:port or https://host:port"
+        )
+    };
+    let s = server.trim();
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+        None => ("http".to_string(), s),
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(bad(&format!("unsupported scheme {scheme:?}")));
+    }
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() {
+        return Err(bad("no host"));
+    }
+    if authority.contains('/') || authority.contains(char::is_whitespace) {
+        return Err(bad("expected only a host and port"));
+    }
+    let uri = format!("{scheme}://{authority}");
+    match uri.parse::<tonic::transport::Uri>() {
+        Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => Ok(uri),
+        _ => Err(bad("not a host:port")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_uri;
+
+    #[test]
+    fn accepts_host_port_and_http_urls() {
+        let ok = |s: &str| server_uri(s).unwrap();
+        assert_eq!(ok("127.0.0.1:18000"), "http://127.0.0.1:18000");
+        assert_eq!(ok("localhost:18000"), "http://localhost:18000");
+        assert_eq!(ok("[::1]:18000"), "http://[::1]:18000");
+        assert_eq!(ok("http://127.0.0.1:18000"), "http://127.0.0.1:18000");
+        assert_eq!(ok("http://127.0.0.1:18000/"), "http://127.0.0.1:18000");
+        assert_eq!(
+            ok("https://control.example:443"),
+            "https://control.example:443"
+        );
+    }
+
+    #[test]
+    fn rejects_other_forms_with_the_accepted_ones() {
+        for bad in [
+            "",
+            "ftp://host:1",
+            "http://",
+            "host:1/path",
+            "a b:1",
+            "grpc://x:1",
+        ] {
+            let e = server_uri(bad).unwrap_err();
+            assert!(e.contains("use host:port"), "{bad}: {e}");
+        }
     }
 }
