@@ -372,3 +372,87 @@ fn server_accepts_host_port_and_rejects_other_forms() {
     );
     drop(server);
 }
+
+/// `--json` output of a failed command: exactly one JSON object on stdout, nothing on
+/// stderr, with the documented `code`; the exit code is the one without `--json`.
+fn json_failure(o: &Output, exit: i32, code: &str) -> serde_json::Value {
+    assert_eq!(o.status.code(), Some(exit), "{}{}", stdout(o), stderr(o));
+    assert_eq!(stderr(o), "", "nothing on stderr with --json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)));
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(v["exit_code"], exit, "{v}");
+    assert!(!v["message"].as_str().unwrap().is_empty(), "{v}");
+    v
+}
+
+#[test]
+fn json_covers_every_failure_with_a_stable_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    let j = |args: &[&str]| cli(s, &[&["--json"], args].concat());
+
+    json_failure(&j(&["stacks", "drain", "blue"]), 1, "failed_precondition");
+    let p = write(tmp.path(), "p.json", &policy("p", &["blue", "green"]));
+    ok(cli(s, &["policy", "apply", &p]));
+    let v = json_failure(&j(&["stacks", "drain", "purple"]), 1, "not_found");
+    assert!(v["message"].as_str().unwrap().contains("purple"), "{v}");
+    json_failure(&j(&["policy", "get", "--version", "99"]), 1, "not_found");
+    json_failure(
+        &j(&["policy", "apply", &p, "--expect-version", "7"]),
+        1,
+        "failed_precondition",
+    );
+    let bad = write(tmp.path(), "bad.json", INVALID);
+    let v = json_failure(&j(&["policy", "apply", &bad]), 1, "invalid_policy");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 3, "{v}");
+    json_failure(
+        &j(&["policy", "validate", "/nonexistent/p.json"]),
+        1,
+        "failed",
+    );
+    json_failure(
+        &j(&["stacks", "weight", "green", "101"]),
+        2,
+        "invalid_value",
+    );
+    json_failure(&j(&["stacks", "frobnicate"]), 2, "usage");
+    json_failure(
+        &cli(
+            "http://127.0.0.1:9",
+            &["--json", "--timeout", "2", "status"],
+        ),
+        3,
+        "unreachable",
+    );
+    // Without --json the same failure is one line on stderr and nothing on stdout.
+    let o = cli(s, &["stacks", "drain", "purple"]);
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(1), ""));
+    drop(server);
+}
+
+#[test]
+fn weights_have_one_parser_and_one_message() {
+    let unreachable = "http://127.0.0.1:9";
+    let message = |args: &[&str]| {
+        let o = cli(
+            unreachable,
+            &[&["stacks", "weight", "green"], args].concat(),
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("a weight is a whole percent 0..=100"),
+            "{args:?}: {err}"
+        );
+        err.replace(args[args.len() - 1], "X")
+    };
+    let over = message(&["101"]);
+    assert_eq!(message(&["--", "-1"]), over);
+    assert_eq!(message(&["-1"]), over);
+    assert_eq!(message(&["4294967296"]), over);
+    assert_eq!(message(&["ten"]), over);
+}

@@ -112,6 +112,8 @@ pub enum StacksCmd {
     /// Set a stack's weight factor, 0..=100 (100 = the policy's own weights).
     Weight {
         stack: String,
+        /// Whole percent, 0..=100.
+        #[arg(value_parser = parse_percent, allow_negative_numbers = true)]
         percent: u32,
         #[arg(long, default_value = "")]
         reason: String,
@@ -165,6 +167,15 @@ pub enum StacksCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+}
+
+/// A weight factor in whole percent, 0..=100: the one parser for every weight argument,
+/// so `101`, `-1` and `ten` get the same message.
+pub fn parse_percent(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(p) if (0..=100).contains(&p) => Ok(p as u32),
+        _ => Err(format!("a weight is a whole percent 0..=100")),
+    }
 }
 
 /// A duration in whole seconds: `90`, `90s`, `30m`, `2h`, `1h30m`, `1d`.

@@ -170,11 +170,6 @@ async fn stacks(ctx: &mut Ctx<'_>, cmd: &StacksCmd) -> Result<(), Failure> {
             percent,
             reason,
         } => {
-            if *percent > 100 {
-                return Err(Failure::usage(format!(
-                    "PERCENT must be 0..=100, got {percent}"
-                )));
-            }
             client
                 .set_weight(v1::SetWeightRequest {
                     stack: stack.clone(),

@@ -21,38 +21,70 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// Why a command failed, with the exit code it maps to.
 #[derive(Debug)]
 pub struct Failure {
+    /// The process exit code.
     pub code: u8,
+    /// The stable machine-readable name of the outcome, printed as `code` with `--json`
+    /// (see [`report`] for the list).
+    pub kind: &'static str,
     pub message: String,
     /// Field problems of a rejected policy, each with its path.
     pub issues: Vec<Issue>,
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
+            kind,
             message: message.into(),
             issues: Vec::new(),
         }
     }
 
+    /// A local operation failed (reading the policy file, ...): exit 1, `failed`.
     pub fn rejected(message: impl Into<String>) -> Self {
-        Self::new(EXIT_REJECTED, message)
+        Self::new(EXIT_REJECTED, "failed", message)
     }
 
+    /// A bad command line: exit 2, `usage`.
     pub fn usage(message: impl Into<String>) -> Self {
-        Self::new(EXIT_USAGE, message)
+        Self::new(EXIT_USAGE, "usage", message)
     }
 
+    /// A command line clap rejected: a value its parser refused (a weight above 100, a
+    /// deadline that is not a duration) is `invalid_value`, anything else `usage`.
+    pub fn from_clap(e: &clap::Error) -> Self {
+        let kind = match e.kind() {
+            clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue => {
+                "invalid_value"
+            }
+            _ => "usage",
+        };
+        let text = e.to_string();
+        let message = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("error: ")
+            .to_string();
+        Self::new(EXIT_USAGE, kind, message)
+    }
+
+    /// The control service cannot be reached: exit 3, `unreachable`.
     pub fn unreachable(message: impl Into<String>) -> Self {
-        Self::new(EXIT_UNREACHABLE, message)
+        Self::new(EXIT_UNREACHABLE, "unreachable", message)
     }
 
-    /// A policy that failed validation, with every problem.
+    /// A policy that failed validation, with every problem: exit 1, `invalid_policy`.
     pub fn invalid_policy(issues: Vec<Issue>) -> Self {
+        let message = format!(
+            "invalid policy ({} problem{})",
+            issues.len(),
+            if issues.len() == 1 { "" } else { "s" }
+        );
         Self {
             issues,
-            ..Self::rejected("")
+            ..Self::new(EXIT_REJECTED, "invalid_policy", message)
         }
     }
 
@@ -67,12 +99,21 @@ impl Failure {
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
-        let code = if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) {
-            EXIT_UNREACHABLE
-        } else {
-            EXIT_REJECTED
+        let (code, kind) = match s.code() {
+            Code::Unavailable => (EXIT_UNREACHABLE, "unreachable"),
+            Code::DeadlineExceeded => (EXIT_UNREACHABLE, "deadline_exceeded"),
+            Code::InvalidArgument => (EXIT_REJECTED, "invalid_argument"),
+            Code::NotFound => (EXIT_REJECTED, "not_found"),
+            Code::FailedPrecondition => (EXIT_REJECTED, "failed_precondition"),
+            Code::OutOfRange => (EXIT_REJECTED, "out_of_range"),
+            Code::Internal => (EXIT_REJECTED, "internal"),
+            _ => (EXIT_REJECTED, "failed"),
         };
-        Self::new(code, format!("{}: {}", code_name(s.code()), s.message()))
+        Self::new(
+            code,
+            kind,
+            format!("{}: {}", code_name(s.code()), s.message()),
+        )
     }
 }
 
@@ -81,6 +122,7 @@ fn code_name(c: Code) -> &'static str {
         Code::InvalidArgument => "invalid argument",
         Code::NotFound => "not found",
         Code::FailedPrecondition => "failed precondition",
+        Code::OutOfRange => "out of range",
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline exceeded",
         Code::Internal => "internal error",
@@ -105,26 +147,38 @@ fn violations(s: &Status) -> Option<Vec<Issue>> {
     )
 }
 
-/// Print a failure: an invalid policy with every field path (to stderr, or as JSON on
-/// stdout), anything else as one line on stderr.
+/// Print a failure, once.
+///
+/// Without `--json`: an invalid policy as a header and one line per field path, anything
+/// else as one line, all on stderr. With `--json`: one JSON object on stdout (where
+/// scripts already read results) and nothing on stderr:
+/// `{"ok": false, "code": …, "message": …, "exit_code": …}`, plus `"valid": false` and
+/// `"errors": [{"path", "message"}]` for an invalid policy. `code` is one of `usage`,
+/// `invalid_value`, `out_of_range`, `invalid_policy`, `invalid_argument`, `not_found`,
+/// `failed_precondition`, `unreachable`, `deadline_exceeded`, `internal`, `failed`.
 pub fn report(f: &Failure, json_out: bool) {
-    if !f.issues.is_empty() {
-        if json_out {
-            print_json(&json!({ "valid": false, "errors": f.issues }));
-        } else {
-            eprintln!(
-                "invalid policy ({} problem{}):",
-                f.issues.len(),
-                if f.issues.len() == 1 { "" } else { "s" }
-            );
-            for i in &f.issues {
-                eprintln!("  {}: {}", i.path, i.message);
-            }
+    if json_out {
+        let mut v = json!({
+            "ok": false,
+            "code": f.kind,
+            "message": f.message,
+            "exit_code": f.code,
+        });
+        if f.kind == "invalid_policy" {
+            v["valid"] = json!(false);
+            v["errors"] = json!(f.issues);
         }
+        print_json(&v);
+        return;
     }
-    if !f.message.is_empty() {
-        eprintln!("switchyard: {}", f.message);
+    if f.kind == "invalid_policy" {
+        eprintln!("{}:", f.message);
+        for i in &f.issues {
+            eprintln!("  {}: {}", i.path, i.message);
+        }
+        return;
     }
+    eprintln!("switchyard: {}", f.message);
 }
 
 pub fn print_json(v: &impl serde::Serialize) {
