@@ -305,7 +305,7 @@ impl Control {
     ) -> Result<Outcome, ControlError> {
         if to_version == 0 {
             return Err(ControlError::InvalidArgument(
-                "to_version must be a version number (>= 1)".into(),
+                "the version to roll back to must be 1 or more".into(),
             ));
         }
         let _w = self.writer.lock().await;
@@ -594,7 +594,7 @@ fn apply_stack_op(
         StackOp::SetWeight { percent, reason } => {
             if *percent > 100 {
                 return Err(ControlError::InvalidArgument(format!(
-                    "weight_percent must be 0..=100, got {percent}"
+                    "a weight is a whole percent 0..=100, got {percent}"
                 )));
             }
             let old = s.weight_percent;
@@ -619,7 +619,10 @@ fn apply_stack_op(
                     .ok()
                     .and_then(|d| now_ms.checked_add(d))
                     .ok_or_else(|| {
-                        ControlError::InvalidArgument(format!("drain deadline {d:?} is too far"))
+                        ControlError::InvalidArgument(format!(
+                            "a drain deadline of {}s is too far in the future",
+                            d.as_secs()
+                        ))
                     })?,
             };
             if !s.draining || s.evacuating || s.drain_deadline_unix_ms != deadline_ms {

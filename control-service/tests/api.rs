@@ -845,3 +845,48 @@ async fn watch_without_a_first_message_times_out() {
     );
     h.stop().await;
 }
+
+/// Errors name what the user typed or sees (a version, a weight), not request fields.
+#[tokio::test]
+async fn argument_errors_speak_the_users_words() {
+    let h = Harness::start().await;
+    h.apply(&policy("one", &["blue", "green"])).await;
+    let e = h
+        .policies()
+        .rollback(v1::RollbackRequest {
+            to_version: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "the version to roll back to must be 1 or more");
+    let e = h
+        .stacks()
+        .set_weight(v1::SetWeightRequest {
+            stack: "green".into(),
+            weight_percent: 101,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message(),
+        "a weight is a whole percent 0..=100, got 101",
+        "the same words as the CLI's weight parser"
+    );
+    let e = h
+        .stacks()
+        .drain(v1::DrainStackRequest {
+            stack: "green".into(),
+            deadline_seconds: u64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().starts_with("a drain deadline of "),
+        "{}",
+        e.message()
+    );
+}

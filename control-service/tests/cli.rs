@@ -456,3 +456,25 @@ fn weights_have_one_parser_and_one_message() {
     assert_eq!(message(&["4294967296"]), over);
     assert_eq!(message(&["ten"]), over);
 }
+
+#[test]
+fn rollback_to_zero_says_version_not_to_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    ok(cli(
+        s,
+        &[
+            "policy",
+            "apply",
+            &write(tmp.path(), "p.json", &policy("p", &["blue"])),
+        ],
+    ));
+    let o = cli(s, &["policy", "rollback", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o).trim(),
+        "switchyard: invalid argument: the version to roll back to must be 1 or more"
+    );
+    drop(server);
+}
