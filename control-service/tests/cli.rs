@@ -134,7 +134,7 @@ fn operator_workflow_through_the_cli() {
     let out = ok(cli(s, &["stacks", "list"]));
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("STACK  REGION  WEIGHT  EFFECTIVE  STATE"),
+        lines[0].starts_with("STACK  REGION  POLICY  FACTOR  SHARE  STATE"),
         "{out}"
     );
     assert!(
@@ -476,5 +476,67 @@ fn rollback_to_zero_says_version_not_to_version() {
         stderr(&o).trim(),
         "switchyard: invalid argument: the version to roll back to must be 1 or more"
     );
+    drop(server);
+}
+
+/// A row's cells (the table's columns are separated by at least two spaces).
+fn cells(line: &str) -> Vec<&str> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[test]
+fn stacks_list_shows_what_routing_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    let doc = r#"{"name":"p","stacks":[{"name":"blue","region":"us"},{"name":"green","region":"us"},
+      {"name":"canary","region":"us"}],
+      "default":{"targets":[{"stack":"blue","weight":75},{"stack":"green","weight":25},
+        {"stack":"canary","weight":0}]}}"#;
+    ok(cli(
+        s,
+        &["policy", "apply", &write(tmp.path(), "p.json", doc)],
+    ));
+    let table = |args: &[&str]| {
+        let out = ok(cli(s, args));
+        out.lines()
+            .map(|l| cells(l).into_iter().map(String::from).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    let t = table(&["stacks", "list"]);
+    assert_eq!(
+        t[0][..6],
+        ["STACK", "REGION", "POLICY", "FACTOR", "SHARE", "STATE"]
+    );
+    assert_eq!(t[1][..6], ["blue", "us", "75", "100%", "75%", "serving"]);
+    assert_eq!(t[2][..6], ["green", "us", "25", "100%", "25%", "serving"]);
+    // Canary: the operator factor is 100% but the policy gives it nothing.
+    assert_eq!(
+        t[3][..6],
+        ["canary", "us", "0", "100%", "0%", "out (policy weight 0)"]
+    );
+
+    // Weight factor 0: green's share goes to blue and green is not `serving`.
+    let t = table(&["stacks", "weight", "green", "0", "--reason", "bad deploy"]);
+    assert_eq!(t.len(), 3, "the change, the header, green's row: {t:?}");
+    assert_eq!(
+        t[2][..6],
+        ["green", "us", "25", "0%", "0%", "out (weight 0)"]
+    );
+    let t = table(&["stacks", "list"]);
+    assert_eq!(t[1][..6], ["blue", "us", "75", "100%", "100%", "serving"]);
+    assert_eq!(t[2][5], "out (weight 0)");
+    // Half of green: 75*100 : 25*50.
+    ok(cli(s, &["stacks", "weight", "green", "50"]));
+    let t = table(&["stacks", "list"]);
+    assert_eq!(t[1][4], "86%");
+    assert_eq!(t[2][..6], ["green", "us", "25", "50%", "14%", "serving"]);
+    ok(cli(s, &["stacks", "unhealthy", "blue", "--reason", "5xx"]));
+    let t = table(&["stacks", "list"]);
+    assert_eq!(t[1][..6], ["blue", "us", "75", "100%", "0%", "unhealthy"]);
+    assert_eq!(t[2][4], "100%");
     drop(server);
 }

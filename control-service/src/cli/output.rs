@@ -218,7 +218,12 @@ pub fn print_change(json_out: bool, r: &v1::ChangeResponse) {
 }
 
 /// The result of a stack operation, with the stack's new state.
-pub fn print_stack_change(json_out: bool, r: &v1::StackChangeResponse) {
+pub fn print_stack_change(
+    json_out: bool,
+    r: &v1::StackChangeResponse,
+    all: Option<&v1::ListStacksResponse>,
+    weights: Option<&PolicyWeights>,
+) {
     if json_out {
         print_json(r);
         return;
@@ -229,11 +234,23 @@ pub fn print_stack_change(json_out: bool, r: &v1::StackChangeResponse) {
     } else {
         println!("unchanged (version {})", r.version);
     }
+    // The changed stack's row; its SHARE needs every stack, so take the others from
+    // `all` when the caller has it.
     if let Some(s) = &r.stack {
-        print_stacks(&v1::ListStacksResponse {
-            version: r.version,
-            stacks: vec![s.clone()],
-        });
+        let mut stacks = all.map(|a| a.stacks.clone()).unwrap_or_default();
+        match stacks.iter_mut().find(|o| o.name == s.name) {
+            Some(o) => *o = s.clone(),
+            None => stacks.push(s.clone()),
+        }
+        let weights = if all.is_some() { weights } else { None };
+        print_stacks(
+            &v1::ListStacksResponse {
+                version: r.version,
+                stacks,
+            },
+            weights,
+            Some(&s.name),
+        );
     }
 }
 
@@ -268,26 +285,115 @@ pub fn print_history(r: &v1::HistoryResponse) {
     print_table(&rows);
 }
 
-fn stack_state(s: &v1::StackStatus) -> String {
-    let mut parts = Vec::new();
+/// What the policy itself gives each stack: its weight in the default route and whether
+/// any route (default or rule) gives it a weight above 0. Read from the document so that
+/// `stacks list` can show the policy weight beside the operator's factor.
+#[derive(Debug, Default)]
+pub struct PolicyWeights {
+    /// Weight in the default route's targets; absent = not a default target.
+    pub default: std::collections::BTreeMap<String, u64>,
+    /// Stacks some route sends traffic to (weight > 0).
+    pub routed: std::collections::BTreeSet<String>,
+}
+
+impl PolicyWeights {
+    /// From a policy document; anything unexpected counts as absent (the server has
+    /// validated the document already).
+    pub fn from_policy(doc: &serde_json::Value) -> Self {
+        let stack_weight = |name: &str| -> u64 {
+            doc["stacks"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["name"] == name))
+                .and_then(|s| s["weight"].as_u64())
+                .unwrap_or(100)
+        };
+        let targets = |route: &serde_json::Value| -> Vec<(String, u64)> {
+            route["targets"]
+                .as_array()
+                .map(|ts| {
+                    ts.iter()
+                        .filter_map(|t| {
+                            let name = t["stack"].as_str()?;
+                            let w = t["weight"].as_u64().unwrap_or_else(|| stack_weight(name));
+                            Some((name.to_string(), w))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Self::default();
+        for (name, w) in targets(&doc["default"]) {
+            *out.default.entry(name.clone()).or_default() += w;
+            if w > 0 {
+                out.routed.insert(name);
+            }
+        }
+        for rule in doc["rules"].as_array().into_iter().flatten() {
+            for (name, w) in targets(&rule["route"]) {
+                if w > 0 {
+                    out.routed.insert(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// The share of new default-route visitors each stack gets now, in percent: policy
+    /// weight times effective factor, normalised over the default targets.
+    fn default_shares(
+        &self,
+        stacks: &[v1::StackStatus],
+    ) -> std::collections::BTreeMap<String, u64> {
+        let weighted: Vec<(String, u64)> = stacks
+            .iter()
+            .map(|s| {
+                let w = self.default.get(&s.name).copied().unwrap_or(0);
+                (s.name.clone(), w * u64::from(s.effective_weight_percent))
+            })
+            .collect();
+        let total: u64 = weighted.iter().map(|(_, w)| w).sum();
+        weighted
+            .into_iter()
+            .map(|(n, w)| {
+                (
+                    n,
+                    if total == 0 {
+                        0
+                    } else {
+                        (w * 100 + total / 2) / total
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// What routing does with the stack: `serving` only when it takes new visitors.
+fn stack_state(s: &v1::StackStatus, weights: Option<&PolicyWeights>) -> String {
+    let mut parts: Vec<String> = Vec::new();
     if !s.registered {
-        parts.push("deregistered");
+        parts.push("deregistered".into());
     }
     if !s.healthy {
-        parts.push("unhealthy");
+        parts.push("unhealthy".into());
     }
-    let drain;
     if s.evacuating {
-        parts.push("evacuating");
+        parts.push("evacuating".into());
     } else if s.draining {
-        drain = match s.drain_deadline_unix_ms {
+        parts.push(match s.drain_deadline_unix_ms {
             0 => "draining (sticky until cookies expire)".to_string(),
             d if d <= crate::model::now_unix_ms() => {
                 "draining (deadline passed: evacuated)".to_string()
             }
             d => format!("draining (sticky until {} UTC)", fmt_time(d)),
-        };
-        parts.push(&drain);
+        });
+    }
+    if parts.is_empty() {
+        if s.weight_percent == 0 {
+            parts.push("out (weight 0)".into());
+        } else if weights.is_some_and(|w| !w.routed.contains(&s.name)) {
+            parts.push("out (policy weight 0)".into());
+        }
     }
     if parts.is_empty() {
         "serving".into()
@@ -296,26 +402,36 @@ fn stack_state(s: &v1::StackStatus) -> String {
     }
 }
 
-pub fn print_stacks(r: &v1::ListStacksResponse) {
+/// The stacks table. With the policy's weights: POLICY (weight in the default route,
+/// `-` when not a default target) beside FACTOR (the operator's weight factor), and SHARE,
+/// the percentage of new default-route visitors the stack gets now.
+/// `only` prints just that stack's row (shares are still computed over every stack).
+pub fn print_stacks(
+    r: &v1::ListStacksResponse,
+    weights: Option<&PolicyWeights>,
+    only: Option<&str>,
+) {
+    let shares = weights.map(|w| w.default_shares(&r.stacks));
     let mut rows = vec![row([
-        "STACK",
-        "REGION",
-        "WEIGHT",
-        "EFFECTIVE",
-        "STATE",
-        "REQ",
-        "5XX",
-        "CHANGED",
-        "REASON",
+        "STACK", "REGION", "POLICY", "FACTOR", "SHARE", "STATE", "REQ", "5XX", "CHANGED", "REASON",
     ])];
-    for s in &r.stacks {
+    for s in r.stacks.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
         let t = s.telemetry.clone().unwrap_or_default();
+        let unknown = || "?".to_string();
         rows.push(vec![
             s.name.clone(),
             s.region.clone(),
+            weights.map_or_else(unknown, |w| {
+                w.default
+                    .get(&s.name)
+                    .map_or_else(|| "-".into(), |p| p.to_string())
+            }),
             format!("{}%", s.weight_percent),
-            format!("{}%", s.effective_weight_percent),
-            stack_state(s),
+            shares
+                .as_ref()
+                .and_then(|sh| sh.get(&s.name))
+                .map_or_else(unknown, |p| format!("{p}%")),
+            stack_state(s, weights),
             t.requests.to_string(),
             t.status_5xx.to_string(),
             format!("v{} {}", s.changed_version, s.changed_by),
