@@ -236,6 +236,16 @@ impl Control {
         self.snapshots.subscribe()
     }
 
+    /// The fleet's status, as every edge reports it.
+    pub fn fleet_status(&self) -> crate::fleet::FleetStatus {
+        crate::fleet::FleetStatus::new(
+            self.current_version(),
+            self.started_unix_ms(),
+            self.store_description(),
+            self.fleet().nodes(),
+        )
+    }
+
     /// Number of live subscribers (open Watch streams).
     pub fn subscribers(&self) -> usize {
         self.snapshots.receiver_count()

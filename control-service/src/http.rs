@@ -176,21 +176,9 @@ fn version_json(r: &VersionRecord) -> Value {
     })
 }
 
-async fn status(State(control): State<Arc<Control>>) -> Json<Value> {
-    let current = control.current_version();
-    let nodes = control.fleet().nodes();
-    let nodes_current = nodes
-        .iter()
-        .filter(|n| n.connected && current != 0 && n.applied_version == current)
-        .count();
-    Json(json!({
-        "current_version": current,
-        "started_unix_ms": control.started_unix_ms(),
-        "store": control.store_description(),
-        "watch_streams": control.subscribers(),
-        "nodes_current": nodes_current,
-        "nodes": nodes,
-    }))
+/// The one status schema ([`crate::fleet::FleetStatus`]), shared with the CLI.
+async fn status(State(control): State<Arc<Control>>) -> Json<crate::fleet::FleetStatus> {
+    Json(control.fleet_status())
 }
 
 #[derive(Deserialize)]

@@ -540,3 +540,60 @@ fn stacks_list_shows_what_routing_does() {
     assert_eq!(t[2][4], "100%");
     drop(server);
 }
+
+#[test]
+fn json_status_is_the_http_status_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    ok(cli(
+        s,
+        &[
+            "policy",
+            "apply",
+            &write(tmp.path(), "p.json", &policy("p", &["blue"])),
+        ],
+    ));
+    ok(cli(s, &["watch", "--node-id", "envoy-a", "--count", "1"]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut dp = switchyard_control::proto::v1::data_plane_client::DataPlaneClient::new(
+            connect(s).await,
+        );
+        dp.report(switchyard_control::proto::v1::TelemetryBatch {
+            node_id: "envoy-b".into(),
+            window_end_unix_ms: 5_000,
+            window_ms: 1_000,
+            dropped: 1,
+            stacks: vec![switchyard_control::proto::v1::StackTelemetry {
+                stack: "blue".into(),
+                requests: 7,
+                status_5xx: 2,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    });
+    let from_cli: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "status"]))).unwrap();
+    let (code, body) = rt.block_on(http_get(&format!("{}/api/v1/status", server.http)));
+    assert_eq!(code, 200, "{body}");
+    let from_http: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(from_cli, from_http, "one schema for both edges");
+    // And it is the documented one: flat node fields, telemetry as an object.
+    let b = &from_cli["nodes"][1];
+    assert_eq!(b["node_id"], "envoy-b");
+    assert_eq!(b["telemetry"]["stacks"]["blue"]["requests"], 7);
+    assert_eq!(b["telemetry"]["window_ms"], 1_000);
+    assert_eq!(from_cli["nodes"][0]["telemetry"], serde_json::Value::Null);
+    assert_eq!(from_cli["watch_streams"], 0);
+    assert_eq!(from_cli["nodes_current"], 0);
+    let decoded: switchyard_control::fleet::FleetStatus =
+        serde_json::from_value(from_cli).expect("the domain type reads it back");
+    assert_eq!(decoded.current_version, 1);
+    drop(server);
+}

@@ -259,7 +259,8 @@ async fn status(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
     let mut client = v1::fleet_client::FleetClient::new(ctx.channel().await?);
     let r = client.status(v1::StatusRequest {}).await?.into_inner();
     if ctx.json() {
-        output::print_json(&r);
+        // The same schema as GET /api/v1/status.
+        output::print_json(&proto::fleet_status(&r));
     } else {
         output::print_status(&r, now_unix_ms());
     }
