@@ -597,3 +597,77 @@ fn json_status_is_the_http_status_schema() {
     assert_eq!(decoded.current_version, 1);
     drop(server);
 }
+
+/// The CLI with a controlled environment and no `--actor`.
+fn cli_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    for k in ["SWITCHYARD_SERVER", "SWITCHYARD_ACTOR", "USER", "LOGNAME"] {
+        c.env_remove(k);
+    }
+    c.envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run switchyard")
+}
+
+#[test]
+fn actor_defaults_to_the_login_name_and_env_is_not_a_required_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let p = write(tmp.path(), "p.json", &policy("p", &["blue", "green"]));
+    let s = server.grpc.as_str();
+    let last_actor = || {
+        let v: serde_json::Value = serde_json::from_str(&ok(cli(
+            s,
+            &["--json", "policy", "history", "--limit", "1"],
+        )))
+        .unwrap();
+        v["versions"][0]["actor"].as_str().unwrap().to_string()
+    };
+    ok(cli_env(
+        &[("SWITCHYARD_SERVER", s), ("USER", ""), ("LOGNAME", "dave")],
+        &["policy", "apply", &p],
+    ));
+    assert_eq!(
+        last_actor(),
+        "dave",
+        "an empty USER falls through to LOGNAME"
+    );
+    ok(cli_env(
+        &[
+            ("SWITCHYARD_SERVER", s),
+            ("USER", "erin"),
+            ("SWITCHYARD_ACTOR", "bot"),
+        ],
+        &["stacks", "weight", "green", "50"],
+    ));
+    assert_eq!(last_actor(), "bot", "SWITCHYARD_ACTOR before USER");
+    ok(cli_env(
+        &[("SWITCHYARD_SERVER", s), ("USER", "erin")],
+        &["stacks", "weight", "green", "40", "--actor", "frank"],
+    ));
+    assert_eq!(last_actor(), "frank");
+    ok(cli_env(
+        &[("SWITCHYARD_SERVER", s)],
+        &["stacks", "weight", "green", "30"],
+    ));
+    assert_ne!(
+        last_actor(),
+        "",
+        "without USER and LOGNAME: the process's user name, else cli"
+    );
+
+    // Options taken from the environment are not listed as required in usage.
+    let o = cli_env(
+        &[("SWITCHYARD_SERVER", s), ("SWITCHYARD_ACTOR", "bot")],
+        &["stacks", "unhealthy", "green"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let usage = stderr(&o);
+    let usage = usage.lines().find(|l| l.starts_with("Usage:")).unwrap();
+    assert_eq!(
+        usage,
+        "Usage: switchyard stacks unhealthy --reason <REASON> <STACK>"
+    );
+    drop(server);
+}

@@ -13,19 +13,18 @@ use clap::{Args, Parser, Subcommand};
     about = "Operate the Switchyard control service"
 )]
 pub struct Cli {
-    /// Control service gRPC address.
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHYARD_SERVER",
-        default_value = "http://127.0.0.1:18000"
-    )]
-    pub server: String,
-    /// Print JSON instead of tables.
+    /// Control service gRPC address: host:port, http://host:port or https://host:port
+    /// [env: SWITCHYARD_SERVER] [default: 127.0.0.1:18000]
+    // Environment and default are applied in `Ctx`, not by clap: clap would list an
+    // argument taken from the environment in usage messages as if it were required.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub server: Option<String>,
+    /// Print JSON instead of tables, errors included (one object on stdout with a `code`).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Who is making the change (kept in the audit log) [default: $USER].
-    #[arg(long, global = true, env = "SWITCHYARD_ACTOR")]
+    /// Who is making the change, kept in the audit log [env: SWITCHYARD_ACTOR]
+    /// [default: $USER, else $LOGNAME, else the user name of the process, else "cli"]
+    #[arg(long, global = true, value_name = "NAME")]
     pub actor: Option<String>,
     /// Timeout of each call, in seconds.
     #[arg(long, global = true, default_value_t = 10)]

@@ -45,7 +45,7 @@ impl<'a> Ctx<'a> {
     }
 
     async fn connect(&self, call_timeout: Option<Duration>) -> Result<Channel, Failure> {
-        let server = &self.cli.server;
+        let server = &self.server();
         let uri = server_uri(server).map_err(Failure::usage)?;
         let mut endpoint = Channel::from_shared(uri)
             .map_err(|e| Failure::usage(format!("bad --server {server:?}: {e}")))?
@@ -58,15 +58,61 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// Who makes the change: `--actor`, else the login name, else `cli`.
+    /// `--server`, else `SWITCHYARD_SERVER`, else [`DEFAULT_SERVER`].
+    pub fn server(&self) -> String {
+        first_set([
+            self.cli.server.clone(),
+            std::env::var("SWITCHYARD_SERVER").ok(),
+        ])
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+    }
+
+    /// Who makes the change: `--actor`, else `SWITCHYARD_ACTOR`, `USER`, `LOGNAME`, the
+    /// user name of the process, `cli` — the first that is set and not empty.
     pub fn actor(&self) -> String {
-        self.cli
-            .actor
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .or_else(|| std::env::var("LOGNAME").ok())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "cli".into())
+        let env = |k: &str| std::env::var(k).ok();
+        first_set([
+            self.cli.actor.clone(),
+            env("SWITCHYARD_ACTOR"),
+            env("USER"),
+            env("LOGNAME"),
+        ])
+        .or_else(process_user_name)
+        .unwrap_or_else(|| "cli".into())
+    }
+}
+
+/// Where the control service listens unless told otherwise (what `make run` prints).
+pub const DEFAULT_SERVER: &str = "127.0.0.1:18000";
+
+/// The first value that is present and not blank, trimmed.
+fn first_set<const N: usize>(candidates: [Option<String>; N]) -> Option<String> {
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+}
+
+/// The name of the user owning this process, from the password database (Unix), when
+/// neither `USER` nor `LOGNAME` is set (cron, containers, `env -i`).
+fn process_user_name() -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // The owner of /proc/self is the process's user (Linux); no libc call needed.
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?;
+            let id: u32 = f.nth(1)?.parse().ok()?;
+            (id == uid && !name.is_empty()).then(|| name.to_string())
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }
 
@@ -104,7 +150,17 @@ pub fn server_uri(server: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::server_uri;
+    use super::*;
+
+    #[test]
+    fn first_set_skips_missing_and_empty_values() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            first_set([None, s(""), s("  "), s("dave"), s("eve")]),
+            s("dave")
+        );
+        assert_eq!(first_set([None, s("")]), None);
+    }
 
     #[test]
     fn accepts_host_port_and_http_urls() {

@@ -60,11 +60,15 @@ impl Failure {
             }
             _ => "usage",
         };
+        // clap's text without its "Usage:" and "For more information" tail, on one line.
         let text = e.to_string();
         let message = text
             .lines()
-            .next()
-            .unwrap_or("")
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
             .trim_start_matches("error: ")
             .to_string();
         Self::new(EXIT_USAGE, kind, message)
