@@ -173,7 +173,7 @@ pub enum StacksCmd {
 pub fn parse_percent(text: &str) -> Result<u32, String> {
     match text.trim().parse::<i64>() {
         Ok(p) if (0..=100).contains(&p) => Ok(p as u32),
-        _ => Err(format!("a weight is a whole percent 0..=100")),
+        _ => Err("a weight is a whole percent 0..=100".to_string()),
     }
 }
 

@@ -358,16 +358,7 @@ impl PolicyWeights {
         let total: u64 = weighted.iter().map(|(_, w)| w).sum();
         weighted
             .into_iter()
-            .map(|(n, w)| {
-                (
-                    n,
-                    if total == 0 {
-                        0
-                    } else {
-                        (w * 100 + total / 2) / total
-                    },
-                )
-            })
+            .map(|(n, w)| (n, (w * 100 + total / 2).checked_div(total).unwrap_or(0)))
             .collect()
     }
 }
