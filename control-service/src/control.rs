@@ -236,6 +236,16 @@ impl Control {
         self.snapshots.subscribe()
     }
 
+    /// The fleet's status, as every edge reports it.
+    pub fn fleet_status(&self) -> crate::fleet::FleetStatus {
+        crate::fleet::FleetStatus::new(
+            self.current_version(),
+            self.started_unix_ms(),
+            self.store_description(),
+            self.fleet().nodes(),
+        )
+    }
+
     /// Number of live subscribers (open Watch streams).
     pub fn subscribers(&self) -> usize {
         self.snapshots.receiver_count()
@@ -305,7 +315,7 @@ impl Control {
     ) -> Result<Outcome, ControlError> {
         if to_version == 0 {
             return Err(ControlError::InvalidArgument(
-                "to_version must be a version number (>= 1)".into(),
+                "the version to roll back to must be 1 or more".into(),
             ));
         }
         let _w = self.writer.lock().await;
@@ -594,7 +604,7 @@ fn apply_stack_op(
         StackOp::SetWeight { percent, reason } => {
             if *percent > 100 {
                 return Err(ControlError::InvalidArgument(format!(
-                    "weight_percent must be 0..=100, got {percent}"
+                    "a weight is a whole percent 0..=100, got {percent}"
                 )));
             }
             let old = s.weight_percent;
@@ -619,7 +629,10 @@ fn apply_stack_op(
                     .ok()
                     .and_then(|d| now_ms.checked_add(d))
                     .ok_or_else(|| {
-                        ControlError::InvalidArgument(format!("drain deadline {d:?} is too far"))
+                        ControlError::InvalidArgument(format!(
+                            "a drain deadline of {}s is too far in the future",
+                            d.as_secs()
+                        ))
                     })?,
             };
             if !s.draining || s.evacuating || s.drain_deadline_unix_ms != deadline_ms {

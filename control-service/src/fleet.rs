@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::now_unix_ms;
 
@@ -23,7 +23,7 @@ pub const MAX_STACKS_PER_BATCH: usize = 256;
 pub const MAX_NAME_LEN: usize = 256;
 
 /// Counters of one stack over one window.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackCounters {
     pub requests: u64,
     pub status_2xx: u64,
@@ -51,7 +51,7 @@ impl StackCounters {
 }
 
 /// One telemetry batch as received.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Telemetry {
     pub received_unix_ms: u64,
     pub window_end_unix_ms: u64,
@@ -61,7 +61,7 @@ pub struct Telemetry {
 }
 
 /// What the control service knows about one node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     pub node_id: String,
     pub connected: bool,
@@ -74,6 +74,49 @@ pub struct NodeView {
     pub last_report_unix_ms: u64,
     pub peer: String,
     pub telemetry: Option<Telemetry>,
+}
+
+/// The fleet as every edge describes it: `GET /api/v1/status`, `switchyard --json status`
+/// (converted from the gRPC `StatusResponse`) and the console to come. One schema,
+/// documented in control-service/README.md ("Status JSON").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// The version in force (0 = no policy yet).
+    pub current_version: u64,
+    pub started_unix_ms: u64,
+    /// Store backend and location, e.g. `redb:/var/lib/switchyard/switchyard.redb`.
+    pub store: String,
+    /// Open Watch streams, over every node.
+    pub watch_streams: u64,
+    /// Connected nodes that applied the current version.
+    pub nodes_current: u64,
+    /// Every node known, sorted by node id.
+    pub nodes: Vec<NodeView>,
+}
+
+impl FleetStatus {
+    /// The status from the nodes; the counts are derived here, once, for every edge.
+    pub fn new(
+        current_version: u64,
+        started_unix_ms: u64,
+        store: String,
+        mut nodes: Vec<NodeView>,
+    ) -> Self {
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let nodes_current = nodes
+            .iter()
+            .filter(|n| n.connected && current_version != 0 && n.applied_version == current_version)
+            .count() as u64;
+        let watch_streams = nodes.iter().map(|n| u64::from(n.streams)).sum();
+        Self {
+            current_version,
+            started_unix_ms,
+            store,
+            watch_streams,
+            nodes_current,
+            nodes,
+        }
+    }
 }
 
 /// Registry of nodes. Cheap to clone (shared).

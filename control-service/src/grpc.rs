@@ -603,24 +603,7 @@ impl FleetService {
 
 /// Status of the fleet as the operator API reports it.
 pub fn status(control: &Control) -> v1::StatusResponse {
-    let current = control.current_version();
-    let nodes: Vec<v1::NodeStatus> = control
-        .fleet()
-        .nodes()
-        .iter()
-        .map(proto::node_status)
-        .collect();
-    let nodes_current = nodes
-        .iter()
-        .filter(|n| n.connected && n.applied_version == current && current != 0)
-        .count() as u32;
-    v1::StatusResponse {
-        current_version: current,
-        started_unix_ms: control.started_unix_ms(),
-        store: control.store_description(),
-        nodes,
-        nodes_current,
-    }
+    proto::status_response(&control.fleet_status())
 }
 
 #[tonic::async_trait]

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,9 +15,11 @@ use serde_json::{json, Value};
 use crate::control::{Control, ControlError};
 use crate::model::{StackRuntime, VersionRecord};
 
-/// The HTTP API.
+/// The HTTP API. Every error is JSON: `{"error": {"code": …, "message": …}}`, including
+/// unknown paths, wrong methods and bad query parameters.
 pub fn router(control: Arc<Control>) -> Router {
     Router::new()
+        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/api/v1/status", get(status))
         .route("/api/v1/policy", get(policy))
@@ -24,29 +27,112 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/api/v1/history", get(history))
         .route("/api/v1/telemetry", get(telemetry))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(control)
 }
 
-struct ApiError(ControlError);
+/// An API error: an HTTP status, a stable `code` and a message for people.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = match &self.0 {
-            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
-            ControlError::InvalidArgument(_) | ControlError::InvalidPolicy(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            ControlError::FailedPrecondition(_) => StatusCode::CONFLICT,
-            ControlError::Store(_) | ControlError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (code, Json(json!({ "error": self.0.to_string() }))).into_response()
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
     }
 }
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
-        Self(e)
+        let (status, code) = match &e {
+            ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ControlError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            ControlError::InvalidPolicy(_) => (StatusCode::BAD_REQUEST, "invalid_policy"),
+            ControlError::FailedPrecondition(_) => (StatusCode::CONFLICT, "failed_precondition"),
+            ControlError::Store(_) | ControlError::Task(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        Self::new(status, code, e.to_string())
     }
+}
+
+/// `Query` whose rejection is an [`ApiError`] (`bad_query`) instead of axum's
+/// text/plain body.
+struct Query<T>(T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(q)) => Ok(Self(q)),
+            Err(rejection) => {
+                let detail = rejection.body_text();
+                let detail = detail
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&detail);
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!("bad query parameter: {detail}"),
+                ))
+            }
+        }
+    }
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {}; GET / lists them", uri.path()),
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the HTTP API is read-only: only GET is allowed (changes go through the gRPC API \
+         or the switchyard CLI)",
+    )
+}
+
+/// The endpoints, so `/` answers something useful until the console is mounted here.
+async fn index() -> Json<Value> {
+    Json(json!({
+        "service": "switchyard-control",
+        "console": "not yet: a web console will be served here; use the API below or the switchyard CLI",
+        "endpoints": {
+            "/healthz": "liveness: 200 ok",
+            "/api/v1/status": "the fleet: current version, nodes, watch streams",
+            "/api/v1/policy[?version=N]": "the policy in force, or at version N",
+            "/api/v1/stacks": "every stack with its state and traffic",
+            "/api/v1/history[?limit=N&before=V]": "the audit log, newest first",
+            "/api/v1/telemetry": "the latest traffic per stack and node",
+            "/metrics": "Prometheus text",
+        },
+        "errors": "every error is {\"error\": {\"code\": …, \"message\": …}}",
+    }))
 }
 
 async fn healthz() -> &'static str {
@@ -90,21 +176,9 @@ fn version_json(r: &VersionRecord) -> Value {
     })
 }
 
-async fn status(State(control): State<Arc<Control>>) -> Json<Value> {
-    let current = control.current_version();
-    let nodes = control.fleet().nodes();
-    let nodes_current = nodes
-        .iter()
-        .filter(|n| n.connected && current != 0 && n.applied_version == current)
-        .count();
-    Json(json!({
-        "current_version": current,
-        "started_unix_ms": control.started_unix_ms(),
-        "store": control.store_description(),
-        "watch_streams": control.subscribers(),
-        "nodes_current": nodes_current,
-        "nodes": nodes,
-    }))
+/// The one status schema ([`crate::fleet::FleetStatus`]), shared with the CLI.
+async fn status(State(control): State<Arc<Control>>) -> Json<crate::fleet::FleetStatus> {
+    Json(control.fleet_status())
 }
 
 #[derive(Deserialize)]

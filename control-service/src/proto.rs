@@ -5,9 +5,13 @@
 //! [`crate::fleet`], [`crate::validate`], the filter's [`Snapshot`]) and only the edges
 //! (`grpc`, `server`, `cli`) import it. The domain never does.
 
+use std::collections::BTreeMap;
+
 use switchyard_filter::snapshot::Snapshot;
 
-use crate::fleet::{NodeView, StackCounters, Telemetry, MAX_NAME_LEN, MAX_STACKS_PER_BATCH};
+use crate::fleet::{
+    FleetStatus, NodeView, StackCounters, Telemetry, MAX_NAME_LEN, MAX_STACKS_PER_BATCH,
+};
 use crate::model::{StackRuntime, VersionRecord};
 use crate::validate::Issue;
 
@@ -148,6 +152,56 @@ pub fn telemetry(batch: &v1::TelemetryBatch) -> Result<Telemetry, String> {
             .add(&counters(s));
     }
     Ok(t)
+}
+
+/// The gRPC status response of a [`FleetStatus`].
+pub fn status_response(s: &FleetStatus) -> v1::StatusResponse {
+    v1::StatusResponse {
+        current_version: s.current_version,
+        started_unix_ms: s.started_unix_ms,
+        store: s.store.clone(),
+        nodes: s.nodes.iter().map(node_status).collect(),
+        nodes_current: u32::try_from(s.nodes_current).unwrap_or(u32::MAX),
+    }
+}
+
+/// Back from the gRPC form, for clients (the CLI) that print the one JSON schema.
+pub fn fleet_status(r: &v1::StatusResponse) -> FleetStatus {
+    FleetStatus::new(
+        r.current_version,
+        r.started_unix_ms,
+        r.store.clone(),
+        r.nodes.iter().map(node_view).collect(),
+    )
+}
+
+/// A node from the gRPC form. It has telemetry exactly when it has reported
+/// (`last_report_unix_ms`, which is also when that batch was received).
+pub fn node_view(n: &v1::NodeStatus) -> NodeView {
+    NodeView {
+        node_id: n.node_id.clone(),
+        connected: n.connected,
+        streams: n.streams,
+        connected_since_unix_ms: n.connected_since_unix_ms,
+        disconnected_unix_ms: n.disconnected_unix_ms,
+        applied_version: n.applied_version,
+        last_ack_unix_ms: n.last_ack_unix_ms,
+        sent_version: n.sent_version,
+        last_report_unix_ms: n.last_report_unix_ms,
+        peer: n.peer.clone(),
+        telemetry: (n.last_report_unix_ms != 0).then(|| Telemetry {
+            received_unix_ms: n.last_report_unix_ms,
+            window_end_unix_ms: n.window_end_unix_ms,
+            window_ms: n.window_ms,
+            dropped: n.dropped,
+            stacks: n.stacks.iter().fold(BTreeMap::new(), |mut m, s| {
+                m.entry(s.stack.clone())
+                    .or_insert_with(StackCounters::default)
+                    .add(&counters(s));
+                m
+            }),
+        }),
+    }
 }
 
 pub fn node_status(n: &NodeView) -> v1::NodeStatus {

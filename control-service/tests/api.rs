@@ -845,3 +845,107 @@ async fn watch_without_a_first_message_times_out() {
     );
     h.stop().await;
 }
+
+/// Errors name what the user typed or sees (a version, a weight), not request fields.
+#[tokio::test]
+async fn argument_errors_speak_the_users_words() {
+    let h = Harness::start().await;
+    h.apply(&policy("one", &["blue", "green"])).await;
+    let e = h
+        .policies()
+        .rollback(v1::RollbackRequest {
+            to_version: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "the version to roll back to must be 1 or more");
+    let e = h
+        .stacks()
+        .set_weight(v1::SetWeightRequest {
+            stack: "green".into(),
+            weight_percent: 101,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message(),
+        "a weight is a whole percent 0..=100, got 101",
+        "the same words as the CLI's weight parser"
+    );
+    let e = h
+        .stacks()
+        .drain(v1::DrainStackRequest {
+            stack: "green".into(),
+            deadline_seconds: u64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().starts_with("a drain deadline of "),
+        "{}",
+        e.message()
+    );
+}
+
+/// An HTTP API error: the status, a JSON body `{"error": {"code", "message"}}`.
+async fn api_error(method: &str, url: &str, status: u16, code: &str) -> String {
+    let (got, content_type, body) = http_request(method, url).await;
+    assert_eq!(got, status, "{method} {url}: {body}");
+    assert_eq!(content_type, "application/json", "{method} {url}: {body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body:?}"));
+    assert_eq!(v["error"]["code"], code, "{url}: {v}");
+    let message = v["error"]["message"].as_str().unwrap().to_string();
+    assert!(!message.is_empty(), "{url}: {v}");
+    message
+}
+
+#[tokio::test]
+async fn every_http_api_error_is_json() {
+    let h = Harness::start().await;
+    api_error("GET", &h.http_url("/api/v1/policy"), 404, "not_found").await;
+    h.apply(&policy("p", &["blue", "green"])).await;
+    let m = api_error(
+        "GET",
+        &h.http_url("/api/v1/policy?version=abc"),
+        400,
+        "bad_query",
+    )
+    .await;
+    assert!(m.starts_with("bad query parameter: version"), "{m}");
+    api_error(
+        "GET",
+        &h.http_url("/api/v1/history?limit=-3"),
+        400,
+        "bad_query",
+    )
+    .await;
+    api_error(
+        "GET",
+        &h.http_url("/api/v1/policy?version=9"),
+        404,
+        "not_found",
+    )
+    .await;
+    let m = api_error("GET", &h.http_url("/api/v1/nope"), 404, "not_found").await;
+    assert!(m.contains("/api/v1/nope"), "{m}");
+    api_error(
+        "POST",
+        &h.http_url("/api/v1/stacks"),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+
+    // `/` points at the API (and says the console comes later).
+    let (status, content_type, body) = http_request("GET", &h.http_url("/")).await;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["endpoints"]["/api/v1/status"].is_string(), "{v}");
+    assert!(v["console"].as_str().unwrap().contains("console"), "{v}");
+    h.stop().await;
+}

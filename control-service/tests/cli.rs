@@ -134,7 +134,7 @@ fn operator_workflow_through_the_cli() {
     let out = ok(cli(s, &["stacks", "list"]));
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("STACK  REGION  WEIGHT  EFFECTIVE  STATE"),
+        lines[0].starts_with("STACK  REGION  POLICY  FACTOR  SHARE  STATE"),
         "{out}"
     );
     assert!(
@@ -350,5 +350,324 @@ fn drain_with_deadline_evacuate_and_undrain_through_the_cli() {
     for line in out.lines().skip(1) {
         assert!(line.contains("serving"), "{out}");
     }
+    drop(server);
+}
+
+#[test]
+fn server_accepts_host_port_and_rejects_other_forms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let bare = server.grpc.trim_start_matches("http://");
+    assert!(!bare.contains("://"), "{bare}");
+    let v: serde_json::Value = serde_json::from_str(&ok(cli(bare, &["--json", "status"]))).unwrap();
+    assert_eq!(v["current_version"], 0);
+    ok(cli(&server.grpc, &["status"]));
+
+    let o = cli("ftp://127.0.0.1:1", &["status"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("use host:port (e.g. 127.0.0.1:18000)"),
+        "{}",
+        stderr(&o)
+    );
+    drop(server);
+}
+
+/// `--json` output of a failed command: exactly one JSON object on stdout, nothing on
+/// stderr, with the documented `code`; the exit code is the one without `--json`.
+fn json_failure(o: &Output, exit: i32, code: &str) -> serde_json::Value {
+    assert_eq!(o.status.code(), Some(exit), "{}{}", stdout(o), stderr(o));
+    assert_eq!(stderr(o), "", "nothing on stderr with --json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)));
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(v["exit_code"], exit, "{v}");
+    assert!(!v["message"].as_str().unwrap().is_empty(), "{v}");
+    v
+}
+
+#[test]
+fn json_covers_every_failure_with_a_stable_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    let j = |args: &[&str]| cli(s, &[&["--json"], args].concat());
+
+    json_failure(&j(&["stacks", "drain", "blue"]), 1, "failed_precondition");
+    let p = write(tmp.path(), "p.json", &policy("p", &["blue", "green"]));
+    ok(cli(s, &["policy", "apply", &p]));
+    let v = json_failure(&j(&["stacks", "drain", "purple"]), 1, "not_found");
+    assert!(v["message"].as_str().unwrap().contains("purple"), "{v}");
+    json_failure(&j(&["policy", "get", "--version", "99"]), 1, "not_found");
+    json_failure(
+        &j(&["policy", "apply", &p, "--expect-version", "7"]),
+        1,
+        "failed_precondition",
+    );
+    let bad = write(tmp.path(), "bad.json", INVALID);
+    let v = json_failure(&j(&["policy", "apply", &bad]), 1, "invalid_policy");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 3, "{v}");
+    json_failure(
+        &j(&["policy", "validate", "/nonexistent/p.json"]),
+        1,
+        "failed",
+    );
+    json_failure(
+        &j(&["stacks", "weight", "green", "101"]),
+        2,
+        "invalid_value",
+    );
+    json_failure(&j(&["stacks", "frobnicate"]), 2, "usage");
+    json_failure(
+        &cli(
+            "http://127.0.0.1:9",
+            &["--json", "--timeout", "2", "status"],
+        ),
+        3,
+        "unreachable",
+    );
+    // Without --json the same failure is one line on stderr and nothing on stdout.
+    let o = cli(s, &["stacks", "drain", "purple"]);
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(1), ""));
+    drop(server);
+}
+
+#[test]
+fn weights_have_one_parser_and_one_message() {
+    let unreachable = "http://127.0.0.1:9";
+    let message = |args: &[&str]| {
+        let o = cli(
+            unreachable,
+            &[&["stacks", "weight", "green"], args].concat(),
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("a weight is a whole percent 0..=100"),
+            "{args:?}: {err}"
+        );
+        err.replace(args[args.len() - 1], "X")
+    };
+    let over = message(&["101"]);
+    assert_eq!(message(&["--", "-1"]), over);
+    assert_eq!(message(&["-1"]), over);
+    assert_eq!(message(&["4294967296"]), over);
+    assert_eq!(message(&["ten"]), over);
+}
+
+#[test]
+fn rollback_to_zero_says_version_not_to_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    ok(cli(
+        s,
+        &[
+            "policy",
+            "apply",
+            &write(tmp.path(), "p.json", &policy("p", &["blue"])),
+        ],
+    ));
+    let o = cli(s, &["policy", "rollback", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o).trim(),
+        "switchyard: invalid argument: the version to roll back to must be 1 or more"
+    );
+    drop(server);
+}
+
+/// A row's cells (the table's columns are separated by at least two spaces).
+fn cells(line: &str) -> Vec<&str> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[test]
+fn stacks_list_shows_what_routing_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    let doc = r#"{"name":"p","stacks":[{"name":"blue","region":"us"},{"name":"green","region":"us"},
+      {"name":"canary","region":"us"}],
+      "default":{"targets":[{"stack":"blue","weight":75},{"stack":"green","weight":25},
+        {"stack":"canary","weight":0}]}}"#;
+    ok(cli(
+        s,
+        &["policy", "apply", &write(tmp.path(), "p.json", doc)],
+    ));
+    let table = |args: &[&str]| {
+        let out = ok(cli(s, args));
+        out.lines()
+            .map(|l| cells(l).into_iter().map(String::from).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    let t = table(&["stacks", "list"]);
+    assert_eq!(
+        t[0][..6],
+        ["STACK", "REGION", "POLICY", "FACTOR", "SHARE", "STATE"]
+    );
+    assert_eq!(t[1][..6], ["blue", "us", "75", "100%", "75%", "serving"]);
+    assert_eq!(t[2][..6], ["green", "us", "25", "100%", "25%", "serving"]);
+    // Canary: the operator factor is 100% but the policy gives it nothing.
+    assert_eq!(
+        t[3][..6],
+        ["canary", "us", "0", "100%", "0%", "out (policy weight 0)"]
+    );
+
+    // Weight factor 0: green's share goes to blue and green is not `serving`.
+    let t = table(&["stacks", "weight", "green", "0", "--reason", "bad deploy"]);
+    assert_eq!(t.len(), 3, "the change, the header, green's row: {t:?}");
+    assert_eq!(
+        t[2][..6],
+        ["green", "us", "25", "0%", "0%", "out (weight 0)"]
+    );
+    let t = table(&["stacks", "list"]);
+    assert_eq!(t[1][..6], ["blue", "us", "75", "100%", "100%", "serving"]);
+    assert_eq!(t[2][5], "out (weight 0)");
+    // Half of green: 75*100 : 25*50.
+    ok(cli(s, &["stacks", "weight", "green", "50"]));
+    let t = table(&["stacks", "list"]);
+    assert_eq!(t[1][4], "86%");
+    assert_eq!(t[2][..6], ["green", "us", "25", "50%", "14%", "serving"]);
+    ok(cli(s, &["stacks", "unhealthy", "blue", "--reason", "5xx"]));
+    let t = table(&["stacks", "list"]);
+    assert_eq!(t[1][..6], ["blue", "us", "75", "100%", "0%", "unhealthy"]);
+    assert_eq!(t[2][4], "100%");
+    drop(server);
+}
+
+#[test]
+fn json_status_is_the_http_status_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    ok(cli(
+        s,
+        &[
+            "policy",
+            "apply",
+            &write(tmp.path(), "p.json", &policy("p", &["blue"])),
+        ],
+    ));
+    ok(cli(s, &["watch", "--node-id", "envoy-a", "--count", "1"]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut dp = switchyard_control::proto::v1::data_plane_client::DataPlaneClient::new(
+            connect(s).await,
+        );
+        dp.report(switchyard_control::proto::v1::TelemetryBatch {
+            node_id: "envoy-b".into(),
+            window_end_unix_ms: 5_000,
+            window_ms: 1_000,
+            dropped: 1,
+            stacks: vec![switchyard_control::proto::v1::StackTelemetry {
+                stack: "blue".into(),
+                requests: 7,
+                status_5xx: 2,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    });
+    let from_cli: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "status"]))).unwrap();
+    let (code, body) = rt.block_on(http_get(&format!("{}/api/v1/status", server.http)));
+    assert_eq!(code, 200, "{body}");
+    let from_http: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(from_cli, from_http, "one schema for both edges");
+    // And it is the documented one: flat node fields, telemetry as an object.
+    let b = &from_cli["nodes"][1];
+    assert_eq!(b["node_id"], "envoy-b");
+    assert_eq!(b["telemetry"]["stacks"]["blue"]["requests"], 7);
+    assert_eq!(b["telemetry"]["window_ms"], 1_000);
+    assert_eq!(from_cli["nodes"][0]["telemetry"], serde_json::Value::Null);
+    assert_eq!(from_cli["watch_streams"], 0);
+    assert_eq!(from_cli["nodes_current"], 0);
+    let decoded: switchyard_control::fleet::FleetStatus =
+        serde_json::from_value(from_cli).expect("the domain type reads it back");
+    assert_eq!(decoded.current_version, 1);
+    drop(server);
+}
+
+/// The CLI with a controlled environment and no `--actor`.
+fn cli_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    for k in ["SWITCHYARD_SERVER", "SWITCHYARD_ACTOR", "USER", "LOGNAME"] {
+        c.env_remove(k);
+    }
+    c.envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run switchyard")
+}
+
+#[test]
+fn actor_defaults_to_the_login_name_and_env_is_not_a_required_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let p = write(tmp.path(), "p.json", &policy("p", &["blue", "green"]));
+    let s = server.grpc.as_str();
+    let last_actor = || {
+        let v: serde_json::Value = serde_json::from_str(&ok(cli(
+            s,
+            &["--json", "policy", "history", "--limit", "1"],
+        )))
+        .unwrap();
+        v["versions"][0]["actor"].as_str().unwrap().to_string()
+    };
+    ok(cli_env(
+        &[("SWITCHYARD_SERVER", s), ("USER", ""), ("LOGNAME", "dave")],
+        &["policy", "apply", &p],
+    ));
+    assert_eq!(
+        last_actor(),
+        "dave",
+        "an empty USER falls through to LOGNAME"
+    );
+    ok(cli_env(
+        &[
+            ("SWITCHYARD_SERVER", s),
+            ("USER", "erin"),
+            ("SWITCHYARD_ACTOR", "bot"),
+        ],
+        &["stacks", "weight", "green", "50"],
+    ));
+    assert_eq!(last_actor(), "bot", "SWITCHYARD_ACTOR before USER");
+    ok(cli_env(
+        &[("SWITCHYARD_SERVER", s), ("USER", "erin")],
+        &["stacks", "weight", "green", "40", "--actor", "frank"],
+    ));
+    assert_eq!(last_actor(), "frank");
+    ok(cli_env(
+        &[("SWITCHYARD_SERVER", s)],
+        &["stacks", "weight", "green", "30"],
+    ));
+    assert_ne!(
+        last_actor(),
+        "",
+        "without USER and LOGNAME: the process's user name, else cli"
+    );
+
+    // Options taken from the environment are not listed as required in usage.
+    let o = cli_env(
+        &[("SWITCHYARD_SERVER", s), ("SWITCHYARD_ACTOR", "bot")],
+        &["stacks", "unhealthy", "green"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let usage = stderr(&o);
+    let usage = usage.lines().find(|l| l.starts_with("Usage:")).unwrap();
+    assert_eq!(
+        usage,
+        "Usage: switchyard stacks unhealthy --reason <REASON> <STACK>"
+    );
     drop(server);
 }

@@ -1,7 +1,5 @@
 //! `switchyard`: the operator CLI of the Switchyard control service.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    switchyard_control::cli::main_with(switchyard_control::cli::Cli::parse())
+    switchyard_control::cli::main()
 }

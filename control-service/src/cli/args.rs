@@ -13,19 +13,18 @@ use clap::{Args, Parser, Subcommand};
     about = "Operate the Switchyard control service"
 )]
 pub struct Cli {
-    /// Control service gRPC address.
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHYARD_SERVER",
-        default_value = "http://127.0.0.1:18000"
-    )]
-    pub server: String,
-    /// Print JSON instead of tables.
+    /// Control service gRPC address: host:port, http://host:port or https://host:port
+    /// [env: SWITCHYARD_SERVER] [default: 127.0.0.1:18000]
+    // Environment and default are applied in `Ctx`, not by clap: clap would list an
+    // argument taken from the environment in usage messages as if it were required.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub server: Option<String>,
+    /// Print JSON instead of tables, errors included (one object on stdout with a `code`).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Who is making the change (kept in the audit log) [default: $USER].
-    #[arg(long, global = true, env = "SWITCHYARD_ACTOR")]
+    /// Who is making the change, kept in the audit log [env: SWITCHYARD_ACTOR]
+    /// [default: $USER, else $LOGNAME, else the user name of the process, else "cli"]
+    #[arg(long, global = true, value_name = "NAME")]
     pub actor: Option<String>,
     /// Timeout of each call, in seconds.
     #[arg(long, global = true, default_value_t = 10)]
@@ -112,6 +111,8 @@ pub enum StacksCmd {
     /// Set a stack's weight factor, 0..=100 (100 = the policy's own weights).
     Weight {
         stack: String,
+        /// Whole percent, 0..=100.
+        #[arg(value_parser = parse_percent, allow_negative_numbers = true)]
         percent: u32,
         #[arg(long, default_value = "")]
         reason: String,
@@ -165,6 +166,15 @@ pub enum StacksCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+}
+
+/// A weight factor in whole percent, 0..=100: the one parser for every weight argument,
+/// so `101`, `-1` and `ten` get the same message.
+pub fn parse_percent(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(p) if (0..=100).contains(&p) => Ok(p as u32),
+        _ => Err("a weight is a whole percent 0..=100".to_string()),
+    }
 }
 
 /// A duration in whole seconds: `90`, `90s`, `30m`, `2h`, `1h30m`, `1d`.

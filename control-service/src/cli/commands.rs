@@ -161,7 +161,8 @@ async fn stacks(ctx: &mut Ctx<'_>, cmd: &StacksCmd) -> Result<(), Failure> {
             if json_out {
                 output::print_json(&r);
             } else {
-                output::print_stacks(&r);
+                let weights = policy_weights(ctx).await;
+                output::print_stacks(&r, weights.as_ref(), None);
             }
             return Ok(());
         }
@@ -170,11 +171,6 @@ async fn stacks(ctx: &mut Ctx<'_>, cmd: &StacksCmd) -> Result<(), Failure> {
             percent,
             reason,
         } => {
-            if *percent > 100 {
-                return Err(Failure::usage(format!(
-                    "PERCENT must be 0..=100, got {percent}"
-                )));
-            }
             client
                 .set_weight(v1::SetWeightRequest {
                     stack: stack.clone(),
@@ -231,15 +227,40 @@ async fn stacks(ctx: &mut Ctx<'_>, cmd: &StacksCmd) -> Result<(), Failure> {
         }
     }
     .into_inner();
-    output::print_stack_change(json_out, &r);
+    if json_out {
+        output::print_stack_change(true, &r, None, None);
+        return Ok(());
+    }
+    // The table row needs the other stacks (for the share) and the policy's weights;
+    // without them it still prints, with `?`.
+    let all = client
+        .list(v1::ListStacksRequest {})
+        .await
+        .ok()
+        .map(|a| a.into_inner());
+    let weights = policy_weights(ctx).await;
+    output::print_stack_change(false, &r, all.as_ref(), weights.as_ref());
     Ok(())
+}
+
+/// The current policy's weights, for the stacks table; `None` if it cannot be read.
+async fn policy_weights(ctx: &mut Ctx<'_>) -> Option<output::PolicyWeights> {
+    let mut client = v1::policies_client::PoliciesClient::new(ctx.channel().await.ok()?);
+    let r = client
+        .get(v1::GetPolicyRequest { version: 0 })
+        .await
+        .ok()?
+        .into_inner();
+    let doc: Value = serde_json::from_str(&r.policy_json).ok()?;
+    Some(output::PolicyWeights::from_policy(&doc))
 }
 
 async fn status(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
     let mut client = v1::fleet_client::FleetClient::new(ctx.channel().await?);
     let r = client.status(v1::StatusRequest {}).await?.into_inner();
     if ctx.json() {
-        output::print_json(&r);
+        // The same schema as GET /api/v1/status.
+        output::print_json(&proto::fleet_status(&r));
     } else {
         output::print_status(&r, now_unix_ms());
     }

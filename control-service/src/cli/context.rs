@@ -45,9 +45,10 @@ impl<'a> Ctx<'a> {
     }
 
     async fn connect(&self, call_timeout: Option<Duration>) -> Result<Channel, Failure> {
-        let server = &self.cli.server;
-        let mut endpoint = Channel::from_shared(server.clone())
-            .map_err(|e| Failure::rejected(format!("bad --server {server:?}: {e}")))?
+        let server = &self.server();
+        let uri = server_uri(server).map_err(Failure::usage)?;
+        let mut endpoint = Channel::from_shared(uri)
+            .map_err(|e| Failure::usage(format!("bad --server {server:?}: {e}")))?
             .connect_timeout(self.timeout());
         if let Some(t) = call_timeout {
             endpoint = endpoint.timeout(t);
@@ -57,14 +58,136 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// Who makes the change: `--actor`, else the login name, else `cli`.
+    /// `--server`, else `SWITCHYARD_SERVER`, else [`DEFAULT_SERVER`].
+    pub fn server(&self) -> String {
+        first_set([
+            self.cli.server.clone(),
+            std::env::var("SWITCHYARD_SERVER").ok(),
+        ])
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+    }
+
+    /// Who makes the change: `--actor`, else `SWITCHYARD_ACTOR`, `USER`, `LOGNAME`, the
+    /// user name of the process, `cli` — the first that is set and not empty.
     pub fn actor(&self) -> String {
-        self.cli
-            .actor
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .or_else(|| std::env::var("LOGNAME").ok())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "cli".into())
+        let env = |k: &str| std::env::var(k).ok();
+        first_set([
+            self.cli.actor.clone(),
+            env("SWITCHYARD_ACTOR"),
+            env("USER"),
+            env("LOGNAME"),
+        ])
+        .or_else(process_user_name)
+        .unwrap_or_else(|| "cli".into())
+    }
+}
+
+/// Where the control service listens unless told otherwise (what `make run` prints).
+pub const DEFAULT_SERVER: &str = "127.0.0.1:18000";
+
+/// The first value that is present and not blank, trimmed.
+fn first_set<const N: usize>(candidates: [Option<String>; N]) -> Option<String> {
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+}
+
+/// The name of the user owning this process, from the password database (Unix), when
+/// neither `USER` nor `LOGNAME` is set (cron, containers, `env -i`).
+fn process_user_name() -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // The owner of /proc/self is the process's user (Linux); no libc call needed.
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?;
+            let id: u32 = f.nth(1)?.parse().ok()?;
+            (id == uid && !name.is_empty()).then(|| name.to_string())
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The URI to dial for a `--server` value: `host:port` (what `make run` prints and
+/// `serve --grpc` takes) means plain HTTP/2; `http://…` and `https://…` are used as they
+/// are. Anything else is a usage error that says which forms work.
+pub fn server_uri(server: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!(
+            "bad --server {server:?}: {why}; use host:port (e.g. 127.0.0.1:18000), \
+             http://host:port or https://host:port"
+        )
+    };
+    let s = server.trim();
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+        None => ("http".to_string(), s),
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(bad(&format!("unsupported scheme {scheme:?}")));
+    }
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() {
+        return Err(bad("no host"));
+    }
+    if authority.contains('/') || authority.contains(char::is_whitespace) {
+        return Err(bad("expected only a host and port"));
+    }
+    let uri = format!("{scheme}://{authority}");
+    match uri.parse::<tonic::transport::Uri>() {
+        Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => Ok(uri),
+        _ => Err(bad("not a host:port")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_set_skips_missing_and_empty_values() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            first_set([None, s(""), s("  "), s("dave"), s("eve")]),
+            s("dave")
+        );
+        assert_eq!(first_set([None, s("")]), None);
+    }
+
+    #[test]
+    fn accepts_host_port_and_http_urls() {
+        let ok = |s: &str| server_uri(s).unwrap();
+        assert_eq!(ok("127.0.0.1:18000"), "http://127.0.0.1:18000");
+        assert_eq!(ok("localhost:18000"), "http://localhost:18000");
+        assert_eq!(ok("[::1]:18000"), "http://[::1]:18000");
+        assert_eq!(ok("http://127.0.0.1:18000"), "http://127.0.0.1:18000");
+        assert_eq!(ok("http://127.0.0.1:18000/"), "http://127.0.0.1:18000");
+        assert_eq!(
+            ok("https://control.example:443"),
+            "https://control.example:443"
+        );
+    }
+
+    #[test]
+    fn rejects_other_forms_with_the_accepted_ones() {
+        for bad in [
+            "",
+            "ftp://host:1",
+            "http://",
+            "host:1/path",
+            "a b:1",
+            "grpc://x:1",
+        ] {
+            let e = server_uri(bad).unwrap_err();
+            assert!(e.contains("use host:port"), "{bad}: {e}");
+        }
     }
 }

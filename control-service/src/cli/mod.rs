@@ -16,6 +16,37 @@ pub mod output;
 pub use args::{ChangeArgs, Cli, Command, PolicyCmd, StacksCmd};
 pub use output::{ago, fmt_time, Failure};
 
+/// Parse the process arguments and run. A command line clap rejects is reported like
+/// every other failure, so `--json` gets one JSON object for it too; `--help` and
+/// `--version` print as usual.
+pub fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match <Cli as clap::Parser>::try_parse_from(&args) {
+        Ok(cli) => main_with(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let json_out = args
+                .iter()
+                .skip(1)
+                .take_while(|a| *a != "--")
+                .any(|a| a == "--json");
+            if !json_out
+                || matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelp
+                        | ErrorKind::DisplayVersion
+                        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                e.exit();
+            }
+            let f = Failure::from_clap(&e);
+            output::report(&f, true);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
 /// Run the CLI with these arguments; prints to stdout/stderr and returns the exit code.
 pub fn main_with(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -21,38 +21,74 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// Why a command failed, with the exit code it maps to.
 #[derive(Debug)]
 pub struct Failure {
+    /// The process exit code.
     pub code: u8,
+    /// The stable machine-readable name of the outcome, printed as `code` with `--json`
+    /// (see [`report`] for the list).
+    pub kind: &'static str,
     pub message: String,
     /// Field problems of a rejected policy, each with its path.
     pub issues: Vec<Issue>,
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
+            kind,
             message: message.into(),
             issues: Vec::new(),
         }
     }
 
+    /// A local operation failed (reading the policy file, ...): exit 1, `failed`.
     pub fn rejected(message: impl Into<String>) -> Self {
-        Self::new(EXIT_REJECTED, message)
+        Self::new(EXIT_REJECTED, "failed", message)
     }
 
+    /// A bad command line: exit 2, `usage`.
     pub fn usage(message: impl Into<String>) -> Self {
-        Self::new(EXIT_USAGE, message)
+        Self::new(EXIT_USAGE, "usage", message)
     }
 
+    /// A command line clap rejected: a value its parser refused (a weight above 100, a
+    /// deadline that is not a duration) is `invalid_value`, anything else `usage`.
+    pub fn from_clap(e: &clap::Error) -> Self {
+        let kind = match e.kind() {
+            clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue => {
+                "invalid_value"
+            }
+            _ => "usage",
+        };
+        // clap's text without its "Usage:" and "For more information" tail, on one line.
+        let text = e.to_string();
+        let message = text
+            .lines()
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_start_matches("error: ")
+            .to_string();
+        Self::new(EXIT_USAGE, kind, message)
+    }
+
+    /// The control service cannot be reached: exit 3, `unreachable`.
     pub fn unreachable(message: impl Into<String>) -> Self {
-        Self::new(EXIT_UNREACHABLE, message)
+        Self::new(EXIT_UNREACHABLE, "unreachable", message)
     }
 
-    /// A policy that failed validation, with every problem.
+    /// A policy that failed validation, with every problem: exit 1, `invalid_policy`.
     pub fn invalid_policy(issues: Vec<Issue>) -> Self {
+        let message = format!(
+            "invalid policy ({} problem{})",
+            issues.len(),
+            if issues.len() == 1 { "" } else { "s" }
+        );
         Self {
             issues,
-            ..Self::rejected("")
+            ..Self::new(EXIT_REJECTED, "invalid_policy", message)
         }
     }
 
@@ -67,12 +103,21 @@ impl Failure {
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
-        let code = if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) {
-            EXIT_UNREACHABLE
-        } else {
-            EXIT_REJECTED
+        let (code, kind) = match s.code() {
+            Code::Unavailable => (EXIT_UNREACHABLE, "unreachable"),
+            Code::DeadlineExceeded => (EXIT_UNREACHABLE, "deadline_exceeded"),
+            Code::InvalidArgument => (EXIT_REJECTED, "invalid_argument"),
+            Code::NotFound => (EXIT_REJECTED, "not_found"),
+            Code::FailedPrecondition => (EXIT_REJECTED, "failed_precondition"),
+            Code::OutOfRange => (EXIT_REJECTED, "out_of_range"),
+            Code::Internal => (EXIT_REJECTED, "internal"),
+            _ => (EXIT_REJECTED, "failed"),
         };
-        Self::new(code, format!("{}: {}", code_name(s.code()), s.message()))
+        Self::new(
+            code,
+            kind,
+            format!("{}: {}", code_name(s.code()), s.message()),
+        )
     }
 }
 
@@ -81,6 +126,7 @@ fn code_name(c: Code) -> &'static str {
         Code::InvalidArgument => "invalid argument",
         Code::NotFound => "not found",
         Code::FailedPrecondition => "failed precondition",
+        Code::OutOfRange => "out of range",
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline exceeded",
         Code::Internal => "internal error",
@@ -105,26 +151,38 @@ fn violations(s: &Status) -> Option<Vec<Issue>> {
     )
 }
 
-/// Print a failure: an invalid policy with every field path (to stderr, or as JSON on
-/// stdout), anything else as one line on stderr.
+/// Print a failure, once.
+///
+/// Without `--json`: an invalid policy as a header and one line per field path, anything
+/// else as one line, all on stderr. With `--json`: one JSON object on stdout (where
+/// scripts already read results) and nothing on stderr:
+/// `{"ok": false, "code": …, "message": …, "exit_code": …}`, plus `"valid": false` and
+/// `"errors": [{"path", "message"}]` for an invalid policy. `code` is one of `usage`,
+/// `invalid_value`, `out_of_range`, `invalid_policy`, `invalid_argument`, `not_found`,
+/// `failed_precondition`, `unreachable`, `deadline_exceeded`, `internal`, `failed`.
 pub fn report(f: &Failure, json_out: bool) {
-    if !f.issues.is_empty() {
-        if json_out {
-            print_json(&json!({ "valid": false, "errors": f.issues }));
-        } else {
-            eprintln!(
-                "invalid policy ({} problem{}):",
-                f.issues.len(),
-                if f.issues.len() == 1 { "" } else { "s" }
-            );
-            for i in &f.issues {
-                eprintln!("  {}: {}", i.path, i.message);
-            }
+    if json_out {
+        let mut v = json!({
+            "ok": false,
+            "code": f.kind,
+            "message": f.message,
+            "exit_code": f.code,
+        });
+        if f.kind == "invalid_policy" {
+            v["valid"] = json!(false);
+            v["errors"] = json!(f.issues);
         }
+        print_json(&v);
+        return;
     }
-    if !f.message.is_empty() {
-        eprintln!("switchyard: {}", f.message);
+    if f.kind == "invalid_policy" {
+        eprintln!("{}:", f.message);
+        for i in &f.issues {
+            eprintln!("  {}: {}", i.path, i.message);
+        }
+        return;
     }
+    eprintln!("switchyard: {}", f.message);
 }
 
 pub fn print_json(v: &impl serde::Serialize) {
@@ -164,7 +222,12 @@ pub fn print_change(json_out: bool, r: &v1::ChangeResponse) {
 }
 
 /// The result of a stack operation, with the stack's new state.
-pub fn print_stack_change(json_out: bool, r: &v1::StackChangeResponse) {
+pub fn print_stack_change(
+    json_out: bool,
+    r: &v1::StackChangeResponse,
+    all: Option<&v1::ListStacksResponse>,
+    weights: Option<&PolicyWeights>,
+) {
     if json_out {
         print_json(r);
         return;
@@ -175,11 +238,23 @@ pub fn print_stack_change(json_out: bool, r: &v1::StackChangeResponse) {
     } else {
         println!("unchanged (version {})", r.version);
     }
+    // The changed stack's row; its SHARE needs every stack, so take the others from
+    // `all` when the caller has it.
     if let Some(s) = &r.stack {
-        print_stacks(&v1::ListStacksResponse {
-            version: r.version,
-            stacks: vec![s.clone()],
-        });
+        let mut stacks = all.map(|a| a.stacks.clone()).unwrap_or_default();
+        match stacks.iter_mut().find(|o| o.name == s.name) {
+            Some(o) => *o = s.clone(),
+            None => stacks.push(s.clone()),
+        }
+        let weights = if all.is_some() { weights } else { None };
+        print_stacks(
+            &v1::ListStacksResponse {
+                version: r.version,
+                stacks,
+            },
+            weights,
+            Some(&s.name),
+        );
     }
 }
 
@@ -214,26 +289,106 @@ pub fn print_history(r: &v1::HistoryResponse) {
     print_table(&rows);
 }
 
-fn stack_state(s: &v1::StackStatus) -> String {
-    let mut parts = Vec::new();
+/// What the policy itself gives each stack: its weight in the default route and whether
+/// any route (default or rule) gives it a weight above 0. Read from the document so that
+/// `stacks list` can show the policy weight beside the operator's factor.
+#[derive(Debug, Default)]
+pub struct PolicyWeights {
+    /// Weight in the default route's targets; absent = not a default target.
+    pub default: std::collections::BTreeMap<String, u64>,
+    /// Stacks some route sends traffic to (weight > 0).
+    pub routed: std::collections::BTreeSet<String>,
+}
+
+impl PolicyWeights {
+    /// From a policy document; anything unexpected counts as absent (the server has
+    /// validated the document already).
+    pub fn from_policy(doc: &serde_json::Value) -> Self {
+        let stack_weight = |name: &str| -> u64 {
+            doc["stacks"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["name"] == name))
+                .and_then(|s| s["weight"].as_u64())
+                .unwrap_or(100)
+        };
+        let targets = |route: &serde_json::Value| -> Vec<(String, u64)> {
+            route["targets"]
+                .as_array()
+                .map(|ts| {
+                    ts.iter()
+                        .filter_map(|t| {
+                            let name = t["stack"].as_str()?;
+                            let w = t["weight"].as_u64().unwrap_or_else(|| stack_weight(name));
+                            Some((name.to_string(), w))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Self::default();
+        for (name, w) in targets(&doc["default"]) {
+            *out.default.entry(name.clone()).or_default() += w;
+            if w > 0 {
+                out.routed.insert(name);
+            }
+        }
+        for rule in doc["rules"].as_array().into_iter().flatten() {
+            for (name, w) in targets(&rule["route"]) {
+                if w > 0 {
+                    out.routed.insert(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// The share of new default-route visitors each stack gets now, in percent: policy
+    /// weight times effective factor, normalised over the default targets.
+    fn default_shares(
+        &self,
+        stacks: &[v1::StackStatus],
+    ) -> std::collections::BTreeMap<String, u64> {
+        let weighted: Vec<(String, u64)> = stacks
+            .iter()
+            .map(|s| {
+                let w = self.default.get(&s.name).copied().unwrap_or(0);
+                (s.name.clone(), w * u64::from(s.effective_weight_percent))
+            })
+            .collect();
+        let total: u64 = weighted.iter().map(|(_, w)| w).sum();
+        weighted
+            .into_iter()
+            .map(|(n, w)| (n, (w * 100 + total / 2).checked_div(total).unwrap_or(0)))
+            .collect()
+    }
+}
+
+/// What routing does with the stack: `serving` only when it takes new visitors.
+fn stack_state(s: &v1::StackStatus, weights: Option<&PolicyWeights>) -> String {
+    let mut parts: Vec<String> = Vec::new();
     if !s.registered {
-        parts.push("deregistered");
+        parts.push("deregistered".into());
     }
     if !s.healthy {
-        parts.push("unhealthy");
+        parts.push("unhealthy".into());
     }
-    let drain;
     if s.evacuating {
-        parts.push("evacuating");
+        parts.push("evacuating".into());
     } else if s.draining {
-        drain = match s.drain_deadline_unix_ms {
+        parts.push(match s.drain_deadline_unix_ms {
             0 => "draining (sticky until cookies expire)".to_string(),
             d if d <= crate::model::now_unix_ms() => {
                 "draining (deadline passed: evacuated)".to_string()
             }
             d => format!("draining (sticky until {} UTC)", fmt_time(d)),
-        };
-        parts.push(&drain);
+        });
+    }
+    if parts.is_empty() {
+        if s.weight_percent == 0 {
+            parts.push("out (weight 0)".into());
+        } else if weights.is_some_and(|w| !w.routed.contains(&s.name)) {
+            parts.push("out (policy weight 0)".into());
+        }
     }
     if parts.is_empty() {
         "serving".into()
@@ -242,26 +397,36 @@ fn stack_state(s: &v1::StackStatus) -> String {
     }
 }
 
-pub fn print_stacks(r: &v1::ListStacksResponse) {
+/// The stacks table. With the policy's weights: POLICY (weight in the default route,
+/// `-` when not a default target) beside FACTOR (the operator's weight factor), and SHARE,
+/// the percentage of new default-route visitors the stack gets now.
+/// `only` prints just that stack's row (shares are still computed over every stack).
+pub fn print_stacks(
+    r: &v1::ListStacksResponse,
+    weights: Option<&PolicyWeights>,
+    only: Option<&str>,
+) {
+    let shares = weights.map(|w| w.default_shares(&r.stacks));
     let mut rows = vec![row([
-        "STACK",
-        "REGION",
-        "WEIGHT",
-        "EFFECTIVE",
-        "STATE",
-        "REQ",
-        "5XX",
-        "CHANGED",
-        "REASON",
+        "STACK", "REGION", "POLICY", "FACTOR", "SHARE", "STATE", "REQ", "5XX", "CHANGED", "REASON",
     ])];
-    for s in &r.stacks {
+    for s in r.stacks.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
         let t = s.telemetry.clone().unwrap_or_default();
+        let unknown = || "?".to_string();
         rows.push(vec![
             s.name.clone(),
             s.region.clone(),
+            weights.map_or_else(unknown, |w| {
+                w.default
+                    .get(&s.name)
+                    .map_or_else(|| "-".into(), |p| p.to_string())
+            }),
             format!("{}%", s.weight_percent),
-            format!("{}%", s.effective_weight_percent),
-            stack_state(s),
+            shares
+                .as_ref()
+                .and_then(|sh| sh.get(&s.name))
+                .map_or_else(unknown, |p| format!("{p}%")),
+            stack_state(s, weights),
             t.requests.to_string(),
             t.status_5xx.to_string(),
             format!("v{} {}", s.changed_version, s.changed_by),

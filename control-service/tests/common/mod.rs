@@ -206,13 +206,22 @@ where
 
 /// Minimal HTTP/1.1 GET (Connection: close): status code and body.
 pub async fn http_get(url: &str) -> (u16, String) {
+    let (status, _, body) = http_request("GET", url).await;
+    (status, body)
+}
+
+/// Minimal HTTP/1.1 request without a body (Connection: close): status code, the
+/// lower-cased `content-type` (empty if none) and body.
+pub async fn http_request(method: &str, url: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut s = tokio::net::TcpStream::connect(host)
         .await
         .expect("connect http");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
@@ -222,11 +231,14 @@ pub async fn http_get(url: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let content_type = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
-    (status, body)
+    (status, content_type, body.to_string())
 }
 
 pub async fn http_json(url: &str) -> serde_json::Value {
