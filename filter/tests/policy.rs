@@ -113,3 +113,76 @@ fn residency_binds_fallbacks_too() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn header_names_in_any_case_are_accepted_and_lower_cased() {
+    let json = format!(
+        r#"{{ {STACKS},
+  "classify": {{
+    "geo": {{ "header": "CloudFront-Viewer-Country", "countries": {{ "DE": "eu" }} }},
+    "cohort_header": "X-JWT-Cohort",
+    "user_key": [ {{ "header": "X-Jwt-Sub" }} ],
+    "channels": [ {{ "name": "partner", "headers": ["X-Partner-Key"] }} ]
+  }},
+  "rules": [
+    {{ "id": "h", "match": {{ "channels": ["partner"] }}, "route": {{ "targets": [ {{ "stack": "blue" }} ], "balance": {{ "mode": "hash", "key": {{ "header": "X-Session" }} }} }} }}
+  ],
+  "default": {{ "targets": [ {{ "stack": "blue" }} ] }}
+}}"#
+    );
+    let v = validate_json(&json).unwrap();
+    let c = &v.policy.classify;
+    assert_eq!(c.geo_header.as_deref(), Some("cloudfront-viewer-country"));
+    assert_eq!(c.cohort_header.as_deref(), Some("x-jwt-cohort"));
+    assert_eq!(c.channels[0].headers, vec!["x-partner-key"]);
+    let mut read: Vec<&[u8]> = c.inputs.headers.iter().map(|h| &h[..]).collect();
+    read.sort();
+    assert_eq!(
+        read,
+        [
+            &b"cloudfront-viewer-country"[..],
+            b"x-jwt-cohort",
+            b"x-jwt-sub",
+            b"x-partner-key",
+            b"x-session"
+        ]
+    );
+    // Still errors: pseudo-headers, invalid tokens, the filter's own headers in any case.
+    for (header, message) in [
+        (":path", "is a pseudo-header"),
+        ("X Geo", "is not an HTTP header name"),
+        ("X-Switchyard-Stack", "is set by Switchyard itself"),
+    ] {
+        let errs = errors(&format!(
+            r#"{{ {STACKS}, "classify": {{ "geo": {{ "header": "{header}" }} }}, "default": {{ "targets": [ {{ "stack": "blue" }} ] }} }}"#
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("classify.geo.header:") && e.contains(message)),
+            "{header}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn day_names_are_case_insensitive_short_or_long() {
+    let json = format!(
+        r#"{{ {STACKS},
+  "rules": [ {{ "id": "wk", "match": {{ "time": {{ "days": ["monday", "MON", "Sunday", "sat"] }} }}, "route": {{ "targets": [ {{ "stack": "green" }} ] }} }} ],
+  "default": {{ "targets": [ {{ "stack": "blue" }} ] }}
+}}"#
+    );
+    validate_json(&json).unwrap();
+}
+
+#[test]
+fn weighted_balance_rejects_a_key() {
+    let errs = errors(&format!(
+        r#"{{ {STACKS}, "default": {{ "targets": [ {{ "stack": "blue" }} ], "balance": {{ "mode": "weighted", "key": "user" }} }} }}"#
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("default.balance.key:") && e.contains("only to 'hash' mode")),
+        "{errs:?}"
+    );
+}

@@ -190,9 +190,9 @@ fn cases() -> Vec<Case> {
         ),
         // ---- classify: geo ----
         err(
-            classify(json!({ "geo": { "header": "X-Geo" } })),
+            classify(json!({ "geo": { "header": "x geo" } })),
             "classify.geo.header",
-            "'X-Geo' is not a lower-case HTTP header name",
+            "'x geo' is not an HTTP header name",
         ),
         err(
             classify(json!({ "geo": { "header": "x-switchyard-decision" } })),
@@ -248,9 +248,9 @@ fn cases() -> Vec<Case> {
             "a channel needs at least one of user_agent_contains, headers, path_prefixes",
         ),
         err(
-            classify(json!({ "channels": [ { "name": "app", "headers": ["X-App"] } ] })),
+            classify(json!({ "channels": [ { "name": "app", "headers": ["x-app:"] } ] })),
             "classify.channels[0].headers[0]",
-            "'X-App' is not a lower-case HTTP header name",
+            "'x-app:' is not an HTTP header name",
         ),
         err(
             classify(json!({ "channels": [ { "name": "app", "path_prefixes": ["app"] } ] })),
@@ -281,12 +281,12 @@ fn cases() -> Vec<Case> {
         err(
             classify(json!({ "cohort_header": ":authority" })),
             "classify.cohort_header",
-            "':authority' is not a lower-case HTTP header name",
+            "':authority' is a pseudo-header; name a request header",
         ),
         err(
-            classify(json!({ "user_key": [ { "header": "X-User" } ] })),
+            classify(json!({ "user_key": [ { "header": "" } ] })),
             "classify.user_key[0].header",
-            "'X-User' is not a lower-case HTTP header name",
+            "'' is not an HTTP header name",
         ),
         err(
             classify(json!({ "user_key": [ "client_ip", { "cookie": "session id" } ] })),
@@ -484,14 +484,19 @@ fn cases() -> Vec<Case> {
             "hashing on 'user' needs classify.user_key",
         ),
         err(
-            default(json!({ "targets": blue, "balance": { "mode": "hash", "key": { "header": "X-Session" } } })),
+            default(json!({ "targets": blue, "balance": { "mode": "hash", "key": { "header": "x session" } } })),
             "default.balance.key.header",
-            "'X-Session' is not a lower-case HTTP header name",
+            "'x session' is not an HTTP header name",
         ),
         err(
             default(json!({ "targets": blue, "balance": { "mode": "hash", "key": { "cookie": "a;b" } } })),
             "default.balance.key.cookie",
             "'a;b' is not a valid cookie name",
+        ),
+        err(
+            default(json!({ "targets": blue, "balance": { "mode": "weighted", "key": "user" } })),
+            "default.balance.key",
+            "key applies only to 'hash' mode (weighted mode has no key)",
         ),
         // ---- routes: affinity ----
         err(

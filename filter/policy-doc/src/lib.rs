@@ -344,14 +344,24 @@ pub struct TargetDoc {
 }
 
 /// Balancing among the eligible targets.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BalanceDoc {
-    /// Smooth weighted round-robin.
-    #[default]
-    Weighted,
+    /// Smooth weighted round-robin. `key` is read only so that validation can reject it
+    /// with a useful message (it applies to `hash` mode): a unit variant of an internally
+    /// tagged enum would ignore it silently.
+    Weighted {
+        #[serde(default)]
+        key: Option<HashKeyDoc>,
+    },
     /// Consistent hashing on a key.
     Hash { key: HashKeyDoc },
+}
+
+impl Default for BalanceDoc {
+    fn default() -> Self {
+        BalanceDoc::Weighted { key: None }
+    }
 }
 
 /// Key of consistent hashing.

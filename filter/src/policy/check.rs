@@ -71,24 +71,28 @@ pub(in crate::policy) fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// An HTTP header name in any case (header names are case-insensitive; the policy is
+/// lower-cased at compile time, as Envoy lower-cases request headers).
 fn valid_header_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Headers the filter sets itself: a policy must not read them as inputs.
 const INTERNAL_HEADERS: [&str; 2] = ["x-switchyard-stack", "x-switchyard-decision"];
 
-/// A header the policy reads: a lower-case name the filter does not set itself.
+/// A header the policy reads: an HTTP header name (any case) that is not a pseudo-header
+/// and not one the filter sets itself.
 pub(in crate::policy) fn check_header(ctx: &mut Ctx, path: &str, name: &str) {
-    if !valid_header_name(name) {
+    if name.starts_with(':') {
         ctx.err(
             path,
-            format!("'{name}' is not a lower-case HTTP header name"),
+            format!("'{name}' is a pseudo-header; name a request header"),
         );
-    } else if INTERNAL_HEADERS.contains(&name) || name.starts_with(':') {
+    } else if !valid_header_name(name) {
+        ctx.err(path, format!("'{name}' is not an HTTP header name"));
+    } else if INTERNAL_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
         ctx.err(
             path,
             format!("'{name}' is set by Switchyard itself and cannot be an input"),

@@ -232,7 +232,7 @@ impl HttpContext for Flow {
                     .get(stack)
                     .map_or("?", |st| st.name.as_str());
                 warn!("circuit breaker of stack '{name}' is now {state:?}");
-                s.metrics.breaker_state(stack, state);
+                s.metrics.breaker_changed(stack, state);
             }
             s.metrics.response(
                 stack,

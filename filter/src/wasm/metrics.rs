@@ -252,11 +252,19 @@ impl Metrics {
         }
     }
 
-    /// Publish a breaker state change.
-    pub fn breaker_state(&mut self, id: StackId, state: State) {
+    /// Publish a breaker state change (a transition the breaker reported): a change to
+    /// Open counts one `breaker_opened`.
+    pub fn breaker_changed(&mut self, id: StackId, state: State) {
         if state == State::Open {
             self.stack(id, StackCounter::BreakerOpened);
         }
+        self.breaker_gauge(id, state);
+    }
+
+    /// Republish a breaker's current state in its gauge (the flush does this every
+    /// second, so a state reached lazily, e.g. Open → HalfOpen, shows). Counts nothing:
+    /// a counter must count transitions, never re-count a state.
+    pub fn breaker_gauge(&mut self, id: StackId, state: State) {
         if let Some(&g) = self.breaker.get(id) {
             if g != NO_METRIC {
                 let _ = hostcalls::record_metric(g, state.gauge() as u64);

@@ -237,7 +237,7 @@ impl Context for WorkerRoot {
         if let Some(state) = s.router.probe_result(id, ok, now_ms()) {
             let name = policy.stacks.get(id).map_or("?", |st| st.name.as_str());
             info!("health probe of stack '{name}' succeeded: circuit breaker is now {state:?}");
-            s.metrics.breaker_state(id, state);
+            s.metrics.breaker_changed(id, state);
         }
     }
 }
@@ -261,7 +261,7 @@ impl RootContext for WorkerRoot {
             }
             for id in 0..router.policy().stacks.len() {
                 let state = router.breaker_state(id, now);
-                metrics.breaker_state(id, state);
+                metrics.breaker_gauge(id, state);
             }
         }
         let policy = Arc::clone(router.policy());

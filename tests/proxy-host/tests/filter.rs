@@ -667,3 +667,50 @@ fn huge_and_many_headers_still_get_a_decision() {
     let ex = sy.send(req.header("x-geo-country", "NL")).unwrap();
     assert_eq!(ex.stack(), Some("eu"));
 }
+
+#[test]
+fn breaker_opened_counts_openings_not_seconds_open() {
+    let mut sy = Switchyard::builder()
+        .policy(two_stacks(""))
+        .build()
+        .unwrap();
+    let failing_blue = stacks_failing(&["blue"], 503);
+    let fail_blue_once = |sy: &mut Switchyard| loop {
+        let ex = sy
+            .send(Request::get("/").upstream(failing_blue.clone()))
+            .unwrap();
+        if ex.stack() == Some("blue") {
+            break;
+        }
+    };
+    for _ in 0..5 {
+        fail_blue_once(&mut sy);
+    }
+    // Open for open_ms (2 s), flushed every second: two flushes see it open.
+    sy.advance(Duration::from_millis(1500)).unwrap();
+    assert_eq!(sy.metric("switchyard.stack.blue.breaker_state"), 1);
+    assert_eq!(sy.metric("switchyard.stack.blue.breaker_opened"), 1);
+    sy.advance(Duration::from_millis(500)).unwrap();
+    // Half-open; the trial fails: the second opening (for 4 s), and blue keeps failing
+    // every request it gets for several flush intervals.
+    fail_blue_once(&mut sy);
+    for _ in 0..6 {
+        sy.advance(Duration::from_secs(1)).unwrap();
+        for _ in 0..4 {
+            sy.send(Request::get("/").upstream(failing_blue.clone()))
+                .unwrap();
+        }
+    }
+    assert!(
+        sy.logs_text(0).matches("is now Open").count() >= 2,
+        "{}",
+        sy.logs_text(0)
+    );
+    let openings = sy.logs_text(0).matches("'blue' is now Open").count() as i64;
+    sy.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        sy.metric("switchyard.stack.blue.breaker_opened"),
+        openings,
+        "one count per opening"
+    );
+}

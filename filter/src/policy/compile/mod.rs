@@ -13,7 +13,7 @@ mod rules;
 mod settings;
 mod stacks;
 
-use switchyard_policy_doc::{HashKeyDoc, KeyDoc, PolicyDoc};
+use switchyard_policy_doc::{BalanceDoc, HashKeyDoc, KeyDoc, PolicyDoc, RouteDoc};
 
 use crate::policy::check::{Ctx, FieldIssue, Invalid};
 use crate::policy::compiled::{Balance, Policy, Rule, DEFAULT_RULE_ID};
@@ -32,6 +32,7 @@ pub struct Validated {
 
 /// Compile a parsed document, collecting every error.
 pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
+    let doc = &lower_case_headers(doc);
     let mut ctx = Ctx::default();
 
     // Regions are interned from stacks and geo tables (in that order); matches and
@@ -138,4 +139,38 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
         },
         warnings: ctx.warnings,
     })
+}
+
+/// The document with every header name it reads lower-cased: header names are
+/// case-insensitive and Envoy hands the filter lower-case names, so a policy may name
+/// `CloudFront-Viewer-Country`. Errors still quote the name as written but lower-cased;
+/// a pseudo-header or an invalid name stays invalid.
+fn lower_case_headers(doc: &PolicyDoc) -> PolicyDoc {
+    fn lower(h: &mut String) {
+        h.make_ascii_lowercase();
+    }
+    fn key(k: &mut KeyDoc) {
+        if let KeyDoc::Header(h) = k {
+            lower(h);
+        }
+    }
+    fn route(r: &mut RouteDoc) {
+        if let BalanceDoc::Hash {
+            key: HashKeyDoc::Header(h),
+        } = &mut r.balance
+        {
+            lower(h);
+        }
+    }
+    let mut doc = doc.clone();
+    let c = &mut doc.classify;
+    c.geo.header.iter_mut().for_each(lower);
+    c.cohort_header.iter_mut().for_each(lower);
+    c.channels
+        .iter_mut()
+        .for_each(|ch| ch.headers.iter_mut().for_each(lower));
+    c.user_key.iter_mut().for_each(key);
+    doc.rules.iter_mut().for_each(|r| route(&mut r.route));
+    route(&mut doc.default);
+    doc
 }

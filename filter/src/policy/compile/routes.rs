@@ -90,7 +90,15 @@ pub(super) fn route(ctx: &mut Ctx, env: &Env, path: &str, r: &RouteDoc) -> Route
         ctx.err(format!("{path}.targets"), "total weight is zero");
     }
     let balance = match &r.balance {
-        BalanceDoc::Weighted => Balance::Weighted,
+        BalanceDoc::Weighted { key } => {
+            if key.is_some() {
+                ctx.err(
+                    format!("{path}.balance.key"),
+                    "key applies only to 'hash' mode (weighted mode has no key)",
+                );
+            }
+            Balance::Weighted
+        }
         BalanceDoc::Hash { key } => {
             match key {
                 HashKeyDoc::User if !env.has_user_key => ctx.err(
