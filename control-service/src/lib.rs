@@ -16,6 +16,7 @@
 //! `store → model`. Only the edges (`grpc`, `server`, `cli`) import `proto`.
 #![forbid(unsafe_code)]
 
+pub mod brain;
 pub mod cli;
 pub mod codec;
 pub mod config;

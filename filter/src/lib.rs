@@ -13,6 +13,7 @@ pub mod cidr;
 pub mod classify;
 pub mod hash;
 pub mod headers;
+pub mod histogram;
 pub mod policy;
 pub mod router;
 pub mod schedule;

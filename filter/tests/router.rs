@@ -62,7 +62,8 @@ fn cookie_value(set_cookie: &str) -> String {
 fn demo_rules_route_each_segment() {
     let p = demo();
     let mut r = Router::new(Arc::clone(&p), Keyring::parse(KEYS).ok());
-    let cases: &[(&[(&str, &str)], Option<&str>, &str, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str, &'a str);
+    let cases: &[Case] = &[
         (&[("x-geo-country", "DE")], None, "eu-residency", "eu"),
         (&[], Some("10.20.3.4"), "eu-residency", "eu"),
         (&[("x-partner-key", "p")], None, "partner-api", "green"),

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Store, StoreError};
+use super::{Batch, Op, Store, StoreError};
 use crate::model::VersionRecord;
 
 /// Keeps every version in memory; lost on exit.
@@ -16,6 +16,7 @@ pub struct MemoryStore {
 struct Inner {
     versions: BTreeMap<u64, VersionRecord>,
     policies: BTreeMap<u64, String>,
+    kv: BTreeMap<String, Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -74,6 +75,66 @@ impl Store for MemoryStore {
             .map(|(_, r)| r.clone())
             .collect())
     }
+
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().kv.get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn last(&self, prefix: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .last()
+            .map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for c in &batch.conditions {
+            super::check_condition(c, |k| inner.kv.get(k).cloned())?;
+        }
+        for op in &batch.ops {
+            match op {
+                Op::Put(k, v) => {
+                    inner.kv.insert(k.clone(), v.clone());
+                }
+                Op::Delete(k) => {
+                    inner.kv.remove(k);
+                }
+                Op::DeleteRange { prefix, before } => {
+                    let doomed: Vec<String> = inner
+                        .kv
+                        .range(prefix.clone()..before.clone())
+                        .filter(|(k, _)| k.starts_with(prefix.as_str()))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in doomed {
+                        inner.kv.remove(&k);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -89,5 +150,15 @@ mod tests {
     #[test]
     fn contract_order() {
         contract::rejects_gaps_and_repeats(&MemoryStore::new());
+    }
+
+    #[test]
+    fn contract_batches() {
+        contract::batches_are_conditional_and_atomic(&MemoryStore::new());
+    }
+
+    #[test]
+    fn contract_scans() {
+        contract::scans_in_key_order(&MemoryStore::new());
     }
 }

@@ -27,6 +27,103 @@ pub enum StoreError {
     Corrupt { version: u64, message: String },
     #[error("version {got} does not follow the latest version {latest}")]
     OutOfOrder { latest: u64, got: u64 },
+    /// A [`Batch`] condition did not hold; nothing was written.
+    #[error("conflict on {key}: {message}")]
+    Conflict { key: String, message: String },
+}
+
+/// A condition a [`Batch`] checks before it writes anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The key holds no value.
+    Absent(String),
+    /// The key holds exactly these bytes.
+    Equals(String, Vec<u8>),
+}
+
+/// One write of a [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+    /// Delete every key that starts with the prefix and sorts before the bound (e.g. the
+    /// old windows of a time series ring).
+    DeleteRange {
+        prefix: String,
+        before: String,
+    },
+}
+
+/// Writes applied atomically, and only when every condition holds. This is the one
+/// write primitive of the brain's state (incidents, rollouts, events, series, audit):
+/// it maps onto an etcd transaction (compare, then put/delete) and onto one redb write
+/// transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub conditions: Vec<Condition>,
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn absent(mut self, key: impl Into<String>) -> Self {
+        self.conditions.push(Condition::Absent(key.into()));
+        self
+    }
+    pub fn equals(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.conditions
+            .push(Condition::Equals(key.into(), value.into()));
+        self
+    }
+    pub fn put(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.ops.push(Op::Put(key.into(), value.into()));
+        self
+    }
+    pub fn delete(mut self, key: impl Into<String>) -> Self {
+        self.ops.push(Op::Delete(key.into()));
+        self
+    }
+    pub fn delete_range(mut self, prefix: impl Into<String>, before: impl Into<String>) -> Self {
+        self.ops.push(Op::DeleteRange {
+            prefix: prefix.into(),
+            before: before.into(),
+        });
+        self
+    }
+}
+
+/// Check one condition against a reader of current values.
+pub(crate) fn check_condition(
+    c: &Condition,
+    current: impl FnOnce(&str) -> Option<Vec<u8>>,
+) -> Result<(), StoreError> {
+    match c {
+        Condition::Absent(k) => match current(k) {
+            None => Ok(()),
+            Some(_) => Err(StoreError::Conflict {
+                key: k.clone(),
+                message: "already exists".into(),
+            }),
+        },
+        Condition::Equals(k, want) => match current(k) {
+            Some(v) if &v == want => Ok(()),
+            Some(_) => Err(StoreError::Conflict {
+                key: k.clone(),
+                message: "changed since it was read".into(),
+            }),
+            None => Err(StoreError::Conflict {
+                key: k.clone(),
+                message: "no longer exists".into(),
+            }),
+        },
+    }
+}
+
+/// A number as a key segment that sorts like the number (20 digits, zero-padded).
+pub fn key_u64(n: u64) -> String {
+    format!("{n:020}")
 }
 
 /// Backend of the version history.
@@ -51,6 +148,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Versions below `before` (all when `None`), newest first, at most `limit`.
     fn history(&self, before: Option<u64>, limit: usize) -> Result<Vec<VersionRecord>, StoreError>;
+
+    // The brain's state: a sorted key space of byte values. Keys are `/`-separated
+    // paths (`incident/…`, `rollout/…`, `series/<stack>/<window>`, `audit/<seq>`);
+    // numbers in keys use [`key_u64`] so they sort numerically.
+
+    /// The value at `key`.
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Keys starting with `prefix` and sorting after `after` (all when `None`), in key
+    /// order, at most `limit`.
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// The last key (in key order) starting with `prefix`, with its value.
+    fn last(&self, prefix: &str) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+
+    /// Apply `batch` atomically and durably if every condition holds; otherwise
+    /// [`StoreError::Conflict`] naming the first failed condition, and nothing written.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
@@ -116,5 +236,82 @@ pub(crate) mod contract {
             Err(StoreError::OutOfOrder { latest: 1, got: 3 })
         ));
         assert_eq!(store.latest().unwrap().unwrap().version, 1);
+    }
+
+    pub fn batches_are_conditional_and_atomic(store: &dyn Store) {
+        let b = Batch::new()
+            .absent("a/1")
+            .put("a/1", b"one".to_vec())
+            .put("a/2", b"two".to_vec())
+            .put("b/1", b"other".to_vec());
+        store.commit(&b).unwrap();
+        assert_eq!(store.read("a/1").unwrap().as_deref(), Some(&b"one"[..]));
+        // A failed condition writes nothing, not even the ops before it.
+        let err = store
+            .commit(
+                &Batch::new()
+                    .equals("a/2", b"two".to_vec())
+                    .absent("a/1")
+                    .put("a/3", b"three".to_vec()),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { ref key, .. } if key == "a/1"),
+            "{err}"
+        );
+        assert!(store.read("a/3").unwrap().is_none());
+        let err = store
+            .commit(&Batch::new().equals("a/2", b"TWO".to_vec()).delete("a/2"))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }));
+        assert!(store.read("a/2").unwrap().is_some());
+        store
+            .commit(&Batch::new().equals("a/2", b"two".to_vec()).delete("a/2"))
+            .unwrap();
+        assert!(store.read("a/2").unwrap().is_none());
+    }
+
+    pub fn scans_in_key_order(store: &dyn Store) {
+        let mut b = Batch::new();
+        for n in [10u64, 2, 33, 1] {
+            b = b.put(format!("s/x/{}", key_u64(n)), n.to_string().into_bytes());
+        }
+        b = b
+            .put("s/y/1", b"y".to_vec())
+            .put("s/xx", b"not x/".to_vec());
+        store.commit(&b).unwrap();
+        let keys = |v: Vec<(String, Vec<u8>)>| -> Vec<String> {
+            v.into_iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}={}",
+                        &k[4..].trim_start_matches('0'),
+                        String::from_utf8(v).unwrap()
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            keys(store.scan("s/x/", None, 10).unwrap()),
+            ["1=1", "2=2", "10=10", "33=33"]
+        );
+        let after = format!("s/x/{}", key_u64(2));
+        assert_eq!(
+            keys(store.scan("s/x/", Some(&after), 2).unwrap()),
+            ["10=10", "33=33"]
+        );
+        let (last, _) = store.last("s/x/").unwrap().unwrap();
+        assert_eq!(last, format!("s/x/{}", key_u64(33)));
+        assert!(store.last("s/z/").unwrap().is_none());
+        // Ring pruning: drop the windows before 10.
+        store
+            .commit(&Batch::new().delete_range("s/x/", format!("s/x/{}", key_u64(10))))
+            .unwrap();
+        assert_eq!(
+            keys(store.scan("s/x/", None, 10).unwrap()),
+            ["10=10", "33=33"]
+        );
+        assert!(store.read("s/xx").unwrap().is_some());
+        assert!(store.read("s/y/1").unwrap().is_some());
     }
 }

@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Store, StoreError};
+use super::{Batch, Op, Store, StoreError};
 use crate::model::VersionRecord;
 
 /// Version → JSON-encoded [`VersionRecord`].
 const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("versions");
 /// Version that set a policy → the policy document.
 const POLICIES: TableDefinition<u64, &str> = TableDefinition::new("policies");
+/// The brain's key space (see [`Store::commit`]).
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
 /// File name inside the data directory.
 pub const FILE_NAME: &str = "switchyard.redb";
@@ -40,6 +42,7 @@ impl RedbStore {
         tx.set_durability(Durability::Immediate).map_err(backend)?;
         tx.open_table(VERSIONS).map_err(backend)?;
         tx.open_table(POLICIES).map_err(backend)?;
+        tx.open_table(KV).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(Self { db, path })
     }
@@ -129,6 +132,95 @@ impl Store for RedbStore {
         }
         Ok(out)
     }
+
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let kv = tx.open_table(KV).map_err(backend)?;
+        Ok(kv.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let kv = tx.open_table(KV).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in kv.range(prefix..).map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            let key = k.value();
+            if !key.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| key <= a) {
+                continue;
+            }
+            out.push((key.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last(&self, prefix: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let kv = tx.open_table(KV).map_err(backend)?;
+        // Keys with the prefix sort before the prefix followed by U+10FFFF... in practice
+        // scan backwards from the first key past the prefix range.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let mut range = kv.range(prefix..upper.as_str()).map_err(backend)?;
+        match range.next_back() {
+            Some(entry) => {
+                let (k, v) = entry.map_err(backend)?;
+                Ok(Some((k.value().to_string(), v.value().to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(backend)?;
+        tx.set_durability(Durability::Immediate).map_err(backend)?;
+        {
+            let mut kv = tx.open_table(KV).map_err(backend)?;
+            for c in &batch.conditions {
+                let mut failure = None;
+                let current = |k: &str| match kv.get(k) {
+                    Ok(v) => v.map(|v| v.value().to_vec()),
+                    Err(e) => {
+                        failure = Some(backend(e));
+                        None
+                    }
+                };
+                let checked = super::check_condition(c, current);
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                // Dropping the transaction without commit aborts it.
+                checked?;
+            }
+            for op in &batch.ops {
+                match op {
+                    Op::Put(k, v) => {
+                        kv.insert(k.as_str(), v.as_slice()).map_err(backend)?;
+                    }
+                    Op::Delete(k) => {
+                        kv.remove(k.as_str()).map_err(backend)?;
+                    }
+                    Op::DeleteRange { prefix, before } => {
+                        if before.as_str() > prefix.as_str() {
+                            kv.retain_in(prefix.as_str()..before.as_str(), |k, _| {
+                                !k.starts_with(prefix.as_str())
+                            })
+                            .map_err(backend)?;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +238,31 @@ mod tests {
     fn contract_order() {
         let dir = tempfile::tempdir().unwrap();
         contract::rejects_gaps_and_repeats(&RedbStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn contract_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::batches_are_conditional_and_atomic(&RedbStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn contract_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::scans_in_key_order(&RedbStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn kv_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            store
+                .commit(&Batch::new().put("audit/1", b"x".to_vec()))
+                .unwrap();
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.read("audit/1").unwrap().as_deref(), Some(&b"x"[..]));
     }
 
     #[test]

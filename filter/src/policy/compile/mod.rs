@@ -146,7 +146,7 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
 /// `CloudFront-Viewer-Country`. Errors still quote the name as written but lower-cased;
 /// a pseudo-header or an invalid name stays invalid.
 fn lower_case_headers(doc: &PolicyDoc) -> PolicyDoc {
-    fn lower(h: &mut String) {
+    fn lower(h: &mut str) {
         h.make_ascii_lowercase();
     }
     fn key(k: &mut KeyDoc) {
