@@ -164,11 +164,11 @@ fn lower_case_headers(doc: &PolicyDoc) -> PolicyDoc {
     }
     let mut doc = doc.clone();
     let c = &mut doc.classify;
-    c.geo.header.iter_mut().for_each(lower);
-    c.cohort_header.iter_mut().for_each(lower);
+    c.geo.header.iter_mut().for_each(|h| lower(h));
+    c.cohort_header.iter_mut().for_each(|h| lower(h));
     c.channels
         .iter_mut()
-        .for_each(|ch| ch.headers.iter_mut().for_each(lower));
+        .for_each(|ch| ch.headers.iter_mut().for_each(|h| lower(h)));
     c.user_key.iter_mut().for_each(key);
     doc.rules.iter_mut().for_each(|r| route(&mut r.route));
     route(&mut doc.default);
