@@ -7,9 +7,11 @@
 //!
 //! - [`clock`]: time, real or manual.
 //! - [`signals`]: per-stack signals over one window (what every judgement reads).
+//! - [`audit`]: the hash-chained log of every decision and change.
 //!
 //! Key space owned by the brain in the store (see [`crate::store::Store::commit`]):
 //! `series/`, `events/`, `incident/`, `rollout/`, `guard/`, `audit/`.
 
+pub mod audit;
 pub mod clock;
 pub mod signals;
