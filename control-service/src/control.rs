@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use switchyard_filter::snapshot::{Snapshot, StackState};
 use tokio::sync::{watch, Mutex};
 
+use crate::brain::audit::{AuditDraft, AuditKind, AuditLog};
 use crate::fleet::Fleet;
 use crate::model::{now_unix_ms, policy_digest, ChangeKind, StackRuntime, VersionRecord};
 use crate::store::{Store, StoreError};
@@ -51,11 +52,25 @@ pub struct Current {
     pub policy_json: Arc<str>,
 }
 
-/// Who asks for a change, and why (kept in the audit record).
+/// Who asks for a change, and why (kept in the version record and the audit log).
 #[derive(Debug, Clone, Default)]
 pub struct Change {
     pub actor: String,
     pub comment: String,
+    /// How the audit log files it: a person's change (the default), or the brain's
+    /// automatic action or approved execution.
+    pub origin: AuditKind,
+}
+
+impl Change {
+    /// A person's change.
+    pub fn manual(actor: impl Into<String>, comment: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            comment: comment.into(),
+            origin: AuditKind::ManualChange,
+        }
+    }
 }
 
 /// A stack operation.
@@ -140,6 +155,7 @@ pub type Published = Option<Arc<Snapshot>>;
 /// The control core, shared by the gRPC and HTTP front ends.
 pub struct Control {
     store: Arc<dyn Store>,
+    audit: AuditLog,
     /// Serialises changes: read current, commit next, publish.
     writer: Mutex<()>,
     current: RwLock<Option<Arc<Current>>>,
@@ -197,8 +213,21 @@ impl Control {
         }
         let current = current.map(Arc::new);
         let (snapshots, _) = watch::channel(current.as_deref().map(|c| Arc::new(c.snapshot())));
+        let audit = AuditLog::new(store.clone());
+        let a = audit.clone();
+        let s = store.clone();
+        let recovered = tokio::task::spawn_blocking(move || audit_missing_versions(&a, &*s))
+            .await
+            .map_err(|e| ControlError::Task(e.to_string()))??;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "audited versions that were committed without their audit entry (restart)"
+            );
+        }
         Ok(Arc::new(Self {
             store,
+            audit,
             writer: Mutex::new(()),
             current: RwLock::new(current),
             snapshots,
@@ -365,6 +394,7 @@ impl Control {
         summary: String,
         change: Change,
     ) -> Result<Outcome, ControlError> {
+        let origin = change.origin;
         let version = current.map(|c| c.record.version).unwrap_or(0) + 1;
         let now = now_unix_ms();
         let stacks = accepted
@@ -395,7 +425,7 @@ impl Control {
             policy_digest: policy_digest(policy_json),
             stacks,
         };
-        self.commit(record.clone(), Arc::from(policy_json), true)
+        self.commit(record.clone(), Arc::from(policy_json), true, origin)
             .await?;
         Ok(Outcome {
             record,
@@ -453,8 +483,13 @@ impl Control {
                 *s = after.clone();
             }
         }
-        self.commit(record.clone(), current.policy_json.clone(), false)
-            .await?;
+        self.commit(
+            record.clone(),
+            current.policy_json.clone(),
+            false,
+            change.origin,
+        )
+        .await?;
         Ok(Outcome {
             record,
             changed: true,
@@ -468,11 +503,23 @@ impl Control {
         record: VersionRecord,
         policy_json: Arc<str>,
         sets_policy: bool,
+        origin: AuditKind,
     ) -> Result<(), ControlError> {
         let store = self.store.clone();
         let rec = record.clone();
         let doc = policy_json.clone();
         blocking(move || store.append(&rec, sets_policy.then_some(&*doc))).await?;
+        // The version is durable; now its audit entry. Should this fail (or the process
+        // die here), `open` audits the version from the history on the next start.
+        let draft = audit_draft(self.current().as_deref(), &record, origin);
+        let audit = self.audit.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || audit.append(draft))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            tracing::error!(version = record.version, error = %e, "audit append failed; it is recovered on restart");
+        }
         let current = Arc::new(Current {
             record,
             policy_json,
@@ -535,6 +582,7 @@ impl Control {
         let change = Change {
             actor: "bootstrap".into(),
             comment: "--bootstrap-policy".into(),
+            origin: AuditKind::AutomaticAction,
         };
         self.apply_as(ChangeKind::Bootstrap, policy_json, change, 0)
             .await
@@ -730,5 +778,224 @@ fn with_reason(summary: String, reason: &str) -> String {
         summary
     } else {
         format!("{summary}: {}", reason.trim())
+    }
+}
+
+/// The audit entry of a committed version: the stack or policy it changed, before → after.
+fn audit_draft(prev: Option<&Current>, record: &VersionRecord, origin: AuditKind) -> AuditDraft {
+    let policy_view = |r: &VersionRecord| {
+        serde_json::json!({
+            "version": r.version,
+            "policy_version": r.policy_version,
+            "policy_name": r.policy_name,
+            "policy_digest": r.policy_digest,
+        })
+    };
+    let (subject, before, after) = if record.policy_version == record.version {
+        (
+            "policy".to_string(),
+            prev.map(|c| policy_view(&c.record))
+                .unwrap_or(serde_json::Value::Null),
+            policy_view(record),
+        )
+    } else {
+        // A stack operation changes exactly one stack.
+        let changed = record.stacks.iter().find(|s| {
+            prev.and_then(|c| c.record.stack(&s.name))
+                .is_none_or(|old| old != *s)
+        });
+        match changed {
+            Some(s) => (
+                format!("stack/{}", s.name),
+                prev.and_then(|c| c.record.stack(&s.name))
+                    .map(|old| serde_json::to_value(old).unwrap_or_default())
+                    .unwrap_or_default(),
+                serde_json::to_value(s).unwrap_or_default(),
+            ),
+            None => (
+                "stacks".to_string(),
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+            ),
+        }
+    };
+    AuditDraft::new(
+        record.created_unix_ms,
+        record.actor.clone(),
+        origin,
+        subject,
+        format!(
+            "v{} {}: {}",
+            record.version,
+            record.kind.as_str(),
+            record.summary
+        ),
+    )
+    .reason(record.comment.clone())
+    .change(before, after)
+    .version(record.version)
+}
+
+/// Audit every committed version newer than the newest one the audit log names (a crash
+/// between a version's commit and its audit entry, or a store from before the audit
+/// log). Returns how many entries it added.
+fn audit_missing_versions(audit: &AuditLog, store: &dyn Store) -> Result<usize, ControlError> {
+    let audit_err = |e: crate::brain::audit::AuditError| {
+        ControlError::Store(match e {
+            crate::brain::audit::AuditError::Store(s) => s,
+            other => StoreError::Backend(other.to_string()),
+        })
+    };
+    let Some(latest) = store.latest()? else {
+        return Ok(0);
+    };
+    let audited = audit.last_version().map_err(audit_err)?.unwrap_or(0);
+    if audited >= latest.version {
+        return Ok(0);
+    }
+    let mut added = 0;
+    let mut prev: Option<Current> = match audited {
+        0 => None,
+        v => store.get(v)?.map(|record| Current {
+            record,
+            policy_json: Arc::from(""),
+        }),
+    };
+    for v in audited + 1..=latest.version {
+        let Some(record) = store.get(v)? else {
+            continue;
+        };
+        let origin = if record.actor == "bootstrap" {
+            AuditKind::AutomaticAction
+        } else {
+            AuditKind::ManualChange
+        };
+        let mut draft = audit_draft(prev.as_ref(), &record, origin);
+        draft.evidence = "recovered from the version history".into();
+        audit.append(draft).map_err(audit_err)?;
+        added += 1;
+        prev = Some(Current {
+            record,
+            policy_json: Arc::from(""),
+        });
+    }
+    Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    const POLICY: &str = r#"{"name":"p","stacks":[{"name":"blue","region":"us"},{"name":"green","region":"us"}],
+      "default":{"targets":[{"stack":"blue"},{"stack":"green"}]}}"#;
+
+    fn weight(percent: u32) -> StackOp {
+        StackOp::SetWeight {
+            percent,
+            reason: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_committed_version_is_audited_with_before_and_after() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let control = Control::open(store.clone()).await.unwrap();
+        control
+            .apply_policy(POLICY, Change::manual("alice", "first"), 0)
+            .await
+            .unwrap();
+        control
+            .stack_op("green", weight(20), Change::manual("bob", "canary"))
+            .await
+            .unwrap();
+        let auto = Change {
+            actor: "health-check".into(),
+            comment: "tcp down".into(),
+            origin: AuditKind::AutomaticAction,
+        };
+        control
+            .stack_op(
+                "blue",
+                StackOp::Evacuate {
+                    reason: "dead".into(),
+                },
+                auto,
+            )
+            .await
+            .unwrap();
+        // No change, no version, no entry.
+        control
+            .stack_op("green", weight(20), Change::manual("bob", "again"))
+            .await
+            .unwrap();
+        let log = AuditLog::new(store);
+        let entries = log.list(None, 10).unwrap();
+        assert_eq!(entries.len(), 3);
+        let e = &entries[0].draft;
+        assert_eq!(
+            (e.subject.as_str(), e.actor.as_str(), e.version),
+            ("policy", "alice", Some(1))
+        );
+        assert_eq!(e.kind, AuditKind::ManualChange);
+        assert!(e.before.is_null());
+        assert_eq!(e.after["policy_name"], "p");
+        let e = &entries[1].draft;
+        assert_eq!(
+            (e.subject.as_str(), e.reason.as_str()),
+            ("stack/green", "canary")
+        );
+        assert_eq!(
+            (
+                e.before["weight_percent"].as_u64(),
+                e.after["weight_percent"].as_u64()
+            ),
+            (Some(100), Some(20))
+        );
+        let e = &entries[2].draft;
+        assert_eq!(
+            (e.subject.as_str(), e.kind),
+            ("stack/blue", AuditKind::AutomaticAction)
+        );
+        assert_eq!(e.after["evacuating"], true);
+        assert!(log.verify().unwrap().ok());
+    }
+
+    #[tokio::test]
+    async fn a_version_committed_without_its_audit_entry_is_audited_on_restart() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        {
+            let control = Control::open(store.clone()).await.unwrap();
+            control
+                .apply_policy(POLICY, Change::manual("alice", ""), 0)
+                .await
+                .unwrap();
+        }
+        // As if the process died between the version's commit and its audit append.
+        let mut rec = store.latest().unwrap().unwrap();
+        rec.version = 2;
+        rec.kind = ChangeKind::StackWeight;
+        rec.actor = "carol".into();
+        rec.stacks[1].weight_percent = 50;
+        store.append(&rec, None).unwrap();
+        assert_eq!(
+            AuditLog::new(store.clone()).last_version().unwrap(),
+            Some(1)
+        );
+
+        let _control = Control::open(store.clone()).await.unwrap();
+        let log = AuditLog::new(store.clone());
+        let entries = log.list(None, 10).unwrap();
+        assert_eq!(entries.len(), 2);
+        let e = &entries[1].draft;
+        assert_eq!(
+            (e.subject.as_str(), e.actor.as_str(), e.version),
+            ("stack/green", "carol", Some(2))
+        );
+        assert_eq!(e.evidence, "recovered from the version history");
+        assert!(log.verify().unwrap().ok());
+        // Opening again adds nothing.
+        let _again = Control::open(store.clone()).await.unwrap();
+        assert_eq!(log.list(None, 10).unwrap().len(), 2);
     }
 }

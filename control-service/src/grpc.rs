@@ -367,10 +367,7 @@ impl v1::policies_server::Policies for PoliciesService {
         request: Request<v1::ApplyPolicyRequest>,
     ) -> Result<Response<v1::ChangeResponse>, Status> {
         let r = request.into_inner();
-        let change = Change {
-            actor: r.actor,
-            comment: r.comment,
-        };
+        let change = Change::manual(r.actor, r.comment);
         let outcome = self
             .control
             .apply_policy(&r.policy_json, change, r.expected_version)
@@ -410,10 +407,7 @@ impl v1::policies_server::Policies for PoliciesService {
         request: Request<v1::RollbackRequest>,
     ) -> Result<Response<v1::ChangeResponse>, Status> {
         let r = request.into_inner();
-        let change = Change {
-            actor: r.actor,
-            comment: r.comment,
-        };
+        let change = Change::manual(r.actor, r.comment);
         let outcome = self
             .control
             .rollback(r.to_version, change, r.expected_version)
@@ -441,7 +435,7 @@ impl StacksService {
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
         let outcome = self
             .control
-            .stack_op(stack, op, Change { actor, comment })
+            .stack_op(stack, op, Change::manual(actor, comment))
             .await?;
         let totals = self.control.fleet().stack_totals();
         let status = outcome

@@ -30,7 +30,7 @@ pub const PREFIX: &str = "audit/";
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What kind of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditKind {
     /// The brain proposes an action (incident, rollout halt).
@@ -44,6 +44,7 @@ pub enum AuditKind {
     /// The brain acted without approval (fast path, pre-approved rollback, rollout step).
     AutomaticAction,
     /// An operator changed the routing state directly (CLI, API).
+    #[default]
     ManualChange,
     /// A guardrail refused a change.
     Refusal,
@@ -307,6 +308,24 @@ impl AuditLog {
             }
         }
         Err(AuditError::Contended(ATTEMPTS))
+    }
+
+    /// The routing version named by the newest entry that names one.
+    pub fn last_version(&self) -> Result<Option<u64>, AuditError> {
+        let Some(head) = self.head()? else {
+            return Ok(None);
+        };
+        const PAGE: u64 = 256;
+        let mut upto = head.seq;
+        while upto > 0 {
+            let from = upto.saturating_sub(PAGE);
+            let page = self.list(Some(from), (upto - from) as usize)?;
+            if let Some(v) = page.iter().rev().find_map(|e| e.draft.version) {
+                return Ok(Some(v));
+            }
+            upto = from;
+        }
+        Ok(None)
     }
 
     /// Entries after `after_seq` (from the first when `None`), oldest first, at most
