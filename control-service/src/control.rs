@@ -236,6 +236,16 @@ impl Control {
         }))
     }
 
+    /// The hash-chained audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The store (the brain keeps its state beside the versions).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
     }

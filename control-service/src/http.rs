@@ -26,6 +26,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/api/v1/stacks", get(stacks))
         .route("/api/v1/history", get(history))
         .route("/api/v1/telemetry", get(telemetry))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/audit/verify", get(audit_verify))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -127,7 +129,9 @@ async fn index() -> Json<Value> {
             "/api/v1/status": "the fleet: current version, nodes, watch streams",
             "/api/v1/policy[?version=N]": "the policy in force, or at version N",
             "/api/v1/stacks": "every stack with its state and traffic",
-            "/api/v1/history[?limit=N&before=V]": "the audit log, newest first",
+            "/api/v1/history[?limit=N&before=V]": "every routing version, newest first",
+            "/api/v1/audit[?limit=N&after=SEQ]": "the hash-chained audit log (newest first, or oldest first after SEQ)",
+            "/api/v1/audit/verify": "recompute the audit chain; names the first broken entry",
             "/api/v1/telemetry": "the latest traffic per stack and node",
             "/metrics": "Prometheus text",
         },
@@ -237,6 +241,48 @@ async fn history(
     Ok(Json(json!({
         "current_version": control.current_version(),
         "versions": records.iter().map(version_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+fn audit_error(e: crate::brain::audit::AuditError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+async fn audit(
+    State(control): State<Arc<Control>>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let log = control.audit().clone();
+    let entries = tokio::task::spawn_blocking(move || match q.after {
+        Some(after) => log.list(Some(after), limit),
+        None => log.recent(limit),
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(audit_error)?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+async fn audit_verify(State(control): State<Arc<Control>>) -> Result<Json<Value>, ApiError> {
+    let log = control.audit().clone();
+    let v = tokio::task::spawn_blocking(move || log.verify())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(audit_error)?;
+    Ok(Json(json!({
+        "ok": v.ok(),
+        "entries": v.entries,
+        "head_hash": v.head,
+        "first_broken": v.first_broken,
     })))
 }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ServeConfig, StoreKind};
 use crate::control::Control;
-use crate::grpc::{DataPlaneService, FleetService, PoliciesService, StacksService};
+use crate::grpc::{AuditService, DataPlaneService, FleetService, PoliciesService, StacksService};
 use crate::proto::{self, v1};
 use crate::store::{MemoryStore, RedbStore, Store};
 
@@ -113,6 +113,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         .set_serving::<v1::fleet_server::FleetServer<FleetService>>()
         .await;
     health
+        .set_serving::<v1::audit_server::AuditServer<AuditService>>()
+        .await;
+    health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
 
@@ -146,6 +149,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
             control.clone(),
         )))
         .add_service(v1::fleet_server::FleetServer::new(FleetService::new(
+            control.clone(),
+        )))
+        .add_service(v1::audit_server::AuditServer::new(AuditService::new(
             control.clone(),
         )));
     {

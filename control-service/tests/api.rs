@@ -557,6 +557,17 @@ async fn http_api_serves_health_status_policy_stacks_history() {
     assert_eq!(hist["versions"][0]["kind"], "policy_apply");
 
     h.stacks().drain(drain_req("green", "", 0)).await.unwrap();
+    let audit = http_json(&h.http_url("/api/v1/audit?limit=5")).await;
+    assert_eq!(audit["entries"][0]["subject"], "stack/green");
+    assert_eq!(audit["entries"][0]["after"]["draining"], true);
+    assert_eq!(audit["entries"][1]["subject"], "policy");
+    let audit = http_json(&h.http_url("/api/v1/audit?after=1")).await;
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 1);
+    let verified = http_json(&h.http_url("/api/v1/audit/verify")).await;
+    assert_eq!(
+        (verified["ok"].as_bool(), verified["entries"].as_u64()),
+        (Some(true), Some(2))
+    );
     let (code, metrics) = http_get(&h.http_url("/metrics")).await;
     assert_eq!(code, 200);
     for line in [

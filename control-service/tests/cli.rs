@@ -671,3 +671,85 @@ fn actor_defaults_to_the_login_name_and_env_is_not_a_required_flag() {
     );
     drop(server);
 }
+
+#[test]
+fn audit_list_and_verify_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = ServerProcess::spawn(&data, &[]);
+    let s = server.grpc.as_str();
+    let p = write(tmp.path(), "p.json", &policy("p", &["blue", "green"]));
+    ok(cli(s, &["policy", "apply", &p, "--comment", "first"]));
+    ok(cli(
+        s,
+        &["stacks", "weight", "green", "20", "--reason", "canary"],
+    ));
+
+    let out = ok(cli(s, &["audit", "list"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        cells(lines[0]),
+        ["SEQ", "TIME (UTC)", "KIND", "ACTOR", "SUBJECT", "SUMMARY"]
+    );
+    // Newest first.
+    assert!(
+        lines[1].starts_with("2 ") && lines[1].contains("stack/green"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("manual_change") && lines[1].contains("carol"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("1 ") && lines[2].contains("policy"),
+        "{out}"
+    );
+
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "audit", "list", "--after", "0"]))).unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1]["subject"], "stack/green");
+    let before: serde_json::Value =
+        serde_json::from_str(entries[1]["before_json"].as_str().unwrap()).unwrap();
+    assert_eq!(before["weight_percent"], 100);
+    assert_eq!(entries[1]["prev_hash"], entries[0]["hash"]);
+    let only: serde_json::Value = serde_json::from_str(&ok(cli(
+        s,
+        &["--json", "audit", "list", "--subject", "policy"],
+    )))
+    .unwrap();
+    assert_eq!(only["entries"].as_array().unwrap().len(), 1);
+
+    let out = ok(cli(s, &["audit", "verify"]));
+    assert!(
+        out.starts_with("audit chain intact: 2 entries, head "),
+        "{out}"
+    );
+
+    // Tamper with the stored chain while the server is stopped: verify names entry 1.
+    drop(server);
+    {
+        use switchyard_control::store::{Batch, RedbStore, Store};
+        let store = RedbStore::open(&data).unwrap();
+        let (k, v) = store.scan("audit/", None, 1).unwrap().remove(0);
+        let text = String::from_utf8(v).unwrap().replace("first", "forged");
+        store
+            .commit(&Batch::new().put(k, text.into_bytes()))
+            .unwrap();
+    }
+    let server = ServerProcess::spawn(&data, &[]);
+    let o = cli(server.grpc.as_str(), &["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("audit chain broken at entry 1: content does not match its hash"),
+        "{}",
+        stderr(&o)
+    );
+    let f = json_failure(
+        &cli(server.grpc.as_str(), &["--json", "audit", "verify"]),
+        1,
+        "audit_broken",
+    );
+    assert!(f["message"].as_str().unwrap().contains("entry 1"), "{f}");
+}

@@ -134,6 +134,38 @@ async fn verify(server: &ServerProcess, acked: &Log) -> u64 {
             }
         }
     }
+    // The audit chain verifies and names every version exactly once, including versions
+    // committed just before the kill whose audit entry was recovered on restart.
+    let mut audit = v1::audit_client::AuditClient::new(connect(&server.grpc).await);
+    let check = audit
+        .verify(v1::AuditVerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(check.ok, "audit chain: {check:?}");
+    let mut audited = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = audit
+            .list(v1::AuditListRequest {
+                after_seq: after,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(last) = page.entries.last() else {
+            break;
+        };
+        after = last.seq;
+        audited.extend(page.entries.iter().map(|e| e.version).filter(|v| *v > 0));
+    }
+    assert_eq!(
+        audited,
+        (1..=hist.current_version).collect::<Vec<_>>(),
+        "every version audited once, in order"
+    );
     hist.current_version
 }
 

@@ -41,6 +41,9 @@ pub enum Command {
     /// Weight, drain and health of the stacks.
     #[command(subcommand)]
     Stacks(StacksCmd),
+    /// The hash-chained audit log of every decision and change.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// The connected Envoys: version applied, last report, connected since.
     Status,
     /// Follow the Watch stream as an Envoy would (acknowledging each version) and print
@@ -92,6 +95,24 @@ pub enum PolicyCmd {
         #[command(flatten)]
         change: ChangeArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Audit entries, newest first (or oldest first from --after).
+    List {
+        /// At most this many entries (1..=1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Oldest first, starting after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        /// Only entries about this subject or below it (`stack/green`, `policy`, `rollout/`).
+        #[arg(long, value_name = "PREFIX", default_value = "")]
+        subject: String,
+    },
+    /// Recompute the hash chain; exit 1 and name the first broken entry if it does not verify.
+    Verify,
 }
 
 #[derive(Debug, Args)]

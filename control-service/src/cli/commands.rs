@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::args::{Command, PolicyCmd, StacksCmd};
+use super::args::{AuditCmd, Command, PolicyCmd, StacksCmd};
 use super::context::Ctx;
 use super::output::{self, Failure};
 use crate::model::now_unix_ms;
@@ -19,6 +19,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
         Command::Policy(cmd) => policy(ctx, cmd).await,
         Command::Stacks(cmd) => stacks(ctx, cmd).await,
         Command::Status => status(ctx).await,
+        Command::Audit(cmd) => audit(ctx, cmd).await,
         Command::Watch {
             node_id,
             last_applied,
@@ -253,6 +254,55 @@ async fn policy_weights(ctx: &mut Ctx<'_>) -> Option<output::PolicyWeights> {
         .into_inner();
     let doc: Value = serde_json::from_str(&r.policy_json).ok()?;
     Some(output::PolicyWeights::from_policy(&doc))
+}
+
+async fn audit(ctx: &mut Ctx<'_>, cmd: &AuditCmd) -> Result<(), Failure> {
+    let mut client = v1::audit_client::AuditClient::new(ctx.channel().await?);
+    match cmd {
+        AuditCmd::List {
+            limit,
+            after,
+            subject,
+        } => {
+            let r = client
+                .list(v1::AuditListRequest {
+                    after_seq: after.unwrap_or(0),
+                    limit: *limit,
+                    newest: after.is_none(),
+                    subject_prefix: subject.clone(),
+                })
+                .await?
+                .into_inner();
+            if ctx.json() {
+                output::print_json(&r);
+            } else {
+                output::print_audit(&r);
+            }
+            Ok(())
+        }
+        AuditCmd::Verify => {
+            let r = client.verify(v1::AuditVerifyRequest {}).await?.into_inner();
+            if r.ok && ctx.json() {
+                output::print_json(&r);
+            } else if r.ok {
+                println!(
+                    "audit chain intact: {} entries, head {}",
+                    r.entries,
+                    &r.head_hash[..r.head_hash.len().min(16)]
+                );
+            }
+            if r.ok {
+                Ok(())
+            } else {
+                let mut f = Failure::rejected(format!(
+                    "audit chain broken at entry {}: {} ({} entries before it verify)",
+                    r.broken_seq, r.broken_reason, r.entries
+                ));
+                f.kind = "audit_broken";
+                Err(f)
+            }
+        }
+    }
 }
 
 async fn status(ctx: &mut Ctx<'_>) -> Result<(), Failure> {

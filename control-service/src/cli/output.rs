@@ -159,7 +159,8 @@ fn violations(s: &Status) -> Option<Vec<Issue>> {
 /// `{"ok": false, "code": …, "message": …, "exit_code": …}`, plus `"valid": false` and
 /// `"errors": [{"path", "message"}]` for an invalid policy. `code` is one of `usage`,
 /// `invalid_value`, `out_of_range`, `invalid_policy`, `invalid_argument`, `not_found`,
-/// `failed_precondition`, `unreachable`, `deadline_exceeded`, `internal`, `failed`.
+/// `failed_precondition`, `unreachable`, `deadline_exceeded`, `internal`, `failed`,
+/// `audit_broken` (`audit verify` found a broken chain; exit 1).
 pub fn report(f: &Failure, json_out: bool) {
     if json_out {
         let mut v = json!({
@@ -283,6 +284,32 @@ pub fn print_history(r: &v1::HistoryResponse) {
             fmt_time(v.created_unix_ms),
             v.kind.clone(),
             v.actor.clone(),
+            summary,
+        ]);
+    }
+    print_table(&rows);
+}
+
+pub fn print_audit(r: &v1::AuditListResponse) {
+    let mut rows = vec![row([
+        "SEQ",
+        "TIME (UTC)",
+        "KIND",
+        "ACTOR",
+        "SUBJECT",
+        "SUMMARY",
+    ])];
+    for e in &r.entries {
+        let mut summary = e.summary.clone();
+        if !e.reason.is_empty() {
+            summary.push_str(&format!(" — {}", e.reason));
+        }
+        rows.push(vec![
+            e.seq.to_string(),
+            fmt_time(e.at_unix_ms),
+            e.kind.clone(),
+            e.actor.clone(),
+            e.subject.clone(),
             summary,
         ]);
     }
