@@ -46,5 +46,5 @@ pub fn validate_json(json: &str) -> Result<Validated, Invalid> {
 
 /// Parse and validate a policy document given as bytes (plugin configuration).
 pub fn validate_bytes(json: &[u8]) -> Result<Validated, Invalid> {
-    compile(&parse::parse(json)?)
+    compile(parse::parse(json)?)
 }

@@ -31,8 +31,9 @@ pub struct Validated {
 }
 
 /// Compile a parsed document, collecting every error.
-pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
-    let doc = &lower_case_headers(doc);
+pub fn compile(mut doc: PolicyDoc) -> Result<Validated, Invalid> {
+    lower_case_headers(&mut doc);
+    let doc = &doc;
     let mut ctx = Ctx::default();
 
     // Regions are interned from stacks and geo tables (in that order); matches and
@@ -141,11 +142,11 @@ pub fn compile(doc: &PolicyDoc) -> Result<Validated, Invalid> {
     })
 }
 
-/// The document with every header name it reads lower-cased: header names are
+/// Lower-case every header name the document reads, in place: header names are
 /// case-insensitive and Envoy hands the filter lower-case names, so a policy may name
 /// `CloudFront-Viewer-Country`. Errors still quote the name as written but lower-cased;
 /// a pseudo-header or an invalid name stays invalid.
-fn lower_case_headers(doc: &PolicyDoc) -> PolicyDoc {
+fn lower_case_headers(doc: &mut PolicyDoc) {
     fn lower(h: &mut str) {
         h.make_ascii_lowercase();
     }
@@ -162,7 +163,6 @@ fn lower_case_headers(doc: &PolicyDoc) -> PolicyDoc {
             lower(h);
         }
     }
-    let mut doc = doc.clone();
     let c = &mut doc.classify;
     c.geo.header.iter_mut().for_each(|h| lower(h));
     c.cohort_header.iter_mut().for_each(|h| lower(h));
@@ -172,5 +172,4 @@ fn lower_case_headers(doc: &PolicyDoc) -> PolicyDoc {
     c.user_key.iter_mut().for_each(key);
     doc.rules.iter_mut().for_each(|r| route(&mut r.route));
     route(&mut doc.default);
-    doc
 }
