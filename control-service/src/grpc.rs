@@ -25,24 +25,48 @@ use crate::proto::{self, v1};
 const DEFAULT_HISTORY: usize = 20;
 const MAX_HISTORY: usize = 1000;
 
+/// At most this many policy problems go into a status (message and details).
+pub const MAX_STATUS_ISSUES: usize = 50;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Self {
         match e {
             ControlError::InvalidPolicy(issues) => {
-                let violations: Vec<FieldViolation> = issues
+                // Status message and details travel in HTTP/2 trailers, whose size is
+                // limited: send the first problems and the count, never all of them.
+                let shown = &issues[..issues.len().min(MAX_STATUS_ISSUES)];
+                let violations: Vec<FieldViolation> = shown
                     .iter()
                     .map(|i| FieldViolation::new(&i.path, &i.message))
                     .collect();
-                let message = format!(
+                let mut message = format!(
                     "invalid policy ({} problem{}):\n{}",
                     issues.len(),
                     if issues.len() == 1 { "" } else { "s" },
-                    issues
+                    shown
                         .iter()
-                        .map(|i| format!("  {i}"))
+                        .map(|i| format!("  {}", clip(&i.to_string(), 300)))
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
+                if issues.len() > shown.len() {
+                    message.push_str(&format!(
+                        "\n  … and {} more (`switchyard policy validate FILE` lists every one)",
+                        issues.len() - shown.len()
+                    ));
+                }
                 Status::with_error_details(
                     Code::InvalidArgument,
                     message,
@@ -355,10 +379,23 @@ impl v1::policies_server::Policies for PoliciesService {
         &self,
         request: Request<v1::ValidatePolicyRequest>,
     ) -> Result<Response<v1::ValidatePolicyResponse>, Status> {
-        let accepted = self.control.validate(&request.into_inner().policy_json)?;
+        let r = request.into_inner();
+        let accepted = match self.control.validate(&r.policy_json) {
+            Ok(a) => a,
+            Err(ControlError::InvalidPolicy(issues)) if r.full_report => {
+                return Ok(Response::new(v1::ValidatePolicyResponse {
+                    valid: false,
+                    errors: proto::field_issues(&issues),
+                    ..Default::default()
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Response::new(v1::ValidatePolicyResponse {
             warnings: proto::field_issues(&accepted.warnings),
             stacks: accepted.stacks.into_iter().map(|s| s.name).collect(),
+            valid: true,
+            errors: Vec::new(),
         }))
     }
 

@@ -149,6 +149,7 @@ async fn invalid_policy_is_rejected_with_every_field_path_and_nothing_changes() 
         .policies()
         .validate(v1::ValidatePolicyRequest {
             policy_json: INVALID.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -181,6 +182,65 @@ async fn invalid_policy_is_rejected_with_every_field_path_and_nothing_changes() 
     h.stop().await;
 }
 
+/// A policy with `n` rules, each naming a stack that does not exist.
+fn policy_with_bad_rules(n: usize) -> String {
+    let rules: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"id":"r{i}","match":{{"path_prefixes":["/p{i}"]}},"route":{{"targets":[{{"stack":"missing-{i}"}}]}}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"name":"big","stacks":[{{"name":"blue","region":"us"}}],"rules":[{}],"default":{{"targets":[{{"stack":"blue"}}]}}}}"#,
+        rules.join(",")
+    )
+}
+
+#[tokio::test]
+async fn thousands_of_problems_fit_in_a_status_and_full_report_has_them_all() {
+    let h = Harness::start().await;
+    let doc = policy_with_bad_rules(3_000);
+    // Apply: a bounded INVALID_ARGUMENT, not an HTTP/2 protocol error.
+    let err = h
+        .policies()
+        .apply(v1::ApplyPolicyRequest {
+            policy_json: doc.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("invalid policy (3000 problems)"),
+        "{}",
+        &err.message()[..200]
+    );
+    assert!(
+        err.message().contains("… and 2950 more"),
+        "{}",
+        err.message()
+    );
+    let shown = err.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(shown.len(), 50);
+    assert_eq!(shown[0].field, "rules[0].route.targets[0].stack");
+    // Validate with full_report: every problem, in the body.
+    let r = h
+        .policies()
+        .validate(v1::ValidatePolicyRequest {
+            policy_json: doc,
+            full_report: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.valid);
+    assert_eq!(r.errors.len(), 3_000);
+    assert_eq!(r.errors[2_999].path, "rules[2999].route.targets[0].stack");
+    assert_eq!(h.status().await.current_version, 0, "nothing applied");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn validate_returns_stacks_and_warnings() {
     let h = Harness::start().await;
@@ -188,6 +248,7 @@ async fn validate_returns_stacks_and_warnings() {
         .policies()
         .validate(v1::ValidatePolicyRequest {
             policy_json: policy("v", &["blue", "green"]),
+            ..Default::default()
         })
         .await
         .unwrap()

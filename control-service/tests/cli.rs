@@ -753,3 +753,49 @@ fn audit_list_and_verify_through_the_cli() {
     );
     assert!(f["message"].as_str().unwrap().contains("entry 1"), "{f}");
 }
+
+#[test]
+fn validate_lists_every_problem_of_a_huge_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let rules: Vec<String> = (0..3_000)
+        .map(|i| {
+            format!(
+                r#"{{"id":"r{i}","match":{{"path_prefixes":["/p{i}"]}},"route":{{"targets":[{{"stack":"missing-{i}"}}]}}}}"#
+            )
+        })
+        .collect();
+    let doc = format!(
+        r#"{{"name":"big","stacks":[{{"name":"blue","region":"us"}}],"rules":[{}],"default":{{"targets":[{{"stack":"blue"}}]}}}}"#,
+        rules.join(",")
+    );
+    let p = write(tmp.path(), "big.json", &doc);
+    let o = cli(server.grpc.as_str(), &["policy", "validate", &p]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        !err.contains("h2 protocol error"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+    assert_eq!(
+        err.matches("route.targets[0].stack").count(),
+        3_000,
+        "{}",
+        &err[..500]
+    );
+    let f = json_failure(
+        &cli(server.grpc.as_str(), &["--json", "policy", "validate", &p]),
+        1,
+        "invalid_policy",
+    );
+    assert_eq!(f["errors"].as_array().unwrap().len(), 3_000);
+    // Apply is refused with the first problems and the count.
+    let o = cli(server.grpc.as_str(), &["policy", "apply", &p]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("3000 problems"),
+        "{}",
+        &stderr(&o)[..300]
+    );
+}

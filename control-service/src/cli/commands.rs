@@ -56,10 +56,24 @@ async fn policy(ctx: &mut Ctx<'_>, cmd: &PolicyCmd) -> Result<(), Failure> {
             } else {
                 let mut client = v1::policies_client::PoliciesClient::new(ctx.channel().await?);
                 let r = client
-                    .validate(v1::ValidatePolicyRequest { policy_json: doc })
+                    .validate(v1::ValidatePolicyRequest {
+                        policy_json: doc,
+                        full_report: true,
+                    })
                     .await
                     .map_err(Failure::from_policy_call)?
                     .into_inner();
+                if !r.valid {
+                    return Err(Failure::invalid_policy(
+                        r.errors
+                            .into_iter()
+                            .map(|i| validate::Issue {
+                                path: i.path,
+                                message: i.message,
+                            })
+                            .collect(),
+                    ));
+                }
                 (r.stacks, r.warnings)
             };
             if json_out {

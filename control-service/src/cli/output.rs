@@ -92,10 +92,27 @@ impl Failure {
         }
     }
 
-    /// A failed policy call: its field violations when the server sent them.
+    /// A failed policy call: its field violations when the server sent them. A status
+    /// carries at most the first 50 problems; its message says how many there are.
     pub fn from_policy_call(s: Status) -> Self {
         match violations(&s) {
-            Some(issues) if !issues.is_empty() => Self::invalid_policy(issues),
+            Some(issues) if !issues.is_empty() => {
+                let shown = issues.len();
+                let mut f = Self::invalid_policy(issues);
+                let total = s
+                    .message()
+                    .strip_prefix("invalid policy (")
+                    .and_then(|m| m.split(' ').next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(shown);
+                if total > shown {
+                    f.message = format!(
+                        "invalid policy ({total} problems; the first {shown} follow, \
+                         `switchyard policy validate FILE` lists every one)"
+                    );
+                }
+                f
+            }
             _ => s.into(),
         }
     }
