@@ -231,6 +231,40 @@ pub fn node_status(n: &NodeView) -> v1::NodeStatus {
     }
 }
 
+/// The wire form of an audit entry.
+pub fn audit_entry(e: &crate::brain::audit::AuditEntry) -> v1::AuditEntry {
+    let d = &e.draft;
+    v1::AuditEntry {
+        seq: e.seq,
+        at_unix_ms: d.at_ms,
+        actor: d.actor.clone(),
+        kind: d.kind.as_str().to_string(),
+        subject: d.subject.clone(),
+        summary: d.summary.clone(),
+        reason: d.reason.clone(),
+        evidence: d.evidence.clone(),
+        before_json: d.before.to_string(),
+        after_json: d.after.to_string(),
+        version: d.version.unwrap_or(0),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+pub fn audit_verification(v: &crate::brain::audit::Verification) -> v1::AuditVerifyResponse {
+    v1::AuditVerifyResponse {
+        ok: v.ok(),
+        entries: v.entries,
+        head_hash: v.head.clone(),
+        broken_seq: v.first_broken.as_ref().map(|b| b.seq).unwrap_or(0),
+        broken_reason: v
+            .first_broken
+            .as_ref()
+            .map(|b| b.reason.clone())
+            .unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -274,39 +308,5 @@ mod tests {
         let wire = snapshot(&s);
         assert_eq!(wire.encode_to_vec(), s.encode());
         assert_eq!(Snapshot::decode(&wire.encode_to_vec()).unwrap(), s);
-    }
-}
-
-/// The wire form of an audit entry.
-pub fn audit_entry(e: &crate::brain::audit::AuditEntry) -> v1::AuditEntry {
-    let d = &e.draft;
-    v1::AuditEntry {
-        seq: e.seq,
-        at_unix_ms: d.at_ms,
-        actor: d.actor.clone(),
-        kind: d.kind.as_str().to_string(),
-        subject: d.subject.clone(),
-        summary: d.summary.clone(),
-        reason: d.reason.clone(),
-        evidence: d.evidence.clone(),
-        before_json: d.before.to_string(),
-        after_json: d.after.to_string(),
-        version: d.version.unwrap_or(0),
-        prev_hash: e.prev_hash.clone(),
-        hash: e.hash.clone(),
-    }
-}
-
-pub fn audit_verification(v: &crate::brain::audit::Verification) -> v1::AuditVerifyResponse {
-    v1::AuditVerifyResponse {
-        ok: v.ok(),
-        entries: v.entries,
-        head_hash: v.head.clone(),
-        broken_seq: v.first_broken.as_ref().map(|b| b.seq).unwrap_or(0),
-        broken_reason: v
-            .first_broken
-            .as_ref()
-            .map(|b| b.reason.clone())
-            .unwrap_or_default(),
     }
 }
