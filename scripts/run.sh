@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # make run: demo stacks, the control service (when built) and Envoy with the Switchyard
 # filter, all on 127.0.0.1. Ctrl-C stops everything.
+#
+# A demo stack that dies stays dead while everything else goes on serving (that is what
+# the demo is for: watch Envoy route around it). scripts/chaos.sh kills, slows, fails and
+# revives stacks; it finds them through the pid files in .run/pids/. The demo stops only
+# when Envoy or the control service exits, or on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENVOY=${ENVOY:-.tools/envoy}
-RUN=.run
-mkdir -p "$RUN"
+# Where the binaries are (tests run the demo on their debug builds).
+BIN=${SWITCHYARD_BIN:-target/release}
+RUN=${SWITCHYARD_RUN_DIR:-.run}
+mkdir -p "$RUN/pids"
+rm -f "$RUN"/pids/*.pid
 pids=()
 
 cleanup() {
@@ -14,7 +22,10 @@ cleanup() {
   echo
   echo "stopping..."
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Stacks revived by scripts/chaos.sh are not our children: stop them through their pid files.
+  for f in "$RUN"/pids/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  rm -f "$RUN"/pids/*.pid
   echo "stopped."
   exit 0
 }
@@ -29,27 +40,35 @@ done
 
 [ -f target/switchyard/switchyard_filter.wasm ] || { echo "no filter module (envoy/envoy.yaml loads target/switchyard/switchyard_filter.wasm): run make build" >&2; exit 1; }
 
-for spec in blue:8081:us green:8082:us canary:8083:us eu:8084:eu; do
+# name:port:region of each demo stack (scripts/chaos.sh reads this list to revive one).
+STACKS="blue:8081:us green:8082:us canary:8083:us eu:8084:eu"
+echo "$STACKS" >"$RUN/stacks"
+for spec in $STACKS; do
   IFS=: read -r name port region <<<"$spec"
-  target/release/switchyard-storefront --name "$name" --port "$port" --region "$region" >"$RUN/$name.log" 2>&1 &
+  "$BIN/switchyard-storefront" --name "$name" --port "$port" --region "$region" >"$RUN/$name.log" 2>&1 &
   pids+=($!)
+  echo $! >"$RUN/pids/$name.pid"
 done
 
 # The control service with its embedded store; the demo policy is applied as version 1
 # (or the stored state is restored when .run/control-data already has it).
-target/release/switchyard-control serve --data-dir "$RUN/control-data" --grpc 127.0.0.1:18000 --http 127.0.0.1:18080 \
+"$BIN/switchyard-control" serve --data-dir "$RUN/control-data" --grpc 127.0.0.1:18000 --http 127.0.0.1:18080 \
   >"$RUN/control.out" 2>"$RUN/control.log" &
 pids+=($!)
+control_pid=$!
+echo $! >"$RUN/pids/control.pid"
 for _ in $(seq 1 100); do grep -q "grpc listening" "$RUN/control.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "grpc listening" "$RUN/control.out" || { echo "control service did not start; see $RUN/control.log" >&2; exit 1; }
-if ! target/release/switchyard policy get >/dev/null 2>&1; then
-  target/release/switchyard --actor make-run policy apply examples/policies/demo.json
+if ! "$BIN/switchyard" policy get >/dev/null 2>&1; then
+  "$BIN/switchyard" --actor make-run policy apply examples/policies/demo.json
 fi
 
 # Demo cookie keys. In production put real secrets in Envoy's environment.
 export SWITCHYARD_AFFINITY_KEYS=${SWITCHYARD_AFFINITY_KEYS:-demo1=demo-affinity-secret-change-me}
 "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --log-level warn --component-log-level wasm:info >"$RUN/envoy.log" 2>&1 &
 pids+=($!)
+envoy_pid=$!
+echo $! >"$RUN/pids/envoy.pid"
 
 for _ in $(seq 1 100); do
   if curl -fs -o /dev/null http://127.0.0.1:9901/ready 2>/dev/null; then break; fi
@@ -73,8 +92,16 @@ Try:
   curl -s  localhost:9901/stats/prometheus | grep '^switchyard_stack_rq_total'
   target/release/switchyard stacks weight green 0     # drain green on every worker, live
   target/release/switchyard stacks list
+  scripts/chaos.sh kill blue          # kill -9 a stack: Envoy routes around it, the demo goes on
+  scripts/chaos.sh slow green 300     # +300 ms on every green response; chaos.sh heal green undoes it
+  scripts/chaos.sh revive blue        # start a killed stack again
 
 Press Ctrl-C to stop.
 MSG
-wait -n "${pids[@]}" || true
-echo "a process exited; see .run/*.log" >&2
+# Only Envoy or the control service ends the demo; a dead stack is part of the show.
+wait -n "$control_pid" "$envoy_pid" || true
+if ! kill -0 "$envoy_pid" 2>/dev/null; then
+  echo "envoy exited; see $RUN/envoy.log" >&2
+else
+  echo "the control service exited; see $RUN/control.log" >&2
+fi
