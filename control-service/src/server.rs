@@ -14,7 +14,7 @@ use crate::config::{ServeConfig, StoreKind};
 use crate::control::Control;
 use crate::grpc::{AuditService, DataPlaneService, FleetService, PoliciesService, StacksService};
 use crate::proto::{self, v1};
-use crate::store::{MemoryStore, RedbStore, Store};
+use crate::store::{EtcdStore, MemoryStore, RedbStore, Store};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,6 +67,7 @@ fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, BoxError> {
     Ok(match cfg.store {
         StoreKind::Redb => Arc::new(RedbStore::open(&cfg.data_dir)?),
         StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Etcd => Arc::new(EtcdStore::connect(&cfg.etcd)?),
     })
 }
 

@@ -293,3 +293,28 @@ fn closed_stdout_and_stderr_do_not_break_the_server() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// The same burst-and-kill on the etcd backend: what a replica acknowledged is in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_on_the_etcd_store_loses_no_acknowledged_version() {
+    let etcd = switchyard_harness::EtcdServer::start();
+    let url = etcd.client_url();
+    let args = ["--store", "etcd", "--etcd-endpoints", url.as_str()];
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("unused");
+    let mut server = ServerProcess::spawn(&data, &args);
+    let seed = policy("seed", &["blue", "green"]);
+    v1::policies_client::PoliciesClient::new(connect(&server.grpc).await)
+        .apply(v1::ApplyPolicyRequest {
+            policy_json: seed.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let acked: Log = Arc::new(Mutex::new(vec![(1, Acked::Policy(seed))]));
+    burst_until_killed(&mut server, &acked, 30, 0).await;
+    server = ServerProcess::spawn(&data, &args);
+    let restored = verify(&server, &acked).await;
+    assert!(!data.exists(), "the etcd store writes no local data");
+    eprintln!("etcd: restored v{restored}");
+}

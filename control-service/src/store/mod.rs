@@ -4,15 +4,24 @@
 //! The [`Store`] trait is what the control service needs from any backend: append one
 //! version durably (it must survive `kill -9` once `append` returns), read the latest,
 //! one version, or a page of history. The default backend is [`RedbStore`], an embedded
-//! crash-safe database in a data directory; a distributed backend can follow by
-//! implementing the same trait. Calls are blocking; async callers use
+//! crash-safe database in a data directory; [`EtcdStore`] keeps the same data in an etcd
+//! cluster for replicated control services. Both pass one contract suite
+//! ([`contract`], run by each backend's tests). Calls are blocking; async callers use
 //! `spawn_blocking`.
 
+mod etcd_store;
 mod memory;
 mod redb_store;
 
+pub use etcd_store::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+
+/// Real servers for the backends' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    pub use switchyard_harness::EtcdServer;
+}
 
 use crate::model::VersionRecord;
 

@@ -11,6 +11,7 @@
 //!   need an explicit port, a held reservation and a retry on "address in use".
 //! - [`Envoy`]: the real binary with a bootstrap YAML, admin and listener ports read back.
 //! - [`Client`]: a keep-alive HTTP/1.1 client that sends headers verbatim.
+//! - [`EtcdCluster`]: real etcd members on reserved ports, killable and restartable.
 //!
 //! It never does date arithmetic (`switchyard_filter::schedule` does) and never builds
 //! the `.wasm` itself ([`filter_wasm`] asks the proxy-host's build module).
@@ -18,6 +19,7 @@
 
 pub mod envoy;
 pub mod error;
+pub mod etcd;
 pub mod http;
 pub mod ports;
 pub mod proc;
@@ -27,6 +29,7 @@ use std::path::PathBuf;
 
 pub use envoy::{Envoy, EnvoyOptions};
 pub use error::HarnessError;
+pub use etcd::{EtcdCluster, EtcdServer};
 pub use http::{Client, Response};
 pub use ports::ReservedPort;
 pub use proc::{Proc, TestDir};
