@@ -451,48 +451,63 @@ impl Control {
         op: StackOp,
         change: Change,
     ) -> Result<Outcome, ControlError> {
+        self.stack_ops(vec![(stack.to_string(), op)], change).await
+    }
+
+    /// Apply changes to several stacks as ONE version (e.g. a rollout step moving share
+    /// from the stable stack to the release: both factors change together, so no Envoy
+    /// ever routes on half of the move). All or nothing: any error changes nothing.
+    pub async fn stack_ops(
+        &self,
+        ops: Vec<(String, StackOp)>,
+        change: Change,
+    ) -> Result<Outcome, ControlError> {
         let _w = self.writer.lock().await;
         let current = self.current().ok_or_else(|| {
             ControlError::FailedPrecondition("no policy has been applied yet".into())
         })?;
-        let Some(before) = current.record.stack(stack) else {
-            return Err(ControlError::NotFound(format!(
-                "stack {stack:?} is not in the current policy (stacks: {})",
-                current
-                    .record
-                    .stacks
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
         let version = current.record.version + 1;
         let now = now_unix_ms();
-        let mut after = before.clone();
-        let (kind, summary) = apply_stack_op(&mut after, &op, now)?;
-        if after == *before {
+        let mut record = current.record.clone();
+        let mut kind = None;
+        let mut summaries = Vec::new();
+        for (stack, op) in &ops {
+            let Some(i) = record.stacks.iter().position(|s| s.name == *stack) else {
+                return Err(ControlError::NotFound(format!(
+                    "stack {stack:?} is not in the current policy (stacks: {})",
+                    record
+                        .stacks
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            let mut after = record.stacks[i].clone();
+            let (k, summary) = apply_stack_op(&mut after, op, now)?;
+            if after == record.stacks[i] {
+                continue;
+            }
+            after.changed_version = version;
+            after.changed_unix_ms = now;
+            after.changed_by = change.actor.clone();
+            record.stacks[i] = after;
+            kind.get_or_insert(k);
+            summaries.push(summary);
+        }
+        let Some(kind) = kind else {
             return Ok(Outcome {
                 record: current.record.clone(),
                 changed: false,
                 warnings: vec![],
             });
-        }
-        after.changed_version = version;
-        after.changed_unix_ms = now;
-        after.changed_by = change.actor.clone();
-        let mut record = current.record.clone();
+        };
         record.version = version;
         record.created_unix_ms = now;
         record.kind = kind;
-        record.summary = summary;
+        record.summary = summaries.join("; ");
         record.actor = change.actor;
         record.comment = change.comment;
-        for s in &mut record.stacks {
-            if s.name == stack {
-                *s = after.clone();
-            }
-        }
         self.commit(
             record.clone(),
             current.policy_json.clone(),
@@ -809,23 +824,44 @@ fn audit_draft(prev: Option<&Current>, record: &VersionRecord, origin: AuditKind
             policy_view(record),
         )
     } else {
-        // A stack operation changes exactly one stack.
-        let changed = record.stacks.iter().find(|s| {
-            prev.and_then(|c| c.record.stack(&s.name))
-                .is_none_or(|old| old != *s)
-        });
-        match changed {
-            Some(s) => (
-                format!("stack/{}", s.name),
+        // A stack operation changes one stack, or several in one version.
+        let old = |name: &str| {
+            prev.and_then(|c| c.record.stack(name))
+                .map(|old| serde_json::to_value(old).unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let changed: Vec<&StackRuntime> = record
+            .stacks
+            .iter()
+            .filter(|s| {
                 prev.and_then(|c| c.record.stack(&s.name))
-                    .map(|old| serde_json::to_value(old).unwrap_or_default())
-                    .unwrap_or_default(),
+                    .is_none_or(|old| old != *s)
+            })
+            .collect();
+        match changed.as_slice() {
+            [s] => (
+                format!("stack/{}", s.name),
+                old(&s.name),
                 serde_json::to_value(s).unwrap_or_default(),
             ),
-            None => (
-                "stacks".to_string(),
-                serde_json::Value::Null,
-                serde_json::Value::Null,
+            many => (
+                format!(
+                    "stacks/{}",
+                    many.iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                serde_json::Value::Object(
+                    many.iter()
+                        .map(|s| (s.name.clone(), old(&s.name)))
+                        .collect(),
+                ),
+                serde_json::Value::Object(
+                    many.iter()
+                        .map(|s| (s.name.clone(), serde_json::to_value(s).unwrap_or_default()))
+                        .collect(),
+                ),
             ),
         }
     };
@@ -969,6 +1005,47 @@ mod tests {
         );
         assert_eq!(e.after["evacuating"], true);
         assert!(log.verify().unwrap().ok());
+    }
+
+    #[tokio::test]
+    async fn several_stacks_change_in_one_version_or_not_at_all() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let control = Control::open(store.clone()).await.unwrap();
+        control
+            .apply_policy(POLICY, Change::manual("alice", ""), 0)
+            .await
+            .unwrap();
+        let mut rx = control.subscribe();
+        rx.borrow_and_update();
+        let out = control
+            .stack_ops(
+                vec![("green".into(), weight(5)), ("blue".into(), weight(95))],
+                Change::manual("rollout:r1", "step 1"),
+            )
+            .await
+            .unwrap();
+        assert!(out.changed);
+        assert_eq!(out.record.version, 2);
+        let w: Vec<u32> = out.record.stacks.iter().map(|s| s.weight_percent).collect();
+        assert_eq!(w, vec![95, 5]);
+        // One publication carrying both factors.
+        assert!(rx.has_changed().unwrap());
+        let snap = rx.borrow_and_update().clone().unwrap();
+        assert_eq!(snap.version, 2);
+        // An unknown stack anywhere in the list changes nothing.
+        let err = control
+            .stack_ops(
+                vec![("green".into(), weight(50)), ("purple".into(), weight(50))],
+                Change::manual("x", ""),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ControlError::NotFound(_)), "{err}");
+        assert_eq!(control.current_version(), 2);
+        let e = AuditLog::new(store).recent(1).unwrap().remove(0).draft;
+        assert_eq!(e.subject, "stacks/blue,green");
+        assert_eq!(e.before["green"]["weight_percent"], 100);
+        assert_eq!(e.after["green"]["weight_percent"], 5);
     }
 
     #[tokio::test]
