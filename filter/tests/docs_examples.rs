@@ -12,6 +12,10 @@
 //!   next fenced block (one `path: message` per line).
 //! - `jsonc` (outlines with comments and `...`) and every other language: not checked.
 //!
+//! Transcripts of the offline validator (`$ cargo run -q -p switchyard-filter --example
+//! validate -- FILE` in a plain fenced block) must show what the validator prints for
+//! FILE (from the repository, or as shown by an earlier `$ cat FILE`).
+//!
 //! Native only: it reads files of the repository.
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -241,6 +245,124 @@ fn every_json_example_in_the_docs_validates() {
     // invalid example: a vanished example would mean the extraction broke.
     assert!(checked >= 8, "only {checked} JSON examples found");
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Transcripts of the offline validator
+// ---------------------------------------------------------------------------------------
+
+const VALIDATE: &str = "cargo run -q -p switchyard-filter --example validate -- ";
+
+/// What `examples/validate.rs` prints for a document, and `(exit 1)` as transcripts show
+/// a failure (kept in step with that example by hand: it is five lines).
+fn validate_output(json: &str) -> Vec<String> {
+    match validate_json(json) {
+        Ok(v) => v
+            .warnings
+            .iter()
+            .map(|w| format!("warning: {w}"))
+            .chain([format!(
+                "ok: {} stacks, {} rules",
+                v.policy.stacks.len(),
+                v.policy.rules.len()
+            )])
+            .collect(),
+        Err(e) => e
+            .errors
+            .iter()
+            .map(|e| format!("error: {e}"))
+            .chain(["(exit 1)".to_string()])
+            .collect(),
+    }
+}
+
+/// Check every `$ cargo run … --example validate -- FILE` of a file's transcripts against
+/// the validator; FILE is read from the repository, or is what an earlier `$ cat FILE`
+/// of the same block showed.
+fn check_validate_transcripts(
+    name: &str,
+    markdown: &str,
+    read: &dyn Fn(&str) -> Option<String>,
+) -> (usize, Vec<String>) {
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for b in blocks(markdown).iter().filter(|b| b.info.is_empty()) {
+        // (line, command, output) of each `$ ` step.
+        let mut steps: Vec<(usize, String, Vec<String>)> = Vec::new();
+        for (i, line) in b.text.lines().enumerate() {
+            match line.strip_prefix("$ ") {
+                Some(cmd) => steps.push((b.line + 1 + i, cmd.to_string(), Vec::new())),
+                None => {
+                    if let Some(step) = steps.last_mut() {
+                        step.2.push(line.to_string());
+                    }
+                }
+            }
+        }
+        let mut shown: Vec<(String, String)> = Vec::new();
+        for (line, cmd, mut output) in steps {
+            while output.last().is_some_and(|l| l.trim().is_empty()) {
+                output.pop();
+            }
+            if let Some(file) = cmd.strip_prefix("cat ") {
+                shown.push((file.trim().to_string(), output.join("\n")));
+                continue;
+            }
+            let Some(file) = cmd.strip_prefix(VALIDATE).map(str::trim) else {
+                continue;
+            };
+            checked += 1;
+            let text = shown
+                .iter()
+                .rev()
+                .find(|(f, _)| f == file)
+                .map(|(_, t)| t.clone())
+                .or_else(|| read(file));
+            let Some(text) = text else {
+                problems.push(format!(
+                    "{name}:{line}: {file}: no such file, and no `$ cat {file}` before"
+                ));
+                continue;
+            };
+            let got = validate_output(&text);
+            if got != output {
+                problems.push(format!(
+                    "{name}:{line}: $ {cmd}\n{}\n{}",
+                    lines("shown", output.iter()),
+                    lines("validator", got.iter())
+                ));
+            }
+        }
+    }
+    (checked, problems)
+}
+
+#[test]
+fn validate_transcripts_show_what_the_validator_says() {
+    let read = |f: &str| std::fs::read_to_string(repo().join(f)).ok();
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for f in markdown_files() {
+        let text = std::fs::read_to_string(repo().join(&f)).unwrap();
+        let (n, p) = check_validate_transcripts(&f, &text, &read);
+        checked += n;
+        problems.extend(p);
+    }
+    // examples/policies/README.md shows three runs.
+    assert!(checked >= 3, "only {checked} validate transcripts found");
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+#[test]
+fn a_validate_transcript_that_drifted_fails() {
+    let md = format!(
+        "```\n$ cat p.json\n{BASE}\n$ {VALIDATE}p.json\nok: 1 stacks, 2 rules\n\n$ {VALIDATE}q.json\n```\n"
+    );
+    let (n, problems) = check_validate_transcripts("t.md", &md, &|_| None);
+    assert_eq!(n, 2);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(problems[0].starts_with("t.md:4:") && problems[0].contains("ok: 1 stacks, 1 rules"));
+    assert!(problems[1].contains("q.json: no such file"));
 }
 
 // ---------------------------------------------------------------------------------------
