@@ -116,39 +116,86 @@ fn classify(patch: Value) -> Value {
 fn cases() -> Vec<Case> {
     let blue = json!([ { "stack": "blue" } ]);
     vec![
-        // ---- JSON shape (the parser) ----
+        // ---- JSON shape (the parser, then the shape table: every problem, with its path) ----
         text("<policy/>", "$", "expected value at line 1 column 1"),
         text(
             r#"{ "stacks": [], "default": { "targets": [] } } x"#,
             "$",
             "trailing characters at line 1",
         ),
-        err(json!({ "bogus": 1 }), "bogus", "unknown field `bogus`, expected one of"),
+        text(
+            r#"{ "stacks": [ { "name": "blue", "region": "us" } ], "stacks": [],
+                 "default": { "targets": [ { "stack": "blue" } ] } }"#,
+            "$",
+            "duplicate field `stacks`",
+        ),
+        text("[]", "$", "invalid type: a list, expected an object"),
+        err(json!({ "bogus": 1 }), "bogus", "unknown field `bogus`, expected one of `name`, `stacks`"),
         err(
             default(json!({ "targets": blue, "afinity": true })),
             "default.afinity",
-            "unknown field `afinity`",
+            "unknown field `afinity`, did you mean `affinity`?",
         ),
         err(
             default(json!({ "targets": [ { "stack": "blue", "weight": "heavy" } ] })),
             "default.targets[0].weight",
-            "invalid type: string \"heavy\", expected u32",
+            "invalid type: string \"heavy\", expected an integer in 0..=4294967295",
+        ),
+        err(
+            rule_match(json!({ "regions": "us" })),
+            "rules[0].match.regions",
+            "invalid type: string \"us\", expected a list of strings",
+        ),
+        err(
+            json!({ "rules": [ { "id": "r", "route": { "targets": "blue" } } ] }),
+            "rules[0].route.targets",
+            "invalid type: string \"blue\", expected a list of objects",
         ),
         err(
             json!({ "stacks": [ { "name": "blue" } ] }),
-            "stacks[0]",
+            "stacks[0].region",
             "missing field `region`",
         ),
-        err(json!({ "default": null }), "$", "missing field `default`"),
+        err(json!({ "default": null }), "default", "missing field `default`"),
         err(
             default(json!({ "targets": blue, "balance": { "mode": "random" } })),
             "default.balance.mode",
             "unknown variant `random`, expected `weighted` or `hash`",
         ),
         err(
+            default(json!({ "targets": blue, "balance": { "key": "user" } })),
+            "default.balance.mode",
+            "missing field `mode`",
+        ),
+        err(
+            default(json!({ "targets": blue, "balance": { "mode": "hash", "key": { "heder": "x-user" } } })),
+            "default.balance.key",
+            "unknown variant `heder`, did you mean `header`?",
+        ),
+        err(
+            classify(json!({ "user_key": [ "header" ] })),
+            "classify.user_key[0]",
+            "expected exactly one of `client_ip`, {\"header\": …} or {\"cookie\": …}",
+        ),
+        err(
+            classify(json!({ "user_key": [ { "header": "x-user", "cookie": "session" } ] })),
+            "classify.user_key[0]",
+            "expected exactly one of `client_ip`",
+        ),
+        err(
             json!({ "breaker": { "window_ms": -1 } }),
             "breaker.window_ms",
-            "invalid value: integer `-1`, expected u64",
+            "invalid value: integer `-1`, expected an integer in 0..=18446744073709551615",
+        ),
+        err(
+            default(json!({ "targets": blue, "fallback": { "local": { "status": 70_000 } } })),
+            "default.fallback.local.status",
+            "invalid value: integer `70000`, expected an integer in 0..=65535",
+        ),
+        err(
+            json!({ "breaker": { "consecutive_failures": 2.5 } }),
+            "breaker.consecutive_failures",
+            "invalid type: floating point `2.5`, expected an integer in 0..=4294967295",
         ),
         // ---- stacks ----
         err(json!({ "stacks": [], "default": { "targets": [] } }), "stacks", "at least one stack is required"),
@@ -582,6 +629,112 @@ fn every_row_is_reported_at_its_path() {
         .filter_map(|(i, c)| expected(c).err().map(|e| format!("row {i}: {e}")))
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Documents with several problems: every one is reported
+// ---------------------------------------------------------------------------------------
+
+/// Every error of a document, as `path: message`.
+fn all_errors(doc: &Value) -> Vec<String> {
+    match validate_json(&doc.to_string()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.errors.iter().map(|i| i.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_typo_a_bad_stack_name_and_an_unknown_stack_are_all_reported() {
+    let doc = json!({
+        "stacks": [ { "name": "blue", "region": "us" }, { "name": "bad name!", "region": "us" } ],
+        "rules": [ { "id": "r", "priorty": 1, "route": { "targets": [ { "stack": "blue" } ] } } ],
+        "default": { "targets": [ { "stack": "purple" } ] }
+    });
+    assert_eq!(
+        all_errors(&doc),
+        [
+            "rules[0].priorty: unknown field `priorty`, did you mean `priority`?",
+            "stacks[1].name: 'bad name!' must be 1-48 characters of [A-Za-z0-9_-]",
+            "default.targets[0].stack: unknown stack 'purple'",
+        ]
+    );
+}
+
+#[test]
+fn an_empty_document_reports_every_missing_required_field() {
+    assert_eq!(
+        all_errors(&json!({})),
+        [
+            "stacks: missing field `stacks`",
+            "default: missing field `default`"
+        ]
+    );
+    let doc = json!({ "stacks": [ {} ], "rules": [ {} ], "default": {} });
+    assert_eq!(
+        all_errors(&doc),
+        [
+            "default.targets: missing field `targets`",
+            "rules[0].id: missing field `id`",
+            "rules[0].route: missing field `route`",
+            "stacks[0].name: missing field `name`",
+            "stacks[0].region: missing field `region`",
+        ]
+    );
+}
+
+#[test]
+fn type_errors_at_depth_are_reported_with_the_problems_of_well_formed_parts() {
+    let mut doc = base();
+    merge(
+        &mut doc,
+        &json!({
+            "classify": { "geo": { "cidrs": [ { "cidr": "10.0.0.1/8", "region": "eu" } ] } },
+            "rules": [
+                { "id": "a", "route": { "targets": "blue" } },
+                { "id": "b", "match": { "regions": ["mars"] }, "route": { "targets": [ { "stack": 7 } ] } },
+                { "id": "c", "match": { "time": { "days": "mon" } }, "route": { "targets": [ { "stack": "purple" } ] } }
+            ],
+            "default": { "targets": [ { "stack": "blue", "weight": -5 } ] }
+        }),
+    );
+    let errors = all_errors(&doc);
+    assert_eq!(
+        errors,
+        [
+            "default.targets[0].weight: invalid value: integer `-5`, expected an integer in 0..=4294967295",
+            "rules[0].route.targets: invalid type: string \"blue\", expected a list of objects",
+            "rules[1].route.targets[0].stack: invalid type: integer `7`, expected a string",
+            "rules[2].match.time.days: invalid type: string \"mon\", expected a list of strings",
+            "classify.geo.cidrs[0].cidr: '10.0.0.1/8': host bits set after the prefix (did you mean the network address?)",
+            "rules[1].match.regions[0]: unknown region 'mars' (not used by any stack or geo table)",
+            "rules[2].route.targets[0].stack: unknown stack 'purple'",
+        ],
+    );
+}
+
+#[test]
+fn findings_about_repaired_values_are_left_out() {
+    // `stacks` unusable: every target would be an unknown stack; only the shape is reported.
+    let doc =
+        json!({ "stacks": { "name": "blue" }, "default": { "targets": [ { "stack": "blue" } ] } });
+    assert_eq!(
+        all_errors(&doc),
+        ["stacks: invalid type: an object, expected a list of objects"]
+    );
+    // A window without a start: nothing is said about the placeholder start.
+    let mut doc = base();
+    merge(
+        &mut doc,
+        &rule_match(json!({ "time": { "windows": [ { "end": "17:00" } ] } })),
+    );
+    assert_eq!(
+        all_errors(&doc),
+        ["rules[0].match.time.windows[0].start: missing field `start`"]
+    );
+    // A missing route: nothing is said about its placeholder's empty targets.
+    let doc = json!({ "stacks": [ { "name": "blue", "region": "us" } ], "rules": [ { "id": "r" } ],
+                      "default": { "targets": [ { "stack": "blue" } ] } });
+    assert_eq!(all_errors(&doc), ["rules[0].route: missing field `route`"]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 //! (the largest part of the filter's .wasm) is instantiated here, in a crate the release
 //! profile builds for size, while the routing core that uses these types is built for
 //! speed (see the workspace `Cargo.toml`). `switchyard_filter::policy` re-exports all of it.
+//!
+//! Feature `serialize` derives `Serialize` too, for tests only (the filter's shape table
+//! is checked against a serialised document with every field set).
 
 use std::collections::BTreeMap;
 
@@ -22,6 +25,7 @@ pub fn from_slice(json: &[u8]) -> Result<PolicyDoc, serde_json::Error> {
 
 /// The policy document as written (JSON). See `docs/policy.md`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDoc {
     /// Free-form name shown in logs and status.
@@ -50,6 +54,7 @@ pub struct PolicyDoc {
 
 /// One stack: a complete deployment reachable through one Envoy cluster.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct StackDoc {
     pub name: String,
@@ -74,6 +79,7 @@ fn default_weight() -> u32 {
 
 /// Classification settings.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyDoc {
     #[serde(default)]
@@ -98,6 +104,7 @@ pub struct ClassifyDoc {
 
 /// Geography: a trusted edge header, then CIDR tables on `source.address`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct GeoDoc {
     /// Trusted header with an ISO country code (or a region name), set by the CDN/edge.
@@ -112,6 +119,7 @@ pub struct GeoDoc {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct CidrDoc {
     pub cidr: String,
@@ -120,6 +128,7 @@ pub struct CidrDoc {
 
 /// A channel: web, mobile app, retail/POS, partner API, ...
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct ChannelDoc {
     pub name: String,
@@ -136,6 +145,7 @@ pub struct ChannelDoc {
 
 /// A source of a key: a header, a cookie or the client address.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeyDoc {
     Header(String),
@@ -145,6 +155,7 @@ pub enum KeyDoc {
 
 /// Sticky-session cookie settings.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct AffinityDoc {
     #[serde(default = "default_cookie")]
@@ -181,6 +192,7 @@ fn default_epoch() -> u32 {
 
 /// Local circuit breaker settings (per stack, per worker).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct BreakerDoc {
     #[serde(default = "yes")]
@@ -243,6 +255,7 @@ fn d_half_open() -> u32 {
 
 /// A rule: a match on classified attributes and the route it selects.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RuleDoc {
     pub id: String,
@@ -255,6 +268,7 @@ pub struct RuleDoc {
 
 /// Conditions; every condition given must hold, each list matches any of its entries.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct MatchDoc {
     #[serde(default)]
@@ -277,6 +291,7 @@ pub struct MatchDoc {
 
 /// Time conditions, all in UTC.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TimeDoc {
     /// Daily windows `HH:MM`–`HH:MM` (end exclusive; may wrap past midnight).
@@ -291,6 +306,7 @@ pub struct TimeDoc {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct WindowDoc {
     pub start: String,
@@ -298,6 +314,7 @@ pub struct WindowDoc {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct CampaignDoc {
     #[serde(default)]
@@ -308,6 +325,7 @@ pub struct CampaignDoc {
 
 /// A stable slice of users by hashed user key: `from` ≤ bucket < `to`, in percent.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct PercentDoc {
     #[serde(default)]
@@ -317,6 +335,7 @@ pub struct PercentDoc {
 
 /// What a rule selects.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RouteDoc {
     pub targets: Vec<TargetDoc>,
@@ -336,6 +355,7 @@ pub struct RouteDoc {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TargetDoc {
     pub stack: String,
@@ -345,6 +365,7 @@ pub struct TargetDoc {
 
 /// Balancing among the eligible targets.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BalanceDoc {
     /// Smooth weighted round-robin. `key` is read only so that validation can reject it
@@ -366,6 +387,7 @@ impl Default for BalanceDoc {
 
 /// Key of consistent hashing.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HashKeyDoc {
     /// The classified user key (`classify.user_key`).
@@ -377,6 +399,7 @@ pub enum HashKeyDoc {
 
 /// What to do when no target is eligible.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct FallbackDoc {
     /// Another stack set (still bound by residency).
@@ -388,6 +411,7 @@ pub struct FallbackDoc {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "serialize", derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct LocalDoc {
     #[serde(default = "d_status")]

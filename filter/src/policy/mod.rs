@@ -8,7 +8,8 @@
 //! policy it accepts is exactly one the filter accepts.
 //!
 //! This module only declares the parts and re-exports their public surface:
-//! - `parse`: the JSON shape (unknown fields, wrong types);
+//! - `parse`: the JSON shape (unknown fields, wrong types), checked natively against
+//!   the table in `shape` so that every structural problem is reported;
 //! - `compile`: the sections, checked and compiled in one error-collecting pass
 //!   (`check` holds the context and the shared name checks);
 //! - `compiled`, `condition`, `ids`: the compiled policy, plain read-only data;
@@ -25,6 +26,8 @@ mod ids;
 mod index;
 mod inputs;
 mod parse;
+#[cfg(not(target_arch = "wasm32"))]
+mod shape;
 
 pub use switchyard_policy_doc::*;
 
@@ -46,5 +49,5 @@ pub fn validate_json(json: &str) -> Result<Validated, Invalid> {
 
 /// Parse and validate a policy document given as bytes (plugin configuration).
 pub fn validate_bytes(json: &[u8]) -> Result<Validated, Invalid> {
-    compile(parse::parse(json)?)
+    parse::validate(json, compile)
 }
