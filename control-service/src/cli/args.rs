@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
     about = "Operate the Switchyard control service"
 )]
 pub struct Cli {
-    /// Control service gRPC address: host:port, http://host:port or https://host:port
+    /// Control service gRPC address: host:port or http://host:port (no TLS yet)
     /// [env: SWITCHYARD_SERVER] [default: 127.0.0.1:18000]
     // Environment and default are applied in `Ctx`, not by clap: clap would list an
     // argument taken from the environment in usage messages as if it were required.

@@ -117,13 +117,14 @@ fn process_user_name() -> Option<String> {
 }
 
 /// The URI to dial for a `--server` value: `host:port` (what `make run` prints and
-/// `serve --grpc` takes) means plain HTTP/2; `http://…` and `https://…` are used as they
-/// are. Anything else is a usage error that says which forms work.
+/// `serve --grpc` takes) means plain HTTP/2, as does `http://…`. `https://…` is refused
+/// with a message until the CLI has TLS: dialling it in plain text would look secure and
+/// not be. Anything else is a usage error that says which forms work.
 pub fn server_uri(server: &str) -> Result<String, String> {
     let bad = |why: &str| {
         format!(
-            "bad --server {server:?}: {why}; use host:port (e.g. 127.0.0.1:18000), \
-             http://host:port or https://host:port"
+            "bad --server {server:?}: {why}; use host:port (e.g. 127.0.0.1:18000) \
+             or http://host:port"
         )
     };
     let s = server.trim();
@@ -131,7 +132,13 @@ pub fn server_uri(server: &str) -> Result<String, String> {
         Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
         None => ("http".to_string(), s),
     };
-    if scheme != "http" && scheme != "https" {
+    if scheme == "https" {
+        return Err(bad(
+            "this CLI has no TLS yet (it comes with the control API's mTLS), and will not \
+             send credentials in plain text to an https:// address",
+        ));
+    }
+    if scheme != "http" {
         return Err(bad(&format!("unsupported scheme {scheme:?}")));
     }
     let authority = rest.trim_end_matches('/');
@@ -170,10 +177,8 @@ mod tests {
         assert_eq!(ok("[::1]:18000"), "http://[::1]:18000");
         assert_eq!(ok("http://127.0.0.1:18000"), "http://127.0.0.1:18000");
         assert_eq!(ok("http://127.0.0.1:18000/"), "http://127.0.0.1:18000");
-        assert_eq!(
-            ok("https://control.example:443"),
-            "https://control.example:443"
-        );
+        let err = server_uri("https://control.example:443").unwrap_err();
+        assert!(err.contains("no TLS yet"), "{err}");
     }
 
     #[test]
