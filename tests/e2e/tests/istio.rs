@@ -799,6 +799,19 @@ fn check_routes_match_the_virtual_service(docs: &[Doc], config: &Value) {
         .all(|h| vhost["domains"].as_array().unwrap().contains(&json!(h))));
     let routes = vhost["routes"].as_array().unwrap();
     let http = vs.value["spec"]["http"].as_array().unwrap();
+    // Every subset the VirtualService routes to is one of the DestinationRule's.
+    let dr = find(docs, "routing.yaml", "DestinationRule", "storefront");
+    let subsets: Vec<&Value> = dr.value["spec"]["subsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["name"])
+        .collect();
+    for h in http {
+        let d = &h["route"][0]["destination"];
+        assert_eq!(d["host"], dr.value["spec"]["host"], "rule {}", h["name"]);
+        assert!(subsets.contains(&&d["subset"]), "rule {}: {d}", h["name"]);
+    }
     assert_eq!(
         routes.len(),
         http.len(),
@@ -881,6 +894,31 @@ fn the_gateway_from_the_manifests_validates_starts_and_takes_a_pushed_policy() {
             "envoy.filters.http.router"
         ]
     );
+
+    // The policy's stacks name the clusters istiod makes of the DestinationRule subsets.
+    let ef = find(&docs, "envoyfilter.yaml", "EnvoyFilter", "switchyard");
+    let policy: Value = serde_json::from_str(
+        ef.value["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+            ["configuration"]["value"]
+            .as_str()
+            .unwrap(),
+    )
+    .expect("the EnvoyFilter's policy is JSON");
+    let clusters: Vec<&Value> = gw.config["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["name"])
+        .collect();
+    for st in policy["stacks"].as_array().unwrap() {
+        assert!(
+            clusters.contains(&&st["cluster"]),
+            "stack {st}: no such cluster"
+        );
+    }
+    // The module travels in the switchyard-wasm ConfigMap: at most 1 MiB in all.
+    let size = std::fs::metadata(wasm_path()).unwrap().len();
+    assert!(size < 1_000_000, "{size} bytes do not fit a ConfigMap");
 
     gw.validate(&dir);
     let envoy = gw.start();
