@@ -15,6 +15,8 @@
 //!   config file) and a pushed policy taking effect.
 //!
 //! Only the wasm path and the control service's address are re-pointed at the test's.
+//! `the_wasmplugin_never_sees_a_push` puts the filter Istio builds from the WasmPlugin in
+//! `alternatives/` in the EnvoyFilter's place and shows it never sees a push.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -985,21 +987,79 @@ fn the_gateway_from_the_manifests_validates_starts_and_takes_a_pushed_policy() {
     drop(control);
 }
 
+/// The HTTP filter Istio builds from a WasmPlugin (pilot/pkg/model/extensions.go,
+/// buildWasmConfig and buildVMConfig): name `<namespace>.<name>`, root_id the
+/// pluginName, the pluginConfig as a JSON string, the v8 runtime, environment from
+/// vmConfig.env, failure policy from failStrategy — and no vm_id. `code` is the local
+/// file pilot-agent fetched the OCI image to (here `local_file`).
+fn wasmplugin_filter(wp: &Value, local_file: &str) -> Value {
+    let spec = &wp["spec"];
+    let mut key_values = serde_json::Map::new();
+    key_values.insert("ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION".into(), json!("1"));
+    if let Some(p) = spec["imagePullPolicy"].as_str() {
+        key_values.insert("ISTIO_META_WASM_IMAGE_PULL_POLICY".into(), json!(p));
+    }
+    let mut host_env_keys = Vec::new();
+    for e in spec["vmConfig"]["env"].as_array().into_iter().flatten() {
+        match e["valueFrom"].as_str().unwrap_or("INLINE") {
+            "HOST" => host_env_keys.push(e["name"].clone()),
+            _ => {
+                key_values.insert(e["name"].as_str().unwrap().into(), e["value"].clone());
+            }
+        }
+    }
+    let name = format!(
+        "{}.{}",
+        wp["metadata"]["namespace"].as_str().unwrap(),
+        wp["metadata"]["name"].as_str().unwrap()
+    );
+    let failure_policy = match spec["failStrategy"].as_str() {
+        Some("FAIL_OPEN") => "FAIL_OPEN",
+        Some("FAIL_RELOAD") => "FAIL_RELOAD",
+        _ => "FAIL_CLOSED",
+    };
+    json!({ "name": name, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": name,
+            "root_id": spec["pluginName"].as_str().unwrap_or(""),
+            "failure_policy": failure_policy,
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": spec["pluginConfig"].to_string(),
+            },
+            "vm_config": {
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": { "local": { "filename": local_file } },
+                "environment_variables": { "key_values": key_values, "host_env_keys": host_env_keys },
+            },
+        },
+    } })
+}
+
 #[test]
-fn a_filter_without_the_singletons_vm_id_never_sees_a_push() {
-    // What a WasmPlugin installs: the same filter, but Istio leaves vm_id empty
-    // (pilot/pkg/model/extensions.go, buildVMConfig). The singleton still connects and
-    // applies the snapshot; the filter keeps serving its own configuration.
+fn the_wasmplugin_never_sees_a_push() {
+    // The static-policy WasmPlugin as Istio would build its filter, in place of the
+    // EnvoyFilter's, with the singleton of the custom bootstrap: the singleton connects
+    // and applies the pushed snapshot, the filter keeps serving its pluginConfig.
     let docs = all_manifests();
+    let wp = find(
+        &docs,
+        "alternatives/wasmplugin-static-policy.yaml",
+        "WasmPlugin",
+        "switchyard",
+    );
+    let in_pod = format!(
+        "{}/switchyard_filter.wasm",
+        gateway_patch(&docs).mounts["switchyard-wasm"]
+    );
+    let filter = wasmplugin_filter(&wp.value, &in_pod);
     let shop = Shop::start();
-    let dir = TestDir::new("istio-novmid");
+    let dir = TestDir::new("istio-wasmplugin");
     let grpc = ReservedPort::new().unwrap();
     let _control = control_from_manifest(&docs, &dir, grpc.port());
     let gw = assemble(&docs, &shop.ports(), grpc.port(), |ef| {
-        ef["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["vm_config"]
-            .as_object_mut()
-            .unwrap()
-            .remove("vm_id");
+        ef["spec"]["configPatches"][0]["patch"]["value"] = filter.clone();
     });
     let envoy = gw.start();
     let port = envoy.listener("0.0.0.0_8080").port();
@@ -1019,7 +1079,7 @@ fn a_filter_without_the_singletons_vm_id_never_sees_a_push() {
     // ... then every request is still routed by the filter's own policy.
     let counts = served(port, 200);
     assert!(
-        counts.keys().all(|k| k == "blue" || k == "green"),
-        "a filter without the singleton's vm_id saw the push: {counts:?}"
+        counts.keys().all(|k| k == "blue" || k == "green") && counts.len() == 2,
+        "expected the pluginConfig's blue and green only: {counts:?}"
     );
 }
