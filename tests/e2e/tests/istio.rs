@@ -977,6 +977,10 @@ fn the_gateway_from_the_manifests_validates_starts_and_takes_a_pushed_policy() {
     // Through Istio's stats inclusion list, Switchyard's metrics are visible: the
     // singleton is connected and applied the snapshot, and the control service lists
     // the gateway under the node id the ConfigMap gives it.
+    assert!(
+        envoy.stats_matching("downstream_rq_total").is_empty(),
+        "Istio's inclusion list is in force: Envoy's own HTTP stats are not emitted"
+    );
     assert_eq!(stat(&envoy, "wasmcustom.switchyard.control.connected"), 1);
     assert!(stat(&envoy, "wasmcustom.switchyard.control.snapshots_applied") >= 1);
     let status = cli(grpc.port(), &["--json", "status"]);
