@@ -331,6 +331,16 @@ impl RateCs {
 
     /// The verdict now, with the confidence sequence at the Fail level.
     pub fn result(&self) -> TestResult {
+        let mut r = self.verdict_only();
+        let (x, n) = self.fail;
+        let (a, b) = self.prior();
+        r.bounds = (n > 0.0).then(|| confidence_sequence(a, b, x, n, self.config.alpha));
+        r
+    }
+
+    /// The verdict now without the (bisection-computed) bounds: cheap enough to call
+    /// after every simulated window.
+    pub fn verdict_only(&self) -> TestResult {
         let fail_hit = self.fail_hit_log_e >= (1.0 / self.config.alpha).ln();
         let pass_hit = self.pass_hit_log_e >= (1.0 / self.config.beta).ln();
         let (verdict, log_e) = if fail_hit {
@@ -344,14 +354,13 @@ impl RateCs {
             )
         };
         let (x, n) = self.fail;
-        let (a, b) = self.prior();
         TestResult {
             verdict,
             log_e,
             n,
             confidence: confidence(log_e),
             estimate: (n > 0.0).then(|| x / n),
-            bounds: (n > 0.0).then(|| confidence_sequence(a, b, x, n, self.config.alpha)),
+            bounds: None,
         }
     }
 }
