@@ -228,7 +228,11 @@ pub enum Phase {
     },
     Paused {
         reason: PauseReason,
+        /// The phase a resume returns to.
         resume: Box<Phase>,
+        /// When it paused.
+        #[serde(default)]
+        paused_ms: UnixMs,
     },
     /// A gate failed; a rollback was proposed (and is retried while `auto_rollback`).
     Halted {
@@ -397,20 +401,24 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    /// Windows the next tick needs: both stacks' windows starting at or after this.
+    /// Windows the next tick needs: both stacks' windows starting at or after this
+    /// (those the current step observes, and those not yet counted for the blast
+    /// radius).
     pub fn windows_since(&self) -> UnixMs {
-        match &self.phase {
-            Phase::Observing { since_ms, .. } => *since_ms,
+        let uncounted = self
+            .blast
+            .counted_through_ms
+            .map(|t| t + 1)
+            .unwrap_or(self.created_ms);
+        let observing = match &self.phase {
+            Phase::Observing { since_ms, .. } => Some(*since_ms),
             Phase::Paused { resume, .. } => match resume.as_ref() {
-                Phase::Observing { since_ms, .. } => *since_ms,
-                _ => self.updated_ms,
+                Phase::Observing { since_ms, .. } => Some(*since_ms),
+                _ => None,
             },
-            _ => self
-                .blast
-                .counted_through_ms
-                .map(|t| t + 1)
-                .unwrap_or(self.created_ms),
-        }
+            _ => None,
+        };
+        observing.map_or(uncounted, |s| s.min(uncounted))
     }
 }
 
@@ -751,13 +759,27 @@ impl RolloutEngine {
                         actor: actor.clone(),
                     },
                     resume: Box::new(p),
+                    paused_ms: now,
                 };
                 run.decide(&actor, None, "paused by operator".into());
             }
-            (Command::Resume { .. }, Phase::Paused { reason, resume }) => {
+            (
+                Command::Resume { .. },
+                Phase::Paused {
+                    reason,
+                    resume,
+                    paused_ms,
+                },
+            ) => {
                 let mut next = *resume;
                 let why = match reason {
-                    PauseReason::Human { .. } => "resumed".to_string(),
+                    PauseReason::Human { .. } => {
+                        // the time paused does not count against the maximum dwell
+                        if let Phase::Observing { deadline_ms, .. } = &mut next {
+                            *deadline_ms += now.saturating_sub(paused_ms);
+                        }
+                        "resumed".to_string()
+                    }
                     PauseReason::Inconclusive { .. } => {
                         // more time to decide: the evidence so far stays valid
                         if let Phase::Observing {
@@ -1154,6 +1176,7 @@ impl<'a> Run<'a> {
                             reason: reason.clone(),
                         },
                         resume: Box::new(resume),
+                        paused_ms: self.now,
                     };
                     let actor = self.actor();
                     self.decide(&actor, None, format!("waiting for approval: {reason}"));
@@ -1285,6 +1308,7 @@ impl<'a> Run<'a> {
                         since_ms: since,
                         deadline_ms: deadline,
                     }),
+                    paused_ms: self.now,
                 };
                 self.decide_on(
                     &actor,

@@ -81,6 +81,20 @@ impl Default for Gates {
 }
 
 impl Gates {
+    /// The defaults plus one gate (default tolerance) per KPI the policy declares.
+    pub fn with_kpis<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            kpis: names
+                .into_iter()
+                .map(|name| KpiGate {
+                    name: name.to_string(),
+                    tolerance: default_kpi_tolerance(),
+                })
+                .collect(),
+            ..Self::default()
+        }
+    }
+
     /// Problems with the configuration, each naming its field.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();

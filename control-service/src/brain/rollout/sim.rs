@@ -290,6 +290,7 @@ mod tests {
     #[test]
     fn a_a_false_halts_stay_below_one_percent() {
         let mut s = scenario(200.0, 0.05, Arm::healthy());
+        s.gates = Gates::with_kpis(["orders"]);
         s.run_after_pass = true;
         let sum = run_many(&s, 500, 1);
         assert!(sum.fails <= 5, "{} false halts of 500", sum.fails);
@@ -362,6 +363,32 @@ mod tests {
                 let mut s = scenario(rps, share, Arm::healthy());
                 s.max_ms = 8 * 60 * MIN;
                 let sum = run_many(&s, 200, 42);
+                let fmt = |v: Option<u64>| {
+                    v.map(|ms| format!("{:.1} min", ms as f64 / MIN as f64))
+                        .unwrap_or_else(|| "> 8 h".into())
+                };
+                println!(
+                    "| {rps} | {}% | {} | {} | {}/{} | {} |",
+                    share * 100.0,
+                    fmt(sum.pass_quantile_ms(0.5)),
+                    fmt(sum.pass_quantile_ms(0.95)),
+                    sum.passes,
+                    sum.runs,
+                    sum.fails
+                );
+            }
+        }
+        println!();
+        println!("With an `orders` KPI gate (3 orders per 100 requests, within 5 %):");
+        println!();
+        println!("| req/s | share | median | p95 | passed by 8 h | false halts |");
+        println!("|---|---|---|---|---|---|");
+        for rps in [50.0, 200.0, 2_000.0] {
+            for share in [0.05, 0.2, 0.5] {
+                let mut s = scenario(rps, share, Arm::healthy());
+                s.gates = Gates::with_kpis(["orders"]);
+                s.max_ms = 8 * 60 * MIN;
+                let sum = run_many(&s, 100, 42);
                 let fmt = |v: Option<u64>| {
                     v.map(|ms| format!("{:.1} min", ms as f64 / MIN as f64))
                         .unwrap_or_else(|| "> 8 h".into())

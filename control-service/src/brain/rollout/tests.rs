@@ -427,6 +427,7 @@ fn inconclusive_step_pauses_and_resume_observes_longer() {
     let Phase::Paused {
         reason: PauseReason::Inconclusive { detail },
         resume,
+        ..
     } = &r.phase
     else {
         panic!("{:?}", r.phase)
