@@ -217,7 +217,9 @@ impl Guardrails {
     /// comes before the lease, so the first refusal is the one that matters most.
     pub fn check(&self, change: &ProposedChange, now: UnixMs) -> Result<Permit, GuardError> {
         let mut notes = Vec::new();
-        if change.approved_by.is_none() {
+        // a pre-approved rollback was approved by a human when the rollout was created
+        let pre_approved_rollback = change.kind == ChangeKind::Rollback && change.pre_approved;
+        if change.approved_by.is_none() && !pre_approved_rollback {
             if change.shift_percent > self.config.approval_above_percent {
                 return Err(Refusal {
                     guardrail: Guardrail::Approval,
@@ -617,6 +619,13 @@ mod tests {
         rb.pre_approved = true;
         let p = g.check(&rb, MIN).unwrap();
         assert!(p.notes[0].contains("rollback"));
+        g.release(&p).unwrap();
+        // pre-approval covers a big rollback onto a primary stack too
+        let mut cfg = GuardConfig::default();
+        cfg.primary_stacks.insert("blue".into());
+        let (_, g) = guard(cfg);
+        rb.shift_percent = 50;
+        g.check(&rb, MIN).unwrap();
     }
 
     #[test]

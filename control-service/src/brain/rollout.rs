@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::UnixMs;
 use super::guardrails::{
-    ChangeKind, GuardError, Guardrails, Origin, Permit, ProposedChange, Refusal,
+    ChangeKind, GuardError, Guardrail, Guardrails, Origin, Permit, ProposedChange, Refusal,
 };
 use super::signals::StackWindow;
 use super::stats::Verdict;
@@ -1122,14 +1122,17 @@ impl<'a> Run<'a> {
             if desired == current {
                 return Ok(());
             }
+            // held by the rate limit: retry when it allows (a held lease is retried on
+            // every tick, since the executor usually records well before it expires)
             if self
                 .r
                 .blocked
                 .as_ref()
+                .filter(|b| b.guardrail == Guardrail::RateLimit.as_str())
                 .and_then(|b| b.allowed_at)
                 .is_some_and(|t| self.now < t)
             {
-                return Ok(()); // waiting for a guardrail; retry when it allows
+                return Ok(());
             }
             let next = if desired > current {
                 current + ramp.min(desired - current)

@@ -371,6 +371,55 @@ fn auto_rollback_executes_at_once_when_pre_approved() {
 }
 
 #[test]
+fn auto_rollback_onto_a_primary_stack_needs_no_further_approval() {
+    let mut cfg = GuardConfig::default();
+    cfg.primary_stacks.insert("blue".into());
+    let mut b = Bench::with(Arc::new(MemoryStore::new()), cfg);
+    let mut s = spec("r1");
+    s.auto_rollback = true;
+    b.create(s);
+    b.command("r1", Command::Start { actor: alice() }).unwrap();
+    b.command(
+        "r1",
+        Command::Resume {
+            actor: "bob".into(),
+        },
+    )
+    .unwrap();
+    b.traffic.release_error_rate = 0.05;
+    let r = b.run_until("r1", 100, |r| !r.phase.is_open());
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert_eq!(b.shares().last(), Some(&(0, MoveMode::Evacuate)));
+}
+
+#[test]
+fn a_ramp_held_by_the_lease_retries_on_the_next_tick() {
+    let mut b = Bench::new();
+    let mut s = spec("r1");
+    s.plan = plan_from_shares(&[0, 10, 100], 10 * MIN, 30 * MIN);
+    b.create(s);
+    // 0 -> 10 % in two moves over the 1-minute warm-up: the second is due at 30 s
+    let first = b
+        .engine
+        .command("r1", Command::Start { actor: alice() }, T0)
+        .unwrap();
+    // the executor is slow: the first move is not recorded when the second is due
+    b.clock.advance(40_000);
+    let r = b.engine.tick("r1", b.now(), &[]).unwrap().rollout;
+    let blocked = r.blocked.unwrap();
+    assert_eq!(blocked.guardrail, "one_change_at_a_time");
+    assert_eq!(blocked.allowed_at, Some(T0 + 60_000));
+    b.execute(&first);
+    // the record released the lease: the next tick moves, well before the expiry
+    b.clock.advance(WINDOW);
+    let out = b.engine.tick("r1", b.now(), &[]).unwrap();
+    b.execute(&out);
+    assert!(b.now() < T0 + 60_000);
+    assert_eq!(out.rollout.share_percent, 10);
+    assert!(out.rollout.blocked.is_none());
+}
+
+#[test]
 fn auto_rollback_waits_for_the_lease_and_retries() {
     let mut b = Bench::new();
     let mut s = spec("r1");
