@@ -495,6 +495,33 @@ mod tests {
     }
 
     #[test]
+    fn counting_by_users_divides_by_requests_per_user() {
+        let by_users = Gates {
+            count_by: CountBy::Users,
+            ..Gates::default()
+        };
+        let mut req = GateEval::new(&Gates::default());
+        let mut usr = GateEval::new(&by_users);
+        for i in 0..100 {
+            // 1,000 release requests from 50 new users a window: 20 requests per user
+            let mut r = window("g", i, 1_000, 3, 0);
+            r.new_users = 50;
+            let s = window("b", i, 9_000, 0, 0);
+            req.observe(&r, &s, 0);
+            usr.observe(&r, &s, 0);
+        }
+        let find = |v: &[GateVerdict], g: &str| v.iter().find(|x| x.gate == g).unwrap().clone();
+        let (a, b) = (
+            find(&req.verdicts(), "error_rate"),
+            find(&usr.verdicts(), "error_rate"),
+        );
+        assert!((a.n / b.n - 20.0).abs() < 1e-9, "{} {}", a.n, b.n);
+        // 0.3 % errors: clear by requests, not yet by users
+        assert_eq!(a.verdict, Verdict::Fail);
+        assert_eq!(b.verdict, Verdict::Continue);
+    }
+
+    #[test]
     fn no_traffic_never_passes() {
         let mut e = GateEval::new(&Gates::default());
         for i in 0..1_000 {
