@@ -7,8 +7,11 @@ use switchyard_filter::histogram::bucket_of;
 
 use super::*;
 use crate::brain::clock::{Clock, ManualClock};
-use crate::brain::guardrails::{ExecutedChange, GuardConfig, Guardrail};
+use crate::brain::guardrails::{
+    ChangeKind, ExecutedChange, GuardConfig, GuardError, Guardrail, Origin, Permit, ProposedChange,
+};
 use crate::brain::signals::Latency;
+use crate::brain::stats::Verdict;
 use crate::store::{MemoryStore, RedbStore};
 
 const WINDOW: u64 = 10_000;
