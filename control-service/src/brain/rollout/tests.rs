@@ -22,11 +22,14 @@ const T0: u64 = 1_800_000_000_000;
 struct Traffic {
     rps: u64,
     release_error_rate: f64,
+    /// Orders per request on the release (the stable stack: 3 %).
+    release_order_rate: f64,
 }
 
 const HEALTHY: Traffic = Traffic {
     rps: 2_000,
     release_error_rate: 0.0,
+    release_order_rate: 0.03,
 };
 
 /// A test bench: store, guardrails, engine, clock, the executor's view of the share
@@ -150,10 +153,12 @@ impl Bench {
 fn windows(start: UnixMs, share: u32, t: Traffic) -> Vec<StackWindow> {
     let total = t.rps * WINDOW / 1_000;
     let rel = total * u64::from(share) / 100;
-    let mk = |stack: &str, n: u64, err: f64| {
+    let mk = |stack: &str, n: u64, err: f64, orders: f64| {
         let mut w = StackWindow::new(stack, start, WINDOW);
         w.requests = n;
         w.errors = (n as f64 * err).round() as u64;
+        w.kpis
+            .insert("orders".into(), (n as f64 * orders).round() as u64);
         if n > 0 {
             w.latency = Latency {
                 buckets: vec![(bucket_of(50_000) as u16, n as u32)],
@@ -164,8 +169,8 @@ fn windows(start: UnixMs, share: u32, t: Traffic) -> Vec<StackWindow> {
         w
     };
     vec![
-        mk("green", rel, t.release_error_rate),
-        mk("blue", total - rel, 0.0),
+        mk("green", rel, t.release_error_rate, t.release_order_rate),
+        mk("blue", total - rel, 0.0, 0.03),
     ]
 }
 
@@ -355,6 +360,49 @@ fn breach_halts_and_proposes_rollback_then_rollback_evacuates() {
     // blast radius of the bad release: about its 5 % share of users
     let f = r.blast.fraction().unwrap();
     assert!(f > 0.03 && f < 0.06, "{f}");
+}
+
+#[test]
+fn a_kpi_dip_with_healthy_infrastructure_halts_on_the_kpi_gate() {
+    let mut b = Bench::new();
+    let mut s = spec("r1");
+    s.gates = Gates::with_kpis(["orders"]);
+    b.create(s);
+    b.command("r1", Command::Start { actor: alice() }).unwrap();
+    // no errors, fast responses, but a fifth fewer orders per request
+    b.traffic.release_order_rate = 0.024;
+    let r = b.run_until("r1", 200, |r| matches!(r.phase, Phase::Halted { .. }));
+    let d = b.decisions.last().unwrap();
+    let failed: Vec<&str> = d
+        .gates
+        .iter()
+        .filter(|g| g.verdict == Verdict::Fail)
+        .map(|g| g.gate.as_str())
+        .collect();
+    assert_eq!(failed, vec!["kpi:orders"]);
+    let kpi = d.gates.iter().find(|g| g.gate == "kpi:orders").unwrap();
+    assert!((kpi.estimate.unwrap() - 0.8).abs() < 0.02, "{kpi:?}");
+    assert!(matches!(r.phase, Phase::Halted { step: 0, .. }));
+}
+
+#[test]
+fn a_planned_step_down_drains() {
+    let mut b = Bench::new();
+    let mut s = spec("r1");
+    s.plan = plan_from_shares(&[0, 10, 5, 100], 10 * MIN, 30 * MIN);
+    b.create(s);
+    b.command("r1", Command::Start { actor: alice() }).unwrap();
+    b.run_until("r1", 200, |r| {
+        r.phase.step() == Some(1) && r.share_percent == 5
+    });
+    assert_eq!(
+        b.shares(),
+        vec![
+            (5, MoveMode::Keep),
+            (10, MoveMode::Keep),
+            (5, MoveMode::Drain)
+        ]
+    );
 }
 
 #[test]
