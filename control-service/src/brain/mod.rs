@@ -8,10 +8,16 @@
 //! - [`clock`]: time, real or manual.
 //! - [`signals`]: per-stack signals over one window (what every judgement reads).
 //! - [`audit`]: the hash-chained log of every decision and change.
+//! - [`stats`]: anytime-valid sequential tests behind the rollout gates.
+//! - [`rollout`]: SLO-gated progressive delivery, a persisted state machine per rollout.
+//! - [`guardrails`]: limits every traffic change must pass (rate, one at a time, approval).
 //!
 //! Key space owned by the brain in the store (see [`crate::store::Store::commit`]):
 //! `series/`, `events/`, `incident/`, `rollout/`, `guard/`, `audit/`.
 
 pub mod audit;
 pub mod clock;
+pub mod guardrails;
+pub mod rollout;
 pub mod signals;
+pub mod stats;
