@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod fleet;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod model;
 pub mod proto;
