@@ -174,7 +174,9 @@ fn integrity(shop: &Shop) -> Reply {
     m.insert("catalog_count".into(), catalog.into());
     m.insert(
         "search_index_count".into(),
-        catalog.saturating_sub(shop.faults.settings().index_lag).into(),
+        catalog
+            .saturating_sub(shop.faults.settings().index_lag)
+            .into(),
     );
     json_reply(StatusCode::OK, &Value::Object(m))
 }

@@ -375,7 +375,10 @@ fn integrity_reports_catalog_and_search_index_counts() {
     // Like /healthz, it is never failed or delayed by shop faults.
     s.post("/admin/faults", r#"{"error_rate": 1, "latency_ms": 5000}"#);
     assert_eq!(s.get("/integrity").status, 200);
-    assert_eq!(s.post("/admin/faults", r#"{"index_lag": 1000001}"#).status, 400);
+    assert_eq!(
+        s.post("/admin/faults", r#"{"index_lag": 1000001}"#).status,
+        400
+    );
 }
 
 #[test]
