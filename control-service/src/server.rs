@@ -191,7 +191,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
             let addr = listener.local_addr()?;
             let mut app = crate::http::router(control.clone());
             if let Some(m) = &monitor {
-                app = crate::health::router(m.clone()).merge(app);
+                app = crate::health::router(m.clone()).merge(app.layer(axum::Extension(m.clone())));
             }
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {

@@ -354,6 +354,19 @@ impl Monitor {
         t.stacks().contains(stack).then(|| t.health(stack))
     }
 
+    /// The small per-stack `health` object of `GET /api/v1/stacks`: verdict, layer
+    /// states and the fast path's state; `null` for a stack nothing speaks about.
+    pub fn stack_summary(&self, stack: &str) -> serde_json::Value {
+        match self.stack_health(stack) {
+            None => serde_json::Value::Null,
+            Some(h) => serde_json::json!({
+                "verdict": h.verdict,
+                "layers": h.layers,
+                "fast_path": h.fast_path,
+            }),
+        }
+    }
+
     /// Everything, for `GET /api/v1/health`.
     pub fn report(&self) -> HealthReport {
         let t = lock(&self.tracker);

@@ -412,6 +412,8 @@ fn a_killed_stack_is_evacuated_by_the_fast_path() {
         .find(|s| s["name"] == "blue")
         .unwrap();
     assert_eq!(b["evacuating"], true, "{b:#}");
+    assert_eq!(b["health"]["fast_path"]["state"], "recovered", "{b:#}");
+    assert_eq!(b["health"]["layers"]["infrastructure"], "up", "{b:#}");
     assert!(
         b["reason"].as_str().unwrap().starts_with("fast path: "),
         "{b:#}"
