@@ -100,8 +100,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
-    // Per-node breaker evidence reaches the control service with the telemetry work
-    // (issue 10 §1); until a feed is wired here the fast path acts on the checks alone.
+    // Per-node breaker evidence comes from the brain's telemetry series (issue 10 §1):
+    // once it runs, pass `Some(crate::health::feed::from_windows(control.clone(), |stack|
+    // <the stack's newest series window>))` below. Without a feed the fast path acts on
+    // the checks alone.
     let monitor = cfg.health.clone().map(|h| {
         let checks = h.checks.len();
         let m = crate::health::Monitor::new(

@@ -4,6 +4,7 @@
 //! - [`probe`]: one TCP connect or HTTP exchange per check run.
 //! - [`eval`]: thresholds, layers, verdicts and the fast path's decisions (pure).
 //! - [`residency`]: which residency-bound rules an evacuation strands.
+//! - [`feed`]: per-node breaker evidence from the fleet's telemetry windows.
 //!
 //! The [`Monitor`] runs every check on its own cadence (one tokio task each), feeds the
 //! results to the tracker and, after each result and on a short tick, evaluates every
@@ -18,6 +19,7 @@
 
 pub mod config;
 pub mod eval;
+pub mod feed;
 pub mod probe;
 pub mod residency;
 
