@@ -3,7 +3,8 @@
 //! traffic. `kill -9` blue: the checks find it dead, the control service evacuates it
 //! with no approval, and once the Envoy applied that version no request is routed to
 //! blue and a user holding a blue cookie is moved to green with a new cookie. Restarted,
-//! blue is marked recovered but stays evacuated until an operator undrains it.
+//! blue is marked recovered but stays evacuated until an operator undrains it. Before
+//! that, an integrity failure on green only degrades it: nothing moves.
 //!
 //! The filter's own circuit breaker is off in this policy, so what is measured is the
 //! control path alone (with the breaker on, each Envoy worker stops sooner by itself).
@@ -256,6 +257,45 @@ fn a_killed_stack_is_evacuated_by_the_fast_path() {
                 .then_some(())
         },
     );
+    // An integrity failure (green's search index lags its catalog) only degrades green:
+    // shown in status, never acted on.
+    let fault = |body: &str| {
+        let r = Client::connect(green.port)
+            .unwrap()
+            .request_with_body("POST", "/admin/faults", &[], Some(body.as_bytes()))
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    fault(r#"{"index_lag": 1}"#);
+    let evidence = control.wait(
+        "green degraded by its integrity check",
+        "/api/v1/health",
+        |h| {
+            let g = health_of(h, "green");
+            (g["verdict"] == "degraded" && g["layers"]["integrity"] == "down")
+                .then(|| g["evidence"].clone())
+        },
+    );
+    assert!(
+        evidence
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains(
+                "/catalog_count = 3 and /search_index_count = 2 differ by 1 (they must be equal)"
+            )),
+        "{evidence:#}"
+    );
+    fault(r#"{"index_lag": 0}"#);
+    control.wait("green healthy again", "/api/v1/health", |h| {
+        (health_of(h, "green")["verdict"] == "healthy").then_some(())
+    });
+    let history = control.get("/api/v1/history?limit=5");
+    assert_eq!(
+        history["current_version"], 1,
+        "a degraded stack moved nothing: {history:#}"
+    );
+
     let blue_user = user_on(envoy.port, "blue");
     let green_user = user_on(envoy.port, "green");
 
