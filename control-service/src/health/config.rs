@@ -682,6 +682,26 @@ mod tests {
         }
     }
 
+    /// The example in control-service/README.md compiles as documented.
+    #[test]
+    fn the_readme_example_compiles() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Health checks and the fast path")
+            .nth(1)
+            .expect("the README has the health section");
+        let toml_text = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("a toml block");
+        let c = parse(toml_text).unwrap();
+        let layers: Vec<Layer> = c.checks.iter().map(|c| c.layer).collect();
+        assert_eq!(layers, Layer::ALL);
+        assert_eq!(c.checks[2].interval, Duration::from_millis(5_000));
+        assert_eq!(c.checks[3].name, "blue-catalog-vs-index");
+    }
+
     #[test]
     fn duplicate_names_are_refused() {
         let err = parse(
