@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::grpc::WatchSettings;
+use crate::health::config::{HealthConfig, HealthDoc};
 use crate::store::EtcdConfig;
 
 pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";
@@ -95,6 +96,8 @@ pub struct FileConfig {
     pub watch_first_message_timeout_ms: Option<u64>,
     /// How long graceful shutdown may take before the process exits anyway.
     pub shutdown_grace_ms: Option<u64>,
+    /// Active health checks and the fast path (`[health]`, `[[health.checks]]`).
+    pub health: Option<HealthDoc>,
 }
 
 /// The resolved configuration.
@@ -110,6 +113,8 @@ pub struct ServeConfig {
     pub log_level: String,
     pub watch: WatchSettings,
     pub shutdown_grace: Duration,
+    /// Health checks and the fast path; `None` when the file has no `[health]` section.
+    pub health: Option<HealthConfig>,
 }
 
 impl ServeConfig {
@@ -126,6 +131,7 @@ impl ServeConfig {
             log_level: "info".into(),
             watch: WatchSettings::default(),
             shutdown_grace: Duration::from_secs(5),
+            health: None,
         }
     }
 }
@@ -141,6 +147,11 @@ pub enum ConfigError {
     Parse {
         path: PathBuf,
         source: toml::de::Error,
+    },
+    #[error("{path}: invalid [health] section:\n  {}", .problems.join("\n  "))]
+    Health {
+        path: PathBuf,
+        problems: Vec<String>,
     },
 }
 
@@ -166,6 +177,16 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         s.parse::<SocketAddr>()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     };
+    let health =
+        match &file.health {
+            None => None,
+            Some(doc) => Some(crate::health::config::compile(doc).map_err(|problems| {
+                ConfigError::Health {
+                    path: args.config.clone().unwrap_or_default(),
+                    problems,
+                }
+            })?),
+        };
     let http_enabled = !args.no_http && file.http_enabled.unwrap_or(true);
     let mut watch = WatchSettings::default();
     if let Some(ms) = file.watch_first_message_timeout_ms {
@@ -214,6 +235,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             .unwrap_or_else(|| "info".into()),
         watch,
         shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(5_000)),
+        health,
     })
 }
 
@@ -252,6 +274,44 @@ mod tests {
         assert_eq!(c.http.unwrap().port(), 19080);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.watch.first_message_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn health_section_compiles_or_names_every_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(resolve(&args).is_err(), "missing file");
+        std::fs::write(&path, "grpc = \"127.0.0.1:1\"\n").unwrap();
+        assert!(
+            resolve(&args).unwrap().health.is_none(),
+            "no section, no checks"
+        );
+        std::fs::write(
+            &path,
+            "[health]\ninterval_ms = 200\ntimeout_ms = 100\n\
+             [[health.checks]]\nstack = \"blue\"\nlayer = \"infrastructure\"\naddress = \"127.0.0.1:8081\"\n",
+        )
+        .unwrap();
+        let h = resolve(&args).unwrap().health.unwrap();
+        assert_eq!(h.checks[0].interval, Duration::from_millis(200));
+        std::fs::write(
+            &path,
+            "[[health.checks]]\nstack = \"blue\"\nlayer = \"tcp\"\n\
+             [[health.checks]]\nstack = \"blue\"\nlayer = \"component\"\n",
+        )
+        .unwrap();
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("health.checks[0].layer: \"tcp\" is not a layer"),
+            "{err}"
+        );
+        assert!(err.contains("health.checks[1].url: is required"), "{err}");
+        std::fs::write(&path, "[health]\nchecks = 3\nfast_pth = true\n").unwrap();
+        assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

@@ -133,6 +133,7 @@ async fn index() -> Json<Value> {
             "/api/v1/audit[?limit=N&after=SEQ]": "the hash-chained audit log (newest first, or oldest first after SEQ)",
             "/api/v1/audit/verify": "recompute the audit chain; names the first broken entry",
             "/api/v1/telemetry": "the latest traffic per stack and node",
+            "/api/v1/health": "health checks per stack and layer, fast-path actions (when configured)",
             "/metrics": "Prometheus text",
         },
         "errors": "every error is {\"error\": {\"code\": …, \"message\": …}}",
@@ -204,7 +205,10 @@ async fn policy(
     })))
 }
 
-async fn stacks(State(control): State<Arc<Control>>) -> Json<Value> {
+async fn stacks(
+    State(control): State<Arc<Control>>,
+    monitor: Option<axum::Extension<Arc<crate::health::Monitor>>>,
+) -> Json<Value> {
     let totals = control.fleet().stack_totals();
     let (version, stacks) = match control.current() {
         Some(c) => (
@@ -215,6 +219,9 @@ async fn stacks(State(control): State<Arc<Control>>) -> Json<Value> {
                 .map(|s| {
                     let mut v = stack_json(s);
                     v["telemetry"] = json!(totals.get(&s.name));
+                    if let Some(m) = &monitor {
+                        v["health"] = m.stack_summary(&s.name);
+                    }
                     v
                 })
                 .collect::<Vec<_>>(),

@@ -13,7 +13,9 @@
 //! settings), `grpc → {control, fleet, proto, codec}`, `http → {control, fleet, model}`,
 //! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
 //! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,
-//! `store → model`. Only the edges (`grpc`, `server`, `cli`) import `proto`.
+//! `store → model`; [`health`] (active checks, the fast path): `health → {brain, control,
+//! fleet, model}`, imported by `config`, `http` and `server`. Only the edges (`grpc`,
+//! `server`, `cli`) import `proto`.
 #![forbid(unsafe_code)]
 
 pub mod brain;
@@ -23,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod fleet;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod model;
 pub mod proto;

@@ -23,6 +23,8 @@ pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub control: Arc<Control>,
+    /// The health checks and fast path, when the config has a `[health]` section.
+    pub health: Option<Arc<crate::health::Monitor>>,
     shutdown: CancellationToken,
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
@@ -98,6 +100,23 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
+
+    // Per-node breaker evidence comes from the brain's telemetry series (issue 10 §1):
+    // once it runs, pass `Some(crate::health::feed::from_windows(control.clone(), |stack|
+    // <the stack's newest series window>))` below. Without a feed the fast path acts on
+    // the checks alone.
+    let monitor = cfg.health.clone().map(|h| {
+        let checks = h.checks.len();
+        let m = crate::health::Monitor::new(
+            control.clone(),
+            h,
+            Arc::new(crate::brain::clock::SystemClock),
+            None,
+        );
+        tasks.extend(m.spawn(shutdown.clone()));
+        tracing::info!(checks, "health checks running");
+        m
+    });
 
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;
     let grpc_addr = grpc_listener.local_addr()?;
@@ -179,7 +198,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await?;
             let addr = listener.local_addr()?;
-            let app = crate::http::router(control.clone());
+            let mut app = crate::http::router(control.clone());
+            if let Some(m) = &monitor {
+                app = crate::health::router(m.clone()).merge(app.layer(axum::Extension(m.clone())));
+            }
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app)
@@ -199,6 +221,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         grpc_addr,
         http_addr,
         control,
+        health: monitor,
         shutdown,
         grace: cfg.shutdown_grace,
         tasks,

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 /// shorter.
 pub const MAX_LATENCY_MS: u64 = 60_000;
 
+/// Largest `index_lag` accepted.
+pub const MAX_INDEX_LAG: u64 = 1_000_000;
+
 /// Resolution of the error-rate sequence: the rate is rounded to parts per billion.
 const SCALE: u128 = 1_000_000_000;
 
@@ -26,6 +29,9 @@ pub struct FaultSettings {
     pub latency_ms: u64,
     /// What `/healthz` reports.
     pub healthy: bool,
+    /// Products missing from the search index: `/integrity` reports that many fewer
+    /// indexed products than catalog products.
+    pub index_lag: u64,
 }
 
 /// A `POST /admin/faults` body as received: every field optional, nothing else allowed.
@@ -38,6 +44,8 @@ pub struct FaultUpdate {
     pub latency_ms: Option<u64>,
     /// New health, if given.
     pub healthy: Option<bool>,
+    /// New search-index lag, if given.
+    pub index_lag: Option<u64>,
 }
 
 /// Why a fault setting was refused.
@@ -49,6 +57,9 @@ pub enum InvalidFault {
     /// `latency_ms` exceeded [`MAX_LATENCY_MS`].
     #[error("latency_ms: must be at most {MAX_LATENCY_MS}")]
     LatencyMs,
+    /// `index_lag` exceeded [`MAX_INDEX_LAG`].
+    #[error("index_lag: must be at most {MAX_INDEX_LAG}")]
+    IndexLag,
 }
 
 /// Checks an error rate given by flag or admin request.
@@ -117,6 +128,9 @@ impl Faults {
     pub fn update(&self, update: &FaultUpdate) -> Result<FaultSettings, InvalidFault> {
         let error_rate = update.error_rate.map(validate_error_rate).transpose()?;
         let latency_ms = update.latency_ms.map(validate_latency_ms).transpose()?;
+        if update.index_lag.is_some_and(|n| n > MAX_INDEX_LAG) {
+            return Err(InvalidFault::IndexLag);
+        }
         let mut inner = self.lock();
         if let Some(rate) = error_rate {
             inner.settings.error_rate = rate;
@@ -128,6 +142,9 @@ impl Faults {
         }
         if let Some(healthy) = update.healthy {
             inner.settings.healthy = healthy;
+        }
+        if let Some(lag) = update.index_lag {
+            inner.settings.index_lag = lag;
         }
         Ok(inner.settings)
     }
@@ -170,6 +187,7 @@ mod tests {
             error_rate,
             latency_ms: 0,
             healthy: true,
+            index_lag: 0,
         })
     }
 
@@ -219,6 +237,7 @@ mod tests {
             error_rate: Some(0.9),
             latency_ms: Some(MAX_LATENCY_MS + 1),
             healthy: Some(false),
+            index_lag: None,
         };
         assert_eq!(f.update(&bad), Err(InvalidFault::LatencyMs));
         for rate in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
@@ -229,6 +248,12 @@ mod tests {
             };
             assert_eq!(f.update(&bad), Err(InvalidFault::ErrorRate));
         }
+        let bad = FaultUpdate {
+            index_lag: Some(MAX_INDEX_LAG + 1),
+            healthy: Some(false),
+            ..FaultUpdate::default()
+        };
+        assert_eq!(f.update(&bad), Err(InvalidFault::IndexLag));
         assert_eq!(f.settings(), before);
     }
 

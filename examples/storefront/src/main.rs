@@ -105,6 +105,7 @@ async fn run(args: Args) -> Result<(), String> {
         error_rate: args.error_rate,
         latency_ms: args.latency_ms,
         healthy: true,
+        index_lag: 0,
     });
     let name = args.name.clone();
     let shop = Shop::new(args.name, args.region, faults)

@@ -96,6 +96,7 @@ async fn route(shop: &Shop, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/healthz" => only(shop, &req, &[Method::GET], healthz),
+        "/integrity" => only(shop, &req, &[Method::GET], integrity),
         "/admin/faults" => match *req.method() {
             Method::GET => json_reply(StatusCode::OK, &json!(shop.faults.settings())),
             Method::POST => update_faults(shop, req).await,
@@ -146,15 +147,36 @@ fn healthz(shop: &Shop) -> Reply {
     json_reply(status, &Value::Object(m))
 }
 
+/// The catalog: (sku, name, price in cents).
+const CATALOG: [(&str, &str, u64); 3] = [
+    ("tee-navy", "Navy T-shirt", 1900),
+    ("mug-envoy", "Envoy mug", 1250),
+    ("sock-wasm", "Wasm socks", 900),
+];
+
 fn products(shop: &Shop) -> Reply {
     let mut m = shop.body();
     m.insert(
         "products".into(),
-        json!([
-            {"sku": "tee-navy", "name": "Navy T-shirt", "price_cents": 1900},
-            {"sku": "mug-envoy", "name": "Envoy mug", "price_cents": 1250},
-            {"sku": "sock-wasm", "name": "Wasm socks", "price_cents": 900},
-        ]),
+        CATALOG
+            .iter()
+            .map(|(sku, name, price)| json!({"sku": sku, "name": name, "price_cents": price}))
+            .collect(),
+    );
+    json_reply(StatusCode::OK, &Value::Object(m))
+}
+
+/// A data-integrity answer for health checks: the catalog's product count and the
+/// search index's, which lags by the `index_lag` fault.
+fn integrity(shop: &Shop) -> Reply {
+    let catalog = CATALOG.len() as u64;
+    let mut m = shop.body();
+    m.insert("catalog_count".into(), catalog.into());
+    m.insert(
+        "search_index_count".into(),
+        catalog
+            .saturating_sub(shop.faults.settings().index_lag)
+            .into(),
     );
     json_reply(StatusCode::OK, &Value::Object(m))
 }

@@ -311,7 +311,7 @@ fn admin_sets_error_rate_at_runtime() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json(),
-        serde_json::json!({"error_rate": 0.5, "latency_ms": 0, "healthy": true})
+        serde_json::json!({"error_rate": 0.5, "latency_ms": 0, "healthy": true, "index_lag": 0})
     );
 
     let mut c = s.conn();
@@ -357,6 +357,31 @@ fn admin_marks_unhealthy_and_adds_latency() {
 }
 
 #[test]
+fn integrity_reports_catalog_and_search_index_counts() {
+    let s = Stack::start("blue", &[]);
+    let r = s.get("/integrity");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-served-by"), Some("blue"));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"stack": "blue", "catalog_count": 3, "search_index_count": 3})
+    );
+    let r = s.post("/admin/faults", r#"{"index_lag": 2}"#);
+    assert_eq!(r.json()["index_lag"], 2);
+    assert_eq!(s.get("/integrity").json()["search_index_count"], 1);
+    // Lag beyond the catalog bottoms out at an empty index.
+    s.post("/admin/faults", r#"{"index_lag": 50}"#);
+    assert_eq!(s.get("/integrity").json()["search_index_count"], 0);
+    // Like /healthz, it is never failed or delayed by shop faults.
+    s.post("/admin/faults", r#"{"error_rate": 1, "latency_ms": 5000}"#);
+    assert_eq!(s.get("/integrity").status, 200);
+    assert_eq!(
+        s.post("/admin/faults", r#"{"index_lag": 1000001}"#).status,
+        400
+    );
+}
+
+#[test]
 fn bad_admin_input_is_400_and_changes_nothing() {
     let s = Stack::start("blue", &["--error-rate", "0.1"]);
     let before = s.get("/admin/faults").json();
@@ -367,6 +392,7 @@ fn bad_admin_input_is_400_and_changes_nothing() {
         r#"{"latency_ms": -5}"#,
         r#"{"latency_ms": 999999999}"#,
         r#"{"healthy": "nope"}"#,
+        r#"{"index_lag": -1}"#,
         r#"{"error_rate": 0.2, "surprise": 1}"#,
         "[0.5]",
         "",
