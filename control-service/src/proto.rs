@@ -265,6 +265,76 @@ pub fn audit_verification(v: &crate::brain::audit::Verification) -> v1::AuditVer
     }
 }
 
+/// The wire form of a rollout.
+pub fn rollout_status(r: &crate::brain::rollout::Rollout) -> v1::RolloutStatus {
+    use crate::brain::rollout::{PauseReason, Phase};
+    fn name<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_value(v)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+    let mut reason = match &r.phase {
+        Phase::Paused { reason, .. } => match reason {
+            PauseReason::Human { actor } => format!("paused by {actor}"),
+            PauseReason::Inconclusive { detail } => format!("inconclusive: {detail}"),
+            PauseReason::NeedsApproval { reason } => {
+                format!("needs approval (resume to approve): {reason}")
+            }
+        },
+        Phase::Halted { reason, .. } => reason.clone(),
+        _ => String::new(),
+    };
+    if let Some(b) = &r.blocked {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str(&format!("held by guardrail {}: {}", b.guardrail, b.reason));
+        if let Some(at) = b.allowed_at {
+            reason.push_str(&format!(" (allowed at {at} ms)"));
+        }
+    }
+    v1::RolloutStatus {
+        id: r.spec.id.clone(),
+        release: r.spec.release.clone(),
+        stable: r.spec.stable.clone(),
+        scope: r.spec.scope.clone(),
+        phase: r.phase.name().to_string(),
+        step: r.phase.step().map(|s| s as u32 + 1).unwrap_or(0),
+        plan: r.spec.plan.iter().map(|p| p.share_percent).collect(),
+        share_percent: r.share_percent,
+        reason,
+        auto_rollback: r.spec.auto_rollback,
+        steps: r
+            .steps
+            .iter()
+            .map(|s| v1::RolloutStep {
+                share_percent: s.share_percent,
+                outcome: s.outcome.as_ref().map(name).unwrap_or_default(),
+                gates: s
+                    .gates
+                    .iter()
+                    .map(|g| v1::GateStatus {
+                        gate: g.gate.clone(),
+                        verdict: name(&g.verdict),
+                        blocking: g.blocking,
+                        n: g.n,
+                        confidence: g.confidence,
+                        estimate: g.estimate.unwrap_or(f64::NAN),
+                    })
+                    .collect(),
+                exposure: s.exposure.unwrap_or(f64::NAN),
+                warm_started_unix_ms: s.warm_started_ms,
+                ended_unix_ms: s.ended_ms.unwrap_or(0),
+            })
+            .collect(),
+        blast_radius: r.blast.fraction().unwrap_or(-1.0),
+        created_unix_ms: r.created_ms,
+        updated_unix_ms: r.updated_ms,
+        created_by: r.spec.created_by.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
