@@ -11,5 +11,8 @@
 //! Key space owned by the brain in the store (see [`crate::store::Store::commit`]):
 //! `series/`, `events/`, `incident/`, `rollout/`, `guard/`, `audit/`.
 
+pub mod baseline;
 pub mod clock;
+pub mod detection;
+pub mod events;
 pub mod signals;
