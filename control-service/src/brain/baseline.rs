@@ -10,8 +10,8 @@
 //! 2. **hour of day, same day type** (warm-up): the same hour on at least `min_days`
 //!    previous days of the same type (weekday or weekend) within `day_lookback_days`;
 //!    weekends are kept apart because they differ most from weekdays;
-//! 3. **rolling**: the median of the windows of the last `rolling_ms` (at least
-//!    `min_rolling` of them);
+//! 3. **rolling**: the median of the last `rolling_ms` of learned windows (at least
+//!    `min_rolling` of them, the newest at most `rolling_max_age_ms` old);
 //! 4. nothing: warm-up, no baseline judgement (cross-stack and hard rules still work).
 //!
 //! The spread is `1.4826 · sqrt(median(MAD)² + MAD(medians)²)`: within-hour noise plus
@@ -50,6 +50,8 @@ pub struct BaselineConfig {
     pub rolling_ms: u64,
     /// Windows needed in that span for the rolling fallback.
     pub min_rolling: usize,
+    /// The rolling fallback is dropped when nothing was learned for this long.
+    pub rolling_max_age_ms: u64,
     /// Offset of the business's local time from UTC, in minutes (hours and weekends are
     /// local).
     pub tz_offset_minutes: i64,
@@ -64,6 +66,7 @@ impl Default for BaselineConfig {
             min_days: 2,
             rolling_ms: HOUR_MS,
             min_rolling: 10,
+            rolling_max_age_ms: 6 * HOUR_MS,
             tz_offset_minutes: 0,
         }
     }
@@ -242,10 +245,22 @@ impl SignalBaseline {
         if daily.len() >= cfg.min_days.max(1) {
             return Some(combine(&daily, Source::HourOfDay));
         }
+        // Rolling: the last `rolling_ms` of *learned* windows (the detector does not
+        // learn anomalous windows, so during an anomaly this keeps the reference from
+        // before it), as long as they are not older than `rolling_max_age_ms`.
+        let newest = self
+            .recent
+            .iter()
+            .rev()
+            .find(|(t, _)| *t < at_ms)
+            .map(|(t, _)| *t)?;
+        if newest + cfg.rolling_max_age_ms < at_ms {
+            return None;
+        }
         let vals: Vec<f64> = self
             .recent
             .iter()
-            .filter(|(t, _)| *t < at_ms && t + cfg.rolling_ms > at_ms)
+            .filter(|(t, _)| *t <= newest && t + cfg.rolling_ms > newest)
             .map(|(_, v)| *v)
             .collect();
         if vals.len() >= cfg.min_rolling.max(1) {

@@ -123,7 +123,7 @@ pub enum Reason {
 }
 
 /// The SLO the leading indicators project towards.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Slo {
     /// Error rate (0..1), e.g. 0.001.
     pub error_rate: f64,
@@ -181,6 +181,9 @@ pub struct DetectorConfig {
     pub deploy_lookback_ms: u64,
     /// Points of series kept per finding.
     pub series_len: usize,
+    /// Windows whose KPI counts are summed for the cross-stack KPI test (business
+    /// events are sparse; one window rarely holds enough of them).
+    pub kpi_windows: usize,
 }
 
 impl Default for DetectorConfig {
@@ -196,7 +199,7 @@ impl Default for DetectorConfig {
             cross_error_diff: 0.0005,
             cross_kpi_ratio: 0.85,
             cross_tail_ratio: 3.0,
-            latency_floor: 0.1,
+            latency_floor: 0.15,
             kpi_floor: 0.1,
             rps_floor: 0.2,
             error_floor: 0.0002,
@@ -204,11 +207,12 @@ impl Default for DetectorConfig {
             hard_error_rate: 0.5,
             trend_windows: 10,
             trend_horizon_ms: 30 * 60_000,
-            trend_z: 2.0,
+            trend_z: 3.0,
             saturation_warn: 0.85,
             campaign_widen: 3.0,
             deploy_lookback_ms: 30 * 60_000,
             series_len: 15,
+            kpi_windows: 5,
         }
     }
 }
@@ -333,6 +337,8 @@ pub struct Detector {
     streaks: BTreeMap<Key, Streak>,
     series: BTreeMap<Key, VecDeque<(UnixMs, f64)>>,
     last: BTreeMap<Key, Finding>,
+    /// Per (stack, KPI): recent [k, n, k_others, n_others].
+    kpi_counts: BTreeMap<Key, VecDeque<[u64; 4]>>,
     pending: Vec<(Key, HourSummary)>,
 }
 
@@ -410,6 +416,35 @@ fn slope_fit(points: &[(UnixMs, f64)]) -> Option<(f64, f64, f64)> {
         sxy * sxy / (sxx * syy)
     };
     Some((slope, my + slope * (xs[xs.len() - 1] - mx), r2))
+}
+
+/// Quantile (ms) interpolated linearly within its bucket: smoother than the bucket
+/// midpoint, whose 25 % steps would look like sudden jumps to a baseline.
+pub fn quantile_interpolated(l: &super::signals::Latency, q: f64) -> Option<f64> {
+    use switchyard_filter::histogram::{lower_bound, upper_bound};
+    let n: u64 = l.buckets.iter().map(|(_, c)| u64::from(*c)).sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = (q.clamp(0.0, 1.0) * n as f64).max(1.0);
+    let mut cum = 0.0;
+    for (b, c) in &l.buckets {
+        let b = usize::from(*b);
+        if b >= BUCKETS {
+            continue;
+        }
+        let c = f64::from(*c);
+        if cum + c >= rank {
+            let lo = lower_bound(b) as f64;
+            if b + 1 == BUCKETS {
+                return Some(lo / 1_000.0);
+            }
+            let hi = upper_bound(b) as f64 + 1.0;
+            return Some((lo + (rank - cum) / c * (hi - lo)) / 1_000.0);
+        }
+        cum += c;
+    }
+    None
 }
 
 fn requests_above(w: &StackWindow, bucket: usize) -> u64 {
@@ -549,6 +584,7 @@ impl Detector {
                 .copied()
                 .filter(|o| o.stack != w.stack)
                 .collect();
+            self.count_kpis(w, &peers);
             let cands = self.candidates(w, &peers, widen, ctx.saturation, at);
             for c in cands {
                 let key = (w.stack.clone(), c.signal.clone());
@@ -672,6 +708,25 @@ impl Detector {
             });
         }
         out
+    }
+
+    fn count_kpis(&mut self, w: &StackWindow, peers: &[&StackWindow]) {
+        let mut names: BTreeSet<&String> = w.kpis.keys().collect();
+        for p in peers {
+            names.extend(p.kpis.keys());
+        }
+        let n_o: u64 = peers.iter().map(|p| p.requests).sum();
+        for name in names {
+            let k_o: u64 = peers.iter().map(|p| *p.kpis.get(name).unwrap_or(&0)).sum();
+            let d = self
+                .kpi_counts
+                .entry((w.stack.clone(), Signal::Kpi(name.clone())))
+                .or_default();
+            d.push_back([*w.kpis.get(name).unwrap_or(&0), w.requests, k_o, n_o]);
+            while d.len() > self.cfg.kpi_windows.max(1) {
+                d.pop_front();
+            }
+        }
     }
 
     fn learn(&mut self, key: &Key, start: UnixMs, v: f64) {
@@ -832,7 +887,7 @@ impl Detector {
             });
         }
         // p99.
-        if let Some(x) = w.latency.quantile_ms(0.99) {
+        if let Some(x) = quantile_interpolated(&w.latency, 0.99) {
             let e = exp(&Signal::P99);
             let z = e.map_or(0.0, |e| {
                 let sigma = e.sigma.max(cfg.latency_floor * e.median).max(2.0) * widen;
@@ -908,13 +963,26 @@ impl Detector {
             if z >= cfg.warn_z {
                 reasons.push(Reason::Baseline);
             }
+            let sums = self
+                .kpi_counts
+                .get(&(w.stack.clone(), sig.clone()))
+                .map(|d| {
+                    d.iter().fold([0u64; 4], |mut a, x| {
+                        for i in 0..4 {
+                            a[i] += x[i];
+                        }
+                        a
+                    })
+                })
+                .unwrap_or([k, n, 0, 0]);
             let cross = have_peers.then(|| {
-                let k_o: u64 = peers.iter().map(|p| *p.kpis.get(name).unwrap_or(&0)).sum();
-                let r_o = k_o as f64 * 1_000.0 / peer_n as f64;
+                let [k_s, n_s, k_o, n_o] = sums;
+                let r_s = k_s as f64 * 1_000.0 / n_s.max(1) as f64;
+                let r_o = k_o as f64 * 1_000.0 / n_o.max(1) as f64;
                 CrossStack {
                     others: r_o,
-                    z: -count_delta_z(k, n, k_o, peer_n),
-                    ratio: if r_o > 0.0 { x / r_o } else { 1.0 },
+                    z: -count_delta_z(k_s, n_s, k_o, n_o),
+                    ratio: if r_o > 0.0 { r_s / r_o } else { 1.0 },
                 }
             });
             if cross.is_some_and(|c| c.z >= cfg.cross_z && c.ratio <= cfg.cross_kpi_ratio) {

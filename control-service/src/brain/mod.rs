@@ -15,4 +15,5 @@ pub mod baseline;
 pub mod clock;
 pub mod detection;
 pub mod events;
+pub mod scenario;
 pub mod signals;
