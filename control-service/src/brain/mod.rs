@@ -15,5 +15,6 @@ pub mod baseline;
 pub mod clock;
 pub mod detection;
 pub mod events;
+pub mod incident;
 pub mod scenario;
 pub mod signals;
