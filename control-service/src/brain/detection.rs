@@ -219,7 +219,7 @@ impl Default for DetectorConfig {
 
 /// Where a stack sits: its group (stacks serving the same traffic, compared with each
 /// other), and the segments and rules it serves (for event scopes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StackInfo {
     pub name: String,
     #[serde(default = "default_group")]
@@ -228,6 +228,10 @@ pub struct StackInfo {
     pub segments: Vec<String>,
     #[serde(default)]
     pub rules: Vec<String>,
+    /// Requests/s the stack is known to sustain (for the workflow's dependency checks;
+    /// without it the recent peak is the limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_rps: Option<f64>,
 }
 
 fn default_group() -> String {
@@ -300,6 +304,16 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// Confirmed, or a leading indicator (trend, saturation) warning: worth opening an
+    /// incident so the workflow can recommend before the SLO breach.
+    pub fn worth_an_incident(&self) -> bool {
+        self.severity == Severity::Confirmed
+            || self
+                .reasons
+                .iter()
+                .any(|r| matches!(r, Reason::Trend | Reason::Saturation))
+    }
+
     pub fn suspect_deployment(&self) -> Option<&str> {
         self.events
             .iter()
@@ -382,6 +396,38 @@ pub fn count_delta_z(k_i: u64, n_i: u64, k_o: u64, n_o: u64) -> f64 {
     let d = k_i as f64 - mean;
     let d = d.signum() * (d.abs() - 0.5).max(0.0);
     d / sd
+}
+
+/// The z whose upper tail equals P(X ≥ k) for X ~ Poisson(λ) (exact sum for λ ≤ 50,
+/// normal approximation above); 0 when k ≤ λ.
+pub fn poisson_upper_z(k: u64, lambda: f64) -> f64 {
+    if lambda <= 0.0 || (k as f64) <= lambda {
+        return 0.0;
+    }
+    if lambda > 50.0 {
+        return (k as f64 - lambda - 0.5).max(0.0) / lambda.sqrt();
+    }
+    // P(X < k) by summing the pmf; the tail is its complement.
+    let (mut term, mut below) = ((-lambda).exp(), 0.0);
+    for i in 0..k {
+        below += term;
+        term *= lambda / (i + 1) as f64;
+        if term < 1e-300 {
+            break;
+        }
+    }
+    let tail = (1.0 - below).max(1e-300);
+    // Invert the normal upper tail by bisection (monotone, 60 steps is exact enough).
+    let (mut lo, mut hi) = (0.0f64, 40.0f64);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if p_upper(mid) > tail {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
 }
 
 /// Upper-tail p-value of a z.
@@ -830,13 +876,12 @@ impl Detector {
         {
             let x = w.error_rate();
             let e = exp(&Signal::ErrorRate);
+            // Errors are sparse counts: test the count against a Poisson with the
+            // baseline rate plus one spread (at least one expected error), exactly for
+            // small means, and express the tail as a z.
             let z = e.map_or(0.0, |e| {
-                let p = e.median.max(1e-4);
-                let sigma = (e.sigma * e.sigma + p * (1.0 - p) / n as f64)
-                    .sqrt()
-                    .max(cfg.error_floor)
-                    * widen;
-                (x - e.median) / sigma
+                let lambda = ((e.median + e.sigma).max(cfg.error_floor) * n as f64).max(1.0);
+                poisson_upper_z(w.errors, lambda) / widen
             });
             let mut reasons = Vec::new();
             if z >= cfg.warn_z {
@@ -1099,6 +1144,11 @@ mod tests {
         // The same 10 % stack at twice the rate: localised.
         assert!(count_delta_z(100, 1_000, 450, 9_000) > 4.0);
         assert_eq!(count_delta_z(0, 1_000, 0, 1_000), 0.0);
+        // Five errors where 1.2 are expected happen about once in 130 windows: z ≈ 2.4.
+        let z = poisson_upper_z(5, 1.2);
+        assert!((2.3..2.5).contains(&z), "{z}");
+        assert!(poisson_upper_z(30, 1.2) > 8.0);
+        assert_eq!(poisson_upper_z(1, 1.2), 0.0);
         assert!(p_upper(4.0) < 1e-4 && (p_upper(0.0) - 0.5).abs() < 1e-6);
     }
 

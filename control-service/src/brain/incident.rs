@@ -159,13 +159,7 @@ impl Trigger {
 pub fn triggers_from_findings(findings: &[Finding]) -> Vec<Trigger> {
     findings
         .iter()
-        .filter(|f| {
-            !f.stale
-                && (f.severity == Severity::Confirmed
-                    || f.reasons
-                        .iter()
-                        .any(|r| matches!(r, Reason::Trend | Reason::Saturation)))
-        })
+        .filter(|f| !f.stale && f.worth_an_incident())
         .map(Trigger::from_finding)
         .collect()
 }
@@ -226,6 +220,10 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StackStatus {
     pub name: String,
+    /// Stacks serving the same traffic; traffic only moves within a group (residency
+    /// and segment rules are expressed by grouping).
+    #[serde(default = "default_group")]
+    pub group: String,
     /// Health checks pass and breakers are closed.
     pub healthy: bool,
     /// Requests per second it carries now.
@@ -235,6 +233,10 @@ pub struct StackStatus {
     /// Known capacity, when configured; otherwise the recent peak is the limit.
     #[serde(default)]
     pub capacity_rps: Option<f64>,
+}
+
+fn default_group() -> String {
+    "default".into()
 }
 
 /// What the engine reads on each tick.
@@ -800,8 +802,10 @@ impl IncidentEngine {
         ctx.findings.iter().filter(move |f| f.stack == stack)
     }
 
+    /// The persistence re-check: the same kind of evidence as a trigger is still there
+    /// (a stale hard-down finding counts: the stack is still dark).
     fn persists(&self, inc: &Incident, ctx: &Context<'_>) -> bool {
-        if self.live(ctx, &inc.scope).next().is_some() {
+        if self.live(ctx, &inc.scope).any(Finding::worth_an_incident) {
             return true;
         }
         let unhealthy = inc
@@ -940,16 +944,20 @@ impl IncidentEngine {
             return "no delta stack, no routing action".into();
         };
         let hard = ev.localisation.contains("hard down");
-        let percents: Vec<u8> = if hard {
+        // A deployment on the delta stack just before the onset is the likely cause:
+        // moving all of its traffic back is the rollback by routing alone.
+        let suspect = ev.events.iter().any(|e| e.suspect);
+        let p = self.cfg.shift_percent.clamp(1, 100);
+        let mut percents: Vec<u8> = if hard {
             vec![100]
+        } else if suspect {
+            vec![100, p]
         } else {
-            let p = self.cfg.shift_percent.clamp(1, 100);
-            let mut v = vec![p];
-            if p > 25 {
-                v.push(25);
-            }
-            v
+            vec![p]
         };
+        if !hard && p > 25 {
+            percents.push(25);
+        }
         self.plan_move(inc, ctx, ev, &d, &percents)
     }
 
@@ -1385,6 +1393,7 @@ mod tests {
             .iter()
             .map(|n| StackStatus {
                 name: n.to_string(),
+                group: "default".into(),
                 healthy: true,
                 rps: 100.0,
                 peak_rps: peak,
@@ -1594,6 +1603,7 @@ mod tests {
         let mut fx = Fx::new();
         fx.stacks.push(StackStatus {
             name: "canary".into(),
+            group: "default".into(),
             healthy: true,
             rps: 10.0,
             peak_rps: 300.0,
