@@ -229,7 +229,7 @@ impl SignalBaseline {
         let hour = cfg.hour_of(at_ms);
         let past = || self.hours.iter().rev().filter(move |h| h.hour < hour);
         let weekly: Vec<&HourSummary> = past()
-            .filter(|h| (hour - h.hour) % HOURS_PER_WEEK == 0)
+            .filter(|h| (hour - h.hour).is_multiple_of(HOURS_PER_WEEK))
             .take(cfg.weeks)
             .collect();
         if weekly.len() >= cfg.min_weeks.max(1) {
@@ -237,7 +237,7 @@ impl SignalBaseline {
         }
         let daily: Vec<&HourSummary> = past()
             .filter(|h| {
-                (hour - h.hour) % 24 == 0
+                (hour - h.hour).is_multiple_of(24)
                     && hour - h.hour <= cfg.day_lookback_days * 24
                     && is_weekend(h.hour) == is_weekend(hour)
             })

@@ -457,6 +457,9 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IncidentError> {
     serde_json::to_vec(v).map_err(|e| IncidentError::Store(StoreError::Backend(e.to_string())))
 }
 
+/// One analysis phase: fills the evidence, returns the transition's note.
+type AnalysisStep<'a> = dyn Fn(&mut Incident, &mut Evidence) -> String + 'a;
+
 /// The workflow over a store. Holds no state of its own.
 pub struct IncidentEngine {
     store: Arc<dyn Store>,
@@ -736,7 +739,7 @@ impl IncidentEngine {
                 }
                 let mut ev = Evidence::default();
                 // Each analysis phase is its own persisted transition.
-                let phases: [(Phase, &dyn Fn(&mut Incident, &mut Evidence) -> String); 5] = [
+                let phases: [(Phase, &AnalysisStep); 5] = [
                     (Phase::Correlating, &|i, ev| self.correlate(i, ctx, ev)),
                     (Phase::Localising, &|i, ev| self.localise(i, ctx, ev)),
                     (Phase::CheckingDependencies, &|i, ev| self.plan(i, ctx, ev)),
@@ -1466,10 +1469,10 @@ mod tests {
         assert_eq!(phases(&out.decisions), [Phase::Validating]);
         // Before the re-check nothing moves.
         fx.clock.advance(MIN);
-        let t = fx.tick(&[f.clone()]);
+        let t = fx.tick(std::slice::from_ref(&f));
         assert!(t.decisions.is_empty() && t.actions.is_empty());
         fx.clock.advance(2 * MIN);
-        let t = fx.tick(&[f.clone()]);
+        let t = fx.tick(std::slice::from_ref(&f));
         assert_eq!(
             phases(&t.decisions),
             [
@@ -1506,13 +1509,16 @@ mod tests {
         assert_eq!(t.decisions[4].confidence, Some(ev.confidence));
         // Still nothing moves on later ticks without approval.
         fx.clock.advance(10 * MIN);
-        assert!(fx.tick(&[f.clone()]).actions.is_empty());
+        assert!(fx.tick(std::slice::from_ref(&f)).actions.is_empty());
         let out = fx.engine.approve(id, "alice", "go", fx.now()).unwrap();
         assert_eq!(out.action.as_ref(), Some(&shift));
         assert_eq!(phases(&out.decisions), [Phase::Executing]);
         assert_eq!(out.decisions[0].actor, "alice");
         // Until the executor confirms, every tick re-emits the action.
-        assert_eq!(fx.tick(&[f.clone()]).actions, vec![(id, shift.clone())]);
+        assert_eq!(
+            fx.tick(std::slice::from_ref(&f)).actions,
+            vec![(id, shift.clone())]
+        );
         let out = fx
             .engine
             .executed(id, true, "weights pushed", fx.now())
@@ -1723,7 +1729,7 @@ mod tests {
         fx.engine.executed(id, true, "", fx.now()).unwrap();
         fx.clock.advance(5 * MIN);
         // Green still bad after the 50 % shift: propose evacuating the rest.
-        let t = fx.tick(&[g.clone()]);
+        let t = fx.tick(std::slice::from_ref(&g));
         assert_eq!(phases(&t.decisions), [Phase::AwaitingApproval]);
         let next = fx.engine.get(id).unwrap().unwrap().proposal().cloned();
         assert_eq!(

@@ -643,6 +643,7 @@ fn stack(name: &str, group: &str, segments: &[&str]) -> StackInfo {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // a table-like constructor of the generator's events
 fn event(
     id: &str,
     kind: super::events::EventKind,
@@ -819,11 +820,7 @@ pub fn generate(s: Scenario) -> Trace {
                     p.p50 += 0.5 * mins;
                 }
                 (Scenario::KpiDip, "green") if t >= noon => p.orders_per_req *= 0.6,
-                (Scenario::BadCanary, "stable") => {
-                    if t >= SCENARIO_EPOCH + 11 * HOUR {
-                        p.rps *= 0.95
-                    }
-                }
+                (Scenario::BadCanary, "stable") if t >= SCENARIO_EPOCH + 11 * HOUR => p.rps *= 0.95,
                 (Scenario::BadCanary, "canary") => {
                     if t < SCENARIO_EPOCH + 11 * HOUR {
                         continue;
