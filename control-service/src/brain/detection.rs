@@ -181,9 +181,9 @@ pub struct DetectorConfig {
     pub deploy_lookback_ms: u64,
     /// Points of series kept per finding.
     pub series_len: usize,
-    /// Windows whose KPI counts are summed for the cross-stack KPI test (business
-    /// events are sparse; one window rarely holds enough of them).
-    pub kpi_windows: usize,
+    /// Windows whose counts (errors, KPI events) are summed for the cross-stack tests:
+    /// such events are sparse and one window rarely holds enough of them.
+    pub count_windows: usize,
 }
 
 impl Default for DetectorConfig {
@@ -212,7 +212,7 @@ impl Default for DetectorConfig {
             campaign_widen: 3.0,
             deploy_lookback_ms: 30 * 60_000,
             series_len: 15,
-            kpi_windows: 5,
+            count_windows: 5,
         }
     }
 }
@@ -351,8 +351,8 @@ pub struct Detector {
     streaks: BTreeMap<Key, Streak>,
     series: BTreeMap<Key, VecDeque<(UnixMs, f64)>>,
     last: BTreeMap<Key, Finding>,
-    /// Per (stack, KPI): recent [k, n, k_others, n_others].
-    kpi_counts: BTreeMap<Key, VecDeque<[u64; 4]>>,
+    /// Per (stack, error rate or KPI): recent [k, n, k_others, n_others].
+    counts: BTreeMap<Key, VecDeque<[u64; 4]>>,
     pending: Vec<(Key, HourSummary)>,
 }
 
@@ -630,7 +630,7 @@ impl Detector {
                 .copied()
                 .filter(|o| o.stack != w.stack)
                 .collect();
-            self.count_kpis(w, &peers);
+            self.count_events(w, &peers);
             let cands = self.candidates(w, &peers, widen, ctx.saturation, at);
             for c in cands {
                 let key = (w.stack.clone(), c.signal.clone());
@@ -756,22 +756,42 @@ impl Detector {
         out
     }
 
-    fn count_kpis(&mut self, w: &StackWindow, peers: &[&StackWindow]) {
+    fn push_counts(&mut self, key: Key, c: [u64; 4]) {
+        let d = self.counts.entry(key).or_default();
+        d.push_back(c);
+        while d.len() > self.cfg.count_windows.max(1) {
+            d.pop_front();
+        }
+    }
+
+    fn summed(&self, key: &Key) -> Option<[u64; 4]> {
+        self.counts.get(key).map(|d| {
+            d.iter().fold([0u64; 4], |mut a, x| {
+                for i in 0..4 {
+                    a[i] += x[i];
+                }
+                a
+            })
+        })
+    }
+
+    fn count_events(&mut self, w: &StackWindow, peers: &[&StackWindow]) {
         let mut names: BTreeSet<&String> = w.kpis.keys().collect();
         for p in peers {
             names.extend(p.kpis.keys());
         }
         let n_o: u64 = peers.iter().map(|p| p.requests).sum();
+        let e_o: u64 = peers.iter().map(|p| p.errors).sum();
+        self.push_counts(
+            (w.stack.clone(), Signal::ErrorRate),
+            [w.errors, w.requests, e_o, n_o],
+        );
         for name in names {
             let k_o: u64 = peers.iter().map(|p| *p.kpis.get(name).unwrap_or(&0)).sum();
-            let d = self
-                .kpi_counts
-                .entry((w.stack.clone(), Signal::Kpi(name.clone())))
-                .or_default();
-            d.push_back([*w.kpis.get(name).unwrap_or(&0), w.requests, k_o, n_o]);
-            while d.len() > self.cfg.kpi_windows.max(1) {
-                d.pop_front();
-            }
+            self.push_counts(
+                (w.stack.clone(), Signal::Kpi(name.clone())),
+                [*w.kpis.get(name).unwrap_or(&0), w.requests, k_o, n_o],
+            );
         }
     }
 
@@ -887,13 +907,29 @@ impl Detector {
             if z >= cfg.warn_z {
                 reasons.push(Reason::Baseline);
             }
+            // This window alone (fast on a big delta) or summed over the last
+            // `count_windows` (sparse errors on a small canary), whichever is stronger.
             let cross = have_peers.then(|| {
                 let k_o: u64 = peers.iter().map(|p| p.errors).sum();
                 let r_o = k_o as f64 / peer_n as f64;
+                let one = count_delta_z(w.errors, n, k_o, peer_n);
+                let [ks, ns, kos, nos] = self
+                    .summed(&key(Signal::ErrorRate))
+                    .unwrap_or([w.errors, n, k_o, peer_n]);
+                let sum = count_delta_z(ks, ns, kos, nos);
+                let (z, ratio) = if sum > one {
+                    (
+                        sum,
+                        (ks as f64 / ns.max(1) as f64)
+                            / ((kos as f64).max(0.5) / nos.max(1) as f64),
+                    )
+                } else {
+                    (one, x / (k_o as f64).max(0.5) * peer_n as f64)
+                };
                 CrossStack {
                     others: r_o,
-                    z: count_delta_z(w.errors, n, k_o, peer_n),
-                    ratio: x / (k_o as f64).max(0.5) * peer_n as f64,
+                    z,
+                    ratio,
                 }
             });
             let localised = cross.is_some_and(|c| {
@@ -1009,16 +1045,7 @@ impl Detector {
                 reasons.push(Reason::Baseline);
             }
             let sums = self
-                .kpi_counts
-                .get(&(w.stack.clone(), sig.clone()))
-                .map(|d| {
-                    d.iter().fold([0u64; 4], |mut a, x| {
-                        for i in 0..4 {
-                            a[i] += x[i];
-                        }
-                        a
-                    })
-                })
+                .summed(&(w.stack.clone(), sig.clone()))
                 .unwrap_or([k, n, 0, 0]);
             let cross = have_peers.then(|| {
                 let [k_s, n_s, k_o, n_o] = sums;

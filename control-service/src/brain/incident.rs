@@ -352,8 +352,12 @@ impl Incident {
     pub fn proposal(&self) -> Option<&Action> {
         self.evidence.as_ref()?.proposed.as_ref()
     }
+    /// Once scored.
     pub fn confidence(&self) -> Option<f64> {
-        self.evidence.as_ref().map(|e| e.confidence)
+        self.evidence
+            .as_ref()
+            .filter(|e| !e.factors.is_empty())
+            .map(|e| e.confidence)
     }
 }
 
