@@ -1065,17 +1065,38 @@ impl IncidentEngine {
                     "moves ~{moved:.0} rps ({pct}% of {d}) to {}; the users moved should see the targets' signals",
                     to.join("+")
                 );
-                if pct < 100 {
+                let evac_considered = ev
+                    .alternatives
+                    .iter()
+                    .any(|a| matches!(a.action, Some(Action::Evacuate { .. })));
+                if pct < 100 && !evac_considered {
                     ev.alternatives.push(Alternative {
                         action: Some(Action::Evacuate {
                             stack: d.into(),
                             to: to.clone(),
                         }),
                         why_not: format!(
-                            "not hard down: a partial shift limits the blast radius first ({pct}%)"
+                            "not hard down and no suspect deployment: a partial shift ({pct}%) limits the risk first"
                         ),
                     });
+                } else if pct == 100 && !ev.localisation.contains("hard down") {
+                    ev.alternatives.push(Alternative {
+                        action: Some(Action::Shift {
+                            scope: inc.scope.clone(),
+                            from: d.into(),
+                            to: to.clone(),
+                            percent: self.cfg.shift_percent,
+                        }),
+                        why_not: "a deployment on the stack is the likely cause: a partial shift leaves users on it".into(),
+                    });
                 }
+                ev.alternatives.push(Alternative {
+                    action: None,
+                    why_not: format!(
+                        "doing nothing leaves {d}'s users on a stack that deviates ({})",
+                        inc.signal
+                    ),
+                });
                 ev.dependencies = checks;
                 ev.proposed = Some(action.clone());
                 return format!("targets have headroom for {}", action.describe());
