@@ -93,7 +93,9 @@ pub struct Event {
     pub id: String,
     pub kind: EventKind,
     pub scope: Scope,
+    #[serde(alias = "from")]
     pub from_ms: UnixMs,
+    #[serde(alias = "to")]
     pub to_ms: UnixMs,
     pub description: String,
     pub actor: String,
