@@ -1963,4 +1963,22 @@ mod tests {
         fx.engine.executed(first, true, "", fx.now()).unwrap();
         assert_eq!(fx.phase(first), Phase::Verifying);
     }
+
+    #[test]
+    fn a_malformed_webhook_opens_nothing() {
+        let fx = Fx::new();
+        // One good alert and one without a fingerprint: the whole payload is refused.
+        let body = r#"{"version":"4","status":"firing","alerts":[
+            {"status":"firing","labels":{"stack":"green"},"startsAt":"2026-12-01T02:00:00Z","fingerprint":"ok"},
+            {"status":"firing","labels":{"stack":"blue"},"startsAt":"2026-12-01T02:00:00Z"}]}"#;
+        let err = crate::brain::events::parse_alertmanager(body).unwrap_err();
+        assert_eq!(err.problems()[0].field, "alerts[1].fingerprint");
+        assert!(fx.engine.open_ids().unwrap().is_empty());
+        assert!(matches!(
+            fx.engine
+                .trigger(Trigger::health_check("", "http", "", fx.now()), fx.now()),
+            Err(IncidentError::Invalid(_))
+        ));
+        assert!(fx.engine.open_ids().unwrap().is_empty());
+    }
 }
