@@ -11,13 +11,24 @@
 //! - [`stats`]: anytime-valid sequential tests behind the rollout gates.
 //! - [`rollout`]: SLO-gated progressive delivery, a persisted state machine per rollout.
 //! - [`guardrails`]: limits every traffic change must pass (rate, one at a time, approval).
+//! - [`events`]: the event registry (deployments, campaigns, load tests, maintenance) and
+//!   Alertmanager webhooks.
+//! - [`baseline`] and [`detection`]: seasonal baselines, two-stage thresholds, cross-stack
+//!   delta localisation, leading indicators.
+//! - [`incident`]: the ITR workflow, a persisted state machine per incident.
+//! - [`scenario`]: telemetry traces (docs/traces.md) and their replay.
 //!
 //! Key space owned by the brain in the store (see [`crate::store::Store::commit`]):
 //! `series/`, `events/`, `incident/`, `rollout/`, `guard/`, `audit/`.
 
 pub mod audit;
+pub mod baseline;
 pub mod clock;
+pub mod detection;
+pub mod events;
 pub mod guardrails;
+pub mod incident;
 pub mod rollout;
+pub mod scenario;
 pub mod signals;
 pub mod stats;

@@ -1,0 +1,1984 @@
+//! The ITR incident workflow (paper §8.4) as a persisted state machine per incident.
+//!
+//! ```text
+//! trigger ─▶ validating ──(re-check after validate_ms: still there?)──▶ dismissed
+//!                │ yes
+//!                ▼
+//!           correlating ─▶ localising ─▶ checking_dependencies ─▶ scoring
+//!                                                                   │
+//!                 rejected ◀──(reject)── awaiting_approval ◀────────┘◀──────────┐
+//!                                          │ approve (refused while frozen)     │
+//!                                          ▼                                    │
+//!                                      executing ──(executor confirms)──▶ verifying
+//!                                                                   │ recovered │ not: next
+//!                                                                   ▼           │ action or
+//!                                                               resolved        │ rollback
+//! ```
+//!
+//! Nothing moves before a human approves: the engine only *emits* the approved action
+//! for the executor (weights are pushed elsewhere) and re-emits it on every tick until
+//! the executor confirms, so a restart between approval and execution loses nothing.
+//! After an action, a freeze window on every stack it touched refuses any other action
+//! there (no oscillation) except this incident's own rollback.
+//!
+//! State lives in the store only (the engine holds none): `incident/item/<id>` (the
+//! incident, JSON), `incident/open/<scope>` (one open incident per scope: duplicate
+//! triggers merge into it), `incident/freeze/<stack>` and `incident/seq`. Every change is
+//! one conditional [`Batch`] on the bytes that were read, so two engines (or a restarted
+//! one) never overwrite each other; a new engine over the same store resumes every open
+//! incident. Every transition yields a [`Decision`] for the audit log.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::UnixMs;
+use super::detection::{Finding, Reason, Severity};
+use super::events::{AlertStatus, AlertTrigger, Event, EventKind};
+use crate::store::{key_u64, Batch, Store, StoreError};
+
+const SEQ: &str = "incident/seq";
+const ITEM: &str = "incident/item/";
+const OPEN: &str = "incident/open/";
+const FREEZE: &str = "incident/freeze/";
+
+/// Where an incident is in the workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Validating,
+    Correlating,
+    Localising,
+    CheckingDependencies,
+    Scoring,
+    AwaitingApproval,
+    Executing,
+    Verifying,
+    Resolved,
+    Rejected,
+    Dismissed,
+}
+
+impl Phase {
+    pub fn is_open(self) -> bool {
+        !matches!(self, Phase::Resolved | Phase::Rejected | Phase::Dismissed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Validating => "validating",
+            Phase::Correlating => "correlating",
+            Phase::Localising => "localising",
+            Phase::CheckingDependencies => "checking_dependencies",
+            Phase::Scoring => "scoring",
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::Executing => "executing",
+            Phase::Verifying => "verifying",
+            Phase::Resolved => "resolved",
+            Phase::Rejected => "rejected",
+            Phase::Dismissed => "dismissed",
+        }
+    }
+}
+
+/// Who raised a trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerSource {
+    Detector,
+    HealthCheck,
+    Alertmanager,
+}
+
+/// A reason to open (or add to) an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub source: TriggerSource,
+    pub stack: Option<String>,
+    /// Dedup scope: the stack when known, else e.g. `group:web`, `checkout`, `all`.
+    pub scope: String,
+    pub signal: String,
+    pub summary: String,
+    pub at_ms: UnixMs,
+    /// Alertmanager's fingerprint, to match its `resolved` notification.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+impl Trigger {
+    pub fn from_finding(f: &Finding) -> Self {
+        let stack = (!f.stack.starts_with("group:")).then(|| f.stack.clone());
+        Self {
+            source: TriggerSource::Detector,
+            scope: f.stack.clone(),
+            stack,
+            signal: f.signal.key(),
+            summary: format!(
+                "{} {} {:?}: observed {:.4}, baseline {}, reasons {:?}",
+                f.stack,
+                f.signal,
+                f.severity,
+                f.observed,
+                f.baseline.map_or("none".into(), |b| format!("{b:.4}")),
+                f.reasons
+            ),
+            at_ms: f.at_ms,
+            fingerprint: None,
+        }
+    }
+
+    /// A firing alert as a trigger (`None` for a resolved one).
+    pub fn from_alert(a: &AlertTrigger) -> Option<Self> {
+        (a.status == AlertStatus::Firing).then(|| Self {
+            source: TriggerSource::Alertmanager,
+            stack: a.stack.clone(),
+            scope: a.stack.clone().unwrap_or_else(|| a.scope.clone()),
+            signal: a.name.clone(),
+            summary: a.summary.clone(),
+            at_ms: a.starts_at_ms,
+            fingerprint: Some(a.fingerprint.clone()),
+        })
+    }
+
+    /// A failing health check of a stack.
+    pub fn health_check(stack: &str, check: &str, summary: &str, at_ms: UnixMs) -> Self {
+        Self {
+            source: TriggerSource::HealthCheck,
+            stack: Some(stack.into()),
+            scope: stack.into(),
+            signal: format!("health:{check}"),
+            summary: summary.into(),
+            at_ms,
+            fingerprint: None,
+        }
+    }
+}
+
+/// The findings worth an incident: confirmed ones, and warnings from the leading
+/// indicators (trend, saturation) so that the workflow can recommend before the breach.
+pub fn triggers_from_findings(findings: &[Finding]) -> Vec<Trigger> {
+    findings
+        .iter()
+        .filter(|f| !f.stale && f.worth_an_incident())
+        .map(Trigger::from_finding)
+        .collect()
+}
+
+/// A routing change the executor can apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Action {
+    /// Move `percent` of `from`'s traffic in `scope` to `to` (split by headroom).
+    Shift {
+        scope: String,
+        from: String,
+        to: Vec<String>,
+        percent: u8,
+    },
+    /// Move all of `stack`'s traffic, sticky users included, to `to`.
+    Evacuate { stack: String, to: Vec<String> },
+    /// Put back the weights from before this incident's actions (a rollback).
+    Restore { stacks: Vec<String> },
+}
+
+impl Action {
+    /// Stacks whose share changes.
+    pub fn stacks(&self) -> Vec<String> {
+        match self {
+            Action::Shift { from, to, .. } => std::iter::once(from.clone())
+                .chain(to.iter().cloned())
+                .collect(),
+            Action::Evacuate { stack, to } => std::iter::once(stack.clone())
+                .chain(to.iter().cloned())
+                .collect(),
+            Action::Restore { stacks } => stacks.clone(),
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Shift {
+                scope,
+                from,
+                to,
+                percent,
+            } => {
+                format!(
+                    "shift {percent}% of {scope} traffic from {from} to {}",
+                    to.join("+")
+                )
+            }
+            Action::Evacuate { stack, to } => format!("evacuate {stack} to {}", to.join("+")),
+            Action::Restore { stacks } => format!(
+                "restore the weights of {} from before the incident",
+                stacks.join("+")
+            ),
+        }
+    }
+}
+
+/// A stack as the dependency checks see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StackStatus {
+    pub name: String,
+    /// Stacks serving the same traffic; traffic only moves within a group (residency
+    /// and segment rules are expressed by grouping).
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Health checks pass and breakers are closed.
+    pub healthy: bool,
+    /// Requests per second it carries now.
+    pub rps: f64,
+    /// The most it carried recently (e.g. the peak window of the last week).
+    pub peak_rps: f64,
+    /// Known capacity, when configured; otherwise the recent peak is the limit.
+    #[serde(default)]
+    pub capacity_rps: Option<f64>,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+/// What the engine reads on each tick.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Context<'a> {
+    /// The detector's findings of the latest window.
+    pub findings: &'a [Finding],
+    pub stacks: &'a [StackStatus],
+    pub events: &'a [Event],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalEvidence {
+    pub stack: String,
+    pub signal: String,
+    pub severity: Severity,
+    pub observed: f64,
+    pub baseline: Option<f64>,
+    pub score: f64,
+    pub cross_stack_z: Option<f64>,
+    pub localised: bool,
+    pub reasons: Vec<Reason>,
+    pub lead_time_ms: Option<u64>,
+    pub series: Vec<(UnixMs, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEvidence {
+    pub id: String,
+    pub kind: EventKind,
+    pub relation: String,
+    pub suspect: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DependencyCheck {
+    pub stack: String,
+    pub healthy: bool,
+    pub current_rps: f64,
+    pub projected_rps: f64,
+    pub limit_rps: f64,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    pub action: Option<Action>,
+    pub why_not: String,
+}
+
+/// Why the workflow proposes what it proposes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub signals: Vec<SignalEvidence>,
+    pub events: Vec<EventEvidence>,
+    /// The stack the problem is localised to, if any.
+    pub delta_stack: Option<String>,
+    pub localisation: String,
+    pub dependencies: Vec<DependencyCheck>,
+    pub proposed: Option<Action>,
+    pub expected_effect: String,
+    pub alternatives: Vec<Alternative>,
+    pub confidence: f64,
+    /// What moved the confidence, and by how much.
+    pub factors: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at_ms: UnixMs,
+    pub from: Option<Phase>,
+    pub to: Phase,
+    pub actor: String,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub at_ms: UnixMs,
+    pub actor: String,
+    pub comment: String,
+    pub approved: bool,
+    pub action: Option<Action>,
+}
+
+/// One incident, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: u64,
+    pub scope: String,
+    pub stack: Option<String>,
+    pub signal: String,
+    pub phase: Phase,
+    pub opened_ms: UnixMs,
+    pub updated_ms: UnixMs,
+    /// The first triggers (at most `max_triggers`), and how many arrived in all.
+    pub triggers: Vec<Trigger>,
+    pub trigger_count: u32,
+    pub recheck_at_ms: Option<UnixMs>,
+    pub evidence: Option<Evidence>,
+    /// Actions executed, in order.
+    pub executed: Vec<Action>,
+    pub verify_until_ms: Option<UnixMs>,
+    /// Proposals made so far (1 for the first).
+    pub attempt: u32,
+    pub approvals: Vec<Approval>,
+    /// Alertmanager fingerprints reported resolved.
+    pub resolved_alerts: Vec<String>,
+    pub history: Vec<Transition>,
+}
+
+impl Incident {
+    pub fn proposal(&self) -> Option<&Action> {
+        self.evidence.as_ref()?.proposed.as_ref()
+    }
+    /// Once scored.
+    pub fn confidence(&self) -> Option<f64> {
+        self.evidence
+            .as_ref()
+            .filter(|e| !e.factors.is_empty())
+            .map(|e| e.confidence)
+    }
+}
+
+/// What the audit log records of a transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub at_ms: UnixMs,
+    pub incident: u64,
+    pub phase: Phase,
+    pub stack: Option<String>,
+    pub action: Option<String>,
+    pub confidence: Option<f64>,
+    pub actor: String,
+    pub note: String,
+}
+
+/// A stack's freeze after an action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub stack: String,
+    pub until_ms: UnixMs,
+    pub incident: u64,
+    pub action: String,
+}
+
+/// Workflow tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IncidentConfig {
+    /// Persistence validation: re-check this long after the first trigger.
+    pub validate_ms: u64,
+    /// Post-action validation: judge recovery this long after execution.
+    pub verify_ms: u64,
+    /// No other action on the touched stacks for this long after an action.
+    pub freeze_ms: u64,
+    /// Share of the delta stack's traffic a first (non hard-down) proposal moves.
+    pub shift_percent: u8,
+    /// A deployment this long before the incident is correlated.
+    pub deploy_lookback_ms: u64,
+    /// Proposals before the workflow stops proposing and leaves it to a human.
+    pub max_attempts: u32,
+    pub max_triggers: usize,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        Self {
+            validate_ms: 3 * 60_000,
+            verify_ms: 5 * 60_000,
+            freeze_ms: 15 * 60_000,
+            shift_percent: 50,
+            deploy_lookback_ms: 30 * 60_000,
+            max_attempts: 3,
+            max_triggers: 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IncidentError {
+    #[error("incident {0} not found")]
+    NotFound(u64),
+    #[error("incident {id} is {phase}, not {want}", phase = .phase.as_str(), want = .want.as_str())]
+    WrongPhase { id: u64, phase: Phase, want: Phase },
+    #[error("stack {stack} is frozen until {until_ms} (after incident {incident}'s action); no other action before then")]
+    Frozen {
+        stack: String,
+        until_ms: UnixMs,
+        incident: u64,
+    },
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    #[error("corrupt incident record {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Result of an operation on one incident.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub incident: Incident,
+    pub decisions: Vec<Decision>,
+    /// An action to execute now (after an approval).
+    pub action: Option<Action>,
+}
+
+/// Result of a tick.
+#[derive(Debug, Clone, Default)]
+pub struct TickOutput {
+    pub decisions: Vec<Decision>,
+    /// Approved actions not yet confirmed by the executor: (incident, action).
+    pub actions: Vec<(u64, Action)>,
+}
+
+fn enc(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F")
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IncidentError> {
+    serde_json::to_vec(v).map_err(|e| IncidentError::Store(StoreError::Backend(e.to_string())))
+}
+
+/// One analysis phase: fills the evidence, returns the transition's note.
+type AnalysisStep<'a> = dyn Fn(&mut Incident, &mut Evidence) -> String + 'a;
+
+/// The workflow over a store. Holds no state of its own.
+pub struct IncidentEngine {
+    store: Arc<dyn Store>,
+    cfg: IncidentConfig,
+}
+
+impl IncidentEngine {
+    pub fn new(store: Arc<dyn Store>, cfg: IncidentConfig) -> Self {
+        Self { store, cfg }
+    }
+
+    pub fn config(&self) -> &IncidentConfig {
+        &self.cfg
+    }
+
+    fn load(&self, id: u64) -> Result<(Incident, Vec<u8>), IncidentError> {
+        let key = format!("{ITEM}{}", key_u64(id));
+        let bytes = self.store.read(&key)?.ok_or(IncidentError::NotFound(id))?;
+        let inc = serde_json::from_slice(&bytes).map_err(|e| IncidentError::Corrupt {
+            key,
+            message: e.to_string(),
+        })?;
+        Ok((inc, bytes))
+    }
+
+    pub fn get(&self, id: u64) -> Result<Option<Incident>, IncidentError> {
+        match self.load(id) {
+            Ok((i, _)) => Ok(Some(i)),
+            Err(IncidentError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ids of open incidents, ascending.
+    pub fn open_ids(&self) -> Result<Vec<u64>, IncidentError> {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.scan(OPEN, after.as_deref(), 256)?;
+            for (_, v) in &page {
+                if let Some(id) = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()) {
+                    ids.push(id);
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == 256 => after = Some(k.clone()),
+                _ => break,
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    pub fn open(&self) -> Result<Vec<Incident>, IncidentError> {
+        self.open_ids()?
+            .into_iter()
+            .map(|id| self.load(id).map(|(i, _)| i))
+            .collect()
+    }
+
+    /// The freeze on a stack, if one is in force at `now`.
+    pub fn freeze(&self, stack: &str, now: UnixMs) -> Result<Option<Freeze>, IncidentError> {
+        let Some(b) = self.store.read(&format!("{FREEZE}{}", enc(stack)))? else {
+            return Ok(None);
+        };
+        let f: Freeze = serde_json::from_slice(&b).map_err(|e| IncidentError::Corrupt {
+            key: format!("{FREEZE}{stack}"),
+            message: e.to_string(),
+        })?;
+        Ok((f.until_ms > now).then_some(f))
+    }
+
+    /// Write `inc` over the `old` bytes (conditionally), plus `extra` ops; closing an
+    /// incident releases its scope.
+    fn save(&self, inc: &Incident, old: &[u8], extra: Batch) -> Result<(), IncidentError> {
+        let key = format!("{ITEM}{}", key_u64(inc.id));
+        let mut b = extra;
+        b.conditions.insert(
+            0,
+            crate::store::Condition::Equals(key.clone(), old.to_vec()),
+        );
+        b = b.put(key, to_json(inc)?);
+        if !inc.phase.is_open() {
+            let open = format!("{OPEN}{}", enc(&inc.scope));
+            b = b.equals(open.clone(), inc.id.to_string()).delete(open);
+        }
+        self.store.commit(&b)?;
+        Ok(())
+    }
+
+    fn step(
+        &self,
+        inc: &mut Incident,
+        to: Phase,
+        now: UnixMs,
+        actor: &str,
+        note: String,
+    ) -> Decision {
+        inc.history.push(Transition {
+            at_ms: now,
+            from: Some(inc.phase),
+            to,
+            actor: actor.into(),
+            note: note.clone(),
+        });
+        inc.phase = to;
+        inc.updated_ms = now;
+        Decision {
+            at_ms: now,
+            incident: inc.id,
+            phase: to,
+            stack: inc.stack.clone(),
+            action: inc.proposal().map(Action::describe),
+            confidence: inc.confidence(),
+            actor: actor.into(),
+            note,
+        }
+    }
+
+    /// Open an incident for a trigger, or add the trigger to the open incident of its
+    /// scope (one open incident per scope).
+    pub fn trigger(&self, t: Trigger, now: UnixMs) -> Result<Outcome, IncidentError> {
+        if t.scope.is_empty() || t.scope.len() > 128 {
+            return Err(IncidentError::Invalid("trigger scope"));
+        }
+        let open_key = format!("{OPEN}{}", enc(&t.scope));
+        if let Some(id) = self.store.read(&open_key)? {
+            let id: u64 = std::str::from_utf8(&id)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| IncidentError::Corrupt {
+                    key: open_key.clone(),
+                    message: "not an incident id".into(),
+                })?;
+            let (mut inc, old) = self.load(id)?;
+            let dup = t.fingerprint.is_some()
+                && inc.triggers.iter().any(|x| x.fingerprint == t.fingerprint);
+            if !dup {
+                inc.trigger_count += 1;
+                if inc.triggers.len() < self.cfg.max_triggers {
+                    inc.triggers.push(t);
+                }
+                inc.updated_ms = now;
+                self.save(&inc, &old, Batch::new().equals(open_key, id.to_string()))?;
+            }
+            return Ok(Outcome {
+                incident: inc,
+                decisions: Vec::new(),
+                action: None,
+            });
+        }
+        let seq_old = self.store.read(SEQ)?;
+        let id = seq_old
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let note = format!("opened by {:?}: {}", t.source, t.summary);
+        let mut inc = Incident {
+            id,
+            scope: t.scope.clone(),
+            stack: t.stack.clone(),
+            signal: t.signal.clone(),
+            phase: Phase::Validating,
+            opened_ms: now,
+            updated_ms: now,
+            triggers: vec![t],
+            trigger_count: 1,
+            recheck_at_ms: Some(now + self.cfg.validate_ms),
+            evidence: None,
+            executed: Vec::new(),
+            verify_until_ms: None,
+            attempt: 0,
+            approvals: Vec::new(),
+            resolved_alerts: Vec::new(),
+            history: Vec::new(),
+        };
+        inc.history.push(Transition {
+            at_ms: now,
+            from: None,
+            to: Phase::Validating,
+            actor: "brain".into(),
+            note: note.clone(),
+        });
+        let key = format!("{ITEM}{}", key_u64(id));
+        let mut b = Batch::new().absent(key.clone()).absent(open_key.clone());
+        b = match seq_old {
+            Some(old) => b.equals(SEQ, old),
+            None => b.absent(SEQ),
+        };
+        b = b
+            .put(key, to_json(&inc)?)
+            .put(open_key, id.to_string())
+            .put(SEQ, id.to_string());
+        self.store.commit(&b)?;
+        let d = Decision {
+            at_ms: now,
+            incident: id,
+            phase: Phase::Validating,
+            stack: inc.stack.clone(),
+            action: None,
+            confidence: None,
+            actor: "brain".into(),
+            note,
+        };
+        Ok(Outcome {
+            incident: inc,
+            decisions: vec![d],
+            action: None,
+        })
+    }
+
+    /// Feed an Alertmanager webhook: firing alerts trigger, resolved ones are noted on
+    /// the open incident that their firing opened.
+    pub fn ingest_alerts(
+        &self,
+        alerts: &[AlertTrigger],
+        now: UnixMs,
+    ) -> Result<Vec<Outcome>, IncidentError> {
+        let mut out = Vec::new();
+        for a in alerts {
+            if let Some(t) = Trigger::from_alert(a) {
+                out.push(self.trigger(t, now)?);
+                continue;
+            }
+            for id in self.open_ids()? {
+                let (mut inc, old) = self.load(id)?;
+                if inc
+                    .triggers
+                    .iter()
+                    .any(|t| t.fingerprint.as_deref() == Some(&a.fingerprint))
+                    && !inc.resolved_alerts.contains(&a.fingerprint)
+                {
+                    inc.resolved_alerts.push(a.fingerprint.clone());
+                    inc.updated_ms = now;
+                    self.save(&inc, &old, Batch::new())?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Advance every open incident that can move at `now`. An incident another engine
+    /// changed meanwhile is skipped (it moves on the next tick).
+    pub fn tick(&self, now: UnixMs, ctx: &Context<'_>) -> Result<TickOutput, IncidentError> {
+        let mut out = TickOutput::default();
+        for id in self.open_ids()? {
+            match self.advance(id, now, ctx, &mut out) {
+                Ok(()) | Err(IncidentError::Store(StoreError::Conflict { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn advance(
+        &self,
+        id: u64,
+        now: UnixMs,
+        ctx: &Context<'_>,
+        out: &mut TickOutput,
+    ) -> Result<(), IncidentError> {
+        let (mut inc, mut old) = self.load(id)?;
+        match inc.phase {
+            Phase::Validating if inc.recheck_at_ms.is_some_and(|t| now >= t) => {
+                if !self.persists(&inc, ctx) {
+                    let d = self.step(
+                        &mut inc,
+                        Phase::Dismissed,
+                        now,
+                        "brain",
+                        "did not persist at the re-check".into(),
+                    );
+                    self.save(&inc, &old, Batch::new())?;
+                    out.decisions.push(d);
+                    return Ok(());
+                }
+                let mut ev = Evidence::default();
+                // Each analysis phase is its own persisted transition.
+                let phases: [(Phase, &AnalysisStep); 5] = [
+                    (Phase::Correlating, &|i, ev| self.correlate(i, ctx, ev)),
+                    (Phase::Localising, &|i, ev| self.localise(i, ctx, ev)),
+                    (Phase::CheckingDependencies, &|i, ev| self.plan(i, ctx, ev)),
+                    (Phase::Scoring, &|i, ev| self.score(i, ctx, ev)),
+                    (Phase::AwaitingApproval, &|_, ev| match &ev.proposed {
+                        Some(a) => format!(
+                            "proposing: {} (confidence {:.2})",
+                            a.describe(),
+                            ev.confidence
+                        ),
+                        None => format!(
+                            "no routing action fits; human decision needed (confidence {:.2})",
+                            ev.confidence
+                        ),
+                    }),
+                ];
+                inc.attempt = 1;
+                for (phase, f) in phases {
+                    let note = f(&mut inc, &mut ev);
+                    inc.evidence = Some(ev.clone());
+                    let d = self.step(&mut inc, phase, now, "brain", note);
+                    self.save(&inc, &old, Batch::new())?;
+                    old = to_json(&inc)?;
+                    out.decisions.push(d);
+                }
+            }
+            Phase::Executing => {
+                if let Some(a) = inc.proposal() {
+                    out.actions.push((inc.id, a.clone()));
+                }
+            }
+            Phase::Verifying if inc.verify_until_ms.is_some_and(|t| now >= t) => {
+                if self.recovered(&inc, ctx) {
+                    let d = self.step(
+                        &mut inc,
+                        Phase::Resolved,
+                        now,
+                        "brain",
+                        "signal recovered after the action".into(),
+                    );
+                    self.save(&inc, &old, Batch::new())?;
+                    out.decisions.push(d);
+                    return Ok(());
+                }
+                inc.attempt += 1;
+                let mut ev = inc.evidence.clone().unwrap_or_default();
+                let note = self.escalate(&mut inc, ctx, &mut ev);
+                inc.evidence = Some(ev);
+                let d = self.step(&mut inc, Phase::AwaitingApproval, now, "brain", note);
+                self.save(&inc, &old, Batch::new())?;
+                out.decisions.push(d);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn live<'a>(
+        &self,
+        ctx: &'a Context<'_>,
+        stack: &'a str,
+    ) -> impl Iterator<Item = &'a Finding> + 'a {
+        ctx.findings.iter().filter(move |f| f.stack == stack)
+    }
+
+    /// The persistence re-check: the same kind of evidence as a trigger is still there
+    /// (a stale hard-down finding counts: the stack is still dark).
+    fn persists(&self, inc: &Incident, ctx: &Context<'_>) -> bool {
+        if self.live(ctx, &inc.scope).any(Finding::worth_an_incident) {
+            return true;
+        }
+        let unhealthy = inc
+            .stack
+            .as_deref()
+            .is_some_and(|s| ctx.stacks.iter().any(|x| x.name == s && !x.healthy));
+        let alert_firing = inc.triggers.iter().any(|t| {
+            t.source == TriggerSource::Alertmanager
+                && t.fingerprint
+                    .as_ref()
+                    .is_some_and(|f| !inc.resolved_alerts.contains(f))
+        });
+        unhealthy || alert_firing
+    }
+
+    fn correlate(&self, inc: &mut Incident, ctx: &Context<'_>, ev: &mut Evidence) -> String {
+        let stack = inc.stack.clone().unwrap_or_else(|| inc.scope.clone());
+        let onset = ctx
+            .findings
+            .iter()
+            .filter(|f| f.stack == stack)
+            .map(|f| f.onset_ms)
+            .min()
+            .unwrap_or(inc.opened_ms);
+        let mut seen = BTreeSet::new();
+        for f in ctx.findings.iter().filter(|f| f.stack == stack) {
+            for c in &f.events {
+                if seen.insert(c.event_id.clone()) {
+                    ev.events.push(EventEvidence {
+                        id: c.event_id.clone(),
+                        kind: c.kind,
+                        relation: c.relation.clone(),
+                        suspect: c.suspect,
+                    });
+                }
+            }
+        }
+        for e in ctx.events {
+            let on_stack = e.scope.covers(&stack, &[], &[]);
+            if e.kind == EventKind::Deployment
+                && on_stack
+                && e.from_ms <= inc.opened_ms
+                && e.from_ms + self.cfg.deploy_lookback_ms >= onset
+                && seen.insert(e.id.clone())
+            {
+                ev.events.push(EventEvidence {
+                    id: e.id.clone(),
+                    kind: e.kind,
+                    relation: format!(
+                        "deployment on {stack} {} min before the onset",
+                        onset.saturating_sub(e.from_ms) / 60_000
+                    ),
+                    suspect: true,
+                });
+            }
+        }
+        for f in ctx.findings.iter().filter(|f| f.stack == stack) {
+            ev.signals.push(SignalEvidence {
+                stack: f.stack.clone(),
+                signal: f.signal.key(),
+                severity: f.severity,
+                observed: f.observed,
+                baseline: f.baseline,
+                score: f.score,
+                cross_stack_z: f.cross.map(|c| c.z),
+                localised: f.localised,
+                reasons: f.reasons.clone(),
+                lead_time_ms: f.lead_time_ms,
+                series: f.series.clone(),
+            });
+        }
+        match ev.events.iter().find(|e| e.suspect) {
+            Some(e) => format!(
+                "{} correlated event(s); suspect deployment {}",
+                ev.events.len(),
+                e.id
+            ),
+            None => format!(
+                "{} correlated event(s); no deployment suspect",
+                ev.events.len()
+            ),
+        }
+    }
+
+    fn localise(&self, inc: &mut Incident, ctx: &Context<'_>, ev: &mut Evidence) -> String {
+        let Some(stack) = inc.stack.clone() else {
+            ev.localisation = format!("scope {} has no single stack", inc.scope);
+            return ev.localisation.clone();
+        };
+        let mine: Vec<&Finding> = self.live(ctx, &stack).collect();
+        let hard = mine.iter().any(|f| f.reasons.contains(&Reason::HardDown))
+            || inc
+                .triggers
+                .iter()
+                .any(|t| t.source == TriggerSource::HealthCheck);
+        let localised = mine.iter().any(|f| f.localised);
+        let others: BTreeSet<&str> = ctx
+            .findings
+            .iter()
+            .filter(|f| !f.stale && f.stack != stack && !f.stack.starts_with("group:"))
+            .map(|f| f.stack.as_str())
+            .collect();
+        if hard || localised {
+            ev.delta_stack = Some(stack.clone());
+            ev.localisation = if hard {
+                format!("{stack} is hard down")
+            } else {
+                let z = mine
+                    .iter()
+                    .filter_map(|f| f.cross.map(|c| c.z))
+                    .fold(0.0, f64::max);
+                format!("{stack} deviates from the other stacks of its group (z {z:.1})")
+            };
+        } else if others.is_empty() {
+            ev.delta_stack = Some(stack.clone());
+            ev.localisation = format!("{stack} deviates from its baseline; no peer deviates (not confirmed against peers)");
+        } else {
+            ev.localisation = format!(
+                "{stack} and {} deviate together: not a single-stack problem",
+                others.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+        ev.localisation.clone()
+    }
+
+    /// Choose the action and run the dependency checks on its targets.
+    fn plan(&self, inc: &mut Incident, ctx: &Context<'_>, ev: &mut Evidence) -> String {
+        let Some(d) = ev.delta_stack.clone() else {
+            ev.proposed = None;
+            ev.expected_effect =
+                "none: moving traffic between stacks that all deviate would not help".into();
+            ev.alternatives.push(Alternative {
+                action: None,
+                why_not: "no delta stack: investigate the shared dependency".into(),
+            });
+            return "no delta stack, no routing action".into();
+        };
+        let hard = ev.localisation.contains("hard down");
+        // A deployment on the delta stack just before the onset is the likely cause:
+        // moving all of its traffic back is the rollback by routing alone.
+        let suspect = ev.events.iter().any(|e| e.suspect);
+        let p = self.cfg.shift_percent.clamp(1, 100);
+        let mut percents: Vec<u8> = if hard {
+            vec![100]
+        } else if suspect {
+            vec![100, p]
+        } else {
+            vec![p]
+        };
+        if !hard && p > 25 {
+            percents.push(25);
+        }
+        self.plan_move(inc, ctx, ev, &d, &percents)
+    }
+
+    fn plan_move(
+        &self,
+        inc: &Incident,
+        ctx: &Context<'_>,
+        ev: &mut Evidence,
+        d: &str,
+        percents: &[u8],
+    ) -> String {
+        let busy: BTreeSet<&str> = ctx
+            .findings
+            .iter()
+            .filter(|f| !f.stale)
+            .map(|f| f.stack.as_str())
+            .collect();
+        let targets: Vec<&StackStatus> = ctx
+            .stacks
+            .iter()
+            .filter(|s| s.name != d && s.healthy && !busy.contains(s.name.as_str()))
+            .collect();
+        for s in ctx
+            .stacks
+            .iter()
+            .filter(|s| s.name != d && (!s.healthy || busy.contains(s.name.as_str())))
+        {
+            ev.alternatives.push(Alternative {
+                action: None,
+                why_not: format!(
+                    "{} is not a target: {}",
+                    s.name,
+                    if s.healthy {
+                        "it deviates too"
+                    } else {
+                        "unhealthy"
+                    }
+                ),
+            });
+        }
+        let from_rps = ctx
+            .stacks
+            .iter()
+            .find(|s| s.name == d)
+            .map_or(0.0, |s| s.rps);
+        let to: Vec<String> = targets.iter().map(|s| s.name.clone()).collect();
+        ev.proposed = None;
+        ev.dependencies.clear();
+        if targets.is_empty() {
+            ev.expected_effect = "none".into();
+            ev.alternatives.push(Alternative {
+                action: Some(Action::Evacuate {
+                    stack: d.into(),
+                    to: Vec::new(),
+                }),
+                why_not: "no healthy target stack".into(),
+            });
+            return "no healthy target: human decision needed".into();
+        }
+        for &pct in percents {
+            let moved = from_rps * f64::from(pct) / 100.0;
+            let limit = |s: &StackStatus| s.capacity_rps.unwrap_or(s.peak_rps);
+            let room: f64 = targets.iter().map(|s| (limit(s) - s.rps).max(0.0)).sum();
+            let checks: Vec<DependencyCheck> = targets
+                .iter()
+                .map(|s| {
+                    let share = if room > 0.0 {
+                        (limit(s) - s.rps).max(0.0) / room
+                    } else {
+                        1.0 / targets.len() as f64
+                    };
+                    let projected = s.rps + moved * share;
+                    DependencyCheck {
+                        stack: s.name.clone(),
+                        healthy: s.healthy,
+                        current_rps: s.rps,
+                        projected_rps: projected,
+                        limit_rps: limit(s),
+                        ok: projected <= limit(s),
+                    }
+                })
+                .collect();
+            let action = if pct >= 100 {
+                Action::Evacuate {
+                    stack: d.into(),
+                    to: to.clone(),
+                }
+            } else {
+                Action::Shift {
+                    scope: inc.scope.clone(),
+                    from: d.into(),
+                    to: to.clone(),
+                    percent: pct,
+                }
+            };
+            if checks.iter().all(|c| c.ok) {
+                ev.expected_effect = format!(
+                    "moves ~{moved:.0} rps ({pct}% of {d}) to {}; the users moved should see the targets' signals",
+                    to.join("+")
+                );
+                let evac_considered = ev
+                    .alternatives
+                    .iter()
+                    .any(|a| matches!(a.action, Some(Action::Evacuate { .. })));
+                if pct < 100 && !evac_considered {
+                    ev.alternatives.push(Alternative {
+                        action: Some(Action::Evacuate {
+                            stack: d.into(),
+                            to: to.clone(),
+                        }),
+                        why_not: format!(
+                            "not hard down and no suspect deployment: a partial shift ({pct}%) limits the risk first"
+                        ),
+                    });
+                } else if pct == 100 && !ev.localisation.contains("hard down") {
+                    ev.alternatives.push(Alternative {
+                        action: Some(Action::Shift {
+                            scope: inc.scope.clone(),
+                            from: d.into(),
+                            to: to.clone(),
+                            percent: self.cfg.shift_percent,
+                        }),
+                        why_not: "a deployment on the stack is the likely cause: a partial shift leaves users on it".into(),
+                    });
+                }
+                ev.alternatives.push(Alternative {
+                    action: None,
+                    why_not: format!(
+                        "doing nothing leaves {d}'s users on a stack that deviates ({})",
+                        inc.signal
+                    ),
+                });
+                ev.dependencies = checks;
+                ev.proposed = Some(action.clone());
+                return format!("targets have headroom for {}", action.describe());
+            }
+            let worst = checks.iter().find(|c| !c.ok).map(|c| {
+                format!(
+                    "{} would carry {:.0} rps > its limit {:.0}",
+                    c.stack, c.projected_rps, c.limit_rps
+                )
+            });
+            ev.alternatives.push(Alternative {
+                action: Some(action),
+                why_not: worst.unwrap_or_default(),
+            });
+            ev.dependencies = checks;
+        }
+        ev.expected_effect = "none".into();
+        "no target has the headroom: human decision needed".into()
+    }
+
+    fn score(&self, _inc: &mut Incident, ctx: &Context<'_>, ev: &mut Evidence) -> String {
+        let mut f: Vec<(String, f64)> = vec![("base".into(), 0.3)];
+        if ev.signals.iter().any(|s| s.severity == Severity::Confirmed) {
+            f.push(("confirmed (persisted) finding".into(), 0.2));
+        }
+        if ev.delta_stack.is_some() && !ev.localisation.contains("not confirmed against peers") {
+            f.push(("localised to one stack".into(), 0.2));
+        } else {
+            f.push(("not localised against peers".into(), -0.1));
+        }
+        if ev.events.iter().any(|e| e.suspect) {
+            f.push((
+                "deployment on the stack shortly before the onset".into(),
+                0.15,
+            ));
+        }
+        let n = ev
+            .signals
+            .iter()
+            .map(|s| &s.signal)
+            .collect::<BTreeSet<_>>()
+            .len();
+        if n > 1 {
+            f.push((
+                format!("{n} signals agree"),
+                (0.05 * (n - 1) as f64).min(0.1),
+            ));
+        }
+        if ev
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Campaign | EventKind::LoadTest))
+        {
+            f.push(("announced campaign or load test in scope".into(), -0.15));
+        }
+        if ev.proposed.is_some() {
+            f.push(("targets healthy with headroom".into(), 0.05));
+        } else {
+            f.push(("no action fits".into(), -0.1));
+        }
+        let _ = ctx;
+        let c = f.iter().map(|(_, v)| v).sum::<f64>().clamp(0.05, 0.99);
+        ev.confidence = (c * 100.0).round() / 100.0;
+        ev.factors = f;
+        format!("confidence {:.2}", ev.confidence)
+    }
+
+    fn recovered(&self, inc: &Incident, ctx: &Context<'_>) -> bool {
+        let mut stacks: BTreeSet<String> = inc.executed.iter().flat_map(|a| a.stacks()).collect();
+        stacks.insert(inc.scope.clone());
+        !ctx.findings
+            .iter()
+            .any(|f| !f.stale && stacks.contains(&f.stack))
+    }
+
+    /// The signal did not recover after the last action: propose the next one.
+    fn escalate(&self, inc: &mut Incident, ctx: &Context<'_>, ev: &mut Evidence) -> String {
+        let last = inc.executed.last().cloned();
+        ev.alternatives.clear();
+        let d = ev.delta_stack.clone();
+        if inc.attempt > self.cfg.max_attempts {
+            ev.proposed = None;
+            return format!(
+                "not recovered after {} actions: human decision needed",
+                inc.executed.len()
+            );
+        }
+        match (last, d) {
+            (Some(Action::Shift { from, .. }), Some(d)) if from == d => {
+                // The partial shift helped too little (or the rest is still bad): move the rest.
+                let note = self.plan_move(inc, ctx, ev, &d, &[100]);
+                format!("not recovered after the shift; next: {note}")
+            }
+            (Some(a @ (Action::Shift { .. } | Action::Evacuate { .. })), _) => {
+                // Moving traffic did not help: the problem followed it, so undo the move.
+                ev.proposed = Some(Action::Restore { stacks: a.stacks() });
+                ev.expected_effect = "back to the weights from before the incident".into();
+                ev.alternatives.push(Alternative {
+                    action: None,
+                    why_not:
+                        "keeping the move: the signal did not recover, so the move only adds risk"
+                            .into(),
+                });
+                "not recovered after the move: proposing a rollback".into()
+            }
+            _ => {
+                ev.proposed = None;
+                "not recovered: human decision needed".into()
+            }
+        }
+    }
+
+    /// Approve the proposal: the incident moves to executing and the action is returned
+    /// for the executor. Refused while a stack of the action is frozen by another action
+    /// (except this incident's own rollback).
+    pub fn approve(
+        &self,
+        id: u64,
+        actor: &str,
+        comment: &str,
+        now: UnixMs,
+    ) -> Result<Outcome, IncidentError> {
+        if actor.trim().is_empty() {
+            return Err(IncidentError::Invalid("actor"));
+        }
+        let (mut inc, old) = self.load(id)?;
+        if inc.phase != Phase::AwaitingApproval {
+            return Err(IncidentError::WrongPhase {
+                id,
+                phase: inc.phase,
+                want: Phase::AwaitingApproval,
+            });
+        }
+        let action = inc.proposal().cloned();
+        if let Some(a) = &action {
+            for s in a.stacks() {
+                if let Some(f) = self.freeze(&s, now)? {
+                    let own_rollback = f.incident == id && matches!(a, Action::Restore { .. });
+                    if !own_rollback {
+                        return Err(IncidentError::Frozen {
+                            stack: s,
+                            until_ms: f.until_ms,
+                            incident: f.incident,
+                        });
+                    }
+                }
+            }
+        }
+        inc.approvals.push(Approval {
+            at_ms: now,
+            actor: actor.into(),
+            comment: comment.into(),
+            approved: true,
+            action: action.clone(),
+        });
+        let (to, note) = match &action {
+            Some(a) => (
+                Phase::Executing,
+                format!("approved: {} — {comment}", a.describe()),
+            ),
+            None => (
+                Phase::Resolved,
+                format!("acknowledged without a routing action — {comment}"),
+            ),
+        };
+        let d = self.step(&mut inc, to, now, actor, note);
+        self.save(&inc, &old, Batch::new())?;
+        Ok(Outcome {
+            incident: inc,
+            decisions: vec![d],
+            action,
+        })
+    }
+
+    /// Reject the proposal: the incident closes with the comment.
+    pub fn reject(
+        &self,
+        id: u64,
+        actor: &str,
+        comment: &str,
+        now: UnixMs,
+    ) -> Result<Outcome, IncidentError> {
+        if actor.trim().is_empty() {
+            return Err(IncidentError::Invalid("actor"));
+        }
+        if comment.trim().is_empty() {
+            return Err(IncidentError::Invalid("comment (say why)"));
+        }
+        let (mut inc, old) = self.load(id)?;
+        if inc.phase != Phase::AwaitingApproval {
+            return Err(IncidentError::WrongPhase {
+                id,
+                phase: inc.phase,
+                want: Phase::AwaitingApproval,
+            });
+        }
+        inc.approvals.push(Approval {
+            at_ms: now,
+            actor: actor.into(),
+            comment: comment.into(),
+            approved: false,
+            action: inc.proposal().cloned(),
+        });
+        let d = self.step(
+            &mut inc,
+            Phase::Rejected,
+            now,
+            actor,
+            format!("rejected — {comment}"),
+        );
+        self.save(&inc, &old, Batch::new())?;
+        Ok(Outcome {
+            incident: inc,
+            decisions: vec![d],
+            action: None,
+        })
+    }
+
+    /// The executor applied (`ok`) or failed to apply the approved action. On success
+    /// the incident verifies recovery and the touched stacks freeze; on failure it goes
+    /// back to awaiting approval.
+    pub fn executed(
+        &self,
+        id: u64,
+        ok: bool,
+        note: &str,
+        now: UnixMs,
+    ) -> Result<Outcome, IncidentError> {
+        let (mut inc, old) = self.load(id)?;
+        if inc.phase != Phase::Executing {
+            return Err(IncidentError::WrongPhase {
+                id,
+                phase: inc.phase,
+                want: Phase::Executing,
+            });
+        }
+        let action = inc
+            .proposal()
+            .cloned()
+            .ok_or(IncidentError::Invalid("executing without an action"))?;
+        let mut b = Batch::new();
+        let d = if ok {
+            inc.executed.push(action.clone());
+            inc.verify_until_ms = Some(now + self.cfg.verify_ms);
+            for s in action.stacks() {
+                let f = Freeze {
+                    stack: s.clone(),
+                    until_ms: now + self.cfg.freeze_ms,
+                    incident: id,
+                    action: action.describe(),
+                };
+                b = b.put(format!("{FREEZE}{}", enc(&s)), to_json(&f)?);
+            }
+            self.step(
+                &mut inc,
+                Phase::Verifying,
+                now,
+                "executor",
+                format!("executed: {} {note}", action.describe()),
+            )
+        } else {
+            self.step(
+                &mut inc,
+                Phase::AwaitingApproval,
+                now,
+                "executor",
+                format!("execution failed: {note}"),
+            )
+        };
+        self.save(&inc, &old, b)?;
+        Ok(Outcome {
+            incident: inc,
+            decisions: vec![d],
+            action: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::brain::clock::{Clock, ManualClock};
+    use crate::brain::detection::{Correlation, CrossStack, Signal};
+    use crate::brain::events::Scope;
+    use crate::store::{MemoryStore, RedbStore};
+
+    const T0: u64 = 1_796_090_400_000;
+    const MIN: u64 = 60_000;
+
+    fn finding(stack: &str, signal: Signal, severity: Severity, localised: bool) -> Finding {
+        Finding {
+            stack: stack.into(),
+            signal,
+            severity,
+            at_ms: T0,
+            onset_ms: T0 - 3 * MIN,
+            windows: 3,
+            observed: 0.02,
+            baseline: Some(0.0004),
+            baseline_source: None,
+            score: 9.0,
+            cross: localised.then_some(CrossStack {
+                others: 0.0004,
+                z: 12.0,
+                ratio: 50.0,
+            }),
+            localised,
+            reasons: if localised {
+                vec![Reason::Baseline, Reason::CrossStack]
+            } else {
+                vec![Reason::Baseline]
+            },
+            lead_time_ms: Some(0),
+            events: Vec::new(),
+            series: vec![(T0 - MIN, 0.01), (T0, 0.02)],
+            stale: false,
+        }
+    }
+
+    fn stacks(peak: f64) -> Vec<StackStatus> {
+        ["blue", "green"]
+            .iter()
+            .map(|n| StackStatus {
+                name: n.to_string(),
+                group: "default".into(),
+                healthy: true,
+                rps: 100.0,
+                peak_rps: peak,
+                capacity_rps: None,
+            })
+            .collect()
+    }
+
+    struct Fx {
+        clock: ManualClock,
+        engine: IncidentEngine,
+        stacks: Vec<StackStatus>,
+    }
+
+    impl Fx {
+        fn new() -> Self {
+            Self::on(Arc::new(MemoryStore::new()))
+        }
+        fn on(store: Arc<dyn Store>) -> Self {
+            Self {
+                clock: ManualClock::new(T0),
+                engine: IncidentEngine::new(store, IncidentConfig::default()),
+                stacks: stacks(300.0),
+            }
+        }
+        fn now(&self) -> u64 {
+            self.clock.now_ms()
+        }
+        fn tick(&self, findings: &[Finding]) -> TickOutput {
+            let ctx = Context {
+                findings,
+                stacks: &self.stacks,
+                events: &[],
+            };
+            self.engine.tick(self.now(), &ctx).unwrap()
+        }
+        fn open_on(&self, f: &Finding) -> u64 {
+            self.engine
+                .trigger(Trigger::from_finding(f), self.now())
+                .unwrap()
+                .incident
+                .id
+        }
+        fn phase(&self, id: u64) -> Phase {
+            self.engine.get(id).unwrap().unwrap().phase
+        }
+        /// Trigger on `f` and tick past the re-check with `f` still present.
+        fn to_approval(&self, f: &Finding) -> u64 {
+            let id = self.open_on(f);
+            self.clock.advance(self.engine.config().validate_ms);
+            self.tick(std::slice::from_ref(f));
+            assert_eq!(self.phase(id), Phase::AwaitingApproval);
+            id
+        }
+    }
+
+    fn phases(d: &[Decision]) -> Vec<Phase> {
+        d.iter().map(|d| d.phase).collect()
+    }
+
+    #[test]
+    fn every_transition_from_trigger_to_resolved() {
+        let fx = Fx::new();
+        let f = finding("green", Signal::P99, Severity::Confirmed, true);
+        let out = fx
+            .engine
+            .trigger(Trigger::from_finding(&f), fx.now())
+            .unwrap();
+        let id = out.incident.id;
+        assert_eq!(phases(&out.decisions), [Phase::Validating]);
+        // Before the re-check nothing moves.
+        fx.clock.advance(MIN);
+        let t = fx.tick(std::slice::from_ref(&f));
+        assert!(t.decisions.is_empty() && t.actions.is_empty());
+        fx.clock.advance(2 * MIN);
+        let t = fx.tick(std::slice::from_ref(&f));
+        assert_eq!(
+            phases(&t.decisions),
+            [
+                Phase::Correlating,
+                Phase::Localising,
+                Phase::CheckingDependencies,
+                Phase::Scoring,
+                Phase::AwaitingApproval
+            ]
+        );
+        assert!(t.actions.is_empty(), "nothing moves before approval");
+        let inc = fx.engine.get(id).unwrap().unwrap();
+        let ev = inc.evidence.clone().unwrap();
+        assert_eq!(ev.delta_stack.as_deref(), Some("green"));
+        let shift = Action::Shift {
+            scope: "green".into(),
+            from: "green".into(),
+            to: vec!["blue".into()],
+            percent: 50,
+        };
+        assert_eq!(ev.proposed.as_ref(), Some(&shift));
+        assert_eq!(ev.dependencies.len(), 1);
+        assert!(ev.dependencies[0].ok && ev.dependencies[0].projected_rps == 150.0);
+        assert!(ev
+            .alternatives
+            .iter()
+            .any(|a| matches!(a.action, Some(Action::Evacuate { .. }))));
+        assert_eq!(ev.signals[0].series.len(), 2);
+        assert!(ev.confidence > 0.5, "{:?}", ev.factors);
+        assert_eq!(
+            t.decisions[4].action.as_deref(),
+            Some(shift.describe().as_str())
+        );
+        assert_eq!(t.decisions[4].confidence, Some(ev.confidence));
+        // Still nothing moves on later ticks without approval.
+        fx.clock.advance(10 * MIN);
+        assert!(fx.tick(std::slice::from_ref(&f)).actions.is_empty());
+        let out = fx.engine.approve(id, "alice", "go", fx.now()).unwrap();
+        assert_eq!(out.action.as_ref(), Some(&shift));
+        assert_eq!(phases(&out.decisions), [Phase::Executing]);
+        assert_eq!(out.decisions[0].actor, "alice");
+        // Until the executor confirms, every tick re-emits the action.
+        assert_eq!(
+            fx.tick(std::slice::from_ref(&f)).actions,
+            vec![(id, shift.clone())]
+        );
+        let out = fx
+            .engine
+            .executed(id, true, "weights pushed", fx.now())
+            .unwrap();
+        assert_eq!(phases(&out.decisions), [Phase::Verifying]);
+        assert!(fx.engine.freeze("green", fx.now()).unwrap().is_some());
+        assert!(fx.engine.freeze("blue", fx.now()).unwrap().is_some());
+        assert!(
+            fx.tick(&[]).decisions.is_empty(),
+            "verification waits for verify_ms"
+        );
+        fx.clock.advance(5 * MIN);
+        assert_eq!(phases(&fx.tick(&[]).decisions), [Phase::Resolved]);
+        assert!(fx.engine.open_ids().unwrap().is_empty());
+        let inc = fx.engine.get(id).unwrap().unwrap();
+        assert_eq!(
+            inc.history.iter().map(|t| t.to).collect::<Vec<_>>(),
+            [
+                Phase::Validating,
+                Phase::Correlating,
+                Phase::Localising,
+                Phase::CheckingDependencies,
+                Phase::Scoring,
+                Phase::AwaitingApproval,
+                Phase::Executing,
+                Phase::Verifying,
+                Phase::Resolved
+            ]
+        );
+        assert_eq!(inc.executed, vec![shift]);
+        // Closed: a new trigger on the scope opens a new incident.
+        assert_ne!(fx.open_on(&f), id);
+    }
+
+    #[test]
+    fn a_trigger_that_does_not_persist_is_dismissed() {
+        let fx = Fx::new();
+        let f = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+        let id = fx.open_on(&f);
+        fx.clock.advance(3 * MIN);
+        let t = fx.tick(&[]);
+        assert_eq!(phases(&t.decisions), [Phase::Dismissed]);
+        assert_eq!(fx.phase(id), Phase::Dismissed);
+        assert!(fx.engine.open_ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejection_closes_with_actor_and_comment() {
+        let fx = Fx::new();
+        let f = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+        let id = fx.to_approval(&f);
+        let before = fx.engine.get(id).unwrap();
+        assert!(matches!(
+            fx.engine.reject(id, "bob", " ", fx.now()),
+            Err(IncidentError::Invalid(_))
+        ));
+        assert!(matches!(
+            fx.engine.approve(id, "", "x", fx.now()),
+            Err(IncidentError::Invalid(_))
+        ));
+        assert_eq!(
+            fx.engine.get(id).unwrap(),
+            before,
+            "refused calls change nothing"
+        );
+        let out = fx
+            .engine
+            .reject(id, "bob", "known flaky dependency", fx.now())
+            .unwrap();
+        assert_eq!(phases(&out.decisions), [Phase::Rejected]);
+        assert_eq!(out.decisions[0].actor, "bob");
+        let inc = fx.engine.get(id).unwrap().unwrap();
+        assert_eq!(inc.approvals[0].comment, "known flaky dependency");
+        assert!(!inc.approvals[0].approved);
+        assert!(matches!(
+            fx.engine.approve(id, "alice", "", fx.now()),
+            Err(IncidentError::WrongPhase {
+                phase: Phase::Rejected,
+                ..
+            })
+        ));
+        assert!(fx.engine.open_ids().unwrap().is_empty());
+        assert!(fx.tick(&[f]).actions.is_empty());
+    }
+
+    #[test]
+    fn the_freeze_window_blocks_a_second_action() {
+        let mut fx = Fx::new();
+        fx.stacks.push(StackStatus {
+            name: "canary".into(),
+            group: "default".into(),
+            healthy: true,
+            rps: 10.0,
+            peak_rps: 300.0,
+            capacity_rps: None,
+        });
+        let g = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+        let first = fx.to_approval(&g);
+        fx.engine.approve(first, "alice", "", fx.now()).unwrap();
+        fx.engine.executed(first, true, "", fx.now()).unwrap();
+        let frozen_until = fx.now() + 15 * MIN;
+        // A second incident, on canary, wants to move traffic to blue and green.
+        let c = finding("canary", Signal::ErrorRate, Severity::Confirmed, true);
+        let second = fx.to_approval(&c);
+        let proposal = fx
+            .engine
+            .get(second)
+            .unwrap()
+            .unwrap()
+            .proposal()
+            .cloned()
+            .unwrap();
+        assert!(
+            proposal.stacks().contains(&"blue".to_string()),
+            "{proposal:?}"
+        );
+        let before = fx.engine.get(second).unwrap();
+        let err = fx
+            .engine
+            .approve(second, "alice", "", fx.now())
+            .unwrap_err();
+        match &err {
+            IncidentError::Frozen {
+                until_ms, incident, ..
+            } => {
+                assert_eq!((*until_ms, *incident), (frozen_until, first));
+            }
+            e => panic!("{e}"),
+        }
+        assert!(err.to_string().contains("frozen until"), "{err}");
+        assert_eq!(fx.engine.get(second).unwrap(), before);
+        fx.clock.set(frozen_until);
+        let out = fx
+            .engine
+            .approve(second, "alice", "freeze over", fx.now())
+            .unwrap();
+        assert_eq!(out.action, Some(proposal));
+    }
+
+    #[test]
+    fn duplicate_triggers_merge_into_one_open_incident_per_scope() {
+        let fx = Fx::new();
+        let f = finding("green", Signal::P99, Severity::Confirmed, true);
+        let a = fx.open_on(&f);
+        let b = fx.open_on(&finding(
+            "green",
+            Signal::ErrorRate,
+            Severity::Confirmed,
+            true,
+        ));
+        let hc = fx
+            .engine
+            .trigger(
+                Trigger::health_check("green", "http", "503", fx.now()),
+                fx.now(),
+            )
+            .unwrap();
+        assert_eq!((a, b, hc.incident.id), (a, a, a));
+        assert!(hc.decisions.is_empty());
+        let other = fx.open_on(&finding("blue", Signal::P99, Severity::Confirmed, true));
+        assert_ne!(other, a);
+        let inc = fx.engine.get(a).unwrap().unwrap();
+        assert_eq!((inc.trigger_count, inc.triggers.len()), (3, 3));
+        // The same Alertmanager alert delivered twice counts once.
+        let am = crate::brain::events::parse_alertmanager(
+            r#"{"version":"4","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"X","stack":"green"},"startsAt":"2026-12-01T02:00:00Z","fingerprint":"f1"}]}"#,
+        )
+        .unwrap();
+        fx.engine.ingest_alerts(&am, fx.now()).unwrap();
+        fx.engine.ingest_alerts(&am, fx.now()).unwrap();
+        assert_eq!(fx.engine.get(a).unwrap().unwrap().trigger_count, 4);
+        assert_eq!(fx.engine.open_ids().unwrap(), vec![a, other]);
+    }
+
+    #[test]
+    fn an_alert_resolved_before_the_recheck_is_dismissed() {
+        let fx = Fx::new();
+        let body = |status: &str| {
+            format!(
+                r#"{{"version":"4","status":"{status}","alerts":[{{"status":"{status}","labels":{{"alertname":"HighLatency","switchyard_stack":"green"}},"startsAt":"2026-12-01T02:00:00Z","fingerprint":"ab"}}]}}"#
+            )
+        };
+        let firing = crate::brain::events::parse_alertmanager(&body("firing")).unwrap();
+        let out = fx.engine.ingest_alerts(&firing, fx.now()).unwrap();
+        let id = out[0].incident.id;
+        // Still firing at the re-check (no finding needed): the workflow goes on.
+        let fx2 = Fx::new();
+        let id2 = fx2.engine.ingest_alerts(&firing, fx2.now()).unwrap()[0]
+            .incident
+            .id;
+        fx2.clock.advance(3 * MIN);
+        fx2.tick(&[]);
+        assert_eq!(fx2.phase(id2), Phase::AwaitingApproval);
+        // Resolved first: dismissed.
+        let resolved = crate::brain::events::parse_alertmanager(&body("resolved")).unwrap();
+        fx.engine.ingest_alerts(&resolved, fx.now()).unwrap();
+        fx.clock.advance(3 * MIN);
+        fx.tick(&[]);
+        assert_eq!(fx.phase(id), Phase::Dismissed);
+    }
+
+    #[test]
+    fn no_recovery_proposes_the_next_action_then_a_rollback() {
+        let fx = Fx::new();
+        let g = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+        let id = fx.to_approval(&g);
+        fx.engine.approve(id, "alice", "", fx.now()).unwrap();
+        fx.engine.executed(id, true, "", fx.now()).unwrap();
+        fx.clock.advance(5 * MIN);
+        // Green still bad after the 50 % shift: propose evacuating the rest.
+        let t = fx.tick(std::slice::from_ref(&g));
+        assert_eq!(phases(&t.decisions), [Phase::AwaitingApproval]);
+        let next = fx.engine.get(id).unwrap().unwrap().proposal().cloned();
+        assert_eq!(
+            next,
+            Some(Action::Evacuate {
+                stack: "green".into(),
+                to: vec!["blue".into()]
+            })
+        );
+        // The escalation is a second action: it waits for the freeze.
+        assert!(matches!(
+            fx.engine.approve(id, "alice", "", fx.now()),
+            Err(IncidentError::Frozen { .. })
+        ));
+        fx.clock.advance(10 * MIN);
+        fx.engine.approve(id, "alice", "", fx.now()).unwrap();
+        fx.engine.executed(id, true, "", fx.now()).unwrap();
+        fx.clock.advance(5 * MIN);
+        // The errors followed the traffic to blue: roll back.
+        let b = finding("blue", Signal::ErrorRate, Severity::Confirmed, false);
+        fx.tick(&[b]);
+        let inc = fx.engine.get(id).unwrap().unwrap();
+        assert_eq!(inc.phase, Phase::AwaitingApproval);
+        let restore = Action::Restore {
+            stacks: vec!["green".into(), "blue".into()],
+        };
+        assert_eq!(inc.proposal(), Some(&restore));
+        // Its own rollback is allowed inside the freeze.
+        let out = fx.engine.approve(id, "alice", "undo", fx.now()).unwrap();
+        assert_eq!(out.action, Some(restore));
+    }
+
+    #[test]
+    fn dependency_checks_pick_what_fits_or_nothing() {
+        let mut fx = Fx::new();
+        // Blue has room for 30 more rps: 50 % (50 rps) does not fit, 25 % does.
+        fx.stacks = stacks(130.0);
+        let g = finding("green", Signal::P99, Severity::Confirmed, true);
+        let id = fx.to_approval(&g);
+        let ev = fx.engine.get(id).unwrap().unwrap().evidence.unwrap();
+        assert!(
+            matches!(ev.proposed, Some(Action::Shift { percent: 25, .. })),
+            "{:?}",
+            ev.proposed
+        );
+        assert!(
+            ev.alternatives.iter().any(|a| a
+                .why_not
+                .contains("blue would carry 150 rps > its limit 130")),
+            "{:?}",
+            ev.alternatives
+        );
+        // No room at all, and a hard-down stack: nothing fits; a human decides.
+        let mut fx = Fx::new();
+        fx.stacks = stacks(100.0);
+        let mut dead = finding("green", Signal::ErrorRate, Severity::Confirmed, false);
+        dead.reasons = vec![Reason::HardDown];
+        let id = fx.to_approval(&dead);
+        let inc = fx.engine.get(id).unwrap().unwrap();
+        let ev = inc.evidence.clone().unwrap();
+        assert_eq!(ev.proposed, None);
+        assert!(ev.localisation.contains("hard down"));
+        assert!(ev
+            .alternatives
+            .iter()
+            .any(|a| matches!(a.action, Some(Action::Evacuate { .. }))));
+        // Approving "no action" acknowledges and resolves.
+        let out = fx
+            .engine
+            .approve(id, "alice", "will scale blue", fx.now())
+            .unwrap();
+        assert_eq!((out.action, out.incident.phase), (None, Phase::Resolved));
+    }
+
+    #[test]
+    fn stacks_deviating_together_get_no_routing_action() {
+        let fx = Fx::new();
+        let g = finding("green", Signal::P99, Severity::Confirmed, false);
+        let b = finding("blue", Signal::P99, Severity::Confirmed, false);
+        let id = fx.open_on(&g);
+        fx.clock.advance(3 * MIN);
+        fx.tick(&[g, b]);
+        let ev = fx.engine.get(id).unwrap().unwrap().evidence.unwrap();
+        assert_eq!((ev.delta_stack, ev.proposed), (None, None));
+        assert!(
+            ev.localisation.contains("deviate together"),
+            "{}",
+            ev.localisation
+        );
+    }
+
+    #[test]
+    fn a_deployment_before_the_onset_raises_confidence() {
+        let conf = |with_deploy: bool| {
+            let fx = Fx::new();
+            let mut f = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+            if with_deploy {
+                f.events.push(Correlation {
+                    event_id: "deploy-7".into(),
+                    kind: EventKind::Deployment,
+                    relation: "deployment on green 2 min before the onset".into(),
+                    suspect: true,
+                });
+            }
+            let id = fx.to_approval(&f);
+            fx.engine.get(id).unwrap().unwrap().evidence.unwrap()
+        };
+        let (without, with) = (conf(false), conf(true));
+        assert!(
+            with.confidence > without.confidence + 0.1,
+            "{} vs {}",
+            with.confidence,
+            without.confidence
+        );
+        assert_eq!(with.events[0].id, "deploy-7");
+        assert!(with.events[0].suspect);
+        // From the registry too, when the finding carries no correlation.
+        let fx = Fx::new();
+        let f = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+        let id = fx.open_on(&f);
+        fx.clock.advance(3 * MIN);
+        let deploy = Event {
+            id: "deploy-8".into(),
+            kind: EventKind::Deployment,
+            scope: Scope::Stacks(vec!["green".into()]),
+            from_ms: T0 - 10 * MIN,
+            to_ms: T0 - 9 * MIN,
+            description: String::new(),
+            actor: "ci".into(),
+        };
+        let ctx = Context {
+            findings: std::slice::from_ref(&f),
+            stacks: &fx.stacks,
+            events: std::slice::from_ref(&deploy),
+        };
+        fx.engine.tick(fx.now(), &ctx).unwrap();
+        let ev = fx.engine.get(id).unwrap().unwrap().evidence.unwrap();
+        assert!(
+            ev.events.iter().any(|e| e.id == "deploy-8" && e.suspect),
+            "{:?}",
+            ev.events
+        );
+    }
+
+    #[test]
+    fn concurrent_approvals_apply_once() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let fx = Fx::on(store.clone());
+        let other = IncidentEngine::new(store, IncidentConfig::default());
+        let id = fx.to_approval(&finding("green", Signal::P99, Severity::Confirmed, true));
+        fx.engine.approve(id, "alice", "", fx.now()).unwrap();
+        assert!(matches!(
+            other.approve(id, "bob", "", fx.now()),
+            Err(IncidentError::WrongPhase {
+                phase: Phase::Executing,
+                ..
+            })
+        ));
+        let inc = other.get(id).unwrap().unwrap();
+        assert_eq!(inc.approvals.len(), 1);
+    }
+
+    #[test]
+    fn a_restart_resumes_every_open_incident() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+        let b = finding("blue", Signal::P99, Severity::Confirmed, true);
+        let (first, second, at) = {
+            let fx = Fx::on(Arc::new(RedbStore::open(dir.path()).unwrap()));
+            let first = fx.to_approval(&g);
+            fx.clock.advance(MIN);
+            let second = fx.open_on(&b);
+            assert_eq!(fx.phase(second), Phase::Validating);
+            (first, second, fx.now())
+        };
+        let fx = Fx::on(Arc::new(RedbStore::open(dir.path()).unwrap()));
+        fx.clock.set(at);
+        let open: Vec<(u64, Phase)> = fx
+            .engine
+            .open()
+            .unwrap()
+            .iter()
+            .map(|i| (i.id, i.phase))
+            .collect();
+        assert_eq!(
+            open,
+            vec![
+                (first, Phase::AwaitingApproval),
+                (second, Phase::Validating)
+            ]
+        );
+        let out = fx
+            .engine
+            .approve(first, "alice", "after restart", fx.now())
+            .unwrap();
+        assert!(out.action.is_some());
+        fx.clock.advance(3 * MIN);
+        let t = fx.tick(&[g, b]);
+        assert_eq!(t.actions.len(), 1, "the approved action is re-emitted");
+        assert_eq!(fx.phase(second), Phase::AwaitingApproval);
+        // A restart between approval and execution loses nothing either.
+        drop(fx);
+        let fx = Fx::on(Arc::new(RedbStore::open(dir.path()).unwrap()));
+        fx.clock.set(at + 3 * MIN);
+        assert_eq!(fx.tick(&[]).actions[0].0, first);
+        fx.engine.executed(first, true, "", fx.now()).unwrap();
+        assert_eq!(fx.phase(first), Phase::Verifying);
+    }
+
+    #[test]
+    fn a_malformed_webhook_opens_nothing() {
+        let fx = Fx::new();
+        // One good alert and one without a fingerprint: the whole payload is refused.
+        let body = r#"{"version":"4","status":"firing","alerts":[
+            {"status":"firing","labels":{"stack":"green"},"startsAt":"2026-12-01T02:00:00Z","fingerprint":"ok"},
+            {"status":"firing","labels":{"stack":"blue"},"startsAt":"2026-12-01T02:00:00Z"}]}"#;
+        let err = crate::brain::events::parse_alertmanager(body).unwrap_err();
+        assert_eq!(err.problems()[0].field, "alerts[1].fingerprint");
+        assert!(fx.engine.open_ids().unwrap().is_empty());
+        assert!(matches!(
+            fx.engine
+                .trigger(Trigger::health_check("", "http", "", fx.now()), fx.now()),
+            Err(IncidentError::Invalid(_))
+        ));
+        assert!(fx.engine.open_ids().unwrap().is_empty());
+    }
+}
