@@ -41,6 +41,9 @@ pub enum Command {
     /// Weight, drain and health of the stacks.
     #[command(subcommand)]
     Stacks(StacksCmd),
+    /// SLO-gated progressive delivery of a release stack (docs/rollouts.md).
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// The hash-chained audit log of every decision and change.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -95,6 +98,55 @@ pub enum PolicyCmd {
         #[command(flatten)]
         change: ChangeArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Start moving traffic to a release stack, step by step behind SLO gates.
+    Start {
+        /// The release stack.
+        #[arg(long, value_name = "STACK")]
+        stack: String,
+        /// The stable stack it is compared with and takes traffic from.
+        #[arg(long, value_name = "STACK")]
+        stable: String,
+        /// What moves: `policy` (the whole policy; the only scope supported yet).
+        #[arg(long, default_value = "policy")]
+        scope: String,
+        /// Release share per step, percent, e.g. 0,5,20,50,100 [default: the paper's
+        /// Table 2: 5, 20, 50, 100 over 30 min, 2 h, 4 h].
+        #[arg(long, value_delimiter = ',', value_name = "PERCENTS")]
+        plan: Vec<u32>,
+        /// Minimum time each step is observed (e.g. 10m) [default: 10m with --plan].
+        #[arg(long, value_parser = parse_duration_s, value_name = "DURATION")]
+        step: Option<u64>,
+        /// A step without a decision by then is inconclusive and pauses [default: 6 × --step].
+        #[arg(long, value_parser = parse_duration_s, value_name = "DURATION")]
+        max_step: Option<u64>,
+        /// Warm-up ramp before each step is judged [default: 5m].
+        #[arg(long, value_parser = parse_duration_s, value_name = "DURATION")]
+        warmup: Option<u64>,
+        /// Roll back on a failed gate without asking (pre-approval).
+        #[arg(long)]
+        auto_rollback: bool,
+        /// Rollout id [default: STACK-<unix time>].
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Every rollout, newest first.
+    List,
+    /// One rollout with every step's gates (default: the newest).
+    Status { id: Option<String> },
+    /// Hold the rollout where it is.
+    Pause { id: String },
+    /// Continue a paused rollout (for a pause that needs approval, this approves).
+    Resume { id: String },
+    /// Jump to 100 % and finish; the release's users stay, the stable stack drains.
+    Promote { id: String },
+    /// Stop and roll back: the release is evacuated, all traffic to the stable stack.
+    Abort { id: String },
+    /// Approve the rollback a halted rollout proposes.
+    Rollback { id: String },
 }
 
 #[derive(Debug, Subcommand)]

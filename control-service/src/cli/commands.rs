@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::args::{AuditCmd, Command, PolicyCmd, StacksCmd};
+use super::args::{AuditCmd, Command, PolicyCmd, RolloutCmd, StacksCmd};
 use super::context::Ctx;
 use super::output::{self, Failure};
 use crate::model::now_unix_ms;
@@ -20,6 +20,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
         Command::Stacks(cmd) => stacks(ctx, cmd).await,
         Command::Status => status(ctx).await,
         Command::Audit(cmd) => audit(ctx, cmd).await,
+        Command::Rollout(cmd) => rollout(ctx, cmd).await,
         Command::Watch {
             node_id,
             last_applied,
@@ -268,6 +269,84 @@ async fn policy_weights(ctx: &mut Ctx<'_>) -> Option<output::PolicyWeights> {
         .into_inner();
     let doc: Value = serde_json::from_str(&r.policy_json).ok()?;
     Some(output::PolicyWeights::from_policy(&doc))
+}
+
+async fn rollout(ctx: &mut Ctx<'_>, cmd: &RolloutCmd) -> Result<(), Failure> {
+    let mut client = v1::rollouts_client::RolloutsClient::new(ctx.channel().await?);
+    let actor = ctx.actor();
+    let command = |id: &str, verb: &str| v1::RolloutCommandRequest {
+        id: id.to_string(),
+        command: verb.to_string(),
+        actor: actor.clone(),
+    };
+    let status = match cmd {
+        RolloutCmd::Start {
+            stack,
+            stable,
+            scope,
+            plan,
+            step,
+            max_step,
+            warmup,
+            auto_rollback,
+            id,
+        } => {
+            client
+                .start(v1::StartRolloutRequest {
+                    release: stack.clone(),
+                    stable: stable.clone(),
+                    scope: scope.clone(),
+                    plan: plan.clone(),
+                    min_dwell_ms: step.unwrap_or(0) * 1000,
+                    max_dwell_ms: max_step.unwrap_or(0) * 1000,
+                    warmup_ms: warmup.unwrap_or(0) * 1000,
+                    auto_rollback: *auto_rollback,
+                    actor: actor.clone(),
+                    id: id.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+        }
+        RolloutCmd::List => {
+            let r = client.list(v1::ListRolloutsRequest {}).await?.into_inner();
+            if ctx.json() {
+                output::print_json(&r);
+            } else {
+                output::print_rollouts(&r.rollouts);
+            }
+            return Ok(());
+        }
+        RolloutCmd::Status { id } => match id {
+            Some(id) => client
+                .get(v1::GetRolloutRequest { id: id.clone() })
+                .await?
+                .into_inner(),
+            None => {
+                let r = client.list(v1::ListRolloutsRequest {}).await?.into_inner();
+                match r.rollouts.into_iter().next() {
+                    Some(s) => s,
+                    None => {
+                        let mut f = Failure::rejected("no rollouts yet");
+                        f.kind = "not_found";
+                        return Err(f);
+                    }
+                }
+            }
+        },
+        RolloutCmd::Pause { id } => client.command(command(id, "pause")).await?.into_inner(),
+        RolloutCmd::Resume { id } => client.command(command(id, "resume")).await?.into_inner(),
+        RolloutCmd::Promote { id } => client.command(command(id, "promote")).await?.into_inner(),
+        RolloutCmd::Abort { id } => client.command(command(id, "abort")).await?.into_inner(),
+        RolloutCmd::Rollback { id } => {
+            client.command(command(id, "rollback")).await?.into_inner()
+        }
+    };
+    if ctx.json() {
+        output::print_json(&status);
+    } else {
+        output::print_rollout(&status, now_unix_ms());
+    }
+    Ok(())
 }
 
 async fn audit(ctx: &mut Ctx<'_>, cmd: &AuditCmd) -> Result<(), Failure> {

@@ -307,6 +307,100 @@ pub fn print_history(r: &v1::HistoryResponse) {
     print_table(&rows);
 }
 
+pub fn print_rollouts(rollouts: &[v1::RolloutStatus]) {
+    let mut rows = vec![row(["ID", "RELEASE", "STABLE", "PHASE", "STEP", "SHARE", "CREATED (UTC)"])];
+    for r in rollouts {
+        rows.push(vec![
+            r.id.clone(),
+            r.release.clone(),
+            r.stable.clone(),
+            r.phase.clone(),
+            if r.step == 0 {
+                "-".into()
+            } else {
+                format!("{}/{}", r.step, r.plan.len())
+            },
+            format!("{}%", r.share_percent),
+            fmt_time(r.created_unix_ms),
+        ]);
+    }
+    print_table(&rows);
+}
+
+/// One rollout: where it is, and every step's gates with sample size and confidence.
+pub fn print_rollout(r: &v1::RolloutStatus, now_ms: u64) {
+    let plan: Vec<String> = r.plan.iter().map(|p| format!("{p}%")).collect();
+    println!(
+        "rollout {}: {} vs {} ({}), {}{}",
+        r.id,
+        r.release,
+        r.stable,
+        r.scope,
+        r.phase,
+        if r.step > 0 {
+            format!(" step {}/{}", r.step, r.plan.len())
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  release share {}% · plan {} · auto-rollback {} · updated {}",
+        r.share_percent,
+        plan.join(" → "),
+        if r.auto_rollback { "yes" } else { "no" },
+        ago(now_ms, r.updated_unix_ms)
+    );
+    if !r.reason.is_empty() {
+        println!("  {}", r.reason);
+    }
+    if r.blast_radius >= 0.0 {
+        println!(
+            "  users who reached {}: {:.2}% of the scope's users",
+            r.release,
+            r.blast_radius * 100.0
+        );
+    }
+    let mut rows = vec![row(["STEP", "SHARE", "OUTCOME", "GATE", "VERDICT", "N", "CONFIDENCE", "ESTIMATE"])];
+    for (i, s) in r.steps.iter().enumerate() {
+        let outcome = if s.outcome.is_empty() {
+            "running".to_string()
+        } else {
+            s.outcome.clone()
+        };
+        if s.gates.is_empty() {
+            rows.push(vec![
+                (i + 1).to_string(),
+                format!("{}%", s.share_percent),
+                outcome,
+                "-".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for (j, g) in s.gates.iter().enumerate() {
+            rows.push(vec![
+                if j == 0 { (i + 1).to_string() } else { String::new() },
+                if j == 0 { format!("{}%", s.share_percent) } else { String::new() },
+                if j == 0 { outcome.clone() } else { String::new() },
+                format!("{}{}", g.gate, if g.blocking { "" } else { " (sentinel)" }),
+                g.verdict.clone(),
+                format!("{:.0}", g.n),
+                format!("{:.3}", g.confidence),
+                if g.estimate.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.4}", g.estimate)
+                },
+            ]);
+        }
+    }
+    if rows.len() > 1 {
+        print_table(&rows);
+    }
+}
+
 pub fn print_audit(r: &v1::AuditListResponse) {
     let mut rows = vec![row([
         "SEQ",
