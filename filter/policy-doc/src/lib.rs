@@ -46,6 +46,28 @@ pub struct PolicyDoc {
     /// Add the `x-switchyard-decision` response header (rule id and reason).
     #[serde(default)]
     pub debug_header: bool,
+    /// Business outcomes the filter counts per stack (e.g. orders), reported to the
+    /// control service with the telemetry.
+    #[serde(default)]
+    pub kpis: Vec<KpiDoc>,
+}
+
+/// A business outcome: requests matching a method and a path prefix whose response has
+/// a status. Every part is optional (absent = any).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiDoc {
+    /// `[a-z0-9_]{1,32}`, unique.
+    pub name: String,
+    /// Request method, e.g. `POST`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Prefix of the request path (`:path`, query included), e.g. `/checkout`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Response status: a class (`2xx`) or an exact code (`201`).
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// One stack: a complete deployment reachable through one Envoy cluster.

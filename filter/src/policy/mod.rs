@@ -12,7 +12,8 @@
 //! - `compile`: the sections, checked and compiled in one error-collecting pass
 //!   (`check` holds the context and the shared name checks);
 //! - `compiled`, `condition`, `ids`: the compiled policy, plain read-only data;
-//! - `index`: the rule index; `inputs`: the request-scan plan.
+//! - `index`: the rule index; `inputs`: the request-scan plan;
+//! - `kpi`: compiled business outcomes and their matchers.
 //!
 //! The policy depends on no request-path module (classify, balance, affinity, router):
 //! they depend on it.
@@ -24,6 +25,7 @@ mod condition;
 mod ids;
 mod index;
 mod inputs;
+mod kpi;
 mod parse;
 
 pub use switchyard_policy_doc::*;
@@ -38,6 +40,7 @@ pub use condition::Condition;
 pub use ids::{mask_of, ChannelId, CohortId, RegionId, StackId, MAX_STACKS, MAX_TARGETS};
 pub use index::RuleIndex;
 pub use inputs::{Inputs, KeySlot, MAX_UA_SUBSTRINGS};
+pub use kpi::{request_mask, response_mask, Kpi, StatusMatch, MAX_KPIS};
 
 /// Parse and validate a policy document.
 pub fn validate_json(json: &str) -> Result<Validated, Invalid> {

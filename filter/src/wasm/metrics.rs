@@ -11,7 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::breaker::State;
-use crate::policy::{Policy, StackId};
+use crate::policy::{response_mask, Kpi, Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome};
 use crate::snapshot::{StackTelemetry, TelemetryBatch};
 
@@ -82,6 +82,12 @@ pub struct Metrics {
     telemetry_dropped: u64,
     /// Requests seen, for latency sampling.
     responses: u64,
+    /// The policy's KPIs, and this window's count per (stack, KPI): `stack * kpis + kpi`.
+    kpis: Vec<Kpi>,
+    kpi_counts: Vec<u64>,
+    /// Rule ids, and this window's routed requests per (stack, rule).
+    rule_ids: Vec<String>,
+    rule_counts: Vec<u64>,
 }
 
 fn define(kind: MetricType, name: &str) -> u32 {
@@ -142,10 +148,15 @@ impl Metrics {
             stack: "_local".into(),
             ..Default::default()
         });
+        let (stacks, rules, kpis) = (policy.stacks.len(), policy.rules.len(), policy.kpis.len());
         Self {
             telemetry,
             telemetry_dropped: 0,
             responses: 0,
+            kpis: policy.kpis.clone(),
+            kpi_counts: vec![0; stacks * kpis],
+            rule_ids: policy.rules.iter().map(|r| r.id.clone()).collect(),
+            rule_counts: vec![0; stacks * rules],
             counter_ids,
             pending,
             stacks: policy.stacks.len(),
@@ -187,7 +198,17 @@ impl Metrics {
         }
         match d.outcome {
             Outcome::Stack { id, how } => {
-                if let Some(t) = self.telemetry.get_mut(id) {
+                if d.rule < self.rules {
+                    if let Some(c) = self.rule_counts.get_mut(id * self.rules + d.rule) {
+                        *c += 1;
+                    }
+                }
+                if let Some(t) = self.telemetry.get_mut(id).filter(|_| id < self.stacks) {
+                    if how == How::Sticky {
+                        t.sticky_requests += 1;
+                    } else if d.set_cookie.is_some() {
+                        t.new_users += 1;
+                    }
                     match d.affinity {
                         AffinityEvent::Hit => t.affinity_hit += 1,
                         AffinityEvent::Off => {}
@@ -223,8 +244,16 @@ impl Metrics {
     }
 
     /// Count a response from a stack (`None`: the stream ended without one), with its
-    /// latency when sampled.
-    pub fn response(&mut self, id: StackId, status: Option<u32>, latency_ms: Option<u64>) {
+    /// latency (µs) when sampled, and the KPIs its request matched (`kpis`, a mask from
+    /// [`crate::policy::request_mask`]) whose status matches.
+    pub fn response(
+        &mut self,
+        id: StackId,
+        status: Option<u32>,
+        latency_us: Option<u64>,
+        kpis: u16,
+    ) {
+        let latency_ms = latency_us.map(|us| us / 1_000);
         self.stack(id, StackCounter::Requests);
         let class = match status {
             Some(200..=299) => StackCounter::Status2xx,
@@ -244,6 +273,20 @@ impl Metrics {
             }
             // Unbiased estimate of the window's latency sum from the samples.
             t.latency_ms_sum += latency_ms.unwrap_or(0) * LATENCY_SAMPLE;
+            if let Some(us) = latency_us {
+                t.latency.record(us);
+            }
+            if kpis != 0 {
+                let mut hits = response_mask(&self.kpis, kpis, status);
+                let base = id * self.kpis.len();
+                while hits != 0 {
+                    let i = hits.trailing_zeros() as usize;
+                    hits &= hits - 1;
+                    if let Some(c) = self.kpi_counts.get_mut(base + i) {
+                        *c += 1;
+                    }
+                }
+            }
         }
         if let (Some(ms), Some(&h)) = (latency_ms, self.latency.get(id)) {
             if h != NO_METRIC {
@@ -257,6 +300,9 @@ impl Metrics {
     pub fn breaker_changed(&mut self, id: StackId, state: State) {
         if state == State::Open {
             self.stack(id, StackCounter::BreakerOpened);
+            if let Some(t) = self.telemetry.get_mut(id).filter(|_| id < self.stacks) {
+                t.breaker_opens += 1;
+            }
         }
         self.breaker_gauge(id, state);
     }
@@ -284,6 +330,28 @@ impl Metrics {
     /// when there is nothing to report. Bounded: one batch per flush, one entry per stack
     /// plus local replies. Say whether it was queued with [`Metrics::telemetry_queued`].
     pub fn take_telemetry(&mut self, now_ms: u64) -> Option<Vec<u8>> {
+        // Named counts move into the stacks' entries (only the non-zero ones).
+        for (id, t) in self.telemetry.iter_mut().take(self.stacks).enumerate() {
+            let kpis = self.kpis.len();
+            for (k, c) in self.kpi_counts[id * kpis..(id + 1) * kpis]
+                .iter_mut()
+                .enumerate()
+            {
+                if *c > 0 {
+                    t.kpis.push((self.kpis[k].name.clone(), std::mem::take(c)));
+                }
+            }
+            let rules = self.rule_ids.len();
+            for (r, c) in self.rule_counts[id * rules..(id + 1) * rules]
+                .iter_mut()
+                .enumerate()
+            {
+                if *c > 0 {
+                    t.by_rule
+                        .push((self.rule_ids[r].clone(), std::mem::take(c)));
+                }
+            }
+        }
         let stacks: Vec<StackTelemetry> = self
             .telemetry
             .iter()
