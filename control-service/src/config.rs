@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::brain::series::SeriesSettings;
 use crate::grpc::WatchSettings;
 
 pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";
@@ -82,6 +83,12 @@ pub struct FileConfig {
     pub watch_first_message_timeout_ms: Option<u64>,
     /// How long graceful shutdown may take before the process exits anyway.
     pub shutdown_grace_ms: Option<u64>,
+    /// Length of a telemetry window of the brain's series (default 10000).
+    pub series_window_ms: Option<u64>,
+    /// How long closed windows are kept in the store (default 604800 = 7 days).
+    pub series_retention_s: Option<u64>,
+    /// How long after its end a window still takes late batches (default 3000).
+    pub series_grace_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -96,6 +103,8 @@ pub struct ServeConfig {
     pub log_level: String,
     pub watch: WatchSettings,
     pub shutdown_grace: Duration,
+    /// Windows and retention of the brain's telemetry series.
+    pub series: SeriesSettings,
 }
 
 impl ServeConfig {
@@ -111,6 +120,7 @@ impl ServeConfig {
             log_level: "info".into(),
             watch: WatchSettings::default(),
             shutdown_grace: Duration::from_secs(5),
+            series: SeriesSettings::default(),
         }
     }
 }
@@ -127,6 +137,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Resolve flags over the config file over defaults.
@@ -156,6 +168,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     if let Some(ms) = file.watch_first_message_timeout_ms {
         watch.first_message_timeout = Duration::from_millis(ms);
     }
+    let series = series_settings(&file)?;
     Ok(ServeConfig {
         data_dir: args
             .data_dir
@@ -187,7 +200,30 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             .unwrap_or_else(|| "info".into()),
         watch,
         shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(5_000)),
+        series,
     })
+}
+
+fn series_settings(file: &FileConfig) -> Result<SeriesSettings, ConfigError> {
+    let d = SeriesSettings::default();
+    let s = SeriesSettings {
+        window_ms: file.series_window_ms.unwrap_or(d.window_ms),
+        retention_ms: file
+            .series_retention_s
+            .map_or(d.retention_ms, |s| s.saturating_mul(1_000)),
+        grace_ms: file.series_grace_ms.unwrap_or(d.grace_ms),
+    };
+    if s.window_ms < 100 || s.window_ms > 3_600_000 {
+        return Err(ConfigError::Invalid(
+            "series_window_ms must be between 100 and 3600000".into(),
+        ));
+    }
+    if s.retention_ms < s.window_ms {
+        return Err(ConfigError::Invalid(
+            "series_retention_s must cover at least one window".into(),
+        ));
+    }
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -201,6 +237,35 @@ mod tests {
         assert_eq!(c.http.unwrap().to_string(), DEFAULT_HTTP);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.store, StoreKind::Redb);
+        assert_eq!(c.series, SeriesSettings::default());
+        assert_eq!(c.series.window_ms, 10_000);
+        assert_eq!(c.series.retention_ms, 7 * 86_400_000);
+    }
+
+    #[test]
+    fn series_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "series_window_ms = 2000\nseries_retention_s = 3600\nseries_grace_ms = 500\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = resolve(&args).unwrap();
+        assert_eq!(
+            c.series,
+            SeriesSettings {
+                window_ms: 2_000,
+                retention_ms: 3_600_000,
+                grace_ms: 500
+            }
+        );
+        std::fs::write(&path, "series_window_ms = 10\n").unwrap();
+        assert!(matches!(resolve(&args), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

@@ -265,7 +265,16 @@ impl DataPlaneService {
     ) -> Result<Response<v1::ReportAck>, Status> {
         let batch = request.into_inner();
         let telemetry = proto::telemetry(&batch).map_err(Status::invalid_argument)?;
-        self.control.fleet().report(&batch.node_id, telemetry);
+        let samples = proto::node_batch(&batch).map_err(Status::invalid_argument)?;
+        let fleet = self.control.fleet();
+        fleet.report(&batch.node_id, telemetry);
+        if let Some(series) = fleet.series() {
+            // The node cannot do anything about a late or refused batch: say so in the
+            // log, acknowledge the call.
+            if let Err(e) = series.ingest(&samples, crate::model::now_unix_ms()) {
+                tracing::warn!(node = %batch.node_id, error = %e, "telemetry not added to the series");
+            }
+        }
         Ok(Response::new(v1::ReportAck {}))
     }
 }
@@ -601,9 +610,15 @@ impl FleetService {
     }
 }
 
-/// Status of the fleet as the operator API reports it.
+/// Status of the fleet as the operator API reports it (with the series' latest
+/// windows: reads the store).
 pub fn status(control: &Control) -> v1::StatusResponse {
-    proto::status_response(&control.fleet_status())
+    let names: Vec<String> = control
+        .current()
+        .map(|c| c.record.stacks.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    let status = control.fleet().with_series(control.fleet_status(), &names);
+    proto::status_response(&status)
 }
 
 #[tonic::async_trait]
@@ -612,7 +627,11 @@ impl v1::fleet_server::Fleet for FleetService {
         &self,
         _: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        Ok(Response::new(status(&self.control)))
+        let control = self.control.clone();
+        tokio::task::spawn_blocking(move || status(&control))
+            .await
+            .map(Response::new)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 }
 

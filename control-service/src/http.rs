@@ -178,7 +178,19 @@ fn version_json(r: &VersionRecord) -> Value {
 
 /// The one status schema ([`crate::fleet::FleetStatus`]), shared with the CLI.
 async fn status(State(control): State<Arc<Control>>) -> Json<crate::fleet::FleetStatus> {
-    Json(control.fleet_status())
+    let status = control.fleet_status();
+    let names: Vec<String> = control
+        .current()
+        .map(|c| c.record.stacks.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    let fleet = control.fleet().clone();
+    // The series reads the store: off the async workers.
+    let fallback = status.clone();
+    Json(
+        tokio::task::spawn_blocking(move || fleet.with_series(status, &names))
+            .await
+            .unwrap_or(fallback),
+    )
 }
 
 #[derive(Deserialize)]

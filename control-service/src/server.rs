@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::brain::series::Series;
 use crate::config::{ServeConfig, StoreKind};
 use crate::control::Control;
 use crate::grpc::{DataPlaneService, FleetService, PoliciesService, StacksService};
@@ -57,6 +58,35 @@ impl RunningServer {
     }
 }
 
+/// Persist the series' closed windows once a second (a window closes at most once per
+/// `window_ms`; a second keeps the newest closed window visible in the store soon after
+/// its grace period). The store is written off the async workers. On shutdown the open
+/// windows are stored too (partial; after a restart their later batches merge in).
+async fn flush_series(series: Arc<Series>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = every.tick() => false,
+        };
+        let s = series.clone();
+        let now = crate::model::now_unix_ms();
+        let flushed =
+            tokio::task::spawn_blocking(move || if last { s.flush_all(now) } else { s.flush(now) })
+                .await;
+        match flushed {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(windows = n, "series windows persisted"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the series; will retry"),
+            Err(e) => tracing::warn!(error = %e, "series flush task failed"),
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
@@ -78,7 +108,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         tokio::task::spawn_blocking(move || open_store(&cfg)).await??
     };
     tracing::info!(store = %store.describe(), "store open");
-    let control = Control::open(store).await?;
+    let control = Control::open(store.clone()).await?;
+    let series = Arc::new(Series::new(store, cfg.series));
+    control.fleet().attach_series(series.clone());
 
     if let Some(path) = &cfg.bootstrap_policy {
         let doc = tokio::fs::read_to_string(path)
@@ -97,6 +129,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
+
+    tasks.push(tokio::spawn(flush_series(series, shutdown.clone())));
 
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;
     let grpc_addr = grpc_listener.local_addr()?;

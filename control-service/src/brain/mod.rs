@@ -7,9 +7,11 @@
 //!
 //! - [`clock`]: time, real or manual.
 //! - [`signals`]: per-stack signals over one window (what every judgement reads).
+//! - [`series`]: telemetry folded into aligned windows, persisted as a ring per stack.
 //!
 //! Key space owned by the brain in the store (see [`crate::store::Store::commit`]):
 //! `series/`, `events/`, `incident/`, `rollout/`, `guard/`, `audit/`.
 
 pub mod clock;
+pub mod series;
 pub mod signals;
