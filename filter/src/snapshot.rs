@@ -159,12 +159,26 @@ impl StackTelemetry {
         self.breaker_opens += o.breaker_opens;
     }
 
+    /// Nothing was counted (the name aside).
     pub fn is_empty(&self) -> bool {
-        *self
-            == StackTelemetry {
-                stack: self.stack.clone(),
-                ..Default::default()
-            }
+        let counts = [
+            self.requests,
+            self.status_2xx,
+            self.status_4xx,
+            self.status_5xx,
+            self.latency_ms_sum,
+            self.affinity_hit,
+            self.affinity_miss,
+            self.affinity_forged,
+            self.local_replies,
+            self.new_users,
+            self.sticky_requests,
+            self.breaker_opens,
+        ];
+        counts.iter().all(|c| *c == 0)
+            && self.latency.is_empty()
+            && self.kpis.is_empty()
+            && self.by_rule.is_empty()
     }
 }
 
@@ -210,7 +224,7 @@ impl WatchRequest {
 
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut m = WatchRequest::default();
-        for_each_field(buf, |f, v| {
+        for_each_field(buf, &mut |f, v| {
             match (f, v) {
                 (1, Value::Bytes(b)) => m.node_id = utf8(1, b)?,
                 (2, Value::Varint(x)) => m.last_applied_version = x,
@@ -245,13 +259,13 @@ impl Snapshot {
 
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut m = Snapshot::default();
-        for_each_field(buf, |f, v| {
+        for_each_field(buf, &mut |f, v| {
             match (f, v) {
                 (1, Value::Varint(x)) => m.version = x,
                 (2, Value::Bytes(b)) => m.policy_json = utf8(2, b)?,
                 (3, Value::Bytes(b)) => {
                     let mut s = StackState::default();
-                    for_each_field(b, |f, v| {
+                    for_each_field(b, &mut |f, v| {
                         match (f, v) {
                             (1, Value::Bytes(b)) => s.name = utf8(1, b)?,
                             (2, Value::Varint(x)) => {
@@ -329,14 +343,14 @@ impl TelemetryBatch {
 
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut m = TelemetryBatch::default();
-        for_each_field(buf, |f, v| {
+        for_each_field(buf, &mut |f, v| {
             match (f, v) {
                 (1, Value::Bytes(b)) => m.node_id = utf8(1, b)?,
                 (2, Value::Varint(x)) => m.window_end_unix_ms = x,
                 (3, Value::Varint(x)) => m.window_ms = x.min(u64::from(u32::MAX)) as u32,
                 (4, Value::Bytes(b)) => {
                     let mut s = StackTelemetry::default();
-                    for_each_field(b, |f, v| {
+                    for_each_field(b, &mut |f, v| {
                         match (f, v) {
                             (1, Value::Bytes(b)) => s.stack = utf8(1, b)?,
                             (2, Value::Varint(x)) => s.requests = x,
@@ -383,7 +397,7 @@ impl TelemetryBatch {
 /// `switchyard.v1.NamedCount`.
 fn named_count(buf: &[u8]) -> Result<(String, u64), DecodeError> {
     let (mut name, mut count) = (String::new(), 0);
-    for_each_field(buf, |f, v| {
+    for_each_field(buf, &mut |f, v| {
         match (f, v) {
             (1, Value::Bytes(b)) => name = utf8(1, b)?,
             (2, Value::Varint(x)) => count = x,
@@ -430,9 +444,11 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
     Err(DecodeError::Varint)
 }
 
+/// Call `f` with every field of a message. Takes `dyn`: one copy of the parser serves
+/// every message (decoding is not on the request path; the module's size is a budget).
 fn for_each_field<'a>(
     buf: &'a [u8],
-    mut f: impl FnMut(u32, Value<'a>) -> Result<(), DecodeError>,
+    f: &mut dyn FnMut(u32, Value<'a>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     if buf.len() > MAX_MESSAGE {
         return Err(DecodeError::TooLarge);

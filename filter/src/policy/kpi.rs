@@ -33,9 +33,9 @@ impl StatusMatch {
 pub struct Kpi {
     pub name: String,
     /// Exact method (`None`: any).
-    pub method: Option<Box<[u8]>>,
+    pub method: Option<String>,
     /// Path prefix (`None`: any).
-    pub path_prefix: Option<Box<[u8]>>,
+    pub path_prefix: Option<String>,
     pub status: StatusMatch,
 }
 
@@ -43,8 +43,11 @@ pub struct Kpi {
 pub fn request_mask(kpis: &[Kpi], method: &[u8], path: &[u8]) -> u16 {
     let mut mask = 0u16;
     for (i, k) in kpis.iter().take(MAX_KPIS).enumerate() {
-        let method_ok = k.method.as_deref().is_none_or(|m| m == method);
-        let path_ok = k.path_prefix.as_deref().is_none_or(|p| path.starts_with(p));
+        let method_ok = k.method.as_ref().is_none_or(|m| m.as_bytes() == method);
+        let path_ok = k
+            .path_prefix
+            .as_ref()
+            .is_none_or(|p| path.starts_with(p.as_bytes()));
         if method_ok && path_ok {
             mask |= 1 << i;
         }
@@ -70,8 +73,8 @@ mod tests {
     fn kpi(name: &str, method: Option<&str>, path: Option<&str>, status: StatusMatch) -> Kpi {
         Kpi {
             name: name.into(),
-            method: method.map(|m| m.as_bytes().into()),
-            path_prefix: path.map(|p| p.as_bytes().into()),
+            method: method.map(str::to_string),
+            path_prefix: path.map(str::to_string),
             status,
         }
     }

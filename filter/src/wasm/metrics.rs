@@ -11,7 +11,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::breaker::State;
-use crate::policy::{response_mask, Kpi, Policy, StackId};
+use std::sync::Arc;
+
+use crate::policy::{response_mask, Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome};
 use crate::snapshot::{StackTelemetry, TelemetryBatch};
 
@@ -82,11 +84,11 @@ pub struct Metrics {
     telemetry_dropped: u64,
     /// Requests seen, for latency sampling.
     responses: u64,
-    /// The policy's KPIs, and this window's count per (stack, KPI): `stack * kpis + kpi`.
-    kpis: Vec<Kpi>,
+    /// The policy (its KPIs and rule ids name the counts below).
+    policy: Arc<Policy>,
+    /// This window's count per (stack, KPI): `stack * kpis + kpi`.
     kpi_counts: Vec<u64>,
-    /// Rule ids, and this window's routed requests per (stack, rule).
-    rule_ids: Vec<String>,
+    /// This window's routed requests per (stack, rule): `stack * rules + rule`.
     rule_counts: Vec<u64>,
 }
 
@@ -96,7 +98,7 @@ fn define(kind: MetricType, name: &str) -> u32 {
 
 impl Metrics {
     /// Define every metric of a policy with the host.
-    pub fn define(policy: &Policy) -> Self {
+    pub fn define(policy: &Arc<Policy>) -> Self {
         let mut counter_ids = Vec::new();
         for s in &policy.stacks {
             for c in STACK_COUNTERS {
@@ -153,9 +155,8 @@ impl Metrics {
             telemetry,
             telemetry_dropped: 0,
             responses: 0,
-            kpis: policy.kpis.clone(),
+            policy: Arc::clone(policy),
             kpi_counts: vec![0; stacks * kpis],
-            rule_ids: policy.rules.iter().map(|r| r.id.clone()).collect(),
             rule_counts: vec![0; stacks * rules],
             counter_ids,
             pending,
@@ -277,8 +278,8 @@ impl Metrics {
                 t.latency.record(us);
             }
             if kpis != 0 {
-                let mut hits = response_mask(&self.kpis, kpis, status);
-                let base = id * self.kpis.len();
+                let mut hits = response_mask(&self.policy.kpis, kpis, status);
+                let base = id * self.policy.kpis.len();
                 while hits != 0 {
                     let i = hits.trailing_zeros() as usize;
                     hits &= hits - 1;
@@ -331,42 +332,44 @@ impl Metrics {
     /// plus local replies. Say whether it was queued with [`Metrics::telemetry_queued`].
     pub fn take_telemetry(&mut self, now_ms: u64) -> Option<Vec<u8>> {
         // Named counts move into the stacks' entries (only the non-zero ones).
+        let p = &self.policy;
+        let (kpis, rules) = (p.kpis.len(), p.rules.len());
         for (id, t) in self.telemetry.iter_mut().take(self.stacks).enumerate() {
-            let kpis = self.kpis.len();
-            for (k, c) in self.kpi_counts[id * kpis..(id + 1) * kpis]
-                .iter_mut()
-                .enumerate()
+            for (k, c) in p
+                .kpis
+                .iter()
+                .zip(self.kpi_counts.iter_mut().skip(id * kpis))
             {
                 if *c > 0 {
-                    t.kpis.push((self.kpis[k].name.clone(), std::mem::take(c)));
+                    t.kpis.push((k.name.clone(), std::mem::take(c)));
                 }
             }
-            let rules = self.rule_ids.len();
-            for (r, c) in self.rule_counts[id * rules..(id + 1) * rules]
-                .iter_mut()
-                .enumerate()
+            for (r, c) in p
+                .rules
+                .iter()
+                .zip(self.rule_counts.iter_mut().skip(id * rules))
             {
                 if *c > 0 {
-                    t.by_rule
-                        .push((self.rule_ids[r].clone(), std::mem::take(c)));
+                    t.by_rule.push((r.id.clone(), std::mem::take(c)));
                 }
             }
         }
-        let stacks: Vec<StackTelemetry> = self
-            .telemetry
-            .iter()
-            .filter(|t| !t.is_empty())
-            .cloned()
-            .collect();
-        if stacks.is_empty() && self.telemetry_dropped == 0 {
+        if self.telemetry_dropped == 0 && self.telemetry.iter().all(StackTelemetry::is_empty) {
             return None;
         }
-        for t in &mut self.telemetry {
-            *t = StackTelemetry {
-                stack: std::mem::take(&mut t.stack),
-                ..Default::default()
-            };
-        }
+        // Moved out, each entry replaced by an empty one for the next window.
+        let stacks: Vec<StackTelemetry> = self
+            .telemetry
+            .iter_mut()
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let fresh = StackTelemetry {
+                    stack: t.stack.clone(),
+                    ..Default::default()
+                };
+                std::mem::replace(t, fresh)
+            })
+            .collect();
         let batch = TelemetryBatch {
             node_id: String::new(),
             window_end_unix_ms: now_ms,

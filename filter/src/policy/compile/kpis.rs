@@ -8,74 +8,72 @@ use crate::policy::check::Ctx;
 use crate::policy::kpi::{Kpi, StatusMatch, MAX_KPIS};
 
 pub(super) fn kpis(ctx: &mut Ctx, docs: &[KpiDoc]) -> Vec<Kpi> {
+    // Messages name the field, not its value: every formatted argument costs the
+    // .wasm (this code runs in the filter too), and the path already points at it.
     if docs.len() > MAX_KPIS {
-        ctx.err(
-            "kpis",
-            format!("at most {MAX_KPIS} KPIs are supported, got {}", docs.len()),
-        );
+        ctx.err("kpis", "at most 16 KPIs are supported");
     }
     let mut out: Vec<Kpi> = Vec::with_capacity(docs.len());
-    for (i, k) in docs.iter().enumerate() {
-        let path = format!("kpis[{i}]");
-        let name_ok = (1..=32).contains(&k.name.len())
-            && k.name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !name_ok {
-            ctx.err(
-                format!("{path}.name"),
-                format!("'{}' must be 1-32 characters of [a-z0-9_]", k.name),
-            );
-        } else if out.iter().any(|o| o.name == k.name) {
-            ctx.err(
-                format!("{path}.name"),
-                format!("duplicate KPI '{}'", k.name),
-            );
-        }
-        if let Some(m) = &k.method {
-            if !(1..=16).contains(&m.len()) || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                ctx.err(
-                    format!("{path}.method"),
-                    format!("'{m}' must be an HTTP method in upper case, e.g. POST"),
-                );
-            }
-        }
-        if let Some(p) = &k.path_prefix {
-            if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                ctx.err(
-                    format!("{path}.path_prefix"),
-                    format!("'{p}' must be a path starting with '/'"),
-                );
-            }
-        }
-        let status = match k.status.as_deref() {
-            None => StatusMatch::Any,
-            Some(s) => match status_match(s) {
-                Some(m) => m,
-                None => {
-                    ctx.err(
-                        format!("{path}.status"),
-                        format!("'{s}' must be a status class (1xx-5xx) or a code (100-599)"),
-                    );
-                    StatusMatch::Any
-                }
-            },
+    for (i, doc) in docs.iter().enumerate() {
+        let mut k = Kpi {
+            name: String::new(),
+            method: None,
+            path_prefix: None,
+            status: StatusMatch::Any,
         };
-        out.push(Kpi {
-            name: k.name.clone(),
-            method: k.method.as_ref().map(|m| m.as_bytes().into()),
-            path_prefix: k.path_prefix.as_ref().map(|p| p.as_bytes().into()),
-            status,
-        });
+        for (key, v) in doc {
+            let ok = match key.as_str() {
+                "name" => {
+                    k.name.clone_from(v);
+                    (1..=32).contains(&v.len())
+                        && v.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                        && !out.iter().any(|o| o.name == *v)
+                }
+                "method" => {
+                    k.method = Some(v.clone());
+                    (1..=16).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_uppercase())
+                }
+                "path_prefix" => {
+                    k.path_prefix = Some(v.clone());
+                    v.starts_with('/') && v.bytes().all(|b| b > b' ' && b != 0x7f)
+                }
+                "status" => match status_match(v) {
+                    Some(m) => {
+                        k.status = m;
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            };
+            if !ok {
+                let message = match key.as_str() {
+                    "name" => "must be 1-32 characters of [a-z0-9_], unique",
+                    "method" => "must be an HTTP method in upper case, e.g. POST",
+                    "path_prefix" => "must be a path starting with '/'",
+                    "status" => "must be a status class (1xx-5xx) or a code (100-599)",
+                    _ => "unknown field, expected one of name, method, path_prefix, status",
+                };
+                ctx.err(format!("kpis[{i}].{key}"), message);
+            }
+        }
+        if k.name.is_empty() {
+            ctx.err(format!("kpis[{i}]"), "missing field `name`");
+        }
+        out.push(k);
     }
     out
 }
 
 /// `2xx` → class 2, `201` → code 201; anything else is not a status.
 fn status_match(s: &str) -> Option<StatusMatch> {
-    match s.as_bytes() {
-        [d @ b'1'..=b'5', b'x', b'x'] => Some(StatusMatch::Class(u32::from(d - b'0'))),
-        [b'1'..=b'5', b'0'..=b'9', b'0'..=b'9'] => s.parse().ok().map(StatusMatch::Code),
+    let d = |b: u8| u32::from(b - b'0');
+    match *s.as_bytes() {
+        [c @ b'1'..=b'5', b'x', b'x'] => Some(StatusMatch::Class(d(c))),
+        [c @ b'1'..=b'5', t @ b'0'..=b'9', u @ b'0'..=b'9'] => {
+            Some(StatusMatch::Code(d(c) * 100 + d(t) * 10 + d(u)))
+        }
         _ => None,
     }
 }
