@@ -31,7 +31,8 @@ pub struct Flow {
     /// Policy the decision was made under (stack ids are only meaningful with it).
     policy: Option<Arc<Policy>>,
     stack: Option<StackId>,
-    /// Request time (Unix µs, the request clock; the real clock when `sampled`).
+    /// Request time (Unix µs: the request clock; the real clock, read after the
+    /// decision, when `sampled`).
     started_us: u64,
     /// This request's latency is sampled.
     sampled: bool,
@@ -61,16 +62,8 @@ impl Flow {
 
     fn decide(&mut self, shared: &mut WorkerState) -> Decision {
         // No snapshot check here: the singleton's wake-up (and the tick) apply new ones.
-        self.sampled = shared.metrics.sample_latency();
-        let now = if self.sampled {
-            let us = now_us();
-            self.started_us = us;
-            shared.clock_ms = us / 1_000;
-            shared.clock_ms
-        } else {
-            self.started_us = shared.clock_ms * 1_000;
-            shared.clock_ms
-        };
+        let now = shared.clock_ms;
+        self.started_us = now * 1_000;
         let raw = abi::header_map(MapType::HttpRequestHeaders);
         let mut pairs: Vec<(&[u8], &[u8])> = std::mem::take(&mut shared.pairs);
         let decision = match raw.as_deref() {
@@ -152,6 +145,14 @@ impl HttpContext for Flow {
         s.metrics.decision(&decision);
         match &decision.outcome {
             Outcome::Stack { id, how } => {
+                // Sampled per stack: a worker-wide 1-in-8 would alias with round-robin
+                // (two stacks alternating: every sample on the same one).
+                if s.metrics.sample_latency(*id) {
+                    let us = now_us();
+                    self.sampled = true;
+                    self.started_us = us;
+                    s.clock_ms = us / 1_000;
+                }
                 let name = policy.stacks.get(*id).map_or("", |st| st.name.as_str());
                 if hostcalls::set_map_value(MapType::HttpRequestHeaders, STACK_HEADER, Some(name))
                     .is_err()

@@ -18,7 +18,7 @@ use crate::router::{AffinityEvent, Decision, How, Outcome};
 use crate::snapshot::{StackTelemetry, TelemetryBatch};
 
 const NO_METRIC: u32 = u32::MAX;
-/// One response in this many has its latency recorded. Envoy's own per-cluster
+/// One response in this many, per stack, has its latency recorded. Envoy's own per-cluster
 /// `upstream_rq_time` keeps every sample; this histogram is the per-stack view at a
 /// fraction of the host calls.
 pub const LATENCY_SAMPLE: u64 = 8;
@@ -82,8 +82,8 @@ pub struct Metrics {
     telemetry: Vec<StackTelemetry>,
     /// Telemetry batches that could not be queued (reported with the next one).
     telemetry_dropped: u64,
-    /// Requests seen, for latency sampling.
-    responses: u64,
+    /// Requests routed per stack, for latency sampling.
+    routed: Vec<u64>,
     /// The policy (its KPIs and rule ids name the counts below).
     policy: Arc<Policy>,
     /// This window's count per (stack, KPI): `stack * kpis + kpi`.
@@ -154,7 +154,7 @@ impl Metrics {
         Self {
             telemetry,
             telemetry_dropped: 0,
-            responses: 0,
+            routed: vec![0; stacks],
             policy: Arc::clone(policy),
             kpi_counts: vec![0; stacks * kpis],
             rule_counts: vec![0; stacks * rules],
@@ -238,10 +238,13 @@ impl Metrics {
         }
     }
 
-    /// Whether this request's latency is sampled (decided when the request arrives).
-    pub fn sample_latency(&mut self) -> bool {
-        self.responses = self.responses.wrapping_add(1);
-        self.responses.is_multiple_of(LATENCY_SAMPLE)
+    /// Whether the latency of this request, routed to stack `id`, is sampled (one in
+    /// [`LATENCY_SAMPLE`] of each stack's requests).
+    pub fn sample_latency(&mut self, id: StackId) -> bool {
+        self.routed.get_mut(id).is_some_and(|n| {
+            *n += 1;
+            n.is_multiple_of(LATENCY_SAMPLE)
+        })
     }
 
     /// Count a response from a stack (`None`: the stream ended without one), with its

@@ -125,11 +125,52 @@ fn reports_carry_histogram_kpis_exposure_and_users() {
     assert_eq!(green.breaker_opens, 1);
     assert_eq!(stacks["_local"].local_replies, 1);
 
-    // One response in eight is timed (20 requests: the 8th and the 16th); the virtual
-    // clock stands still within a request, so both took 0 µs.
-    let mut latency = blue.latency.clone();
-    latency.merge(&green.latency);
-    assert_eq!(latency.total(), 2);
-    assert_eq!(latency.counts()[0], 2);
-    assert_eq!(latency.quantile(0.99), Some(0));
+    // One response in eight of each stack is timed: blue's 8th of 13 (green's 6 have
+    // none); the virtual clock stands still within a request, so it took 0 µs.
+    assert_eq!(blue.latency.total(), 1);
+    assert_eq!(blue.latency.counts()[0], 1);
+    assert_eq!(blue.latency.quantile(0.99), Some(0));
+    assert!(green.latency.is_empty());
+}
+
+/// Latency samples are taken per stack: two stacks in strict alternation each get one
+/// in eight of their own responses timed (a worker-wide one-in-eight would time only
+/// one of them).
+#[test]
+fn round_robin_stacks_each_get_latency_samples() {
+    let batches: Arc<Mutex<Vec<TelemetryBatch>>> = Arc::default();
+    let seen = batches.clone();
+    let peer = ScriptedPeer::new()
+        .stream(WATCH, |_, _| vec![])
+        .unary(REPORT, move |_, _, msg| {
+            seen.lock()
+                .unwrap()
+                .push(TelemetryBatch::decode(msg).map_err(|e| (3, e.to_string()))?);
+            Ok(Vec::new())
+        });
+    let mut sy = Switchyard::builder()
+        .policy(
+            r#"{"stacks": [{"name": "blue", "region": "us"}, {"name": "green", "region": "us"}],
+                "default": {"targets": [{"stack": "blue"}, {"stack": "green"}]}}"#,
+        )
+        .singleton(control_config("control", "n1"))
+        .workers(1)
+        .grpc_peer(peer)
+        .build()
+        .unwrap();
+    let mut served = Vec::new();
+    for _ in 0..32 {
+        served.push(
+            sy.send(Request::get("/"))
+                .unwrap()
+                .stack()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(served.windows(2).all(|w| w[0] != w[1]), "{served:?}");
+    sy.advance(Duration::from_secs(3)).unwrap();
+    let stacks = merged(&batches.lock().unwrap());
+    assert_eq!(stacks["blue"].latency.total(), 2);
+    assert_eq!(stacks["green"].latency.total(), 2);
 }
