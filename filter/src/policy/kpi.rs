@@ -32,10 +32,10 @@ impl StatusMatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kpi {
     pub name: String,
-    /// Exact method (`None`: any).
-    pub method: Option<String>,
-    /// Path prefix (`None`: any).
-    pub path_prefix: Option<String>,
+    /// Exact method (empty: any).
+    pub method: String,
+    /// Path prefix (empty: any).
+    pub path_prefix: String,
     pub status: StatusMatch,
 }
 
@@ -43,12 +43,8 @@ pub struct Kpi {
 pub fn request_mask(kpis: &[Kpi], method: &[u8], path: &[u8]) -> u16 {
     let mut mask = 0u16;
     for (i, k) in kpis.iter().take(MAX_KPIS).enumerate() {
-        let method_ok = k.method.as_ref().is_none_or(|m| m.as_bytes() == method);
-        let path_ok = k
-            .path_prefix
-            .as_ref()
-            .is_none_or(|p| path.starts_with(p.as_bytes()));
-        if method_ok && path_ok {
+        let method_ok = k.method.is_empty() || k.method.as_bytes() == method;
+        if method_ok && path.starts_with(k.path_prefix.as_bytes()) {
             mask |= 1 << i;
         }
     }
@@ -73,8 +69,8 @@ mod tests {
     fn kpi(name: &str, method: Option<&str>, path: Option<&str>, status: StatusMatch) -> Kpi {
         Kpi {
             name: name.into(),
-            method: method.map(str::to_string),
-            path_prefix: path.map(str::to_string),
+            method: method.unwrap_or_default().to_string(),
+            path_prefix: path.unwrap_or_default().to_string(),
             status,
         }
     }

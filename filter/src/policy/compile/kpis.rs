@@ -7,6 +7,17 @@ use switchyard_policy_doc::KpiDoc;
 use crate::policy::check::Ctx;
 use crate::policy::kpi::{Kpi, StatusMatch, MAX_KPIS};
 
+/// The fields of a KPI, with what a bad value of each must be.
+const FIELDS: [(&str, &str); 4] = [
+    ("name", "must be 1-32 characters of [a-z0-9_], unique"),
+    ("method", "must be an HTTP method in upper case, e.g. POST"),
+    ("path_prefix", "must be a path starting with '/'"),
+    (
+        "status",
+        "must be a status class (1xx-5xx) or a code (100-599)",
+    ),
+];
+
 pub(super) fn kpis(ctx: &mut Ctx, docs: &[KpiDoc]) -> Vec<Kpi> {
     // Messages name the field, not its value: every formatted argument costs the
     // .wasm (this code runs in the filter too), and the path already points at it.
@@ -17,44 +28,37 @@ pub(super) fn kpis(ctx: &mut Ctx, docs: &[KpiDoc]) -> Vec<Kpi> {
     for (i, doc) in docs.iter().enumerate() {
         let mut k = Kpi {
             name: String::new(),
-            method: None,
-            path_prefix: None,
+            method: String::new(),
+            path_prefix: String::new(),
             status: StatusMatch::Any,
         };
         for (key, v) in doc {
-            let ok = match key.as_str() {
-                "name" => {
+            let field = FIELDS.iter().position(|(f, _)| f == key);
+            let b = v.as_bytes();
+            let ok = match field {
+                Some(0) => {
                     k.name.clone_from(v);
-                    (1..=32).contains(&v.len())
-                        && v.bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    (1..=32).contains(&b.len())
+                        && b.iter()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
                         && !out.iter().any(|o| o.name == *v)
                 }
-                "method" => {
-                    k.method = Some(v.clone());
-                    (1..=16).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_uppercase())
+                Some(1) => {
+                    k.method.clone_from(v);
+                    (1..=16).contains(&b.len()) && b.iter().all(u8::is_ascii_uppercase)
                 }
-                "path_prefix" => {
-                    k.path_prefix = Some(v.clone());
-                    v.starts_with('/') && v.bytes().all(|b| b > b' ' && b != 0x7f)
+                Some(2) => {
+                    k.path_prefix.clone_from(v);
+                    b.first() == Some(&b'/') && b.iter().all(|c| *c > b' ' && *c != 0x7f)
                 }
-                "status" => match status_match(v) {
-                    Some(m) => {
-                        k.status = m;
-                        true
-                    }
-                    None => false,
-                },
-                _ => false,
+                Some(_) => status_match(b).map(|m| k.status = m).is_some(),
+                None => false,
             };
             if !ok {
-                let message = match key.as_str() {
-                    "name" => "must be 1-32 characters of [a-z0-9_], unique",
-                    "method" => "must be an HTTP method in upper case, e.g. POST",
-                    "path_prefix" => "must be a path starting with '/'",
-                    "status" => "must be a status class (1xx-5xx) or a code (100-599)",
-                    _ => "unknown field, expected one of name, method, path_prefix, status",
-                };
+                let message = field.map_or(
+                    "unknown field, expected one of name, method, path_prefix, status",
+                    |f| FIELDS[f].1,
+                );
                 ctx.err(format!("kpis[{i}].{key}"), message);
             }
         }
@@ -67,9 +71,9 @@ pub(super) fn kpis(ctx: &mut Ctx, docs: &[KpiDoc]) -> Vec<Kpi> {
 }
 
 /// `2xx` → class 2, `201` → code 201; anything else is not a status.
-fn status_match(s: &str) -> Option<StatusMatch> {
+fn status_match(s: &[u8]) -> Option<StatusMatch> {
     let d = |b: u8| u32::from(b - b'0');
-    match *s.as_bytes() {
+    match *s {
         [c @ b'1'..=b'5', b'x', b'x'] => Some(StatusMatch::Class(d(c))),
         [c @ b'1'..=b'5', t @ b'0'..=b'9', u @ b'0'..=b'9'] => {
             Some(StatusMatch::Code(d(c) * 100 + d(t) * 10 + d(u)))
@@ -84,11 +88,11 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(status_match("2xx"), Some(StatusMatch::Class(2)));
-        assert_eq!(status_match("5xx"), Some(StatusMatch::Class(5)));
-        assert_eq!(status_match("201"), Some(StatusMatch::Code(201)));
+        assert_eq!(status_match(b"2xx"), Some(StatusMatch::Class(2)));
+        assert_eq!(status_match(b"5xx"), Some(StatusMatch::Class(5)));
+        assert_eq!(status_match(b"201"), Some(StatusMatch::Code(201)));
         for bad in ["6xx", "2XX", "20", "2000", "", "x2x", "099", "600"] {
-            assert_eq!(status_match(bad), None, "{bad}");
+            assert_eq!(status_match(bad.as_bytes()), None, "{bad}");
         }
     }
 }
