@@ -534,9 +534,9 @@ fn cases() -> Vec<Case> {
         err(
             json!({ "kpis": [ { "name": "orders", "metod": "POST" } ] }),
             "kpis[0].metod",
-            "unknown field, expected one of name, method, path_prefix, status",
+            "unknown field `metod`",
         ),
-        err(json!({ "kpis": [ { "method": "POST" } ] }), "kpis[0]", "missing field `name`"),
+        err(json!({ "kpis": [ { "method": "POST" } ] }), "kpis[0].name", "missing field `name`"),
         err(
             json!({ "kpis": [ { "name": "orders", "status": 200 } ] }),
             "kpis[0].status",

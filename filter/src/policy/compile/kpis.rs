@@ -54,16 +54,21 @@ pub(super) fn kpis(ctx: &mut Ctx, docs: &[KpiDoc]) -> Vec<Kpi> {
                 Some(_) => status_match(b).map(|m| k.status = m).is_some(),
                 None => false,
             };
-            if !ok {
-                let message = field.map_or(
-                    "unknown field, expected one of name, method, path_prefix, status",
-                    |f| FIELDS[f].1,
-                );
-                ctx.err(format!("kpis[{i}].{key}"), message);
+            match field {
+                _ if ok => {}
+                Some(f) => {
+                    let message = FIELDS[f].1;
+                    ctx.err(format!("kpis[{i}].{key}"), message);
+                }
+                // Worded as the native validator's shape check words it.
+                None => ctx.err(
+                    format!("kpis[{i}].{key}"),
+                    format!("unknown field `{key}`, expected one of `name`, `method`, `path_prefix`, `status`"),
+                ),
             }
         }
         if k.name.is_empty() {
-            ctx.err(format!("kpis[{i}]"), "missing field `name`");
+            ctx.err(format!("kpis[{i}].name"), "missing field `name`");
         }
         out.push(k);
     }
