@@ -18,6 +18,9 @@ const FIELDS: [(&str, &str); 4] = [
     ),
 ];
 
+/// What an unknown key of a KPI is told.
+const UNKNOWN_HINT: &str = "expected one of `name`, `method`, `path_prefix`, `status`";
+
 pub(super) fn kpis(ctx: &mut Ctx, docs: &[KpiDoc]) -> Vec<Kpi> {
     // Messages name the field, not its value: every formatted argument costs the
     // .wasm (this code runs in the filter too), and the path already points at it.
@@ -60,11 +63,15 @@ pub(super) fn kpis(ctx: &mut Ctx, docs: &[KpiDoc]) -> Vec<Kpi> {
                     let message = FIELDS[f].1;
                     ctx.err(format!("kpis[{i}].{key}"), message);
                 }
-                // Worded as the native validator's shape check words it.
-                None => ctx.err(
-                    format!("kpis[{i}].{key}"),
-                    format!("unknown field `{key}`, expected one of `name`, `method`, `path_prefix`, `status`"),
-                ),
+                // Worded as the native validator's shape check words it (which, in the
+                // control service, reports it first).
+                None => {
+                    let hint = UNKNOWN_HINT;
+                    ctx.err(
+                        format!("kpis[{i}].{key}"),
+                        format!("unknown field `{key}`, {hint}"),
+                    );
+                }
             }
         }
         if k.name.is_empty() {
