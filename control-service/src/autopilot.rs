@@ -176,9 +176,10 @@ impl Autopilot {
                 spec.scope
             )));
         }
-        let current = self.control.current().ok_or_else(|| {
-            AutopilotError::Invalid("no policy has been applied yet".into())
-        })?;
+        let current = self
+            .control
+            .current()
+            .ok_or_else(|| AutopilotError::Invalid("no policy has been applied yet".into()))?;
         for (field, stack) in [("release", &spec.release), ("stable", &spec.stable)] {
             if current.record.stack(stack).is_none() {
                 return Err(AutopilotError::Invalid(format!(
@@ -256,7 +257,14 @@ impl Autopilot {
                     ..
                 } => {
                     let applied = self
-                        .set_share(&rollout_id, &release, &stable, from_percent, share_percent, mode)
+                        .set_share(
+                            &rollout_id,
+                            &release,
+                            &stable,
+                            from_percent,
+                            share_percent,
+                            mode,
+                        )
                         .await;
                     if let Err(e) = &applied {
                         tracing::error!(rollout = %rollout_id, error = %e, "could not apply a share move");
@@ -324,14 +332,22 @@ impl Autopilot {
         let stable_state = current.record.stack(stable);
         let mut ops: Vec<(String, StackOp)> = Vec::new();
         // The stable stack is back in full service whenever it is to take traffic.
-        if share_percent < 100
-            && stable_state.is_some_and(|s| s.draining || s.evacuating)
-        {
-            ops.push((stable.into(), StackOp::Undrain { reason: reason.clone() }));
+        if share_percent < 100 && stable_state.is_some_and(|s| s.draining || s.evacuating) {
+            ops.push((
+                stable.into(),
+                StackOp::Undrain {
+                    reason: reason.clone(),
+                },
+            ));
         }
         match (share_percent, mode) {
             (0, MoveMode::Evacuate) => {
-                ops.push((release.into(), StackOp::Evacuate { reason: reason.clone() }));
+                ops.push((
+                    release.into(),
+                    StackOp::Evacuate {
+                        reason: reason.clone(),
+                    },
+                ));
                 ops.push((stable.into(), weight(100)));
             }
             (0, _) => {
@@ -346,8 +362,17 @@ impl Autopilot {
             }
             (100.., _) => {
                 // Promotion: the stable stack takes no new users; its sessions finish.
-                if current.record.stack(release).is_some_and(|s| s.draining || s.evacuating) {
-                    ops.push((release.into(), StackOp::Undrain { reason: reason.clone() }));
+                if current
+                    .record
+                    .stack(release)
+                    .is_some_and(|s| s.draining || s.evacuating)
+                {
+                    ops.push((
+                        release.into(),
+                        StackOp::Undrain {
+                            reason: reason.clone(),
+                        },
+                    ));
                 }
                 ops.push((release.into(), weight(100)));
                 ops.push((
@@ -360,8 +385,17 @@ impl Autopilot {
             }
             (share, _) => {
                 let f = operator_factors(share, wr, ws)?;
-                if current.record.stack(release).is_some_and(|s| s.draining || s.evacuating) {
-                    ops.push((release.into(), StackOp::Undrain { reason: reason.clone() }));
+                if current
+                    .record
+                    .stack(release)
+                    .is_some_and(|s| s.draining || s.evacuating)
+                {
+                    ops.push((
+                        release.into(),
+                        StackOp::Undrain {
+                            reason: reason.clone(),
+                        },
+                    ));
                 }
                 ops.push((release.into(), weight(f.release)));
                 ops.push((stable.into(), weight(f.stable)));

@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::autopilot::AutopilotSettings;
+use crate::brain::series::SeriesSettings;
 use crate::grpc::WatchSettings;
 use crate::health::config::{HealthConfig, HealthDoc};
 use crate::store::EtcdConfig;
@@ -76,6 +78,51 @@ pub struct ServeArgs {
     pub log_level: Option<String>,
 }
 
+/// `[autopilot]`: how often the brain ticks, and the guardrails every traffic change
+/// must pass (paper §12.2). Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutopilotDoc {
+    /// Tick of the rollout engine (default 1000).
+    pub tick_ms: Option<u64>,
+    /// Most traffic (percent of a scope) moved per window without approval (default 20).
+    pub max_shift_percent: Option<u32>,
+    /// The rate limit's sliding window (default 900 = 15 min).
+    pub shift_window_s: Option<u64>,
+    /// A single change moving more than this needs a human approver (default 20).
+    pub approval_above_percent: Option<u32>,
+    /// Stacks labelled primary: any change touching one needs a human approver.
+    pub primary_stacks: Option<Vec<String>>,
+    /// How long a permit holds the one-change lease unless recorded (default 60).
+    pub lease_s: Option<u64>,
+}
+
+impl AutopilotDoc {
+    pub fn settings(self) -> AutopilotSettings {
+        let mut s = AutopilotSettings::default();
+        if let Some(ms) = self.tick_ms {
+            s.tick = Duration::from_millis(ms.clamp(10, 60_000));
+        }
+        let g = &mut s.guard;
+        if let Some(v) = self.max_shift_percent {
+            g.max_shift_percent = v.min(100);
+        }
+        if let Some(v) = self.shift_window_s {
+            g.window_ms = v * 1000;
+        }
+        if let Some(v) = self.approval_above_percent {
+            g.approval_above_percent = v.min(100);
+        }
+        if let Some(v) = self.primary_stacks {
+            g.primary_stacks = v.into_iter().collect();
+        }
+        if let Some(v) = self.lease_s {
+            g.lease_ms = v * 1000;
+        }
+        s
+    }
+}
+
 /// The config file. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +145,14 @@ pub struct FileConfig {
     pub shutdown_grace_ms: Option<u64>,
     /// Active health checks and the fast path (`[health]`, `[[health.checks]]`).
     pub health: Option<HealthDoc>,
+    /// The brain's executor and guardrails (`[autopilot]`).
+    pub autopilot: Option<AutopilotDoc>,
+    /// Length of a telemetry window of the brain's series (default 10000).
+    pub series_window_ms: Option<u64>,
+    /// How long closed windows are kept in the store (default 604800 = 7 days).
+    pub series_retention_s: Option<u64>,
+    /// How long after its end a window still takes late batches (default 3000).
+    pub series_grace_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -115,6 +170,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Health checks and the fast path; `None` when the file has no `[health]` section.
     pub health: Option<HealthConfig>,
+    /// The brain's tick and guardrails.
+    pub autopilot: AutopilotSettings,
+    /// Windows and retention of the brain's telemetry series.
+    pub series: SeriesSettings,
 }
 
 impl ServeConfig {
@@ -132,6 +191,8 @@ impl ServeConfig {
             watch: WatchSettings::default(),
             shutdown_grace: Duration::from_secs(5),
             health: None,
+            autopilot: AutopilotSettings::default(),
+            series: SeriesSettings::default(),
         }
     }
 }
@@ -153,6 +214,8 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<String>,
     },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Resolve flags over the config file over defaults.
@@ -192,6 +255,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     if let Some(ms) = file.watch_first_message_timeout_ms {
         watch.first_message_timeout = Duration::from_millis(ms);
     }
+    let series = series_settings(&file)?;
     Ok(ServeConfig {
         data_dir: args
             .data_dir
@@ -236,7 +300,34 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         watch,
         shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(5_000)),
         health,
+        series,
+        autopilot: file
+            .autopilot
+            .map(AutopilotDoc::settings)
+            .unwrap_or_default(),
     })
+}
+
+fn series_settings(file: &FileConfig) -> Result<SeriesSettings, ConfigError> {
+    let d = SeriesSettings::default();
+    let s = SeriesSettings {
+        window_ms: file.series_window_ms.unwrap_or(d.window_ms),
+        retention_ms: file
+            .series_retention_s
+            .map_or(d.retention_ms, |s| s.saturating_mul(1_000)),
+        grace_ms: file.series_grace_ms.unwrap_or(d.grace_ms),
+    };
+    if s.window_ms < 100 || s.window_ms > 3_600_000 {
+        return Err(ConfigError::Invalid(
+            "series_window_ms must be between 100 and 3600000".into(),
+        ));
+    }
+    if s.retention_ms < s.window_ms {
+        return Err(ConfigError::Invalid(
+            "series_retention_s must cover at least one window".into(),
+        ));
+    }
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -250,6 +341,35 @@ mod tests {
         assert_eq!(c.http.unwrap().to_string(), DEFAULT_HTTP);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.store, StoreKind::Redb);
+        assert_eq!(c.series, SeriesSettings::default());
+        assert_eq!(c.series.window_ms, 10_000);
+        assert_eq!(c.series.retention_ms, 7 * 86_400_000);
+    }
+
+    #[test]
+    fn series_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "series_window_ms = 2000\nseries_retention_s = 3600\nseries_grace_ms = 500\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = resolve(&args).unwrap();
+        assert_eq!(
+            c.series,
+            SeriesSettings {
+                window_ms: 2_000,
+                retention_ms: 3_600_000,
+                grace_ms: 500
+            }
+        );
+        std::fs::write(&path, "series_window_ms = 10\n").unwrap();
+        assert!(matches!(resolve(&args), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

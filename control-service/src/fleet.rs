@@ -6,10 +6,12 @@
 //! incident workflow) reads it from here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::brain::series::Series;
+use crate::brain::signals::StackWindow;
 use crate::model::now_unix_ms;
 
 /// A node's latest window counts only while it is this recent.
@@ -76,10 +78,42 @@ pub struct NodeView {
     pub telemetry: Option<Telemetry>,
 }
 
+/// A stack's latest window of the brain's series (`GET /api/v1/status`, `stacks`):
+/// latency percentiles and KPI counts over every node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StackLatest {
+    /// Window start (Unix ms) and length; the newest window may still be filling.
+    pub window_start_unix_ms: u64,
+    pub window_ms: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Latency percentiles (ms) of the sampled responses; `null` without samples.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Count per KPI declared in the policy.
+    pub kpis: BTreeMap<String, u64>,
+}
+
+impl StackLatest {
+    pub fn of(w: &StackWindow) -> Self {
+        Self {
+            window_start_unix_ms: w.start_ms,
+            window_ms: w.window_ms,
+            requests: w.requests,
+            errors: w.errors,
+            p50_ms: w.latency.quantile_ms(0.50),
+            p95_ms: w.latency.quantile_ms(0.95),
+            p99_ms: w.latency.quantile_ms(0.99),
+            kpis: w.kpis.clone(),
+        }
+    }
+}
+
 /// The fleet as every edge describes it: `GET /api/v1/status`, `switchyard --json status`
 /// (converted from the gRPC `StatusResponse`) and the console to come. One schema,
 /// documented in control-service/README.md ("Status JSON").
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetStatus {
     /// The version in force (0 = no policy yet).
     pub current_version: u64,
@@ -92,6 +126,10 @@ pub struct FleetStatus {
     pub nodes_current: u64,
     /// Every node known, sorted by node id.
     pub nodes: Vec<NodeView>,
+    /// Per stack, its latest window of the brain's series (HTTP status only; absent
+    /// when no series runs or no window holds data).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stacks: BTreeMap<String, StackLatest>,
 }
 
 impl FleetStatus {
@@ -115,6 +153,7 @@ impl FleetStatus {
             watch_streams,
             nodes_current,
             nodes,
+            stacks: BTreeMap::new(),
         }
     }
 }
@@ -123,6 +162,8 @@ impl FleetStatus {
 #[derive(Clone, Default)]
 pub struct Fleet {
     nodes: Arc<Mutex<HashMap<String, NodeView>>>,
+    /// The brain's time series, once the server attached it: reports are folded into it.
+    series: Arc<OnceLock<Arc<Series>>>,
 }
 
 /// One open Watch stream; the node counts as connected while any of its streams is.
@@ -217,6 +258,44 @@ impl Fleet {
         let n = Self::entry(&mut nodes, node_id);
         n.last_report_unix_ms = now;
         n.telemetry = Some(telemetry);
+    }
+
+    /// Attach the series reports are folded into (once; later calls are ignored).
+    pub fn attach_series(&self, series: Arc<Series>) {
+        let _ = self.series.set(series);
+    }
+
+    /// The series, if attached.
+    pub fn series(&self) -> Option<&Arc<Series>> {
+        self.series.get()
+    }
+
+    /// `status` with the latest series window of each named stack (the current
+    /// policy's): what both edges report. Reads the store: call it off the async
+    /// workers.
+    pub fn with_series(&self, mut status: FleetStatus, stacks: &[String]) -> FleetStatus {
+        status.stacks = self.latest_windows(stacks.iter().map(String::as_str));
+        status
+    }
+
+    /// The latest window of each named stack that has one (from the series).
+    pub fn latest_windows<'a>(
+        &self,
+        stacks: impl IntoIterator<Item = &'a str>,
+    ) -> BTreeMap<String, StackLatest> {
+        let Some(series) = self.series() else {
+            return BTreeMap::new();
+        };
+        stacks
+            .into_iter()
+            .filter_map(|name| match series.latest(name, 1) {
+                Ok(w) => w.last().map(|w| (name.to_string(), StackLatest::of(w))),
+                Err(e) => {
+                    tracing::warn!(stack = name, error = %e, "cannot read the series");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Every node known, sorted by node id.

@@ -289,7 +289,16 @@ impl DataPlaneService {
     ) -> Result<Response<v1::ReportAck>, Status> {
         let batch = request.into_inner();
         let telemetry = proto::telemetry(&batch).map_err(Status::invalid_argument)?;
-        self.control.fleet().report(&batch.node_id, telemetry);
+        let samples = proto::node_batch(&batch).map_err(Status::invalid_argument)?;
+        let fleet = self.control.fleet();
+        fleet.report(&batch.node_id, telemetry);
+        if let Some(series) = fleet.series() {
+            // The node cannot do anything about a late or refused batch: say so in the
+            // log, acknowledge the call.
+            if let Err(e) = series.ingest(&samples, crate::model::now_unix_ms()) {
+                tracing::warn!(node = %batch.node_id, error = %e, "telemetry not added to the series");
+            }
+        }
         Ok(Response::new(v1::ReportAck {}))
     }
 }
@@ -632,9 +641,15 @@ impl FleetService {
     }
 }
 
-/// Status of the fleet as the operator API reports it.
+/// Status of the fleet as the operator API reports it (with the series' latest
+/// windows: reads the store).
 pub fn status(control: &Control) -> v1::StatusResponse {
-    proto::status_response(&control.fleet_status())
+    let names: Vec<String> = control
+        .current()
+        .map(|c| c.record.stacks.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    let status = control.fleet().with_series(control.fleet_status(), &names);
+    proto::status_response(&status)
 }
 
 #[tonic::async_trait]
@@ -643,7 +658,11 @@ impl v1::fleet_server::Fleet for FleetService {
         &self,
         _: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        Ok(Response::new(status(&self.control)))
+        let control = self.control.clone();
+        tokio::task::spawn_blocking(move || status(&control))
+            .await
+            .map(Response::new)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
@@ -780,7 +799,11 @@ impl v1::rollouts_server::Rollouts for RolloutsService {
         let mut spec = RolloutSpec::new(&id, &r.release, &r.stable, &scope);
         if !r.plan.is_empty() {
             const MIN: u64 = 60_000;
-            let min = if r.min_dwell_ms > 0 { r.min_dwell_ms } else { 10 * MIN };
+            let min = if r.min_dwell_ms > 0 {
+                r.min_dwell_ms
+            } else {
+                10 * MIN
+            };
             let max = if r.max_dwell_ms > 0 {
                 r.max_dwell_ms
             } else {

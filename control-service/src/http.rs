@@ -26,6 +26,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/api/v1/stacks", get(stacks))
         .route("/api/v1/history", get(history))
         .route("/api/v1/telemetry", get(telemetry))
+        .route("/api/v1/rollouts", get(rollouts))
+        .route("/api/v1/rollouts/{id}", get(rollout))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/metrics", get(metrics))
@@ -132,6 +134,7 @@ async fn index() -> Json<Value> {
             "/api/v1/history[?limit=N&before=V]": "every routing version, newest first",
             "/api/v1/audit[?limit=N&after=SEQ]": "the hash-chained audit log (newest first, or oldest first after SEQ)",
             "/api/v1/audit/verify": "recompute the audit chain; names the first broken entry",
+            "/api/v1/rollouts[/ID]": "rollouts, newest first (or one), with every step's gates",
             "/api/v1/telemetry": "the latest traffic per stack and node",
             "/api/v1/health": "health checks per stack and layer, fast-path actions (when configured)",
             "/metrics": "Prometheus text",
@@ -183,7 +186,19 @@ fn version_json(r: &VersionRecord) -> Value {
 
 /// The one status schema ([`crate::fleet::FleetStatus`]), shared with the CLI.
 async fn status(State(control): State<Arc<Control>>) -> Json<crate::fleet::FleetStatus> {
-    Json(control.fleet_status())
+    let status = control.fleet_status();
+    let names: Vec<String> = control
+        .current()
+        .map(|c| c.record.stacks.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    let fleet = control.fleet().clone();
+    // The series reads the store: off the async workers.
+    let fallback = status.clone();
+    Json(
+        tokio::task::spawn_blocking(move || fleet.with_series(status, &names))
+            .await
+            .unwrap_or(fallback),
+    )
 }
 
 #[derive(Deserialize)]
@@ -249,6 +264,47 @@ async fn history(
         "current_version": control.current_version(),
         "versions": records.iter().map(version_json).collect::<Vec<_>>(),
     })))
+}
+
+type Pilot = Option<axum::Extension<Arc<crate::autopilot::Autopilot>>>;
+
+fn no_autopilot() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "the brain is not running in this server",
+    )
+}
+
+async fn rollouts(pilot: Pilot) -> Result<Json<Value>, ApiError> {
+    let axum::Extension(pilot) = pilot.ok_or_else(no_autopilot)?;
+    let mut all = pilot
+        .list()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+    Ok(Json(json!({ "rollouts": all })))
+}
+
+async fn rollout(
+    pilot: Pilot,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::Extension(pilot) = pilot.ok_or_else(no_autopilot)?;
+    match pilot
+        .get(&id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    {
+        Some(r) => Ok(Json(
+            json!({ "rollout": r, "blast_radius": r.blast.fraction() }),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("rollout {id} not found"),
+        )),
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

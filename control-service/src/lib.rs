@@ -18,6 +18,7 @@
 //! `server`, `cli`) import `proto`.
 #![forbid(unsafe_code)]
 
+pub mod autopilot;
 pub mod brain;
 pub mod cli;
 pub mod codec;

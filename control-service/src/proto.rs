@@ -7,10 +7,15 @@
 
 use std::collections::BTreeMap;
 
+use switchyard_filter::histogram::{Histogram, BUCKETS};
 use switchyard_filter::snapshot::Snapshot;
 
+use crate::brain::series::{NodeBatch, StackSample};
+use crate::brain::signals::Latency;
+
 use crate::fleet::{
-    FleetStatus, NodeView, StackCounters, Telemetry, MAX_NAME_LEN, MAX_STACKS_PER_BATCH,
+    FleetStatus, NodeView, StackCounters, StackLatest, Telemetry, MAX_NAME_LEN,
+    MAX_STACKS_PER_BATCH,
 };
 use crate::model::{StackRuntime, VersionRecord};
 use crate::validate::Issue;
@@ -104,6 +109,7 @@ pub fn stack_telemetry(stack: &str, c: &StackCounters) -> v1::StackTelemetry {
         affinity_miss: c.affinity_miss,
         affinity_forged: c.affinity_forged,
         local_replies: c.local_replies,
+        ..Default::default()
     }
 }
 
@@ -154,6 +160,73 @@ pub fn telemetry(batch: &v1::TelemetryBatch) -> Result<Telemetry, String> {
     Ok(t)
 }
 
+/// Most names (KPIs, rule ids) one stack of a batch may carry.
+pub const MAX_NAMED_COUNTS: usize = 256;
+
+fn named_counts(
+    what: &str,
+    i: usize,
+    list: &[v1::NamedCount],
+) -> Result<BTreeMap<String, u64>, String> {
+    if list.len() > MAX_NAMED_COUNTS {
+        return Err(format!(
+            "stacks[{i}].{what}: at most {MAX_NAMED_COUNTS} entries"
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (j, n) in list.iter().enumerate() {
+        if n.name.is_empty() || n.name.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "stacks[{i}].{what}[{j}].name must be 1..={MAX_NAME_LEN} bytes"
+            ));
+        }
+        let c: &mut u64 = out.entry(n.name.clone()).or_default();
+        *c = c.saturating_add(n.count);
+    }
+    Ok(out)
+}
+
+/// A telemetry batch from the wire as the brain's series reads it. Bounds of the node
+/// and stack names are [`telemetry`]'s; this checks the histogram pairs and the named
+/// counts. A stack named twice gives two samples (the series adds them).
+pub fn node_batch(batch: &v1::TelemetryBatch) -> Result<NodeBatch, String> {
+    let mut stacks = Vec::with_capacity(batch.stacks.len());
+    for (i, s) in batch.stacks.iter().enumerate() {
+        let pairs = &s.latency_buckets;
+        if pairs.len() % 2 != 0 || pairs.len() > 2 * BUCKETS {
+            return Err(format!(
+                "stacks[{i}].latency_buckets must be at most {BUCKETS} (bucket, count) pairs"
+            ));
+        }
+        let mut h = Histogram::new();
+        for p in pairs.chunks_exact(2) {
+            if !h.add_bucket(p[0] as usize, p[1]) {
+                return Err(format!(
+                    "stacks[{i}].latency_buckets: bucket {} is not below {BUCKETS}",
+                    p[0]
+                ));
+            }
+        }
+        stacks.push(StackSample {
+            stack: s.stack.clone(),
+            requests: s.requests,
+            errors: s.status_5xx,
+            local_replies: s.local_replies,
+            breaker_opens: s.breaker_opens,
+            latency: Latency::from_histogram(&h),
+            kpis: named_counts("kpis", i, &s.kpis)?,
+            by_rule: named_counts("by_rule", i, &s.by_rule)?,
+            new_users: s.new_users,
+            sticky_requests: s.sticky_requests,
+        });
+    }
+    Ok(NodeBatch {
+        node_id: batch.node_id.clone(),
+        window_end_ms: batch.window_end_unix_ms,
+        stacks,
+    })
+}
+
 /// The gRPC status response of a [`FleetStatus`].
 pub fn status_response(s: &FleetStatus) -> v1::StatusResponse {
     v1::StatusResponse {
@@ -162,17 +235,57 @@ pub fn status_response(s: &FleetStatus) -> v1::StatusResponse {
         store: s.store.clone(),
         nodes: s.nodes.iter().map(node_status).collect(),
         nodes_current: u32::try_from(s.nodes_current).unwrap_or(u32::MAX),
+        stacks: s
+            .stacks
+            .iter()
+            .map(|(name, l)| v1::StackWindowStatus {
+                stack: name.clone(),
+                window_start_unix_ms: l.window_start_unix_ms,
+                window_ms: l.window_ms,
+                requests: l.requests,
+                errors: l.errors,
+                p50_ms: l.p50_ms,
+                p95_ms: l.p95_ms,
+                p99_ms: l.p99_ms,
+                kpis: l
+                    .kpis
+                    .iter()
+                    .map(|(k, c)| v1::NamedCount {
+                        name: k.clone(),
+                        count: *c,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
 /// Back from the gRPC form, for clients (the CLI) that print the one JSON schema.
 pub fn fleet_status(r: &v1::StatusResponse) -> FleetStatus {
-    FleetStatus::new(
+    let mut s = FleetStatus::new(
         r.current_version,
         r.started_unix_ms,
         r.store.clone(),
         r.nodes.iter().map(node_view).collect(),
-    )
+    );
+    s.stacks = r
+        .stacks
+        .iter()
+        .map(|w| {
+            let latest = StackLatest {
+                window_start_unix_ms: w.window_start_unix_ms,
+                window_ms: w.window_ms,
+                requests: w.requests,
+                errors: w.errors,
+                p50_ms: w.p50_ms,
+                p95_ms: w.p95_ms,
+                p99_ms: w.p99_ms,
+                kpis: w.kpis.iter().map(|k| (k.name.clone(), k.count)).collect(),
+            };
+            (w.stack.clone(), latest)
+        })
+        .collect();
+    s
 }
 
 /// A node from the gRPC form. It has telemetry exactly when it has reported
@@ -378,5 +491,55 @@ mod tests {
         let wire = snapshot(&s);
         assert_eq!(wire.encode_to_vec(), s.encode());
         assert_eq!(Snapshot::decode(&wire.encode_to_vec()).unwrap(), s);
+    }
+
+    /// The filter's hand-written telemetry codec and prost agree on the new signals, and
+    /// the conversion carries them into the series' batch.
+    #[test]
+    fn telemetry_signals_decode_with_prost_and_convert() {
+        use switchyard_filter::snapshot::{StackTelemetry, TelemetryBatch};
+        let mut latency = Histogram::new();
+        for us in [800, 800, 120_000, 450_000] {
+            latency.record(us);
+        }
+        let t = TelemetryBatch {
+            node_id: "envoy-1".into(),
+            window_end_unix_ms: 1_795_737_600_000,
+            window_ms: 1000,
+            stacks: vec![StackTelemetry {
+                stack: "green".into(),
+                requests: 4,
+                status_2xx: 3,
+                status_5xx: 1,
+                latency: latency.clone(),
+                kpis: vec![("orders".into(), 2)],
+                by_rule: vec![("default".into(), 3), ("beta".into(), 1)],
+                new_users: 2,
+                sticky_requests: 2,
+                breaker_opens: 1,
+                ..Default::default()
+            }],
+            dropped: 0,
+        };
+        let wire = v1::TelemetryBatch::decode(t.encode().as_slice()).unwrap();
+        assert_eq!(wire.encode_to_vec(), t.encode());
+        let b = node_batch(&wire).unwrap();
+        let s = &b.stacks[0];
+        assert_eq!((s.requests, s.errors, s.breaker_opens), (4, 1, 1));
+        assert_eq!(s.latency, Latency::from_histogram(&latency));
+        assert_eq!(s.kpis["orders"], 2);
+        assert_eq!(s.by_rule["beta"], 1);
+        assert_eq!((s.new_users, s.sticky_requests), (2, 2));
+        assert_eq!(b.window_end_ms, 1_795_737_600_000);
+
+        let mut bad = wire.clone();
+        bad.stacks[0].latency_buckets.push(7);
+        assert!(node_batch(&bad).unwrap_err().contains("pairs"));
+        let mut bad = wire.clone();
+        bad.stacks[0].latency_buckets.extend([100, 1]);
+        assert!(node_batch(&bad).unwrap_err().contains("bucket 100"));
+        let mut bad = wire;
+        bad.stacks[0].kpis[0].name.clear();
+        assert!(node_batch(&bad).unwrap_err().contains("kpis[0].name"));
     }
 }

@@ -10,9 +10,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::brain::series::Series;
 use crate::config::{ServeConfig, StoreKind};
 use crate::control::Control;
-use crate::grpc::{AuditService, DataPlaneService, FleetService, PoliciesService, StacksService};
+use crate::grpc::{
+    AuditService, DataPlaneService, FleetService, PoliciesService, RolloutsService, StacksService,
+};
 use crate::proto::{self, v1};
 use crate::store::{EtcdStore, MemoryStore, RedbStore, Store};
 
@@ -59,6 +62,35 @@ impl RunningServer {
     }
 }
 
+/// Persist the series' closed windows once a second (a window closes at most once per
+/// `window_ms`; a second keeps the newest closed window visible in the store soon after
+/// its grace period). The store is written off the async workers. On shutdown the open
+/// windows are stored too (partial; after a restart their later batches merge in).
+async fn flush_series(series: Arc<Series>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = every.tick() => false,
+        };
+        let s = series.clone();
+        let now = crate::model::now_unix_ms();
+        let flushed =
+            tokio::task::spawn_blocking(move || if last { s.flush_all(now) } else { s.flush(now) })
+                .await;
+        match flushed {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(windows = n, "series windows persisted"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the series; will retry"),
+            Err(e) => tracing::warn!(error = %e, "series flush task failed"),
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
@@ -81,7 +113,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         tokio::task::spawn_blocking(move || open_store(&cfg)).await??
     };
     tracing::info!(store = %store.describe(), "store open");
-    let control = Control::open(store).await?;
+    let control = Control::open(store.clone()).await?;
+    let series = Arc::new(Series::new(store, cfg.series));
+    control.fleet().attach_series(series.clone());
 
     if let Some(path) = &cfg.bootstrap_policy {
         let doc = tokio::fs::read_to_string(path)
@@ -101,22 +135,32 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
-    // Per-node breaker evidence comes from the brain's telemetry series (issue 10 §1):
-    // once it runs, pass `Some(crate::health::feed::from_windows(control.clone(), |stack|
-    // <the stack's newest series window>))` below. Without a feed the fast path acts on
-    // the checks alone.
+    // Per-node breaker evidence for the fast path: each stack's newest series window.
     let monitor = cfg.health.clone().map(|h| {
         let checks = h.checks.len();
+        let c = control.clone();
+        let feed = crate::health::feed::from_windows(control.clone(), move |stack: &str| {
+            c.fleet().series()?.latest(stack, 1).ok()?.pop()
+        });
         let m = crate::health::Monitor::new(
             control.clone(),
             h,
             Arc::new(crate::brain::clock::SystemClock),
-            None,
+            Some(feed),
         );
         tasks.extend(m.spawn(shutdown.clone()));
         tracing::info!(checks, "health checks running");
         m
     });
+    // The brain at work: rollouts judged and moved on every tick.
+    let autopilot = crate::autopilot::Autopilot::new(
+        control.clone(),
+        series.clone(),
+        Arc::new(crate::brain::clock::SystemClock),
+        cfg.autopilot.clone(),
+    );
+    tasks.push(autopilot.spawn(shutdown.clone()));
+    tasks.push(tokio::spawn(flush_series(series, shutdown.clone())));
 
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;
     let grpc_addr = grpc_listener.local_addr()?;
@@ -134,6 +178,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         .await;
     health
         .set_serving::<v1::audit_server::AuditServer<AuditService>>()
+        .await;
+    health
+        .set_serving::<v1::rollouts_server::RolloutsServer<RolloutsService>>()
         .await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -173,7 +220,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         )))
         .add_service(v1::audit_server::AuditServer::new(AuditService::new(
             control.clone(),
-        )));
+        )))
+        .add_service(v1::rollouts_server::RolloutsServer::new(
+            RolloutsService::new(autopilot.clone()),
+        ));
     {
         let shutdown = shutdown.clone();
         let health = health.clone();
@@ -198,7 +248,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await?;
             let addr = listener.local_addr()?;
-            let mut app = crate::http::router(control.clone());
+            let mut app =
+                crate::http::router(control.clone()).layer(axum::Extension(autopilot.clone()));
             if let Some(m) = &monitor {
                 app = crate::health::router(m.clone()).merge(app.layer(axum::Extension(m.clone())));
             }

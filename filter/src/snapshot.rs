@@ -6,6 +6,8 @@
 //! The singleton stores the `Snapshot` bytes exactly as received in Envoy shared data;
 //! how it and the workers use shared data is [`crate::shared_data`]'s business.
 
+use crate::histogram::Histogram;
+
 /// Largest message accepted from the wire or a queue.
 pub const MAX_MESSAGE: usize = 4 << 20;
 
@@ -113,6 +115,28 @@ pub struct StackTelemetry {
     pub affinity_miss: u64,
     pub affinity_forged: u64,
     pub local_replies: u64,
+    /// Sampled response latencies (µs), on the fixed bucket layout (field 11).
+    pub latency: Histogram,
+    /// Count per KPI name declared in the policy (field 12).
+    pub kpis: Vec<(String, u64)>,
+    /// Requests routed to the stack per rule id (field 13).
+    pub by_rule: Vec<(String, u64)>,
+    /// Affinity cookies issued for a new assignment to the stack (field 14).
+    pub new_users: u64,
+    /// Requests kept on the stack by a valid affinity cookie (field 15).
+    pub sticky_requests: u64,
+    /// Circuit-breaker transitions to open (field 16).
+    pub breaker_opens: u64,
+}
+
+/// Add `(name, count)` pairs into `into`, by name.
+fn merge_counts(into: &mut Vec<(String, u64)>, from: &[(String, u64)]) {
+    for (name, n) in from {
+        match into.iter_mut().find(|(k, _)| k == name) {
+            Some((_, c)) => *c = c.saturating_add(*n),
+            None => into.push((name.clone(), *n)),
+        }
+    }
 }
 
 impl StackTelemetry {
@@ -127,14 +151,34 @@ impl StackTelemetry {
         self.affinity_miss += o.affinity_miss;
         self.affinity_forged += o.affinity_forged;
         self.local_replies += o.local_replies;
+        self.latency.merge(&o.latency);
+        merge_counts(&mut self.kpis, &o.kpis);
+        merge_counts(&mut self.by_rule, &o.by_rule);
+        self.new_users += o.new_users;
+        self.sticky_requests += o.sticky_requests;
+        self.breaker_opens += o.breaker_opens;
     }
 
+    /// Nothing was counted (the name aside).
     pub fn is_empty(&self) -> bool {
-        *self
-            == StackTelemetry {
-                stack: self.stack.clone(),
-                ..Default::default()
-            }
+        let counts = [
+            self.requests,
+            self.status_2xx,
+            self.status_4xx,
+            self.status_5xx,
+            self.latency_ms_sum,
+            self.affinity_hit,
+            self.affinity_miss,
+            self.affinity_forged,
+            self.local_replies,
+            self.new_users,
+            self.sticky_requests,
+            self.breaker_opens,
+        ];
+        counts.iter().all(|c| *c == 0)
+            && self.latency.is_empty()
+            && self.kpis.is_empty()
+            && self.by_rule.is_empty()
     }
 }
 
@@ -180,7 +224,7 @@ impl WatchRequest {
 
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut m = WatchRequest::default();
-        for_each_field(buf, |f, v| {
+        for_each_field(buf, &mut |f, v| {
             match (f, v) {
                 (1, Value::Bytes(b)) => m.node_id = utf8(1, b)?,
                 (2, Value::Varint(x)) => m.last_applied_version = x,
@@ -215,13 +259,13 @@ impl Snapshot {
 
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut m = Snapshot::default();
-        for_each_field(buf, |f, v| {
+        for_each_field(buf, &mut |f, v| {
             match (f, v) {
                 (1, Value::Varint(x)) => m.version = x,
                 (2, Value::Bytes(b)) => m.policy_json = utf8(2, b)?,
                 (3, Value::Bytes(b)) => {
                     let mut s = StackState::default();
-                    for_each_field(b, |f, v| {
+                    for_each_field(b, &mut |f, v| {
                         match (f, v) {
                             (1, Value::Bytes(b)) => s.name = utf8(1, b)?,
                             (2, Value::Varint(x)) => {
@@ -269,6 +313,28 @@ impl TelemetryBatch {
             ] {
                 put_u64(&mut b, f, v);
             }
+            // Packed `repeated uint32`: bucket, count, bucket, count, ...
+            let mut packed = Vec::new();
+            for (i, c) in s.latency.nonzero() {
+                put_varint(&mut packed, i as u64);
+                put_varint(&mut packed, u64::from(c));
+            }
+            put_bytes(&mut b, 11, &packed);
+            for (f, list) in [(12, &s.kpis), (13, &s.by_rule)] {
+                for (name, count) in list {
+                    let mut nc = Vec::new();
+                    put_bytes(&mut nc, 1, name.as_bytes());
+                    put_u64(&mut nc, 2, *count);
+                    put_message(&mut b, f, &nc);
+                }
+            }
+            for (f, v) in [
+                (14, s.new_users),
+                (15, s.sticky_requests),
+                (16, s.breaker_opens),
+            ] {
+                put_u64(&mut b, f, v);
+            }
             put_message(&mut out, 4, &b);
         }
         put_u64(&mut out, 5, self.dropped);
@@ -277,14 +343,14 @@ impl TelemetryBatch {
 
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut m = TelemetryBatch::default();
-        for_each_field(buf, |f, v| {
+        for_each_field(buf, &mut |f, v| {
             match (f, v) {
                 (1, Value::Bytes(b)) => m.node_id = utf8(1, b)?,
                 (2, Value::Varint(x)) => m.window_end_unix_ms = x,
                 (3, Value::Varint(x)) => m.window_ms = x.min(u64::from(u32::MAX)) as u32,
                 (4, Value::Bytes(b)) => {
                     let mut s = StackTelemetry::default();
-                    for_each_field(b, |f, v| {
+                    for_each_field(b, &mut |f, v| {
                         match (f, v) {
                             (1, Value::Bytes(b)) => s.stack = utf8(1, b)?,
                             (2, Value::Varint(x)) => s.requests = x,
@@ -296,6 +362,23 @@ impl TelemetryBatch {
                             (8, Value::Varint(x)) => s.affinity_miss = x,
                             (9, Value::Varint(x)) => s.affinity_forged = x,
                             (10, Value::Varint(x)) => s.local_replies = x,
+                            (11, Value::Bytes(b)) => {
+                                let mut pos = 0;
+                                while pos < b.len() {
+                                    let i = get_varint(b, &mut pos)?;
+                                    let c = get_varint(b, &mut pos)?;
+                                    // Buckets outside the fixed layout are skipped.
+                                    s.latency.add_bucket(
+                                        usize::try_from(i).unwrap_or(usize::MAX),
+                                        c.min(u64::from(u32::MAX)) as u32,
+                                    );
+                                }
+                            }
+                            (12, Value::Bytes(b)) => s.kpis.push(named_count(b)?),
+                            (13, Value::Bytes(b)) => s.by_rule.push(named_count(b)?),
+                            (14, Value::Varint(x)) => s.new_users = x,
+                            (15, Value::Varint(x)) => s.sticky_requests = x,
+                            (16, Value::Varint(x)) => s.breaker_opens = x,
                             _ => {}
                         }
                         Ok(())
@@ -309,6 +392,20 @@ impl TelemetryBatch {
         })?;
         Ok(m)
     }
+}
+
+/// `switchyard.v1.NamedCount`.
+fn named_count(buf: &[u8]) -> Result<(String, u64), DecodeError> {
+    let (mut name, mut count) = (String::new(), 0);
+    for_each_field(buf, &mut |f, v| {
+        match (f, v) {
+            (1, Value::Bytes(b)) => name = utf8(1, b)?,
+            (2, Value::Varint(x)) => count = x,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((name, count))
 }
 
 /// Serialized `envoy.config.core.v3.GrpcService{envoy_grpc{cluster_name}}`: what Envoy's
@@ -347,9 +444,11 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
     Err(DecodeError::Varint)
 }
 
+/// Call `f` with every field of a message. Takes `dyn`: one copy of the parser serves
+/// every message (decoding is not on the request path; the module's size is a budget).
 fn for_each_field<'a>(
     buf: &'a [u8],
-    mut f: impl FnMut(u32, Value<'a>) -> Result<(), DecodeError>,
+    f: &mut dyn FnMut(u32, Value<'a>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     if buf.len() > MAX_MESSAGE {
         return Err(DecodeError::TooLarge);
@@ -466,6 +565,89 @@ mod tests {
             dropped: 3,
         };
         assert_eq!(TelemetryBatch::decode(&t.encode()).unwrap(), t);
+    }
+
+    #[test]
+    fn telemetry_signals_round_trip_and_merge() {
+        let mut latency = Histogram::new();
+        for us in [900, 1_200, 1_200, 250_000, 70_000_000] {
+            latency.record(us);
+        }
+        let blue = StackTelemetry {
+            stack: "blue".into(),
+            requests: 5,
+            status_2xx: 5,
+            latency: latency.clone(),
+            kpis: vec![("orders".into(), 2), ("signups".into(), 1)],
+            by_rule: vec![("default".into(), 3), ("beta".into(), 2)],
+            new_users: 4,
+            sticky_requests: 1,
+            breaker_opens: 1,
+            ..Default::default()
+        };
+        let t = TelemetryBatch {
+            node_id: "n".into(),
+            stacks: vec![blue.clone()],
+            ..Default::default()
+        };
+        let back = TelemetryBatch::decode(&t.encode()).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.stacks[0].latency.total(), 5);
+
+        let mut sum = blue.clone();
+        sum.merge(&StackTelemetry {
+            stack: "blue".into(),
+            latency,
+            kpis: vec![("orders".into(), 5)],
+            by_rule: vec![("other".into(), 7)],
+            new_users: 1,
+            ..Default::default()
+        });
+        assert_eq!(sum.latency.total(), 10);
+        assert_eq!(sum.kpis, vec![("orders".into(), 7), ("signups".into(), 1)]);
+        assert_eq!(sum.by_rule.len(), 3);
+        assert_eq!(sum.new_users, 5);
+    }
+
+    #[test]
+    fn latency_buckets_are_packed_pairs_on_the_wire() {
+        // StackTelemetry{stack: "b", latency: bucket 3 x1, bucket 40 x300,
+        // kpis: [{name: "o", count: 2}], new_users: 1, breaker_opens: 2}
+        let mut latency = Histogram::new();
+        latency.add_bucket(3, 1);
+        latency.add_bucket(40, 300);
+        let t = TelemetryBatch {
+            stacks: vec![StackTelemetry {
+                stack: "b".into(),
+                latency,
+                kpis: vec![("o".into(), 2)],
+                new_users: 1,
+                breaker_opens: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let stack = [
+            0x0a, 1, b'b', // stack
+            0x5a, 5, 3, 1, 40, 0xac, 0x02, // 11: packed [3, 1, 40, 300]
+            0x62, 5, 0x0a, 1, b'o', 0x10, 2, // 12: {name: "o", count: 2}
+            0x70, 1, // 14: new_users
+            0x80, 0x01, 2, // 16: breaker_opens
+        ];
+        let mut want = vec![0x22, stack.len() as u8];
+        want.extend_from_slice(&stack);
+        assert_eq!(t.encode(), want);
+        assert_eq!(TelemetryBatch::decode(&want).unwrap(), t);
+        // A bucket outside the layout is skipped; a dangling bucket is an error.
+        let mut odd = want.clone();
+        odd[7..12].copy_from_slice(&[100, 1, 40, 0xac, 0x02]); // [100, 1, 40, 300]
+        let s = &TelemetryBatch::decode(&odd).unwrap().stacks[0];
+        assert_eq!(s.latency.total(), 300);
+        let mut dangling = want.clone();
+        dangling.drain(10..12); // [3, 1, 40]: a bucket without its count
+        dangling[6] = 3;
+        dangling[1] -= 2;
+        assert!(TelemetryBatch::decode(&dangling).is_err());
     }
 
     #[test]

@@ -577,6 +577,48 @@ fn cases() -> Vec<Case> {
             "default.fallback.local.retry_after_s",
             "must be at most 86400",
         ),
+        // ---- kpis ----
+        err(
+            json!({ "kpis": [ { "name": "orders", "metod": "POST" } ] }),
+            "kpis[0].metod",
+            "unknown field `metod`",
+        ),
+        err(json!({ "kpis": [ { "method": "POST" } ] }), "kpis[0].name", "missing field `name`"),
+        err(
+            json!({ "kpis": [ { "name": "orders", "status": 200 } ] }),
+            "kpis[0].status",
+            "invalid type: integer `200`, expected a string",
+        ),
+        err(
+            json!({ "kpis": (0..17).map(|i| json!({ "name": format!("k{i}") })).collect::<Vec<_>>() }),
+            "kpis",
+            "at most 16 KPIs are supported",
+        ),
+        err(
+            json!({ "kpis": [ { "name": "Orders" } ] }),
+            "kpis[0].name",
+            "must be 1-32 characters of [a-z0-9_], unique",
+        ),
+        err(
+            json!({ "kpis": [ { "name": "orders" }, { "name": "orders" } ] }),
+            "kpis[1].name",
+            "must be 1-32 characters of [a-z0-9_], unique",
+        ),
+        err(
+            json!({ "kpis": [ { "name": "orders", "method": "post" } ] }),
+            "kpis[0].method",
+            "must be an HTTP method in upper case, e.g. POST",
+        ),
+        err(
+            json!({ "kpis": [ { "name": "orders", "path_prefix": "checkout" } ] }),
+            "kpis[0].path_prefix",
+            "must be a path starting with '/'",
+        ),
+        err(
+            json!({ "kpis": [ { "name": "orders", "status": "2XX" } ] }),
+            "kpis[0].status",
+            "must be a status class (1xx-5xx) or a code (100-599)",
+        ),
     ]
 }
 

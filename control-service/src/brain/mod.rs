@@ -7,6 +7,7 @@
 //!
 //! - [`clock`]: time, real or manual.
 //! - [`signals`]: per-stack signals over one window (what every judgement reads).
+//! - [`series`]: telemetry folded into aligned windows, persisted as a ring per stack.
 //! - [`audit`]: the hash-chained log of every decision and change.
 //! - [`stats`]: anytime-valid sequential tests behind the rollout gates.
 //! - [`rollout`]: SLO-gated progressive delivery, a persisted state machine per rollout.
@@ -17,6 +18,7 @@
 //!   delta localisation, leading indicators.
 //! - [`incident`]: the ITR workflow, a persisted state machine per incident.
 //! - [`scenario`]: telemetry traces (docs/traces.md) and their replay.
+
 //!
 //! Key space owned by the brain in the store (see [`crate::store::Store::commit`]):
 //! `series/`, `events/`, `incident/`, `rollout/`, `guard/`, `audit/`.
@@ -30,5 +32,6 @@ pub mod guardrails;
 pub mod incident;
 pub mod rollout;
 pub mod scenario;
+pub mod series;
 pub mod signals;
 pub mod stats;

@@ -290,23 +290,21 @@ async fn rollout(ctx: &mut Ctx<'_>, cmd: &RolloutCmd) -> Result<(), Failure> {
             warmup,
             auto_rollback,
             id,
-        } => {
-            client
-                .start(v1::StartRolloutRequest {
-                    release: stack.clone(),
-                    stable: stable.clone(),
-                    scope: scope.clone(),
-                    plan: plan.clone(),
-                    min_dwell_ms: step.unwrap_or(0) * 1000,
-                    max_dwell_ms: max_step.unwrap_or(0) * 1000,
-                    warmup_ms: warmup.unwrap_or(0) * 1000,
-                    auto_rollback: *auto_rollback,
-                    actor: actor.clone(),
-                    id: id.clone().unwrap_or_default(),
-                })
-                .await?
-                .into_inner()
-        }
+        } => client
+            .start(v1::StartRolloutRequest {
+                release: stack.clone(),
+                stable: stable.clone(),
+                scope: scope.clone(),
+                plan: plan.clone(),
+                min_dwell_ms: step.unwrap_or(0) * 1000,
+                max_dwell_ms: max_step.unwrap_or(0) * 1000,
+                warmup_ms: warmup.unwrap_or(0) * 1000,
+                auto_rollback: *auto_rollback,
+                actor: actor.clone(),
+                id: id.clone().unwrap_or_default(),
+            })
+            .await?
+            .into_inner(),
         RolloutCmd::List => {
             let r = client.list(v1::ListRolloutsRequest {}).await?.into_inner();
             if ctx.json() {
@@ -337,9 +335,7 @@ async fn rollout(ctx: &mut Ctx<'_>, cmd: &RolloutCmd) -> Result<(), Failure> {
         RolloutCmd::Resume { id } => client.command(command(id, "resume")).await?.into_inner(),
         RolloutCmd::Promote { id } => client.command(command(id, "promote")).await?.into_inner(),
         RolloutCmd::Abort { id } => client.command(command(id, "abort")).await?.into_inner(),
-        RolloutCmd::Rollback { id } => {
-            client.command(command(id, "rollback")).await?.into_inner()
-        }
+        RolloutCmd::Rollback { id } => client.command(command(id, "rollback")).await?.into_inner(),
     };
     if ctx.json() {
         output::print_json(&status);

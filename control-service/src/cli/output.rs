@@ -308,7 +308,15 @@ pub fn print_history(r: &v1::HistoryResponse) {
 }
 
 pub fn print_rollouts(rollouts: &[v1::RolloutStatus]) {
-    let mut rows = vec![row(["ID", "RELEASE", "STABLE", "PHASE", "STEP", "SHARE", "CREATED (UTC)"])];
+    let mut rows = vec![row([
+        "ID",
+        "RELEASE",
+        "STABLE",
+        "PHASE",
+        "STEP",
+        "SHARE",
+        "CREATED (UTC)",
+    ])];
     for r in rollouts {
         rows.push(vec![
             r.id.clone(),
@@ -360,7 +368,16 @@ pub fn print_rollout(r: &v1::RolloutStatus, now_ms: u64) {
             r.blast_radius * 100.0
         );
     }
-    let mut rows = vec![row(["STEP", "SHARE", "OUTCOME", "GATE", "VERDICT", "N", "CONFIDENCE", "ESTIMATE"])];
+    let mut rows = vec![row([
+        "STEP",
+        "SHARE",
+        "OUTCOME",
+        "GATE",
+        "VERDICT",
+        "N",
+        "CONFIDENCE",
+        "ESTIMATE",
+    ])];
     for (i, s) in r.steps.iter().enumerate() {
         let outcome = if s.outcome.is_empty() {
             "running".to_string()
@@ -371,7 +388,7 @@ pub fn print_rollout(r: &v1::RolloutStatus, now_ms: u64) {
             rows.push(vec![
                 (i + 1).to_string(),
                 format!("{}%", s.share_percent),
-                outcome,
+                outcome.clone(),
                 "-".into(),
                 String::new(),
                 String::new(),
@@ -381,9 +398,21 @@ pub fn print_rollout(r: &v1::RolloutStatus, now_ms: u64) {
         }
         for (j, g) in s.gates.iter().enumerate() {
             rows.push(vec![
-                if j == 0 { (i + 1).to_string() } else { String::new() },
-                if j == 0 { format!("{}%", s.share_percent) } else { String::new() },
-                if j == 0 { outcome.clone() } else { String::new() },
+                if j == 0 {
+                    (i + 1).to_string()
+                } else {
+                    String::new()
+                },
+                if j == 0 {
+                    format!("{}%", s.share_percent)
+                } else {
+                    String::new()
+                },
+                if j == 0 {
+                    outcome.clone()
+                } else {
+                    String::new()
+                },
                 format!("{}{}", g.gate, if g.blocking { "" } else { " (sentinel)" }),
                 g.verdict.clone(),
                 format!("{:.0}", g.n),

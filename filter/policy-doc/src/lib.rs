@@ -50,7 +50,21 @@ pub struct PolicyDoc {
     /// Add the `x-switchyard-decision` response header (rule id and reason).
     #[serde(default)]
     pub debug_header: bool,
+    /// Business outcomes the filter counts per stack (e.g. orders), reported to the
+    /// control service with the telemetry.
+    #[serde(default)]
+    pub kpis: Vec<KpiDoc>,
 }
+
+/// A business outcome, as a string map: `name` (`[a-z0-9_]{1,32}`, unique), and
+/// optionally `method` (e.g. `POST`), `path_prefix` (of `:path`, query included, e.g.
+/// `/checkout`) and `status` (a class `2xx` or a code `201`); an absent part matches
+/// anything. The compiler checks the keys (an unknown one is an error at its path).
+///
+/// A map rather than a derived struct: the map deserialiser is already in the module
+/// (`classify.geo.countries`), and a struct visitor of its own would cost the .wasm
+/// about 3 KB of its 400 KB budget.
+pub type KpiDoc = BTreeMap<String, String>;
 
 /// One stack: a complete deployment reachable through one Envoy cluster.
 #[derive(Debug, Clone, Deserialize)]

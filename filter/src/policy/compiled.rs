@@ -15,6 +15,7 @@ use super::condition::Condition;
 use super::ids::{mask_of, ChannelId, CohortId, RegionId, StackId};
 use super::index::RuleIndex;
 use super::inputs::{Inputs, KeySlot};
+use super::kpi::Kpi;
 
 /// Identifier of the default rule, evaluated after every other rule.
 pub const DEFAULT_RULE_ID: &str = "default";
@@ -36,6 +37,8 @@ pub struct Policy {
     /// Which rules admit each attribute value, so a request only evaluates candidates.
     pub index: RuleIndex,
     pub debug_header: bool,
+    /// Business outcomes counted per stack (at most [`super::kpi::MAX_KPIS`]).
+    pub kpis: Vec<Kpi>,
     /// Whether any rule has a time condition (skip calendar maths otherwise).
     pub uses_time: bool,
     /// Whether a user key or hash key is the client address (then `source.address` is

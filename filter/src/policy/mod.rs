@@ -13,7 +13,8 @@
 //! - `compile`: the sections, checked and compiled in one error-collecting pass
 //!   (`check` holds the context and the shared name checks);
 //! - `compiled`, `condition`, `ids`: the compiled policy, plain read-only data;
-//! - `index`: the rule index; `inputs`: the request-scan plan.
+//! - `index`: the rule index; `inputs`: the request-scan plan;
+//! - `kpi`: compiled business outcomes and their matchers.
 //!
 //! The policy depends on no request-path module (classify, balance, affinity, router):
 //! they depend on it.
@@ -25,6 +26,7 @@ mod condition;
 mod ids;
 mod index;
 mod inputs;
+mod kpi;
 mod parse;
 #[cfg(not(target_arch = "wasm32"))]
 mod shape;
@@ -41,6 +43,7 @@ pub use condition::Condition;
 pub use ids::{mask_of, ChannelId, CohortId, RegionId, StackId, MAX_STACKS, MAX_TARGETS};
 pub use index::RuleIndex;
 pub use inputs::{Inputs, KeySlot, MAX_UA_SUBSTRINGS};
+pub use kpi::{request_mask, response_mask, Kpi, StatusMatch, MAX_KPIS};
 
 /// Parse and validate a policy document.
 pub fn validate_json(json: &str) -> Result<Validated, Invalid> {

@@ -13,10 +13,10 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use super::worker::WorkerState;
-use super::{abi, now_ms};
+use super::{abi, now_us};
 use crate::classify::Request;
 use crate::headers::{parse_pairs_into, parse_status, recycle};
-use crate::policy::{Policy, StackId};
+use crate::policy::{request_mask, Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome};
 
 /// Request header carrying the chosen stack; Envoy's route table maps it to a cluster.
@@ -31,10 +31,13 @@ pub struct Flow {
     /// Policy the decision was made under (stack ids are only meaningful with it).
     policy: Option<Arc<Policy>>,
     stack: Option<StackId>,
-    /// Request time (Unix ms, the request clock; the real clock when `sampled`).
-    started_ms: u64,
+    /// Request time (Unix µs: the request clock; the real clock, read after the
+    /// decision, when `sampled`).
+    started_us: u64,
     /// This request's latency is sampled.
     sampled: bool,
+    /// The policy's KPIs whose method and path this request matched (bit per KPI).
+    kpis: u16,
     set_cookie: Option<String>,
     decision: Option<String>,
     responded: bool,
@@ -48,8 +51,9 @@ impl Flow {
             shared,
             policy: None,
             stack: None,
-            started_ms: 0,
+            started_us: 0,
             sampled: false,
+            kpis: 0,
             set_cookie: None,
             decision: None,
             responded: false,
@@ -58,18 +62,13 @@ impl Flow {
 
     fn decide(&mut self, shared: &mut WorkerState) -> Decision {
         // No snapshot check here: the singleton's wake-up (and the tick) apply new ones.
-        self.sampled = shared.metrics.sample_latency();
-        let now = if self.sampled {
-            shared.clock_ms = now_ms();
-            shared.clock_ms
-        } else {
-            shared.clock_ms
-        };
-        self.started_ms = now;
+        let now = shared.clock_ms;
+        self.started_us = now * 1_000;
         let raw = abi::header_map(MapType::HttpRequestHeaders);
         let mut pairs: Vec<(&[u8], &[u8])> = std::mem::take(&mut shared.pairs);
         let decision = match raw.as_deref() {
             Some(buf) if parse_pairs_into(buf, &mut pairs) => {
+                self.kpis = kpi_candidates(shared.router.policy(), &pairs);
                 Self::decide_pairs(shared, &pairs, now)
             }
             _ => {
@@ -146,6 +145,14 @@ impl HttpContext for Flow {
         s.metrics.decision(&decision);
         match &decision.outcome {
             Outcome::Stack { id, how } => {
+                // Sampled per stack: a worker-wide 1-in-8 would alias with round-robin
+                // (two stacks alternating: every sample on the same one).
+                if s.metrics.sample_latency(*id) {
+                    let us = now_us();
+                    self.sampled = true;
+                    self.started_us = us;
+                    s.clock_ms = us / 1_000;
+                }
                 let name = policy.stacks.get(*id).map_or("", |st| st.name.as_str());
                 if hostcalls::set_map_value(MapType::HttpRequestHeaders, STACK_HEADER, Some(name))
                     .is_err()
@@ -218,11 +225,12 @@ impl HttpContext for Flow {
         // (the breaker needs the real time to open) and for the sampled latency.
         let sampled = self.sampled;
         let failed = status.is_none_or(|c| c >= 500);
-        let now = if sampled || failed {
-            now_ms()
+        let end_us = if sampled || failed {
+            now_us()
         } else {
-            self.started_ms
+            self.started_us
         };
+        let now = end_us / 1_000;
         if self.same_policy(s) {
             if let Some(state) = s.router.record(stack, status, now) {
                 let name = s
@@ -237,7 +245,8 @@ impl HttpContext for Flow {
             s.metrics.response(
                 stack,
                 status,
-                sampled.then(|| now.saturating_sub(self.started_ms)),
+                sampled.then(|| end_us.saturating_sub(self.started_us)),
+                self.kpis,
             );
         }
         Action::Continue
@@ -257,7 +266,7 @@ impl HttpContext for Flow {
         let mut guard = shared.borrow_mut();
         let s = &mut *guard;
         if self.same_policy(s) {
-            s.metrics.response(stack, None, None);
+            s.metrics.response(stack, None, None, 0);
         }
     }
 }
@@ -268,6 +277,23 @@ impl Flow {
             .as_ref()
             .is_some_and(|p| Arc::ptr_eq(p, s.router.policy()))
     }
+}
+
+/// The KPIs whose method and path prefix this request matches; nothing to scan when the
+/// policy declares none (the common case pays one length check).
+fn kpi_candidates(policy: &Policy, pairs: &[(&[u8], &[u8])]) -> u16 {
+    if policy.kpis.is_empty() {
+        return 0;
+    }
+    let (mut method, mut path): (&[u8], &[u8]) = (b"", b"");
+    for (n, v) in pairs {
+        match *n {
+            b":method" => method = v,
+            b":path" => path = v,
+            _ => {}
+        }
+    }
+    request_mask(&policy.kpis, method, path)
 }
 
 fn affinity_note(event: AffinityEvent, how: How) -> &'static str {

@@ -11,12 +11,14 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::breaker::State;
-use crate::policy::{Policy, StackId};
+use std::sync::Arc;
+
+use crate::policy::{response_mask, Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome};
 use crate::snapshot::{StackTelemetry, TelemetryBatch};
 
 const NO_METRIC: u32 = u32::MAX;
-/// One response in this many has its latency recorded. Envoy's own per-cluster
+/// One response in this many, per stack, has its latency recorded. Envoy's own per-cluster
 /// `upstream_rq_time` keeps every sample; this histogram is the per-stack view at a
 /// fraction of the host calls.
 pub const LATENCY_SAMPLE: u64 = 8;
@@ -80,8 +82,14 @@ pub struct Metrics {
     telemetry: Vec<StackTelemetry>,
     /// Telemetry batches that could not be queued (reported with the next one).
     telemetry_dropped: u64,
-    /// Requests seen, for latency sampling.
-    responses: u64,
+    /// Requests routed per stack, for latency sampling.
+    routed: Vec<u64>,
+    /// The policy (its KPIs and rule ids name the counts below).
+    policy: Arc<Policy>,
+    /// This window's count per (stack, KPI): `stack * kpis + kpi`.
+    kpi_counts: Vec<u64>,
+    /// This window's routed requests per (stack, rule): `stack * rules + rule`.
+    rule_counts: Vec<u64>,
 }
 
 fn define(kind: MetricType, name: &str) -> u32 {
@@ -90,7 +98,7 @@ fn define(kind: MetricType, name: &str) -> u32 {
 
 impl Metrics {
     /// Define every metric of a policy with the host.
-    pub fn define(policy: &Policy) -> Self {
+    pub fn define(policy: &Arc<Policy>) -> Self {
         let mut counter_ids = Vec::new();
         for s in &policy.stacks {
             for c in STACK_COUNTERS {
@@ -142,10 +150,14 @@ impl Metrics {
             stack: "_local".into(),
             ..Default::default()
         });
+        let (stacks, rules, kpis) = (policy.stacks.len(), policy.rules.len(), policy.kpis.len());
         Self {
             telemetry,
             telemetry_dropped: 0,
-            responses: 0,
+            routed: vec![0; stacks],
+            policy: Arc::clone(policy),
+            kpi_counts: vec![0; stacks * kpis],
+            rule_counts: vec![0; stacks * rules],
             counter_ids,
             pending,
             stacks: policy.stacks.len(),
@@ -187,7 +199,17 @@ impl Metrics {
         }
         match d.outcome {
             Outcome::Stack { id, how } => {
-                if let Some(t) = self.telemetry.get_mut(id) {
+                if d.rule < self.rules {
+                    if let Some(c) = self.rule_counts.get_mut(id * self.rules + d.rule) {
+                        *c += 1;
+                    }
+                }
+                if let Some(t) = self.telemetry.get_mut(id).filter(|_| id < self.stacks) {
+                    if how == How::Sticky {
+                        t.sticky_requests += 1;
+                    } else if d.set_cookie.is_some() {
+                        t.new_users += 1;
+                    }
                     match d.affinity {
                         AffinityEvent::Hit => t.affinity_hit += 1,
                         AffinityEvent::Off => {}
@@ -216,15 +238,26 @@ impl Metrics {
         }
     }
 
-    /// Whether this request's latency is sampled (decided when the request arrives).
-    pub fn sample_latency(&mut self) -> bool {
-        self.responses = self.responses.wrapping_add(1);
-        self.responses.is_multiple_of(LATENCY_SAMPLE)
+    /// Whether the latency of this request, routed to stack `id`, is sampled (one in
+    /// [`LATENCY_SAMPLE`] of each stack's requests).
+    pub fn sample_latency(&mut self, id: StackId) -> bool {
+        self.routed.get_mut(id).is_some_and(|n| {
+            *n += 1;
+            n.is_multiple_of(LATENCY_SAMPLE)
+        })
     }
 
     /// Count a response from a stack (`None`: the stream ended without one), with its
-    /// latency when sampled.
-    pub fn response(&mut self, id: StackId, status: Option<u32>, latency_ms: Option<u64>) {
+    /// latency (µs) when sampled, and the KPIs its request matched (`kpis`, a mask from
+    /// [`crate::policy::request_mask`]) whose status matches.
+    pub fn response(
+        &mut self,
+        id: StackId,
+        status: Option<u32>,
+        latency_us: Option<u64>,
+        kpis: u16,
+    ) {
+        let latency_ms = latency_us.map(|us| us / 1_000);
         self.stack(id, StackCounter::Requests);
         let class = match status {
             Some(200..=299) => StackCounter::Status2xx,
@@ -244,6 +277,20 @@ impl Metrics {
             }
             // Unbiased estimate of the window's latency sum from the samples.
             t.latency_ms_sum += latency_ms.unwrap_or(0) * LATENCY_SAMPLE;
+            if let Some(us) = latency_us {
+                t.latency.record(us);
+            }
+            if kpis != 0 {
+                let mut hits = response_mask(&self.policy.kpis, kpis, status);
+                let base = id * self.policy.kpis.len();
+                while hits != 0 {
+                    let i = hits.trailing_zeros() as usize;
+                    hits &= hits - 1;
+                    if let Some(c) = self.kpi_counts.get_mut(base + i) {
+                        *c += 1;
+                    }
+                }
+            }
         }
         if let (Some(ms), Some(&h)) = (latency_ms, self.latency.get(id)) {
             if h != NO_METRIC {
@@ -257,6 +304,9 @@ impl Metrics {
     pub fn breaker_changed(&mut self, id: StackId, state: State) {
         if state == State::Open {
             self.stack(id, StackCounter::BreakerOpened);
+            if let Some(t) = self.telemetry.get_mut(id).filter(|_| id < self.stacks) {
+                t.breaker_opens += 1;
+            }
         }
         self.breaker_gauge(id, state);
     }
@@ -284,21 +334,45 @@ impl Metrics {
     /// when there is nothing to report. Bounded: one batch per flush, one entry per stack
     /// plus local replies. Say whether it was queued with [`Metrics::telemetry_queued`].
     pub fn take_telemetry(&mut self, now_ms: u64) -> Option<Vec<u8>> {
-        let stacks: Vec<StackTelemetry> = self
-            .telemetry
-            .iter()
-            .filter(|t| !t.is_empty())
-            .cloned()
-            .collect();
-        if stacks.is_empty() && self.telemetry_dropped == 0 {
+        // Named counts move into the stacks' entries (only the non-zero ones).
+        let p = &self.policy;
+        let (kpis, rules) = (p.kpis.len(), p.rules.len());
+        for (id, t) in self.telemetry.iter_mut().take(self.stacks).enumerate() {
+            for (k, c) in p
+                .kpis
+                .iter()
+                .zip(self.kpi_counts.iter_mut().skip(id * kpis))
+            {
+                if *c > 0 {
+                    t.kpis.push((k.name.clone(), std::mem::take(c)));
+                }
+            }
+            for (r, c) in p
+                .rules
+                .iter()
+                .zip(self.rule_counts.iter_mut().skip(id * rules))
+            {
+                if *c > 0 {
+                    t.by_rule.push((r.id.clone(), std::mem::take(c)));
+                }
+            }
+        }
+        if self.telemetry_dropped == 0 && self.telemetry.iter().all(StackTelemetry::is_empty) {
             return None;
         }
-        for t in &mut self.telemetry {
-            *t = StackTelemetry {
-                stack: std::mem::take(&mut t.stack),
-                ..Default::default()
-            };
-        }
+        // Moved out, each entry replaced by an empty one for the next window.
+        let stacks: Vec<StackTelemetry> = self
+            .telemetry
+            .iter_mut()
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let fresh = StackTelemetry {
+                    stack: t.stack.clone(),
+                    ..Default::default()
+                };
+                std::mem::replace(t, fresh)
+            })
+            .collect();
         let batch = TelemetryBatch {
             node_id: String::new(),
             window_end_unix_ms: now_ms,

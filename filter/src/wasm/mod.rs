@@ -34,10 +34,15 @@ proxy_wasm::main! {{
 }}
 
 fn now_ms() -> u64 {
+    now_us() / 1_000
+}
+
+/// The host's clock in Unix microseconds (latencies are measured in µs).
+fn now_us() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A root context, by role. Every callback except `on_configure` (which picks the role)

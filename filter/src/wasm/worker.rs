@@ -34,8 +34,8 @@ pub struct WorkerState {
     /// What was applied from shared data (snapshot version, policy identity).
     applied: Applied,
     /// The request clock (Unix ms): read from the host on every tick and on every request
-    /// whose latency is sampled (1 in [`super::metrics::LATENCY_SAMPLE`]), reused by the
-    /// others. A host call costs about 1% of a request's CPU in Envoy; the price is that
+    /// whose latency is sampled (1 in [`super::metrics::LATENCY_SAMPLE`] per stack, read
+    /// after its decision), reused by the others. A host call costs about 1% of a request's CPU in Envoy; the price is that
     /// time windows, cookie expiry and breaker open periods see time up to one tick
     /// (200 ms) or eight requests late. Failures and sampled latencies always read the
     /// real clock.

@@ -6,6 +6,7 @@
 mod classify;
 mod env;
 mod inputs;
+mod kpis;
 mod matches;
 mod regions;
 mod routes;
@@ -44,6 +45,7 @@ pub fn compile(mut doc: PolicyDoc) -> Result<Validated, Invalid> {
     let (mut classification, channels) = classify::classification(&mut ctx, c, &mut regions);
     let affinity = settings::affinity(&mut ctx, &doc.affinity);
     let breaker = settings::breaker(&mut ctx, &doc.breaker);
+    let kpis = kpis::kpis(&mut ctx, &doc.kpis);
 
     // Rules: ids, then compile in priority order; the default rule last.
     rules::check_ids(&mut ctx, doc);
@@ -134,6 +136,7 @@ pub fn compile(mut doc: PolicyDoc) -> Result<Validated, Invalid> {
             rules: rules.into_iter().map(|(_, r)| r).collect(),
             index,
             debug_header: doc.debug_header,
+            kpis,
             uses_time,
             uses_client_ip,
             stack_index,
