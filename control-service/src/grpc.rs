@@ -825,6 +825,17 @@ impl v1::rollouts_server::Rollouts for RolloutsService {
         }
         spec.auto_rollback = r.auto_rollback;
         spec.created_by = r.actor;
+        if r.max_error_rate > 0.0 {
+            spec.gates.max_error_rate = Some(r.max_error_rate);
+        }
+        if r.latency_budget_ms > 0.0 {
+            spec.gates.latency_budget_ms = Some(r.latency_budget_ms);
+        }
+        if r.skip_kpi_gates {
+            spec.gates.kpis.clear();
+        } else {
+            spec.gates.kpis = crate::autopilot::kpi_gates(&self.autopilot);
+        }
         let rollout = self.autopilot.start_rollout(spec).await?;
         Ok(Response::new(proto::rollout_status(&rollout)))
     }

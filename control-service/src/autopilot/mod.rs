@@ -465,6 +465,21 @@ fn decision_draft(d: &Decision) -> AuditDraft {
     )
 }
 
+/// One KPI gate (default tolerance) per KPI the policy in force declares.
+pub fn kpi_gates(pilot: &Autopilot) -> Vec<crate::brain::rollout::KpiGate> {
+    let Some(current) = pilot.control.current() else {
+        return Vec::new();
+    };
+    let doc: serde_json::Value = serde_json::from_str(&current.policy_json).unwrap_or_default();
+    let names: Vec<&str> = doc["kpis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["name"].as_str())
+        .collect();
+    crate::brain::rollout::Gates::with_kpis(names).kpis
+}
+
 /// The release's and the stable stack's weights in the policy's default route (0 when
 /// not a target there).
 pub fn policy_weights(policy_json: &str, release: &str, stable: &str) -> (u32, u32) {

@@ -567,6 +567,25 @@ mod tests {
     }
 
     #[test]
+    fn floats_survive_the_round_trip_through_the_store() {
+        let (_, log) = log();
+        let awkward = [
+            0.1 + 0.2,
+            1.0 / 3.0,
+            2.0f64.sqrt() * 1e-9,
+            123456.789e10,
+            f64::MIN_POSITIVE,
+        ];
+        log.append(draft(1).change(
+            serde_json::json!(awkward),
+            serde_json::json!({"c": 0.7381966011250105}),
+        ))
+        .unwrap();
+        let v = log.verify().unwrap();
+        assert!(v.ok(), "{v:?}");
+    }
+
+    #[test]
     fn hash_is_independent_of_key_order_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let head = {

@@ -129,6 +129,16 @@ pub enum RolloutCmd {
         /// Roll back on a failed gate without asking (pre-approval).
         #[arg(long)]
         auto_rollback: bool,
+        /// Gate: the release's error rate must stay below this [default: 0.001].
+        #[arg(long, value_name = "RATE")]
+        max_error_rate: Option<f64>,
+        /// Gate: at most 1 % of the release's responses slower than this (e.g. 500ms)
+        /// [default: 500ms].
+        #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+        latency_budget: Option<u64>,
+        /// No KPI gates (the policy's `kpis` add one each by default).
+        #[arg(long)]
+        no_kpi_gates: bool,
         /// Rollout id [default: STACK-<unix time>].
         #[arg(long)]
         id: Option<String>,
@@ -251,6 +261,18 @@ pub fn parse_percent(text: &str) -> Result<u32, String> {
 }
 
 /// A duration in whole seconds: `90`, `90s`, `30m`, `2h`, `1h30m`, `1d`.
+/// A duration in milliseconds: `250ms`, or anything [`parse_duration_s`] takes.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{text:?} is not a duration (e.g. 250ms, 2s, 1m)"));
+    }
+    parse_duration_s(t).map(|s| s * 1000)
+}
+
 pub fn parse_duration_s(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?} is not a duration (e.g. 90s, 30m, 1h30m)");
     let text = text.trim();

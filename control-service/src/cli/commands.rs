@@ -290,6 +290,9 @@ async fn rollout(ctx: &mut Ctx<'_>, cmd: &RolloutCmd) -> Result<(), Failure> {
             warmup,
             auto_rollback,
             id,
+            max_error_rate,
+            latency_budget,
+            no_kpi_gates,
         } => client
             .start(v1::StartRolloutRequest {
                 release: stack.clone(),
@@ -302,6 +305,9 @@ async fn rollout(ctx: &mut Ctx<'_>, cmd: &RolloutCmd) -> Result<(), Failure> {
                 auto_rollback: *auto_rollback,
                 actor: actor.clone(),
                 id: id.clone().unwrap_or_default(),
+                max_error_rate: max_error_rate.unwrap_or(0.0),
+                latency_budget_ms: latency_budget.map(|ms| ms as f64).unwrap_or(0.0),
+                skip_kpi_gates: *no_kpi_gates,
             })
             .await?
             .into_inner(),

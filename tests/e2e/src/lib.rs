@@ -324,6 +324,11 @@ impl ControlService {
     /// can restart where Envoy expects it. Hold that port with a [`ReservedPort`] for the
     /// test's life: the service binds it with `SO_REUSEADDR`, so it can while it is held.
     pub fn start(data_dir: &Path, grpc: u16) -> ControlService {
+        Self::start_with(data_dir, grpc, &[])
+    }
+
+    /// [`ControlService::start`] with more `serve` arguments (e.g. `--config FILE`).
+    pub fn start_with(data_dir: &Path, grpc: u16, extra: &[&str]) -> ControlService {
         let dir = TestDir::new("control");
         let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
         cmd.args([
@@ -334,6 +339,7 @@ impl ControlService {
             &format!("127.0.0.1:{grpc}"),
             "--no-http",
         ]);
+        cmd.args(extra);
         let mut proc = Proc::spawn("control", cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         proc.wait_for_line("its `grpc listening on` line", START_TIMEOUT, |l| {
             l.contains("grpc listening on")
