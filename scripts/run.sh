@@ -52,7 +52,8 @@ done
 
 # The control service with its embedded store; the demo policy is applied as version 1
 # (or the stored state is restored when .run/control-data already has it).
-"$BIN/switchyard-control" serve --data-dir "$RUN/control-data" --grpc 127.0.0.1:18000 --http 127.0.0.1:18080 \
+"$BIN/switchyard-control" serve --config examples/demo-control.toml \
+  --data-dir "$RUN/control-data" --grpc 127.0.0.1:18000 --http 127.0.0.1:18080 \
   >"$RUN/control.out" 2>"$RUN/control.log" &
 pids+=($!)
 control_pid=$!
@@ -92,7 +93,9 @@ Try:
   curl -s  localhost:9901/stats/prometheus | grep '^switchyard_stack_rq_total'
   target/release/switchyard stacks weight green 0     # drain green on every worker, live
   target/release/switchyard stacks list
-  scripts/chaos.sh kill blue          # kill -9 a stack: Envoy routes around it, the demo goes on
+  target/release/switchyard rollout start --stack green --stable blue --plan 0,5,20,50,100 --step 20s --warmup 5s --no-kpi-gates
+  target/release/switchyard rollout status     # steps, gates, verdicts (durations compressed: examples/demo-control.toml)
+  scripts/chaos.sh kill blue          # kill -9 a stack: the fast path evacuates it within ~1 s, the demo goes on
   scripts/chaos.sh slow green 300     # +300 ms on every green response; chaos.sh heal green undoes it
   scripts/chaos.sh revive blue        # start a killed stack again
 
