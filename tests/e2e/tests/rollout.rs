@@ -322,7 +322,10 @@ fn a_failing_release_halts_and_rolls_back_only_after_approval() {
         v["phase"] == "halted"
     });
     assert_eq!(halted["step"], 1, "{halted:#}");
-    assert_eq!(halted["share_percent"], 5, "halted at the first (5 %) step: {halted:#}");
+    assert_eq!(
+        halted["share_percent"], 5,
+        "halted at the first (5 %) step: {halted:#}"
+    );
     let gates = halted["steps"][0]["gates"].as_array().unwrap();
     assert!(
         gates.iter().any(|g| g["verdict"] == "fail"),

@@ -156,7 +156,11 @@ impl<'a> Run<'a> {
             exposure: None,
         });
         let share = self.r.spec.plan[step].share_percent;
-        self.decide(actor, None, format!("step {step}: warming up to {share}%"));
+        self.decide(
+            actor,
+            None,
+            format!("step {}: warming up to {share}%", step + 1),
+        );
         self.advance(&[])
     }
 
@@ -318,7 +322,7 @@ impl<'a> Run<'a> {
                         mode,
                         permit,
                         &actor,
-                        format!("step {step}: ramp to {target}%"),
+                        format!("step {}: ramp to {target}%", step + 1),
                     );
                     if next == target {
                         self.r.phase = Phase::Warming {
@@ -371,7 +375,7 @@ impl<'a> Run<'a> {
         self.decide(
             &actor,
             None,
-            format!("step {step}: warm at {target}%, observing"),
+            format!("step {}: warm at {target}%, observing", step + 1),
         );
         Ok(())
     }
@@ -415,7 +419,7 @@ impl<'a> Run<'a> {
                     .filter(|g| g.verdict == Verdict::Fail)
                     .map(|g| g.gate.as_str())
                     .collect();
-                let reason = format!("step {step}: gate failed: {}", failed.join(", "));
+                let reason = format!("step {}: gate failed: {}", step + 1, failed.join(", "));
                 self.end_step(StepOutcome::Failed);
                 self.r.phase = Phase::Halted {
                     step,
@@ -436,14 +440,17 @@ impl<'a> Run<'a> {
                 self.decide_on(
                     &actor,
                     None,
-                    format!("step {step}: all gates passed"),
+                    format!("step {}: all gates passed", step + 1),
                     verdicts,
                 );
                 self.begin_step(step + 1, &actor)?;
             }
             _ if self.now >= deadline => {
                 let detail = if release_requests == 0 {
-                    format!("step {step}: no release traffic within the maximum dwell")
+                    format!(
+                        "step {}: no release traffic within the maximum dwell",
+                        step + 1
+                    )
                 } else {
                     let open: Vec<&str> = verdicts
                         .iter()
