@@ -667,6 +667,13 @@ fn or_default(reason: &str, default: &str) -> String {
 
 /// Change `s` as `op` says; returns the kind and summary of the change. Leaves `s` equal
 /// to its old value when the operation changes nothing.
+/// What `op` would make of `s` (for previews, e.g. the guardrails' shift estimate).
+pub fn preview_stack_op(s: &StackRuntime, op: &StackOp) -> Result<StackRuntime, ControlError> {
+    let mut after = s.clone();
+    apply_stack_op(&mut after, op, now_unix_ms())?;
+    Ok(after)
+}
+
 fn apply_stack_op(
     s: &mut StackRuntime,
     op: &StackOp,

@@ -465,11 +465,21 @@ impl v1::policies_server::Policies for PoliciesService {
 /// `switchyard.v1.Stacks`.
 pub struct StacksService {
     control: Arc<Control>,
+    autopilot: Option<Arc<crate::autopilot::Autopilot>>,
 }
 
 impl StacksService {
     pub fn new(control: Arc<Control>) -> Self {
-        Self { control }
+        Self {
+            control,
+            autopilot: None,
+        }
+    }
+
+    /// Operator changes go through the brain's guardrails (one change at a time).
+    pub fn with_autopilot(mut self, autopilot: Arc<crate::autopilot::Autopilot>) -> Self {
+        self.autopilot = Some(autopilot);
+        self
     }
 
     async fn change(
@@ -479,10 +489,11 @@ impl StacksService {
         actor: String,
         comment: String,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
-        let outcome = self
-            .control
-            .stack_op(stack, op, Change::manual(actor, comment))
-            .await?;
+        let change = Change::manual(actor, comment);
+        let outcome = match &self.autopilot {
+            Some(pilot) => pilot.manual_stack_op(stack, op, change).await?,
+            None => self.control.stack_op(stack, op, change).await?,
+        };
         let totals = self.control.fleet().stack_totals();
         let status = outcome
             .record

@@ -212,9 +212,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         .add_service(v1::policies_server::PoliciesServer::new(
             PoliciesService::new(control.clone()),
         ))
-        .add_service(v1::stacks_server::StacksServer::new(StacksService::new(
-            control.clone(),
-        )))
+        .add_service(v1::stacks_server::StacksServer::new(
+            StacksService::new(control.clone()).with_autopilot(autopilot.clone()),
+        ))
         .add_service(v1::fleet_server::FleetServer::new(FleetService::new(
             control.clone(),
         )))

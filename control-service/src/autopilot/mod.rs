@@ -124,6 +124,73 @@ impl Autopilot {
         })
     }
 
+    /// An operator's stack change, through the guardrails: a change that moves traffic
+    /// (weight, drain, undrain, healthy, register) waits for no one but is refused while
+    /// another change holds the one-change lease (a rollout step, an incident action),
+    /// and counts towards the scope's rate limit; the operator is a human, so the
+    /// approval and rate-limit guardrails are theirs to override (recorded as approved by
+    /// them). Taking traffic OFF a stack in an emergency (evacuate, unhealthy, deregister)
+    /// is never refused.
+    pub async fn manual_stack_op(
+        &self,
+        stack: &str,
+        op: StackOp,
+        change: Change,
+    ) -> Result<crate::control::Outcome, AutopilotError> {
+        use crate::brain::guardrails::{ChangeKind, Origin, ProposedChange};
+        let emergency = matches!(
+            op,
+            StackOp::Evacuate { .. } | StackOp::MarkUnhealthy { .. } | StackOp::Deregister { .. }
+        );
+        let current = self.control.current();
+        let shift = current
+            .as_ref()
+            .and_then(|c| manual_shift(&c.policy_json, &c.record.stacks, stack, &op));
+        let permit = match (emergency, shift) {
+            (false, Some(shift)) if shift > 0 => {
+                let proposed = ProposedChange {
+                    scope: SCOPE_POLICY.to_string(),
+                    kind: ChangeKind::Manual,
+                    origin: Origin::Human {
+                        actor: change.actor.clone(),
+                    },
+                    stacks: vec![stack.to_string()],
+                    shift_percent: shift,
+                    approved_by: Some(change.actor.clone()),
+                    pre_approved: false,
+                    summary: format!("manual change of {stack} by {}", change.actor),
+                };
+                let guard = self.guard.clone();
+                let now = self.now();
+                Some(
+                    blocking(move || {
+                        guard
+                            .check(&proposed, now)
+                            .map_err(|e| AutopilotError::Rollout(e.into()))
+                    })
+                    .await?,
+                )
+            }
+            _ => None,
+        };
+        let outcome = self.control.stack_op(stack, op, change).await;
+        if let Some(permit) = permit {
+            let guard = self.guard.clone();
+            let now = self.now();
+            let executed = ExecutedChange {
+                permit,
+                applied: outcome.as_ref().is_ok_and(|o| o.changed),
+            };
+            blocking(move || {
+                guard
+                    .record(&executed, now)
+                    .map_err(|e| AutopilotError::Internal(e.to_string()))
+            })
+            .await?;
+        }
+        Ok(outcome?)
+    }
+
     /// Judge and move on every open rollout once.
     pub async fn tick(&self) -> Result<(), AutopilotError> {
         let _busy = self.busy.lock().await;
@@ -465,6 +532,53 @@ fn decision_draft(d: &Decision) -> AuditDraft {
     )
 }
 
+/// Percent of the default route's new visitors that `op` on `stack` would move (the
+/// absolute change of the stack's share), or `None` when it cannot be previewed.
+pub fn manual_shift(
+    policy_json: &str,
+    stacks: &[crate::model::StackRuntime],
+    stack: &str,
+    op: &StackOp,
+) -> Option<u32> {
+    let doc: serde_json::Value = serde_json::from_str(policy_json).ok()?;
+    let weights: Vec<(String, f64)> = doc["default"]["targets"]
+        .as_array()?
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t["stack"].as_str()?.to_string(),
+                t["weight"].as_f64().unwrap_or(1.0),
+            ))
+        })
+        .collect();
+    let share = |states: &[crate::model::StackRuntime]| -> f64 {
+        let eff = |name: &str| {
+            states
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| f64::from(s.effective_weight_percent()))
+                .unwrap_or(0.0)
+        };
+        let total: f64 = weights.iter().map(|(n, w)| w * eff(n)).sum();
+        let mine: f64 = weights
+            .iter()
+            .filter(|(n, _)| n == stack)
+            .map(|(n, w)| w * eff(n))
+            .sum();
+        if total > 0.0 {
+            100.0 * mine / total
+        } else {
+            0.0
+        }
+    };
+    let before = share(stacks);
+    let mut after_states = stacks.to_vec();
+    let i = after_states.iter().position(|s| s.name == stack)?;
+    after_states[i] = crate::control::preview_stack_op(&after_states[i], op).ok()?;
+    let after = share(&after_states);
+    Some((after - before).abs().round() as u32)
+}
+
 /// One KPI gate (default tolerance) per KPI the policy in force declares.
 pub fn kpi_gates(pilot: &Autopilot) -> Vec<crate::brain::rollout::KpiGate> {
     let Some(current) = pilot.control.current() else {
@@ -495,4 +609,121 @@ pub fn policy_weights(policy_json: &str, release: &str, stable: &str) -> (u32, u
         }
     }
     (wr, ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::brain::clock::ManualClock;
+    use crate::brain::guardrails::{ChangeKind, Origin, ProposedChange};
+    use crate::brain::series::SeriesSettings;
+    use crate::store::{MemoryStore, Store};
+
+    const POLICY: &str = r#"{"stacks":[{"name":"blue","region":"us"},{"name":"green","region":"us"}],
+      "default":{"targets":[{"stack":"blue"},{"stack":"green"}]}}"#;
+
+    async fn pilot() -> (Arc<Control>, Arc<Autopilot>) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let control = Control::open(store.clone()).await.unwrap();
+        control
+            .apply_policy(POLICY, Change::manual("alice", ""), 0)
+            .await
+            .unwrap();
+        let series = Arc::new(Series::new(store, SeriesSettings::default()));
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let pilot = Autopilot::new(control.clone(), series, clock, AutopilotSettings::default());
+        (control, pilot)
+    }
+
+    #[test]
+    fn manual_shift_is_the_change_of_the_stacks_default_route_share() {
+        let stacks = vec![
+            crate::model::StackRuntime::new("blue", "us", 1, 0, "t"),
+            crate::model::StackRuntime::new("green", "us", 1, 0, "t"),
+        ];
+        let w = |percent| StackOp::SetWeight {
+            percent,
+            reason: String::new(),
+        };
+        // 50/50 → green at factor 0: green's share 50 % → 0 %.
+        assert_eq!(manual_shift(POLICY, &stacks, "green", &w(0)), Some(50));
+        assert_eq!(manual_shift(POLICY, &stacks, "green", &w(100)), Some(0));
+        // Factor 50 against 100: 1/3 of the traffic, a move of 17 points.
+        assert_eq!(manual_shift(POLICY, &stacks, "green", &w(50)), Some(17));
+        assert_eq!(manual_shift(POLICY, &stacks, "purple", &w(50)), None);
+    }
+
+    #[tokio::test]
+    async fn a_manual_change_waits_for_no_one_but_is_refused_while_another_holds_the_lease() {
+        let (control, pilot) = pilot().await;
+        // A rollout step holds the one-change lease.
+        let held = pilot
+            .guard
+            .check(
+                &ProposedChange {
+                    scope: SCOPE_POLICY.into(),
+                    kind: ChangeKind::PlanStep,
+                    origin: Origin::Automatic {
+                        actor: "rollout:r1".into(),
+                    },
+                    stacks: vec!["green".into()],
+                    shift_percent: 5,
+                    approved_by: None,
+                    pre_approved: false,
+                    summary: "green 0% -> 5%".into(),
+                },
+                pilot.now(),
+            )
+            .unwrap();
+        let err = pilot
+            .manual_stack_op(
+                "green",
+                StackOp::SetWeight {
+                    percent: 0,
+                    reason: "x".into(),
+                },
+                Change::manual("bob", ""),
+            )
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("rollout:r1"), "{msg}");
+        assert_eq!(control.current_version(), 1, "nothing changed");
+        // Getting traffic off a stack is never refused.
+        let out = pilot
+            .manual_stack_op(
+                "green",
+                StackOp::Evacuate {
+                    reason: "on fire".into(),
+                },
+                Change::manual("bob", ""),
+            )
+            .await
+            .unwrap();
+        assert!(out.changed);
+        // Once the step is recorded, manual changes go through (approved by their author:
+        // no rate limit for a human).
+        pilot
+            .guard
+            .record(
+                &ExecutedChange {
+                    permit: held,
+                    applied: true,
+                },
+                pilot.now(),
+            )
+            .unwrap();
+        let out = pilot
+            .manual_stack_op(
+                "blue",
+                StackOp::SetWeight {
+                    percent: 10,
+                    reason: "x".into(),
+                },
+                Change::manual("bob", ""),
+            )
+            .await
+            .unwrap();
+        assert!(out.changed);
+    }
 }

@@ -127,6 +127,8 @@ impl From<Status> for Failure {
             Code::NotFound => (EXIT_REJECTED, "not_found"),
             Code::FailedPrecondition => (EXIT_REJECTED, "failed_precondition"),
             Code::OutOfRange => (EXIT_REJECTED, "out_of_range"),
+            Code::ResourceExhausted => (EXIT_REJECTED, "refused"),
+            Code::Aborted => (EXIT_REJECTED, "aborted"),
             Code::Internal => (EXIT_REJECTED, "internal"),
             _ => (EXIT_REJECTED, "failed"),
         };
@@ -144,6 +146,8 @@ fn code_name(c: Code) -> &'static str {
         Code::NotFound => "not found",
         Code::FailedPrecondition => "failed precondition",
         Code::OutOfRange => "out of range",
+        Code::ResourceExhausted => "refused by a guardrail",
+        Code::Aborted => "aborted (changed concurrently)",
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline exceeded",
         Code::Internal => "internal error",
@@ -176,7 +180,8 @@ fn violations(s: &Status) -> Option<Vec<Issue>> {
 /// `{"ok": false, "code": …, "message": …, "exit_code": …}`, plus `"valid": false` and
 /// `"errors": [{"path", "message"}]` for an invalid policy. `code` is one of `usage`,
 /// `invalid_value`, `out_of_range`, `invalid_policy`, `invalid_argument`, `not_found`,
-/// `failed_precondition`, `unreachable`, `deadline_exceeded`, `internal`, `failed`,
+/// `failed_precondition`, `refused` (a guardrail), `aborted`, `unreachable`,
+/// `deadline_exceeded`, `internal`, `failed`,
 /// `audit_broken` (`audit verify` found a broken chain; exit 1).
 pub fn report(f: &Failure, json_out: bool) {
     if json_out {
