@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use super::{blocking, Autopilot, AutopilotError};
 use crate::brain::audit::{AuditDraft, AuditKind};
 use crate::brain::clock::UnixMs;
-use crate::brain::detection::{DetectContext, Detector, DetectorConfig, Finding, Reason, StackInfo};
+use crate::brain::detection::{
+    DetectContext, Detector, DetectorConfig, Finding, Reason, StackInfo,
+};
 use crate::brain::events::{AlertTrigger, Event, EventRegistry};
 use crate::brain::guardrails::{ChangeKind, ExecutedChange, GuardError, Origin, ProposedChange};
 use crate::brain::incident::{
@@ -96,8 +98,7 @@ impl Desk {
 
     /// The detector's view of the policy's stacks.
     fn topology(&self, current: &Current) -> Vec<StackInfo> {
-        let doc: serde_json::Value =
-            serde_json::from_str(&current.policy_json).unwrap_or_default();
+        let doc: serde_json::Value = serde_json::from_str(&current.policy_json).unwrap_or_default();
         let default_targets: Vec<&str> = doc["default"]["targets"]
             .as_array()
             .into_iter()
@@ -122,13 +123,18 @@ impl Desk {
                     })
                     .filter_map(|r| r["id"].as_str().map(str::to_string))
                     .collect();
-                let group = self.settings.groups.get(&s.name).cloned().unwrap_or_else(|| {
-                    if default_targets.contains(&s.name.as_str()) {
-                        "default".into()
-                    } else {
-                        s.name.clone()
-                    }
-                });
+                let group = self
+                    .settings
+                    .groups
+                    .get(&s.name)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        if default_targets.contains(&s.name.as_str()) {
+                            "default".into()
+                        } else {
+                            s.name.clone()
+                        }
+                    });
                 StackInfo {
                     name: s.name.clone(),
                     group,
@@ -548,11 +554,10 @@ impl Autopilot {
         let desk = self.incidents.clone();
         let (actor_s, comment_s) = (actor.to_string(), comment.to_string());
         let now = self.now();
-        let outcome = tokio::task::spawn_blocking(move || {
-            desk.engine.approve(id, &actor_s, &comment_s, now)
-        })
-        .await
-        .map_err(|e| AutopilotError::Internal(e.to_string()))?;
+        let outcome =
+            tokio::task::spawn_blocking(move || desk.engine.approve(id, &actor_s, &comment_s, now))
+                .await
+                .map_err(|e| AutopilotError::Internal(e.to_string()))?;
         let outcome = match outcome {
             Ok(o) => o,
             Err(e @ IncidentError::Frozen { .. }) => {
@@ -610,10 +615,9 @@ impl Autopilot {
         let _busy = self.busy.lock().await;
         let desk = self.incidents.clone();
         let now = self.now();
-        let outcomes =
-            tokio::task::spawn_blocking(move || desk.engine.ingest_alerts(&alerts, now))
-                .await
-                .map_err(|e| AutopilotError::Internal(e.to_string()))??;
+        let outcomes = tokio::task::spawn_blocking(move || desk.engine.ingest_alerts(&alerts, now))
+            .await
+            .map_err(|e| AutopilotError::Internal(e.to_string()))??;
         let mut ids = Vec::new();
         for o in &outcomes {
             for d in &o.decisions {
@@ -668,9 +672,10 @@ impl Autopilot {
     /// Register an event (JSON as `docs/detection.md` describes); audited.
     pub async fn add_event(&self, json: String) -> Result<Event, EventCommandError> {
         let store = self.control.store();
-        let event = tokio::task::spawn_blocking(move || EventRegistry::new(&*store).add_json(&json))
-            .await
-            .map_err(|e| AutopilotError::Internal(e.to_string()))??;
+        let event =
+            tokio::task::spawn_blocking(move || EventRegistry::new(&*store).add_json(&json))
+                .await
+                .map_err(|e| AutopilotError::Internal(e.to_string()))??;
         self.audit(
             AuditDraft::new(
                 self.now(),
