@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod incidents;
+pub mod replay;
 pub use incidents::{EventCommandError, IncidentCommandError, IncidentSettings};
 
 use crate::brain::audit::{AuditDraft, AuditKind};
