@@ -62,7 +62,14 @@ fn every_scenario_replays_to_its_expected_outcome() {
         assert_eq!(s["problems"], serde_json::json!([]), "{name}");
         assert_eq!(s["false_alarms"], serde_json::json!([]), "{name}");
         for d in run.decisions() {
-            for k in ["at_ms", "incident", "phase", "stack", "action", "confidence"] {
+            for k in [
+                "at_ms",
+                "incident",
+                "phase",
+                "stack",
+                "action",
+                "confidence",
+            ] {
                 assert!(d.get(k).is_some(), "{name}: {k} missing in {d}");
             }
         }
