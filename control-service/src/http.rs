@@ -559,14 +559,13 @@ async fn events(pilot: Pilot) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "events": all })))
 }
 
-fn body_text(body: &axum::body::Bytes) -> Result<&str, Response> {
+fn body_text(body: &axum::body::Bytes) -> Result<&str, ApiError> {
     std::str::from_utf8(body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_argument",
             "the body is not UTF-8 JSON",
         )
-        .into_response()
     })
 }
 
@@ -576,7 +575,7 @@ async fn add_event(pilot: Pilot, body: axum::body::Bytes) -> Response {
     };
     let text = match body_text(&body) {
         Ok(t) => t.to_string(),
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match pilot.add_event(text).await {
         Ok(e) => (StatusCode::CREATED, Json(json!({ "event": e }))).into_response(),
@@ -613,7 +612,7 @@ async fn alerts(pilot: Pilot, body: axum::body::Bytes) -> Response {
     };
     let text = match body_text(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let parsed = match crate::brain::events::parse_alertmanager(text) {
         Ok(a) => a,

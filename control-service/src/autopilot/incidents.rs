@@ -76,6 +76,9 @@ struct DeskState {
     peak_rps: BTreeMap<String, f64>,
 }
 
+/// Decisions to audit and approved actions to run.
+type StepOutput = (Vec<Decision>, Vec<(u64, Action)>);
+
 /// The incident machinery the autopilot owns.
 pub(super) struct Desk {
     pub(super) engine: IncidentEngine,
@@ -158,7 +161,7 @@ impl Desk {
         series: &Series,
         store: &dyn Store,
         current: &Current,
-    ) -> Result<(Vec<Decision>, Vec<(u64, Action)>), AutopilotError> {
+    ) -> Result<StepOutput, AutopilotError> {
         let internal = |e: &dyn std::fmt::Display| AutopilotError::Internal(e.to_string());
         let topology = self.topology(current);
         let events = EventRegistry::new(store).all().map_err(|e| internal(&e))?;

@@ -741,43 +741,6 @@ pub fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc_times() {
-        assert_eq!(fmt_time(0), "-");
-        assert_eq!(fmt_time(1_000), "1970-01-01 00:00:01");
-        assert_eq!(fmt_time(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(fmt_time(1_795_000_000_000), "2026-11-18 11:06:40");
-    }
-
-    #[test]
-    fn formats_ages() {
-        assert_eq!(ago(10_000, 0), "never");
-        assert_eq!(ago(10_000, 7_000), "3s ago");
-        assert_eq!(ago(1_000_000, 400_000), "10m ago");
-    }
-
-    #[test]
-    fn maps_status_codes_to_exit_codes() {
-        assert_eq!(
-            Failure::from(Status::unavailable("down")).code,
-            EXIT_UNREACHABLE
-        );
-        assert_eq!(
-            Failure::from(Status::deadline_exceeded("slow")).code,
-            EXIT_UNREACHABLE
-        );
-        let f = Failure::from(Status::not_found("stack \"x\""));
-        assert_eq!(
-            (f.code, f.message.as_str()),
-            (EXIT_REJECTED, "not found: stack \"x\"")
-        );
-    }
-}
-
 pub fn print_incidents(incidents: &[v1::IncidentSummary]) {
     let mut rows = vec![row([
         "ID",
@@ -913,4 +876,41 @@ pub fn print_events(events: &[v1::EventInfo]) {
         ]);
     }
     print_table(&rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(fmt_time(0), "-");
+        assert_eq!(fmt_time(1_000), "1970-01-01 00:00:01");
+        assert_eq!(fmt_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(fmt_time(1_795_000_000_000), "2026-11-18 11:06:40");
+    }
+
+    #[test]
+    fn formats_ages() {
+        assert_eq!(ago(10_000, 0), "never");
+        assert_eq!(ago(10_000, 7_000), "3s ago");
+        assert_eq!(ago(1_000_000, 400_000), "10m ago");
+    }
+
+    #[test]
+    fn maps_status_codes_to_exit_codes() {
+        assert_eq!(
+            Failure::from(Status::unavailable("down")).code,
+            EXIT_UNREACHABLE
+        );
+        assert_eq!(
+            Failure::from(Status::deadline_exceeded("slow")).code,
+            EXIT_UNREACHABLE
+        );
+        let f = Failure::from(Status::not_found("stack \"x\""));
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (EXIT_REJECTED, "not found: stack \"x\"")
+        );
+    }
 }
