@@ -62,11 +62,17 @@ async fn http_send(method: &str, url: &str, body: &str) -> (u16, Value) {
 /// A server with a fast brain: ticks every 50 ms, re-checks at once, verifies after
 /// 300 ms, freezes for 10 minutes.
 fn start(dir: &Path) -> ServerProcess {
+    start_on(dir, "memory")
+}
+
+fn start_on(dir: &Path, store: &str) -> ServerProcess {
     let cfg = dir.join("control.toml");
     std::fs::write(
         &cfg,
-        "store = \"memory\"\n[autopilot]\ntick_ms = 50\nincident_validate_ms = 0\n\
-         incident_verify_ms = 300\nincident_freeze_ms = 600000\n",
+        format!(
+            "store = \"{store}\"\n[autopilot]\ntick_ms = 50\nincident_validate_ms = 0\n\
+             incident_verify_ms = 300\nincident_freeze_ms = 600000\n"
+        ),
     )
     .unwrap();
     let data = dir.join("data");
@@ -363,5 +369,29 @@ async fn alert_opens_an_incident_approval_moves_traffic_freeze_refuses_the_next(
     }
     let v = http_json(&format!("{}/api/v1/audit/verify", server.http)).await;
     assert_eq!(v["ok"], true, "{v}");
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_service_resumes_an_open_incident() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_on(tmp.path(), "redb");
+    apply_policy(&server, tmp.path()).await;
+    let alerts = format!("{}/api/v1/alerts", server.http);
+    let (status, body) = http_send("POST", &alerts, &alert("GreenDown", "fp-g", "green")).await;
+    assert_eq!(status, 200, "{body}");
+    wait_phase(&server, 1, "awaiting_approval").await;
+    let before = http_json(&format!("{}/api/v1/incidents/1", server.http)).await;
+    assert!(server.terminate().success());
+
+    let server = start_on(tmp.path(), "redb");
+    let after = http_json(&format!("{}/api/v1/incidents/1", server.http)).await;
+    assert_eq!(after, before, "the incident came back as it was");
+    ok(cli(
+        &server.grpc,
+        &["incidents", "approve", "1", "--comment", "after restart"],
+    ));
+    assert_eq!(weight(&server, "green").await, 50);
+    wait_phase(&server, 1, "resolved").await;
     server.terminate();
 }
