@@ -892,6 +892,9 @@ impl From<crate::autopilot::IncidentCommandError> for Status {
         use crate::brain::incident::IncidentError as I;
         match e {
             C::Autopilot(a) => a.into(),
+            C::NotExecuted(m) => {
+                Status::failed_precondition(format!("approved, but not carried out: {m}"))
+            }
             C::Incident(i) => match i {
                 I::NotFound(_) => Status::not_found(i.to_string()),
                 I::WrongPhase { .. } | I::Frozen { .. } => {

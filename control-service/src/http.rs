@@ -1,5 +1,7 @@
-//! HTTP front end (read-only): health, JSON status, policy, stacks, history, telemetry,
-//! and Prometheus metrics. A web dashboard mounts beside these routes later.
+//! HTTP front end: health, JSON status, policy, stacks, history, telemetry, incidents,
+//! events; the only writes are events and the Alertmanager webhook (`/api/v1/alerts`),
+//! which external systems post to. And Prometheus metrics. A web dashboard mounts beside
+//! these routes later.
 
 use std::sync::Arc;
 
@@ -121,8 +123,9 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "the HTTP API is read-only: only GET is allowed (changes go through the gRPC API \
-         or the switchyard CLI)",
+        "method not allowed: the HTTP API only reads, except POST /api/v1/events, \
+         DELETE /api/v1/events/ID and POST /api/v1/alerts (other changes go through the \
+         gRPC API or the switchyard CLI)",
     )
 }
 

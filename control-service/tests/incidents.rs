@@ -395,3 +395,26 @@ async fn a_restarted_service_resumes_an_open_incident() {
     wait_phase(&server, 1, "resolved").await;
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approved_action_that_cannot_run_says_so_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path());
+    apply_policy(&server, tmp.path()).await;
+    // An alert about a stack the policy does not have: the proposal cannot be applied.
+    let alerts = format!("{}/api/v1/alerts", server.http);
+    let (status, body) = http_send("POST", &alerts, &alert("Old", "fp-p", "purple")).await;
+    assert_eq!(status, 200, "{body}");
+    wait_phase(&server, 1, "awaiting_approval").await;
+    let o = cli(&server.grpc, &["incidents", "approve", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not carried out") && err.contains("purple"),
+        "{err}"
+    );
+    assert_eq!(phase(&server, 1).await, "awaiting_approval");
+    let v = http_json(&format!("{}/api/v1/stacks", server.http)).await;
+    assert_eq!(v["version"], 1, "nothing changed: {v}");
+    server.terminate();
+}

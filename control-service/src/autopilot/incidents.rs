@@ -60,6 +60,10 @@ pub enum IncidentCommandError {
     Incident(#[from] IncidentError),
     #[error(transparent)]
     Autopilot(#[from] AutopilotError),
+    /// Approved, but the action could not be carried out (a guardrail refused it, or
+    /// the routing change failed): the incident is back awaiting approval.
+    #[error("approved, but not carried out: {0}")]
+    NotExecuted(String),
 }
 
 /// What the detector side remembers between ticks (rebuilt after a restart: baselines
@@ -393,14 +397,21 @@ impl Autopilot {
             self.audit(decision_draft(d)).await;
         }
         for (id, action) in actions {
-            self.execute_incident(id, action).await?;
+            if let Err(why) = self.execute_incident(id, action).await? {
+                tracing::warn!(incident = id, reason = %why, "approved action not carried out");
+            }
         }
         Ok(())
     }
 
     /// Carry out an approved action: guardrails, one routing version, the guardrails'
     /// record, and the engine told (so it stops re-emitting the action).
-    async fn execute_incident(&self, id: u64, action: Action) -> Result<(), AutopilotError> {
+    /// Returns the routing version, or why the action was not carried out.
+    async fn execute_incident(
+        &self,
+        id: u64,
+        action: Action,
+    ) -> Result<Result<u64, String>, AutopilotError> {
         let Some(current) = self.control.current() else {
             return Err(AutopilotError::Invalid("no policy".into()));
         };
@@ -542,7 +553,7 @@ impl Autopilot {
             }
             self.audit(draft).await;
         }
-        Ok(())
+        Ok(result)
     }
 
     /// Approve an incident's proposal and carry it out at once. Refused while a stack
@@ -583,7 +594,9 @@ impl Autopilot {
             self.audit(decision_draft(d)).await;
         }
         if let Some(action) = outcome.action {
-            self.execute_incident(id, action).await?;
+            if let Err(why) = self.execute_incident(id, action).await? {
+                return Err(IncidentCommandError::NotExecuted(why));
+            }
         }
         Ok(self.incident(id).await?.unwrap_or(outcome.incident))
     }
