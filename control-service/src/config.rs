@@ -3,6 +3,7 @@
 //! Paths in the config file are relative to the file's own directory; paths given as
 //! flags are relative to the working directory.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,6 +96,33 @@ pub struct AutopilotDoc {
     pub primary_stacks: Option<Vec<String>>,
     /// How long a permit holds the one-change lease unless recorded (default 60).
     pub lease_s: Option<u64>,
+    /// Incidents: persistence re-check this long after the first trigger (default 180000).
+    pub incident_validate_ms: Option<u64>,
+    /// Incidents: judge recovery this long after an action (default 300000).
+    pub incident_verify_ms: Option<u64>,
+    /// Incidents: no other action on the touched stacks for this long (default 900000).
+    pub incident_freeze_ms: Option<u64>,
+    /// Incidents: share of the delta stack's traffic a first proposal moves (default 50).
+    pub incident_shift_percent: Option<u8>,
+    /// Incidents: a deployment this long before the onset is a suspect (default 1800000).
+    pub incident_deploy_lookback_ms: Option<u64>,
+    /// Incidents: proposals before it leaves the incident to a human (default 3).
+    pub incident_max_attempts: Option<u32>,
+    /// Group per stack (stacks of a group are compared with each other; default: the
+    /// default route's targets form group `default`, every other stack its own group).
+    pub incident_groups: Option<BTreeMap<String, String>>,
+    /// Known capacity per stack in requests/s (default: its recent peak).
+    pub incident_capacity_rps: Option<BTreeMap<String, f64>>,
+    /// Detection: SLO error rate (default 0.001).
+    pub slo_error_rate: Option<f64>,
+    /// Detection: SLO p99 latency (default 500).
+    pub slo_p99_ms: Option<f64>,
+    /// Detection: anomalous windows in a row that confirm a finding (default 3).
+    pub detect_confirm_windows: Option<u32>,
+    /// Detection: fewest requests in a window to judge it (default 50).
+    pub detect_min_requests: Option<u64>,
+    /// Detection: trend projections reaching the SLO within this long warn (default 1800000).
+    pub detect_trend_horizon_ms: Option<u64>,
 }
 
 impl AutopilotDoc {
@@ -118,6 +146,48 @@ impl AutopilotDoc {
         }
         if let Some(v) = self.lease_s {
             g.lease_ms = v * 1000;
+        }
+        let w = &mut s.incidents.workflow;
+        if let Some(v) = self.incident_validate_ms {
+            w.validate_ms = v;
+        }
+        if let Some(v) = self.incident_verify_ms {
+            w.verify_ms = v;
+        }
+        if let Some(v) = self.incident_freeze_ms {
+            w.freeze_ms = v;
+        }
+        if let Some(v) = self.incident_shift_percent {
+            w.shift_percent = v.clamp(1, 100);
+        }
+        if let Some(v) = self.incident_deploy_lookback_ms {
+            w.deploy_lookback_ms = v;
+            s.incidents.detector.deploy_lookback_ms = v;
+        }
+        if let Some(v) = self.incident_max_attempts {
+            w.max_attempts = v;
+        }
+        if let Some(v) = self.incident_groups {
+            s.incidents.groups = v;
+        }
+        if let Some(v) = self.incident_capacity_rps {
+            s.incidents.capacity_rps = v;
+        }
+        let d = &mut s.incidents.detector;
+        if let Some(v) = self.slo_error_rate {
+            d.slo.error_rate = v;
+        }
+        if let Some(v) = self.slo_p99_ms {
+            d.slo.p99_ms = v;
+        }
+        if let Some(v) = self.detect_confirm_windows {
+            d.confirm_windows = v.max(1);
+        }
+        if let Some(v) = self.detect_min_requests {
+            d.min_requests = v;
+        }
+        if let Some(v) = self.detect_trend_horizon_ms {
+            d.trend_horizon_ms = v;
         }
         s
     }

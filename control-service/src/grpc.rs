@@ -897,6 +897,153 @@ impl v1::rollouts_server::Rollouts for RolloutsService {
     }
 }
 
+/// `switchyard.v1.Incidents`.
+pub struct IncidentsService {
+    autopilot: Arc<crate::autopilot::Autopilot>,
+}
+
+impl IncidentsService {
+    pub fn new(autopilot: Arc<crate::autopilot::Autopilot>) -> Self {
+        Self { autopilot }
+    }
+}
+
+impl From<crate::autopilot::IncidentCommandError> for Status {
+    fn from(e: crate::autopilot::IncidentCommandError) -> Self {
+        use crate::autopilot::IncidentCommandError as C;
+        use crate::brain::incident::IncidentError as I;
+        match e {
+            C::Autopilot(a) => a.into(),
+            C::NotExecuted(m) => {
+                Status::failed_precondition(format!("approved, but not carried out: {m}"))
+            }
+            C::Incident(i) => match i {
+                I::NotFound(_) => Status::not_found(i.to_string()),
+                I::WrongPhase { .. } | I::Frozen { .. } => {
+                    Status::failed_precondition(i.to_string())
+                }
+                I::Invalid(_) => Status::invalid_argument(i.to_string()),
+                I::Store(crate::store::StoreError::Conflict { .. }) => {
+                    Status::aborted(i.to_string())
+                }
+                other => Status::internal(other.to_string()),
+            },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::incidents_server::Incidents for IncidentsService {
+    async fn list(
+        &self,
+        request: Request<v1::ListIncidentsRequest>,
+    ) -> Result<Response<v1::ListIncidentsResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 50,
+            n => n.min(1000) as usize,
+        };
+        let all = self.autopilot.incidents(limit).await?;
+        Ok(Response::new(v1::ListIncidentsResponse {
+            incidents: all.iter().map(proto::incident_summary).collect(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetIncidentRequest>,
+    ) -> Result<Response<v1::IncidentDetail>, Status> {
+        let id = request.into_inner().id;
+        match self.autopilot.incident(id).await? {
+            Some(i) => Ok(Response::new(proto::incident_detail(&i))),
+            None => Err(Status::not_found(format!("incident {id} not found"))),
+        }
+    }
+
+    async fn approve(
+        &self,
+        request: Request<v1::IncidentDecisionRequest>,
+    ) -> Result<Response<v1::IncidentDetail>, Status> {
+        let r = request.into_inner();
+        let i = self
+            .autopilot
+            .approve_incident(r.id, &r.actor, &r.comment)
+            .await?;
+        Ok(Response::new(proto::incident_detail(&i)))
+    }
+
+    async fn reject(
+        &self,
+        request: Request<v1::IncidentDecisionRequest>,
+    ) -> Result<Response<v1::IncidentDetail>, Status> {
+        let r = request.into_inner();
+        let i = self
+            .autopilot
+            .reject_incident(r.id, &r.actor, &r.comment)
+            .await?;
+        Ok(Response::new(proto::incident_detail(&i)))
+    }
+}
+
+/// `switchyard.v1.Events`.
+pub struct EventsService {
+    autopilot: Arc<crate::autopilot::Autopilot>,
+}
+
+impl EventsService {
+    pub fn new(autopilot: Arc<crate::autopilot::Autopilot>) -> Self {
+        Self { autopilot }
+    }
+}
+
+impl From<crate::autopilot::EventCommandError> for Status {
+    fn from(e: crate::autopilot::EventCommandError) -> Self {
+        use crate::autopilot::EventCommandError as C;
+        use crate::brain::events::EventError as E;
+        match e {
+            C::Autopilot(a) => a.into(),
+            C::Event(e @ E::Invalid(_)) => Status::invalid_argument(e.to_string()),
+            C::Event(e @ E::Duplicate(_)) => Status::already_exists(e.to_string()),
+            C::Event(e) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::events_server::Events for EventsService {
+    async fn add(
+        &self,
+        request: Request<v1::AddEventRequest>,
+    ) -> Result<Response<v1::EventInfo>, Status> {
+        let e = self
+            .autopilot
+            .add_event(request.into_inner().event_json)
+            .await?;
+        Ok(Response::new(proto::event_info(&e)))
+    }
+
+    async fn list(
+        &self,
+        _: Request<v1::ListEventsRequest>,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        let all = self.autopilot.events().await?;
+        Ok(Response::new(v1::ListEventsResponse {
+            events: all.iter().map(proto::event_info).collect(),
+        }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<v1::RemoveEventRequest>,
+    ) -> Result<Response<v1::RemoveEventResponse>, Status> {
+        let r = request.into_inner();
+        if self.autopilot.remove_event(&r.id, &r.actor).await? {
+            Ok(Response::new(v1::RemoveEventResponse {}))
+        } else {
+            Err(Status::not_found(format!("event {} not found", r.id)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use switchyard_filter::snapshot::StackState;

@@ -1,5 +1,7 @@
-//! HTTP front end (read-only): health, JSON status, policy, stacks, history, telemetry,
-//! and Prometheus metrics. A web dashboard mounts beside these routes later.
+//! HTTP front end: health, JSON status, policy, stacks, history, telemetry, incidents,
+//! events; the only writes are events and the Alertmanager webhook (`/api/v1/alerts`),
+//! which external systems post to. And Prometheus metrics. A web dashboard mounts beside
+//! these routes later.
 
 use std::sync::Arc;
 
@@ -7,7 +9,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -28,6 +30,11 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/api/v1/telemetry", get(telemetry))
         .route("/api/v1/rollouts", get(rollouts))
         .route("/api/v1/rollouts/{id}", get(rollout))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}", get(incident))
+        .route("/api/v1/events", get(events).post(add_event))
+        .route("/api/v1/events/{id}", axum::routing::delete(remove_event))
+        .route("/api/v1/alerts", post(alerts))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/metrics", get(metrics))
@@ -116,8 +123,9 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "the HTTP API is read-only: only GET is allowed (changes go through the gRPC API \
-         or the switchyard CLI)",
+        "method not allowed: the HTTP API only reads, except POST /api/v1/events, \
+         DELETE /api/v1/events/ID and POST /api/v1/alerts (other changes go through the \
+         gRPC API or the switchyard CLI)",
     )
 }
 
@@ -136,6 +144,9 @@ async fn index() -> Json<Value> {
             "/api/v1/audit/verify": "recompute the audit chain; names the first broken entry",
             "/api/v1/rollouts[/ID]": "rollouts, newest first (or one), with every step's gates",
             "/api/v1/telemetry": "the latest traffic per stack and node",
+            "/api/v1/incidents[/ID]": "incidents, newest first (or one, with its evidence bundle)",
+            "/api/v1/events": "GET: registered events; POST: register one (JSON); DELETE /api/v1/events/ID",
+            "/api/v1/alerts": "POST: an Alertmanager webhook (firing alerts open incidents)",
             "/api/v1/health": "health checks per stack and layer, fast-path actions (when configured)",
             "/metrics": "Prometheus text",
         },
@@ -466,4 +477,154 @@ async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+fn pilot_error(e: crate::autopilot::AutopilotError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+/// A rejected event or webhook: every problem with its field path; nothing changed.
+fn invalid_input(what: &str, e: &crate::brain::events::EventError) -> Response {
+    use crate::brain::events::EventError;
+    let (status, code) = match e {
+        EventError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+        EventError::Duplicate(_) => (StatusCode::CONFLICT, "already_exists"),
+        EventError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    let problems: Vec<Value> = e
+        .problems()
+        .iter()
+        .map(|p| json!({ "field": p.field, "message": p.message }))
+        .collect();
+    let body = json!({ "error": {
+        "code": code,
+        "message": format!("{what}: {e}"),
+        "problems": problems,
+    }});
+    (status, Json(body)).into_response()
+}
+
+/// One line per incident for lists.
+pub fn incident_summary(i: &crate::brain::incident::Incident) -> Value {
+    json!({
+        "id": i.id,
+        "scope": i.scope,
+        "stack": i.stack,
+        "signal": i.signal,
+        "phase": i.phase,
+        "opened_ms": i.opened_ms,
+        "updated_ms": i.updated_ms,
+        "proposal": i.proposal().map(|a| a.describe()),
+        "confidence": i.confidence(),
+        "triggers": i.trigger_count,
+    })
+}
+
+#[derive(Deserialize)]
+struct IncidentsQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn incidents(pilot: Pilot, Query(q): Query<IncidentsQuery>) -> Result<Json<Value>, ApiError> {
+    let axum::Extension(pilot) = pilot.ok_or_else(no_autopilot)?;
+    let all = pilot
+        .incidents(q.limit.unwrap_or(50).clamp(1, 1000))
+        .await
+        .map_err(pilot_error)?;
+    Ok(Json(json!({
+        "incidents": all.iter().map(incident_summary).collect::<Vec<_>>()
+    })))
+}
+
+async fn incident(
+    pilot: Pilot,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::Extension(pilot) = pilot.ok_or_else(no_autopilot)?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("incident {id} not found"),
+        )
+    };
+    let n: u64 = id.parse().map_err(|_| not_found())?;
+    match pilot.incident(n).await.map_err(pilot_error)? {
+        Some(i) => Ok(Json(json!({ "incident": i }))),
+        None => Err(not_found()),
+    }
+}
+
+async fn events(pilot: Pilot) -> Result<Json<Value>, ApiError> {
+    let axum::Extension(pilot) = pilot.ok_or_else(no_autopilot)?;
+    let all = pilot.events().await.map_err(pilot_error)?;
+    Ok(Json(json!({ "events": all })))
+}
+
+fn body_text(body: &axum::body::Bytes) -> Result<&str, ApiError> {
+    std::str::from_utf8(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "the body is not UTF-8 JSON",
+        )
+    })
+}
+
+async fn add_event(pilot: Pilot, body: axum::body::Bytes) -> Response {
+    let Some(axum::Extension(pilot)) = pilot else {
+        return no_autopilot().into_response();
+    };
+    let text = match body_text(&body) {
+        Ok(t) => t.to_string(),
+        Err(e) => return e.into_response(),
+    };
+    match pilot.add_event(text).await {
+        Ok(e) => (StatusCode::CREATED, Json(json!({ "event": e }))).into_response(),
+        Err(crate::autopilot::EventCommandError::Event(e)) => invalid_input("event rejected", &e),
+        Err(crate::autopilot::EventCommandError::Autopilot(e)) => pilot_error(e).into_response(),
+    }
+}
+
+async fn remove_event(
+    pilot: Pilot,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::Extension(pilot) = pilot.ok_or_else(no_autopilot)?;
+    match pilot.remove_event(&id, "http").await {
+        Ok(true) => Ok(Json(json!({ "removed": id }))),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("event {id} not found"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )),
+    }
+}
+
+/// Alertmanager's webhook (`webhook_config`): firing alerts open or join incidents,
+/// resolved ones are noted on theirs. A malformed body changes nothing.
+async fn alerts(pilot: Pilot, body: axum::body::Bytes) -> Response {
+    let Some(axum::Extension(pilot)) = pilot else {
+        return no_autopilot().into_response();
+    };
+    let text = match body_text(&body) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let parsed = match crate::brain::events::parse_alertmanager(text) {
+        Ok(a) => a,
+        Err(e) => return invalid_input("webhook rejected", &e),
+    };
+    let n = parsed.len();
+    match pilot.ingest_alerts(parsed).await {
+        Ok(ids) => Json(json!({ "alerts": n, "incidents": ids })).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            .into_response(),
+    }
 }

@@ -22,6 +22,123 @@ struct Cli {
 enum Command {
     /// Run the gRPC and HTTP servers.
     Serve(ServeArgs),
+    /// Run the detector and the incident workflow on a telemetry trace (docs/traces.md)
+    /// under a virtual clock and print the timeline of decisions. Exit 0: the outcome the
+    /// trace expects (or it expects nothing); 1: it differs; 2: the trace is unreadable or
+    /// malformed.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The trace (JSON, `switchyard-trace/1`).
+    file: std::path::PathBuf,
+    /// One JSON object per line: each decision (time, incident, phase, stack, action,
+    /// confidence), then `{"summary": …}`.
+    #[arg(long)]
+    json: bool,
+    /// Approve every proposal this long after it appears (e.g. 5m), so the workflow runs
+    /// to the end. Default: nobody approves.
+    #[arg(long, value_parser = switchyard_control::cli::args::parse_duration_s, value_name = "DURATION")]
+    approve_after: Option<u64>,
+}
+
+fn replay(args: ReplayArgs) -> std::process::ExitCode {
+    use switchyard_control::autopilot::replay::{replay, ReplayOptions};
+    use switchyard_control::brain::scenario::Trace;
+    let fail = |msg: String| {
+        eprintln!("switchyard-control replay: {msg}");
+        std::process::ExitCode::from(2)
+    };
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{}: {e}", args.file.display())),
+    };
+    let trace = match Trace::parse(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(format!(
+                "{}: not a valid trace:\n  {}",
+                args.file.display(),
+                e.0.join("\n  ")
+            ))
+        }
+    };
+    let opts = ReplayOptions {
+        approve_after_ms: args.approve_after.map(|s| s * 1000),
+        ..ReplayOptions::default()
+    };
+    let report = match replay(&trace, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard-control replay: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let s = &report.summary;
+    if args.json {
+        for e in &report.timeline {
+            let _ = writeln!(out, "{}", serde_json::to_string(e).unwrap_or_default());
+        }
+        let _ = writeln!(out, "{}", serde_json::json!({ "summary": s }));
+    } else {
+        let time = |ms: u64| switchyard_filter::schedule::format_utc((ms / 1000) as i64);
+        for e in &report.timeline {
+            let _ = writeln!(
+                out,
+                "{}  #{:<3} {:<22} {:<8} {}{}  {}",
+                time(e.at_ms),
+                e.incident,
+                e.phase,
+                e.stack.as_deref().unwrap_or("-"),
+                e.action.as_deref().unwrap_or("-"),
+                e.confidence
+                    .map(|c| format!(" ({c:.2})"))
+                    .unwrap_or_default(),
+                e.note
+            );
+        }
+        let ms = |v: Option<i64>| {
+            v.map_or("-".to_string(), |v| {
+                format!("{:.1} min", v as f64 / 60_000.0)
+            })
+        };
+        let _ = writeln!(out, "--");
+        let _ = writeln!(
+            out,
+            "trace {}: {} windows, {} incident(s), {} executed, {} approval(s) refused by a freeze",
+            s.name, s.windows, s.incidents, s.executed, s.frozen_refusals
+        );
+        let _ = writeln!(
+            out,
+            "first recommendation: {} on {}",
+            s.recommendation.as_deref().unwrap_or("none"),
+            s.recommended_stack.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(
+            out,
+            "fault onset -> recommendation: {}; lead before breach: {}",
+            ms(s.onset_to_recommendation_ms),
+            ms(s.lead_before_breach_ms)
+        );
+        let _ = writeln!(
+            out,
+            "suspect deployment: {}",
+            s.suspect_event.as_deref().unwrap_or("-")
+        );
+        for p in &s.problems {
+            let _ = writeln!(out, "PROBLEM: {p}");
+        }
+        if s.problems.is_empty() {
+            let _ = writeln!(out, "as expected");
+        }
+    }
+    if s.problems.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
 }
 
 fn init_logs(format: LogFormat, level: &str) {
@@ -64,7 +181,10 @@ async fn shutdown_signal() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Replay(args) => return replay(args),
+    };
     let cfg = match config::resolve(&args) {
         Ok(c) => c,
         Err(e) => {

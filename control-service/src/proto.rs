@@ -448,6 +448,40 @@ pub fn rollout_status(r: &crate::brain::rollout::Rollout) -> v1::RolloutStatus {
     }
 }
 
+pub fn incident_summary(i: &crate::brain::incident::Incident) -> v1::IncidentSummary {
+    v1::IncidentSummary {
+        id: i.id,
+        scope: i.scope.clone(),
+        stack: i.stack.clone().unwrap_or_default(),
+        signal: i.signal.clone(),
+        phase: i.phase.as_str().into(),
+        opened_unix_ms: i.opened_ms,
+        updated_unix_ms: i.updated_ms,
+        proposal: i.proposal().map(|a| a.describe()).unwrap_or_default(),
+        confidence: i.confidence().unwrap_or(-1.0),
+        triggers: i.trigger_count,
+    }
+}
+
+pub fn incident_detail(i: &crate::brain::incident::Incident) -> v1::IncidentDetail {
+    v1::IncidentDetail {
+        summary: Some(incident_summary(i)),
+        incident_json: serde_json::to_string(i).unwrap_or_default(),
+    }
+}
+
+pub fn event_info(e: &crate::brain::events::Event) -> v1::EventInfo {
+    v1::EventInfo {
+        id: e.id.clone(),
+        kind: e.kind.as_str().into(),
+        scope: e.scope.label(),
+        from_unix_ms: e.from_ms,
+        to_unix_ms: e.to_ms,
+        description: e.description.clone(),
+        actor: e.actor.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

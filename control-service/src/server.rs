@@ -223,6 +223,12 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         )))
         .add_service(v1::rollouts_server::RolloutsServer::new(
             RolloutsService::new(autopilot.clone()),
+        ))
+        .add_service(v1::incidents_server::IncidentsServer::new(
+            crate::grpc::IncidentsService::new(autopilot.clone()),
+        ))
+        .add_service(v1::events_server::EventsServer::new(
+            crate::grpc::EventsService::new(autopilot.clone()),
         ));
     {
         let shutdown = shutdown.clone();

@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+mod incidents;
+pub mod replay;
+pub use incidents::{EventCommandError, IncidentCommandError, IncidentSettings};
+
 use crate::brain::audit::{AuditDraft, AuditKind};
 use crate::brain::clock::{Clock, UnixMs};
 use crate::brain::guardrails::{ExecutedChange, GuardConfig, Guardrails};
@@ -31,6 +35,8 @@ pub struct AutopilotSettings {
     /// How often open rollouts are judged and moved on.
     pub tick: Duration,
     pub guard: GuardConfig,
+    /// Detector and incident workflow.
+    pub incidents: IncidentSettings,
 }
 
 impl Default for AutopilotSettings {
@@ -38,6 +44,7 @@ impl Default for AutopilotSettings {
         Self {
             tick: Duration::from_secs(1),
             guard: GuardConfig::default(),
+            incidents: IncidentSettings::default(),
         }
     }
 }
@@ -61,6 +68,7 @@ pub struct Autopilot {
     series: Arc<Series>,
     rollouts: RolloutEngine,
     guard: Guardrails,
+    incidents: Arc<incidents::Desk>,
     clock: Arc<dyn Clock>,
     settings: AutopilotSettings,
     /// One tick or command at a time: the engine's writes are conditional anyway, this
@@ -88,7 +96,8 @@ impl Autopilot {
         let store = control.store();
         let guard = Guardrails::new(store.clone(), settings.guard.clone());
         Arc::new(Self {
-            rollouts: RolloutEngine::new(store, guard.clone()),
+            rollouts: RolloutEngine::new(store.clone(), guard.clone()),
+            incidents: Arc::new(incidents::Desk::new(store, settings.incidents.clone())),
             guard,
             control,
             series,
@@ -191,8 +200,14 @@ impl Autopilot {
         Ok(outcome?)
     }
 
-    /// Judge and move on every open rollout once.
+    /// Judge and move on every open rollout once, then run the incident workflow once.
     pub async fn tick(&self) -> Result<(), AutopilotError> {
+        self.tick_rollouts().await?;
+        let _busy = self.busy.lock().await;
+        self.tick_incidents().await
+    }
+
+    async fn tick_rollouts(&self) -> Result<(), AutopilotError> {
         let _busy = self.busy.lock().await;
         let engine = self.rollouts.clone();
         let open = blocking(move || Ok(engine.open()?)).await?;

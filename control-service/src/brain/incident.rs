@@ -497,6 +497,14 @@ impl IncidentEngine {
         }
     }
 
+    /// The id of the newest incident (ids are gapless from 1), if any.
+    pub fn newest_id(&self) -> Result<Option<u64>, IncidentError> {
+        Ok(self
+            .store
+            .read(SEQ)?
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()))
+    }
+
     /// Ids of open incidents, ascending.
     pub fn open_ids(&self) -> Result<Vec<u64>, IncidentError> {
         let mut ids = Vec::new();

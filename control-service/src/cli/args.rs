@@ -47,6 +47,12 @@ pub enum Command {
     /// The hash-chained audit log of every decision and change.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Incidents of the ITR workflow: evidence, approval, rejection (docs/detection.md).
+    #[command(subcommand)]
+    Incidents(IncidentsCmd),
+    /// The event registry: deployments, load tests, campaigns, maintenance.
+    #[command(subcommand)]
+    Events(EventsCmd),
     /// The connected Envoys: version applied, last report, connected since.
     Status,
     /// Follow the Watch stream as an Envoy would (acknowledging each version) and print
@@ -312,4 +318,60 @@ pub fn parse_duration_s(text: &str) -> Result<u64, String> {
         return Err(bad());
     }
     Ok(total)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentsCmd {
+    /// Incidents, newest first.
+    List {
+        /// At most this many (1..=1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// One incident with its evidence bundle and history.
+    Show { id: u64 },
+    /// Approve the proposed action: it is carried out at once, through the guardrails.
+    Approve {
+        id: u64,
+        /// Why (kept in the incident and the audit log).
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject the proposed action; the incident closes.
+    Reject {
+        id: u64,
+        /// Why (required).
+        #[arg(long)]
+        comment: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCmd {
+    /// Register an event.
+    Add {
+        /// deployment, load_test, campaign or maintenance.
+        #[arg(long)]
+        kind: String,
+        /// Where it applies: `all`, a segment (`eu` or `segment:eu`), `rule:ID`, or
+        /// `stacks:a,b`.
+        #[arg(long)]
+        scope: String,
+        /// Start: RFC 3339, Unix ms, `now`, or relative to now (`+1h`, `-30m`).
+        #[arg(long)]
+        from: String,
+        /// End, in the same forms.
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Event id [default: assigned].
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Every registered event.
+    List,
+    /// Remove an event.
+    #[command(name = "rm")]
+    Remove { id: String },
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::args::{AuditCmd, Command, PolicyCmd, RolloutCmd, StacksCmd};
+use super::args::{AuditCmd, Command, EventsCmd, IncidentsCmd, PolicyCmd, RolloutCmd, StacksCmd};
 use super::context::Ctx;
 use super::output::{self, Failure};
 use crate::model::now_unix_ms;
@@ -21,6 +21,8 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
         Command::Status => status(ctx).await,
         Command::Audit(cmd) => audit(ctx, cmd).await,
         Command::Rollout(cmd) => rollout(ctx, cmd).await,
+        Command::Incidents(cmd) => incidents(ctx, cmd).await,
+        Command::Events(cmd) => events(ctx, cmd).await,
         Command::Watch {
             node_id,
             last_applied,
@@ -439,6 +441,150 @@ async fn watch(ctx: &Ctx<'_>, node_id: &str, last_applied: u64, count: u64) -> R
         seen += 1;
         if count != 0 && seen >= count {
             break;
+        }
+    }
+    Ok(())
+}
+
+async fn incidents(ctx: &mut Ctx<'_>, cmd: &IncidentsCmd) -> Result<(), Failure> {
+    let mut client = v1::incidents_client::IncidentsClient::new(ctx.channel().await?);
+    let actor = ctx.actor();
+    let detail = match cmd {
+        IncidentsCmd::List { limit } => {
+            let r = client
+                .list(v1::ListIncidentsRequest { limit: *limit })
+                .await?
+                .into_inner();
+            if ctx.json() {
+                output::print_json(&r);
+            } else {
+                output::print_incidents(&r.incidents);
+            }
+            return Ok(());
+        }
+        IncidentsCmd::Show { id } => client
+            .get(v1::GetIncidentRequest { id: *id })
+            .await?
+            .into_inner(),
+        IncidentsCmd::Approve { id, comment } => client
+            .approve(v1::IncidentDecisionRequest {
+                id: *id,
+                actor,
+                comment: comment.clone(),
+            })
+            .await?
+            .into_inner(),
+        IncidentsCmd::Reject { id, comment } => client
+            .reject(v1::IncidentDecisionRequest {
+                id: *id,
+                actor,
+                comment: comment.clone(),
+            })
+            .await?
+            .into_inner(),
+    };
+    let incident: Value = serde_json::from_str(&detail.incident_json).unwrap_or(Value::Null);
+    if ctx.json() {
+        output::print_json(&json!({ "summary": detail.summary, "incident": incident }));
+    } else {
+        output::print_incident(&incident, now_unix_ms());
+    }
+    Ok(())
+}
+
+/// `now`, `+1h`, `-30m` → Unix ms; anything else passes through for the server to parse
+/// (RFC 3339 or Unix ms).
+fn event_time(text: &str, now_ms: u64) -> Result<Value, Failure> {
+    let t = text.trim();
+    if t == "now" {
+        return Ok(json!(now_ms));
+    }
+    if let Some(rest) = t.strip_prefix('+').or_else(|| t.strip_prefix('-')) {
+        let s = super::args::parse_duration_s(rest).map_err(Failure::usage)?;
+        return Ok(if t.starts_with('+') {
+            json!(now_ms + s * 1000)
+        } else {
+            json!(now_ms.saturating_sub(s * 1000))
+        });
+    }
+    Ok(match t.parse::<u64>() {
+        Ok(ms) => json!(ms),
+        Err(_) => json!(t),
+    })
+}
+
+/// `all`, `eu`, `segment:eu`, `rule:r1`, `stacks:a,b` → the event's JSON scope.
+fn event_scope(text: &str) -> Value {
+    let t = text.trim();
+    if t == "all" {
+        return json!("all");
+    }
+    match t.split_once(':') {
+        Some(("stacks" | "stack", list)) => {
+            json!({ "stacks": list.split(',').map(str::trim).collect::<Vec<_>>() })
+        }
+        Some(("rule", r)) => json!({ "rule": r }),
+        Some(("segment", s)) => json!({ "segment": s }),
+        _ => json!({ "segment": t }),
+    }
+}
+
+async fn events(ctx: &mut Ctx<'_>, cmd: &EventsCmd) -> Result<(), Failure> {
+    let mut client = v1::events_client::EventsClient::new(ctx.channel().await?);
+    match cmd {
+        EventsCmd::Add {
+            kind,
+            scope,
+            from,
+            to,
+            description,
+            id,
+        } => {
+            let now = now_unix_ms();
+            let mut doc = json!({
+                "kind": kind,
+                "scope": event_scope(scope),
+                "from": event_time(from, now)?,
+                "to": event_time(to, now)?,
+                "description": description,
+                "actor": ctx.actor(),
+            });
+            if let Some(id) = id {
+                doc["id"] = json!(id);
+            }
+            let e = client
+                .add(v1::AddEventRequest {
+                    event_json: doc.to_string(),
+                })
+                .await?
+                .into_inner();
+            if ctx.json() {
+                output::print_json(&e);
+            } else {
+                println!("event {} registered", e.id);
+                output::print_events(std::slice::from_ref(&e));
+            }
+        }
+        EventsCmd::List => {
+            let r = client.list(v1::ListEventsRequest {}).await?.into_inner();
+            if ctx.json() {
+                output::print_json(&r);
+            } else {
+                output::print_events(&r.events);
+            }
+        }
+        EventsCmd::Remove { id } => {
+            client
+                .remove(v1::RemoveEventRequest {
+                    id: id.clone(),
+                    actor: ctx.actor(),
+                })
+                .await?;
+            if ctx.json() {
+                output::print_json(&json!({ "removed": id }));
+            } else {
+                println!("event {id} removed");
+            }
         }
     }
     Ok(())

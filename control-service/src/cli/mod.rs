@@ -13,7 +13,9 @@ mod commands;
 mod context;
 pub mod output;
 
-pub use args::{AuditCmd, ChangeArgs, Cli, Command, PolicyCmd, RolloutCmd, StacksCmd};
+pub use args::{
+    AuditCmd, ChangeArgs, Cli, Command, EventsCmd, IncidentsCmd, PolicyCmd, RolloutCmd, StacksCmd,
+};
 pub use output::{ago, fmt_time, Failure};
 
 /// Parse the process arguments and run. A command line clap rejects is reported like

@@ -746,6 +746,143 @@ pub fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
+pub fn print_incidents(incidents: &[v1::IncidentSummary]) {
+    let mut rows = vec![row([
+        "ID",
+        "STACK",
+        "SIGNAL",
+        "PHASE",
+        "CONFIDENCE",
+        "PROPOSAL",
+        "OPENED (UTC)",
+    ])];
+    for i in incidents {
+        rows.push(vec![
+            i.id.to_string(),
+            if i.stack.is_empty() {
+                i.scope.clone()
+            } else {
+                i.stack.clone()
+            },
+            i.signal.clone(),
+            i.phase.clone(),
+            if i.confidence < 0.0 {
+                "-".into()
+            } else {
+                format!("{:.2}", i.confidence)
+            },
+            if i.proposal.is_empty() {
+                "-".into()
+            } else {
+                i.proposal.clone()
+            },
+            fmt_time(i.opened_unix_ms),
+        ]);
+    }
+    print_table(&rows);
+}
+
+/// One incident: where it is, the evidence bundle, approvals and history.
+pub fn print_incident(i: &serde_json::Value, now_ms: u64) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "incident {}: {} on {} ({}), {}",
+        i["id"],
+        s(&i["signal"]),
+        i["stack"]
+            .as_str()
+            .unwrap_or(i["scope"].as_str().unwrap_or("-")),
+        s(&i["phase"]),
+        ago(now_ms, i["opened_ms"].as_u64().unwrap_or(0))
+    );
+    let ev = &i["evidence"];
+    if ev.is_object() {
+        println!("  localisation: {}", s(&ev["localisation"]));
+        if let Some(p) = ev["proposed"].as_object() {
+            println!("  proposed:     {}", serde_json::Value::Object(p.clone()));
+        }
+        println!("  expected:     {}", s(&ev["expected_effect"]));
+        println!("  confidence:   {}", ev["confidence"]);
+        for sig in ev["signals"].as_array().into_iter().flatten() {
+            println!(
+                "  signal {} {}: {} observed {} baseline {}",
+                s(&sig["stack"]),
+                s(&sig["signal"]),
+                s(&sig["severity"]),
+                sig["observed"],
+                sig["baseline"]
+            );
+        }
+        for e in ev["events"].as_array().into_iter().flatten() {
+            println!("  event {}: {}", s(&e["id"]), s(&e["relation"]));
+        }
+        for d in ev["dependencies"].as_array().into_iter().flatten() {
+            println!(
+                "  target {}: {:.1} -> {:.1} req/s (limit {:.1}) {}",
+                s(&d["stack"]),
+                d["current_rps"].as_f64().unwrap_or(0.0),
+                d["projected_rps"].as_f64().unwrap_or(0.0),
+                d["limit_rps"].as_f64().unwrap_or(0.0),
+                if d["ok"].as_bool() == Some(true) {
+                    "ok"
+                } else {
+                    "no room"
+                }
+            );
+        }
+        for a in ev["alternatives"].as_array().into_iter().flatten() {
+            println!("  alternative: {}", s(&a["why_not"]));
+        }
+    }
+    for a in i["approvals"].as_array().into_iter().flatten() {
+        println!(
+            "  {} by {} at {}: {}",
+            if a["approved"].as_bool() == Some(true) {
+                "approved"
+            } else {
+                "rejected"
+            },
+            s(&a["actor"]),
+            fmt_time(a["at_ms"].as_u64().unwrap_or(0)),
+            s(&a["comment"])
+        );
+    }
+    println!("  history:");
+    for h in i["history"].as_array().into_iter().flatten() {
+        println!(
+            "    {}  {:<22} {:<10} {}",
+            fmt_time(h["at_ms"].as_u64().unwrap_or(0)),
+            s(&h["to"]),
+            s(&h["actor"]),
+            s(&h["note"])
+        );
+    }
+}
+
+pub fn print_events(events: &[v1::EventInfo]) {
+    let mut rows = vec![row([
+        "ID",
+        "KIND",
+        "SCOPE",
+        "FROM (UTC)",
+        "TO (UTC)",
+        "BY",
+        "DESCRIPTION",
+    ])];
+    for e in events {
+        rows.push(vec![
+            e.id.clone(),
+            e.kind.clone(),
+            e.scope.clone(),
+            fmt_time(e.from_unix_ms),
+            fmt_time(e.to_unix_ms),
+            e.actor.clone(),
+            e.description.clone(),
+        ]);
+    }
+    print_table(&rows);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
