@@ -867,7 +867,7 @@ impl v1::rollouts_server::Rollouts for RolloutsService {
         _: Request<v1::ListRolloutsRequest>,
     ) -> Result<Response<v1::ListRolloutsResponse>, Status> {
         let mut all = self.autopilot.list().await?;
-        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        all.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
         Ok(Response::new(v1::ListRolloutsResponse {
             rollouts: all.iter().map(proto::rollout_status).collect(),
         }))

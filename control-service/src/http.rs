@@ -293,7 +293,7 @@ async fn rollouts(pilot: Pilot) -> Result<Json<Value>, ApiError> {
         .list()
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+    all.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
     Ok(Json(json!({ "rollouts": all })))
 }
 

@@ -384,9 +384,7 @@ impl Store for EtcdStore {
                 Condition::Absent(k) | Condition::Equals(k, _) => k,
             };
             let current = self.read(key)?;
-            if let Err(e) = super::check_condition(c, |_| current) {
-                return Err(e);
-            }
+            super::check_condition(c, |_| current)?;
         }
         Err(StoreError::Conflict {
             key: batch

@@ -134,7 +134,8 @@ fn segmentation_by_geo_channel_time_cohort_and_percentage() {
     let mut in_slice = 0;
     for i in 0..200 {
         let session = format!("session=s-{i}");
-        let key_hash = switchyard_filter::hash::hash64(0x5379_4b65_79, format!("s-{i}").as_bytes());
+        let key_hash =
+            switchyard_filter::hash::hash64(0x0053_794b_6579, format!("s-{i}").as_bytes());
         let expect_canary = switchyard_filter::hash::bucket(key_hash, b"switchyard") < 1000;
         let got = served(&mut c, "/", &[("cookie", &session)]);
         assert_eq!(got == "canary", expect_canary, "user s-{i}");
