@@ -1,0 +1,205 @@
+use super::*;
+use crate::brain::events::Scope;
+use crate::brain::scenario::lognormal_latency;
+use crate::store::MemoryStore;
+
+const T0: u64 = 1_796_083_200_000 - 86_400_000; // Monday 00:00 UTC
+const MIN: u64 = 60_000;
+
+fn win(stack: &str, start: u64, req: u64, err: u64, p99: f64, orders: u64) -> StackWindow {
+    let mut w = StackWindow::new(stack, start, MIN);
+    w.requests = req;
+    w.errors = err;
+    w.latency = lognormal_latency(req, 60.0, p99);
+    w.kpis.insert("orders".into(), orders);
+    w
+}
+
+fn of<'a>(f: &'a [Finding], stack: &str, s: &Signal) -> Option<&'a Finding> {
+    f.iter().find(|f| f.stack == stack && &f.signal == s)
+}
+
+#[test]
+fn the_count_test_respects_counts_and_traffic_share() {
+    // Twice the rate on tiny counts is not evidence.
+    assert!(count_delta_z(2, 100, 1, 100) < 1.0);
+    // The same ratio on large counts is.
+    assert!(count_delta_z(200, 10_000, 100, 10_000) > 5.0);
+    // A 10 % stack with the same rate as the others: nothing.
+    assert!(count_delta_z(50, 1_000, 450, 9_000).abs() < 0.5);
+    // The same 10 % stack at twice the rate: localised.
+    assert!(count_delta_z(100, 1_000, 450, 9_000) > 4.0);
+    assert_eq!(count_delta_z(0, 1_000, 0, 1_000), 0.0);
+    // Five errors where 1.2 are expected happen about once in 130 windows: z ≈ 2.4.
+    let z = poisson_upper_z(5, 1.2);
+    assert!((2.3..2.5).contains(&z), "{z}");
+    assert!(poisson_upper_z(30, 1.2) > 8.0);
+    assert_eq!(poisson_upper_z(1, 1.2), 0.0);
+    assert!(p_upper(4.0) < 1e-4 && (p_upper(0.0) - 0.5).abs() < 1e-6);
+}
+
+#[test]
+fn a_cross_stack_delta_is_localised_without_any_history() {
+    let mut d = Detector::new(DetectorConfig::default());
+    let ctx = DetectContext::default();
+    let mut sev = Vec::new();
+    for i in 0..3 {
+        let t = T0 + i * MIN;
+        let f = d.observe(
+            &[
+                win("blue", t, 3_000, 1, 250.0, 75),
+                win("green", t, 3_000, 60, 250.0, 75),
+            ],
+            &ctx,
+        );
+        let g = of(&f, "green", &Signal::ErrorRate).expect("green flagged");
+        assert!(
+            g.localised && g.reasons.contains(&Reason::CrossStack),
+            "{g:?}"
+        );
+        assert_eq!(g.baseline, None, "no history yet");
+        assert!(g.cross.unwrap().z > 6.0);
+        assert!(
+            of(&f, "blue", &Signal::ErrorRate).is_none(),
+            "the healthy stack is not blamed"
+        );
+        sev.push(g.severity);
+        assert_eq!(g.onset_ms, T0);
+        assert_eq!(g.windows, i as u32 + 1);
+    }
+    assert_eq!(sev, [Severity::Warn, Severity::Warn, Severity::Confirmed]);
+}
+
+#[test]
+fn a_hard_down_stack_confirms_at_once_and_stays_reported_while_dark() {
+    let mut d = Detector::new(DetectorConfig::default());
+    let ctx = DetectContext::default();
+    let mut dead = win("green", T0, 3_000, 3_000, 250.0, 0);
+    dead.breaker_opens = 2;
+    let f = d.observe(&[win("blue", T0, 3_000, 1, 250.0, 75), dead], &ctx);
+    let g = of(&f, "green", &Signal::ErrorRate).unwrap();
+    assert_eq!(g.severity, Severity::Confirmed);
+    assert!(g.reasons.contains(&Reason::HardDown));
+    assert_eq!(
+        of(&f, "green", &Signal::Breakers).unwrap().severity,
+        Severity::Confirmed
+    );
+    // Traffic routed away: nothing to judge, the finding stays (stale).
+    let f = d.observe(
+        &[
+            win("blue", T0 + MIN, 6_000, 2, 250.0, 150),
+            win("green", T0 + MIN, 0, 0, 250.0, 0),
+        ],
+        &ctx,
+    );
+    let g = of(&f, "green", &Signal::ErrorRate).unwrap();
+    assert!(g.stale && g.at_ms == T0 + 2 * MIN);
+    // Healthy traffic again: gone.
+    let f = d.observe(
+        &[
+            win("blue", T0 + 2 * MIN, 3_000, 1, 250.0, 75),
+            win("green", T0 + 2 * MIN, 3_000, 1, 250.0, 75),
+        ],
+        &ctx,
+    );
+    assert!(of(&f, "green", &Signal::ErrorRate).is_none(), "{f:?}");
+}
+
+#[test]
+fn maintenance_caps_severity_and_deployments_are_suspects() {
+    let mut d = Detector::new(DetectorConfig::default());
+    let ev = |id: &str, kind, from| Event {
+        id: id.into(),
+        kind,
+        scope: Scope::Stacks(vec!["green".into()]),
+        from_ms: from,
+        to_ms: from + 10 * MIN,
+        description: String::new(),
+        actor: "ops".into(),
+    };
+    let events = [
+        ev("mnt", EventKind::Maintenance, T0),
+        ev("dep", EventKind::Deployment, T0 - 5 * MIN),
+    ];
+    let ctx = DetectContext {
+        events: &events,
+        ..DetectContext::default()
+    };
+    let f = d.observe(
+        &[
+            win("blue", T0, 3_000, 1, 250.0, 75),
+            win("green", T0, 3_000, 3_000, 250.0, 0),
+        ],
+        &ctx,
+    );
+    let g = of(&f, "green", &Signal::ErrorRate).unwrap();
+    assert_eq!(g.severity, Severity::Warn, "maintenance caps at warn");
+    assert_eq!(g.suspect_deployment(), Some("dep"));
+    assert!(g.events.iter().any(|c| c.event_id == "mnt" && !c.suspect));
+    assert!(g
+        .events
+        .iter()
+        .find(|c| c.event_id == "dep")
+        .unwrap()
+        .relation
+        .contains("5 min before"));
+}
+
+#[test]
+fn saturation_warns_then_confirms() {
+    let mut d = Detector::new(DetectorConfig::default());
+    let sat: BTreeMap<String, f64> = [("green".to_string(), 0.9), ("blue".to_string(), 0.5)].into();
+    let ctx = DetectContext {
+        saturation: Some(&sat),
+        ..DetectContext::default()
+    };
+    let mut last = None;
+    for i in 0..3 {
+        let t = T0 + i * MIN;
+        let f = d.observe(
+            &[
+                win("blue", t, 3_000, 1, 250.0, 75),
+                win("green", t, 3_000, 1, 250.0, 75),
+            ],
+            &ctx,
+        );
+        assert!(of(&f, "blue", &Signal::Saturation).is_none());
+        last = of(&f, "green", &Signal::Saturation).map(|f| f.severity);
+    }
+    assert_eq!(last, Some(Severity::Confirmed));
+}
+
+#[test]
+fn baselines_survive_a_restart_through_the_store() {
+    let store = MemoryStore::new();
+    let mut d = Detector::new(DetectorConfig::default());
+    let ctx = DetectContext::default();
+    let step = 10 * MIN;
+    let mut t = T0;
+    let mut written = 0;
+    while t < T0 + 3 * 86_400_000 {
+        let mut ws = Vec::new();
+        for s in ["blue", "green"] {
+            let mut w = win(s, t, 3_000, 1, 200.0 + ((t / step) % 5) as f64, 75);
+            w.window_ms = step;
+            ws.push(w);
+        }
+        d.observe(&ws, &ctx);
+        written += d.flush(&store).unwrap();
+        t += step;
+    }
+    assert!(written > 0);
+    assert!(!store
+        .scan("series/baseline/green/p99_ms/", None, 1)
+        .unwrap()
+        .is_empty());
+    let at = t + 10 * HOUR_MS;
+    let before = d.expected("green", &Signal::P99, at).unwrap();
+    assert_eq!(before.source, Source::HourOfDay);
+    let r = Detector::restore(DetectorConfig::default(), &store).unwrap();
+    assert_eq!(r.expected("green", &Signal::P99, at), Some(before));
+    assert_eq!(
+        r.expected("group:default", &Signal::Rps, at),
+        d.expected("group:default", &Signal::Rps, at)
+    );
+}

@@ -1,0 +1,604 @@
+use super::*;
+use crate::brain::clock::{Clock, ManualClock};
+use crate::brain::detection::{Correlation, CrossStack, Signal};
+use crate::brain::events::Scope;
+use crate::store::{MemoryStore, RedbStore};
+
+const T0: u64 = 1_796_090_400_000;
+const MIN: u64 = 60_000;
+
+fn finding(stack: &str, signal: Signal, severity: Severity, localised: bool) -> Finding {
+    Finding {
+        stack: stack.into(),
+        signal,
+        severity,
+        at_ms: T0,
+        onset_ms: T0 - 3 * MIN,
+        windows: 3,
+        observed: 0.02,
+        baseline: Some(0.0004),
+        baseline_source: None,
+        score: 9.0,
+        cross: localised.then_some(CrossStack {
+            others: 0.0004,
+            z: 12.0,
+            ratio: 50.0,
+        }),
+        localised,
+        reasons: if localised {
+            vec![Reason::Baseline, Reason::CrossStack]
+        } else {
+            vec![Reason::Baseline]
+        },
+        lead_time_ms: Some(0),
+        events: Vec::new(),
+        series: vec![(T0 - MIN, 0.01), (T0, 0.02)],
+        stale: false,
+    }
+}
+
+fn stacks(peak: f64) -> Vec<StackStatus> {
+    ["blue", "green"]
+        .iter()
+        .map(|n| StackStatus {
+            name: n.to_string(),
+            group: "default".into(),
+            healthy: true,
+            rps: 100.0,
+            peak_rps: peak,
+            capacity_rps: None,
+        })
+        .collect()
+}
+
+struct Fx {
+    clock: ManualClock,
+    engine: IncidentEngine,
+    stacks: Vec<StackStatus>,
+}
+
+impl Fx {
+    fn new() -> Self {
+        Self::on(Arc::new(MemoryStore::new()))
+    }
+    fn on(store: Arc<dyn Store>) -> Self {
+        Self {
+            clock: ManualClock::new(T0),
+            engine: IncidentEngine::new(store, IncidentConfig::default()),
+            stacks: stacks(300.0),
+        }
+    }
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+    fn tick(&self, findings: &[Finding]) -> TickOutput {
+        let ctx = Context {
+            findings,
+            stacks: &self.stacks,
+            events: &[],
+        };
+        self.engine.tick(self.now(), &ctx).unwrap()
+    }
+    fn open_on(&self, f: &Finding) -> u64 {
+        self.engine
+            .trigger(Trigger::from_finding(f), self.now())
+            .unwrap()
+            .incident
+            .id
+    }
+    fn phase(&self, id: u64) -> Phase {
+        self.engine.get(id).unwrap().unwrap().phase
+    }
+    /// Trigger on `f` and tick past the re-check with `f` still present.
+    fn to_approval(&self, f: &Finding) -> u64 {
+        let id = self.open_on(f);
+        self.clock.advance(self.engine.config().validate_ms);
+        self.tick(std::slice::from_ref(f));
+        assert_eq!(self.phase(id), Phase::AwaitingApproval);
+        id
+    }
+}
+
+fn phases(d: &[Decision]) -> Vec<Phase> {
+    d.iter().map(|d| d.phase).collect()
+}
+
+#[test]
+fn every_transition_from_trigger_to_resolved() {
+    let fx = Fx::new();
+    let f = finding("green", Signal::P99, Severity::Confirmed, true);
+    let out = fx
+        .engine
+        .trigger(Trigger::from_finding(&f), fx.now())
+        .unwrap();
+    let id = out.incident.id;
+    assert_eq!(phases(&out.decisions), [Phase::Validating]);
+    // Before the re-check nothing moves.
+    fx.clock.advance(MIN);
+    let t = fx.tick(std::slice::from_ref(&f));
+    assert!(t.decisions.is_empty() && t.actions.is_empty());
+    fx.clock.advance(2 * MIN);
+    let t = fx.tick(std::slice::from_ref(&f));
+    assert_eq!(
+        phases(&t.decisions),
+        [
+            Phase::Correlating,
+            Phase::Localising,
+            Phase::CheckingDependencies,
+            Phase::Scoring,
+            Phase::AwaitingApproval
+        ]
+    );
+    assert!(t.actions.is_empty(), "nothing moves before approval");
+    let inc = fx.engine.get(id).unwrap().unwrap();
+    let ev = inc.evidence.clone().unwrap();
+    assert_eq!(ev.delta_stack.as_deref(), Some("green"));
+    let shift = Action::Shift {
+        scope: "green".into(),
+        from: "green".into(),
+        to: vec!["blue".into()],
+        percent: 50,
+    };
+    assert_eq!(ev.proposed.as_ref(), Some(&shift));
+    assert_eq!(ev.dependencies.len(), 1);
+    assert!(ev.dependencies[0].ok && ev.dependencies[0].projected_rps == 150.0);
+    assert!(ev
+        .alternatives
+        .iter()
+        .any(|a| matches!(a.action, Some(Action::Evacuate { .. }))));
+    assert_eq!(ev.signals[0].series.len(), 2);
+    assert!(ev.confidence > 0.5, "{:?}", ev.factors);
+    assert_eq!(
+        t.decisions[4].action.as_deref(),
+        Some(shift.describe().as_str())
+    );
+    assert_eq!(t.decisions[4].confidence, Some(ev.confidence));
+    // Still nothing moves on later ticks without approval.
+    fx.clock.advance(10 * MIN);
+    assert!(fx.tick(std::slice::from_ref(&f)).actions.is_empty());
+    let out = fx.engine.approve(id, "alice", "go", fx.now()).unwrap();
+    assert_eq!(out.action.as_ref(), Some(&shift));
+    assert_eq!(phases(&out.decisions), [Phase::Executing]);
+    assert_eq!(out.decisions[0].actor, "alice");
+    // Until the executor confirms, every tick re-emits the action.
+    assert_eq!(
+        fx.tick(std::slice::from_ref(&f)).actions,
+        vec![(id, shift.clone())]
+    );
+    let out = fx
+        .engine
+        .executed(id, true, "weights pushed", fx.now())
+        .unwrap();
+    assert_eq!(phases(&out.decisions), [Phase::Verifying]);
+    assert!(fx.engine.freeze("green", fx.now()).unwrap().is_some());
+    assert!(fx.engine.freeze("blue", fx.now()).unwrap().is_some());
+    assert!(
+        fx.tick(&[]).decisions.is_empty(),
+        "verification waits for verify_ms"
+    );
+    fx.clock.advance(5 * MIN);
+    assert_eq!(phases(&fx.tick(&[]).decisions), [Phase::Resolved]);
+    assert!(fx.engine.open_ids().unwrap().is_empty());
+    let inc = fx.engine.get(id).unwrap().unwrap();
+    assert_eq!(
+        inc.history.iter().map(|t| t.to).collect::<Vec<_>>(),
+        [
+            Phase::Validating,
+            Phase::Correlating,
+            Phase::Localising,
+            Phase::CheckingDependencies,
+            Phase::Scoring,
+            Phase::AwaitingApproval,
+            Phase::Executing,
+            Phase::Verifying,
+            Phase::Resolved
+        ]
+    );
+    assert_eq!(inc.executed, vec![shift]);
+    // Closed: a new trigger on the scope opens a new incident.
+    assert_ne!(fx.open_on(&f), id);
+}
+
+#[test]
+fn a_trigger_that_does_not_persist_is_dismissed() {
+    let fx = Fx::new();
+    let f = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+    let id = fx.open_on(&f);
+    fx.clock.advance(3 * MIN);
+    let t = fx.tick(&[]);
+    assert_eq!(phases(&t.decisions), [Phase::Dismissed]);
+    assert_eq!(fx.phase(id), Phase::Dismissed);
+    assert!(fx.engine.open_ids().unwrap().is_empty());
+}
+
+#[test]
+fn rejection_closes_with_actor_and_comment() {
+    let fx = Fx::new();
+    let f = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+    let id = fx.to_approval(&f);
+    let before = fx.engine.get(id).unwrap();
+    assert!(matches!(
+        fx.engine.reject(id, "bob", " ", fx.now()),
+        Err(IncidentError::Invalid(_))
+    ));
+    assert!(matches!(
+        fx.engine.approve(id, "", "x", fx.now()),
+        Err(IncidentError::Invalid(_))
+    ));
+    assert_eq!(
+        fx.engine.get(id).unwrap(),
+        before,
+        "refused calls change nothing"
+    );
+    let out = fx
+        .engine
+        .reject(id, "bob", "known flaky dependency", fx.now())
+        .unwrap();
+    assert_eq!(phases(&out.decisions), [Phase::Rejected]);
+    assert_eq!(out.decisions[0].actor, "bob");
+    let inc = fx.engine.get(id).unwrap().unwrap();
+    assert_eq!(inc.approvals[0].comment, "known flaky dependency");
+    assert!(!inc.approvals[0].approved);
+    assert!(matches!(
+        fx.engine.approve(id, "alice", "", fx.now()),
+        Err(IncidentError::WrongPhase {
+            phase: Phase::Rejected,
+            ..
+        })
+    ));
+    assert!(fx.engine.open_ids().unwrap().is_empty());
+    assert!(fx.tick(&[f]).actions.is_empty());
+}
+
+#[test]
+fn the_freeze_window_blocks_a_second_action() {
+    let mut fx = Fx::new();
+    fx.stacks.push(StackStatus {
+        name: "canary".into(),
+        group: "default".into(),
+        healthy: true,
+        rps: 10.0,
+        peak_rps: 300.0,
+        capacity_rps: None,
+    });
+    let g = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+    let first = fx.to_approval(&g);
+    fx.engine.approve(first, "alice", "", fx.now()).unwrap();
+    fx.engine.executed(first, true, "", fx.now()).unwrap();
+    let frozen_until = fx.now() + 15 * MIN;
+    // A second incident, on canary, wants to move traffic to blue and green.
+    let c = finding("canary", Signal::ErrorRate, Severity::Confirmed, true);
+    let second = fx.to_approval(&c);
+    let proposal = fx
+        .engine
+        .get(second)
+        .unwrap()
+        .unwrap()
+        .proposal()
+        .cloned()
+        .unwrap();
+    assert!(
+        proposal.stacks().contains(&"blue".to_string()),
+        "{proposal:?}"
+    );
+    let before = fx.engine.get(second).unwrap();
+    let err = fx
+        .engine
+        .approve(second, "alice", "", fx.now())
+        .unwrap_err();
+    match &err {
+        IncidentError::Frozen {
+            until_ms, incident, ..
+        } => {
+            assert_eq!((*until_ms, *incident), (frozen_until, first));
+        }
+        e => panic!("{e}"),
+    }
+    assert!(err.to_string().contains("frozen until"), "{err}");
+    assert_eq!(fx.engine.get(second).unwrap(), before);
+    fx.clock.set(frozen_until);
+    let out = fx
+        .engine
+        .approve(second, "alice", "freeze over", fx.now())
+        .unwrap();
+    assert_eq!(out.action, Some(proposal));
+}
+
+#[test]
+fn duplicate_triggers_merge_into_one_open_incident_per_scope() {
+    let fx = Fx::new();
+    let f = finding("green", Signal::P99, Severity::Confirmed, true);
+    let a = fx.open_on(&f);
+    let b = fx.open_on(&finding(
+        "green",
+        Signal::ErrorRate,
+        Severity::Confirmed,
+        true,
+    ));
+    let hc = fx
+        .engine
+        .trigger(
+            Trigger::health_check("green", "http", "503", fx.now()),
+            fx.now(),
+        )
+        .unwrap();
+    assert_eq!((a, b, hc.incident.id), (a, a, a));
+    assert!(hc.decisions.is_empty());
+    let other = fx.open_on(&finding("blue", Signal::P99, Severity::Confirmed, true));
+    assert_ne!(other, a);
+    let inc = fx.engine.get(a).unwrap().unwrap();
+    assert_eq!((inc.trigger_count, inc.triggers.len()), (3, 3));
+    // The same Alertmanager alert delivered twice counts once.
+    let am = crate::brain::events::parse_alertmanager(
+        r#"{"version":"4","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"X","stack":"green"},"startsAt":"2026-12-01T02:00:00Z","fingerprint":"f1"}]}"#,
+    )
+    .unwrap();
+    fx.engine.ingest_alerts(&am, fx.now()).unwrap();
+    fx.engine.ingest_alerts(&am, fx.now()).unwrap();
+    assert_eq!(fx.engine.get(a).unwrap().unwrap().trigger_count, 4);
+    assert_eq!(fx.engine.open_ids().unwrap(), vec![a, other]);
+}
+
+#[test]
+fn an_alert_resolved_before_the_recheck_is_dismissed() {
+    let fx = Fx::new();
+    let body = |status: &str| {
+        format!(
+            r#"{{"version":"4","status":"{status}","alerts":[{{"status":"{status}","labels":{{"alertname":"HighLatency","switchyard_stack":"green"}},"startsAt":"2026-12-01T02:00:00Z","fingerprint":"ab"}}]}}"#
+        )
+    };
+    let firing = crate::brain::events::parse_alertmanager(&body("firing")).unwrap();
+    let out = fx.engine.ingest_alerts(&firing, fx.now()).unwrap();
+    let id = out[0].incident.id;
+    // Still firing at the re-check (no finding needed): the workflow goes on.
+    let fx2 = Fx::new();
+    let id2 = fx2.engine.ingest_alerts(&firing, fx2.now()).unwrap()[0]
+        .incident
+        .id;
+    fx2.clock.advance(3 * MIN);
+    fx2.tick(&[]);
+    assert_eq!(fx2.phase(id2), Phase::AwaitingApproval);
+    // Resolved first: dismissed.
+    let resolved = crate::brain::events::parse_alertmanager(&body("resolved")).unwrap();
+    fx.engine.ingest_alerts(&resolved, fx.now()).unwrap();
+    fx.clock.advance(3 * MIN);
+    fx.tick(&[]);
+    assert_eq!(fx.phase(id), Phase::Dismissed);
+}
+
+#[test]
+fn no_recovery_proposes_the_next_action_then_a_rollback() {
+    let fx = Fx::new();
+    let g = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+    let id = fx.to_approval(&g);
+    fx.engine.approve(id, "alice", "", fx.now()).unwrap();
+    fx.engine.executed(id, true, "", fx.now()).unwrap();
+    fx.clock.advance(5 * MIN);
+    // Green still bad after the 50 % shift: propose evacuating the rest.
+    let t = fx.tick(std::slice::from_ref(&g));
+    assert_eq!(phases(&t.decisions), [Phase::AwaitingApproval]);
+    let next = fx.engine.get(id).unwrap().unwrap().proposal().cloned();
+    assert_eq!(
+        next,
+        Some(Action::Evacuate {
+            stack: "green".into(),
+            to: vec!["blue".into()]
+        })
+    );
+    // The escalation is a second action: it waits for the freeze.
+    assert!(matches!(
+        fx.engine.approve(id, "alice", "", fx.now()),
+        Err(IncidentError::Frozen { .. })
+    ));
+    fx.clock.advance(10 * MIN);
+    fx.engine.approve(id, "alice", "", fx.now()).unwrap();
+    fx.engine.executed(id, true, "", fx.now()).unwrap();
+    fx.clock.advance(5 * MIN);
+    // The errors followed the traffic to blue: roll back.
+    let b = finding("blue", Signal::ErrorRate, Severity::Confirmed, false);
+    fx.tick(&[b]);
+    let inc = fx.engine.get(id).unwrap().unwrap();
+    assert_eq!(inc.phase, Phase::AwaitingApproval);
+    let restore = Action::Restore {
+        stacks: vec!["green".into(), "blue".into()],
+    };
+    assert_eq!(inc.proposal(), Some(&restore));
+    // Its own rollback is allowed inside the freeze.
+    let out = fx.engine.approve(id, "alice", "undo", fx.now()).unwrap();
+    assert_eq!(out.action, Some(restore));
+}
+
+#[test]
+fn dependency_checks_pick_what_fits_or_nothing() {
+    let mut fx = Fx::new();
+    // Blue has room for 30 more rps: 50 % (50 rps) does not fit, 25 % does.
+    fx.stacks = stacks(130.0);
+    let g = finding("green", Signal::P99, Severity::Confirmed, true);
+    let id = fx.to_approval(&g);
+    let ev = fx.engine.get(id).unwrap().unwrap().evidence.unwrap();
+    assert!(
+        matches!(ev.proposed, Some(Action::Shift { percent: 25, .. })),
+        "{:?}",
+        ev.proposed
+    );
+    assert!(
+        ev.alternatives.iter().any(|a| a
+            .why_not
+            .contains("blue would carry 150 rps > its limit 130")),
+        "{:?}",
+        ev.alternatives
+    );
+    // No room at all, and a hard-down stack: nothing fits; a human decides.
+    let mut fx = Fx::new();
+    fx.stacks = stacks(100.0);
+    let mut dead = finding("green", Signal::ErrorRate, Severity::Confirmed, false);
+    dead.reasons = vec![Reason::HardDown];
+    let id = fx.to_approval(&dead);
+    let inc = fx.engine.get(id).unwrap().unwrap();
+    let ev = inc.evidence.clone().unwrap();
+    assert_eq!(ev.proposed, None);
+    assert!(ev.localisation.contains("hard down"));
+    assert!(ev
+        .alternatives
+        .iter()
+        .any(|a| matches!(a.action, Some(Action::Evacuate { .. }))));
+    // Approving "no action" acknowledges and resolves.
+    let out = fx
+        .engine
+        .approve(id, "alice", "will scale blue", fx.now())
+        .unwrap();
+    assert_eq!((out.action, out.incident.phase), (None, Phase::Resolved));
+}
+
+#[test]
+fn stacks_deviating_together_get_no_routing_action() {
+    let fx = Fx::new();
+    let g = finding("green", Signal::P99, Severity::Confirmed, false);
+    let b = finding("blue", Signal::P99, Severity::Confirmed, false);
+    let id = fx.open_on(&g);
+    fx.clock.advance(3 * MIN);
+    fx.tick(&[g, b]);
+    let ev = fx.engine.get(id).unwrap().unwrap().evidence.unwrap();
+    assert_eq!((ev.delta_stack, ev.proposed), (None, None));
+    assert!(
+        ev.localisation.contains("deviate together"),
+        "{}",
+        ev.localisation
+    );
+}
+
+#[test]
+fn a_deployment_before_the_onset_raises_confidence() {
+    let conf = |with_deploy: bool| {
+        let fx = Fx::new();
+        let mut f = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+        if with_deploy {
+            f.events.push(Correlation {
+                event_id: "deploy-7".into(),
+                kind: EventKind::Deployment,
+                relation: "deployment on green 2 min before the onset".into(),
+                suspect: true,
+            });
+        }
+        let id = fx.to_approval(&f);
+        fx.engine.get(id).unwrap().unwrap().evidence.unwrap()
+    };
+    let (without, with) = (conf(false), conf(true));
+    assert!(
+        with.confidence > without.confidence + 0.1,
+        "{} vs {}",
+        with.confidence,
+        without.confidence
+    );
+    assert_eq!(with.events[0].id, "deploy-7");
+    assert!(with.events[0].suspect);
+    // From the registry too, when the finding carries no correlation.
+    let fx = Fx::new();
+    let f = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+    let id = fx.open_on(&f);
+    fx.clock.advance(3 * MIN);
+    let deploy = Event {
+        id: "deploy-8".into(),
+        kind: EventKind::Deployment,
+        scope: Scope::Stacks(vec!["green".into()]),
+        from_ms: T0 - 10 * MIN,
+        to_ms: T0 - 9 * MIN,
+        description: String::new(),
+        actor: "ci".into(),
+    };
+    let ctx = Context {
+        findings: std::slice::from_ref(&f),
+        stacks: &fx.stacks,
+        events: std::slice::from_ref(&deploy),
+    };
+    fx.engine.tick(fx.now(), &ctx).unwrap();
+    let ev = fx.engine.get(id).unwrap().unwrap().evidence.unwrap();
+    assert!(
+        ev.events.iter().any(|e| e.id == "deploy-8" && e.suspect),
+        "{:?}",
+        ev.events
+    );
+}
+
+#[test]
+fn concurrent_approvals_apply_once() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let fx = Fx::on(store.clone());
+    let other = IncidentEngine::new(store, IncidentConfig::default());
+    let id = fx.to_approval(&finding("green", Signal::P99, Severity::Confirmed, true));
+    fx.engine.approve(id, "alice", "", fx.now()).unwrap();
+    assert!(matches!(
+        other.approve(id, "bob", "", fx.now()),
+        Err(IncidentError::WrongPhase {
+            phase: Phase::Executing,
+            ..
+        })
+    ));
+    let inc = other.get(id).unwrap().unwrap();
+    assert_eq!(inc.approvals.len(), 1);
+}
+
+#[test]
+fn a_restart_resumes_every_open_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+    let b = finding("blue", Signal::P99, Severity::Confirmed, true);
+    let (first, second, at) = {
+        let fx = Fx::on(Arc::new(RedbStore::open(dir.path()).unwrap()));
+        let first = fx.to_approval(&g);
+        fx.clock.advance(MIN);
+        let second = fx.open_on(&b);
+        assert_eq!(fx.phase(second), Phase::Validating);
+        (first, second, fx.now())
+    };
+    let fx = Fx::on(Arc::new(RedbStore::open(dir.path()).unwrap()));
+    fx.clock.set(at);
+    let open: Vec<(u64, Phase)> = fx
+        .engine
+        .open()
+        .unwrap()
+        .iter()
+        .map(|i| (i.id, i.phase))
+        .collect();
+    assert_eq!(
+        open,
+        vec![
+            (first, Phase::AwaitingApproval),
+            (second, Phase::Validating)
+        ]
+    );
+    let out = fx
+        .engine
+        .approve(first, "alice", "after restart", fx.now())
+        .unwrap();
+    assert!(out.action.is_some());
+    fx.clock.advance(3 * MIN);
+    let t = fx.tick(&[g, b]);
+    assert_eq!(t.actions.len(), 1, "the approved action is re-emitted");
+    assert_eq!(fx.phase(second), Phase::AwaitingApproval);
+    // A restart between approval and execution loses nothing either.
+    drop(fx);
+    let fx = Fx::on(Arc::new(RedbStore::open(dir.path()).unwrap()));
+    fx.clock.set(at + 3 * MIN);
+    assert_eq!(fx.tick(&[]).actions[0].0, first);
+    fx.engine.executed(first, true, "", fx.now()).unwrap();
+    assert_eq!(fx.phase(first), Phase::Verifying);
+}
+
+#[test]
+fn a_malformed_webhook_opens_nothing() {
+    let fx = Fx::new();
+    // One good alert and one without a fingerprint: the whole payload is refused.
+    let body = r#"{"version":"4","status":"firing","alerts":[
+        {"status":"firing","labels":{"stack":"green"},"startsAt":"2026-12-01T02:00:00Z","fingerprint":"ok"},
+        {"status":"firing","labels":{"stack":"blue"},"startsAt":"2026-12-01T02:00:00Z"}]}"#;
+    let err = crate::brain::events::parse_alertmanager(body).unwrap_err();
+    assert_eq!(err.problems()[0].field, "alerts[1].fingerprint");
+    assert!(fx.engine.open_ids().unwrap().is_empty());
+    assert!(matches!(
+        fx.engine
+            .trigger(Trigger::health_check("", "http", "", fx.now()), fx.now()),
+        Err(IncidentError::Invalid(_))
+    ));
+    assert!(fx.engine.open_ids().unwrap().is_empty());
+}
