@@ -1,7 +1,7 @@
 use super::*;
 use crate::brain::clock::{Clock, ManualClock};
 use crate::brain::detection::{Correlation, CrossStack, Signal};
-use crate::brain::events::Scope;
+use crate::brain::events::{Event, Scope};
 use crate::store::{MemoryStore, RedbStore};
 
 const T0: u64 = 1_796_090_400_000;
