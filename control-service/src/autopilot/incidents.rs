@@ -106,11 +106,9 @@ impl Desk {
     /// The detector's view of the policy's stacks.
     fn topology(&self, current: &Current) -> Vec<StackInfo> {
         let doc: serde_json::Value = serde_json::from_str(&current.policy_json).unwrap_or_default();
-        let default_targets: Vec<&str> = doc["default"]["targets"]
-            .as_array()
+        let default_targets: Vec<String> = super::default_targets(&current.policy_json)
             .into_iter()
-            .flatten()
-            .filter_map(|t| t["stack"].as_str())
+            .map(|(n, _)| n)
             .collect();
         current
             .record
@@ -136,7 +134,7 @@ impl Desk {
                     .get(&s.name)
                     .cloned()
                     .unwrap_or_else(|| {
-                        if default_targets.contains(&s.name.as_str()) {
+                        if default_targets.contains(&s.name) {
                             "default".into()
                         } else {
                             s.name.clone()
@@ -270,20 +268,16 @@ struct Prior {
 /// The stacks' shares of the default route (percent), with the operator factors and
 /// drains of `record` applied.
 fn default_shares(current: &Current) -> BTreeMap<String, f64> {
-    let doc: serde_json::Value = serde_json::from_str(&current.policy_json).unwrap_or_default();
     let mut raw = BTreeMap::new();
-    for t in doc["default"]["targets"].as_array().into_iter().flatten() {
-        let Some(name) = t["stack"].as_str() else {
-            continue;
-        };
-        let w = t["weight"].as_u64().unwrap_or(1) as f64;
-        let eff = match current.record.stack(name) {
+    for (name, w) in super::default_targets(&current.policy_json) {
+        let w = f64::from(w);
+        let eff = match current.record.stack(&name) {
             Some(s) if s.healthy && !s.draining && !s.evacuating => {
                 w * f64::from(s.weight_percent) / 100.0
             }
             _ => 0.0,
         };
-        raw.insert(name.to_string(), eff);
+        raw.insert(name, eff);
     }
     let total: f64 = raw.values().sum();
     raw.into_iter()

@@ -555,16 +555,9 @@ pub fn manual_shift(
     stack: &str,
     op: &StackOp,
 ) -> Option<u32> {
-    let doc: serde_json::Value = serde_json::from_str(policy_json).ok()?;
-    let weights: Vec<(String, f64)> = doc["default"]["targets"]
-        .as_array()?
-        .iter()
-        .filter_map(|t| {
-            Some((
-                t["stack"].as_str()?.to_string(),
-                t["weight"].as_f64().unwrap_or(1.0),
-            ))
-        })
+    let weights: Vec<(String, f64)> = default_targets(policy_json)
+        .into_iter()
+        .map(|(n, w)| (n, f64::from(w)))
         .collect();
     let share = |states: &[crate::model::StackRuntime]| -> f64 {
         let eff = |name: &str| {
@@ -612,18 +605,34 @@ pub fn kpi_gates(pilot: &Autopilot) -> Vec<crate::brain::rollout::KpiGate> {
 /// The release's and the stable stack's weights in the policy's default route (0 when
 /// not a target there).
 pub fn policy_weights(policy_json: &str, release: &str, stable: &str) -> (u32, u32) {
-    let doc: serde_json::Value = serde_json::from_str(policy_json).unwrap_or_default();
     let mut wr = 0;
     let mut ws = 0;
-    for t in doc["default"]["targets"].as_array().into_iter().flatten() {
-        let w = t["weight"].as_u64().unwrap_or(1) as u32;
-        match t["stack"].as_str() {
-            Some(s) if s == release => wr = w,
-            Some(s) if s == stable => ws = w,
-            _ => {}
+    for (name, w) in default_targets(policy_json) {
+        if name == release {
+            wr = w;
+        } else if name == stable {
+            ws = w;
         }
     }
     (wr, ws)
+}
+
+/// The default route's targets and their policy weights (1 when not given), in policy
+/// order; empty when the document cannot be read. The one reader of the default route
+/// for the autopilot (shares, shifts, rollout factors, the detector's topology).
+pub fn default_targets(policy_json: &str) -> Vec<(String, u32)> {
+    let doc: serde_json::Value = serde_json::from_str(policy_json).unwrap_or_default();
+    doc["default"]["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t["stack"].as_str()?.to_string(),
+                t["weight"].as_u64().unwrap_or(1) as u32,
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
