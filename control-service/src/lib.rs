@@ -10,7 +10,8 @@
 //!
 //! Imports point one way, from the edges to the domain, never back:
 //! `server → {config, grpc, http, control, store, proto}`, `config → {grpc, store}` (Watch
-//! settings), `grpc → {control, fleet, proto, codec}`, `http → {control, fleet, model}`,
+//! settings), `grpc → {control, fleet, proto, codec}`, `http → {control, fleet, model,
+//! metrics}`, `metrics → {control, fleet, model}` (the Prometheus exposition),
 //! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
 //! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,
 //! `store → model`; [`health`] (active checks, the fast path): `health → {brain, control,
@@ -28,6 +29,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod server;
