@@ -13,7 +13,7 @@ WASM := target/switchyard/switchyard_filter.wasm
 export ENVOY
 export SWITCHYARD_WASM := $(abspath $(WASM))
 
-.PHONY: all setup build wasm native run test test-wasm32 test-unit test-e2e bench clean fmt lint
+.PHONY: all setup build wasm native run test test-wasm32 test-unit test-e2e check-prometheus bench clean fmt lint
 
 all: build
 
@@ -85,12 +85,22 @@ run: setup build
 	scripts/run.sh
 
 ## ---- test ----------------------------------------------------------------
-test: setup wasm $(TOOLS)/.k8s-schemas
+test: setup wasm $(TOOLS)/.k8s-schemas check-prometheus
 	$(CARGO) test --workspace --exclude switchyard-e2e
 	scripts/istio-schema-check.sh
 	SWITCHYARD_RUNNER_FRESH=1 $(TEST_WASM32)
 	$(CARGO) build -p switchyard-storefront -p switchyard-control
 	$(CARGO) test -p switchyard-e2e -- --test-threads 1
+
+# examples/prometheus: the configs load, the rules parse and their unit tests pass (a few
+# seconds). `promtool check metrics` on a real scrape of the control service's /metrics,
+# and the rules and alerts against real Prometheus and Alertmanager, run in
+# tests/e2e/tests/alerting.rs.
+check-prometheus: $(TOOLS)/.prometheus
+	promtool check config examples/prometheus/prometheus.yml
+	promtool check rules examples/prometheus/rules/*.yml
+	cd examples/prometheus && promtool test rules tests/*.yml
+	amtool check-config examples/prometheus/alertmanager.yml
 
 # The filter's pure-core tests as 32-bit wasm (usize, getrandom, clocks) on the wasmtime
 # WASI runner (.cargo/config.toml); ~10 s warm. tests/policy.rs and tests/router.rs read

@@ -300,7 +300,10 @@ impl Fleet {
 
     /// Per stack, everything reported since start ([`Fleet::count`]).
     pub fn totals(&self) -> BTreeMap<String, StackTotals> {
-        self.totals.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Attach the series reports are folded into (once; later calls are ignored).

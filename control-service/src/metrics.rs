@@ -123,7 +123,10 @@ fn state(out: &mut Exposition, control: &Control) {
     let Some(c) = &current else { return };
     let stacks = &c.record.stacks;
     let per = |f: &dyn Fn(&StackRuntime) -> f64| -> Vec<(String, f64)> {
-        stacks.iter().map(|s| (stack_label(&s.name), f(s))).collect()
+        stacks
+            .iter()
+            .map(|s| (stack_label(&s.name), f(s)))
+            .collect()
     };
     out.family(
         "switchyard_control_stack_effective_weight_percent",

@@ -12,6 +12,8 @@
 //! - [`Envoy`]: the real binary with a bootstrap YAML, admin and listener ports read back.
 //! - [`Client`]: a keep-alive HTTP/1.1 client that sends headers verbatim.
 //! - [`EtcdCluster`]: real etcd members on reserved ports, killable and restartable.
+//! - [`prometheus`]: real Prometheus and Alertmanager, `promtool`, and the shipped
+//!   `examples/prometheus` with its durations compressed for tests.
 //!
 //! It never does date arithmetic (`switchyard_filter::schedule` does) and never builds
 //! the `.wasm` itself ([`filter_wasm`] asks the proxy-host's build module).
@@ -23,6 +25,7 @@ pub mod etcd;
 pub mod http;
 pub mod ports;
 pub mod proc;
+pub mod prometheus;
 pub mod wasm;
 
 use std::path::PathBuf;
