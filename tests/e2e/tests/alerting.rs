@@ -345,6 +345,11 @@ fn error_burn_on_one_stack_fires_reaches_alertmanager_and_opens_an_incident_on_i
     );
     let sent = traffic.stop();
     println!(
+        "ALERT {} {}: {}",
+        alert["labels"]["alertname"], alert["labels"]["severity"], alert["annotations"]["summary"]
+    );
+    println!("INCIDENT {incident}");
+    println!(
         "ALERTING fault_to_firing_ms={} fault_to_incident_ms={} requests={sent}",
         fired.as_millis(),
         posted.as_millis()
@@ -568,5 +573,18 @@ fn every_series_the_dashboard_queries_exists_and_metrics_pass_promtool() {
                 .starts_with("switchyard_control_stack_kpi_total{stack=\"blue\",kpi=\"views\"} ")),
         "{text}"
     );
+    for l in text.lines().filter(|l| l.contains("_total{")) {
+        println!("METRICS {l}");
+    }
+    for q in [
+        "switchyard_stack:requests:rate5m",
+        "switchyard_stack:error_ratio:rate5m",
+        "switchyard_stack:latency_ms:p99_rate5m",
+        "switchyard_stack:kpi_per_1k_requests:rate5m",
+    ] {
+        for r in sys.prometheus.query(q) {
+            println!("RECORDED {q}{} {}", r["metric"], r["value"][1]);
+        }
+    }
     println!("DASHBOARD series={} requests={sent}", wanted.len());
 }
