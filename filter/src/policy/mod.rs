@@ -36,7 +36,7 @@ pub use switchyard_policy_doc::*;
 pub use check::{FieldIssue, Invalid};
 pub use compile::{compile, Validated};
 pub use compiled::{
-    AffinityCfg, Balance, ChannelDef, Classification, LocalReply, Policy, Route, Rule, Stack,
+    AffinityCfg, Balance, ChannelDef, Classification, LocalReply, Policy, Queue, Route, Rule, Stack,
     Target, DEFAULT_RULE_ID,
 };
 pub use condition::Condition;
