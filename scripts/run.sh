@@ -31,7 +31,7 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-for port in 10000 9901 8081 8082 8083 8084 18000 18080; do
+for port in 10000 9901 8081 8082 8083 8084 8090 8091 4222 18000 18080; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use on 127.0.0.1; stop whatever holds it (an earlier make run?)" >&2
     exit 1
@@ -64,6 +64,24 @@ if ! "$BIN/switchyard" policy get >/dev/null 2>&1; then
   "$BIN/switchyard" --actor make-run policy apply examples/policies/demo.json
 fi
 
+# Degraded mode (docs/degraded-mode.md): NATS JetStream (file store in $RUN/nats) and one
+# order intake per region; they drain through Envoy on :10000. Skipped without nats-server.
+NATS_SERVER=$(command -v nats-server || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; } || true)
+if [ -n "$NATS_SERVER" ] && [ -x "$BIN/switchyard-intake" ]; then
+  "$NATS_SERVER" -a 127.0.0.1 -p 4222 --jetstream --store_dir "$RUN/nats" >"$RUN/nats.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$RUN/pids/nats.pid"
+  for spec in us:8090 eu:8091; do
+    IFS=: read -r region port <<<"$spec"
+    "$BIN/switchyard-intake" --region "$region" --listen "127.0.0.1:$port" --nats 127.0.0.1:4222 \
+      --upstream http://127.0.0.1:10000 --drain-rate 5 >"$RUN/intake-$region.log" 2>&1 &
+    pids+=($!)
+    echo $! >"$RUN/pids/intake-$region.pid"
+  done
+else
+  echo "note: no nats-server or $BIN/switchyard-intake: degraded mode's intakes are not started (make setup build)" >&2
+fi
+
 # Demo cookie keys. In production put real secrets in Envoy's environment.
 export SWITCHYARD_AFFINITY_KEYS=${SWITCHYARD_AFFINITY_KEYS:-demo1=demo-affinity-secret-change-me}
 "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --log-level warn --component-log-level wasm:info >"$RUN/envoy.log" 2>&1 &
@@ -83,6 +101,7 @@ Switchyard is running (logs in .run/):
   storefront via Envoy   http://127.0.0.1:10000   (stacks: blue, green, canary, eu)
   Envoy admin            http://127.0.0.1:9901    (/stats/prometheus | grep switchyard)
   control service        grpc 127.0.0.1:18000, http://127.0.0.1:18080/api/v1/status
+  order intakes          http://127.0.0.1:8090 (us), :8091 (eu) on NATS 127.0.0.1:4222 (degraded mode)
   operator CLI           target/release/switchyard status | policy history | stacks list
 
 Try:
@@ -98,6 +117,12 @@ Try:
   scripts/chaos.sh kill blue          # kill -9 a stack: the fast path evacuates it within ~1 s, the demo goes on
   scripts/chaos.sh slow green 300     # +300 ms on every green response; chaos.sh heal green undoes it
   scripts/chaos.sh revive blue        # start a killed stack again
+  # Degraded mode (docs/degraded-mode.md): queue orders instead of failing them
+  target/release/switchyard policy apply examples/intake/policy.json
+  scripts/chaos.sh kill blue; scripts/chaos.sh kill green
+  curl -s localhost:10000/checkout -H 'content-type: application/json' -H 'idempotency-key: demo-1' -d '{"cart":["tee-navy"]}'   # 202 + reference
+  scripts/chaos.sh revive blue; scripts/chaos.sh revive green
+  curl -s localhost:8090/orders/<reference>   # queued → placed;  curl -s localhost:8090/metrics
 
 Press Ctrl-C to stop.
 MSG

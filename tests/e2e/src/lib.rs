@@ -121,6 +121,8 @@ pub fn render_config(policy_json: &str, stack_ports: &HashMap<&str, u16>) -> Str
         ("green", 8082),
         ("canary", 8083),
         ("eu", 8084),
+        ("intake_us", 8090),
+        ("intake_eu", 8091),
         ("control", 18000),
     ];
     let mut out = Vec::new();
