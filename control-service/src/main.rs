@@ -38,6 +38,18 @@ enum Command {
 enum TokenCmd {
     /// Create a token and print it (or write it to --output). Shown once.
     Create(TokenCreateArgs),
+    /// Install a token generated elsewhere (`syt_` and 64 hex digits, read from a file),
+    /// e.g. the one a deployment also hands to Envoy. Idempotent.
+    Import(TokenImportArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenImportArgs {
+    /// File holding the token.
+    #[arg(long, value_name = "PATH")]
+    token_file: std::path::PathBuf,
+    #[command(flatten)]
+    common: TokenCreateArgs,
 }
 
 #[derive(clap::Args)]
@@ -48,7 +60,7 @@ struct TokenCreateArgs {
     /// viewer, operator, approver, admin or dataplane.
     #[arg(long, value_enum)]
     role: switchyard_control::auth::Role,
-    /// Write the token to this file (mode 0600) instead of stdout.
+    /// Write the token to this file (mode 0600) instead of stdout (`create` only).
     #[arg(long, value_name = "PATH")]
     output: Option<std::path::PathBuf>,
     /// The server's config file (for its store settings).
@@ -68,11 +80,14 @@ struct TokenCreateArgs {
     etcd_prefix: Option<String>,
 }
 
-fn token_create(args: TokenCreateArgs) -> std::process::ExitCode {
+fn token_create(
+    args: TokenCreateArgs,
+    import: Option<std::path::PathBuf>,
+) -> std::process::ExitCode {
     use switchyard_control::auth::Tokens;
     use switchyard_control::brain::audit::{AuditDraft, AuditKind, AuditLog};
     let fail = |msg: String| {
-        eprintln!("switchyard-control token create: {msg}");
+        eprintln!("switchyard-control token: {msg}");
         std::process::ExitCode::FAILURE
     };
     let serve = ServeArgs {
@@ -96,18 +111,27 @@ fn token_create(args: TokenCreateArgs) -> std::process::ExitCode {
         }
     };
     let now = switchyard_control::model::now_unix_ms();
-    let (token, record) = match Tokens::new(&*store).create(
-        &args.name,
-        args.role,
-        "switchyard-control token create",
-        now,
-    ) {
+    let by = "switchyard-control token";
+    if let Some(path) = import {
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        };
+        return match Tokens::new(&*store).import(&token, &args.name, args.role, by, now) {
+            Ok(r) => {
+                eprintln!("token {} for {} (role {}) installed", r.id, r.name, r.role);
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        };
+    }
+    let (token, record) = match Tokens::new(&*store).create(&args.name, args.role, by, now) {
         Ok(t) => t,
         Err(e) => return fail(e.to_string()),
     };
     let draft = AuditDraft::new(
         now,
-        "switchyard-control token create",
+        by,
         AuditKind::Note,
         format!("token/{}", record.id),
         format!(
@@ -310,7 +334,8 @@ fn main() -> std::process::ExitCode {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Replay(args) => return replay(args),
-        Command::Token(TokenCmd::Create(args)) => return token_create(args),
+        Command::Token(TokenCmd::Create(args)) => return token_create(args, None),
+        Command::Token(TokenCmd::Import(a)) => return token_create(a.common, Some(a.token_file)),
     };
     let cfg = match config::resolve(&args) {
         Ok(c) => c,

@@ -110,6 +110,60 @@ impl<'a> Tokens<'a> {
         Ok((token, record))
     }
 
+    /// Install a token generated elsewhere (a secrets manager, a deployment tool that
+    /// hands the same secret to Envoy): `syt_` and 64 hex digits, 256 random bits.
+    /// Importing the same token again with the same name and role changes nothing.
+    pub fn import(
+        &self,
+        token: &str,
+        name: &str,
+        role: Role,
+        created_by: &str,
+        now_ms: u64,
+    ) -> Result<TokenRecord, TokenError> {
+        super::check_name(name).map_err(TokenError::Invalid)?;
+        let secret = token.strip_prefix(TOKEN_PREFIX).unwrap_or_default();
+        if secret.len() != 64 || !secret.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(TokenError::Invalid(format!(
+                "a token is {TOKEN_PREFIX} and 64 hex digits (256 random bits)"
+            )));
+        }
+        let sha256 = hash(token);
+        let key = format!("{PREFIX}{sha256}");
+        if let Some(v) = self.store.read(&key)? {
+            let existing = parse(&key, &v)?;
+            if existing.name == name && existing.role == role && existing.revoked_ms.is_none() {
+                return Ok(existing);
+            }
+            return Err(TokenError::Invalid(format!(
+                "this token is already installed as {} (role {}{})",
+                existing.name,
+                existing.role,
+                if existing.revoked_ms.is_some() {
+                    ", revoked"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let record = TokenRecord {
+            id: sha256[..ID_LEN].to_string(),
+            name: name.to_string(),
+            role,
+            created_ms: now_ms,
+            created_by: created_by.to_string(),
+            revoked_ms: None,
+            sha256,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| TokenError::Corrupt {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+        self.store
+            .commit(&Batch::new().absent(key.clone()).put(key, json))?;
+        Ok(record)
+    }
+
     /// The identity a presented token stands for.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         // Only the format is checked before hashing: the lookup key is a hash of the
@@ -248,6 +302,35 @@ mod tests {
         let all = tokens.list().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].revoked_ms, Some(9));
+    }
+
+    #[test]
+    fn an_imported_token_works_and_importing_it_again_is_harmless() {
+        let store = MemoryStore::new();
+        let tokens = Tokens::new(&store);
+        let token = format!("{TOKEN_PREFIX}{}", "5a".repeat(32));
+        let rec = tokens
+            .import(&token, "envoy", Role::Dataplane, "t", 1)
+            .unwrap();
+        assert_eq!(rec.sha256, hash(&token));
+        assert_eq!(tokens.verify(&token).unwrap().role, Role::Dataplane);
+        assert_eq!(
+            tokens
+                .import(&token, "envoy", Role::Dataplane, "t", 2)
+                .unwrap(),
+            rec
+        );
+        assert!(matches!(
+            tokens.import(&token, "envoy", Role::Admin, "t", 2),
+            Err(TokenError::Invalid(_))
+        ));
+        for bad in ["syt_short", "5a5a", &format!("syt_{}", "zz".repeat(32))] {
+            assert!(matches!(
+                tokens.import(bad, "x", Role::Viewer, "t", 1),
+                Err(TokenError::Invalid(_))
+            ));
+        }
+        assert_eq!(tokens.list().unwrap().len(), 1);
     }
 
     #[test]
