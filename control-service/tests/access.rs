@@ -130,7 +130,7 @@ impl Secured {
         let store = h.server.control.store();
         let t = Tokens::new(&*store);
         let mk = |name: &str, role| t.create(name, role, "test", 1).unwrap().0;
-        let s = Secured {
+        Secured {
             admin: mk("root", Role::Admin),
             viewer: mk("vera", Role::Viewer),
             operator: mk("olga", Role::Operator),
@@ -142,9 +142,7 @@ impl Secured {
                 tok
             },
             h,
-        };
-        drop(t);
-        s
+        }
     }
 
     fn token_for(&self, role: Role) -> &str {

@@ -889,6 +889,33 @@ pub fn print_events(events: &[v1::EventInfo]) {
     print_table(&rows);
 }
 
+/// Tokens as a table: id, name, role, created, by whom, state.
+pub fn print_tokens(tokens: &[v1::TokenInfo]) {
+    if tokens.is_empty() {
+        println!("no tokens");
+        return;
+    }
+    println!(
+        "{:<16}  {:<24} {:<9} {:<20} {:<16} STATE",
+        "ID", "NAME", "ROLE", "CREATED", "BY"
+    );
+    for t in tokens {
+        let state = if t.revoked_unix_ms == 0 {
+            "valid".to_string()
+        } else {
+            format!("revoked {}", fmt_time(t.revoked_unix_ms))
+        };
+        println!(
+            "{:<16}  {:<24} {:<9} {:<20} {:<16} {state}",
+            t.id,
+            t.name,
+            t.role,
+            fmt_time(t.created_unix_ms),
+            t.created_by
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -922,33 +949,6 @@ mod tests {
         assert_eq!(
             (f.code, f.message.as_str()),
             (EXIT_REJECTED, "not found: stack \"x\"")
-        );
-    }
-}
-
-/// Tokens as a table: id, name, role, created, by whom, state.
-pub fn print_tokens(tokens: &[v1::TokenInfo]) {
-    if tokens.is_empty() {
-        println!("no tokens");
-        return;
-    }
-    println!(
-        "{:<16}  {:<24} {:<9} {:<20} {:<16} STATE",
-        "ID", "NAME", "ROLE", "CREATED", "BY"
-    );
-    for t in tokens {
-        let state = if t.revoked_unix_ms == 0 {
-            "valid".to_string()
-        } else {
-            format!("revoked {}", fmt_time(t.revoked_unix_ms))
-        };
-        println!(
-            "{:<16}  {:<24} {:<9} {:<20} {:<16} {state}",
-            t.id,
-            t.name,
-            t.role,
-            fmt_time(t.created_unix_ms),
-            t.created_by
         );
     }
 }
