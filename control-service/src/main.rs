@@ -119,6 +119,22 @@ fn token_create(
         };
         return match Tokens::new(&*store).import(&token, &args.name, args.role, by, now) {
             Ok(r) => {
+                // A repeated import changes nothing and records nothing.
+                if r.created_ms == now {
+                    let draft = AuditDraft::new(
+                        now,
+                        by,
+                        AuditKind::Note,
+                        format!("token/{}", r.id),
+                        format!(
+                            "token {} imported for {} (role {}) offline",
+                            r.id, r.name, r.role
+                        ),
+                    );
+                    if let Err(e) = AuditLog::new(store.clone()).append(draft) {
+                        return fail(format!("token installed but not audited: {e}"));
+                    }
+                }
                 eprintln!("token {} for {} (role {}) installed", r.id, r.name, r.role);
                 std::process::ExitCode::SUCCESS
             }
