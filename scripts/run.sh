@@ -50,6 +50,27 @@ for spec in $STACKS; do
   echo $! >"$RUN/pids/$name.pid"
 done
 
+# Credentials (docs/security.md): on the first start (or after .run/control-data was
+# removed), an admin token for the CLI and a dataplane token for Envoy, created offline in
+# the store and written to $RUN (mode 0600). The CLI reads .run/admin.token by itself;
+# Envoy's control cluster reads the dataplane token through file-based SDS.
+if [ ! -s "$RUN/admin.token" ] || [ ! -s "$RUN/dataplane.token" ] || [ ! -d "$RUN/control-data" ]; then
+  rm -f "$RUN/admin.token" "$RUN/dataplane.token"
+  for spec in make-run:admin:admin envoy-local:dataplane:dataplane; do
+    IFS=: read -r name role file <<<"$spec"
+    "$BIN/switchyard-control" token create --config examples/demo-control.toml \
+      --data-dir "$RUN/control-data" --name "$name" --role "$role" --output "$RUN/$file.token" \
+      2>>"$RUN/control.log"
+  done
+fi
+(
+  umask 077
+  printf 'resources:\n- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: switchyard_control_token\n  generic_secret:\n    secret:\n      inline_string: "Bearer %s"\n' \
+    "$(cat "$RUN/dataplane.token")" >"$RUN/control-token.yaml.new"
+  mv "$RUN/control-token.yaml.new" "$RUN/control-token.yaml"
+)
+export SWITCHYARD_TOKEN_FILE="$RUN/admin.token"
+
 # The control service with its embedded store; the demo policy is applied as version 1
 # (or the stored state is restored when .run/control-data already has it).
 "$BIN/switchyard-control" serve --config examples/demo-control.toml \
@@ -61,7 +82,7 @@ echo $! >"$RUN/pids/control.pid"
 for _ in $(seq 1 100); do grep -q "grpc listening" "$RUN/control.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "grpc listening" "$RUN/control.out" || { echo "control service did not start; see $RUN/control.log" >&2; exit 1; }
 if ! "$BIN/switchyard" policy get >/dev/null 2>&1; then
-  "$BIN/switchyard" --actor make-run policy apply examples/policies/demo.json
+  "$BIN/switchyard" policy apply examples/policies/demo.json
 fi
 
 # Degraded mode (docs/degraded-mode.md): NATS JetStream (file store in $RUN/nats) and one
@@ -84,7 +105,9 @@ fi
 
 # Demo cookie keys. In production put real secrets in Envoy's environment.
 export SWITCHYARD_AFFINITY_KEYS=${SWITCHYARD_AFFINITY_KEYS:-demo1=demo-affinity-secret-change-me}
-"$ENVOY" -c envoy/envoy.yaml --concurrency 2 --log-level warn --component-log-level wasm:info >"$RUN/envoy.log" 2>&1 &
+# envoy/envoy.yaml as shipped, with the control token's SDS file in $RUN.
+sed "s#path: .run/control-token.yaml#path: $RUN/control-token.yaml#" envoy/envoy.yaml >"$RUN/envoy.yaml"
+"$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --log-level warn --component-log-level wasm:info >"$RUN/envoy.log" 2>&1 &
 pids+=($!)
 envoy_pid=$!
 echo $! >"$RUN/pids/envoy.pid"
@@ -103,6 +126,8 @@ Switchyard is running (logs in .run/):
   control service        grpc 127.0.0.1:18000, http://127.0.0.1:18080/api/v1/status
   order intakes          http://127.0.0.1:8090 (us), :8091 (eu) on NATS 127.0.0.1:4222 (degraded mode)
   operator CLI           target/release/switchyard status | policy history | stacks list
+  credentials            .run/admin.token (role admin; the CLI reads it from here, or
+                         SWITCHYARD_TOKEN_FILE); Envoy uses .run/dataplane.token
 
 Try:
   curl -si localhost:10000/ | grep -Ei 'x-served-by|set-cookie|x-switchyard'
@@ -112,6 +137,8 @@ Try:
   curl -s  localhost:9901/stats/prometheus | grep '^switchyard_stack_rq_total'
   target/release/switchyard stacks weight green 0     # drain green on every worker, live
   target/release/switchyard stacks list
+  curl -s localhost:18080/api/v1/stacks -H "authorization: Bearer $(cat .run/admin.token)"
+  target/release/switchyard tokens create --name alice --role operator   # docs/security.md
   target/release/switchyard rollout start --stack green --stable blue --plan 0,5,20,50,100 --step 20s --warmup 5s --no-kpi-gates
   target/release/switchyard rollout status     # steps, gates, verdicts (durations compressed: examples/demo-control.toml)
   scripts/chaos.sh kill blue          # kill -9 a stack: the fast path evacuates it within ~1 s, the demo goes on
