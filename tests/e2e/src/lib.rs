@@ -375,7 +375,7 @@ pub struct ControlService {
 }
 
 /// Run `switchyard-control token …` offline on a data directory; panics with its output.
-fn token_command(data_dir: &Path, store_args: &[&str], args: &[&str]) {
+pub fn token_command(data_dir: &Path, store_args: &[&str], args: &[&str]) {
     let out = Command::new(switchyard_harness::workspace_bin("switchyard-control"))
         .arg("token")
         .args(args)

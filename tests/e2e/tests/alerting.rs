@@ -33,9 +33,9 @@ const POLICY: &str = r#"{
 const FACTOR: u64 = 60;
 
 /// The bearer token Alertmanager sends to `POST /api/v1/alerts` (and these tests send
-/// with their reads). Today the control service takes its HTTP API without a token; once
-/// it requires one, this must be an operator token it knows.
-const OPERATOR_TOKEN: &str = "switchyard-e2e-operator-token";
+/// with their reads): imported into the control service's store with role operator
+/// before it starts (authentication is on, as in production).
+const OPERATOR_TOKEN: &str = "syt_5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0ff";
 
 /// Every bounded wait in this file.
 const WAIT: Duration = Duration::from_secs(40);
@@ -71,13 +71,36 @@ impl Control {
         std::fs::write(
             &config,
             format!(
-                "store = \"memory\"\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\n\
+                "store = \"redb\"\ndata_dir = \"data\"\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\n\
                  bootstrap_policy = \"policy.json\"\n\n[autopilot]\ntick_ms = 100\n\
                  detect_min_requests = 1000000000\n",
                 grpc.port()
             ),
         )
         .unwrap();
+        // The Envoy's dataplane token and Alertmanager's operator token, offline.
+        let data = dir.join("data");
+        let store_args = ["--config", config.to_str().unwrap()];
+        let operator = dir.join("operator.token");
+        std::fs::write(&operator, OPERATOR_TOKEN).unwrap();
+        for (name, role, file) in [
+            (DATAPLANE_NAME, "dataplane", dataplane_token().file.clone()),
+            ("alertmanager", "operator", operator),
+        ] {
+            token_command(
+                &data,
+                &store_args,
+                &[
+                    "import",
+                    "--name",
+                    name,
+                    "--role",
+                    role,
+                    "--token-file",
+                    file.to_str().unwrap(),
+                ],
+            );
+        }
         let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
         cmd.args(["serve", "--config", config.to_str().unwrap()]);
         let mut proc = Proc::spawn("control", cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
