@@ -1062,6 +1062,7 @@ mod tests {
                 reason: String::new(),
                 ..Default::default()
             }],
+            ..Default::default()
         }
     }
 

@@ -28,6 +28,7 @@ use crate::brain::rollout::{
 use crate::brain::series::Series;
 use crate::brain::signals::StackWindow;
 use crate::control::{Change, Control, ControlError, StackOp};
+use crate::model::RuleStack;
 
 /// How the autopilot runs.
 #[derive(Debug, Clone)]
@@ -250,14 +251,6 @@ impl Autopilot {
 
     /// Create and start a rollout.
     pub async fn start_rollout(&self, spec: RolloutSpec) -> Result<Rollout, AutopilotError> {
-        if spec.scope != SCOPE_POLICY {
-            return Err(AutopilotError::Invalid(format!(
-                "scope {:?}: only {SCOPE_POLICY:?} (the whole policy, through the stacks' \
-                 operator factors) is supported yet; per-rule shares need the filter's \
-                 per-rule overrides",
-                spec.scope
-            )));
-        }
         let current = self
             .control
             .current()
@@ -269,17 +262,30 @@ impl Autopilot {
                 )));
             }
         }
-        let (wr, ws) = policy_weights(&current.policy_json, &spec.release, &spec.stable);
+        let Some(targets) = scope_targets(&current.policy_json, &spec.scope) else {
+            return Err(AutopilotError::Invalid(format!(
+                "scope: {:?} is neither {SCOPE_POLICY:?} (the whole policy) nor a rule of the \
+                 current policy (rules: {})",
+                spec.scope,
+                rule_ids(&current.policy_json).join(", ")
+            )));
+        };
+        let route = if spec.scope == SCOPE_POLICY {
+            "the policy's default route".to_string()
+        } else {
+            format!("rule {}'s route", spec.scope)
+        };
+        let (wr, ws) = weights_of(&targets, &spec.release, &spec.stable);
         if wr == 0 {
             return Err(AutopilotError::Invalid(format!(
-                "release: {} has no weight in the policy's default route: give it a target \
-                 weight (the rollout moves the operator factors on top of it)",
+                "release: {} has no weight in {route}: give it a target weight (the rollout \
+                 moves its factor on top of it)",
                 spec.release
             )));
         }
         if ws == 0 {
             return Err(AutopilotError::Invalid(format!(
-                "stable: {} has no weight in the policy's default route",
+                "stable: {} has no weight in {route}",
                 spec.stable
             )));
         }
@@ -330,16 +336,16 @@ impl Autopilot {
             match action {
                 Action::SetShare {
                     rollout_id,
+                    scope,
                     release,
                     stable,
                     from_percent,
                     share_percent,
                     mode,
                     permit,
-                    ..
                 } => {
-                    let applied = self
-                        .set_share(
+                    let applied = if scope == SCOPE_POLICY {
+                        self.set_share(
                             &rollout_id,
                             &release,
                             &stable,
@@ -347,7 +353,18 @@ impl Autopilot {
                             share_percent,
                             mode,
                         )
-                        .await;
+                        .await
+                    } else {
+                        self.set_rule_share(
+                            &rollout_id,
+                            &scope,
+                            (&release, &stable),
+                            from_percent,
+                            share_percent,
+                            mode,
+                        )
+                        .await
+                    };
                     if let Err(e) = &applied {
                         tracing::error!(rollout = %rollout_id, error = %e, "could not apply a share move");
                     }
@@ -492,6 +509,58 @@ impl Autopilot {
         Ok(())
     }
 
+    /// Move the release's share of one rule's traffic through the two stacks' factors
+    /// within that rule, as one version; every other rule routes as before. A step down
+    /// to 0 drains (the rule's sessions on the release finish) or evacuates (its cookie
+    /// holders move at once); at 100 the stable stack drains within the rule.
+    async fn set_rule_share(
+        &self,
+        rollout_id: &str,
+        rule: &str,
+        (release, stable): (&str, &str),
+        from_percent: u32,
+        share_percent: u32,
+        mode: MoveMode,
+    ) -> Result<(), AutopilotError> {
+        let current = self
+            .control
+            .current()
+            .ok_or_else(|| AutopilotError::Invalid("no policy".into()))?;
+        let targets = scope_targets(&current.policy_json, rule).ok_or_else(|| {
+            AutopilotError::Invalid(format!("rule {rule} is not in the current policy"))
+        })?;
+        let (wr, ws) = weights_of(&targets, release, stable);
+        let (fr, fs, evacuate) = match (share_percent, mode) {
+            (0, mode) => (0, 100, mode == MoveMode::Evacuate),
+            (100.., _) => (100, 0, false),
+            (share, _) => {
+                let f = operator_factors(share, wr, ws)?;
+                (f.release, f.stable, false)
+            }
+        };
+        let entry = |stack: &str, weight_percent, evacuating| RuleStack {
+            rule: rule.to_string(),
+            stack: stack.to_string(),
+            weight_percent,
+            evacuating,
+        };
+        let reason =
+            format!("rollout {rollout_id}: {from_percent}% -> {share_percent}% of rule {rule}");
+        let change = Change {
+            actor: format!("rollout:{rollout_id}"),
+            comment: reason,
+            origin: AuditKind::AutomaticAction,
+        };
+        self.control
+            .set_rule_stacks(
+                rule,
+                vec![entry(release, fr, evacuate), entry(stable, fs, false)],
+                change,
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn audit(&self, draft: AuditDraft) {
         let log = self.control.audit().clone();
         let r = tokio::task::spawn_blocking(move || log.append(draft)).await;
@@ -605,24 +674,53 @@ pub fn kpi_gates(pilot: &Autopilot) -> Vec<crate::brain::rollout::KpiGate> {
 /// The release's and the stable stack's weights in the policy's default route (0 when
 /// not a target there).
 pub fn policy_weights(policy_json: &str, release: &str, stable: &str) -> (u32, u32) {
+    weights_of(&default_targets(policy_json), release, stable)
+}
+
+/// The release's and the stable stack's weights among `targets` (0 when not one).
+fn weights_of(targets: &[(String, u32)], release: &str, stable: &str) -> (u32, u32) {
     let mut wr = 0;
     let mut ws = 0;
-    for (name, w) in default_targets(policy_json) {
+    for (name, w) in targets {
         if name == release {
-            wr = w;
+            wr = *w;
         } else if name == stable {
-            ws = w;
+            ws = *w;
         }
     }
     (wr, ws)
 }
 
-/// The default route's targets and their policy weights (1 when not given), in policy
-/// order; empty when the document cannot be read. The one reader of the default route
-/// for the autopilot (shares, shifts, rollout factors, the detector's topology).
-pub fn default_targets(policy_json: &str) -> Vec<(String, u32)> {
+/// The targets and policy weights of a rollout scope's route: the default route for
+/// [`SCOPE_POLICY`] and the rule `default`, the rule's own route for a rule id; `None`
+/// when the policy has no such rule.
+pub fn scope_targets(policy_json: &str, scope: &str) -> Option<Vec<(String, u32)>> {
     let doc: serde_json::Value = serde_json::from_str(policy_json).unwrap_or_default();
-    doc["default"]["targets"]
+    let route = if scope == SCOPE_POLICY || scope == "default" {
+        &doc["default"]
+    } else {
+        &doc["rules"]
+            .as_array()?
+            .iter()
+            .find(|r| r["id"].as_str() == Some(scope))?["route"]
+    };
+    Some(targets_of(route))
+}
+
+/// The rule ids of a policy document, in order, `default` last.
+fn rule_ids(policy_json: &str) -> Vec<String> {
+    let doc: serde_json::Value = serde_json::from_str(policy_json).unwrap_or_default();
+    doc["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["id"].as_str().map(str::to_string))
+        .chain(["default".to_string()])
+        .collect()
+}
+
+fn targets_of(route: &serde_json::Value) -> Vec<(String, u32)> {
+    route["targets"]
         .as_array()
         .into_iter()
         .flatten()
@@ -633,6 +731,14 @@ pub fn default_targets(policy_json: &str) -> Vec<(String, u32)> {
             ))
         })
         .collect()
+}
+
+/// The default route's targets and their policy weights (1 when not given), in policy
+/// order; empty when the document cannot be read. The one reader of the default route
+/// for the autopilot (shares, shifts, rollout factors, the detector's topology).
+pub fn default_targets(policy_json: &str) -> Vec<(String, u32)> {
+    let doc: serde_json::Value = serde_json::from_str(policy_json).unwrap_or_default();
+    targets_of(&doc["default"])
 }
 
 #[cfg(test)]
@@ -657,6 +763,122 @@ mod tests {
         let clock = Arc::new(ManualClock::new(1_800_000_000_000));
         let pilot = Autopilot::new(control.clone(), series, clock, AutopilotSettings::default());
         (control, pilot)
+    }
+
+    const RULE_POLICY: &str = r#"{"stacks":[{"name":"blue","region":"us"},{"name":"green","region":"us"}],
+      "rules":[{"id":"beta","match":{"path_prefixes":["/beta"]},
+                "route":{"targets":[{"stack":"blue","weight":3},{"stack":"green"}]}}],
+      "default":{"targets":[{"stack":"blue"},{"stack":"green"}]}}"#;
+
+    fn rule_spec(scope: &str) -> RolloutSpec {
+        let mut spec = RolloutSpec::new("r1", "green", "blue", scope);
+        spec.plan = crate::brain::rollout::plan_from_shares(&[20, 100], 60_000, 120_000);
+        spec.warmup_ms = 0;
+        spec.ramp_step_percent = 20;
+        spec.created_by = "alice".into();
+        spec
+    }
+
+    #[tokio::test]
+    async fn a_rule_scoped_rollout_moves_the_share_within_that_rule_only() {
+        let (control, pilot) = pilot().await;
+        control
+            .apply_policy(RULE_POLICY, Change::manual("alice", ""), 0)
+            .await
+            .unwrap();
+        let r = pilot.start_rollout(rule_spec("beta")).await.unwrap();
+        assert_eq!(r.share_percent, 20);
+        let cur = control.current().unwrap();
+        // blue has weight 3 in beta: green 1·f_r / (1·f_r + 3·f_s) = 20 % → 75 : 100.
+        let beta = |stack: &str| {
+            cur.record
+                .rule_stacks
+                .iter()
+                .find(|r| r.rule == "beta" && r.stack == stack)
+                .map(|r| (r.weight_percent, r.evacuating))
+        };
+        assert_eq!(beta("green"), Some((75, false)));
+        assert_eq!(beta("blue"), Some((100, false)));
+        assert_eq!(cur.record.kind, crate::model::ChangeKind::RuleShare);
+        // The stacks' own factors (every other rule) are untouched, and every Envoy gets
+        // the rule's shares in the snapshot.
+        assert!(cur.record.stacks.iter().all(|s| s.weight_percent == 100));
+        let snap = cur.snapshot();
+        assert!(snap
+            .stacks
+            .iter()
+            .all(|s| s.weight_percent == 100 && s.rule.is_empty()));
+        assert_eq!(snap.rule_stacks.len(), 2);
+        assert!(snap.rule_stacks.iter().all(|s| s.rule == "beta"));
+        // A policy edit keeps the rule's shares.
+        control
+            .apply_policy(
+                &RULE_POLICY.replace("\"us\"", "\"eu\""),
+                Change::manual("alice", ""),
+                0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(control.current().unwrap().record.rule_stacks.len(), 2);
+        // Abort: green evacuated from beta (its cookie holders move at once), still
+        // untouched elsewhere.
+        pilot
+            .command(
+                "r1",
+                Command::Abort {
+                    actor: "alice".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let cur = control.current().unwrap();
+        let green: Vec<_> = cur
+            .record
+            .rule_stacks
+            .iter()
+            .filter(|r| r.stack == "green")
+            .collect();
+        assert_eq!(green.len(), 1);
+        assert_eq!((green[0].weight_percent, green[0].evacuating), (0, true));
+        assert!(cur
+            .record
+            .stacks
+            .iter()
+            .all(|s| s.weight_percent == 100 && !s.evacuating));
+    }
+
+    #[tokio::test]
+    async fn a_rollout_scope_must_be_the_policy_or_a_rule_where_both_stacks_have_weight() {
+        let (control, pilot) = pilot().await;
+        control
+            .apply_policy(RULE_POLICY, Change::manual("alice", ""), 0)
+            .await
+            .unwrap();
+        let err = pilot
+            .start_rollout(rule_spec("gamma"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gamma") && err.contains("beta, default"),
+            "{err}"
+        );
+        let one_sided = RULE_POLICY.replace(r#"{"stack":"blue","weight":3},"#, "");
+        control
+            .apply_policy(&one_sided, Change::manual("alice", ""), 0)
+            .await
+            .unwrap();
+        let err = pilot
+            .start_rollout(rule_spec("beta"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("stable: blue has no weight in rule beta's route"),
+            "{err}"
+        );
+        assert!(pilot.list().await.unwrap().is_empty(), "nothing created");
+        assert!(control.current().unwrap().record.rule_stacks.is_empty());
     }
 
     #[test]
