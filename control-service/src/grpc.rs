@@ -374,11 +374,21 @@ fn change_response(o: Outcome) -> v1::ChangeResponse {
 /// `switchyard.v1.Policies`.
 pub struct PoliciesService {
     control: Arc<Control>,
+    autopilot: Option<Arc<crate::autopilot::Autopilot>>,
 }
 
 impl PoliciesService {
     pub fn new(control: Arc<Control>) -> Self {
-        Self { control }
+        Self {
+            control,
+            autopilot: None,
+        }
+    }
+
+    /// Applies and rollbacks take the brain's one-change lease.
+    pub fn with_autopilot(mut self, autopilot: Arc<crate::autopilot::Autopilot>) -> Self {
+        self.autopilot = Some(autopilot);
+        self
     }
 }
 
@@ -414,10 +424,18 @@ impl v1::policies_server::Policies for PoliciesService {
     ) -> Result<Response<v1::ChangeResponse>, Status> {
         let r = request.into_inner();
         let change = Change::manual(r.actor, r.comment);
-        let outcome = self
-            .control
-            .apply_policy(&r.policy_json, change, r.expected_version)
-            .await?;
+        let outcome = match &self.autopilot {
+            Some(pilot) => {
+                pilot
+                    .manual_policy_apply(&r.policy_json, change, r.expected_version)
+                    .await?
+            }
+            None => {
+                self.control
+                    .apply_policy(&r.policy_json, change, r.expected_version)
+                    .await?
+            }
+        };
         Ok(Response::new(change_response(outcome)))
     }
 
@@ -454,10 +472,18 @@ impl v1::policies_server::Policies for PoliciesService {
     ) -> Result<Response<v1::ChangeResponse>, Status> {
         let r = request.into_inner();
         let change = Change::manual(r.actor, r.comment);
-        let outcome = self
-            .control
-            .rollback(r.to_version, change, r.expected_version)
-            .await?;
+        let outcome = match &self.autopilot {
+            Some(pilot) => {
+                pilot
+                    .manual_policy_rollback(r.to_version, change, r.expected_version)
+                    .await?
+            }
+            None => {
+                self.control
+                    .rollback(r.to_version, change, r.expected_version)
+                    .await?
+            }
+        };
         Ok(Response::new(change_response(outcome)))
     }
 }

@@ -210,7 +210,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
             cfg.watch.clone(),
         ))
         .add_service(v1::policies_server::PoliciesServer::new(
-            PoliciesService::new(control.clone()),
+            PoliciesService::new(control.clone()).with_autopilot(autopilot.clone()),
         ))
         .add_service(v1::stacks_server::StacksServer::new(
             StacksService::new(control.clone()).with_autopilot(autopilot.clone()),

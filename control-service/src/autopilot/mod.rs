@@ -75,6 +75,10 @@ pub struct Autopilot {
     /// One tick or command at a time: the engine's writes are conditional anyway, this
     /// just keeps them from failing against each other inside one process.
     busy: tokio::sync::Mutex<()>,
+    /// Operators' changes queue behind each other (the control's writer lock serialises
+    /// them anyway): the one-change lease refuses a person only for the brain's changes,
+    /// never for another person's change a few milliseconds long.
+    manual: tokio::sync::Mutex<()>,
 }
 
 async fn blocking<T, F>(f: F) -> Result<T, AutopilotError>
@@ -105,6 +109,7 @@ impl Autopilot {
             clock,
             settings,
             busy: tokio::sync::Mutex::new(()),
+            manual: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -136,8 +141,9 @@ impl Autopilot {
 
     /// An operator's stack change, through the guardrails: a change that moves traffic
     /// (weight, drain, undrain, healthy, register) waits for no one but is refused while
-    /// another change holds the one-change lease (a rollout step, an incident action),
-    /// and counts towards the scope's rate limit; the operator is a human, so the
+    /// another change holds the one-change lease (a rollout step, an incident action) or
+    /// while an incident action's freeze window is on the stack (the refusal says until
+    /// when), and counts towards the scope's rate limit; the operator is a human, so the
     /// approval and rate-limit guardrails are theirs to override (recorded as approved by
     /// them). Taking traffic OFF a stack in an emergency (evacuate, unhealthy, deregister)
     /// is never refused.
@@ -148,6 +154,7 @@ impl Autopilot {
         change: Change,
     ) -> Result<crate::control::Outcome, AutopilotError> {
         use crate::brain::guardrails::{ChangeKind, Origin, ProposedChange};
+        let _queued = self.manual.lock().await;
         let emergency = matches!(
             op,
             StackOp::Evacuate { .. } | StackOp::MarkUnhealthy { .. } | StackOp::Deregister { .. }
@@ -157,7 +164,8 @@ impl Autopilot {
             .as_ref()
             .and_then(|c| manual_shift(&c.policy_json, &c.record.stacks, stack, &op));
         let permit = match (emergency, shift) {
-            (false, Some(shift)) if shift > 0 => {
+            (true, _) => None,
+            (false, shift) => {
                 let proposed = ProposedChange {
                     scope: SCOPE_POLICY.to_string(),
                     kind: ChangeKind::Manual,
@@ -165,7 +173,7 @@ impl Autopilot {
                         actor: change.actor.clone(),
                     },
                     stacks: vec![stack.to_string()],
-                    shift_percent: shift,
+                    shift_percent: shift.unwrap_or(0),
                     approved_by: Some(change.actor.clone()),
                     pre_approved: false,
                     summary: format!("manual change of {stack} by {}", change.actor),
@@ -181,7 +189,6 @@ impl Autopilot {
                     .await?,
                 )
             }
-            _ => None,
         };
         let outcome = self.control.stack_op(stack, op, change).await;
         if let Some(permit) = permit {
@@ -199,6 +206,98 @@ impl Autopilot {
             .await?;
         }
         Ok(outcome?)
+    }
+
+    /// An operator's policy apply, under the one-change lease: refused (with the holder
+    /// and when it would be allowed) while a rollout step or an incident action executes.
+    pub async fn manual_policy_apply(
+        &self,
+        policy_json: &str,
+        change: Change,
+        expected_version: u64,
+    ) -> Result<crate::control::Outcome, AutopilotError> {
+        let _queued = self.manual.lock().await;
+        let permit = self
+            .manual_lease(&change, format!("policy apply by {}", change.actor))
+            .await?;
+        let outcome = self
+            .control
+            .apply_policy(policy_json, change, expected_version)
+            .await;
+        self.record_manual(permit, &outcome).await?;
+        Ok(outcome?)
+    }
+
+    /// An operator's policy rollback, under the one-change lease (see
+    /// [`Autopilot::manual_policy_apply`]).
+    pub async fn manual_policy_rollback(
+        &self,
+        to_version: u64,
+        change: Change,
+        expected_version: u64,
+    ) -> Result<crate::control::Outcome, AutopilotError> {
+        let _queued = self.manual.lock().await;
+        let permit = self
+            .manual_lease(
+                &change,
+                format!("policy rollback to v{to_version} by {}", change.actor),
+            )
+            .await?;
+        let outcome = self
+            .control
+            .rollback(to_version, change, expected_version)
+            .await;
+        self.record_manual(permit, &outcome).await?;
+        Ok(outcome?)
+    }
+
+    /// The lease for a person's change of the whole policy (no share moves by itself:
+    /// the approval and rate guardrails do not apply, the lease does).
+    async fn manual_lease(
+        &self,
+        change: &Change,
+        summary: String,
+    ) -> Result<crate::brain::guardrails::Permit, AutopilotError> {
+        use crate::brain::guardrails::{ChangeKind, Origin, ProposedChange};
+        let proposed = ProposedChange {
+            scope: SCOPE_POLICY.to_string(),
+            kind: ChangeKind::Manual,
+            origin: Origin::Human {
+                actor: change.actor.clone(),
+            },
+            stacks: Vec::new(),
+            shift_percent: 0,
+            approved_by: Some(change.actor.clone()),
+            pre_approved: false,
+            summary,
+        };
+        let guard = self.guard.clone();
+        let now = self.now();
+        blocking(move || {
+            guard
+                .check(&proposed, now)
+                .map_err(|e| AutopilotError::Rollout(e.into()))
+        })
+        .await
+    }
+
+    async fn record_manual(
+        &self,
+        permit: crate::brain::guardrails::Permit,
+        outcome: &Result<crate::control::Outcome, ControlError>,
+    ) -> Result<(), AutopilotError> {
+        let guard = self.guard.clone();
+        let now = self.now();
+        let executed = ExecutedChange {
+            permit,
+            applied: outcome.as_ref().is_ok_and(|o| o.changed),
+        };
+        blocking(move || {
+            guard
+                .record(&executed, now)
+                .map_err(|e| AutopilotError::Internal(e.to_string()))
+        })
+        .await
     }
 
     /// Judge and move on every open rollout once, then run the incident workflow once.
@@ -879,6 +978,130 @@ mod tests {
         );
         assert!(pilot.list().await.unwrap().is_empty(), "nothing created");
         assert!(control.current().unwrap().record.rule_stacks.is_empty());
+    }
+
+    fn rollout_step() -> ProposedChange {
+        ProposedChange {
+            scope: SCOPE_POLICY.into(),
+            kind: ChangeKind::PlanStep,
+            origin: Origin::Automatic {
+                actor: "rollout:r1".into(),
+            },
+            stacks: vec!["green".into()],
+            shift_percent: 5,
+            approved_by: None,
+            pre_approved: false,
+            summary: "green 0% -> 5%".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_apply_or_rollback_is_refused_while_another_change_holds_the_lease() {
+        let (control, pilot) = pilot().await;
+        let held = pilot.guard.check(&rollout_step(), pilot.now()).unwrap();
+        let edited = POLICY.replace("\"us\"", "\"eu\"");
+        let err = pilot
+            .manual_policy_apply(&edited, Change::manual("bob", ""), 0)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("one_change_at_a_time") && err.contains("rollout:r1"),
+            "{err}"
+        );
+        assert!(err.contains("allowed from"), "says when: {err}");
+        let err = pilot
+            .manual_policy_rollback(1, Change::manual("bob", ""), 0)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rollout:r1"), "{err}");
+        assert_eq!(control.current_version(), 1, "nothing changed");
+        // Once the step is recorded, the apply goes through and gives the lease back.
+        pilot
+            .guard
+            .record(
+                &ExecutedChange {
+                    permit: held,
+                    applied: true,
+                },
+                pilot.now(),
+            )
+            .unwrap();
+        let out = pilot
+            .manual_policy_apply(&edited, Change::manual("bob", ""), 0)
+            .await
+            .unwrap();
+        assert!(out.changed);
+        assert!(pilot.guard.holder(pilot.now()).unwrap().is_none());
+        // A rollback too; the lease is free again for the next rollout step.
+        let out = pilot
+            .manual_policy_rollback(1, Change::manual("bob", ""), 0)
+            .await
+            .unwrap();
+        assert!(out.changed);
+        assert!(pilot.guard.check(&rollout_step(), pilot.now()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_freeze_refuses_manual_changes_on_its_stack_but_never_an_evacuation() {
+        let (control, pilot) = pilot().await;
+        let until = pilot.now() + 15 * 60_000;
+        let freeze = crate::brain::incident::Freeze {
+            stack: "green".into(),
+            until_ms: until,
+            incident: 4,
+            action: "shift 10% from green to blue".into(),
+        };
+        control
+            .store()
+            .commit(&crate::store::Batch::new().put(
+                "incident/freeze/green",
+                serde_json::to_vec(&freeze).unwrap(),
+            ))
+            .unwrap();
+        let weight = |percent| StackOp::SetWeight {
+            percent,
+            reason: "x".into(),
+        };
+        let err = pilot
+            .manual_stack_op("green", weight(50), Change::manual("bob", ""))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("refused by freeze") && err.contains("incident 4"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("allowed from {}", crate::brain::clock::utc(until))),
+            "{err}"
+        );
+        assert_eq!(control.current_version(), 1, "nothing changed");
+        // Another stack is not frozen; taking green's traffic off is never refused.
+        assert!(
+            pilot
+                .manual_stack_op("blue", weight(50), Change::manual("bob", ""))
+                .await
+                .unwrap()
+                .changed
+        );
+        for op in [
+            StackOp::Evacuate {
+                reason: "on fire".into(),
+            },
+            StackOp::MarkUnhealthy {
+                reason: "on fire".into(),
+            },
+        ] {
+            assert!(
+                pilot
+                    .manual_stack_op("green", op, Change::manual("bob", ""))
+                    .await
+                    .unwrap()
+                    .changed
+            );
+        }
     }
 
     #[test]

@@ -51,6 +51,23 @@ fn enc(s: &str) -> String {
     s.replace('%', "%25").replace('/', "%2F")
 }
 
+/// The freeze an incident action left on `stack`, if one is in force at `now` (the
+/// guardrails read it too: a freeze holds rollout steps and manual changes as well).
+pub fn freeze_of(
+    store: &dyn Store,
+    stack: &str,
+    now: UnixMs,
+) -> Result<Option<Freeze>, IncidentError> {
+    let Some(b) = store.read(&format!("{FREEZE}{}", enc(stack)))? else {
+        return Ok(None);
+    };
+    let f: Freeze = serde_json::from_slice(&b).map_err(|e| IncidentError::Corrupt {
+        key: format!("{FREEZE}{stack}"),
+        message: e.to_string(),
+    })?;
+    Ok((f.until_ms > now).then_some(f))
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IncidentError> {
     serde_json::to_vec(v).map_err(|e| IncidentError::Store(StoreError::Backend(e.to_string())))
 }
@@ -128,14 +145,7 @@ impl IncidentEngine {
 
     /// The freeze on a stack, if one is in force at `now`.
     pub fn freeze(&self, stack: &str, now: UnixMs) -> Result<Option<Freeze>, IncidentError> {
-        let Some(b) = self.store.read(&format!("{FREEZE}{}", enc(stack)))? else {
-            return Ok(None);
-        };
-        let f: Freeze = serde_json::from_slice(&b).map_err(|e| IncidentError::Corrupt {
-            key: format!("{FREEZE}{stack}"),
-            message: e.to_string(),
-        })?;
-        Ok((f.until_ms > now).then_some(f))
+        freeze_of(&*self.store, stack, now)
     }
 
     /// Write `inc` over the `old` bytes (conditionally), plus `extra` ops; closing an
