@@ -160,6 +160,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         cfg.autopilot.clone(),
     );
     tasks.push(autopilot.spawn(shutdown.clone()));
+    if let Some(m) = &monitor {
+        // A fast-path evacuation opens an incident awaiting a human for recovery.
+        tasks.push(autopilot.follow_fast_path(m.subscribe(), shutdown.clone()));
+    }
     tasks.push(tokio::spawn(flush_series(series, shutdown.clone())));
 
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;

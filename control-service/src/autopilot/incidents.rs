@@ -550,6 +550,98 @@ impl Autopilot {
         Ok(result)
     }
 
+    /// Record a fast-path evacuation (the health checks took a hard-down stack out
+    /// without approval) as an incident awaiting a human for recovery, so it is in
+    /// `incidents list` with its evidence; the weights from before the evacuation are
+    /// kept so that approving the proposed restore puts them back.
+    pub async fn record_fast_path(
+        &self,
+        action: &crate::health::FastPathAction,
+    ) -> Result<Option<Incident>, AutopilotError> {
+        let (crate::health::FastPathKind::Evacuated, Some(version)) =
+            (&action.kind, action.version)
+        else {
+            return Ok(None);
+        };
+        let before = self.control.policy_at(version.saturating_sub(1)).await.ok();
+        let Some(current) = self.control.current() else {
+            return Ok(None);
+        };
+        let to: Vec<String> = current
+            .record
+            .stacks
+            .iter()
+            .filter(|s| s.name != action.stack && s.effective_weight_percent() > 0)
+            .map(|s| s.name.clone())
+            .collect();
+        let prior: Option<BTreeMap<String, Prior>> = before.map(|(record, _)| {
+            record
+                .stacks
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        Prior {
+                            weight_percent: s.weight_percent,
+                            draining: s.draining,
+                            evacuating: s.evacuating,
+                        },
+                    )
+                })
+                .collect()
+        });
+        let _busy = self.busy.lock().await;
+        let desk = self.incidents.clone();
+        let store = self.control.store();
+        let (stack, summary, now) = (action.stack.clone(), action.reason.clone(), self.now());
+        let outcome = blocking(move || {
+            let outcome = desk.engine.fast_path(&stack, to, &summary, now)?;
+            if let Some(prior) = prior {
+                let key = format!("{PRIOR}{}", key_u64(outcome.incident.id));
+                let bytes = serde_json::to_vec(&prior)
+                    .map_err(|e| AutopilotError::Internal(e.to_string()))?;
+                match store.commit(&Batch::new().absent(key.clone()).put(key, bytes)) {
+                    Ok(()) | Err(crate::store::StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(AutopilotError::Internal(e.to_string())),
+                }
+            }
+            Ok(outcome)
+        })
+        .await?;
+        for d in &outcome.decisions {
+            self.audit(decision_draft(d).version(version)).await;
+        }
+        Ok(Some(outcome.incident))
+    }
+
+    /// Follow the health monitor's fast-path actions until `shutdown`.
+    pub fn follow_fast_path(
+        self: &Arc<Self>,
+        mut actions: tokio::sync::broadcast::Receiver<crate::health::FastPathAction>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let action = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    a = actions.recv() => a,
+                };
+                match action {
+                    Ok(a) => {
+                        if let Err(e) = me.record_fast_path(&a).await {
+                            tracing::error!(stack = %a.stack, error = %e, "fast path: incident not recorded");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "fast path actions missed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
     /// Approve an incident's proposal and carry it out at once. Refused while a stack
     /// of the action is frozen by another action.
     pub async fn approve_incident(

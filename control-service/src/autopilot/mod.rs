@@ -1104,6 +1104,100 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_fast_path_evacuation_opens_an_incident_awaiting_a_human_for_recovery() {
+        use crate::brain::incident::{Action, Phase};
+        use crate::health::{FastPathAction, FastPathKind};
+        let (control, pilot) = pilot().await;
+        // green at 60 before it died; the fast path evacuates it (as the monitor does).
+        control
+            .stack_op(
+                "green",
+                StackOp::SetWeight {
+                    percent: 60,
+                    reason: "canary".into(),
+                },
+                Change::manual("alice", ""),
+            )
+            .await
+            .unwrap();
+        let out = control
+            .stack_op(
+                "green",
+                StackOp::Evacuate {
+                    reason: "fast path: http down".into(),
+                },
+                Change::manual(crate::health::ACTOR, "hard down"),
+            )
+            .await
+            .unwrap();
+        let action = FastPathAction {
+            at_unix_ms: pilot.now(),
+            stack: "green".into(),
+            kind: FastPathKind::Evacuated,
+            actor: crate::health::ACTOR.into(),
+            source: "http".into(),
+            reason: "fast path: http down: connection refused".into(),
+            evidence: vec!["http: connection refused".into()],
+            stranded_rules: vec![],
+            version: Some(out.record.version),
+        };
+        let inc = pilot.record_fast_path(&action).await.unwrap().unwrap();
+        assert_eq!(inc.phase, Phase::AwaitingApproval);
+        assert_eq!(inc.stack.as_deref(), Some("green"));
+        assert_eq!(
+            inc.executed,
+            vec![Action::Evacuate {
+                stack: "green".into(),
+                to: vec!["blue".into()]
+            }]
+        );
+        assert_eq!(
+            inc.proposal(),
+            Some(&Action::Restore {
+                stacks: vec!["green".into()]
+            })
+        );
+        // It is what `incidents list` shows; the same report again adds nothing.
+        let listed = pilot.incidents(10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, inc.id);
+        let again = pilot.record_fast_path(&action).await.unwrap().unwrap();
+        assert_eq!(again.executed.len(), 1);
+        assert_eq!(pilot.incidents(10).await.unwrap().len(), 1);
+        // Nothing moves until a person approves the recovery; then green is back as it
+        // was before it died (undrained, factor 60).
+        assert!(
+            control
+                .current()
+                .unwrap()
+                .record
+                .stack("green")
+                .unwrap()
+                .evacuating
+        );
+        pilot
+            .approve_incident(inc.id, "alice", "fixed")
+            .await
+            .unwrap();
+        let green = control
+            .current()
+            .unwrap()
+            .record
+            .stack("green")
+            .unwrap()
+            .clone();
+        assert!(!green.evacuating, "{green:?}");
+        assert_eq!(green.weight_percent, 60);
+        // A recovery report opens nothing.
+        let recovered = FastPathAction {
+            kind: FastPathKind::Recovered,
+            version: None,
+            ..action
+        };
+        assert!(pilot.record_fast_path(&recovered).await.unwrap().is_none());
+    }
+
     #[test]
     fn manual_shift_is_the_change_of_the_stacks_default_route_share() {
         let stacks = vec![
