@@ -163,6 +163,7 @@ impl Desk {
         series: &Series,
         store: &dyn Store,
         current: &Current,
+        saturation: &BTreeMap<String, f64>,
     ) -> Result<StepOutput, AutopilotError> {
         let internal = |e: &dyn std::fmt::Display| AutopilotError::Internal(e.to_string());
         let topology = self.topology(current);
@@ -193,7 +194,7 @@ impl Desk {
                 }
                 let ctx = DetectContext {
                     events: &events,
-                    saturation: None,
+                    saturation: Some(saturation),
                     topology: &topology,
                 };
                 let detector = st.detector.as_mut().expect("restored above");
@@ -385,8 +386,11 @@ impl Autopilot {
         let desk = self.incidents.clone();
         let series = self.series.clone();
         let store = self.control.store();
+        // Figures older than three polls are not fed.
+        let every = self.settings.saturation_every.as_millis() as u64;
+        let saturation = self.saturation.fresh(now.saturating_sub(3 * every));
         let (decisions, actions) =
-            blocking(move || desk.step(now, &series, &*store, &current)).await?;
+            blocking(move || desk.step(now, &series, &*store, &current, &saturation)).await?;
         for d in &decisions {
             self.audit(decision_draft(d)).await;
         }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 mod incidents;
 pub mod replay;
+pub mod saturation;
 pub use incidents::{EventCommandError, IncidentCommandError, IncidentSettings};
 
 use crate::brain::audit::{AuditDraft, AuditKind};
@@ -38,6 +39,10 @@ pub struct AutopilotSettings {
     pub guard: GuardConfig,
     /// Detector and incident workflow.
     pub incidents: IncidentSettings,
+    /// Saturation scrapes per stack, fed to the detector.
+    pub saturation: Vec<saturation::SaturationSource>,
+    /// How often each saturation source is polled.
+    pub saturation_every: Duration,
 }
 
 impl Default for AutopilotSettings {
@@ -46,6 +51,8 @@ impl Default for AutopilotSettings {
             tick: Duration::from_secs(1),
             guard: GuardConfig::default(),
             incidents: IncidentSettings::default(),
+            saturation: Vec::new(),
+            saturation_every: Duration::from_secs(5),
         }
     }
 }
@@ -75,6 +82,8 @@ pub struct Autopilot {
     /// One tick or command at a time: the engine's writes are conditional anyway, this
     /// just keeps them from failing against each other inside one process.
     busy: tokio::sync::Mutex<()>,
+    /// The latest scraped saturation per stack.
+    saturation: Arc<saturation::Saturation>,
     /// Operators' changes queue behind each other (the control's writer lock serialises
     /// them anyway): the one-change lease refuses a person only for the brain's changes,
     /// never for another person's change a few milliseconds long.
@@ -110,6 +119,7 @@ impl Autopilot {
             settings,
             busy: tokio::sync::Mutex::new(()),
             manual: tokio::sync::Mutex::new(()),
+            saturation: Arc::new(saturation::Saturation::default()),
         })
     }
 
@@ -121,8 +131,21 @@ impl Autopilot {
         self.clock.now_ms()
     }
 
-    /// Tick every `settings.tick` until `shutdown`.
+    /// The latest scraped saturation per stack.
+    pub fn saturation(&self) -> &Arc<saturation::Saturation> {
+        &self.saturation
+    }
+
+    /// Tick every `settings.tick` until `shutdown` (and poll the saturation sources).
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        // The scrapers end with `shutdown` too.
+        drop(saturation::spawn(
+            self.settings.saturation.clone(),
+            self.settings.saturation_every,
+            self.saturation.clone(),
+            self.clock.clone(),
+            shutdown.clone(),
+        ));
         let me = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(me.settings.tick);
