@@ -142,11 +142,42 @@ pub struct AutopilotDoc {
     pub detect_min_requests: Option<u64>,
     /// Detection: trend projections reaching the SLO within this long warn (default 1800000).
     pub detect_trend_horizon_ms: Option<u64>,
+    /// Saturation scrapes: how often each source is polled (default 5000).
+    pub saturation_every_ms: Option<u64>,
+    /// Saturation scrapes per stack (`[autopilot.saturation.<stack>]`), fed to the
+    /// detector's saturation input (docs/detection.md).
+    pub saturation: Option<BTreeMap<String, SaturationDoc>>,
+}
+
+/// `[autopilot.saturation.<stack>]`: a plain-HTTP URL and exactly one of a JSON
+/// pointer or a Prometheus text metric name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaturationDoc {
+    pub url: String,
+    pub pointer: Option<String>,
+    pub metric: Option<String>,
 }
 
 impl AutopilotDoc {
-    pub fn settings(self) -> AutopilotSettings {
+    /// The settings, or every problem of the saturation sources.
+    pub fn settings(self) -> Result<AutopilotSettings, ConfigError> {
         let mut s = AutopilotSettings::default();
+        let mut problems = Vec::new();
+        for (stack, d) in self.saturation.clone().unwrap_or_default() {
+            match crate::autopilot::saturation::SaturationSource::new(
+                &stack, &d.url, d.pointer, d.metric,
+            ) {
+                Ok(src) => s.saturation.push(src),
+                Err(e) => problems.push(format!("saturation.{e}")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Autopilot { problems });
+        }
+        if let Some(ms) = self.saturation_every_ms {
+            s.saturation_every = Duration::from_millis(ms.clamp(100, 3_600_000));
+        }
         if let Some(ms) = self.tick_ms {
             s.tick = Duration::from_millis(ms.clamp(10, 60_000));
         }
@@ -208,7 +239,7 @@ impl AutopilotDoc {
         if let Some(v) = self.detect_trend_horizon_ms {
             d.trend_horizon_ms = v;
         }
-        s
+        Ok(s)
     }
 }
 
@@ -305,6 +336,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("invalid [autopilot] section:\n  {}", .problems.join("\n  "))]
+    Autopilot { problems: Vec<String> },
     #[error("{path}: invalid [health] section:\n  {}", .problems.join("\n  "))]
     Health {
         path: PathBuf,
@@ -400,6 +433,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         autopilot: file
             .autopilot
             .map(AutopilotDoc::settings)
+            .transpose()?
             .unwrap_or_default(),
         auth: AuthSettings {
             enabled: !args.no_auth && file.auth.and_then(|a| a.enabled).unwrap_or(true),
@@ -462,6 +496,40 @@ mod tests {
         assert!(!resolve(&args).unwrap().auth.enabled);
         std::fs::write(&path, "[auth]\nenabld = true\n").unwrap();
         assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn saturation_sources_come_from_the_autopilot_section_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[autopilot]\nsaturation_every_ms = 1000\n\
+             [autopilot.saturation.blue]\nurl = \"http://127.0.0.1:8081/admin/stats\"\n\
+             pointer = \"/saturation\"\n\
+             [autopilot.saturation.green]\nurl = \"http://127.0.0.1:8082/metrics\"\n\
+             metric = \"pool_use\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = resolve(&args).unwrap();
+        assert_eq!(c.autopilot.saturation.len(), 2);
+        assert_eq!(c.autopilot.saturation_every, Duration::from_secs(1));
+        std::fs::write(
+            &path,
+            "[autopilot.saturation.blue]\nurl = \"http://127.0.0.1:1/\"\n\
+             [autopilot.saturation.green]\nurl = \"http://127.0.0.1:1/\"\npointer = \"/a\"\nmetric = \"m\"\n",
+        )
+        .unwrap();
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("saturation.blue: give exactly one")
+                && err.contains("saturation.green: give exactly one"),
+            "{err}"
+        );
     }
 
     #[test]

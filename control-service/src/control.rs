@@ -16,7 +16,9 @@ use tokio::sync::{watch, Mutex};
 
 use crate::brain::audit::{AuditDraft, AuditKind, AuditLog};
 use crate::fleet::Fleet;
-use crate::model::{now_unix_ms, policy_digest, ChangeKind, StackRuntime, VersionRecord};
+use crate::model::{
+    now_unix_ms, policy_digest, ChangeKind, RuleStack, StackRuntime, VersionRecord,
+};
 use crate::store::{Store, StoreError};
 use crate::validate::{self, Accepted, Issue};
 
@@ -142,6 +144,20 @@ impl Current {
                         0
                     },
                     evacuating: s.evacuating,
+                    rule: String::new(),
+                })
+                .collect(),
+            rule_stacks: self
+                .record
+                .rule_stacks
+                .iter()
+                .map(|r| StackState {
+                    name: r.stack.clone(),
+                    weight_percent: r.weight_percent,
+                    healthy: true,
+                    evacuating: r.evacuating,
+                    rule: r.rule.clone(),
+                    ..Default::default()
                 })
                 .collect(),
         }
@@ -433,6 +449,14 @@ impl Control {
             policy_version: version,
             policy_name: accepted.name.clone(),
             policy_digest: policy_digest(policy_json),
+            // A rule's shares stay while both the rule's stacks do (a rule the document
+            // no longer has is ignored by the filter).
+            rule_stacks: current
+                .map(|c| c.record.rule_stacks.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| accepted.stacks.iter().any(|i| i.name == r.stack))
+                .collect(),
             stacks,
         };
         self.commit(record.clone(), Arc::from(policy_json), true, origin)
@@ -506,6 +530,74 @@ impl Control {
         record.created_unix_ms = now;
         record.kind = kind;
         record.summary = summaries.join("; ");
+        record.actor = change.actor;
+        record.comment = change.comment;
+        self.commit(
+            record.clone(),
+            current.policy_json.clone(),
+            false,
+            change.origin,
+        )
+        .await?;
+        Ok(Outcome {
+            record,
+            changed: true,
+            warnings: vec![],
+        })
+    }
+
+    /// Set the stacks' shares within rule `rule` as ONE version, replacing the rule's
+    /// previous ones (empty: the rule routes as the stacks' own state says again). The
+    /// stacks must be in the current policy; the rule is the caller's to check.
+    pub async fn set_rule_stacks(
+        &self,
+        rule: &str,
+        entries: Vec<RuleStack>,
+        change: Change,
+    ) -> Result<Outcome, ControlError> {
+        let _w = self.writer.lock().await;
+        let current = self.current().ok_or_else(|| {
+            ControlError::FailedPrecondition("no policy has been applied yet".into())
+        })?;
+        for e in &entries {
+            if e.rule != rule || e.weight_percent > 100 {
+                return Err(ControlError::InvalidArgument(format!(
+                    "rule share {}/{}: {}% (rule {rule}, 0..=100)",
+                    e.rule, e.stack, e.weight_percent
+                )));
+            }
+            if current.record.stack(&e.stack).is_none() {
+                return Err(ControlError::NotFound(format!(
+                    "stack {:?} is not in the current policy",
+                    e.stack
+                )));
+            }
+        }
+        let mut record = current.record.clone();
+        record.rule_stacks.retain(|r| r.rule != rule);
+        record.rule_stacks.extend(entries.iter().cloned());
+        if record.rule_stacks == current.record.rule_stacks {
+            return Ok(Outcome {
+                record: current.record.clone(),
+                changed: false,
+                warnings: vec![],
+            });
+        }
+        let shares: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                let how = if e.evacuating { " (evacuated)" } else { "" };
+                format!("{} {}%{how}", e.stack, e.weight_percent)
+            })
+            .collect();
+        record.version = current.record.version + 1;
+        record.created_unix_ms = now_unix_ms();
+        record.kind = ChangeKind::RuleShare;
+        record.summary = if shares.is_empty() {
+            format!("rule {rule}: shares cleared")
+        } else {
+            format!("rule {rule}: {}", shares.join(", "))
+        };
         record.actor = change.actor;
         record.comment = change.comment;
         self.commit(
@@ -829,6 +921,13 @@ fn audit_draft(prev: Option<&Current>, record: &VersionRecord, origin: AuditKind
             prev.map(|c| policy_view(&c.record))
                 .unwrap_or(serde_json::Value::Null),
             policy_view(record),
+        )
+    } else if record.kind == ChangeKind::RuleShare {
+        let view = |r: &VersionRecord| serde_json::to_value(&r.rule_stacks).unwrap_or_default();
+        (
+            "rule_stacks".to_string(),
+            prev.map(|c| view(&c.record)).unwrap_or_default(),
+            view(record),
         )
     } else {
         // A stack operation changes one stack, or several in one version.

@@ -381,11 +381,21 @@ fn change_response(o: Outcome) -> v1::ChangeResponse {
 /// `switchyard.v1.Policies`.
 pub struct PoliciesService {
     control: Arc<Control>,
+    autopilot: Option<Arc<crate::autopilot::Autopilot>>,
 }
 
 impl PoliciesService {
     pub fn new(control: Arc<Control>) -> Self {
-        Self { control }
+        Self {
+            control,
+            autopilot: None,
+        }
+    }
+
+    /// Applies and rollbacks take the brain's one-change lease.
+    pub fn with_autopilot(mut self, autopilot: Arc<crate::autopilot::Autopilot>) -> Self {
+        self.autopilot = Some(autopilot);
+        self
     }
 }
 
@@ -422,10 +432,18 @@ impl v1::policies_server::Policies for PoliciesService {
         let who = identity(&request);
         let r = request.into_inner();
         let change = Change::manual(crate::auth::actor(who.as_ref(), r.actor), r.comment);
-        let outcome = self
-            .control
-            .apply_policy(&r.policy_json, change, r.expected_version)
-            .await?;
+        let outcome = match &self.autopilot {
+            Some(pilot) => {
+                pilot
+                    .manual_policy_apply(&r.policy_json, change, r.expected_version)
+                    .await?
+            }
+            None => {
+                self.control
+                    .apply_policy(&r.policy_json, change, r.expected_version)
+                    .await?
+            }
+        };
         Ok(Response::new(change_response(outcome)))
     }
 
@@ -463,10 +481,18 @@ impl v1::policies_server::Policies for PoliciesService {
         let who = identity(&request);
         let r = request.into_inner();
         let change = Change::manual(crate::auth::actor(who.as_ref(), r.actor), r.comment);
-        let outcome = self
-            .control
-            .rollback(r.to_version, change, r.expected_version)
-            .await?;
+        let outcome = match &self.autopilot {
+            Some(pilot) => {
+                pilot
+                    .manual_policy_rollback(r.to_version, change, r.expected_version)
+                    .await?
+            }
+            None => {
+                self.control
+                    .rollback(r.to_version, change, r.expected_version)
+                    .await?
+            }
+        };
         Ok(Response::new(change_response(outcome)))
     }
 }
@@ -1268,6 +1294,7 @@ mod tests {
                 reason: String::new(),
                 ..Default::default()
             }],
+            ..Default::default()
         }
     }
 

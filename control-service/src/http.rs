@@ -143,7 +143,7 @@ async fn index() -> Json<Value> {
             "/api/v1/audit[?limit=N&after=SEQ]": "the hash-chained audit log (newest first, or oldest first after SEQ)",
             "/api/v1/audit/verify": "recompute the audit chain; names the first broken entry",
             "/api/v1/rollouts[/ID]": "rollouts, newest first (or one), with every step's gates",
-            "/api/v1/telemetry": "the latest traffic per stack and node",
+            "/api/v1/telemetry": "the latest traffic per stack and node; the brain's signals per stack (newest window: p50/p95/p99, error rate, KPIs per 1,000 requests) and measured exposure per rule",
             "/api/v1/incidents[/ID]": "incidents, newest first (or one, with its evidence bundle)",
             "/api/v1/events": "GET: registered events; POST: register one (JSON); DELETE /api/v1/events/ID",
             "/api/v1/alerts": "POST: an Alertmanager webhook (firing alerts open incidents)",
@@ -367,11 +367,50 @@ async fn telemetry(State(control): State<Arc<Control>>) -> Json<Value> {
         .into_iter()
         .filter_map(|n| n.telemetry.map(|t| (n.node_id, json!(t))))
         .collect();
+    // The brain's signals from each stack's newest series window (reads the store).
+    let c = control.clone();
+    let (signals, exposure) = tokio::task::spawn_blocking(move || brain_signals(&c))
+        .await
+        .unwrap_or_default();
     Json(json!({
         "fresh_window_ms": crate::fleet::TELEMETRY_FRESH_MS,
         "stacks": control.fleet().stack_totals(),
         "nodes": nodes,
+        "signals": signals,
+        "exposure": exposure,
     }))
+}
+
+/// Per stack of the current policy, its newest window's signals (requests, errors,
+/// error rate, p50/p95/p99, KPI counts and per 1,000 requests); per rule, each stack's
+/// measured exposure in those windows.
+fn brain_signals(control: &Control) -> (Value, Value) {
+    let (Some(series), Some(current)) = (control.fleet().series(), control.current()) else {
+        return (json!({}), json!({}));
+    };
+    let windows: Vec<_> = current
+        .record
+        .stacks
+        .iter()
+        .filter_map(|s| series.latest(&s.name, 1).ok()?.pop())
+        .collect();
+    let signals: serde_json::Map<String, Value> = windows
+        .iter()
+        .map(|w| {
+            let mut v = json!(crate::fleet::StackLatest::of(w));
+            v["error_rate"] = json!(w.error_rate());
+            v["kpis_per_1000"] = json!(w
+                .kpis
+                .keys()
+                .map(|k| (k.clone(), w.kpi_per_1000(k)))
+                .collect::<std::collections::BTreeMap<_, _>>());
+            (w.stack.clone(), v)
+        })
+        .collect();
+    (
+        Value::Object(signals),
+        json!(crate::brain::signals::exposure(&windows)),
+    )
 }
 
 fn pilot_error(e: crate::autopilot::AutopilotError) -> ApiError {

@@ -120,6 +120,8 @@ pub enum ChangeKind {
     StackHealthy,
     StackRegister,
     StackDeregister,
+    /// Stacks' shares within one rule (a rule-scoped rollout).
+    RuleShare,
 }
 
 impl ChangeKind {
@@ -136,6 +138,7 @@ impl ChangeKind {
             Self::StackHealthy => "stack_healthy",
             Self::StackRegister => "stack_register",
             Self::StackDeregister => "stack_deregister",
+            Self::RuleShare => "rule_share",
         }
     }
 
@@ -168,6 +171,22 @@ pub struct VersionRecord {
     pub policy_digest: String,
     /// Every stack the policy names, in policy order.
     pub stacks: Vec<StackRuntime>,
+    /// Stacks' shares within single rules (rule-scoped rollouts), on top of `stacks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_stacks: Vec<RuleStack>,
+}
+
+/// A stack's factor within one rule (a rule-scoped rollout), on top of its own state:
+/// within the rule its factor for new visitors is its own times `weight_percent` / 100.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStack {
+    pub rule: String,
+    pub stack: String,
+    pub weight_percent: u32,
+    /// Out of the rule now, affinity cookie holders included (without it, weight 0 is a
+    /// drain within the rule: cookie holders stay).
+    #[serde(default)]
+    pub evacuating: bool,
 }
 
 impl VersionRecord {

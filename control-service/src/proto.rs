@@ -32,23 +32,22 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The wire form of a published snapshot.
 pub fn snapshot(s: &Snapshot) -> v1::Snapshot {
+    let state = |s: &switchyard_filter::snapshot::StackState| v1::StackState {
+        name: s.name.clone(),
+        weight_percent: s.weight_percent,
+        healthy: s.healthy,
+        reason: s.reason.clone(),
+        draining: s.draining,
+        drain_deadline_unix_ms: s.drain_deadline_unix_ms,
+        evacuating: s.evacuating,
+        rule: s.rule.clone(),
+    };
     v1::Snapshot {
         version: s.version,
         policy_version: s.policy_version,
         policy_json: s.policy_json.clone(),
-        stacks: s
-            .stacks
-            .iter()
-            .map(|s| v1::StackState {
-                name: s.name.clone(),
-                weight_percent: s.weight_percent,
-                healthy: s.healthy,
-                reason: s.reason.clone(),
-                draining: s.draining,
-                drain_deadline_unix_ms: s.drain_deadline_unix_ms,
-                evacuating: s.evacuating,
-            })
-            .collect(),
+        stacks: s.stacks.iter().map(state).collect(),
+        rule_stacks: s.rule_stacks.iter().map(state).collect(),
     }
 }
 
@@ -525,11 +524,26 @@ mod tests {
                     draining: true,
                     drain_deadline_unix_ms: 1_795_737_630_000,
                     evacuating: false,
+                    rule: String::new(),
                 },
                 StackState {
                     name: "red".into(),
                     healthy: true,
                     evacuating: true,
+                    ..Default::default()
+                },
+            ],
+            rule_stacks: vec![
+                StackState {
+                    name: "green".into(),
+                    weight_percent: 25,
+                    rule: "beta".into(),
+                    ..Default::default()
+                },
+                StackState {
+                    name: "blue".into(),
+                    evacuating: true,
+                    rule: "beta".into(),
                     ..Default::default()
                 },
             ],

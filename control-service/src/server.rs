@@ -161,6 +161,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         cfg.autopilot.clone(),
     );
     tasks.push(autopilot.spawn(shutdown.clone()));
+    if let Some(m) = &monitor {
+        // A fast-path evacuation opens an incident awaiting a human for recovery.
+        tasks.push(autopilot.follow_fast_path(m.subscribe(), shutdown.clone()));
+    }
     tasks.push(tokio::spawn(flush_series(series, shutdown.clone())));
 
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;
@@ -227,7 +231,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
             cfg.watch.clone(),
         ))
         .add_service(v1::policies_server::PoliciesServer::new(
-            PoliciesService::new(control.clone()),
+            PoliciesService::new(control.clone()).with_autopilot(autopilot.clone()),
         ))
         .add_service(v1::stacks_server::StacksServer::new(
             StacksService::new(control.clone()).with_autopilot(autopilot.clone()),

@@ -315,6 +315,7 @@ async fn stack_operations_make_versions_that_reach_watch_streams() {
             draining: false,
             drain_deadline_unix_ms: 0,
             evacuating: false,
+            rule: String::new(),
         }
     );
 

@@ -95,6 +95,19 @@ async fn reports_become_percentiles_in_status_and_survive_a_restart() {
     assert_eq!(json["stacks"]["blue"]["kpis"]["orders"], 5);
     assert!(json["stacks"]["green"]["p99_ms"].as_f64().unwrap() > 250.0);
 
+    // The telemetry shows the brain's signals and the measured exposure per rule.
+    let (code, body) = http_get(&h.http_url("/api/v1/telemetry")).await;
+    assert_eq!(code, 200, "{body}");
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let green = &t["signals"]["green"];
+    assert!(green["p99_ms"].as_f64().unwrap() > 250.0, "{t:#}");
+    assert!(green["p50_ms"].as_f64().unwrap() > 250.0, "{t:#}");
+    assert_eq!(green["error_rate"], 0.0);
+    assert_eq!(t["signals"]["blue"]["kpis_per_1000"]["orders"], 62.5);
+    let share = |s: &str| t["exposure"]["default"][s].as_f64().unwrap();
+    assert!((share("blue") - 2.0 / 3.0).abs() < 1e-9, "{t:#}");
+    assert!((share("green") - 1.0 / 3.0).abs() < 1e-9, "{t:#}");
+
     // Restart on the same store: the window was stored at shutdown.
     let dir = h.stop().await;
     let h = Harness::start_with(dir, |c| c.series.window_ms = WINDOW_MS).await;

@@ -81,11 +81,32 @@ fn snapshot() {
                     ..Default::default()
                 },
             ],
+            rule_stacks: vec![],
         },
         "08 05 12 02 7b 7d \
          1a 0a 0a 04 62 6c 75 65 10 64 18 01 \
          1a 0c 0a 05 67 72 65 65 6e 22 03 35 78 78 \
          1a 11 0a 03 72 65 64 18 01 22 06 64 65 70 6c 6f 79 28 01",
+    );
+}
+
+#[test]
+fn snapshot_rule_stacks() {
+    // Field 5: stacks' states within one rule (field 8 of StackState names it), after
+    // field 4; absent when empty, so older snapshots are byte-identical.
+    golden(
+        v1::Snapshot {
+            version: 2,
+            policy_version: 1,
+            rule_stacks: vec![v1::StackState {
+                name: "g".into(),
+                weight_percent: 5,
+                rule: "r".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        "08 02 20 01 2a 08 0a 01 67 10 05 42 01 72",
     );
 }
 

@@ -10,6 +10,7 @@ use crate::balance::{HashTable, Swrr};
 use crate::breaker::{Breaker, State};
 use crate::classify::{classify_with, has_prefix, Attributes, Found, Request, Scan};
 use crate::policy::{Balance, ChannelId, LocalReply, Policy, RegionId, Rule, StackId, Target};
+use crate::snapshot::StackState;
 
 /// Health of every stack as the control plane sees it.
 ///
@@ -30,6 +31,11 @@ pub struct Health {
     /// Per stack id: a valid affinity cookie for the stack is honoured while the
     /// request's time (Unix ms) is below this; `u64::MAX` = always, 0 = never.
     pub sticky_until: Vec<u64>,
+    /// Empty, or (a rule-scoped rollout, [`Router::set_rule_stacks`]) the percent of its
+    /// own factor every (rule index, stack id) keeps, at `rule * stacks + stack`.
+    pub rule_percent: Vec<u32>,
+    /// Per rule index: stacks evacuated from the rule (empty: none anywhere).
+    pub rule_evacuated: Vec<u64>,
 }
 
 impl Health {
@@ -39,7 +45,22 @@ impl Health {
             factor: vec![100; stacks],
             healthy: crate::policy::mask_of(stacks),
             sticky_until: vec![u64::MAX; stacks],
+            rule_percent: Vec::new(),
+            rule_evacuated: Vec::new(),
         }
+    }
+
+    /// The factor of stack `s` for new traffic of rule `rule`, scaled by 100 (factors are
+    /// only ever compared within a rule). Not inlined: its four call sites would cost the
+    /// .wasm ~150 bytes of its 400 KB budget, for a call of a few instructions.
+    #[inline(never)]
+    fn factor_in(&self, rule: usize, s: StackId) -> u32 {
+        let own = self.factor.get(s).copied().unwrap_or(0);
+        own * self
+            .rule_percent
+            .get(rule * self.factor.len() + s)
+            .copied()
+            .unwrap_or(100)
     }
 }
 
@@ -308,6 +329,34 @@ impl Router {
         self.health = h;
     }
 
+    /// Apply stacks' states within rules ([`StackState::rule`]; call after
+    /// [`Router::set_stacks`], which clears them). Within its rule a stack's factor is its
+    /// own times the state's `weight_percent`; an evacuating one is out of the rule, its
+    /// cookie holders included. Unknown rules and stacks are ignored.
+    pub fn set_rule_stacks(&mut self, states: &[StackState]) {
+        let h = &mut self.health;
+        let rules = &self.policy.rules;
+        let n = h.factor.len();
+        for st in states {
+            let (Some(r), Some(id)) = (
+                rules.iter().position(|x| x.id == st.rule),
+                self.policy.stack_id(&st.name),
+            ) else {
+                continue;
+            };
+            if h.rule_evacuated.is_empty() {
+                h.rule_percent = vec![100; rules.len() * n];
+                h.rule_evacuated = vec![0; rules.len()];
+            }
+            if let Some(f) = h.rule_percent.get_mut(r * n + id) {
+                *f = st.weight_percent.min(100);
+            }
+            if let (true, Some(e)) = (st.evacuating, h.rule_evacuated.get_mut(r)) {
+                *e |= 1u64 << id;
+            }
+        }
+    }
+
     pub fn health(&self) -> &Health {
         &self.health
     }
@@ -385,8 +434,9 @@ impl Router {
         let route = &rule.route;
 
         // Health filtering: control-plane health, local breakers, residency.
-        let eligible = self.eligible_mask(req.now_ms) & route.residency;
-        let factor = |s: StackId| self.health.factor.get(s).copied().unwrap_or(0);
+        let evacuated = self.health.rule_evacuated.get(rule_index).copied();
+        let eligible = self.eligible_mask(req.now_ms) & route.residency & !evacuated.unwrap_or(0);
+        let factor = |s: StackId| self.health.factor_in(rule_index, s);
         let usable = |ts: &[Target]| -> u64 {
             ts.iter()
                 .filter(|t| {
@@ -447,10 +497,8 @@ impl Router {
         } else if in_fallback {
             let (_, fb) = &mut self.swrr[rule_index];
             let health = &self.health;
-            fb.pick(&route.fallback, active, |s| {
-                health.factor.get(s).copied().unwrap_or(0)
-            })
-            .map(|i| (route.fallback[i].stack, How::Fallback))
+            fb.pick(&route.fallback, active, |s| health.factor_in(rule_index, s))
+                .map(|i| (route.fallback[i].stack, How::Fallback))
         } else {
             self.balance(rule_index, rule, &attrs, req, active, &mut hostile)
         };
@@ -574,7 +622,7 @@ impl Router {
             }
             // No key: fall through to weighted round-robin.
         }
-        let factor = |s: StackId| self.health.factor.get(s).copied().unwrap_or(0);
+        let factor = |s: StackId| self.health.factor_in(rule_index, s);
         let (rr, _) = &mut self.swrr[rule_index];
         rr.pick(&route.targets, active, factor)
             .map(|i| (route.targets[i].stack, How::Weighted))

@@ -163,6 +163,7 @@ impl Desk {
         series: &Series,
         store: &dyn Store,
         current: &Current,
+        saturation: &BTreeMap<String, f64>,
     ) -> Result<StepOutput, AutopilotError> {
         let internal = |e: &dyn std::fmt::Display| AutopilotError::Internal(e.to_string());
         let topology = self.topology(current);
@@ -193,7 +194,7 @@ impl Desk {
                 }
                 let ctx = DetectContext {
                     events: &events,
-                    saturation: None,
+                    saturation: Some(saturation),
                     topology: &topology,
                 };
                 let detector = st.detector.as_mut().expect("restored above");
@@ -385,8 +386,11 @@ impl Autopilot {
         let desk = self.incidents.clone();
         let series = self.series.clone();
         let store = self.control.store();
+        // Figures older than three polls are not fed.
+        let every = self.settings.saturation_every.as_millis() as u64;
+        let saturation = self.saturation.fresh(now.saturating_sub(3 * every));
         let (decisions, actions) =
-            blocking(move || desk.step(now, &series, &*store, &current)).await?;
+            blocking(move || desk.step(now, &series, &*store, &current, &saturation)).await?;
         for d in &decisions {
             self.audit(decision_draft(d)).await;
         }
@@ -548,6 +552,98 @@ impl Autopilot {
             self.audit(draft).await;
         }
         Ok(result)
+    }
+
+    /// Record a fast-path evacuation (the health checks took a hard-down stack out
+    /// without approval) as an incident awaiting a human for recovery, so it is in
+    /// `incidents list` with its evidence; the weights from before the evacuation are
+    /// kept so that approving the proposed restore puts them back.
+    pub async fn record_fast_path(
+        &self,
+        action: &crate::health::FastPathAction,
+    ) -> Result<Option<Incident>, AutopilotError> {
+        let (crate::health::FastPathKind::Evacuated, Some(version)) =
+            (&action.kind, action.version)
+        else {
+            return Ok(None);
+        };
+        let before = self.control.policy_at(version.saturating_sub(1)).await.ok();
+        let Some(current) = self.control.current() else {
+            return Ok(None);
+        };
+        let to: Vec<String> = current
+            .record
+            .stacks
+            .iter()
+            .filter(|s| s.name != action.stack && s.effective_weight_percent() > 0)
+            .map(|s| s.name.clone())
+            .collect();
+        let prior: Option<BTreeMap<String, Prior>> = before.map(|(record, _)| {
+            record
+                .stacks
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        Prior {
+                            weight_percent: s.weight_percent,
+                            draining: s.draining,
+                            evacuating: s.evacuating,
+                        },
+                    )
+                })
+                .collect()
+        });
+        let _busy = self.busy.lock().await;
+        let desk = self.incidents.clone();
+        let store = self.control.store();
+        let (stack, summary, now) = (action.stack.clone(), action.reason.clone(), self.now());
+        let outcome = blocking(move || {
+            let outcome = desk.engine.fast_path(&stack, to, &summary, now)?;
+            if let Some(prior) = prior {
+                let key = format!("{PRIOR}{}", key_u64(outcome.incident.id));
+                let bytes = serde_json::to_vec(&prior)
+                    .map_err(|e| AutopilotError::Internal(e.to_string()))?;
+                match store.commit(&Batch::new().absent(key.clone()).put(key, bytes)) {
+                    Ok(()) | Err(crate::store::StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(AutopilotError::Internal(e.to_string())),
+                }
+            }
+            Ok(outcome)
+        })
+        .await?;
+        for d in &outcome.decisions {
+            self.audit(decision_draft(d).version(version)).await;
+        }
+        Ok(Some(outcome.incident))
+    }
+
+    /// Follow the health monitor's fast-path actions until `shutdown`.
+    pub fn follow_fast_path(
+        self: &Arc<Self>,
+        mut actions: tokio::sync::broadcast::Receiver<crate::health::FastPathAction>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let action = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    a = actions.recv() => a,
+                };
+                match action {
+                    Ok(a) => {
+                        if let Err(e) = me.record_fast_path(&a).await {
+                            tracing::error!(stack = %a.stack, error = %e, "fast path: incident not recorded");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "fast path actions missed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
     }
 
     /// Approve an incident's proposal and carry it out at once. Refused while a stack

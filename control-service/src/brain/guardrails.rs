@@ -10,8 +10,13 @@
 //!   back by it (an immediate rollback must stay immediate); both still count.
 //! - **One change at a time**: a permit holds the lease `guard/executing`, written with a
 //!   condition, until the executor records the change; a plan step, an incident action
-//!   and a manual change therefore serialise. A lease expires after `lease_ms`, so a
-//!   crashed executor cannot block changes forever.
+//!   and a manual change (stack operation, policy apply or rollback) therefore serialise.
+//!   A lease expires after `lease_ms`, so a crashed executor cannot block changes forever.
+//! - **Freeze**: after an incident action, the stacks it touched are frozen for a while
+//!   (`incident/freeze/<stack>`, written by the incident workflow, which also keeps its
+//!   own actions off them). Rollout steps, promotions and manual changes touching a
+//!   frozen stack are refused until the freeze ends; a rollback to the baseline is not
+//!   (and the executor never asks for taking traffic off a stack in an emergency).
 //!
 //! Every refusal names the guardrail and, where waiting helps, when the change would be
 //! allowed. This module never executes a change; it only grants, refuses and records.
@@ -121,6 +126,7 @@ pub enum Guardrail {
     AutoRollback,
     RateLimit,
     OneChangeAtATime,
+    Freeze,
 }
 
 impl Guardrail {
@@ -130,6 +136,7 @@ impl Guardrail {
             Guardrail::AutoRollback => "auto_rollback",
             Guardrail::RateLimit => "rate_limit",
             Guardrail::OneChangeAtATime => "one_change_at_a_time",
+            Guardrail::Freeze => "freeze",
         }
     }
 }
@@ -137,11 +144,17 @@ impl Guardrail {
 /// A change refused, why, and when it would be allowed (`None`: waiting does not help,
 /// e.g. it needs an approver).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[error("refused by {}: {reason}", guardrail.as_str())]
+#[error("refused by {}: {reason}{}", guardrail.as_str(), allowed_note(*allowed_at))]
 pub struct Refusal {
     pub guardrail: Guardrail,
     pub reason: String,
     pub allowed_at: Option<UnixMs>,
+}
+
+/// `; allowed from <time>` when waiting helps.
+fn allowed_note(at: Option<UnixMs>) -> String {
+    at.map(|t| format!("; allowed from {}", super::clock::utc(t)))
+        .unwrap_or_default()
 }
 
 /// Errors of [`Guardrails`].
@@ -175,6 +188,11 @@ pub struct Lease {
     pub summary: String,
     pub granted_ms: UnixMs,
     pub expires_ms: UnixMs,
+    /// Held for a person's change: another person's change takes it over instead of
+    /// being refused (people's changes queue in the executor; a lease left by a
+    /// crashed executor mid-change must not lock operators out until it expires).
+    #[serde(default)]
+    pub manual: bool,
 }
 
 /// A change the executor applied (or gave up on) under a permit.
@@ -265,6 +283,12 @@ impl Guardrails {
             }
             .into());
         }
+        if matches!(
+            change.kind,
+            ChangeKind::PlanStep | ChangeKind::Promote | ChangeKind::Manual
+        ) {
+            self.check_freeze(change, now)?;
+        }
         if change.kind == ChangeKind::Rollback {
             notes.push("rate limit not applied: rollback to the baseline".to_string());
         } else if let Some(approver) = &change.approved_by {
@@ -284,6 +308,7 @@ impl Guardrails {
             summary: change.summary.clone(),
             granted_ms: now,
             expires_ms: now + self.config.lease_ms,
+            manual: change.kind == ChangeKind::Manual,
         };
         self.take_lease(&lease, now)?;
         Ok(Permit {
@@ -391,6 +416,33 @@ impl Guardrails {
             .sum())
     }
 
+    /// Refuse a change touching a stack an incident action froze.
+    fn check_freeze(&self, change: &ProposedChange, now: UnixMs) -> Result<(), GuardError> {
+        for stack in &change.stacks {
+            let freeze = super::incident::freeze_of(&*self.store, stack, now).map_err(|e| {
+                GuardError::Corrupt {
+                    key: format!("incident/freeze/{stack}"),
+                    message: e.to_string(),
+                }
+            })?;
+            if let Some(f) = freeze {
+                return Err(Refusal {
+                    guardrail: Guardrail::Freeze,
+                    reason: format!(
+                        "{}: {stack} is frozen after incident {}'s action ({}) until {}",
+                        change.summary,
+                        f.incident,
+                        f.action,
+                        super::clock::utc(f.until_ms)
+                    ),
+                    allowed_at: Some(f.until_ms),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     fn check_rate(&self, change: &ProposedChange, now: UnixMs) -> Result<(), GuardError> {
         let moves = self.moves_in_window(&change.scope, now)?;
         let used: u32 = moves.iter().map(|m| m.shift_percent).sum();
@@ -463,7 +515,7 @@ impl Guardrails {
         let current = self.lease()?;
         let batch = match &current {
             None => Batch::new().absent(LEASE_KEY),
-            Some((bytes, held)) if held.expires_ms <= now => {
+            Some((bytes, held)) if held.expires_ms <= now || (held.manual && lease.manual) => {
                 Batch::new().equals(LEASE_KEY, bytes.clone())
             }
             Some((_, held)) => return Err(held_refusal(held).into()),
@@ -493,7 +545,9 @@ fn held_refusal(held: &Lease) -> Refusal {
         guardrail: Guardrail::OneChangeAtATime,
         reason: format!(
             "another change is executing: {} by {} since {}",
-            held.summary, held.holder, held.granted_ms
+            held.summary,
+            held.holder,
+            super::clock::utc(held.granted_ms)
         ),
         allowed_at: Some(held.expires_ms),
     }
@@ -560,6 +614,89 @@ mod tests {
             now,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_freeze_holds_rollout_steps_and_manual_changes_on_its_stacks_until_it_ends() {
+        let (store, g) = guard(GuardConfig::default());
+        let t0 = 1_796_100_000_000;
+        // Incident 7's action froze green for 15 minutes.
+        let freeze = crate::brain::incident::Freeze {
+            stack: "green".into(),
+            until_ms: t0 + 15 * MIN,
+            incident: 7,
+            action: "shift 10% from green to blue".into(),
+        };
+        store
+            .commit(&Batch::new().put(
+                "incident/freeze/green",
+                serde_json::to_vec(&freeze).unwrap(),
+            ))
+            .unwrap();
+        for kind in [
+            ChangeKind::PlanStep,
+            ChangeKind::Promote,
+            ChangeKind::Manual,
+        ] {
+            let mut c = change(5);
+            c.kind = kind;
+            // a human approver does not lift a freeze
+            c.approved_by = (kind != ChangeKind::PlanStep).then(|| "alice".to_string());
+            let r = refusal(g.check(&c, t0 + MIN));
+            assert_eq!(r.guardrail, Guardrail::Freeze, "{kind:?}");
+            assert_eq!(r.allowed_at, Some(t0 + 15 * MIN));
+            let msg = GuardError::from(r).to_string();
+            assert!(
+                msg.contains("green is frozen after incident 7")
+                    && msg.ends_with("allowed from 2026-12-01T04:55:00Z"),
+                "{msg}"
+            );
+        }
+        // A stack not frozen, a rollback to the baseline and the incident's own actions
+        // (the workflow checks those itself) are not held.
+        let mut other = change(5);
+        other.stacks = vec!["canary".into()];
+        done(&g, g.check(&other, t0 + MIN).unwrap(), t0 + MIN);
+        for kind in [ChangeKind::Rollback, ChangeKind::Incident] {
+            let mut c = change(5);
+            c.kind = kind;
+            c.approved_by = Some("alice".into());
+            done(&g, g.check(&c, t0 + 2 * MIN).unwrap(), t0 + 2 * MIN);
+        }
+        // The freeze ends: the step goes through.
+        done(
+            &g,
+            g.check(&change(5), t0 + 15 * MIN).unwrap(),
+            t0 + 15 * MIN,
+        );
+    }
+
+    #[test]
+    fn a_persons_change_takes_over_another_persons_lease_but_not_the_brains() {
+        let (_, g) = guard(GuardConfig::default());
+        let manual = |actor: &str| {
+            let mut c = change(0);
+            c.kind = ChangeKind::Manual;
+            c.origin = Origin::Human {
+                actor: actor.into(),
+            };
+            c.approved_by = Some(actor.into());
+            c
+        };
+        // bob's change never recorded (his executor died): alice is not locked out
+        let _bob = g.check(&manual("bob"), 1_000).unwrap();
+        let alice = g.check(&manual("alice"), 1_001).unwrap();
+        assert_eq!(g.holder(1_001).unwrap().unwrap().holder, "alice");
+        // the brain waits for her
+        let r = refusal(g.check(&change(5), 1_002));
+        assert_eq!(r.guardrail, Guardrail::OneChangeAtATime);
+        assert!(r.reason.contains("alice"), "{}", r.reason);
+        done(&g, alice, 1_003);
+        // and a person is refused while the brain's change executes
+        let step = g.check(&change(5), 1_004).unwrap();
+        let r = refusal(g.check(&manual("carol"), 1_005));
+        assert!(r.reason.contains("rollout:r1"), "{}", r.reason);
+        done(&g, step, 1_006);
     }
 
     #[test]

@@ -51,6 +51,23 @@ fn enc(s: &str) -> String {
     s.replace('%', "%25").replace('/', "%2F")
 }
 
+/// The freeze an incident action left on `stack`, if one is in force at `now` (the
+/// guardrails read it too: a freeze holds rollout steps and manual changes as well).
+pub fn freeze_of(
+    store: &dyn Store,
+    stack: &str,
+    now: UnixMs,
+) -> Result<Option<Freeze>, IncidentError> {
+    let Some(b) = store.read(&format!("{FREEZE}{}", enc(stack)))? else {
+        return Ok(None);
+    };
+    let f: Freeze = serde_json::from_slice(&b).map_err(|e| IncidentError::Corrupt {
+        key: format!("{FREEZE}{stack}"),
+        message: e.to_string(),
+    })?;
+    Ok((f.until_ms > now).then_some(f))
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IncidentError> {
     serde_json::to_vec(v).map_err(|e| IncidentError::Store(StoreError::Backend(e.to_string())))
 }
@@ -128,14 +145,7 @@ impl IncidentEngine {
 
     /// The freeze on a stack, if one is in force at `now`.
     pub fn freeze(&self, stack: &str, now: UnixMs) -> Result<Option<Freeze>, IncidentError> {
-        let Some(b) = self.store.read(&format!("{FREEZE}{}", enc(stack)))? else {
-            return Ok(None);
-        };
-        let f: Freeze = serde_json::from_slice(&b).map_err(|e| IncidentError::Corrupt {
-            key: format!("{FREEZE}{stack}"),
-            message: e.to_string(),
-        })?;
-        Ok((f.until_ms > now).then_some(f))
+        freeze_of(&*self.store, stack, now)
     }
 
     /// Write `inc` over the `old` bytes (conditionally), plus `extra` ops; closing an
@@ -913,6 +923,82 @@ impl IncidentEngine {
         Ok(Outcome {
             incident: inc,
             decisions: vec![d],
+            action: None,
+        })
+    }
+
+    /// The health checks' fast path already evacuated `stack` (to `to`) without approval:
+    /// open an incident for it (or add to the open one of that stack) with the
+    /// evacuation recorded as executed, and await a human for recovery: the proposal is
+    /// to restore the stack's weights from before, once a person trusts it again.
+    /// Nothing is frozen: the evacuation was an emergency, not a choice to hold.
+    pub fn fast_path(
+        &self,
+        stack: &str,
+        to: Vec<String>,
+        summary: &str,
+        now: UnixMs,
+    ) -> Result<Outcome, IncidentError> {
+        let opened = self.trigger(Trigger::health_check(stack, "fast_path", summary, now), now)?;
+        let mut decisions = opened.decisions;
+        let (mut inc, old) = self.load(opened.incident.id)?;
+        let action = Action::Evacuate {
+            stack: stack.into(),
+            to,
+        };
+        if inc.executed.last() == Some(&action) && inc.phase == Phase::AwaitingApproval {
+            // the same evacuation again (e.g. reported twice): nothing new
+            return Ok(Outcome {
+                incident: inc,
+                decisions,
+                action: None,
+            });
+        }
+        inc.executed.push(action.clone());
+        inc.recheck_at_ms = None;
+        let executed = format!(
+            "fast path executed without approval: {} ({summary})",
+            action.describe()
+        );
+        if matches!(inc.phase, Phase::Executing | Phase::Verifying) {
+            // an approved action of its own is under way: the evacuation is noted
+            inc.history.push(Transition {
+                at_ms: now,
+                from: Some(inc.phase),
+                to: inc.phase,
+                actor: "health-check".into(),
+                note: executed,
+            });
+            inc.updated_ms = now;
+        } else {
+            let restore = Action::Restore {
+                stacks: vec![stack.into()],
+            };
+            let ev = inc.evidence.get_or_insert_with(Evidence::default);
+            ev.delta_stack = Some(stack.into());
+            ev.localisation = format!("{stack} is hard down (health checks)");
+            ev.proposed = Some(restore.clone());
+            ev.expected_effect = format!(
+                "{stack} takes traffic again as before the evacuation; approve only once it \
+                 passes its checks and is trusted again"
+            );
+            ev.confidence = 1.0;
+            ev.factors = vec![("hard down: health checks".into(), 1.0)];
+            decisions.push(self.step(
+                &mut inc,
+                Phase::AwaitingApproval,
+                now,
+                "health-check",
+                format!(
+                    "{executed}; awaiting a human for recovery: {}",
+                    restore.describe()
+                ),
+            ));
+        }
+        self.save(&inc, &old, Batch::new())?;
+        Ok(Outcome {
+            incident: inc,
+            decisions,
             action: None,
         })
     }

@@ -155,8 +155,55 @@ impl StackWindow {
     }
 }
 
+/// Measured exposure: per rule id, each stack's share of the rule's requests over
+/// `windows` (the filter's per-rule counts, summed by stack). What a rule-scoped rollout
+/// normalises by, and what `/api/v1/telemetry` shows.
+pub fn exposure(windows: &[StackWindow]) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for w in windows {
+        for (rule, n) in &w.by_rule {
+            *counts
+                .entry(rule.clone())
+                .or_default()
+                .entry(w.stack.clone())
+                .or_default() += n;
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|(rule, by_stack)| {
+            let total: u64 = by_stack.values().sum();
+            (total > 0).then(|| {
+                let shares = by_stack
+                    .into_iter()
+                    .map(|(stack, n)| (stack, n as f64 / total as f64))
+                    .collect();
+                (rule, shares)
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn exposure_is_each_stacks_share_of_a_rules_requests() {
+        let w = |stack: &str, rules: &[(&str, u64)]| {
+            let mut w = StackWindow::new(stack, 0, 1000);
+            w.by_rule = rules.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+            w
+        };
+        let e = exposure(&[
+            w("blue", &[("catalog", 90), ("default", 50)]),
+            w("green", &[("catalog", 10), ("default", 50)]),
+            w("green", &[("idle", 0)]),
+        ]);
+        assert_eq!(e["catalog"]["green"], 0.1);
+        assert_eq!(e["catalog"]["blue"], 0.9);
+        assert_eq!(e["default"]["green"], 0.5);
+        assert!(!e.contains_key("idle"), "no requests, no share");
+    }
     use super::*;
 
     #[test]

@@ -128,7 +128,8 @@ pub enum RolloutCmd {
         /// The stable stack it is compared with and takes traffic from.
         #[arg(long, value_name = "STACK")]
         stable: String,
-        /// What moves: `policy` (the whole policy; the only scope supported yet).
+        /// What moves: `policy` (the whole policy, through the stacks' factors) or a rule
+        /// id (that rule's traffic only; every other rule is untouched).
         #[arg(long, default_value = "policy")]
         scope: String,
         /// Release share per step, percent, e.g. 0,5,20,50,100 [default: the paper's

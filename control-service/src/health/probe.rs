@@ -135,6 +135,17 @@ async fn exchange(target: &HttpTarget, method: &str, body: Option<&str>) -> Resu
     Ok(Seen::Answer { status, body })
 }
 
+/// One GET of `target` within `timeout`: its status and body (other pollers of stack
+/// endpoints use it, e.g. the saturation scrapes).
+pub async fn get(target: &HttpTarget, timeout: Duration) -> Result<(u16, Bytes), String> {
+    match tokio::time::timeout(timeout, exchange(target, "GET", None)).await {
+        Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Seen::Answer { status, body })) => Ok((status, body)),
+        Ok(Ok(Seen::Connected)) => Err("no answer".into()),
+    }
+}
+
 fn status_ok(status: u16, expect: Option<u16>) -> bool {
     match expect {
         Some(e) => status == e,

@@ -84,6 +84,7 @@ mod tests {
 
     fn record(stacks: &[(&str, &str)]) -> VersionRecord {
         VersionRecord {
+            rule_stacks: Vec::new(),
             version: 1,
             created_unix_ms: 0,
             kind: ChangeKind::Bootstrap,

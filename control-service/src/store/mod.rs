@@ -190,6 +190,7 @@ pub(crate) mod contract {
 
     pub fn record(version: u64, policy_version: u64) -> VersionRecord {
         VersionRecord {
+            rule_stacks: Vec::new(),
             version,
             created_unix_ms: 1_000 + version,
             kind: if version == policy_version {

@@ -97,6 +97,7 @@ impl Shop {
 /// Answers one request; never fails, so hyper never sees an error from us.
 pub async fn handle(shop: Arc<Shop>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     shop.stats.record_request(req.uri().path());
+    let _in_flight = shop.stats.enter();
     let mut reply = route(&shop, req).await;
     if reply.status() == StatusCode::NOT_FOUND {
         shop.stats.record_not_found();
@@ -120,6 +121,9 @@ async fn route(shop: &Shop, req: Request<Incoming>) -> Reply {
         "/admin/stats" => only(shop, &req, &[Method::GET], |s| {
             let mut m = s.body();
             m.extend(as_map(json!(s.stats.snapshot())));
+            let (in_flight, saturation) = s.stats.saturation();
+            m.insert("in_flight".into(), in_flight.into());
+            m.insert("saturation".into(), saturation.into());
             json_reply(StatusCode::OK, &Value::Object(m))
         }),
         p if p.starts_with("/admin/") => shop.error(StatusCode::NOT_FOUND, "not found"),

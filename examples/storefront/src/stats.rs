@@ -3,6 +3,7 @@
 //! capped and the rest counted under [`OTHER_PATHS`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
@@ -30,10 +31,24 @@ pub struct StatsSnapshot {
     pub orders_replayed: u64,
 }
 
+/// Nominal worker pool of a stack: `saturation` in `/admin/stats` is the requests in
+/// flight over this (a figure the control service can scrape as a leading indicator).
+pub const POOL: u64 = 64;
+
 /// Shared counters; one per process.
 #[derive(Debug, Default)]
 pub struct Stats {
     inner: Mutex<StatsSnapshot>,
+    in_flight: AtomicU64,
+}
+
+/// One request in flight, until dropped.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Stats {
@@ -70,6 +85,18 @@ impl Stats {
         self.lock().not_found += 1;
     }
 
+    /// Count a request in flight until the guard is dropped.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// Requests in flight now, and that over [`POOL`] (capped at 1).
+    pub fn saturation(&self) -> (u64, f64) {
+        let n = self.in_flight.load(Ordering::Relaxed);
+        (n, (n as f64 / POOL as f64).min(1.0))
+    }
+
     /// A consistent copy of all counters.
     pub fn snapshot(&self) -> StatsSnapshot {
         self.lock().clone()
@@ -83,6 +110,21 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saturation_is_requests_in_flight_over_the_pool() {
+        let s = Stats::default();
+        let a = s.enter();
+        let b = s.enter();
+        assert_eq!(s.saturation(), (2, 2.0 / POOL as f64));
+        drop(a);
+        assert_eq!(s.saturation().0, 1);
+        let many: Vec<_> = (0..2 * POOL).map(|_| s.enter()).collect();
+        assert_eq!(s.saturation().1, 1.0);
+        drop(many);
+        drop(b);
+        assert_eq!(s.saturation(), (0, 0.0));
+    }
 
     #[test]
     fn counts_by_path() {

@@ -101,6 +101,7 @@ impl WorkerState {
                 healthy: st.healthy,
                 sticky_until_ms: st.sticky_until_ms(),
             }));
+        self.router.set_rule_stacks(&snapshot.rule_stacks);
         // The snapshot read may be newer than the version key read before it; the key is
         // compared again on the next wake-up or tick.
         self.applied.seen(snapshot.version);

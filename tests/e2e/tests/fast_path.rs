@@ -394,6 +394,24 @@ fn a_killed_stack_is_evacuated_by_the_fast_path() {
         ),
         "{h:#}"
     );
+    // The evacuation is an incident for the operator: executed without approval, awaiting
+    // a human for recovery (`switchyard incidents list`).
+    let proposal = control.wait("an incident for blue", "/api/v1/incidents", |v| {
+        v["incidents"]
+            .as_array()?
+            .iter()
+            .find(|i| i["stack"] == "blue" && i["phase"] == "awaiting_approval")
+            .map(|i| i["proposal"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(
+        proposal.starts_with("restore the weights of blue"),
+        "{proposal}"
+    );
+    let listed = control.cli(&["incidents", "list"]);
+    assert!(
+        listed.contains("blue") && listed.contains("awaiting_approval"),
+        "{listed}"
+    );
     let detect_ms = h["checks"]
         .as_array()
         .unwrap()

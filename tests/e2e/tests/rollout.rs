@@ -8,6 +8,8 @@
 //! - A green failing 8 % of its requests halts at the first step with a rollback
 //!   proposal; nothing rolls back until a human approves; the approved rollback
 //!   evacuates green, and a user holding a green cookie moves at once.
+//! - A rollout scoped to one rule moves green's share of that rule's traffic only: the
+//!   default rule's blue/green split stays as the policy says, through every step.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -60,17 +62,22 @@ struct Load {
 
 impl Load {
     fn start(port: u16) -> Load {
+        Load::on(port, "/", 4)
+    }
+
+    /// New visitors to `path` over `conns` connections.
+    fn on(port: u16, path: &'static str, conns: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(Mutex::new(vec![HashMap::new()]));
         let sent = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
-        let threads = (0..4)
+        let threads = (0..conns)
             .map(|_| {
                 let (stop, served, sent) = (stop.clone(), served.clone(), sent.clone());
                 std::thread::spawn(move || {
                     let mut c = Client::connect(port).unwrap();
                     while !stop.load(Ordering::Relaxed) {
-                        let Ok(r) = c.get("/", &[]) else { continue };
+                        let Ok(r) = c.get(path, &[]) else { continue };
                         sent.fetch_add(1, Ordering::Relaxed);
                         let who = if r.status == 200 {
                             r.served_by().unwrap_or("?").to_string()
@@ -126,6 +133,16 @@ struct Setup {
 }
 
 fn setup(tag: &str) -> Setup {
+    let s = setup_with(tag, POLICY);
+    // The release starts with no traffic.
+    ok(s.control
+        .cli(&["stacks", "weight", "green", "0", "--reason", "new release"]));
+    wait_routing(s.envoy.port, &["blue"], Duration::from_secs(10))
+        .expect("green at 0 on every worker");
+    s
+}
+
+fn setup_with(tag: &str, policy: &str) -> Setup {
     let shop = Shop::start();
     let dir = TestDir::new(tag);
     let grpc = ReservedPort::new().unwrap();
@@ -139,14 +156,10 @@ fn setup(tag: &str) -> Setup {
     let mut ports = shop.ports();
     ports.insert("control", grpc.port());
     ports.insert("node", 1);
-    let envoy = Envoy::start(POLICY, &ports, 2);
+    let envoy = Envoy::start(policy, &ports, 2);
     let file = dir.join("policy.json");
-    std::fs::write(&file, POLICY).unwrap();
+    std::fs::write(&file, policy).unwrap();
     ok(control.cli(&["policy", "apply", file.to_str().unwrap()]));
-    // The release starts with no traffic.
-    ok(control.cli(&["stacks", "weight", "green", "0", "--reason", "new release"]));
-    wait_routing(envoy.port, &["blue"], Duration::from_secs(10))
-        .expect("green at 0 on every worker");
     Setup {
         shop,
         control,
@@ -408,4 +421,134 @@ fn a_failing_release_halts_and_rolls_back_only_after_approval() {
         end["blast_radius"].as_f64().unwrap_or(-1.0)
     );
     load.stop();
+}
+
+/// Rule `catalog` (/products) and the default rule both split blue/green 50/50.
+const RULE_POLICY: &str = r#"{
+  "stacks": [ { "name": "blue", "region": "us" }, { "name": "green", "region": "us" } ],
+  "affinity": { "ttl_s": 600 },
+  "rules": [ { "id": "catalog", "match": { "path_prefixes": ["/products"] },
+               "route": { "targets": [ { "stack": "blue" }, { "stack": "green" } ], "affinity": true } } ],
+  "default": { "targets": [ { "stack": "blue" }, { "stack": "green" } ], "affinity": true },
+  "debug_header": true
+}"#;
+
+/// Green's share of what `load` saw served in its last `secs` full seconds.
+fn green_share(load: &Load, secs: usize) -> (f64, HashMap<String, u64>) {
+    let seen = load.recent(secs);
+    let total: u64 = seen.values().sum();
+    let green = *seen.get("green").unwrap_or(&0) as f64;
+    (green / total.max(1) as f64, seen)
+}
+
+#[test]
+fn a_rule_scoped_rollout_moves_green_within_that_rule_only() {
+    let s = setup_with("rollout-rule", RULE_POLICY);
+    let catalog = Load::on(s.envoy.port, "/products", 2);
+    let home = Load::on(s.envoy.port, "/", 2);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (before, seen) = green_share(&home, 2);
+    assert!(
+        (0.35..0.65).contains(&before),
+        "default rule before: {seen:?}"
+    );
+
+    let out = ok(s.control.cli(&[
+        "rollout",
+        "start",
+        "--stack",
+        "green",
+        "--stable",
+        "blue",
+        "--scope",
+        "catalog",
+        "--plan",
+        "0,10,100",
+        "--step",
+        "2s",
+        "--max-step",
+        "60s",
+        "--warmup",
+        "1s",
+        "--max-error-rate",
+        "0.02",
+        "--no-kpi-gates",
+        "--id",
+        "rc",
+    ]));
+    assert!(
+        out.starts_with("rollout rc: green vs blue (catalog), warming step 1/2"),
+        "{out}"
+    );
+
+    // The 10 % step observed: about a tenth of the catalog's new users on green, half of
+    // the default rule's, as before.
+    let at_10 = wait_rollout(&s.control, "rc", Duration::from_secs(90), |v| {
+        v["phase"] == "observing" && v["step"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (rule, seen) = green_share(&catalog, 1);
+    assert!(
+        (0.02..0.25).contains(&rule),
+        "catalog at the 10 % step: {seen:?}"
+    );
+    let (other, seen) = green_share(&home, 1);
+    assert!(
+        (0.35..0.65).contains(&other),
+        "default rule moved: {seen:?}"
+    );
+    // The stacks' own factors did not move: only the rule's did.
+    let stacks = json(s.control.cli(&["--json", "stacks", "list"]));
+    for st in stacks["stacks"].as_array().unwrap() {
+        assert_eq!(st["effective_weight_percent"], 100, "{stacks:#}");
+    }
+
+    let end = wait_rollout(&s.control, "rc", Duration::from_secs(120), |v| {
+        v["phase"] == "completed"
+    });
+    assert_eq!(end["steps"][0]["outcome"], "passed", "{end:#}");
+    // Exposure was measured within the rule (its requests only), not over all traffic.
+    let exposure = end["steps"][0]["exposure"].as_f64().unwrap_or(f64::NAN);
+    assert!((0.02..0.25).contains(&exposure), "{at_10:#}\n{end:#}");
+    // The catalog soon goes all to green; the default rule still splits.
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let last = catalog.recent(1);
+        if last.keys().collect::<Vec<_>>() == vec!["green"] {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "new catalog users still reach blue after completion: {last:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let (other, seen) = green_share(&home, 1);
+    assert!(
+        (0.35..0.65).contains(&other),
+        "default rule after: {seen:?}"
+    );
+    catalog.stop();
+    home.stop();
+
+    // Every move is a rule_share version by the rollout, audited; the chain verifies.
+    let moves = json(s.control.cli(&[
+        "--json",
+        "audit",
+        "list",
+        "--subject",
+        "rule_stacks",
+        "--limit",
+        "100",
+    ]));
+    let moves = moves["entries"].as_array().unwrap();
+    assert!(moves.len() >= 2, "{moves:#?}");
+    assert!(
+        moves.iter().all(|e| e["actor"] == "rollout:rc"),
+        "{moves:#?}"
+    );
+    let verify = json(s.control.cli(&["--json", "audit", "verify"]));
+    assert_eq!(verify["ok"], true, "{verify:#}");
+    drop(s.shop);
 }

@@ -34,6 +34,7 @@ fn snapshot(version: u64, blue: u32, green: u32) -> Vec<u8> {
         ..Default::default()
     };
     Snapshot {
+        rule_stacks: Vec::new(),
         version,
         policy_version: 1,
         policy_json: POLICY.into(),
@@ -136,6 +137,7 @@ fn an_invalid_snapshot_is_rejected_and_the_last_good_one_kept() {
         .build()
         .unwrap();
     let bad = Snapshot {
+        rule_stacks: Vec::new(),
         version: 4,
         policy_version: 4,
         policy_json: "{\"stacks\": []}".into(),
@@ -345,6 +347,7 @@ fn control_plane_weights_and_draining_shape_the_split() {
         .count();
     assert!((20..=30).contains(&blue), "blue got {blue} of 100 at 25%");
     let drain = Snapshot {
+        rule_stacks: Vec::new(),
         version: 3,
         policy_version: 1,
         policy_json: POLICY.into(),
@@ -383,6 +386,7 @@ fn control_plane_weights_and_draining_shape_the_split() {
     let sticky = |version, stacks: Vec<StackState>| {
         Reply::Message(
             Snapshot {
+                rule_stacks: Vec::new(),
                 version,
                 // Version 4 set this document.
                 policy_version: 4,

@@ -280,6 +280,52 @@ fn ramp_is_held_back_by_the_rate_limit_and_resumes_when_allowed() {
 }
 
 #[test]
+fn a_freeze_on_the_release_holds_the_next_move_until_it_ends() {
+    let mut b = Bench::new();
+    b.create(spec("r1"));
+    b.command("r1", Command::Start { actor: alice() }).unwrap();
+    let r = b.run_until("r1", 20, |r| r.share_percent == 5);
+    assert!(r.blocked.is_none());
+    // An incident action on green freezes it for 30 minutes.
+    let until = b.now() + 30 * MIN;
+    let freeze = crate::brain::incident::Freeze {
+        stack: "green".into(),
+        until_ms: until,
+        incident: 3,
+        action: "shift 5% from green to blue".into(),
+    };
+    b.store
+        .commit(&Batch::new().put(
+            "incident/freeze/green",
+            serde_json::to_vec(&freeze).unwrap(),
+        ))
+        .unwrap();
+    let r = b.run_until("r1", 400, |r| r.blocked.is_some());
+    let blocked = r.blocked.clone().unwrap();
+    assert_eq!(blocked.guardrail, "freeze");
+    assert_eq!(blocked.allowed_at, Some(until));
+    assert!(blocked.reason.contains("incident 3"), "{}", blocked.reason);
+    while b.now() + WINDOW < until {
+        assert_eq!(b.step("r1").share_percent, 5, "moved during the freeze");
+    }
+    let r = b.run_until("r1", 5, |r| r.share_percent > 5);
+    assert!(b.now() >= until && r.blocked.is_none());
+    // A rollback is never held by a freeze: freeze again, abort evacuates at once.
+    let freeze = crate::brain::incident::Freeze {
+        until_ms: b.now() + 30 * MIN,
+        ..freeze
+    };
+    b.store
+        .commit(&Batch::new().put(
+            "incident/freeze/green",
+            serde_json::to_vec(&freeze).unwrap(),
+        ))
+        .unwrap();
+    let r = b.command("r1", Command::Abort { actor: alice() }).unwrap();
+    assert_eq!((r.phase, r.share_percent), (Phase::Aborted, 0));
+}
+
+#[test]
 fn primary_stack_needs_approval_and_resume_approves_the_step() {
     let mut cfg = GuardConfig::default();
     cfg.primary_stacks.insert("blue".into());
