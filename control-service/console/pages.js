@@ -201,7 +201,8 @@ export async function rollouts(rerender) {
       onclick: () => act(`${c} ${id}`, () => post(`/api/v1/rollouts/${encodeURIComponent(id)}/${c}`, {}), rerender) }, c[0].toUpperCase() + c.slice(1));
     return h("div", { class: "card", dataset: { rollout: id } },
       h("h2", {}, `${id}: ${r.spec.release} over ${r.spec.stable}`),
-      h("p", {}, `phase `, h("strong", {}, String(r.phase)), ` · share ${r.share_percent}% · step ${step ? step.index + 1 : 0} of ${(r.spec.plan || []).length} · updated ${ago(r.updated_ms)}`),
+      h("p", {}, `phase `, h("strong", { class: "phase" }, r.phase.state || String(r.phase)), ` · share ${r.share_percent}% · step ${step ? step.index + 1 : 0} of ${(r.spec.plan || []).length} · updated ${ago(r.updated_ms)}`),
+      r.phase.reason ? h("p", { class: "muted" }, `why: ${JSON.stringify(r.phase.reason)}`) : null,
       r.blocked ? h("p", { class: "warn" }, `blocked: ${JSON.stringify(r.blocked)}`) : null,
       gates.length ? table(["gate", "verdict", "sample size", "confidence", "estimate", ""], gates) : h("p", { class: "muted" }, "No gate verdicts yet."),
       h("div", { class: "actions" }, ["pause", "resume", "promote", "abort"].map(cmd)));

@@ -243,20 +243,19 @@ async fn rollout_commands_match_the_cli() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["rollout"]["phase"], "paused", "{body}");
+    assert_eq!(body["rollout"]["phase"]["state"], "paused", "{body}");
     assert_eq!(
-        get(&server, "/api/v1/rollouts/r1").await["rollout"]["phase"],
-        "paused"
+        body["rollout"]["phase"]["reason"]["actor"], "dora",
+        "{body}"
     );
+    let state = |v: Value| v["rollout"]["phase"]["state"].clone();
+    assert_eq!(state(get(&server, "/api/v1/rollouts/r1").await), "paused");
     // Pausing twice is refused by the brain, as from the CLI.
     let (status, body) = post(&server, "/api/v1/rollouts/r1/pause", json!({})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "failed_precondition");
     cli(&server, &["rollout", "resume", "r1"]);
-    assert_ne!(
-        get(&server, "/api/v1/rollouts/r1").await["rollout"]["phase"],
-        "paused"
-    );
+    assert_ne!(state(get(&server, "/api/v1/rollouts/r1").await), "paused");
 
     assert_bad(
         post(&server, "/api/v1/rollouts/r1/explode", json!({})).await,

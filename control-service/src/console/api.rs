@@ -213,8 +213,9 @@ pub(super) fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             .find_map(|p| inner.strip_prefix(p))
             .and_then(|rest| rest.split('`').next());
         let field = match (path.as_str(), named) {
-            (".", Some(f)) => f.to_string(),
-            (".", None) => "$".to_string(),
+            ("." | "?", Some(f)) => f.to_string(),
+            // The document itself (or a syntax error before any field).
+            ("." | "?", None) => "$".to_string(),
             (p, Some(f)) if !inner.starts_with("unknown") => format!("{p}.{f}"),
             (p, _) => p.to_string(),
         };
