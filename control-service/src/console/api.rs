@@ -494,12 +494,12 @@ async fn split(
     let mut names: Vec<String> = Vec::new();
     let mut points = Vec::with_capacity(records.len());
     for r in &records {
-        if !targets_of.contains_key(&r.policy_version) {
-            let t = match control.policy_at(r.version).await {
+        if let std::collections::hash_map::Entry::Vacant(slot) = targets_of.entry(r.policy_version)
+        {
+            slot.insert(match control.policy_at(r.version).await {
                 Ok((_, doc)) => crate::autopilot::default_targets(&doc),
                 Err(_) => Vec::new(),
-            };
-            targets_of.insert(r.policy_version, t);
+            });
         }
         let targets = &targets_of[&r.policy_version];
         let weights: Vec<(String, u64)> = targets
