@@ -91,7 +91,10 @@ document.getElementById("signout").addEventListener("click", () => {
   connect();
   render();
 });
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", () => {
+  document.getElementById("flash").replaceChildren(); // an outcome belongs to its page
+  render();
+});
 
 showSignedIn();
 connect();

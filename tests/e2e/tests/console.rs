@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchyard_harness::browser::{self, Browser};
-use switchyard_harness::{workspace_root, Proc, ReservedPort, TestDir};
+use switchyard_harness::{workspace_root, Client, Proc, ReservedPort, TestDir};
 
 const POLICY: &str = r#"{
   "name": "shop",
-  "stacks": [ { "name": "blue", "region": "us" }, { "name": "green", "region": "us" } ],
-  "default": { "targets": [ { "stack": "blue" }, { "stack": "green" } ] }
+  "stacks": [ { "name": "blue", "region": "us" }, { "name": "green", "region": "us" },
+              { "name": "canary", "region": "us" } ],
+  "default": { "targets": [ { "stack": "blue" }, { "stack": "green" }, { "stack": "canary" } ] }
 }"#;
 
 /// Every bounded wait here (a live update arrives within a second; this is the ceiling
@@ -40,7 +41,8 @@ impl Control {
             &config,
             format!(
                 "store = \"memory\"\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\n\
-                 bootstrap_policy = \"policy.json\"\n\n[autopilot]\ntick_ms = 100\n",
+                 bootstrap_policy = \"policy.json\"\n\n[autopilot]\ntick_ms = 100\n\
+                 incident_validate_ms = 0\nincident_verify_ms = 300\nincident_freeze_ms = 600000\n",
                 grpc.port()
             ),
         )
@@ -59,6 +61,32 @@ impl Control {
             http,
             grpc,
         }
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+        let r = Client::connect(self.http)
+            .unwrap()
+            .request_with_body(
+                method,
+                path,
+                &[("content-type", b"application/json")],
+                body.map(str::as_bytes),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+        r.json()
+    }
+
+    fn weight(&self, stack: &str) -> u64 {
+        let v = self.api("GET", "/api/v1/stacks", None);
+        v["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == stack)
+            .unwrap()["weight_percent"]
+            .as_u64()
+            .unwrap()
     }
 
     fn cli(&self, args: &[&str]) {
@@ -126,7 +154,7 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     assert_eq!(
         b.wait_for("green's effective share", &cell("green", "share"), WAIT)
             .unwrap(),
-        "50.0%"
+        "33.3%"
     );
     b.wait_for(
         "the live stream",
@@ -155,7 +183,7 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     let share = b
         .execute(&format!("return {}", cell("blue", "share")), &[])
         .unwrap();
-    assert_eq!(share, "23.1%", "30 / (30 + 100)");
+    assert_eq!(share, "13.0%", "30 / (30 + 100 + 100)");
 
     // Every page renders against the running system (no load error), with a screenshot.
     for page in [
@@ -214,6 +242,89 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
 
+    // Rollouts: the buttons call the brain; the card follows.
+    control.cli(&[
+        "rollout",
+        "start",
+        "--stack",
+        "canary",
+        "--stable",
+        "blue",
+        "--plan",
+        "10,50,100",
+        "--step",
+        "10m",
+        "--warmup",
+        "1m",
+        "--id",
+        "r1",
+    ]);
+    b.execute("location.hash = '#/rollouts'; return 1;", &[])
+        .unwrap();
+    let pause = "document.querySelector('button[data-rollout=\"r1\"][data-command=\"pause\"]')";
+    b.wait_for("the Pause button of r1", pause, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.execute(&format!("{pause}.click(); return 1;"), &[])
+        .unwrap();
+    let phase = "document.querySelector('[data-rollout=\"r1\"] .phase').textContent";
+    b.wait_for(
+        "r1 paused on the page",
+        &format!("{phase} === 'paused'"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r1 = control.api("GET", "/api/v1/rollouts/r1", None);
+    assert_eq!(r1["rollout"]["phase"]["state"], "paused", "{r1}");
+    b.screenshot(&shots.join("rollouts.png")).unwrap();
+    // Resumed from the CLI: the open page follows by itself.
+    control.cli(&["rollout", "abort", "r1"]);
+    b.wait_for(
+        "r1 no longer paused",
+        &format!("{phase} !== 'paused'"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Incidents: an alert on green opens one; Approve (with a comment) in the page
+    // carries out the proposed shift, audited with the comment.
+    let alert = json!({
+        "version": "4", "status": "firing", "receiver": "switchyard", "groupKey": "{}:{}",
+        "alerts": [{ "status": "firing",
+            "labels": { "alertname": "GreenErrors", "stack": "green", "severity": "page" },
+            "annotations": { "summary": "errors on green" },
+            "startsAt": "2026-01-01T00:00:00Z", "fingerprint": "console-e2e" }],
+    });
+    control.api("POST", "/api/v1/alerts", Some(&alert.to_string()));
+    b.execute("location.hash = '#/incidents'; return 1;", &[])
+        .unwrap();
+    let approve = "document.querySelector('button[data-decision=\"approve\"]')";
+    b.wait_for("an Approve button", approve, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.screenshot(&shots.join("incidents.png")).unwrap();
+    assert_eq!(control.weight("green"), 100);
+    b.execute(
+        &format!(
+            "document.querySelector('[data-incident] input').value = 'approved in the console e2e';
+             {approve}.click(); return 1;"
+        ),
+        &[],
+    )
+    .unwrap();
+    b.wait_for(
+        "the incident to leave awaiting_approval",
+        "!document.querySelector('[data-phase=\"awaiting_approval\"]')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        control.weight("green") < 100,
+        "the approved shift did not move green"
+    );
+    let audit = control
+        .api("GET", "/api/v1/audit?limit=50", None)
+        .to_string();
+    assert!(audit.contains("approved in the console e2e"), "{audit}");
+
     // Explain: the filter's router on the state in force.
     b.execute("location.hash = '#/explain'; return 1;", &[])
         .unwrap();
@@ -237,9 +348,14 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
             WAIT,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        decision.as_str().unwrap().starts_with("green"),
-        "{decision}"
+    // The page shows the API's answer: an eligible stack, never the unhealthy blue.
+    let api = control.api(
+        "POST",
+        "/api/v1/explain",
+        Some(r#"{"headers": [[":path", "/cart"], ["user-agent", "curl/8"]]}"#),
     );
+    let stack = api["decision"]["stack"].as_str().unwrap();
+    assert_ne!(stack, "blue", "{api}");
+    assert_eq!(decision, format!("{stack} (weighted)"));
     b.screenshot(&shots.join("explain.png")).unwrap();
 }
