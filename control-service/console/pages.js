@@ -120,8 +120,9 @@ export async function traffic() {
   const markers = [];
   for (const p of split.points) markers.push({ t: p.unix_ms, kind: p.kind, label: `v${p.version} ${p.summary}` });
   for (const e of events.events) {
-    const t = Date.parse(e.start || e.starts_at || "") || e.created_ms;
-    if (t) markers.push({ t, kind: "event", label: `${e.kind || "event"} ${e.id}` });
+    const kind = typeof e.kind === "string" ? e.kind : JSON.stringify(e.kind);
+    if (e.from_ms) markers.push({ t: e.from_ms, kind: "event", label: `${kind} ${e.id} starts: ${e.description || ""}` });
+    if (e.to_ms) markers.push({ t: e.to_ms, kind: "event", label: `${kind} ${e.id} ends` });
   }
   for (const r of rollouts.rollouts) {
     for (const s of r.steps || []) markers.push({ t: s.warm_started_ms, kind: "rollout", label: `${r.spec.id} step ${s.index} → ${s.share_percent}%` });

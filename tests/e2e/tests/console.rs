@@ -185,6 +185,24 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
         .unwrap();
     assert_eq!(share, "13.0%", "30 / (30 + 100 + 100)");
 
+    // A campaign registered from the CLI: marked on the traffic page.
+    control.cli(&[
+        "events",
+        "add",
+        "--kind",
+        "campaign",
+        "--scope",
+        "eu",
+        "--from",
+        "now",
+        "--to",
+        "+2h",
+        "--description",
+        "black friday",
+        "--id",
+        "bf",
+    ]);
+
     // Every page renders against the running system (no load error), with a screenshot.
     for page in [
         "traffic",
@@ -235,6 +253,12 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     );
     b.execute("location.hash = '#/traffic'; return 1;", &[])
         .unwrap();
+    b.wait_for(
+        "the campaign among the traffic page's events",
+        "document.getElementById('traffic').innerText.includes('campaign bf starts: black friday')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     b.wait_for(
         "the uPlot chart",
         "document.querySelector('#split-chart .uplot canvas')",
