@@ -27,40 +27,66 @@ const POLICY: &str = r#"{
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Control {
-    _proc: Proc,
+    proc: Proc,
+    config: std::path::PathBuf,
+    dir: std::path::PathBuf,
     http: u16,
+    // Held for the test's life: the service binds them with SO_REUSEADDR, and a restart
+    // finds them free.
+    _http_port: ReservedPort,
     grpc: ReservedPort,
 }
 
 impl Control {
+    /// The real service on a redb store in `dir` (so a restart keeps the state).
     fn start(dir: &TestDir) -> Control {
         let grpc = ReservedPort::new().unwrap();
+        let http = ReservedPort::new().unwrap();
         std::fs::write(dir.join("policy.json"), POLICY).unwrap();
         let config = dir.join("control.toml");
         std::fs::write(
             &config,
             format!(
-                "store = \"memory\"\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\n\
-                 bootstrap_policy = \"policy.json\"\n\n[autopilot]\ntick_ms = 100\n\
-                 incident_validate_ms = 0\nincident_verify_ms = 300\nincident_freeze_ms = 600000\n",
-                grpc.port()
+                "store = \"redb\"\ndata_dir = \"{}\"\ngrpc = \"127.0.0.1:{}\"\n\
+                 http = \"127.0.0.1:{}\"\nbootstrap_policy = \"policy.json\"\n\n\
+                 [autopilot]\ntick_ms = 100\nincident_validate_ms = 0\n\
+                 incident_verify_ms = 300\nincident_freeze_ms = 600000\n",
+                dir.join("data").display(),
+                grpc.port(),
+                http.port()
             ),
         )
         .unwrap();
-        let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
-        cmd.args(["serve", "--config", config.to_str().unwrap()]);
-        let mut proc = Proc::spawn("control", cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let line = proc
-            .wait_for_line("its `http listening on` line", WAIT, |l| {
-                l.starts_with("http listening on")
-            })
-            .unwrap_or_else(|e| panic!("{e}"));
-        let http = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+        let proc = Self::spawn(&config, dir.path(), "control");
         Control {
-            _proc: proc,
-            http,
+            proc,
+            config,
+            dir: dir.path().to_path_buf(),
+            http: http.port(),
+            _http_port: http,
             grpc,
         }
+    }
+
+    fn spawn(config: &std::path::Path, dir: &std::path::Path, name: &str) -> Proc {
+        let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
+        cmd.args(["serve", "--config", config.to_str().unwrap()]);
+        let mut proc = Proc::spawn(name, cmd, dir).unwrap_or_else(|e| panic!("{e}"));
+        proc.wait_for_line("its `http listening on` line", WAIT, |l| {
+            l.starts_with("http listening on")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        proc
+    }
+
+    /// SIGKILL the service.
+    fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Start it again on the same ports and store.
+    fn restart(&mut self) {
+        self.proc = Self::spawn(&self.config, &self.dir, "control-restarted");
     }
 
     fn api(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
@@ -121,7 +147,7 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
         return;
     }
     let dir = TestDir::new("console");
-    let control = Control::start(&dir);
+    let mut control = Control::start(&dir);
     let mut b = Browser::start(&dir).unwrap_or_else(|e| panic!("{e}"));
     let shots = workspace_root().join("target/console-screenshots");
     let base = format!("http://127.0.0.1:{}/console/", control.http);
@@ -164,14 +190,20 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     .unwrap_or_else(|e| panic!("{e}"));
     b.screenshot(&shots.join("fleet.png")).unwrap();
 
-    // A change from the CLI reaches the open page through the stream: no reload (the
-    // marker set on this window survives, the page's load count stays 1).
+    // A change from the CLI reaches the open page through the stream (the page saw the
+    // `version` event) without reload (the marker set on this window survives).
     b.execute("window.__console_marker = 'still here'; return 1;", &[])
         .unwrap();
-    control.cli(&["stacks", "weight", "blue", "30", "--reason", "console e2e"]);
+    control.cli(&["stacks", "weight", "blue", "40", "--reason", "console e2e"]);
+    b.wait_for(
+        "the version event for v2",
+        "document.getElementById('live').dataset.version === '2'",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     b.wait_for(
         "blue's new weight without reload",
-        &format!("{} === '30%'", cell("blue", "weight")),
+        &format!("{} === '40%'", cell("blue", "weight")),
         WAIT,
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -179,6 +211,40 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
         b.execute("return window.__console_marker", &[]).unwrap(),
         "still here",
         "the page reloaded"
+    );
+    // The control service goes away and comes back: the page says so, reconnects by
+    // itself, and the next change shows without reload.
+    control.kill();
+    b.wait_for(
+        "the offline indicator",
+        "document.getElementById('live').textContent === 'offline'",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    control.restart();
+    b.wait_for(
+        "the stream back",
+        "document.getElementById('live').textContent === 'live'",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    control.cli(&["stacks", "weight", "blue", "30", "--reason", "console e2e"]);
+    b.wait_for(
+        "the version event for v3",
+        "document.getElementById('live').dataset.version === '3'",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    b.wait_for(
+        "blue's weight after the restart",
+        &format!("{} === '30%'", cell("blue", "weight")),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        b.execute("return window.__console_marker", &[]).unwrap(),
+        "still here",
+        "the page reloaded across the restart"
     );
     let share = b
         .execute(&format!("return {}", cell("blue", "share")), &[])
