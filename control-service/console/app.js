@@ -45,19 +45,36 @@ async function render() {
       if (current !== name) {
         current = name;
         clearInterval(pollTimer);
-        if (page.poll) pollTimer = setInterval(render, page.poll);
+        if (page.poll) pollTimer = setInterval(softRender, page.poll);
       }
     } while (again);
   })();
   try { await rendering; } finally { rendering = null; }
 }
 
+// Live updates and polls wait while someone types into the page (a re-render would
+// wipe a half-written comment); the page catches up when the field loses focus.
+let deferred = false;
+function editing() {
+  const a = document.activeElement;
+  return !!a && document.getElementById("page").contains(a) && ["INPUT", "TEXTAREA", "SELECT"].includes(a.tagName);
+}
+function softRender() {
+  if (editing()) deferred = true;
+  else render();
+}
+document.getElementById("page").addEventListener("focusout", () => {
+  setTimeout(() => {
+    if (deferred && !editing()) { deferred = false; render(); }
+  }, 0);
+});
+
 function onEvent(name, data) {
   const live = document.getElementById("live");
   live.dataset.last = name;
   if (name === "version") live.dataset.version = data.version;
   const page = routes[routeName()];
-  if (name === "hello" || (page.refreshOn || []).includes(name)) render();
+  if (name === "hello" || (page.refreshOn || []).includes(name)) softRender();
 }
 
 function onState(up) {

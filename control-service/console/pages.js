@@ -61,7 +61,18 @@ const table = (head, rows, props = {}) =>
 
 // ---- fleet ------------------------------------------------------------------------
 
-export async function fleet() {
+// Operator actions on a stack, through the same guardrails as `switchyard stacks …`.
+function stackActions(s, rerender) {
+  const reason = h("input", { type: "text", placeholder: "reason", "aria-label": `reason for ${s.name}`, size: 12 });
+  const percent = h("input", { type: "number", min: 0, max: 100, value: s.weight_percent, "aria-label": `weight of ${s.name}`, style: "width:4.5em" });
+  const op = (name, label, extra = () => ({})) => h("button", { dataset: { stack: s.name, op: name },
+    onclick: () => act(`${name} ${s.name}`, () => post(`/api/v1/stacks/${encodeURIComponent(s.name)}/${name}`, { reason: reason.value, ...extra() }), rerender) }, label);
+  return h("div", { class: "actions" }, percent, op("weight", "Set weight", () => ({ percent: Number(percent.value) })),
+    s.draining || s.evacuating ? op("undrain", "Undrain") : [op("drain", "Drain"), op("evacuate", "Evacuate")],
+    s.healthy ? op("unhealthy", "Mark unhealthy") : op("healthy", "Mark healthy"), reason);
+}
+
+export async function fleet(rerender) {
   const [status, stacks, split] = await Promise.all([
     get("/api/v1/status"), get("/api/v1/stacks"), get("/api/v1/split?limit=1"),
   ]);
@@ -88,7 +99,8 @@ export async function fleet() {
       h("td", { "data-col": "health" }, h("span", { class: state[1] }, state[0]),
         s.reason ? h("div", { class: "muted" }, s.reason) : null,
         checks ? h("div", { class: "muted" }, checks) : null),
-      h("td", { class: "muted" }, `v${s.changed_version} by ${s.changed_by || "–"}`));
+      h("td", { class: "muted" }, `v${s.changed_version} by ${s.changed_by || "–"}`),
+      h("td", {}, stackActions(s, rerender)));
   });
   const nodes = status.nodes.map((n) =>
     h("tr", { dataset: { node: n.node_id } },
@@ -100,7 +112,7 @@ export async function fleet() {
       h("td", { class: "muted" }, n.peer)));
   return h("section", { id: "fleet" },
     h("h2", {}, `Stacks at version `, h("span", { id: "fleet-version" }, String(stacks.version))),
-    table(["stack", "req/s", "errors", "p99", "KPI per 1,000", "weight", "effective share", "health", "last change"], rows, { id: "stacks" }),
+    table(["stack", "req/s", "errors", "p99", "KPI per 1,000", "weight", "effective share", "health", "last change", "actions"], rows, { id: "stacks" }),
     h("h2", {}, `Envoys (${status.nodes_current} of ${status.nodes.length} on the current version)`),
     nodes.length ? table(["node", "stream", "applied", "last report", "peer"], nodes, { id: "nodes" })
       : h("p", { class: "muted" }, "No Envoy has connected yet."));

@@ -448,4 +448,28 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     assert_ne!(stack, "blue", "{api}");
     assert_eq!(decision, format!("{stack} (weighted)"));
     b.screenshot(&shots.join("explain.png")).unwrap();
+
+    // A stack action from the fleet page: Drain canary, as `switchyard stacks drain`.
+    b.execute("location.hash = '#/fleet'; return 1;", &[])
+        .unwrap();
+    let drain = "document.querySelector('button[data-stack=\"canary\"][data-op=\"drain\"]')";
+    b.wait_for("canary's Drain button", drain, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.execute(&format!("{drain}.click(); return 1;"), &[])
+        .unwrap();
+    b.wait_for(
+        "canary draining on the page",
+        &format!("{} .startsWith('draining')", cell("canary", "health")),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stacks = control.api("GET", "/api/v1/stacks", None);
+    let canary = stacks["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "canary")
+        .unwrap();
+    assert_eq!(canary["draining"], true, "{canary}");
+    assert_eq!(canary["changed_by"], "console", "{canary}");
 }
