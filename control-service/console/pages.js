@@ -218,6 +218,7 @@ export async function rollouts(rerender) {
       r.phase.reason ? h("p", { class: "muted" }, `why: ${JSON.stringify(r.phase.reason)}`) : null,
       r.blocked ? h("p", { class: "warn" }, `blocked: ${JSON.stringify(r.blocked)}`) : null,
       gates.length ? table(["gate", "verdict", "sample size", "confidence", "estimate", ""], gates) : h("p", { class: "muted" }, "No gate verdicts yet."),
+      (r.steps || []).length > 1 ? h("p", { class: "muted" }, "steps: " + r.steps.map((st) => `${st.index + 1}: ${st.share_percent}% ${st.outcome || "running"}`).join(" · ")) : null,
       h("div", { class: "actions" }, ["pause", "resume", "promote", "abort"].map(cmd)));
   }));
 }
@@ -240,11 +241,44 @@ export async function incidents(rerender) {
       h("h2", {}, `#${s.id} ${s.signal || ""} on ${s.stack || s.scope}`),
       h("p", {}, "phase ", h("strong", {}, String(s.phase)), ` · confidence ${s.confidence == null ? "–" : pct(s.confidence)} · opened ${when(s.opened_ms)} · ${s.triggers} trigger(s)`),
       h("p", {}, "proposed action: ", h("strong", {}, s.proposal || "none")),
-      full && full.evidence ? h("details", {}, h("summary", {}, "evidence bundle"), h("pre", {}, JSON.stringify(full.evidence, null, 2))) : null,
+      full && full.evidence ? evidence(full.evidence) : null,
       awaiting ? h("div", { class: "actions" }, comment, decide("approve"), decide("reject")) : null);
   }));
 }
 incidents.refreshOn = ["incidents"];
+
+// The evidence bundle: signals with their series plotted, correlated events, the
+// dependency checks behind the proposal, what moved the confidence; and the raw JSON.
+function evidence(ev) {
+  const charts = [];
+  const signals = (ev.signals || []).map((sg) => {
+    const box = h("div", { class: "series" });
+    if ((sg.series || []).length > 1 && window.uPlot) {
+      charts.push(() => new window.uPlot({
+        width: 420, height: 120, legend: { show: false },
+        series: [{}, { label: sg.signal, stroke: sg.localised ? "#b91c1c" : "#2563eb", width: 1.5 }],
+        axes: [{ show: false }, { size: 50 }],
+      }, [sg.series.map((p) => p[0] / 1000), sg.series.map((p) => p[1])], box));
+    }
+    return h("tr", {}, h("td", {}, sg.stack), h("td", {}, sg.signal), h("td", {}, String(sg.severity)),
+      h("td", { class: "num" }, num(sg.observed, 4)), h("td", { class: "num" }, sg.baseline == null ? "–" : num(sg.baseline, 4)),
+      h("td", { class: "num" }, num(sg.score, 2)), h("td", {}, sg.localised ? "yes" : ""), h("td", {}, box));
+  });
+  queueMicrotask(() => charts.forEach((c) => c()));
+  const events = (ev.events || []).map((e) => h("tr", {}, h("td", {}, e.id), h("td", {}, typeof e.kind === "string" ? e.kind : JSON.stringify(e.kind)),
+    h("td", {}, e.relation), h("td", {}, e.suspect ? h("span", { class: "warn" }, "suspect") : "")));
+  const deps = (ev.dependencies || []).map((d) => h("tr", {}, h("td", {}, d.stack), h("td", {}, d.healthy ? "healthy" : h("span", { class: "bad" }, "unhealthy")),
+    h("td", { class: "num" }, num(d.current_rps)), h("td", { class: "num" }, num(d.projected_rps)), h("td", { class: "num" }, d.limit_rps ? num(d.limit_rps) : "unknown"),
+    h("td", {}, d.ok ? h("span", { class: "good" }, "ok") : h("span", { class: "bad" }, "over"))));
+  return h("div", { class: "evidence" },
+    ev.localisation ? h("p", {}, `localisation: ${ev.localisation}`) : null,
+    ev.expected_effect ? h("p", {}, `expected effect: ${ev.expected_effect}`) : null,
+    signals.length ? table(["stack", "signal", "severity", "observed", "baseline", "score", "localised", "series"], signals) : null,
+    events.length ? [h("h2", {}, "Correlated events"), table(["event", "kind", "relation", ""], events)] : null,
+    deps.length ? [h("h2", {}, "Dependency checks"), table(["stack", "health", "now rps", "projected rps", "limit rps", ""], deps)] : null,
+    (ev.factors || []).length ? h("p", { class: "muted" }, "confidence factors: " + ev.factors.map(([f, v]) => `${f} ${v >= 0 ? "+" : ""}${num(v, 2)}`).join(", ")) : null,
+    h("details", {}, h("summary", {}, "evidence bundle (JSON)"), h("pre", {}, JSON.stringify(ev, null, 2))));
+}
 
 // ---- audit ----------------------------------------------------------------------------
 
