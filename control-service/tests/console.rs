@@ -534,50 +534,63 @@ async fn explain_runs_the_filter_router_on_the_state_in_force() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_stream_announces_a_cli_change() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = start(tmp.path());
-    let host = server.http.strip_prefix("http://").unwrap().to_string();
-    let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
-    s.write_all(
-        format!("GET /api/v1/stream HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    async fn read_until(
-        s: &mut tokio::net::TcpStream,
-        seen: &mut String,
-        buf: &mut [u8],
-        want: &str,
-    ) {
-        while !seen.contains(want) {
-            let n = tokio::time::timeout(Duration::from_secs(20), s.read(buf))
+/// An open `GET /api/v1/stream` read as raw bytes.
+struct Stream {
+    s: tokio::net::TcpStream,
+    seen: String,
+}
+
+impl Stream {
+    async fn open(server: &ServerProcess) -> Stream {
+        let host = server.http.strip_prefix("http://").unwrap().to_string();
+        let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let req = format!(
+            "GET /api/v1/stream HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut st = Stream {
+            s,
+            seen: String::new(),
+        };
+        st.read_until("event: hello").await;
+        assert!(
+            st.seen
+                .to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{}",
+            st.seen
+        );
+        st
+    }
+
+    /// Read until `want` has arrived (after what was already read).
+    async fn read_until(&mut self, want: &str) {
+        let mut buf = [0u8; 4096];
+        while !self.seen.contains(want) {
+            let n = tokio::time::timeout(Duration::from_secs(20), self.s.read(&mut buf))
                 .await
-                .unwrap_or_else(|_| panic!("no {want:?} on the stream; got {seen}"))
+                .unwrap_or_else(|_| panic!("no {want:?} on the stream; got {}", self.seen))
                 .unwrap();
-            assert!(n > 0, "stream closed; got {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            assert!(n > 0, "stream closed; got {}", self.seen);
+            self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     }
-    read_until(&mut s, &mut seen, &mut buf, "event: hello").await;
-    assert!(
-        seen.to_ascii_lowercase()
-            .contains("content-type: text/event-stream"),
-        "{seen}"
-    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_announces_a_cli_change_to_every_open_console() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path());
+    let mut a = Stream::open(&server).await;
+    let mut b = Stream::open(&server).await;
     cli(&server, &["stacks", "weight", "blue", "30"]);
-    read_until(
-        &mut s,
-        &mut seen,
-        &mut buf,
-        "event: version\ndata: {\"version\":2}",
-    )
-    .await;
-    read_until(&mut s, &mut seen, &mut buf, "event: audit").await;
+    for s in [&mut a, &mut b] {
+        s.read_until("event: version\ndata: {\"version\":2}").await;
+        s.read_until("event: audit").await;
+    }
+    // One console leaves; the other still hears the brain (the shared poller keeps
+    // running while any stream listens).
+    drop(a);
     cli(
         &server,
         &[
@@ -585,5 +598,11 @@ async fn the_stream_announces_a_cli_change() {
             "--step", "10m", "--id", "r9",
         ],
     );
-    read_until(&mut s, &mut seen, &mut buf, "event: rollouts").await;
+    b.read_until("event: rollouts").await;
+    // A console opened later starts the poller again if it had stopped.
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut c = Stream::open(&server).await;
+    cli(&server, &["rollout", "pause", "r9"]);
+    c.read_until("event: rollouts").await;
 }

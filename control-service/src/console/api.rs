@@ -26,6 +26,8 @@ use crate::control::{Change, Control, ControlError, StackOp};
 /// The console's API routes (state: the control core; the autopilot comes as an
 /// extension, as for the rest of the HTTP API).
 pub fn routes() -> Router<Arc<Control>> {
+    // One brain poller per router (per server), shared by its streams.
+    let hub = Arc::new(super::stream::Hub::default());
     Router::new()
         .route("/api/v1/rollouts/{id}/{action}", post(rollout_command))
         .route("/api/v1/incidents/{id}/{decision}", post(incident_decision))
@@ -35,7 +37,10 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/api/v1/policy/diff", get(policy_diff))
         .route("/api/v1/split", get(split))
         .route("/api/v1/explain", post(super::explain::explain))
-        .route("/api/v1/stream", get(super::stream::stream))
+        .route(
+            "/api/v1/stream",
+            get(move |state, pilot| super::stream::stream(hub.clone(), state, pilot)),
+        )
 }
 
 /// An API error in the HTTP API's shape; `field` names the input that is wrong.
