@@ -449,6 +449,62 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     assert_eq!(decision, format!("{stack} (weighted)"));
     b.screenshot(&shots.join("explain.png")).unwrap();
 
+    // Policy: an invalid edit is refused with its field paths and Apply stays off; a
+    // valid one validates, applies (compare-and-set on the version shown) and diffs.
+    b.execute("location.hash = '#/policy'; return 1;", &[])
+        .unwrap();
+    b.wait_for(
+        "the policy editor",
+        "document.getElementById('policy-text').value",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Paste a document into the editor and press Validate.
+    let edit = "const t = document.getElementById('policy-text'); t.value = arguments[0];
+                t.dispatchEvent(new Event('input'));
+                document.getElementById('policy-validate').click(); return 1;";
+    let broken = POLICY.replace("\"stack\": \"canary\"", "\"stack\": \"purple\"");
+    b.execute(edit, &[json!(broken)]).unwrap();
+    let verdict = b
+        .wait_for(
+            "the invalid verdict",
+            "document.querySelector('#policy-verdict .bad') && document.getElementById('policy-verdict').innerText",
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(verdict.as_str().unwrap().contains("purple"), "{verdict}");
+    assert_eq!(
+        b.execute(
+            "return document.getElementById('policy-apply').disabled",
+            &[]
+        )
+        .unwrap(),
+        true
+    );
+    let renamed = POLICY.replace("\"shop\"", "\"shop-v2\"");
+    b.execute(edit, &[json!(renamed)]).unwrap();
+    b.wait_for(
+        "Apply enabled by a valid policy",
+        "!document.getElementById('policy-apply').disabled",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    b.execute(
+        "document.getElementById('policy-apply').click(); return 1;",
+        &[],
+    )
+    .unwrap();
+    b.wait_for(
+        "the applied policy's diff",
+        "document.getElementById('diff').innerText.includes('shop-v2')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let info = &control.api("GET", "/api/v1/policy", None)["info"];
+    assert_eq!(info["policy_name"], "shop-v2", "{info}");
+    assert_eq!(info["actor"], "console", "{info}");
+    b.screenshot(&shots.join("policy.png")).unwrap();
+
     // A stack action from the fleet page: Drain canary, as `switchyard stacks drain`.
     b.execute("location.hash = '#/fleet'; return 1;", &[])
         .unwrap();
