@@ -61,6 +61,14 @@ const table = (head, rows, props = {}) =>
 
 // ---- fleet ------------------------------------------------------------------------
 
+// A node's last reported window: requests, 5xx and local replies per stack.
+function nodeTraffic(t) {
+  if (!t || !t.stacks) return "–";
+  const parts = Object.entries(t.stacks).map(([name, c]) =>
+    `${name} ${c.requests} req` + (c.status_5xx ? `, ${c.status_5xx} 5xx` : "") + (c.local_replies ? `, ${c.local_replies} local` : ""));
+  return parts.length ? `${parts.join(" · ")} (${Math.round((t.window_ms || 0) / 1000)} s)` : "idle";
+}
+
 // Operator actions on a stack, through the same guardrails as `switchyard stacks …`.
 function stackActions(s, rerender) {
   const reason = h("input", { type: "text", placeholder: "reason", "aria-label": `reason for ${s.name}`, size: 12 });
@@ -87,7 +95,7 @@ export async function fleet(rerender) {
       .map(([k, n]) => `${k} ${reqs ? num((n * 1000) / reqs) : "–"}`).join(", ");
     const state = !s.healthy ? ["unhealthy", "bad"] : s.evacuating ? ["evacuating", "bad"]
       : s.draining ? ["draining", "warn"] : ["healthy", "good"];
-    const checks = s.health ? JSON.stringify(s.health) : "";
+    const checks = s.health ? `checks: ${s.health.verdict ?? "?"}` : "";
     return h("tr", { dataset: { stack: s.name } },
       h("td", {}, h("strong", {}, s.name), h("div", { class: "muted" }, s.region)),
       h("td", { class: "num", "data-col": "rps" }, rps === null ? "–" : num(rps)),
@@ -98,7 +106,7 @@ export async function fleet(rerender) {
       h("td", { class: "num", "data-col": "share" }, pct(shares[s.name])),
       h("td", { "data-col": "health" }, h("span", { class: state[1] }, state[0]),
         s.reason ? h("div", { class: "muted" }, s.reason) : null,
-        checks ? h("div", { class: "muted" }, checks) : null),
+        checks ? h("div", { class: "muted", title: JSON.stringify(s.health.layers || {}) }, checks) : null),
       h("td", { class: "muted" }, `v${s.changed_version} by ${s.changed_by || "–"}`),
       h("td", {}, stackActions(s, rerender)));
   });
@@ -109,12 +117,13 @@ export async function fleet(rerender) {
       h("td", { class: "num" }, n.applied_version === status.current_version
         ? `v${n.applied_version}` : h("span", { class: "warn" }, `v${n.applied_version} (behind)`)),
       h("td", {}, ago(n.last_report_unix_ms)),
+      h("td", {}, nodeTraffic(n.telemetry)),
       h("td", { class: "muted" }, n.peer)));
   return h("section", { id: "fleet" },
     h("h2", {}, `Stacks at version `, h("span", { id: "fleet-version" }, String(stacks.version))),
     table(["stack", "req/s", "errors", "p99", "KPI per 1,000", "weight", "effective share", "health", "last change", "actions"], rows, { id: "stacks" }),
     h("h2", {}, `Envoys (${status.nodes_current} of ${status.nodes.length} on the current version)`),
-    nodes.length ? table(["node", "stream", "applied", "last report", "peer"], nodes, { id: "nodes" })
+    nodes.length ? table(["node", "stream", "applied", "last report", "last window per stack", "peer"], nodes, { id: "nodes" })
       : h("p", { class: "muted" }, "No Envoy has connected yet."));
 }
 fleet.refreshOn = ["version", "audit"];
