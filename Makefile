@@ -18,7 +18,7 @@ export SWITCHYARD_WASM := $(abspath $(WASM))
 all: build
 
 ## ---- setup (idempotent) -------------------------------------------------
-setup: $(TOOLS)/.wasm-target $(TOOLS)/envoy $(TOOLS)/.binaryen $(TOOLS)/.etcd
+setup: $(TOOLS)/.wasm-target $(TOOLS)/envoy $(TOOLS)/.binaryen $(TOOLS)/.etcd $(TOOLS)/.nats
 
 $(TOOLS)/.wasm-target:
 	@mkdir -p $(TOOLS)
@@ -50,6 +50,14 @@ $(TOOLS)/.prometheus:
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager)
 	prometheus --version 2>&1 | head -1
 	prometheus-alertmanager --version 2>&1 | head -1
+
+# NATS with JetStream: the durable order queue of degraded mode (examples/intake, its
+# tests and make run). Debian package, as root; starts no service by itself.
+$(TOOLS)/.nats:
+	@mkdir -p $(TOOLS)
+	command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
+	  (apt-get update -qq && apt-get install -y -qq nats-server)
+	PATH="$$PATH:/usr/sbin" nats-server --version
 	@touch $@
 
 # Chromium and chromedriver: tests/e2e/tests/console.rs drives the web console in a real
@@ -87,7 +95,7 @@ wasm: $(TOOLS)/.wasm-target $(TOOLS)/.binaryen
 	scripts/build-wasm.sh >/dev/null
 
 native: $(TOOLS)/.etcd
-	$(CARGO) build --release -p switchyard-storefront -p switchyard-control
+	$(CARGO) build --release -p switchyard-storefront -p switchyard-control -p switchyard-intake
 
 ## ---- run -----------------------------------------------------------------
 run: setup build
@@ -98,7 +106,7 @@ test: setup wasm $(TOOLS)/.k8s-schemas $(TOOLS)/.chromium check-prometheus
 	$(CARGO) test --workspace --exclude switchyard-e2e
 	scripts/istio-schema-check.sh
 	SWITCHYARD_RUNNER_FRESH=1 $(TEST_WASM32)
-	$(CARGO) build -p switchyard-storefront -p switchyard-control
+	$(CARGO) build -p switchyard-storefront -p switchyard-control -p switchyard-intake
 	$(CARGO) test -p switchyard-e2e -- --test-threads 1
 
 # examples/prometheus: the configs load, the rules parse and their unit tests pass (a few

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/switchyard/v1/data_plane.proto",
         "proto/switchyard/v1/operator.proto",
         "proto/switchyard/v1/brain.proto",
+        "proto/switchyard/v1/auth.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;

@@ -28,9 +28,14 @@ cd "$root"
 export CARGO_TARGET_DIR="$root/target"
 CARGO="${CARGO:-cargo}"
 WASM_OPT="${WASM_OPT:-wasm-opt}"
-# -O3: binaryen's inlining, ~1% less Envoy CPU per request within the 400 KB budget
-# (Cargo.toml [profile.wasm]); the features are post-MVP ones V8 has (rustc emits them).
-WASM_OPT_FLAGS=(-O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int)
+# -Os --low-memory-unused (was -O3, whose binaryen inlining bought ~1% of Envoy CPU per
+# request): degraded mode's queue fallback (issue 15) needed ~4.5 KB the 400 KB budget did
+# not have. -Os saves ~2 KB, --low-memory-unused ~3 KB by folding constant offsets into
+# loads and stores; its premise, nothing lives below address 1024, holds for Rust's wasm32
+# layout (the 1 MB stack comes first and grows down towards 0, so only a stack within
+# 1 KB of overflowing would reach it; data starts at 1 MB). Measured with bench/paired.sh
+# (docs/BENCHMARKS.md). The features are post-MVP ones V8 has (rustc emits them).
+WASM_OPT_FLAGS=(-Os --low-memory-unused --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int)
 BUDGET=409600 # bytes (400 KB)
 
 raw="$root/target/wasm32-wasip1/wasm/switchyard_filter.wasm"

@@ -31,7 +31,7 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-for port in 10000 9901 8081 8082 8083 8084 18000 18080; do
+for port in 10000 9901 8081 8082 8083 8084 8090 8091 4222 18000 18080; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use on 127.0.0.1; stop whatever holds it (an earlier make run?)" >&2
     exit 1
@@ -50,6 +50,27 @@ for spec in $STACKS; do
   echo $! >"$RUN/pids/$name.pid"
 done
 
+# Credentials (docs/security.md): on the first start (or after .run/control-data was
+# removed), an admin token for the CLI and a dataplane token for Envoy, created offline in
+# the store and written to $RUN (mode 0600). The CLI reads .run/admin.token by itself;
+# Envoy's control cluster reads the dataplane token through file-based SDS.
+if [ ! -s "$RUN/admin.token" ] || [ ! -s "$RUN/dataplane.token" ] || [ ! -d "$RUN/control-data" ]; then
+  rm -f "$RUN/admin.token" "$RUN/dataplane.token"
+  for spec in make-run:admin:admin envoy-local:dataplane:dataplane; do
+    IFS=: read -r name role file <<<"$spec"
+    "$BIN/switchyard-control" token create --config examples/demo-control.toml \
+      --data-dir "$RUN/control-data" --name "$name" --role "$role" --output "$RUN/$file.token" \
+      2>>"$RUN/control.log"
+  done
+fi
+(
+  umask 077
+  printf 'resources:\n- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: switchyard_control_token\n  generic_secret:\n    secret:\n      inline_string: "Bearer %s"\n' \
+    "$(cat "$RUN/dataplane.token")" >"$RUN/control-token.yaml.new"
+  mv "$RUN/control-token.yaml.new" "$RUN/control-token.yaml"
+)
+export SWITCHYARD_TOKEN_FILE="$RUN/admin.token"
+
 # The control service with its embedded store; the demo policy is applied as version 1
 # (or the stored state is restored when .run/control-data already has it).
 "$BIN/switchyard-control" serve --config examples/demo-control.toml \
@@ -61,12 +82,32 @@ echo $! >"$RUN/pids/control.pid"
 for _ in $(seq 1 100); do grep -q "grpc listening" "$RUN/control.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "grpc listening" "$RUN/control.out" || { echo "control service did not start; see $RUN/control.log" >&2; exit 1; }
 if ! "$BIN/switchyard" policy get >/dev/null 2>&1; then
-  "$BIN/switchyard" --actor make-run policy apply examples/policies/demo.json
+  "$BIN/switchyard" policy apply examples/policies/demo.json
+fi
+
+# Degraded mode (docs/degraded-mode.md): NATS JetStream (file store in $RUN/nats) and one
+# order intake per region; they drain through Envoy on :10000. Skipped without nats-server.
+NATS_SERVER=$(command -v nats-server || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; } || true)
+if [ -n "$NATS_SERVER" ] && [ -x "$BIN/switchyard-intake" ]; then
+  "$NATS_SERVER" -a 127.0.0.1 -p 4222 --jetstream --store_dir "$RUN/nats" >"$RUN/nats.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$RUN/pids/nats.pid"
+  for spec in us:8090 eu:8091; do
+    IFS=: read -r region port <<<"$spec"
+    "$BIN/switchyard-intake" --region "$region" --listen "127.0.0.1:$port" --nats 127.0.0.1:4222 \
+      --upstream http://127.0.0.1:10000 --drain-rate 5 >"$RUN/intake-$region.log" 2>&1 &
+    pids+=($!)
+    echo $! >"$RUN/pids/intake-$region.pid"
+  done
+else
+  echo "note: no nats-server or $BIN/switchyard-intake: degraded mode's intakes are not started (make setup build)" >&2
 fi
 
 # Demo cookie keys. In production put real secrets in Envoy's environment.
 export SWITCHYARD_AFFINITY_KEYS=${SWITCHYARD_AFFINITY_KEYS:-demo1=demo-affinity-secret-change-me}
-"$ENVOY" -c envoy/envoy.yaml --concurrency 2 --log-level warn --component-log-level wasm:info >"$RUN/envoy.log" 2>&1 &
+# envoy/envoy.yaml as shipped, with the control token's SDS file in $RUN.
+sed "s#path: .run/control-token.yaml#path: $RUN/control-token.yaml#" envoy/envoy.yaml >"$RUN/envoy.yaml"
+"$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --log-level warn --component-log-level wasm:info >"$RUN/envoy.log" 2>&1 &
 pids+=($!)
 envoy_pid=$!
 echo $! >"$RUN/pids/envoy.pid"
@@ -83,7 +124,10 @@ Switchyard is running (logs in .run/):
   storefront via Envoy   http://127.0.0.1:10000   (stacks: blue, green, canary, eu)
   Envoy admin            http://127.0.0.1:9901    (/stats/prometheus | grep switchyard)
   control service        grpc 127.0.0.1:18000, http://127.0.0.1:18080/api/v1/status
+  order intakes          http://127.0.0.1:8090 (us), :8091 (eu) on NATS 127.0.0.1:4222 (degraded mode)
   operator CLI           target/release/switchyard status | policy history | stacks list
+  credentials            .run/admin.token (role admin; the CLI reads it from here, or
+                         SWITCHYARD_TOKEN_FILE); Envoy uses .run/dataplane.token
 
 Try:
   curl -si localhost:10000/ | grep -Ei 'x-served-by|set-cookie|x-switchyard'
@@ -93,11 +137,19 @@ Try:
   curl -s  localhost:9901/stats/prometheus | grep '^switchyard_stack_rq_total'
   target/release/switchyard stacks weight green 0     # drain green on every worker, live
   target/release/switchyard stacks list
+  curl -s localhost:18080/api/v1/stacks -H "authorization: Bearer $(cat .run/admin.token)"
+  target/release/switchyard tokens create --name alice --role operator   # docs/security.md
   target/release/switchyard rollout start --stack green --stable blue --plan 0,5,20,50,100 --step 20s --warmup 5s --no-kpi-gates
   target/release/switchyard rollout status     # steps, gates, verdicts (durations compressed: examples/demo-control.toml)
   scripts/chaos.sh kill blue          # kill -9 a stack: the fast path evacuates it within ~1 s, the demo goes on
   scripts/chaos.sh slow green 300     # +300 ms on every green response; chaos.sh heal green undoes it
   scripts/chaos.sh revive blue        # start a killed stack again
+  # Degraded mode (docs/degraded-mode.md): queue orders instead of failing them
+  target/release/switchyard policy apply examples/intake/policy.json
+  scripts/chaos.sh kill blue; scripts/chaos.sh kill green
+  curl -s localhost:10000/checkout -H 'content-type: application/json' -H 'idempotency-key: demo-1' -d '{"cart":["tee-navy"]}'   # 202 + reference
+  scripts/chaos.sh revive blue; scripts/chaos.sh revive green
+  curl -s localhost:8090/orders/<reference>   # queued → placed;  curl -s localhost:8090/metrics
 
 Press Ctrl-C to stop.
 MSG

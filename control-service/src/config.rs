@@ -77,6 +77,25 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `switchyard_control=debug` [default: info; RUST_LOG wins].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Serve without authentication: anyone who reaches the ports may change routing.
+    /// For development on a private machine only (docs/security.md).
+    #[arg(long)]
+    pub no_auth: bool,
+}
+
+/// `[auth]`: credentials on the gRPC and HTTP APIs (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthDoc {
+    /// Require credentials (default true). `false` is for development only.
+    pub enabled: Option<bool>,
+}
+
+/// Resolved authentication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Every call needs a credential whose role allows it (except the open endpoints).
+    pub enabled: bool,
 }
 
 /// `[autopilot]`: how often the brain ticks, and the guardrails every traffic change
@@ -223,6 +242,8 @@ pub struct FileConfig {
     pub series_retention_s: Option<u64>,
     /// How long after its end a window still takes late batches (default 3000).
     pub series_grace_ms: Option<u64>,
+    /// Credentials (`[auth]`).
+    pub auth: Option<AuthDoc>,
 }
 
 /// The resolved configuration.
@@ -244,10 +265,14 @@ pub struct ServeConfig {
     pub autopilot: AutopilotSettings,
     /// Windows and retention of the brain's telemetry series.
     pub series: SeriesSettings,
+    /// Authentication and authorisation.
+    pub auth: AuthSettings,
 }
 
 impl ServeConfig {
-    /// Defaults for an in-process server in `data_dir` on ephemeral ports (tests).
+    /// Defaults for an in-process server in `data_dir` on ephemeral ports (tests). Without
+    /// authentication: suites about something else call it without tokens; suites about
+    /// access set `auth.enabled`.
     pub fn ephemeral(data_dir: &Path) -> Self {
         Self {
             data_dir: data_dir.to_path_buf(),
@@ -263,6 +288,7 @@ impl ServeConfig {
             health: None,
             autopilot: AutopilotSettings::default(),
             series: SeriesSettings::default(),
+            auth: AuthSettings { enabled: false },
         }
     }
 }
@@ -375,6 +401,9 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             .autopilot
             .map(AutopilotDoc::settings)
             .unwrap_or_default(),
+        auth: AuthSettings {
+            enabled: !args.no_auth && file.auth.and_then(|a| a.enabled).unwrap_or(true),
+        },
     })
 }
 
@@ -414,6 +443,25 @@ mod tests {
         assert_eq!(c.series, SeriesSettings::default());
         assert_eq!(c.series.window_ms, 10_000);
         assert_eq!(c.series.retention_ms, 7 * 86_400_000);
+        assert!(c.auth.enabled, "credentials are required unless turned off");
+    }
+
+    #[test]
+    fn auth_can_be_turned_off_in_the_file_or_by_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[auth]\nenabled = false\n").unwrap();
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(!resolve(&args).unwrap().auth.enabled);
+        std::fs::write(&path, "[auth]\nenabled = true\n").unwrap();
+        assert!(resolve(&args).unwrap().auth.enabled);
+        args.no_auth = true;
+        assert!(!resolve(&args).unwrap().auth.enabled);
+        std::fs::write(&path, "[auth]\nenabld = true\n").unwrap();
+        assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use crate::auth::Identity;
 use crate::codec::{Encoded, SmallBufferCodec};
 use crate::control::{Change, Control, ControlError, Outcome, StackOp};
 use crate::fleet::MAX_NAME_LEN;
@@ -363,6 +364,11 @@ impl NamedService for DataPlaneService {
     const NAME: &'static str = v1::data_plane_server::SERVICE_NAME;
 }
 
+/// The authenticated caller (put there by the auth layer); `None` with authentication off.
+fn identity<T>(request: &Request<T>) -> Option<Identity> {
+    request.extensions().get::<Identity>().cloned()
+}
+
 fn change_response(o: Outcome) -> v1::ChangeResponse {
     v1::ChangeResponse {
         version: o.record.version,
@@ -413,8 +419,9 @@ impl v1::policies_server::Policies for PoliciesService {
         &self,
         request: Request<v1::ApplyPolicyRequest>,
     ) -> Result<Response<v1::ChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
-        let change = Change::manual(r.actor, r.comment);
+        let change = Change::manual(crate::auth::actor(who.as_ref(), r.actor), r.comment);
         let outcome = self
             .control
             .apply_policy(&r.policy_json, change, r.expected_version)
@@ -453,8 +460,9 @@ impl v1::policies_server::Policies for PoliciesService {
         &self,
         request: Request<v1::RollbackRequest>,
     ) -> Result<Response<v1::ChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
-        let change = Change::manual(r.actor, r.comment);
+        let change = Change::manual(crate::auth::actor(who.as_ref(), r.actor), r.comment);
         let outcome = self
             .control
             .rollback(r.to_version, change, r.expected_version)
@@ -534,13 +542,14 @@ impl v1::stacks_server::Stacks for StacksService {
         &self,
         request: Request<v1::RegisterStackRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
         self.change(
             &r.stack,
             StackOp::Register {
                 endpoint: r.endpoint,
             },
-            r.actor,
+            crate::auth::actor(who.as_ref(), r.actor),
             r.comment,
         )
         .await
@@ -550,11 +559,12 @@ impl v1::stacks_server::Stacks for StacksService {
         &self,
         request: Request<v1::DeregisterStackRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
         self.change(
             &r.stack,
             StackOp::Deregister { reason: r.reason },
-            r.actor,
+            crate::auth::actor(who.as_ref(), r.actor),
             String::new(),
         )
         .await
@@ -564,36 +574,51 @@ impl v1::stacks_server::Stacks for StacksService {
         &self,
         request: Request<v1::SetWeightRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
         let op = StackOp::SetWeight {
             percent: r.weight_percent,
             reason: r.reason,
         };
-        self.change(&r.stack, op, r.actor, String::new()).await
+        self.change(
+            &r.stack,
+            op,
+            crate::auth::actor(who.as_ref(), r.actor),
+            String::new(),
+        )
+        .await
     }
 
     async fn drain(
         &self,
         request: Request<v1::DrainStackRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
         let op = StackOp::Drain {
             reason: r.reason,
             deadline: (r.deadline_seconds != 0)
                 .then(|| std::time::Duration::from_secs(r.deadline_seconds)),
         };
-        self.change(&r.stack, op, r.actor, String::new()).await
+        self.change(
+            &r.stack,
+            op,
+            crate::auth::actor(who.as_ref(), r.actor),
+            String::new(),
+        )
+        .await
     }
 
     async fn evacuate(
         &self,
         request: Request<v1::StackReasonRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
         self.change(
             &r.stack,
             StackOp::Evacuate { reason: r.reason },
-            r.actor,
+            crate::auth::actor(who.as_ref(), r.actor),
             String::new(),
         )
         .await
@@ -603,11 +628,12 @@ impl v1::stacks_server::Stacks for StacksService {
         &self,
         request: Request<v1::StackReasonRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
         self.change(
             &r.stack,
             StackOp::Undrain { reason: r.reason },
-            r.actor,
+            crate::auth::actor(who.as_ref(), r.actor),
             String::new(),
         )
         .await
@@ -617,11 +643,12 @@ impl v1::stacks_server::Stacks for StacksService {
         &self,
         request: Request<v1::StackReasonRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
         self.change(
             &r.stack,
             StackOp::MarkUnhealthy { reason: r.reason },
-            r.actor,
+            crate::auth::actor(who.as_ref(), r.actor),
             String::new(),
         )
         .await
@@ -631,11 +658,12 @@ impl v1::stacks_server::Stacks for StacksService {
         &self,
         request: Request<v1::StackReasonRequest>,
     ) -> Result<Response<v1::StackChangeResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
         self.change(
             &r.stack,
             StackOp::MarkHealthy { reason: r.reason },
-            r.actor,
+            crate::auth::actor(who.as_ref(), r.actor),
             String::new(),
         )
         .await
@@ -789,6 +817,25 @@ impl From<crate::autopilot::AutopilotError> for Status {
     }
 }
 
+impl RolloutsService {
+    /// Resuming a pause that waits for a human approver is that approval: never by the
+    /// rollout's own creator.
+    async fn check_approval(&self, who: Option<&Identity>, id: &str) -> Result<(), Status> {
+        use crate::brain::rollout::{PauseReason, Phase};
+        if let Some(r) = self.autopilot.get(id).await? {
+            if let Phase::Paused {
+                reason: PauseReason::NeedsApproval { .. },
+                ..
+            } = r.phase
+            {
+                crate::auth::may_decide(who, &r.spec.created_by)
+                    .map_err(Status::permission_denied)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl v1::rollouts_server::Rollouts for RolloutsService {
     async fn start(
@@ -796,6 +843,7 @@ impl v1::rollouts_server::Rollouts for RolloutsService {
         request: Request<v1::StartRolloutRequest>,
     ) -> Result<Response<v1::RolloutStatus>, Status> {
         use crate::brain::rollout::{plan_from_shares, RolloutSpec};
+        let who = identity(&request);
         let r = request.into_inner();
         let now = self.autopilot.now();
         let id = if r.id.is_empty() {
@@ -836,7 +884,7 @@ impl v1::rollouts_server::Rollouts for RolloutsService {
             spec.warmup_ms = r.warmup_ms;
         }
         spec.auto_rollback = r.auto_rollback;
-        spec.created_by = r.actor;
+        spec.created_by = crate::auth::actor(who.as_ref(), r.actor);
         if r.max_error_rate > 0.0 {
             spec.gates.max_error_rate = Some(r.max_error_rate);
         }
@@ -879,8 +927,12 @@ impl v1::rollouts_server::Rollouts for RolloutsService {
         request: Request<v1::RolloutCommandRequest>,
     ) -> Result<Response<v1::RolloutStatus>, Status> {
         use crate::brain::rollout::Command;
+        let who = identity(&request);
         let r = request.into_inner();
-        let actor = r.actor;
+        if r.command == "resume" {
+            self.check_approval(who.as_ref(), &r.id).await?;
+        }
+        let actor = crate::auth::actor(who.as_ref(), r.actor);
         let cmd = match r.command.as_str() {
             "pause" => Command::Pause { actor },
             "resume" => Command::Resume { actor },
@@ -933,6 +985,25 @@ impl From<crate::autopilot::IncidentCommandError> for Status {
     }
 }
 
+impl IncidentsService {
+    /// An approver never decides on a proposal they made: the proposer is whoever moved
+    /// the incident to awaiting approval (the brain, for every proposal today).
+    async fn check_not_own(&self, who: Option<&Identity>, id: u64) -> Result<(), Status> {
+        use crate::brain::incident::Phase;
+        if let Some(i) = self.autopilot.incident(id).await? {
+            let proposer = i
+                .history
+                .iter()
+                .rev()
+                .find(|t| t.to == Phase::AwaitingApproval)
+                .map(|t| t.actor.as_str())
+                .unwrap_or_default();
+            crate::auth::may_decide(who, proposer).map_err(Status::permission_denied)?;
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl v1::incidents_server::Incidents for IncidentsService {
     async fn list(
@@ -964,10 +1035,13 @@ impl v1::incidents_server::Incidents for IncidentsService {
         &self,
         request: Request<v1::IncidentDecisionRequest>,
     ) -> Result<Response<v1::IncidentDetail>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
+        self.check_not_own(who.as_ref(), r.id).await?;
+        let actor = crate::auth::actor(who.as_ref(), r.actor);
         let i = self
             .autopilot
-            .approve_incident(r.id, &r.actor, &r.comment)
+            .approve_incident(r.id, &actor, &r.comment)
             .await?;
         Ok(Response::new(proto::incident_detail(&i)))
     }
@@ -976,10 +1050,13 @@ impl v1::incidents_server::Incidents for IncidentsService {
         &self,
         request: Request<v1::IncidentDecisionRequest>,
     ) -> Result<Response<v1::IncidentDetail>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
+        self.check_not_own(who.as_ref(), r.id).await?;
+        let actor = crate::auth::actor(who.as_ref(), r.actor);
         let i = self
             .autopilot
-            .reject_incident(r.id, &r.actor, &r.comment)
+            .reject_incident(r.id, &actor, &r.comment)
             .await?;
         Ok(Response::new(proto::incident_detail(&i)))
     }
@@ -1015,10 +1092,9 @@ impl v1::events_server::Events for EventsService {
         &self,
         request: Request<v1::AddEventRequest>,
     ) -> Result<Response<v1::EventInfo>, Status> {
-        let e = self
-            .autopilot
-            .add_event(request.into_inner().event_json)
-            .await?;
+        let who = identity(&request);
+        let json = crate::auth::event_with_actor(who.as_ref(), request.into_inner().event_json);
+        let e = self.autopilot.add_event(json).await?;
         Ok(Response::new(proto::event_info(&e)))
     }
 
@@ -1036,12 +1112,141 @@ impl v1::events_server::Events for EventsService {
         &self,
         request: Request<v1::RemoveEventRequest>,
     ) -> Result<Response<v1::RemoveEventResponse>, Status> {
+        let who = identity(&request);
         let r = request.into_inner();
-        if self.autopilot.remove_event(&r.id, &r.actor).await? {
+        let actor = crate::auth::actor(who.as_ref(), r.actor);
+        if self.autopilot.remove_event(&r.id, &actor).await? {
             Ok(Response::new(v1::RemoveEventResponse {}))
         } else {
             Err(Status::not_found(format!("event {} not found", r.id)))
         }
+    }
+}
+
+/// `switchyard.v1.Tokens`: bearer tokens over the API (admin), and "who am I".
+pub struct TokensService {
+    control: Arc<Control>,
+}
+
+impl TokensService {
+    pub fn new(control: Arc<Control>) -> Self {
+        Self { control }
+    }
+
+    /// Run `f` on the token store off the async workers.
+    async fn tokens<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(crate::auth::Tokens<'_>) -> Result<T, crate::auth::TokenError> + Send + 'static,
+    ) -> Result<T, Status> {
+        use crate::auth::TokenError as E;
+        let store = self.control.store();
+        tokio::task::spawn_blocking(move || f(crate::auth::Tokens::new(&*store)))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                E::Invalid(_) | E::Ambiguous(_) => Status::invalid_argument(e.to_string()),
+                E::NotFound(_) => Status::not_found(e.to_string()),
+                E::Random(_) | E::Store(_) | E::Corrupt { .. } => {
+                    tracing::error!(error = %e, "token store");
+                    Status::internal(format!("nothing was changed: {e}"))
+                }
+            })
+    }
+
+    async fn audit(&self, actor: &str, subject: String, summary: String) {
+        use crate::brain::audit::{AuditDraft, AuditKind};
+        let draft = AuditDraft::new(
+            crate::model::now_unix_ms(),
+            actor,
+            AuditKind::Note,
+            subject,
+            summary,
+        );
+        let log = self.control.audit().clone();
+        match tokio::task::spawn_blocking(move || log.append(draft)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit append failed"),
+            Err(e) => tracing::error!(error = %e, "audit task failed"),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::tokens_server::Tokens for TokensService {
+    async fn create(
+        &self,
+        request: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let who = identity(&request);
+        let r = request.into_inner();
+        let role = crate::auth::Role::parse(&r.role).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "role {:?}: one of viewer, operator, approver, admin, dataplane",
+                r.role
+            ))
+        })?;
+        let by = crate::auth::actor(who.as_ref(), "anonymous".into());
+        let (name, creator) = (r.name.clone(), by.clone());
+        let (token, record) = self
+            .tokens(move |t| t.create(&name, role, &creator, crate::model::now_unix_ms()))
+            .await?;
+        self.audit(
+            &by,
+            format!("token/{}", record.id),
+            format!(
+                "token {} created for {} (role {})",
+                record.id, record.name, role
+            ),
+        )
+        .await;
+        Ok(Response::new(v1::CreateTokenResponse {
+            token,
+            info: Some(proto::token_info(&record)),
+        }))
+    }
+
+    async fn list(
+        &self,
+        _: Request<v1::ListTokensRequest>,
+    ) -> Result<Response<v1::ListTokensResponse>, Status> {
+        let all = self.tokens(|t| t.list()).await?;
+        Ok(Response::new(v1::ListTokensResponse {
+            tokens: all.iter().map(proto::token_info).collect(),
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::TokenInfo>, Status> {
+        let who = identity(&request);
+        let id = request.into_inner().id;
+        let record = self
+            .tokens(move |t| t.revoke(&id, crate::model::now_unix_ms()))
+            .await?;
+        self.audit(
+            &crate::auth::actor(who.as_ref(), "anonymous".into()),
+            format!("token/{}", record.id),
+            format!("token {} of {} revoked", record.id, record.name),
+        )
+        .await;
+        Ok(Response::new(proto::token_info(&record)))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<v1::WhoAmIRequest>,
+    ) -> Result<Response<v1::WhoAmIResponse>, Status> {
+        let who = identity(&request).ok_or_else(|| {
+            Status::failed_precondition("this control service runs without authentication")
+        })?;
+        let crate::auth::Credential::Token { id } = &who.credential;
+        Ok(Response::new(v1::WhoAmIResponse {
+            name: who.name.clone(),
+            role: who.role.to_string(),
+            credential: "token".into(),
+            token_id: id.clone(),
+        }))
     }
 }
 

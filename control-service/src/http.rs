@@ -468,12 +468,16 @@ fn body_text(body: &axum::body::Bytes) -> Result<&str, ApiError> {
     })
 }
 
-async fn add_event(pilot: Pilot, body: axum::body::Bytes) -> Response {
+/// The authenticated caller (put there by the auth middleware); `None` with
+/// authentication off.
+type Caller = Option<axum::Extension<crate::auth::Identity>>;
+
+async fn add_event(pilot: Pilot, who: Caller, body: axum::body::Bytes) -> Response {
     let Some(axum::Extension(pilot)) = pilot else {
         return no_autopilot().into_response();
     };
     let text = match body_text(&body) {
-        Ok(t) => t.to_string(),
+        Ok(t) => crate::auth::event_with_actor(who.map(|w| w.0).as_ref(), t.to_string()),
         Err(e) => return e.into_response(),
     };
     match pilot.add_event(text).await {
@@ -485,10 +489,12 @@ async fn add_event(pilot: Pilot, body: axum::body::Bytes) -> Response {
 
 async fn remove_event(
     pilot: Pilot,
+    who: Caller,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let axum::Extension(pilot) = pilot.ok_or_else(no_autopilot)?;
-    match pilot.remove_event(&id, "http").await {
+    let actor = crate::auth::actor(who.map(|w| w.0).as_ref(), "http".into());
+    match pilot.remove_event(&id, &actor).await {
         Ok(true) => Ok(Json(json!({ "removed": id }))),
         Ok(false) => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -14,11 +14,14 @@
 //! metrics}`, `metrics → {control, fleet, model}` (the Prometheus exposition),
 //! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
 //! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,
-//! `store → model`; [`health`] (active checks, the fast path): `health → {brain, control,
+//! `store → model`; [`auth`] (identities, tokens, the access table and its enforcement
+//! layers): `auth → store`, imported by `grpc`, `http`, `server`, `cli` and
+//! `proto`; [`health`] (active checks, the fast path): `health → {brain, control,
 //! fleet, model}`, imported by `config`, `http` and `server`. Only the edges (`grpc`,
 //! `server`, `cli`) import `proto`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod autopilot;
 pub mod brain;
 pub mod cli;

@@ -27,6 +27,172 @@ enum Command {
     /// trace expects (or it expects nothing); 1: it differs; 2: the trace is unreadable or
     /// malformed.
     Replay(ReplayArgs),
+    /// Bearer tokens, written straight into the store: the first admin token of a new
+    /// installation (then `switchyard tokens …` over the API). The redb store must not be
+    /// open in a running server; etcd may be.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token and print it (or write it to --output). Shown once.
+    Create(TokenCreateArgs),
+    /// Install a token generated elsewhere (`syt_` and 64 hex digits, read from a file),
+    /// e.g. the one a deployment also hands to Envoy. Idempotent.
+    Import(TokenImportArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenImportArgs {
+    /// File holding the token.
+    #[arg(long, value_name = "PATH")]
+    token_file: std::path::PathBuf,
+    #[command(flatten)]
+    common: TokenCreateArgs,
+}
+
+#[derive(clap::Args)]
+struct TokenCreateArgs {
+    /// The identity, recorded as the actor of every change made with the token.
+    #[arg(long)]
+    name: String,
+    /// viewer, operator, approver, admin or dataplane.
+    #[arg(long, value_enum)]
+    role: switchyard_control::auth::Role,
+    /// Write the token to this file (mode 0600) instead of stdout (`create` only).
+    #[arg(long, value_name = "PATH")]
+    output: Option<std::path::PathBuf>,
+    /// The server's config file (for its store settings).
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Data directory of the store [default: ./switchyard-data].
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Store backend [default: redb].
+    #[arg(long, value_enum)]
+    store: Option<config::StoreKind>,
+    /// etcd client URLs, comma-separated, for `--store etcd`.
+    #[arg(long, env = "SWITCHYARD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd [default: /switchyard/].
+    #[arg(long)]
+    etcd_prefix: Option<String>,
+}
+
+fn token_create(
+    args: TokenCreateArgs,
+    import: Option<std::path::PathBuf>,
+) -> std::process::ExitCode {
+    use switchyard_control::auth::Tokens;
+    use switchyard_control::brain::audit::{AuditDraft, AuditKind, AuditLog};
+    let fail = |msg: String| {
+        eprintln!("switchyard-control token: {msg}");
+        std::process::ExitCode::FAILURE
+    };
+    let serve = ServeArgs {
+        config: args.config,
+        data_dir: args.data_dir,
+        store: args.store,
+        etcd_endpoints: args.etcd_endpoints,
+        etcd_prefix: args.etcd_prefix,
+        ..ServeArgs::default()
+    };
+    let cfg = match config::resolve(&serve) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let store = match server::open_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(format!(
+                "cannot open the store (is a server using it?): {e}"
+            ))
+        }
+    };
+    let now = switchyard_control::model::now_unix_ms();
+    let by = "switchyard-control token";
+    if let Some(path) = import {
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        };
+        return match Tokens::new(&*store).import(&token, &args.name, args.role, by, now) {
+            Ok(r) => {
+                // A repeated import changes nothing and records nothing.
+                if r.created_ms == now {
+                    let draft = AuditDraft::new(
+                        now,
+                        by,
+                        AuditKind::Note,
+                        format!("token/{}", r.id),
+                        format!(
+                            "token {} imported for {} (role {}) offline",
+                            r.id, r.name, r.role
+                        ),
+                    );
+                    if let Err(e) = AuditLog::new(store.clone()).append(draft) {
+                        return fail(format!("token installed but not audited: {e}"));
+                    }
+                }
+                eprintln!("token {} for {} (role {}) installed", r.id, r.name, r.role);
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        };
+    }
+    let (token, record) = match Tokens::new(&*store).create(&args.name, args.role, by, now) {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string()),
+    };
+    let draft = AuditDraft::new(
+        now,
+        by,
+        AuditKind::Note,
+        format!("token/{}", record.id),
+        format!(
+            "token {} created for {} (role {}) offline",
+            record.id, record.name, record.role
+        ),
+    );
+    if let Err(e) = AuditLog::new(store.clone()).append(draft) {
+        return fail(format!("token created but not audited: {e}"));
+    }
+    match &args.output {
+        Some(path) => {
+            if let Err(e) = write_secret(path, &token) {
+                return fail(format!("{}: {e}", path.display()));
+            }
+            eprintln!(
+                "token {} for {} (role {}) written to {}",
+                record.id,
+                record.name,
+                record.role,
+                path.display()
+            );
+        }
+        None => {
+            println!("{token}");
+            eprintln!(
+                "token {} for {} (role {}): shown once",
+                record.id, record.name, record.role
+            );
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Write a secret to a new file only its owner can read.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    writeln!(f, "{secret}")
 }
 
 #[derive(clap::Args)]
@@ -184,6 +350,8 @@ fn main() -> std::process::ExitCode {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Replay(args) => return replay(args),
+        Command::Token(TokenCmd::Create(args)) => return token_create(args, None),
+        Command::Token(TokenCmd::Import(a)) => return token_create(a.common, Some(a.token_file)),
     };
     let cfg = match config::resolve(&args) {
         Ok(c) => c,

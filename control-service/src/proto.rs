@@ -482,6 +482,18 @@ pub fn event_info(e: &crate::brain::events::Event) -> v1::EventInfo {
     }
 }
 
+/// A token as the API shows it (never its secret or hash).
+pub fn token_info(r: &crate::auth::TokenRecord) -> v1::TokenInfo {
+    v1::TokenInfo {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        role: r.role.to_string(),
+        created_unix_ms: r.created_ms,
+        created_by: r.created_by.clone(),
+        revoked_unix_ms: r.revoked_ms.unwrap_or(0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -97,7 +97,8 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     }
 }
 
-fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, BoxError> {
+/// The store the configuration names (blocking).
+pub fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, BoxError> {
     Ok(match cfg.store {
         StoreKind::Redb => Arc::new(RedbStore::open(&cfg.data_dir)?),
         StoreKind::Memory => Arc::new(MemoryStore::new()),
@@ -183,8 +184,23 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         .set_serving::<v1::rollouts_server::RolloutsServer<RolloutsService>>()
         .await;
     health
+        .set_serving::<v1::tokens_server::TokensServer<crate::grpc::TokensService>>()
+        .await;
+    health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+
+    // Credentials: one layer in front of every gRPC service and HTTP route.
+    let auth = cfg
+        .auth
+        .enabled
+        .then(|| crate::auth::layer::Authenticator::new(control.store()));
+    match &auth {
+        Some(_) => tracing::info!("authentication required (docs/security.md)"),
+        None => tracing::warn!(
+            "authentication DISABLED: anyone who reaches these ports can change routing"
+        ),
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -201,6 +217,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(4096))
+        .layer(crate::auth::layer::GrpcAuthLayer::new(auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -229,6 +246,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         ))
         .add_service(v1::events_server::EventsServer::new(
             crate::grpc::EventsService::new(autopilot.clone()),
+        ))
+        .add_service(v1::tokens_server::TokensServer::new(
+            crate::grpc::TokensService::new(control.clone()),
         ));
     {
         let shutdown = shutdown.clone();
@@ -258,6 +278,13 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
                 crate::http::router(control.clone()).layer(axum::Extension(autopilot.clone()));
             if let Some(m) = &monitor {
                 app = crate::health::router(m.clone()).merge(app.layer(axum::Extension(m.clone())));
+            }
+            // After every route is mounted: the middleware guards the routes above it.
+            if let Some(auth) = &auth {
+                app = app.route_layer(axum::middleware::from_fn_with_state(
+                    auth.clone(),
+                    crate::auth::layer::http_auth,
+                ));
             }
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {

@@ -245,7 +245,14 @@ fn closed_stdout_and_stderr_do_not_break_the_server() {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-control"))
-        .args(["serve", "--grpc", "127.0.0.1:0", "--no-http", "--data-dir"])
+        .args([
+            "serve",
+            "--no-auth",
+            "--grpc",
+            "127.0.0.1:0",
+            "--no-http",
+            "--data-dir",
+        ])
         .arg(tmp.path().join("data"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -9,7 +9,7 @@ use crate::affinity::{set_cookie_header, Keyring, Verdict};
 use crate::balance::{HashTable, Swrr};
 use crate::breaker::{Breaker, State};
 use crate::classify::{classify_with, has_prefix, Attributes, Found, Request, Scan};
-use crate::policy::{Balance, LocalReply, Policy, Rule, StackId, Target};
+use crate::policy::{Balance, ChannelId, LocalReply, Policy, RegionId, Rule, StackId, Target};
 
 /// Health of every stack as the control plane sees it.
 ///
@@ -98,8 +98,19 @@ pub enum AffinityEvent {
 /// The routing decision for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Stack { id: StackId, how: How },
+    Stack {
+        id: StackId,
+        how: How,
+    },
     Local(LocalReply),
+    /// Degraded mode: no stack is eligible and the route has a queue fallback: send the
+    /// request to its intake (`Route::queue`). `intended` is the route's first target.
+    Queue {
+        intended: Option<StackId>,
+        /// The request's segment: classified region and channel.
+        region: Option<RegionId>,
+        channel: ChannelId,
+    },
 }
 
 /// A full decision.
@@ -447,7 +458,15 @@ impl Router {
         let Some((id, how)) = choice else {
             return Decision {
                 rule: rule_index,
-                outcome: Outcome::Local(route.local.clone()),
+                // Degraded mode: queue instead of the local reply.
+                outcome: match route.queue {
+                    Some(_) => Outcome::Queue {
+                        intended: route.targets.first().map(|t| t.stack),
+                        region: attrs.region,
+                        channel: attrs.channel,
+                    },
+                    None => Outcome::Local(route.local.clone()),
+                },
                 set_cookie: None,
                 affinity: if affinity == AffinityEvent::Off {
                     AffinityEvent::Off

@@ -51,6 +51,7 @@ fn stack_of(p: &Policy, d: &switchyard_filter::router::Decision) -> String {
     match d.outcome {
         Outcome::Stack { id, .. } => p.stacks[id].name.clone(),
         Outcome::Local(_) => "<local>".into(),
+        Outcome::Queue { .. } => "<queue>".into(),
     }
 }
 

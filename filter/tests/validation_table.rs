@@ -577,6 +577,47 @@ fn cases() -> Vec<Case> {
             "default.fallback.local.retry_after_s",
             "must be at most 86400",
         ),
+        // ---- routes: queue fallback (degraded mode) ----
+        err(
+            default(json!({ "targets": blue, "fallback": { "queue": { "cluster": "intake us" } } })),
+            "default.fallback.queue.cluster",
+            "must be 1-64 characters of [A-Za-z0-9_.-], not a stack's name or cluster",
+        ),
+        err(
+            default(json!({ "targets": blue, "fallback": { "queue": { "cluster": "green" } } })),
+            "default.fallback.queue.cluster",
+            "not a stack's name or cluster",
+        ),
+        err(
+            default(json!({ "targets": blue, "fallback": { "queue": { "region": "us" } } })),
+            "default.fallback.queue.cluster",
+            "missing field `cluster`",
+        ),
+        err(
+            default(json!({ "targets": blue, "fallback": { "queue": { "cluster": "intake_us", "region": "mars" } } })),
+            "default.fallback.queue.region",
+            "unknown region",
+        ),
+        err(
+            default(json!({ "targets": blue, "fallback": { "queue": { "cluster": "intake_us", "when": "half_open" } } })),
+            "default.fallback.queue.when",
+            "must be `no_eligible` (the only condition so far)",
+        ),
+        err(
+            default(json!({ "targets": blue, "fallback": { "queue": { "cluster": "intake_us", "topic": "x" } } })),
+            "default.fallback.queue.topic",
+            "unknown field `topic`",
+        ),
+        err(
+            default(json!({ "targets": [ { "stack": "eu" } ], "residency": ["eu"], "fallback": { "queue": { "cluster": "intake_us", "region": "us" } } })),
+            "default.fallback.queue.region",
+            "the intake is outside this route's residency",
+        ),
+        err(
+            default(json!({ "targets": [ { "stack": "eu" } ], "residency": ["eu"], "fallback": { "queue": { "cluster": "intake_eu" } } })),
+            "default.fallback.queue.region",
+            "required: this route has residency (name the intake's region)",
+        ),
         // ---- kpis ----
         err(
             json!({ "kpis": [ { "name": "orders", "metod": "POST" } ] }),

@@ -22,8 +22,17 @@ pub struct Cli {
     /// Print JSON instead of tables, errors included (one object on stdout with a `code`).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Who is making the change, kept in the audit log [env: SWITCHYARD_ACTOR]
-    /// [default: $USER, else $LOGNAME, else the user name of the process, else "cli"]
+    /// Bearer token [env: SWITCHYARD_TOKEN]. Prefer --token-file: a flag shows in `ps`
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// File holding the bearer token [env: SWITCHYARD_TOKEN_FILE] [default:
+    /// .run/admin.token when it exists: the token `make run` generates]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Who is making the change, for a control service running without authentication
+    /// [env: SWITCHYARD_ACTOR] [default: $USER, else $LOGNAME, else the user name of the
+    /// process, else "cli"]. With authentication the audit log records the token's
+    /// identity and ignores this
     #[arg(long, global = true, value_name = "NAME")]
     pub actor: Option<String>,
     /// Timeout of each call, in seconds.
@@ -53,6 +62,9 @@ pub enum Command {
     /// The event registry: deployments, load tests, campaigns, maintenance.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// Bearer tokens of the control service's APIs (role admin; docs/security.md).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
     /// The connected Envoys: version applied, last report, connected since.
     Status,
     /// Follow the Watch stream as an Envoy would (acknowledging each version) and print
@@ -374,4 +386,23 @@ pub enum EventsCmd {
     /// Remove an event.
     #[command(name = "rm")]
     Remove { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCmd {
+    /// Create a token and print it (once: the service keeps only its SHA-256).
+    Create {
+        /// The identity, recorded as the actor of every change made with the token.
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, approver, admin or dataplane.
+        #[arg(long, value_enum)]
+        role: crate::auth::Role,
+    },
+    /// Every token with its id, name, role and state (never a secret).
+    List,
+    /// Revoke a token by its id (or at least its first 8 hex digits).
+    Revoke { id: String },
+    /// The identity and role of the token this CLI sends.
+    Whoami,
 }

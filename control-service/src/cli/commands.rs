@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::args::{AuditCmd, Command, EventsCmd, IncidentsCmd, PolicyCmd, RolloutCmd, StacksCmd};
+use super::args::{
+    AuditCmd, Command, EventsCmd, IncidentsCmd, PolicyCmd, RolloutCmd, StacksCmd, TokensCmd,
+};
 use super::context::Ctx;
 use super::output::{self, Failure};
 use crate::model::now_unix_ms;
@@ -23,6 +25,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
         Command::Rollout(cmd) => rollout(ctx, cmd).await,
         Command::Incidents(cmd) => incidents(ctx, cmd).await,
         Command::Events(cmd) => events(ctx, cmd).await,
+        Command::Tokens(cmd) => tokens(ctx, cmd).await,
         Command::Watch {
             node_id,
             last_applied,
@@ -584,6 +587,62 @@ async fn events(ctx: &mut Ctx<'_>, cmd: &EventsCmd) -> Result<(), Failure> {
                 output::print_json(&json!({ "removed": id }));
             } else {
                 println!("event {id} removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn tokens(ctx: &mut Ctx<'_>, cmd: &TokensCmd) -> Result<(), Failure> {
+    let mut client = v1::tokens_client::TokensClient::new(ctx.channel().await?);
+    match cmd {
+        TokensCmd::Create { name, role } => {
+            let r = client
+                .create(v1::CreateTokenRequest {
+                    name: name.clone(),
+                    role: role.to_string(),
+                })
+                .await?
+                .into_inner();
+            if ctx.json() {
+                output::print_json(&r);
+            } else {
+                // The token alone on stdout (`> file` keeps just it); the rest on stderr.
+                println!("{}", r.token);
+                if let Some(i) = &r.info {
+                    eprintln!(
+                        "token {} for {} (role {}): shown once, keep it in a file \
+                         (--token-file) or SWITCHYARD_TOKEN",
+                        i.id, i.name, i.role
+                    );
+                }
+            }
+        }
+        TokensCmd::List => {
+            let r = client.list(v1::ListTokensRequest {}).await?.into_inner();
+            if ctx.json() {
+                output::print_json(&r);
+            } else {
+                output::print_tokens(&r.tokens);
+            }
+        }
+        TokensCmd::Revoke { id } => {
+            let r = client
+                .revoke(v1::RevokeTokenRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            if ctx.json() {
+                output::print_json(&r);
+            } else {
+                println!("token {} of {} revoked", r.id, r.name);
+            }
+        }
+        TokensCmd::Whoami => {
+            let r = client.who_am_i(v1::WhoAmIRequest {}).await?.into_inner();
+            if ctx.json() {
+                output::print_json(&r);
+            } else {
+                println!("{} (role {}, token {})", r.name, r.role, r.token_id);
             }
         }
     }

@@ -1,17 +1,40 @@
 //! What every command needs from the global options: the channel to the control
-//! service (the one place `--server` becomes a connection) and the actor.
+//! service (the one place `--server` becomes a connection, and the one place the bearer
+//! token is attached to every call) and the actor.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::args::Cli;
 use super::output::Failure;
 
+/// Adds `authorization: Bearer <token>` to every call (when there is a token).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A connection to the control service that carries the credentials.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+/// The token file `make run` writes, used when no other credential is given.
+pub const DEMO_TOKEN_FILE: &str = ".run/admin.token";
+
 /// The global options of one invocation and its connection, opened on first use.
 pub struct Ctx<'a> {
     pub cli: &'a Cli,
-    channel: Option<Channel>,
+    channel: Option<Conn>,
 }
 
 impl<'a> Ctx<'a> {
@@ -29,7 +52,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The channel for unary calls: each call times out after `--timeout`.
-    pub async fn channel(&mut self) -> Result<Channel, Failure> {
+    pub async fn channel(&mut self) -> Result<Conn, Failure> {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
         }
@@ -40,11 +63,58 @@ impl<'a> Ctx<'a> {
 
     /// A channel for a stream that lives for hours: connecting still times out, calls
     /// do not.
-    pub async fn stream_channel(&self) -> Result<Channel, Failure> {
+    pub async fn stream_channel(&self) -> Result<Conn, Failure> {
         self.connect(None).await
     }
 
-    async fn connect(&self, call_timeout: Option<Duration>) -> Result<Channel, Failure> {
+    /// The bearer token: `--token`, `--token-file`, `SWITCHYARD_TOKEN`,
+    /// `SWITCHYARD_TOKEN_FILE`, else [`DEMO_TOKEN_FILE`] if it exists; none at all is
+    /// fine for a server without authentication (it answers UNAUTHENTICATED otherwise).
+    pub fn token(&self) -> Result<Option<String>, Failure> {
+        let env = |k: &str| std::env::var(k).ok();
+        let from_file = |p: PathBuf| -> Result<Option<String>, Failure> {
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                Failure::usage(format!("cannot read the token file {}: {e}", p.display()))
+            })?;
+            let t = text.trim().to_string();
+            if t.is_empty() {
+                return Err(Failure::usage(format!(
+                    "the token file {} is empty",
+                    p.display()
+                )));
+            }
+            Ok(Some(t))
+        };
+        if let Some(t) = first_set([self.cli.token.clone()]) {
+            return Ok(Some(t));
+        }
+        if let Some(p) = &self.cli.token_file {
+            return from_file(p.clone());
+        }
+        if let Some(t) = first_set([env("SWITCHYARD_TOKEN")]) {
+            return Ok(Some(t));
+        }
+        if let Some(p) = first_set([env("SWITCHYARD_TOKEN_FILE")]) {
+            return from_file(PathBuf::from(p));
+        }
+        let demo = PathBuf::from(DEMO_TOKEN_FILE);
+        if demo.is_file() {
+            return from_file(demo);
+        }
+        Ok(None)
+    }
+
+    async fn connect(&self, call_timeout: Option<Duration>) -> Result<Conn, Failure> {
+        let bearer = match self.token()? {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| {
+                        Failure::usage("the token has characters a header cannot carry")
+                    })?,
+            ),
+            None => None,
+        };
         let server = &self.server();
         let uri = server_uri(server).map_err(Failure::usage)?;
         let mut endpoint = Channel::from_shared(uri)
@@ -53,9 +123,10 @@ impl<'a> Ctx<'a> {
         if let Some(t) = call_timeout {
             endpoint = endpoint.timeout(t);
         }
-        endpoint.connect().await.map_err(|e| {
+        let channel = endpoint.connect().await.map_err(|e| {
             Failure::unreachable(format!("cannot reach the control service at {server}: {e}"))
-        })
+        })?;
+        Ok(InterceptedService::new(channel, Bearer(bearer)))
     }
 
     /// `--server`, else `SWITCHYARD_SERVER`, else [`DEFAULT_SERVER`].

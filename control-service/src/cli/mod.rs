@@ -15,6 +15,7 @@ pub mod output;
 
 pub use args::{
     AuditCmd, ChangeArgs, Cli, Command, EventsCmd, IncidentsCmd, PolicyCmd, RolloutCmd, StacksCmd,
+    TokensCmd,
 };
 pub use output::{ago, fmt_time, Failure};
 

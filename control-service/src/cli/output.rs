@@ -130,6 +130,8 @@ impl From<Status> for Failure {
             Code::ResourceExhausted => (EXIT_REJECTED, "refused"),
             Code::Aborted => (EXIT_REJECTED, "aborted"),
             Code::Internal => (EXIT_REJECTED, "internal"),
+            Code::Unauthenticated => (EXIT_REJECTED, "unauthenticated"),
+            Code::PermissionDenied => (EXIT_REJECTED, "permission_denied"),
             _ => (EXIT_REJECTED, "failed"),
         };
         Self::new(
@@ -151,6 +153,10 @@ fn code_name(c: Code) -> &'static str {
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline exceeded",
         Code::Internal => "internal error",
+        Code::Unauthenticated => {
+            "unauthenticated (give a token: --token-file, SWITCHYARD_TOKEN; docs/security.md)"
+        }
+        Code::PermissionDenied => "permission denied",
         _ => "error",
     }
 }
@@ -181,7 +187,7 @@ fn violations(s: &Status) -> Option<Vec<Issue>> {
 /// `"errors": [{"path", "message"}]` for an invalid policy. `code` is one of `usage`,
 /// `invalid_value`, `out_of_range`, `invalid_policy`, `invalid_argument`, `not_found`,
 /// `failed_precondition`, `refused` (a guardrail), `aborted`, `unreachable`,
-/// `deadline_exceeded`, `internal`, `failed`,
+/// `deadline_exceeded`, `internal`, `unauthenticated`, `permission_denied`, `failed`,
 /// `audit_broken` (`audit verify` found a broken chain; exit 1).
 pub fn report(f: &Failure, json_out: bool) {
     if json_out {
@@ -881,6 +887,33 @@ pub fn print_events(events: &[v1::EventInfo]) {
         ]);
     }
     print_table(&rows);
+}
+
+/// Tokens as a table: id, name, role, created, by whom, state.
+pub fn print_tokens(tokens: &[v1::TokenInfo]) {
+    if tokens.is_empty() {
+        println!("no tokens");
+        return;
+    }
+    println!(
+        "{:<16}  {:<24} {:<9} {:<20} {:<16} STATE",
+        "ID", "NAME", "ROLE", "CREATED", "BY"
+    );
+    for t in tokens {
+        let state = if t.revoked_unix_ms == 0 {
+            "valid".to_string()
+        } else {
+            format!("revoked {}", fmt_time(t.revoked_unix_ms))
+        };
+        println!(
+            "{:<16}  {:<24} {:<9} {:<20} {:<16} {state}",
+            t.id,
+            t.name,
+            t.role,
+            fmt_time(t.created_unix_ms),
+            t.created_by
+        );
+    }
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 //! paths are shop pages (subject to injected faults) and which are admin or health
 //! paths (never delayed or failed); it must never answer without `x-served-by`.
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -36,6 +37,19 @@ pub struct Shop {
     /// Distinguishes order ids across restarts of the same stack.
     boot_id: u32,
     orders: AtomicU64,
+    /// Orders by idempotency key: a repeated key answers the first order again (the
+    /// degraded-mode drainer and client retries place each order once). Per process;
+    /// real stacks keep this in their shared order database.
+    idempotent: Mutex<Idempotent>,
+}
+
+/// Keys remembered, oldest forgotten first.
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Idempotent {
+    orders: HashMap<String, String>,
+    order: VecDeque<String>,
 }
 
 impl Shop {
@@ -54,6 +68,7 @@ impl Shop {
             stats: Stats::default(),
             boot_id: boot_id(),
             orders: AtomicU64::new(0),
+            idempotent: Mutex::default(),
         })
     }
 
@@ -181,12 +196,52 @@ fn integrity(shop: &Shop) -> Reply {
     json_reply(StatusCode::OK, &Value::Object(m))
 }
 
+/// Places an order. With an `Idempotency-Key` (one header, 1-128 visible ASCII
+/// characters) a repeated key answers the first order's id with `"replayed": true`
+/// instead of placing another.
 async fn checkout(shop: &Shop, req: Request<Incoming>) -> Reply {
+    let mut keys = req.headers().get_all("idempotency-key").iter();
+    let key = match (keys.next(), keys.next()) {
+        (None, _) => None,
+        (Some(k), None) if (1..=128).contains(&k.len()) && k.to_str().is_ok() => {
+            k.to_str().ok().map(str::to_string)
+        }
+        _ => return shop.error(StatusCode::BAD_REQUEST, "malformed Idempotency-Key"),
+    };
     if drain(req.into_body()).await.is_err() {
         return shop.error(StatusCode::BAD_REQUEST, "could not read request body");
     }
     let mut m = shop.body();
-    m.insert("order_id".into(), shop.next_order_id().into());
+    let (id, replayed) = match key {
+        None => (shop.next_order_id(), false),
+        Some(key) => {
+            let mut known = shop
+                .idempotent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match known.orders.get(&key) {
+                Some(id) => (id.clone(), true),
+                None => {
+                    let id = shop.next_order_id();
+                    if known.order.len() >= MAX_IDEMPOTENCY_KEYS {
+                        if let Some(old) = known.order.pop_front() {
+                            known.orders.remove(&old);
+                        }
+                    }
+                    known.orders.insert(key.clone(), id.clone());
+                    known.order.push_back(key);
+                    (id, false)
+                }
+            }
+        }
+    };
+    if replayed {
+        shop.stats.record_replayed_order();
+        m.insert("replayed".into(), true.into());
+    } else {
+        shop.stats.record_order();
+    }
+    m.insert("order_id".into(), id.into());
     json_reply(StatusCode::OK, &Value::Object(m))
 }
 

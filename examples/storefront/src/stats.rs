@@ -24,6 +24,10 @@ pub struct StatsSnapshot {
     pub not_found: u64,
     /// Requests per path (query string excluded).
     pub by_path: BTreeMap<String, u64>,
+    /// Orders placed by `POST /checkout`.
+    pub orders_placed: u64,
+    /// Checkouts answered with an earlier order (repeated `Idempotency-Key`).
+    pub orders_replayed: u64,
 }
 
 /// Shared counters; one per process.
@@ -49,6 +53,16 @@ impl Stats {
     /// Counts one injected 500.
     pub fn record_injected_error(&self) {
         self.lock().errors_injected += 1;
+    }
+
+    /// Counts one order placed.
+    pub fn record_order(&self) {
+        self.lock().orders_placed += 1;
+    }
+
+    /// Counts one checkout answered with an earlier order.
+    pub fn record_replayed_order(&self) {
+        self.lock().orders_replayed += 1;
     }
 
     /// Counts one 404.

@@ -221,6 +221,35 @@ fn checkout_gives_unique_order_ids() {
 }
 
 #[test]
+fn checkout_honours_idempotency_keys() {
+    let s = Stack::start("green", &[]);
+    let mut c = s.conn();
+    let key = [("Idempotency-Key", "order-7")];
+    let a = c.send("POST", "/checkout", &key, r#"{"cart":["tee-navy"]}"#);
+    let b = c.send("POST", "/checkout", &key, r#"{"cart":["tee-navy"]}"#);
+    let other = c.send("POST", "/checkout", &[("Idempotency-Key", "order-8")], "{}");
+    assert_eq!((a.status, b.status, other.status), (200, 200, 200));
+    assert_eq!(
+        a.json()["order_id"],
+        b.json()["order_id"],
+        "one order per key"
+    );
+    assert_eq!(b.json()["replayed"], true);
+    assert!(a.json().get("replayed").is_none());
+    assert_ne!(a.json()["order_id"], other.json()["order_id"]);
+    let bad = c.send(
+        "POST",
+        "/checkout",
+        &[("Idempotency-Key", "a"), ("Idempotency-Key", "b")],
+        "{}",
+    );
+    assert_eq!(bad.status, 400);
+    let stats = c.send("GET", "/admin/stats", &[], "").json();
+    assert_eq!(stats["orders_placed"], 2);
+    assert_eq!(stats["orders_replayed"], 1);
+}
+
+#[test]
 fn unknown_paths_are_404_json_with_served_by() {
     let s = Stack::start("canary", &[]);
     for path in ["/nope", "/admin/nope", "/echoes"] {

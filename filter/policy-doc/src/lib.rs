@@ -419,10 +419,21 @@ pub struct FallbackDoc {
     /// Another stack set (still bound by residency).
     #[serde(default)]
     pub targets: Vec<TargetDoc>,
-    /// The local reply when nothing is eligible.
+    /// The local reply when nothing is eligible (and when a queue's intake cannot be
+    /// reached).
     #[serde(default)]
     pub local: Option<LocalDoc>,
+    /// Degraded mode: queue the request in an intake service instead of the local reply
+    /// (`docs/degraded-mode.md`).
+    #[serde(default)]
+    pub queue: Option<QueueDoc>,
 }
+
+/// A queue fallback, as a string map: `cluster` (the intake's Envoy cluster, required),
+/// `region` (the intake's region; required when the route has residency) and `when`
+/// (`no_eligible`, the default and only value so far). The compiler checks the keys. A map for the same reason as [`KpiDoc`]: a
+/// struct visitor of its own would cost the .wasm about 3 KB.
+pub type QueueDoc = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "serialize", derive(serde::Serialize))]

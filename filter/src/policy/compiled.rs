@@ -125,6 +125,15 @@ pub struct Route {
     pub residency_regions: Option<Vec<RegionId>>,
     pub fallback: Vec<Target>,
     pub local: LocalReply,
+    /// Degraded mode: where the request is queued instead of the local reply.
+    pub queue: Option<Queue>,
+}
+
+/// A compiled queue fallback (`fallback.queue`): the intake's Envoy cluster, the value
+/// of the routing header that selects it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    pub cluster: String,
 }
 
 /// Balancing mode of a compiled route.

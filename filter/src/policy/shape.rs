@@ -212,6 +212,14 @@ const HASH_KEY: Shape = Shape::Variant {
 const FALLBACK: &[Field] = &[
     opt("targets", List(&Obj(TARGET))),
     opt("local", Opt(&Obj(LOCAL))),
+    opt("queue", Opt(&Obj(QUEUE))),
+];
+
+/// `QueueDoc` (a string map; the compiler checks the values).
+const QUEUE: &[Field] = &[
+    req("cluster", Str),
+    opt("region", OPT_STR),
+    opt("when", OPT_STR),
 ];
 
 const LOCAL: &[Field] = &[
@@ -686,6 +694,11 @@ mod tests {
                     retry_after_s: 5,
                     message: Some("later".into()),
                 }),
+                queue: Some(BTreeMap::from([
+                    ("cluster".to_string(), "intake_us".to_string()),
+                    ("region".to_string(), "us".to_string()),
+                    ("when".to_string(), "no_eligible".to_string()),
+                ])),
             }),
         }
     }

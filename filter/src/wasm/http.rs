@@ -16,13 +16,27 @@ use super::worker::WorkerState;
 use super::{abi, now_us};
 use crate::classify::Request;
 use crate::headers::{parse_pairs_into, parse_status, recycle};
-use crate::policy::{request_mask, Policy, StackId};
+use crate::policy::{request_mask, LocalReply, Policy, StackId};
 use crate::router::{AffinityEvent, Decision, How, Outcome};
 
 /// Request header carrying the chosen stack; Envoy's route table maps it to a cluster.
 pub const STACK_HEADER: &str = "x-switchyard-stack";
 /// Optional response header explaining the decision.
 pub const DECISION_HEADER: &str = "x-switchyard-decision";
+/// Degraded mode (`docs/degraded-mode.md`): the routing context a queued request carries
+/// to the intake, always set by the filter (a client's values are replaced), and the
+/// idempotency key (the client's, else generated).
+pub const QUEUE_RULE_HEADER: &str = "x-switchyard-queue-rule";
+pub const QUEUE_STACK_HEADER: &str = "x-switchyard-queue-stack";
+pub const QUEUE_SEGMENT_HEADER: &str = "x-switchyard-queue-segment";
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Set by the intake on each of its responses: a queued request's 5xx without it came
+/// from Envoy (the intake is unreachable), and is replaced by the route's local reply.
+pub const INTAKE_HEADER: &str = "x-switchyard-intake";
+
+/// Queued requests of this VM: with the time and the request, the seed of generated
+/// idempotency keys (proxy-wasm has no OS randomness).
+static QUEUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One HTTP stream.
 pub struct Flow {
@@ -41,6 +55,9 @@ pub struct Flow {
     set_cookie: Option<String>,
     decision: Option<String>,
     responded: bool,
+    /// A queued request: the index of its rule, whose local reply is sent instead of
+    /// Envoy's own 5xx when the intake cannot be reached.
+    queued: Option<usize>,
 }
 
 impl Context for Flow {}
@@ -57,6 +74,7 @@ impl Flow {
             set_cookie: None,
             decision: None,
             responded: false,
+            queued: None,
         }
     }
 
@@ -171,29 +189,51 @@ impl HttpContext for Flow {
                 self.policy = Some(policy);
                 Action::Continue
             }
-            Outcome::Local(reply) => {
-                let body = format!(
-                    "{{\"error\":\"no_eligible_stack\",\"rule\":{},\"message\":{},\"retry_after_s\":{}}}",
-                    json_string(rule_id),
-                    json_string(&reply.message),
-                    reply.retry_after_s
-                );
-                let retry = reply.retry_after_s.to_string();
-                let decision_header = format!("rule={rule_id}; reason=no_eligible_stack");
-                let mut headers = vec![
-                    ("content-type", "application/json"),
-                    ("retry-after", retry.as_str()),
-                ];
-                if policy.debug_header {
-                    headers.push((DECISION_HEADER, decision_header.as_str()));
+            Outcome::Queue {
+                intended,
+                region,
+                channel,
+            } => {
+                let Some(rule) = policy.rules.get(decision.rule) else {
+                    return Action::Continue;
+                };
+                fn name(v: Option<&String>) -> &str {
+                    v.map_or("-", |s| s.as_str())
                 }
-                if hostcalls::send_http_response(
-                    u32::from(reply.status),
-                    headers,
-                    Some(body.as_bytes()),
-                )
-                .is_err()
-                {
+                let segment = format!(
+                    "{}/{}",
+                    name(region.and_then(|r| policy.regions.get(usize::from(r)))),
+                    name(policy.channels.get(usize::from(*channel)))
+                );
+                let key =
+                    match hostcalls::get_map_value(MapType::HttpRequestHeaders, IDEMPOTENCY_HEADER)
+                    {
+                        Ok(Some(k)) => k,
+                        _ => generated_key(s.clock_ms),
+                    };
+                let cluster = rule.route.queue.as_ref().map_or("", |q| q.cluster.as_str());
+                for (header, value) in [
+                    (STACK_HEADER, cluster),
+                    (IDEMPOTENCY_HEADER, key.as_str()),
+                    (QUEUE_RULE_HEADER, rule_id),
+                    (
+                        QUEUE_STACK_HEADER,
+                        name(intended.and_then(|i| policy.stacks.get(i)).map(|s| &s.name)),
+                    ),
+                    (QUEUE_SEGMENT_HEADER, segment.as_str()),
+                ] {
+                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, header, Some(value))
+                        .is_err()
+                    {
+                        s.metrics.filter_error();
+                    }
+                }
+                self.queued = Some(decision.rule);
+                self.policy = Some(policy);
+                Action::Continue
+            }
+            Outcome::Local(reply) => {
+                if send_local(rule_id, reply, policy.debug_header).is_err() {
                     s.metrics.filter_error();
                     return Action::Continue;
                 }
@@ -204,6 +244,23 @@ impl HttpContext for Flow {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if let Some(rule) = self.queued.take() {
+            // Envoy's own 5xx (connect failure, no healthy host, timeout) carries no
+            // intake header: the intake is unreachable, answer as if nothing were queued.
+            self.responded = true;
+            let header = |h| hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, h);
+            let failed = matches!(header(":status"), Ok(Some(c)) if c.first() == Some(&b'5'));
+            if failed && !matches!(header(INTAKE_HEADER), Ok(Some(_))) {
+                if let Some(p) = &self.policy {
+                    if let Some(rule) = p.rules.get(rule) {
+                        if send_local(&rule.id, &rule.route.local, p.debug_header).is_ok() {
+                            return Action::Pause;
+                        }
+                    }
+                }
+            }
+            return Action::Continue;
+        }
         let (Some(shared), Some(stack)) = (self.shared.clone(), self.stack) else {
             return Action::Continue;
         };
@@ -304,6 +361,45 @@ fn affinity_note(event: AffinityEvent, how: How) -> &'static str {
         (AffinityEvent::Expired, _) => "; affinity=expired",
         (AffinityEvent::Stale, _) => "; affinity=stale",
     }
+}
+
+/// Send the route's local reply (nothing eligible, or a queue's intake unreachable).
+fn send_local(
+    rule_id: &str,
+    reply: &LocalReply,
+    debug: bool,
+) -> Result<(), proxy_wasm::types::Status> {
+    let body = format!(
+        "{{\"error\":\"no_eligible_stack\",\"rule\":{},\"message\":{},\"retry_after_s\":{}}}",
+        json_string(rule_id),
+        json_string(&reply.message),
+        reply.retry_after_s
+    );
+    let retry = reply.retry_after_s.to_string();
+    let decision_header = format!("rule={rule_id}; reason=no_eligible_stack");
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("retry-after", retry.as_str()),
+    ];
+    if debug {
+        headers.push((DECISION_HEADER, decision_header.as_str()));
+    }
+    hostcalls::send_http_response(u32::from(reply.status), headers, Some(body.as_bytes()))
+}
+
+/// An idempotency key for a queued request without one: `sy-` and 32 hex digits from
+/// this VM's queued-request counter, the time and the request's `x-request-id` (Envoy's
+/// random UUID), through the stable hash. Unique enough to tell orders apart, never a
+/// secret.
+fn generated_key(now_ms: u64) -> String {
+    let n = QUEUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-request-id")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let a = crate::hash::hash64(n ^ now_us(), &id);
+    let b = crate::hash::hash64(a ^ now_ms.rotate_left(32), &id);
+    format!("sy-{a:016x}{b:016x}")
 }
 
 /// A JSON string literal.

@@ -59,8 +59,9 @@ enum GlobalCounter {
     Spoofed,
     LocalReplies,
     FilterErrors,
+    Queued,
 }
-const GLOBAL_COUNTERS: [&str; 7] = [
+const GLOBAL_COUNTERS: [&str; 8] = [
     "affinity_forged",
     "affinity_expired",
     "affinity_stale",
@@ -68,6 +69,7 @@ const GLOBAL_COUNTERS: [&str; 7] = [
     "spoofed_headers_removed",
     "local_replies",
     "filter_errors",
+    "queued_requests",
 ];
 
 /// Metric ids and pending counter increments of one VM.
@@ -229,6 +231,7 @@ impl Metrics {
                     self.stack(id, StackCounter::Fallback);
                 }
             }
+            Outcome::Queue { .. } => self.global(GlobalCounter::Queued),
             Outcome::Local(_) => {
                 self.global(GlobalCounter::LocalReplies);
                 if let Some(t) = self.telemetry.last_mut() {

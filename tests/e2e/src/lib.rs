@@ -121,6 +121,8 @@ pub fn render_config(policy_json: &str, stack_ports: &HashMap<&str, u16>) -> Str
         ("green", 8082),
         ("canary", 8083),
         ("eu", 8084),
+        ("intake_us", 8090),
+        ("intake_eu", 8091),
         ("control", 18000),
     ];
     let mut out = Vec::new();
@@ -160,6 +162,10 @@ pub fn render_config(policy_json: &str, stack_ports: &HashMap<&str, u16>) -> Str
         l = l.replace(
             "filename: target/switchyard/switchyard_filter.wasm",
             &format!("filename: {}", wasm_path().display()),
+        );
+        l = l.replace(
+            "path: .run/control-token.yaml",
+            &format!("path: {}", dataplane_token().sds.display()),
         );
         if let Some(node) = stack_ports.get("node") {
             l = l.replace(
@@ -312,11 +318,77 @@ impl Shop {
     }
 }
 
-/// The control service binary, started on a data directory.
+/// The dataplane credential every test Envoy presents to the control service: one random
+/// token per test process, as a token file (what `switchyard-control token import` reads)
+/// and as the SDS file Envoy's control cluster reads (see envoy/envoy.yaml).
+pub struct DataplaneToken {
+    pub token: String,
+    pub file: PathBuf,
+    pub sds: PathBuf,
+}
+
+/// The identity the test Envoys' dataplane token carries.
+pub const DATAPLANE_NAME: &str = "e2e-envoy";
+
+/// This process's [`DataplaneToken`], created on first use (under `target/e2e-tokens/`).
+pub fn dataplane_token() -> &'static DataplaneToken {
+    static TOKEN: std::sync::OnceLock<DataplaneToken> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::io::Read;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .expect("random bytes for the dataplane token");
+        let token = format!(
+            "syt_{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let dir = root()
+            .join("target/e2e-tokens")
+            .join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dataplane.token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let sds = dir.join("control-token.yaml");
+        std::fs::write(
+            &sds,
+            format!(
+                "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  \
+                 name: switchyard_control_token\n  generic_secret:\n    secret:\n      \
+                 inline_string: \"Bearer {token}\"\n"
+            ),
+        )
+        .unwrap();
+        DataplaneToken { token, file, sds }
+    })
+}
+
+/// The control service binary, started on a data directory, with authentication on: the
+/// test Envoys' [`dataplane_token`] is installed in its store and an admin token is
+/// created beside the data directory ([`ControlService::admin_token`]; [`ControlService::cli`]
+/// sends it).
 pub struct ControlService {
     pub proc: Proc,
     pub grpc: u16,
+    admin_token_file: PathBuf,
     _dir: TestDir,
+}
+
+/// Run `switchyard-control token …` offline on a data directory; panics with its output.
+fn token_command(data_dir: &Path, store_args: &[&str], args: &[&str]) {
+    let out = Command::new(switchyard_harness::workspace_bin("switchyard-control"))
+        .arg("token")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "switchyard-control token {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl ControlService {
@@ -330,6 +402,44 @@ impl ControlService {
     /// [`ControlService::start`] with more `serve` arguments (e.g. `--config FILE`).
     pub fn start_with(data_dir: &Path, grpc: u16, extra: &[&str]) -> ControlService {
         let dir = TestDir::new("control");
+        // The store settings of `extra` (a config file) apply to the tokens too.
+        let store_args: Vec<&str> = extra
+            .windows(2)
+            .filter(|w| w[0] == "--config")
+            .flat_map(|w| w.iter().copied())
+            .collect();
+        let dp = dataplane_token();
+        token_command(
+            data_dir,
+            &store_args,
+            &[
+                "import",
+                "--name",
+                DATAPLANE_NAME,
+                "--role",
+                "dataplane",
+                "--token-file",
+                dp.file.to_str().unwrap(),
+            ],
+        );
+        // Kept beside the data directory, so a restart on it keeps its admin.
+        let admin_token_file = data_dir.with_extension("admin-token");
+        if !admin_token_file.exists() {
+            token_command(
+                data_dir,
+                &store_args,
+                &[
+                    "create",
+                    "--name",
+                    // What `make run` names its admin token: transcripts (README) match.
+                    "make-run",
+                    "--role",
+                    "admin",
+                    "--output",
+                    admin_token_file.to_str().unwrap(),
+                ],
+            );
+        }
         let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
         cmd.args([
             "serve",
@@ -348,8 +458,22 @@ impl ControlService {
         ControlService {
             proc,
             grpc,
+            admin_token_file,
             _dir: dir,
         }
+    }
+
+    /// A token with role admin on this control service.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(&self.admin_token_file)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// The file holding [`ControlService::admin_token`] (for `--token-file`).
+    pub fn admin_token_file(&self) -> &Path {
+        &self.admin_token_file
     }
 
     /// SIGKILL it.
@@ -361,6 +485,8 @@ impl ControlService {
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(switchyard_harness::workspace_bin("switchyard"))
             .args(["--server", &format!("http://127.0.0.1:{}", self.grpc)])
+            .arg("--token-file")
+            .arg(&self.admin_token_file)
             .args(args)
             .output()
             .unwrap()

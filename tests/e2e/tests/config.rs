@@ -11,10 +11,16 @@ fn envoy_yaml_validates_with_the_real_envoy() {
     // Validate the file as shipped, with the wasm path made absolute.
     let config = dir.join("envoy.yaml");
     let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap();
-    let text = text.replace(
-        "filename: target/",
-        &format!("filename: {}/target/", root().display()),
-    );
+    let text = text
+        .replace(
+            "filename: target/",
+            &format!("filename: {}/target/", root().display()),
+        )
+        // The control token's SDS file must exist (make run writes .run/'s).
+        .replace(
+            "path: .run/control-token.yaml",
+            &format!("path: {}", dataplane_token().sds.display()),
+        );
     std::fs::write(&config, text).unwrap();
     let out = Command::new(envoy_bin())
         .args([

@@ -91,7 +91,8 @@ impl Control {
         )
         .unwrap();
         let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
-        cmd.args(["serve", "--config", config.to_str().unwrap()]);
+        // Not about credentials (tests/access.rs and control.rs are).
+        cmd.args(["serve", "--no-auth", "--config", config.to_str().unwrap()]);
         let mut proc = Proc::spawn("control", cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let line = proc
             .wait_for_line("its `http listening on` line", WAIT, |l| {

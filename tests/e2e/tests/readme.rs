@@ -202,13 +202,7 @@ fn the_readme_transcripts_are_what_the_demo_does() {
     let control = ControlService::start(&dir.join("data"), grpc.port());
     let demo = std::fs::read_to_string(root().join("examples/policies/demo.json")).unwrap();
     let demo_path = root().join("examples/policies/demo.json");
-    let applied = control.cli(&[
-        "--actor",
-        "make-run",
-        "policy",
-        "apply",
-        demo_path.to_str().unwrap(),
-    ]);
+    let applied = control.cli(&["policy", "apply", demo_path.to_str().unwrap()]);
     assert!(applied.status.success(), "{applied:?}");
     let mut ports = shop.ports();
     ports.insert("control", grpc.port());
@@ -228,6 +222,10 @@ fn the_readme_transcripts_are_what_the_demo_does() {
     let mut shell = Shell::start(&[
         ("USER", "alice".into()),
         ("SWITCHYARD_SERVER", format!("127.0.0.1:{}", grpc.port())),
+        (
+            "SWITCHYARD_TOKEN_FILE",
+            control.admin_token_file().display().to_string(),
+        ),
     ]);
     let mut failures = Vec::new();
     for step in &steps {

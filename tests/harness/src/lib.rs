@@ -25,6 +25,7 @@ pub mod envoy;
 pub mod error;
 pub mod etcd;
 pub mod http;
+pub mod nats;
 pub mod ports;
 pub mod proc;
 pub mod prometheus;
@@ -36,6 +37,7 @@ pub use envoy::{Envoy, EnvoyOptions};
 pub use error::HarnessError;
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use http::{Client, Response};
+pub use nats::NatsServer;
 pub use ports::ReservedPort;
 pub use proc::{Proc, TestDir};
 

@@ -8,6 +8,7 @@ mod env;
 mod inputs;
 mod kpis;
 mod matches;
+mod queue;
 mod regions;
 mod routes;
 mod rules;

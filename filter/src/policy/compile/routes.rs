@@ -133,8 +133,8 @@ pub(super) fn route(ctx: &mut Ctx, env: &Env, path: &str, r: &RouteDoc) -> Route
             );
         }
     }
-    let (fallback, local) = match &r.fallback {
-        None => (Vec::new(), LocalReply::default()),
+    let (fallback, local, queue) = match &r.fallback {
+        None => (Vec::new(), LocalReply::default(), None),
         Some(f) => {
             let fb = target_list(
                 ctx,
@@ -171,7 +171,11 @@ pub(super) fn route(ctx: &mut Ctx, env: &Env, path: &str, r: &RouteDoc) -> Route
                     }
                 }
             };
-            (fb, local)
+            let queue = f.queue.as_ref().map(|q| {
+                let path = format!("{path}.fallback.queue");
+                super::queue::queue(ctx, env, &path, q, residency_regions.as_deref())
+            });
+            (fb, local, queue)
         }
     };
     Route {
@@ -184,5 +188,6 @@ pub(super) fn route(ctx: &mut Ctx, env: &Env, path: &str, r: &RouteDoc) -> Route
         residency_regions,
         fallback,
         local,
+        queue,
     }
 }

@@ -1,0 +1,241 @@
+//! Enforcement, in one place per protocol: a tower layer in front of every gRPC service
+//! and an axum middleware in front of every HTTP route. Each looks up the endpoint in
+//! the [access table](super::access), checks the bearer token, and either answers
+//! UNAUTHENTICATED / PERMISSION_DENIED (401 / 403) before any handler runs, or puts the
+//! caller's [`Identity`] into the request's extensions for the handler's audit actor.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{access, AuthError, Identity, Permission, Tokens};
+use crate::store::Store;
+
+/// Checks credentials against the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No usable credential: 401 / UNAUTHENTICATED.
+    Unauthenticated(String),
+    /// A valid credential whose role does not allow this: 403 / PERMISSION_DENIED.
+    Forbidden(String),
+}
+
+impl Denied {
+    pub fn grpc_status(&self) -> tonic::Status {
+        match self {
+            Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
+            Denied::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
+        }
+    }
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            Denied::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
+            Denied::Forbidden(m) => (StatusCode::FORBIDDEN, "permission_denied", m),
+        };
+        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        let mut r = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer(value: Option<&HeaderValue>) -> Result<&str, AuthError> {
+    let v = value.ok_or(AuthError::Missing)?;
+    let v = v.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = v.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token.trim())
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// The identity of an `authorization` header value. Blocking (reads the store).
+    pub fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Identity, AuthError> {
+        let token = bearer(authorization)?;
+        Tokens::new(&*self.store).verify(token)
+    }
+
+    /// Whether a request for `what` that needs `need` (`None`: no access rule) may
+    /// proceed, and as whom (`None` for open endpoints).
+    pub async fn decide(
+        &self,
+        need: Option<Permission>,
+        what: &str,
+        authorization: Option<HeaderValue>,
+    ) -> Result<Option<Identity>, Denied> {
+        let Some(need) = need else {
+            tracing::error!(endpoint = %what, "refused: no access rule for this endpoint");
+            return Err(Denied::Forbidden(format!(
+                "no access rule for {what}: refused"
+            )));
+        };
+        if need == Permission::Open {
+            return Ok(None);
+        }
+        let me = self.clone();
+        let who = tokio::task::spawn_blocking(move || me.authenticate(authorization.as_ref()))
+            .await
+            .map_err(|e| Denied::Unauthenticated(format!("cannot check credentials: {e}")))?;
+        let who = who.map_err(|e| {
+            tracing::info!(endpoint = %what, error = %e, "unauthenticated call refused");
+            Denied::Unauthenticated(e.to_string())
+        })?;
+        if !who.role.grants(need) {
+            tracing::info!(endpoint = %what, name = %who.name, role = %who.role, "call refused: role too weak");
+            return Err(Denied::Forbidden(format!(
+                "{} (role {}) may not call {what}",
+                who.name, who.role
+            )));
+        }
+        Ok(Some(who))
+    }
+}
+
+/// The gRPC layer: `Server::builder().layer(GrpcAuthLayer::new(…))`. With `None`
+/// (authentication disabled) every call passes through without an identity.
+#[derive(Clone)]
+pub struct GrpcAuthLayer {
+    auth: Option<Authenticator>,
+}
+
+impl GrpcAuthLayer {
+    pub fn new(auth: Option<Authenticator>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for GrpcAuthLayer {
+    type Service = GrpcAuth<S>;
+
+    fn layer(&self, inner: S) -> GrpcAuth<S> {
+        GrpcAuth {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// The service [`GrpcAuthLayer`] wraps around the gRPC router.
+#[derive(Clone)]
+pub struct GrpcAuth<S> {
+    inner: S,
+    auth: Option<Authenticator>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower_service::Service<axum::http::Request<B>> for GrpcAuth<S>
+where
+    S: tower_service::Service<
+            axum::http::Request<B>,
+            Response = axum::http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        // The ready service answers this call; a fresh clone waits for the next one.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let Some(auth) = self.auth.clone() else {
+            return Box::pin(inner.call(req));
+        };
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            let header = req.headers().get(header::AUTHORIZATION).cloned();
+            match auth.decide(access::grpc(&path), &path, header).await {
+                Ok(who) => {
+                    if let Some(who) = who {
+                        req.extensions_mut().insert(who);
+                    }
+                    inner.call(req).await
+                }
+                Err(denied) => Ok(denied.grpc_status().into_http()),
+            }
+        })
+    }
+}
+
+/// The HTTP middleware (`route_layer(from_fn_with_state(auth, http_auth))`): runs after
+/// routing, so the matched route pattern names the rule.
+pub async fn http_auth(
+    State(auth): State<Authenticator>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let what = format!(
+        "{} {}",
+        req.method(),
+        matched.as_deref().unwrap_or(req.uri().path())
+    );
+    let need = matched
+        .as_deref()
+        .and_then(|m| access::http(m, req.method()));
+    let header = req.headers().get(header::AUTHORIZATION).cloned();
+    match auth.decide(need, &what, header).await {
+        Ok(who) => {
+            if let Some(who) = who {
+                req.extensions_mut().insert(who);
+            }
+            next.run(req).await
+        }
+        Err(denied) => denied.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_header_forms() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(bearer(Some(&h("Bearer syt_abc"))), Ok("syt_abc"));
+        assert_eq!(bearer(Some(&h("bearer  syt_abc "))), Ok("syt_abc"));
+        assert_eq!(bearer(None), Err(AuthError::Missing));
+        assert_eq!(
+            bearer(Some(&h("Basic dXNlcg=="))),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(bearer(Some(&h("syt_abc"))), Err(AuthError::Malformed));
+        assert_eq!(bearer(Some(&h("Bearer "))), Err(AuthError::Malformed));
+    }
+}
