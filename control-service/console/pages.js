@@ -378,7 +378,7 @@ export async function explain() {
       const r = await post("/api/v1/explain", body);
       const d = r.decision;
       out.replaceChildren(
-        h("p", {}, "decision: ", h("strong", { id: "explain-decision" }, d.kind === "stack" ? `${d.stack} (${d.how})` : `local reply ${d.status} ${d.message}`)),
+        h("p", {}, "decision: ", h("strong", { id: "explain-decision" }, d.kind === "stack" ? `${d.stack} (${d.how})` : d.kind === "queue" ? `queued to the intake (degraded mode; meant for ${d.intended || "–"})` : `local reply ${d.status} ${d.message}`)),
         h("p", {}, `rule: ${r.rule.id} (#${r.rule.index}${r.rule.default ? ", the default" : ""}) at version ${r.version}`),
         h("h2", {}, "Classification"), h("pre", {}, JSON.stringify(r.classification, null, 2)),
         h("h2", {}, "Stacks of the rule"),

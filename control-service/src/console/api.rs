@@ -238,20 +238,29 @@ struct Decision {
     comment: String,
 }
 
-fn actor(a: Option<String>) -> String {
-    a.filter(|a| !a.trim().is_empty())
-        .unwrap_or_else(|| "console".into())
+/// The authenticated caller (put there by the auth middleware); `None` with
+/// authentication off.
+type Caller = Option<axum::Extension<crate::auth::Identity>>;
+
+/// The audit actor: the authenticated identity; with authentication off, what the body
+/// claims, else `console`.
+fn actor(who: Caller, claimed: Option<String>) -> String {
+    let claimed = claimed
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| "console".into());
+    crate::auth::actor(who.map(|w| w.0).as_ref(), claimed)
 }
 
 /// `POST /api/v1/rollouts/{id}/{pause|resume|promote|abort|rollback}`.
 async fn rollout_command(
     p: Pilot,
+    who: Caller,
     Path((id, action)): Path<(String, String)>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let pilot = pilot(p)?;
     let d: Decision = body(&bytes)?;
-    let actor = actor(d.actor);
+    let actor = actor(who, d.actor);
     let cmd = match action.as_str() {
         "pause" => Command::Pause { actor },
         "resume" => Command::Resume { actor },
@@ -273,6 +282,7 @@ async fn rollout_command(
 /// must say why.
 async fn incident_decision(
     p: Pilot,
+    who: Caller,
     Path((id, decision)): Path<(String, String)>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -281,7 +291,7 @@ async fn incident_decision(
         .parse()
         .map_err(|_| ApiError::bad("id", format!("{id:?} is not an incident number")))?;
     let d: Decision = body(&bytes)?;
-    let actor = actor(d.actor);
+    let actor = actor(who, d.actor);
     let incident = match decision.as_str() {
         "approve" => pilot.approve_incident(n, &actor, &d.comment).await?,
         "reject" => {
@@ -320,6 +330,7 @@ struct StackBody {
 async fn stack_op(
     State(control): State<Arc<Control>>,
     p: Pilot,
+    who: Caller,
     Path((name, op)): Path<(String, String)>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -350,7 +361,7 @@ async fn stack_op(
             ))
         }
     };
-    let change = Change::manual(actor(b.actor), String::new());
+    let change = Change::manual(actor(who, b.actor), String::new());
     let outcome = match p {
         Some(axum::Extension(pilot)) => pilot.manual_stack_op(&name, op, change).await?,
         None => control.stack_op(&name, op, change).await?,
@@ -427,10 +438,11 @@ struct ApplyBody {
 /// `POST /api/v1/policy/apply`: `Control::apply_policy`, as `Policies.Apply`.
 async fn apply_policy(
     State(control): State<Arc<Control>>,
+    who: Caller,
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: ApplyBody = body(&bytes)?;
-    let change = Change::manual(actor(b.actor), b.comment);
+    let change = Change::manual(actor(who, b.actor), b.comment);
     let o = control
         .apply_policy(&b.policy.into_json(), change, b.expected_version)
         .await?;

@@ -165,6 +165,16 @@ pub async fn explain(
             "stack": stack_name(*id),
             "how": how.as_str(),
         }),
+        Outcome::Queue {
+            intended,
+            region,
+            channel,
+        } => json!({
+            "kind": "queue",
+            "intended": intended.and_then(stack_name),
+            "region": region.and_then(|r| policy.regions.get(r as usize)),
+            "channel": policy.channels.get(*channel as usize),
+        }),
         Outcome::Local(reply) => json!({
             "kind": "local_reply",
             "status": reply.status,

@@ -4,9 +4,11 @@
 //! The console decides nothing: every action calls the same control and autopilot
 //! functions as the gRPC services, with the same guardrails. The pages are plain
 //! HTML/CSS/JS modules under `control-service/console/` (no build step); uPlot is
-//! vendored there as its release file. Authentication is not this module's: a layer on
-//! the whole router checks tokens; the pages send `Authorization: Bearer …` on every
-//! call, the stream included (fetch streaming, not `EventSource`).
+//! vendored there as its release file. Authentication is not this module's: the auth
+//! middleware checks tokens on every route (`auth/access.rs`: the pages are open, the
+//! API is not); the pages send `Authorization: Bearer …` on every call, the stream
+//! included (fetch streaming, not `EventSource`), and actions are audited under the
+//! caller's identity.
 
 pub mod api;
 mod diff;
