@@ -57,6 +57,24 @@ impl Control {
             ),
         )
         .unwrap();
+        // Tokens, written into the store before the server opens it: an admin who
+        // signs in to the console (and runs the CLI), and a viewer.
+        for (name, role) in [("dora", "admin"), ("vera", "viewer")] {
+            let out = Command::new(switchyard_harness::workspace_bin("switchyard-control"))
+                .args([
+                    "token", "create", "--name", name, "--role", role, "--output",
+                ])
+                .arg(dir.join(format!("{name}.token")))
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "token create {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let proc = Self::spawn(&config, dir.path(), "control");
         Control {
             proc,
@@ -89,18 +107,45 @@ impl Control {
         self.proc = Self::spawn(&self.config, &self.dir, "control-restarted");
     }
 
-    fn api(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    fn token(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.token")))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// An API call as `who`: status and body.
+    fn call_as(
+        &self,
+        who: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {}", self.token(who));
         let r = Client::connect(self.http)
             .unwrap()
             .request_with_body(
                 method,
                 path,
-                &[("content-type", b"application/json")],
+                &[
+                    ("content-type", b"application/json"),
+                    ("authorization", auth.as_bytes()),
+                ],
                 body.map(str::as_bytes),
             )
             .unwrap();
-        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
-        r.json()
+        (
+            r.status,
+            serde_json::from_str(&r.text()).unwrap_or_default(),
+        )
+    }
+
+    /// An API call as the admin; must succeed.
+    fn api(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+        let (status, v) = self.call_as("dora", method, path, body);
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        v
     }
 
     fn weight(&self, stack: &str) -> u64 {
@@ -121,7 +166,8 @@ impl Control {
                 "--server",
                 &format!("http://127.0.0.1:{}", self.grpc.port()),
             ])
-            .args(["--actor", "carol"])
+            .arg("--token-file")
+            .arg(self.dir.join("dora.token"))
             .args(args)
             .output()
             .unwrap();
@@ -157,7 +203,7 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     b.execute(
         "document.getElementById('token').value = arguments[0];
          document.getElementById('signin').requestSubmit();",
-        &[json!("console-e2e-token")],
+        &[json!(control.token("dora"))],
     )
     .unwrap();
     let stored = b
@@ -167,7 +213,7 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
             WAIT,
         )
         .unwrap();
-    assert_eq!(stored, "console-e2e-token");
+    assert_eq!(stored, control.token("dora"));
 
     let w = b
         .wait_for(
@@ -392,6 +438,15 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
         .unwrap_or_else(|e| panic!("{e}"));
     b.screenshot(&shots.join("incidents.png")).unwrap();
     assert_eq!(control.weight("green"), 100);
+    // A viewer's approval, forged straight at the API, is refused and changes nothing.
+    let (status, body) = control.call_as(
+        "vera",
+        "POST",
+        "/api/v1/incidents/1/approve",
+        Some(r#"{"comment": "not mine to approve"}"#),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(control.weight("green"), 100);
     b.execute(
         &format!(
             "document.querySelector('[data-incident] input').value = 'approved in the console e2e';
@@ -502,7 +557,7 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     .unwrap_or_else(|e| panic!("{e}"));
     let info = &control.api("GET", "/api/v1/policy", None)["info"];
     assert_eq!(info["policy_name"], "shop-v2", "{info}");
-    assert_eq!(info["actor"], "console", "{info}");
+    assert_eq!(info["actor"], "dora", "the signed-in identity: {info}");
     b.screenshot(&shots.join("policy.png")).unwrap();
 
     // A stack action from the fleet page: Drain canary, as `switchyard stacks drain`.
@@ -527,5 +582,8 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
         .find(|s| s["name"] == "canary")
         .unwrap();
     assert_eq!(canary["draining"], true, "{canary}");
-    assert_eq!(canary["changed_by"], "console", "{canary}");
+    assert_eq!(
+        canary["changed_by"], "dora",
+        "the signed-in identity: {canary}"
+    );
 }
