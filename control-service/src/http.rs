@@ -38,6 +38,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/metrics", get(crate::metrics::serve))
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(control)

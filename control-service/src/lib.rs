@@ -27,6 +27,7 @@ pub mod brain;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod fleet;
 pub mod grpc;

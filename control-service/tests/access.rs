@@ -98,7 +98,17 @@ fn every_rpc_and_route_has_an_access_rule_and_every_rule_an_endpoint() {
         .filter(|r| r.read == Permission::Open)
         .map(|r| r.path)
         .collect();
-    assert_eq!(open, ["/", "/healthz", "/metrics"]);
+    assert_eq!(
+        open,
+        [
+            "/",
+            "/healthz",
+            "/metrics",
+            "/console",
+            "/console/",
+            "/console/{*path}"
+        ]
+    );
     assert_eq!(
         access::http("/api/v1/alerts", &tonic::codegen::http::Method::POST),
         Some(Permission::Operate)

@@ -111,6 +111,22 @@ pub const HTTP: &[HttpRule] = {
         rule("/api/v1/audit", Read, Operate),
         rule("/api/v1/audit/verify", Read, Operate),
         rule("/api/v1/health", Read, Operate),
+        // The web console's pages: static files holding no data (the sign-in box must
+        // load without a token); every call they make is checked like any other.
+        rule("/console", Open, Open),
+        rule("/console/", Open, Open),
+        rule("/console/{*path}", Open, Open),
+        // The console's API (control-service/src/console/api.rs), as the gRPC methods
+        // of the same operations.
+        rule("/api/v1/rollouts/{id}/{action}", Read, Operate),
+        rule("/api/v1/incidents/{id}/{decision}", Read, Approve),
+        rule("/api/v1/stacks/{name}/{op}", Read, Operate),
+        rule("/api/v1/policy/validate", Read, Read),
+        rule("/api/v1/policy/apply", Read, Operate),
+        rule("/api/v1/policy/diff", Read, Read),
+        rule("/api/v1/split", Read, Read),
+        rule("/api/v1/explain", Read, Read),
+        rule("/api/v1/stream", Read, Read),
     ]
 };
 

@@ -14,11 +14,13 @@
 //! - [`EtcdCluster`]: real etcd members on reserved ports, killable and restartable.
 //! - [`prometheus`]: real Prometheus and Alertmanager, `promtool`, and the shipped
 //!   `examples/prometheus` with its durations compressed for tests.
+//! - [`browser`]: a headless Chromium session over WebDriver (chromedriver).
 //!
 //! It never does date arithmetic (`switchyard_filter::schedule` does) and never builds
 //! the `.wasm` itself ([`filter_wasm`] asks the proxy-host's build module).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod envoy;
 pub mod error;
 pub mod etcd;
