@@ -106,8 +106,18 @@ fn every_other_json_example_parses() {
                     .map_err(|e| e.to_string())
             }
             "evidence" => Ok(()),
+            // The HTTP API's error shape: {"error": {"code", "message", "field"?, ...}}.
+            "http-error" => serde_json::from_str::<serde_json::Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    let e = &v["error"];
+                    match (e["code"].as_str(), e["message"].as_str()) {
+                        (Some(c), Some(m)) if !c.is_empty() && !m.is_empty() => Ok(()),
+                        _ => Err("expected {\"error\": {\"code\": …, \"message\": …}}".into()),
+                    }
+                }),
             other => Err(format!(
-                "unknown kind `{other}` (event, trace-window, evidence)"
+                "unknown kind `{other}` (event, trace-window, evidence, http-error)"
             )),
         };
         if let Err(e) = checked {

@@ -10,7 +10,7 @@
 //!   the result valid, without warnings.
 //! - `json invalid`: a complete policy that is rejected with exactly the errors of the
 //!   next fenced block (one `path: message` per line).
-//! - `json doc=KIND`: another document (`event`, `trace-window`, `evidence`), checked by
+//! - `json doc=KIND`: another document (`event`, `trace-window`, `evidence`, `http-error`), checked by
 //!   control-service/tests/docs_json.rs.
 //! - `jsonc` (outlines with comments and `...`) and every other language: not checked.
 //!

@@ -40,6 +40,7 @@ fn stack(p: &Policy, d: &Decision) -> String {
     match d.outcome {
         Outcome::Stack { id, .. } => p.stacks[id].name.clone(),
         Outcome::Local(_) => "<local>".into(),
+        Outcome::Queue { .. } => "<queue>".into(),
     }
 }
 
