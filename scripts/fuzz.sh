@@ -23,14 +23,16 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 TARGETS=${FUZZ_TARGETS:-"policy cookie classify snapshot telemetry abi"}
 OUT=target/fuzz
-export CARGO_TARGET_DIR=$PWD/$OUT/build
+FUZZ_TARGET_DIR=$PWD/$OUT/build
 SANCOV="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
-BIN=$CARGO_TARGET_DIR/release
+# An explicit --target keeps RUSTFLAGS off build scripts and proc macros (as cargo-fuzz does).
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+BIN=$FUZZ_TARGET_DIR/$HOST/release
 
 build() {
-  RUSTFLAGS="$SANCOV" cargo build --release --manifest-path fuzz/libfuzzer/Cargo.toml --bins
+  CARGO_TARGET_DIR=$FUZZ_TARGET_DIR RUSTFLAGS="$SANCOV" cargo build --release --manifest-path fuzz/libfuzzer/Cargo.toml --bins --target "$HOST"
 }
 
 if [ "${1:-}" = merge ]; then
@@ -45,7 +47,9 @@ if [ "${1:-}" = merge ]; then
 fi
 
 build
-cargo build --release -p switchyard-fuzz --example abi
+# The dev profile (dependencies at opt-level 1): the guest runs compiled by cranelift
+# either way, and a release build of wasmtime costs minutes.
+cargo build -p switchyard-fuzz --example abi
 printf '%-10s %8s %14s %8s %8s\n' target seconds executions crashes corpus | tee "$OUT/summary.txt"
 status=0
 for t in $TARGETS; do
@@ -53,7 +57,7 @@ for t in $TARGETS; do
   log=$OUT/$t.log
   if [ "$t" = abi ]; then
     set +e
-    target/release/examples/abi --seconds "$SECONDS_EACH" --artifacts fuzz/artifacts/abi >"$log" 2>&1
+    target/debug/examples/abi --seconds "$SECONDS_EACH" --artifacts fuzz/artifacts/abi >"$log" 2>&1
     rc=$?
     set -e
     execs=$(sed -n 's/^executions: //p' "$log" | tail -1)
