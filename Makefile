@@ -104,9 +104,9 @@ chaos: setup wasm
 
 # Steady load with policy pushes and weight changes for SOAK_MINUTES (default 30).
 SOAK_MINUTES ?= 30
-soak: setup wasm $(TOOLS)/.wrk
+soak: setup wasm
 	$(CARGO) build -p switchyard-storefront -p switchyard-control
-	SOAK_MINUTES=$(SOAK_MINUTES) scripts/soak.sh
+	SOAK_MINUTES=$(SOAK_MINUTES) $(CARGO) test -p switchyard-e2e --test soak -- --ignored --nocapture
 
 ## ---- bench ---------------------------------------------------------------
 # Load generator for the benchmarks (Debian package).
