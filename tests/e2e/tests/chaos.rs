@@ -807,17 +807,17 @@ fn store_disk_full() {
                 refused += 1;
                 errors.push(
                     e.lines()
-                        .next()
+                        .find(|l| l.contains("message"))
                         .unwrap_or("")
-                        .chars()
-                        .take(160)
-                        .collect::<String>(),
+                        .trim()
+                        .to_string(),
                 );
             }
         }
     }
     v.line(format!(
-        "5 pushes on a full disk: {refused} refused, {} acknowledged; first error: {}",
+        "5 pushes on a full disk: {refused} refused, {} acknowledged (a push identical to \
+         the version in force is acknowledged as unchanged, without a write); first error: {}",
         5 - refused,
         errors.first().cloned().unwrap_or_default()
     ));
