@@ -77,7 +77,6 @@ run: setup build
 test: setup wasm $(TOOLS)/.k8s-schemas
 	$(CARGO) test --workspace --exclude switchyard-e2e
 	scripts/istio-schema-check.sh
-	$(CARGO) test -p switchyard-fuzz
 	SWITCHYARD_RUNNER_FRESH=1 $(TEST_WASM32)
 	$(CARGO) build -p switchyard-storefront -p switchyard-control
 	$(CARGO) test -p switchyard-e2e -- --test-threads 1
@@ -91,7 +90,8 @@ test-wasm32: $(TOOLS)/.wasm-target
 
 ## ---- proof: fuzzing, chaos, soak (docs/RELIABILITY.md) -------------------
 # Each fuzz target for FUZZ_SECONDS (libFuzzer, stable rustc; the ABI target as a seeded
-# random search on the wasmtime host). `make test` only replays the checked-in corpus.
+# random search on the wasmtime host). `make test` only replays the checked-in corpus and
+# the crash regressions (switchyard-fuzz is a workspace member: `cargo test --workspace`).
 FUZZ_SECONDS ?= 60
 fuzz: wasm
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh

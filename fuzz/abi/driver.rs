@@ -258,22 +258,26 @@ impl World {
         };
         let stacks = (0..inp.u8() % 6)
             .map(|_| StackState {
-                name: if inp.u8() % 8 == 0 {
+                name: if inp.u8().is_multiple_of(8) {
                     String::from_utf8_lossy(inp.bytes(12)).into_owned()
                 } else {
                     inp.pick(STACKS).to_string()
                 },
                 weight_percent: u32::from(inp.u8()),
-                healthy: inp.u8() % 4 != 0,
+                healthy: !inp.u8().is_multiple_of(4),
                 reason: String::new(),
-                draining: inp.u8() % 4 == 0,
+                draining: inp.u8().is_multiple_of(4),
                 drain_deadline_unix_ms: u64::from(inp.u16()) * 1_000_000,
-                evacuating: inp.u8() % 8 == 0,
+                evacuating: inp.u8().is_multiple_of(8),
             })
             .collect();
         Snapshot {
             version: self.version,
-            policy_version: if inp.u8() % 2 == 0 { self.version } else { 0 },
+            policy_version: if inp.u8().is_multiple_of(2) {
+                self.version
+            } else {
+                0
+            },
             policy_json: policy,
             stacks,
         }
@@ -316,7 +320,7 @@ impl World {
                 "a telemetry queue item"
             }
             8 => {
-                let key = if inp.u8() % 2 == 0 {
+                let key = if inp.u8().is_multiple_of(2) {
                     switchyard_filter::shared_data::SNAPSHOT_KEY
                 } else {
                     switchyard_filter::shared_data::VERSION_KEY
