@@ -108,7 +108,7 @@ fn soak() {
     let envoy_pid = envoy.inner.proc().pid();
     let control_pid = control.proc.pid();
 
-    let mut load = Load::start(envoy.port);
+    let mut load = Load::start_for(envoy.port, run + Duration::from_secs(60));
     load.add(&Stream::get("web", "/"), 6);
     load.add(
         &Stream::get("mobile", "/products").header("user-agent", "SwitchyardShop-iOS/5"),

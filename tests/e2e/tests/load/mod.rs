@@ -52,12 +52,14 @@ impl Stream {
 }
 
 /// Bounded load: one thread per connection, each sending its stream's requests once
-/// (never resent), until stopped or 120 s.
+/// (never resent), until stopped or the safety cap (120 s unless `start_for`).
 pub struct Load {
     start: Instant,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Vec<Sample>>>,
     port: u16,
+    /// Safety cap: every connection stops by then even if nobody calls `stop`.
+    max: Duration,
 }
 
 impl Load {
@@ -67,13 +69,28 @@ impl Load {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             port,
+            max: Duration::from_secs(120),
+        }
+    }
+
+    /// The same, with a longer safety cap (the soak).
+    pub fn start_for(port: u16, max: Duration) -> Load {
+        Load {
+            max,
+            ..Load::start(port)
         }
     }
 
     /// Adds `conns` connections sending `stream`.
     pub fn add(&mut self, stream: &Stream, conns: usize) {
         for _ in 0..conns {
-            let (stop, start, port, s) = (self.stop.clone(), self.start, self.port, stream.clone());
+            let (stop, start, port, s, max) = (
+                self.stop.clone(),
+                self.start,
+                self.port,
+                stream.clone(),
+                self.max,
+            );
             self.threads.push(std::thread::spawn(move || {
                 let mut out = Vec::new();
                 let mut client = Client::connect(port).ok();
@@ -82,7 +99,7 @@ impl Load {
                 if s.method == "POST" {
                     headers.push(("content-length", b"0"));
                 }
-                while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+                while !stop.load(Ordering::Relaxed) && start.elapsed() < max {
                     let at = start.elapsed();
                     let t = Instant::now();
                     let r = match client.as_mut() {
