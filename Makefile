@@ -13,7 +13,7 @@ WASM := target/switchyard/switchyard_filter.wasm
 export ENVOY
 export SWITCHYARD_WASM := $(abspath $(WASM))
 
-.PHONY: all setup build wasm native run test test-wasm32 test-unit test-e2e check-prometheus bench clean fmt lint
+.PHONY: all setup build wasm native run test test-wasm32 test-unit test-e2e check-prometheus bench clean fmt lint fuzz chaos soak
 
 all: build
 
@@ -125,6 +125,26 @@ check-prometheus: $(TOOLS)/.prometheus
 TEST_WASM32 := $(CARGO) test -p switchyard-filter --target wasm32-wasip1 --lib --test classify --test rule_index
 test-wasm32: $(TOOLS)/.wasm-target
 	$(TEST_WASM32)
+
+## ---- proof: fuzzing, chaos, soak (docs/RELIABILITY.md) -------------------
+# Each fuzz target for FUZZ_SECONDS (libFuzzer, stable rustc; the ABI target as a seeded
+# random search on the wasmtime host). `make test` only replays the checked-in corpus and
+# the crash regressions (switchyard-fuzz is a workspace member: `cargo test --workspace`).
+FUZZ_SECONDS ?= 60
+fuzz: wasm
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# The chaos scenarios on the real Envoy, control service and storefront stacks (minutes;
+# not part of `make test`): one verdict line per scenario, also in target/chaos/.
+chaos: setup wasm
+	$(CARGO) build -p switchyard-storefront -p switchyard-control
+	$(CARGO) test -p switchyard-e2e --test chaos -- --ignored --test-threads 1 --nocapture
+
+# Steady load with policy pushes and weight changes for SOAK_MINUTES (default 30).
+SOAK_MINUTES ?= 30
+soak: setup wasm
+	$(CARGO) build -p switchyard-storefront -p switchyard-control
+	SOAK_MINUTES=$(SOAK_MINUTES) $(CARGO) test -p switchyard-e2e --test soak -- --ignored --nocapture
 
 ## ---- bench ---------------------------------------------------------------
 # Load generator for the benchmarks (Debian package).

@@ -148,23 +148,24 @@ fn merge_counts(into: &mut Vec<(String, u64)>, from: &[(String, u64)]) {
 }
 
 impl StackTelemetry {
-    /// Add another window's counts.
+    /// Add another window's counts, saturating like the histogram and the named counts
+    /// (a batch is input: a decoded counter can be anything up to `u64::MAX`).
     pub fn merge(&mut self, o: &StackTelemetry) {
-        self.requests += o.requests;
-        self.status_2xx += o.status_2xx;
-        self.status_4xx += o.status_4xx;
-        self.status_5xx += o.status_5xx;
-        self.latency_ms_sum += o.latency_ms_sum;
-        self.affinity_hit += o.affinity_hit;
-        self.affinity_miss += o.affinity_miss;
-        self.affinity_forged += o.affinity_forged;
-        self.local_replies += o.local_replies;
+        self.requests = self.requests.saturating_add(o.requests);
+        self.status_2xx = self.status_2xx.saturating_add(o.status_2xx);
+        self.status_4xx = self.status_4xx.saturating_add(o.status_4xx);
+        self.status_5xx = self.status_5xx.saturating_add(o.status_5xx);
+        self.latency_ms_sum = self.latency_ms_sum.saturating_add(o.latency_ms_sum);
+        self.affinity_hit = self.affinity_hit.saturating_add(o.affinity_hit);
+        self.affinity_miss = self.affinity_miss.saturating_add(o.affinity_miss);
+        self.affinity_forged = self.affinity_forged.saturating_add(o.affinity_forged);
+        self.local_replies = self.local_replies.saturating_add(o.local_replies);
         self.latency.merge(&o.latency);
         merge_counts(&mut self.kpis, &o.kpis);
         merge_counts(&mut self.by_rule, &o.by_rule);
-        self.new_users += o.new_users;
-        self.sticky_requests += o.sticky_requests;
-        self.breaker_opens += o.breaker_opens;
+        self.new_users = self.new_users.saturating_add(o.new_users);
+        self.sticky_requests = self.sticky_requests.saturating_add(o.sticky_requests);
+        self.breaker_opens = self.breaker_opens.saturating_add(o.breaker_opens);
     }
 
     /// Nothing was counted (the name aside).
