@@ -508,6 +508,8 @@ impl Plane {
         std::fs::write(&file, policy).unwrap();
         let out = Command::new(switchyard_harness::workspace_bin("switchyard"))
             .args(["--server", &format!("http://127.0.0.1:{}", c.grpc)])
+            .arg("--token-file")
+            .arg(c.admin_token_file())
             .args(["--json", "--timeout", "3", "policy", "apply"])
             .arg(&file)
             .output()
@@ -529,6 +531,8 @@ impl Plane {
         let run = |args: &[&str]| {
             let out = Command::new(switchyard_harness::workspace_bin("switchyard"))
                 .args(["--server", &format!("http://127.0.0.1:{}", c.grpc)])
+                .arg("--token-file")
+                .arg(c.admin_token_file())
                 .arg("--json")
                 .args(args)
                 .output()
