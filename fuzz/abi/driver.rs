@@ -122,6 +122,7 @@ impl World {
                     ..Default::default()
                 })
                 .collect(),
+            rule_stacks: Vec::new(),
         }
         .encode();
         let a = Arc::clone(&answers);
@@ -269,6 +270,22 @@ impl World {
                 draining: inp.u8().is_multiple_of(4),
                 drain_deadline_unix_ms: u64::from(inp.u16()) * 1_000_000,
                 evacuating: inp.u8().is_multiple_of(8),
+                rule: String::new(),
+            })
+            .collect();
+        // Per-rule factors (rule-scoped rollouts): known stacks on a known or random rule.
+        let rule_stacks = (0..inp.u8() % 3)
+            .map(|_| StackState {
+                name: inp.pick(STACKS).to_string(),
+                rule: if inp.u8().is_multiple_of(2) {
+                    "checkout".to_string()
+                } else {
+                    String::from_utf8_lossy(inp.bytes(8)).into_owned()
+                },
+                weight_percent: u32::from(inp.u8()),
+                healthy: true,
+                evacuating: inp.u8().is_multiple_of(4),
+                ..Default::default()
             })
             .collect();
         Snapshot {
@@ -280,6 +297,7 @@ impl World {
             },
             policy_json: policy,
             stacks,
+            rule_stacks,
         }
         .encode()
     }

@@ -137,6 +137,7 @@ fn main() {
             },
         ],
         policy_version: 7,
+        rule_stacks: Vec::new(),
     };
     write("snapshot", "demo", &snap.encode());
     write(

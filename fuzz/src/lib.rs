@@ -241,6 +241,15 @@ fn check_outcome(p: &Policy, outcome: &Outcome) {
             "local reply with status {}",
             reply.status
         ),
+        Outcome::Queue { intended, .. } => {
+            if let Some(id) = intended {
+                assert!(
+                    *id < p.stacks.len(),
+                    "queued request names stack {id} of {}",
+                    p.stacks.len()
+                )
+            }
+        }
     }
 }
 
