@@ -435,17 +435,29 @@ struct ApplyBody {
     expected_version: u64,
 }
 
-/// `POST /api/v1/policy/apply`: `Control::apply_policy`, as `Policies.Apply`.
+/// `POST /api/v1/policy/apply`: as `Policies.Apply`, through the autopilot's one-change
+/// lease when it runs.
 async fn apply_policy(
     State(control): State<Arc<Control>>,
+    p: Pilot,
     who: Caller,
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: ApplyBody = body(&bytes)?;
     let change = Change::manual(actor(who, b.actor), b.comment);
-    let o = control
-        .apply_policy(&b.policy.into_json(), change, b.expected_version)
-        .await?;
+    let json = b.policy.into_json();
+    let o = match p {
+        Some(axum::Extension(pilot)) => {
+            pilot
+                .manual_policy_apply(&json, change, b.expected_version)
+                .await?
+        }
+        None => {
+            control
+                .apply_policy(&json, change, b.expected_version)
+                .await?
+        }
+    };
     Ok(Json(json!({
         "version": o.record.version,
         "changed": o.changed,

@@ -560,30 +560,48 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     assert_eq!(info["actor"], "dora", "the signed-in identity: {info}");
     b.screenshot(&shots.join("policy.png")).unwrap();
 
-    // A stack action from the fleet page: Drain canary, as `switchyard stacks drain`.
+    // A stack action from the fleet page: Drain canary, as `switchyard stacks drain`. The
+    // approved incident froze its stacks (incident_freeze_ms): the page shows the freeze
+    // guardrail's refusal with when it would be allowed, and canary is untouched.
     b.execute("location.hash = '#/fleet'; return 1;", &[])
         .unwrap();
-    let drain = "document.querySelector('button[data-stack=\"canary\"][data-op=\"drain\"]')";
-    b.wait_for("canary's Drain button", drain, WAIT)
+    let button = |op: &str| {
+        format!("document.querySelector('button[data-stack=\"canary\"][data-op=\"{op}\"]')")
+    };
+    let drain = button("drain");
+    b.wait_for("canary's Drain button", &drain, WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
     b.execute(&format!("{drain}.click(); return 1;"), &[])
         .unwrap();
     b.wait_for(
-        "canary draining on the page",
-        &format!("{} .startsWith('draining')", cell("canary", "health")),
+        "the freeze refusal on the page",
+        "document.body.innerText.includes('refused by freeze') \
+         && document.body.innerText.includes('allowed from')",
         WAIT,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let stacks = control.api("GET", "/api/v1/stacks", None);
-    let canary = stacks["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "canary")
+    let canary = |control: &Control| {
+        control.api("GET", "/api/v1/stacks", None)["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "canary")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(canary(&control)["draining"], false, "refused, so unchanged");
+    // Evacuate is an emergency action no guardrail holds: it goes through, audited
+    // under the signed-in identity.
+    let evacuate = button("evacuate");
+    b.execute(&format!("{evacuate}.click(); return 1;"), &[])
         .unwrap();
-    assert_eq!(canary["draining"], true, "{canary}");
-    assert_eq!(
-        canary["changed_by"], "dora",
-        "the signed-in identity: {canary}"
-    );
+    b.wait_for(
+        "canary evacuating on the page",
+        &format!("{} .startsWith('evacuating')", cell("canary", "health")),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = canary(&control);
+    assert_eq!(c["evacuating"], true, "{c}");
+    assert_eq!(c["changed_by"], "dora", "the signed-in identity: {c}");
 }
