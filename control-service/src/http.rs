@@ -124,17 +124,16 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "method not allowed: the HTTP API only reads, except POST /api/v1/events, \
-         DELETE /api/v1/events/ID and POST /api/v1/alerts (other changes go through the \
-         gRPC API or the switchyard CLI)",
+        "method not allowed: see GET / for each endpoint and its methods (changes: the \
+         console's POST endpoints, events, alerts, the gRPC API or the switchyard CLI)",
     )
 }
 
-/// The endpoints, so `/` answers something useful until the console is mounted here.
+/// The endpoints, so `/` answers something useful (the console lives at `/console/`).
 async fn index() -> Json<Value> {
     Json(json!({
         "service": "switchyard-control",
-        "console": "not yet: a web console will be served here; use the API below or the switchyard CLI",
+        "console": "/console/ (sign in with a token; docs/console.md)",
         "endpoints": {
             "/healthz": "liveness: 200 ok",
             "/api/v1/status": "the fleet: current version, nodes, watch streams",

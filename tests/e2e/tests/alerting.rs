@@ -309,7 +309,9 @@ fn error_burn_on_one_stack_fires_reaches_alertmanager_and_opens_an_incident_on_i
     let fired = fault_at.elapsed();
     assert_eq!(alert["labels"]["slo"], "availability", "{alert:#}");
     let ratio: f64 = alert["value"].as_str().unwrap().parse().unwrap();
-    assert!(ratio > 0.0144, "a page below 14.4 x the budget: {alert:#}");
+    // A page fires on either clause: 14.4 x over 1h/5m or 6 x over 6h/30m (compressed);
+    // its value is the long window's ratio of the clause that fired, so at least 6 x.
+    assert!(ratio > 0.006, "a page below 6 x the budget: {alert:#}");
 
     // 2. Alertmanager holds it, routed to the control service's receiver.
     let held = wait(
