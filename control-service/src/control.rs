@@ -293,12 +293,20 @@ impl Control {
 
     /// The fleet's status, as every edge reports it.
     pub fn fleet_status(&self) -> crate::fleet::FleetStatus {
-        crate::fleet::FleetStatus::new(
+        let mut status = crate::fleet::FleetStatus::new(
             self.current_version(),
             self.started_unix_ms(),
             self.store_description(),
             self.fleet().nodes(),
-        )
+        );
+        if let Some(current) = self.current() {
+            // The policy in force compiled before it was accepted; a failure here would be
+            // a bug, and status must still answer: no degraded rules are reported then.
+            if let Ok(v) = switchyard_filter::policy::validate_json(&current.policy_json) {
+                status.degraded = crate::degraded::degraded_routes(&v.policy, &current.record);
+            }
+        }
+        status
     }
 
     /// Number of live subscribers (open Watch streams).

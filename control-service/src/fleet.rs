@@ -145,6 +145,10 @@ pub struct FleetStatus {
     /// when no series runs or no window holds data).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stacks: BTreeMap<String, StackLatest>,
+    /// Rules in degraded mode: no stack they may use is left, so Envoys queue their
+    /// requests at the intake (docs/degraded-mode.md). Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<crate::degraded::DegradedRoute>,
 }
 
 impl FleetStatus {
@@ -169,6 +173,7 @@ impl FleetStatus {
             nodes_current,
             nodes,
             stacks: BTreeMap::new(),
+            degraded: Vec::new(),
         }
     }
 }

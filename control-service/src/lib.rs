@@ -14,7 +14,8 @@
 //! metrics}`, `metrics → {control, fleet, model}` (the Prometheus exposition),
 //! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
 //! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,
-//! `store → model`; [`auth`] (identities, tokens, the access table and its enforcement
+//! `store → model`, `degraded → model` ([`degraded`]: rules in degraded mode, read by
+//! `control` and `fleet`); [`auth`] (identities, tokens, the access table and its enforcement
 //! layers): `auth → store`, imported by `grpc`, `http`, `server`, `cli` and
 //! `proto`; [`health`] (active checks, the fast path): `health → {brain, control,
 //! fleet, model}`, imported by `config`, `http` and `server`. Only the edges (`grpc`,
@@ -29,6 +30,7 @@ pub mod codec;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod degraded;
 pub mod fleet;
 pub mod grpc;
 pub mod health;

@@ -256,6 +256,15 @@ pub fn status_response(s: &FleetStatus) -> v1::StatusResponse {
                     .collect(),
             })
             .collect(),
+        degraded: s
+            .degraded
+            .iter()
+            .map(|d| v1::DegradedRoute {
+                rule: d.rule.clone(),
+                queue: d.queue.clone(),
+                reason: d.reason.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -282,6 +291,15 @@ pub fn fleet_status(r: &v1::StatusResponse) -> FleetStatus {
                 kpis: w.kpis.iter().map(|k| (k.name.clone(), k.count)).collect(),
             };
             (w.stack.clone(), latest)
+        })
+        .collect();
+    s.degraded = r
+        .degraded
+        .iter()
+        .map(|d| crate::degraded::DegradedRoute {
+            rule: d.rule.clone(),
+            queue: d.queue.clone(),
+            reason: d.reason.clone(),
         })
         .collect();
     s

@@ -799,3 +799,58 @@ fn validate_lists_every_problem_of_a_huge_policy() {
         &stderr(&o)[..300]
     );
 }
+
+/// Degraded mode (docs/degraded-mode.md): once no stack the `checkout` rule may use is
+/// left, `status` says that its requests are queued, with why; CLI and HTTP agree; it
+/// clears when a stack is back.
+#[test]
+fn status_names_the_rules_in_degraded_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&tmp.path().join("data"), &[]);
+    let s = server.grpc.as_str();
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/intake/policy.json"
+    );
+    ok(cli(s, &["policy", "apply", policy]));
+    assert!(!ok(cli(s, &["status"])).contains("DEGRADED"));
+
+    ok(cli(s, &["stacks", "unhealthy", "blue", "--reason", "down"]));
+    assert!(
+        !ok(cli(s, &["status"])).contains("DEGRADED"),
+        "green still serves"
+    );
+    ok(cli(
+        s,
+        &["stacks", "drain", "green", "--reason", "patching"],
+    ));
+    let out = ok(cli(s, &["status"]));
+    assert!(
+        out.contains(
+            "DEGRADED: rule checkout queues its requests at intake_us \
+             (no stack left: blue: unhealthy, green: draining)"
+        ),
+        "{out}"
+    );
+    let from_cli: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "status"]))).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (code, body) = rt.block_on(http_get(&format!("{}/api/v1/status", server.http)));
+    assert_eq!(code, 200, "{body}");
+    let from_http: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(from_cli["degraded"], from_http["degraded"]);
+    assert_eq!(
+        from_http["degraded"],
+        serde_json::json!([{ "rule": "checkout", "queue": "intake_us",
+                             "reason": "blue: unhealthy, green: draining" }])
+    );
+
+    ok(cli(s, &["stacks", "healthy", "blue"]));
+    let from_cli: serde_json::Value =
+        serde_json::from_str(&ok(cli(s, &["--json", "status"]))).unwrap();
+    assert_eq!(from_cli.get("degraded"), None, "{from_cli}");
+    drop(server);
+}

@@ -625,6 +625,12 @@ pub fn print_status(r: &v1::StatusResponse, now_ms: u64) {
         r.store,
         fmt_time(r.started_unix_ms)
     );
+    for d in &r.degraded {
+        println!(
+            "DEGRADED: rule {} queues its requests at {} (no stack left: {})",
+            d.rule, d.queue, d.reason
+        );
+    }
     if r.nodes.is_empty() {
         println!("no Envoy has connected yet");
         return;
