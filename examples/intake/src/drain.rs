@@ -35,6 +35,8 @@ pub struct Drainer {
     pub interval: Duration,
     pub retry: Duration,
     pub max_attempts: u32,
+    /// Where final statuses are POSTed (`--webhook`).
+    pub webhook: Option<String>,
 }
 
 /// What one replay told.
@@ -136,6 +138,9 @@ impl Drainer {
             // stack's idempotency makes that replay harmless.
             self.broker.set_status(&status).await?;
             msg.ack().await.map_err(|e| e.to_string())?;
+            if let Some(url) = &self.webhook {
+                tokio::spawn(notify(http.clone(), url.clone(), status));
+            }
         }
     }
 
@@ -223,5 +228,35 @@ impl Drainer {
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             )),
         }
+    }
+}
+
+/// POST a final status to the completion webhook: 3 tries, 1 s apart; a webhook that is
+/// down loses only the notification (the status stays at `GET /orders/{ref}`).
+async fn notify(http: Http, url: String, status: Status) {
+    let Ok(body) = serde_json::to_vec(&status) else {
+        return;
+    };
+    for attempt in 1..=3 {
+        let req = hyper::Request::post(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.clone())));
+        let Ok(req) = req else {
+            eprintln!("switchyard-intake: webhook {url}: not a valid URL");
+            return;
+        };
+        match http.request(req).await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => eprintln!(
+                "switchyard-intake: webhook {url}: {} for {} (try {attempt})",
+                r.status(),
+                status.reference
+            ),
+            Err(e) => eprintln!(
+                "switchyard-intake: webhook {url}: {e} for {} (try {attempt})",
+                status.reference
+            ),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -57,6 +57,11 @@ pub struct Args {
     /// Seconds between retries while no stack is eligible.
     #[arg(long, default_value_t = 1.0)]
     pub retry_s: f64,
+    /// Completion webhook: each order's final status (placed or failed) is POSTed here as
+    /// the JSON of `GET /orders/{ref}`, after it is recorded (best effort: 3 tries; the
+    /// status URL stays the source of truth).
+    #[arg(long)]
+    pub webhook: Option<String>,
 }
 
 #[tokio::main]
@@ -105,6 +110,7 @@ async fn run(args: Args) -> Result<(), String> {
         interval: Duration::from_secs_f64(1.0 / args.drain_rate),
         retry: Duration::from_secs_f64(args.retry_s.max(0.05)),
         max_attempts: args.max_attempts.max(1),
+        webhook: args.webhook.clone(),
     };
     tokio::spawn(drainer.run());
     axum::serve(listener, api::router(state))

@@ -48,6 +48,10 @@ struct Intake {
 
 impl Intake {
     fn start(dir: &TestDir, port: u16, nats: &str, envoy_port: u16) -> Intake {
+        Self::start_with(dir, port, nats, envoy_port, &[])
+    }
+
+    fn start_with(dir: &TestDir, port: u16, nats: &str, envoy_port: u16, extra: &[&str]) -> Intake {
         let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-intake"));
         cmd.args([
             "--listen",
@@ -63,6 +67,7 @@ impl Intake {
             "--retry-s",
             "0.2",
         ]);
+        cmd.args(extra);
         let mut proc = Proc::spawn("intake", cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         proc.wait_http_ok(
             std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -91,6 +96,49 @@ impl Intake {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+}
+
+/// A completion-webhook receiver on 127.0.0.1: records every POSTed JSON body (one
+/// request per connection: it answers `connection: close`).
+struct Webhook {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Webhook {
+    fn start() -> Webhook {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_ok() {
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Webhook { port, got }
     }
 }
 
@@ -215,11 +263,16 @@ fn wait_placed(intake: &Intake, refs: &BTreeSet<String>) -> Vec<Value> {
 fn orders_are_queued_while_checkout_is_down_and_placed_exactly_once_after() {
     let nats = NatsServer::start();
     let mut rig = Rig::start();
-    let intake = Intake::start(
+    let webhook = Webhook::start();
+    let intake = Intake::start_with(
         &rig.dir,
         rig.intake_port.port(),
         &nats.addr(),
         rig.envoy.port,
+        &[
+            "--webhook",
+            &format!("http://127.0.0.1:{}/done", webhook.port),
+        ],
     );
     rig.stacks_down();
 
@@ -320,6 +373,18 @@ fn orders_are_queued_while_checkout_is_down_and_placed_exactly_once_after() {
         );
         assert!(s["order"]["order_id"].is_string(), "{s}");
     }
+    // The completion webhook heard of every order once, as placed.
+    let start = std::time::Instant::now();
+    while webhook.got.lock().unwrap().len() < refs.len() && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = webhook.got.lock().unwrap().clone();
+    let heard: BTreeSet<String> = got
+        .iter()
+        .map(|v| v["reference"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!((got.len(), &heard), (refs.len(), &refs), "{got:?}");
+    assert!(got.iter().all(|v| v["status"] == "placed"), "{got:?}");
 }
 
 #[test]
