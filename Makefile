@@ -156,6 +156,7 @@ $(TOOLS)/.wrk:
 bench: setup build $(TOOLS)/.wrk
 	$(CARGO) bench -p switchyard-filter
 	bench/run.sh
+	bench/intake.sh
 	BENCH_SKIP_BUILD=1 BENCH_ROUNDS=6 BENCH_DURATION=5 BENCH_WARMUP=2 bench/paired.sh trivial switchyard
 	$(CARGO) run --release -p switchyard-e2e --example control_bench
 	$(CARGO) build --release -p switchyard-control --bins --examples
