@@ -9,7 +9,8 @@
 # measured side by side in the strictest sense. Reported: median of per-round ratios.
 #
 #   bench/paired.sh [A [B]]       defaults: trivial switchyard (any run.sh variant name
-#                                 among none, trivial, switchyard, sy-nokeys, lua, hc-*,
+#                                 among none, trivial, switchyard, sy-queue (every route with an unused
+#                                 queue fallback), sy-nokeys, lua, hc-*,
 #                                 switchyard-alt; BENCH_HC_WASM, BENCH_ALT_WASM as in run.sh)
 #   BENCH_ROUNDS [9]  BENCH_DURATION [10] s  BENCH_WARMUP [3] s  BENCH_CONNECTIONS [8] per
 #   Envoy  BENCH_ENVOY_CORE [0]  BENCH_LOAD_CORE [1]  BENCH_SKIP_BUILD [0]  ENVOY
@@ -66,6 +67,8 @@ render() {
   case "$v" in
     switchyard | sy-nokeys) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin BENCH_POLICY=bench/policies/realistic.json \
       bench/envoy/render.sh switchyard ;;
+    sy-queue) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin BENCH_POLICY=bench/policies/realistic-queue.json \
+      bench/envoy/render.sh switchyard ;;
     none | trivial | lua) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin bench/envoy/render.sh "$v" ;;
     switchyard-alt) [ -f "${BENCH_ALT_WASM:-}" ] || die "switchyard-alt needs BENCH_ALT_WASM=/path/to/other/switchyard_filter.wasm"
       BENCH_PORT=$port BENCH_ADMIN_PORT=$admin SWITCHYARD_WASM="$BENCH_ALT_WASM" BENCH_POLICY=bench/policies/realistic.json \
@@ -79,7 +82,7 @@ render() {
 # in run.sh), every other variant runs without them.
 start_envoy() {
   local keys=(env -u SWITCHYARD_AFFINITY_KEYS)
-  case "$1" in switchyard | switchyard-alt) keys=(env "SWITCHYARD_AFFINITY_KEYS=$KEYS") ;; esac
+  case "$1" in switchyard | switchyard-alt | sy-queue) keys=(env "SWITCHYARD_AFFINITY_KEYS=$KEYS") ;; esac
   "${keys[@]}" taskset -c "$ENVOY_CORE" "$ENVOY" -c "$2" --concurrency 1 --use-dynamic-base-id -l warning --log-path "$3" &
 }
 # both_load SECONDS OUT_A OUT_B: both wrk at once, for the same seconds.
