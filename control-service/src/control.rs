@@ -52,6 +52,9 @@ fn join_issues(issues: &[Issue]) -> String {
 pub struct Current {
     pub record: VersionRecord,
     pub policy_json: Arc<str>,
+    /// The policy document compiled by the filter crate, once per version, for whoever
+    /// needs the routing model (status's degraded rules, the console's explain).
+    compiled: std::sync::OnceLock<Option<Arc<switchyard_filter::policy::Policy>>>,
 }
 
 /// Who asks for a change, and why (kept in the version record and the audit log).
@@ -121,6 +124,26 @@ pub struct Outcome {
 }
 
 impl Current {
+    pub fn new(record: VersionRecord, policy_json: Arc<str>) -> Self {
+        Self {
+            record,
+            policy_json,
+            compiled: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The policy in force, compiled (on first use). `None` only if it no longer compiles,
+    /// which a version accepted by validation never does.
+    pub fn compiled(&self) -> Option<Arc<switchyard_filter::policy::Policy>> {
+        self.compiled
+            .get_or_init(|| {
+                switchyard_filter::policy::validate_json(&self.policy_json)
+                    .ok()
+                    .map(|v| Arc::new(v.policy))
+            })
+            .clone()
+    }
+
     /// The snapshot every Envoy receives for this state: the policy document and, per
     /// stack, the weight factor and eligibility the operator and health state give it.
     pub fn snapshot(&self) -> Snapshot {
@@ -205,10 +228,7 @@ impl Control {
                     version: record.version,
                     message: format!("policy of version {} is missing", record.policy_version),
                 })?;
-            Ok(Some(Current {
-                record,
-                policy_json: policy.into(),
-            }))
+            Ok(Some(Current::new(record, policy.into())))
         })
         .await?;
         if let Some(c) = &current {
@@ -300,10 +320,8 @@ impl Control {
             self.fleet().nodes(),
         );
         if let Some(current) = self.current() {
-            // The policy in force compiled before it was accepted; a failure here would be
-            // a bug, and status must still answer: no degraded rules are reported then.
-            if let Ok(v) = switchyard_filter::policy::validate_json(&current.policy_json) {
-                status.degraded = crate::degraded::degraded_routes(&v.policy, &current.record);
+            if let Some(policy) = current.compiled() {
+                status.degraded = crate::degraded::degraded_routes(&policy, &current.record);
             }
         }
         status
@@ -645,10 +663,7 @@ impl Control {
         {
             tracing::error!(version = record.version, error = %e, "audit append failed; it is recovered on restart");
         }
-        let current = Arc::new(Current {
-            record,
-            policy_json,
-        });
+        let current = Arc::new(Current::new(record, policy_json));
         tracing::info!(
             version = current.record.version,
             kind = current.record.kind.as_str(),
@@ -1016,10 +1031,9 @@ fn audit_missing_versions(audit: &AuditLog, store: &dyn Store) -> Result<usize, 
     let mut added = 0;
     let mut prev: Option<Current> = match audited {
         0 => None,
-        v => store.get(v)?.map(|record| Current {
-            record,
-            policy_json: Arc::from(""),
-        }),
+        v => store
+            .get(v)?
+            .map(|record| Current::new(record, Arc::from(""))),
     };
     for v in audited + 1..=latest.version {
         let Some(record) = store.get(v)? else {
@@ -1034,10 +1048,7 @@ fn audit_missing_versions(audit: &AuditLog, store: &dyn Store) -> Result<usize, 
         draft.evidence = "recovered from the version history".into();
         audit.append(draft).map_err(audit_err)?;
         added += 1;
-        prev = Some(Current {
-            record,
-            policy_json: Arc::from(""),
-        });
+        prev = Some(Current::new(record, Arc::from("")));
     }
     Ok(added)
 }

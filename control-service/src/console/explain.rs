@@ -114,9 +114,9 @@ pub async fn explain(
             "no policy yet: apply one first",
         )
     })?;
-    let validated = switchyard_filter::policy::validate_json(&current.policy_json)
-        .map_err(|e| ApiError::internal(format!("the policy in force does not compile: {e:?}")))?;
-    let policy = Arc::new(validated.policy);
+    let policy = current
+        .compiled()
+        .ok_or_else(|| ApiError::internal("the policy in force does not compile"))?;
     let snapshot = current.snapshot();
     let mut router = Router::new(policy.clone(), None);
     router.set_stacks(snapshot.stacks.iter().map(|s| StackHealth {

@@ -15,12 +15,12 @@ fn current(blue_factor: u32, blue_evacuating: bool) -> Current {
         "stacks": [stack("blue", blue_factor, blue_evacuating), stack("green", 100, false)],
     }))
     .expect("record");
-    Current {
+    Current::new(
         record,
-        policy_json: r#"{"stacks":[{"name":"blue"},{"name":"green"}],
+        r#"{"stacks":[{"name":"blue"},{"name":"green"}],
             "default":{"targets":[{"stack":"blue","weight":1},{"stack":"green","weight":3}]}}"#
             .into(),
-    }
+    )
 }
 
 fn prior(factor: u32) -> BTreeMap<String, Prior> {
