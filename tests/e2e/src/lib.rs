@@ -528,3 +528,58 @@ pub fn wait_routing(port: u16, allowed: &[&str], timeout: Duration) -> Option<Du
     }
     None
 }
+
+/// Bounded background load through Envoy: `connections` threads each GET `/` at most
+/// ~100 times a second, for at most 60 s or until [`Traffic::stop`] (which returns the
+/// number of requests sent).
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<usize>>,
+}
+
+impl Traffic {
+    pub fn start(port: u16, connections: usize) -> Traffic {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let threads = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(port).unwrap();
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst)
+                        && started.elapsed() < Duration::from_secs(60)
+                    {
+                        if c.get("/", &[]).is_err() {
+                            c = Client::connect(port).unwrap();
+                        }
+                        n += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    n
+                })
+            })
+            .collect();
+        Traffic { stop, threads }
+    }
+
+    pub fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.threads.into_iter().map(|t| t.join().unwrap()).sum()
+    }
+}
+
+/// Set a demo stack's faults (`POST /admin/faults`, e.g. `{"latency_ms": 300}`).
+pub fn fault(port: u16, body: &str) {
+    let r = Client::connect(port)
+        .unwrap()
+        .request_with_body(
+            "POST",
+            "/admin/faults",
+            &[("content-type", b"application/json")],
+            Some(body.as_bytes()),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -13,9 +13,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -215,58 +212,6 @@ impl System {
     }
 }
 
-/// Steady, bounded traffic over four connections until stopped (or 60 s at most).
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<usize>>,
-}
-
-impl Traffic {
-    fn start(port: u16) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let threads = (0..4)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut c = Client::connect(port).unwrap();
-                    let mut n = 0;
-                    while !stop.load(Ordering::SeqCst)
-                        && started.elapsed() < Duration::from_secs(60)
-                    {
-                        if c.get("/", &[]).is_err() {
-                            c = Client::connect(port).unwrap();
-                        }
-                        n += 1;
-                        // At most ~100 requests/s per connection.
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    n
-                })
-            })
-            .collect();
-        Traffic { stop, threads }
-    }
-
-    fn stop(self) -> usize {
-        self.stop.store(true, Ordering::SeqCst);
-        self.threads.into_iter().map(|t| t.join().unwrap()).sum()
-    }
-}
-
-fn fault(port: u16, body: &str) {
-    let r = Client::connect(port)
-        .unwrap()
-        .request_with_body(
-            "POST",
-            "/admin/faults",
-            &[("content-type", b"application/json")],
-            Some(body.as_bytes()),
-        )
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 const BURN: &str = "SwitchyardStackErrorBudgetBurn";
 
 /// Prometheus's burn alerts for `stack` in `state` (`pending` or `firing`).
@@ -284,7 +229,7 @@ fn burn_alerts(p: &Prometheus, stack: &str, state: &str) -> Vec<Value> {
 #[test]
 fn error_burn_on_one_stack_fires_reaches_alertmanager_and_opens_an_incident_on_it() {
     let sys = System::start();
-    let traffic = Traffic::start(sys.envoy.port);
+    let traffic = Traffic::start(sys.envoy.port, 4);
     sys.wait_scraped();
     // Healthy: nothing burns, nothing is open.
     assert!(burn_alerts(&sys.prometheus, "blue", "firing").is_empty());
@@ -569,7 +514,7 @@ fn every_series_the_dashboard_queries_exists_and_metrics_pass_promtool() {
     }
 
     let sys = System::start();
-    let traffic = Traffic::start(sys.envoy.port);
+    let traffic = Traffic::start(sys.envoy.port, 4);
     sys.wait_scraped();
     wait(
         "every series the dashboard queries in Prometheus",

@@ -10,9 +10,6 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -133,65 +130,6 @@ impl Control {
     }
 }
 
-/// Steady, bounded traffic over eight connections until stopped (or 60 s at most).
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<usize>>,
-}
-
-impl Traffic {
-    fn start(port: u16) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let workers: Vec<JoinHandle<usize>> = (0..8)
-                .map(|_| {
-                    let s = s.clone();
-                    std::thread::spawn(move || {
-                        let mut c = Client::connect(port).unwrap();
-                        let mut n = 0;
-                        while !s.load(Ordering::SeqCst)
-                            && started.elapsed() < Duration::from_secs(60)
-                        {
-                            if c.get("/", &[]).is_err() {
-                                c = Client::connect(port).unwrap();
-                            }
-                            n += 1;
-                            // Bounded load: at most ~100 requests/s per connection.
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                        n
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).sum()
-        });
-        Traffic {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> usize {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-fn fault(port: u16, body: &str) {
-    let r = Client::connect(port)
-        .unwrap()
-        .request_with_body(
-            "POST",
-            "/admin/faults",
-            &[("content-type", b"application/json")],
-            Some(body.as_bytes()),
-        )
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 /// Blue's share of `n` requests through Envoy.
 fn blue_share(port: u16, n: usize) -> f64 {
     let counts = spread(port, 8, n, &[]);
@@ -238,7 +176,7 @@ fn latency_on_one_stack_opens_an_incident_approved_share_moves_freeze_refuses_ne
     let before = blue_share(envoy.port, 200);
     assert!((0.35..=0.65).contains(&before), "blue's share {before}");
 
-    let traffic = Traffic::start(envoy.port);
+    let traffic = Traffic::start(envoy.port, 8);
     // A healthy stretch (two windows) first: telemetry flows, nothing is proposed.
     control.wait("telemetry from the Envoy", "/api/v1/telemetry", |t| {
         (t.to_string().contains("blue") && t.to_string().contains("green")).then_some(())
