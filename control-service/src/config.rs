@@ -15,6 +15,7 @@ use crate::autopilot::AutopilotSettings;
 use crate::brain::series::SeriesSettings;
 use crate::grpc::WatchSettings;
 use crate::health::config::{HealthConfig, HealthDoc};
+use crate::replica::ReplicaSettings;
 use crate::store::EtcdConfig;
 
 pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";
@@ -59,6 +60,14 @@ pub struct ServeArgs {
     /// Key prefix in etcd [default: /switchyard/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
+    /// This replica's name among replicas on one etcd (status, logs, the leadership key)
+    /// [default: HOSTNAME-PID].
+    #[arg(long, env = "SWITCHYARD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Lease of the replicas' leadership in seconds: a leader that stops renewing it is
+    /// replaced this long after (`--store etcd`) [default: 10].
+    #[arg(long)]
+    pub lease_ttl_secs: Option<u64>,
     /// gRPC listen address (port 0 = any free port) [default: 127.0.0.1:18000].
     #[arg(long)]
     pub grpc: Option<SocketAddr>,
@@ -81,6 +90,16 @@ pub struct ServeArgs {
     /// For development on a private machine only (docs/security.md).
     #[arg(long)]
     pub no_auth: bool,
+}
+
+/// `[replica]`: this replica among several on one etcd (docs/operations.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaDoc {
+    /// Name in status, logs and the leadership key (default `hostname-pid`).
+    pub id: Option<String>,
+    /// Leadership lease in seconds (default 10).
+    pub lease_ttl_secs: Option<u64>,
 }
 
 /// `[auth]`: credentials on the gRPC and HTTP APIs (docs/security.md).
@@ -275,6 +294,8 @@ pub struct FileConfig {
     pub series_grace_ms: Option<u64>,
     /// Credentials (`[auth]`).
     pub auth: Option<AuthDoc>,
+    /// This replica among several on one etcd (`[replica]`).
+    pub replica: Option<ReplicaDoc>,
 }
 
 /// The resolved configuration.
@@ -298,6 +319,8 @@ pub struct ServeConfig {
     pub series: SeriesSettings,
     /// Authentication and authorisation.
     pub auth: AuthSettings,
+    /// This replica's id and leadership lease (used with `store = "etcd"`).
+    pub replica: ReplicaSettings,
 }
 
 impl ServeConfig {
@@ -320,6 +343,7 @@ impl ServeConfig {
             autopilot: AutopilotSettings::default(),
             series: SeriesSettings::default(),
             auth: AuthSettings { enabled: false },
+            replica: ReplicaSettings::default(),
         }
     }
 }
@@ -385,6 +409,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         watch.first_message_timeout = Duration::from_millis(ms);
     }
     let series = series_settings(&file)?;
+    let replica = replica_settings(args, file.replica.clone().unwrap_or_default())?;
     Ok(ServeConfig {
         data_dir: args
             .data_dir
@@ -438,7 +463,38 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         auth: AuthSettings {
             enabled: !args.no_auth && file.auth.and_then(|a| a.enabled).unwrap_or(true),
         },
+        replica,
     })
+}
+
+/// Longest leadership lease: a dead leader's work would wait this long to resume.
+const MAX_LEASE_TTL_SECS: u64 = 300;
+
+fn replica_settings(args: &ServeArgs, doc: ReplicaDoc) -> Result<ReplicaSettings, ConfigError> {
+    let mut s = ReplicaSettings::default();
+    if let Some(id) = args.replica_id.clone().or(doc.id) {
+        let id = id.trim().to_string();
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "replica.id {id:?}: 1-128 characters of [A-Za-z0-9._:-]"
+            )));
+        }
+        s.id = id;
+    }
+    if let Some(ttl) = args.lease_ttl_secs.or(doc.lease_ttl_secs) {
+        if !(1..=MAX_LEASE_TTL_SECS).contains(&ttl) {
+            return Err(ConfigError::Invalid(format!(
+                "replica.lease_ttl_secs {ttl}: between 1 and {MAX_LEASE_TTL_SECS}"
+            )));
+        }
+        s.lease_ttl = Duration::from_secs(ttl);
+    }
+    Ok(s)
 }
 
 fn series_settings(file: &FileConfig) -> Result<SeriesSettings, ConfigError> {
@@ -617,6 +673,43 @@ mod tests {
         );
         assert!(err.contains("health.checks[1].url: is required"), "{err}");
         std::fs::write(&path, "[health]\nchecks = 3\nfast_pth = true\n").unwrap();
+        assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn replica_settings_come_from_the_file_or_flags_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        std::fs::write(&path, "grpc = \"127.0.0.1:1\"\n").unwrap();
+        let c = resolve(&args).unwrap();
+        assert_eq!(c.replica, ReplicaSettings::default());
+        assert_eq!(c.replica.lease_ttl, Duration::from_secs(10));
+        std::fs::write(&path, "[replica]\nid = \"cp-a\"\nlease_ttl_secs = 4\n").unwrap();
+        let c = resolve(&args).unwrap();
+        assert_eq!(
+            (c.replica.id.as_str(), c.replica.lease_ttl),
+            ("cp-a", Duration::from_secs(4))
+        );
+        args.replica_id = Some("cp-b".into());
+        args.lease_ttl_secs = Some(6);
+        let c = resolve(&args).unwrap();
+        assert_eq!(
+            (c.replica.id.as_str(), c.replica.lease_ttl),
+            ("cp-b", Duration::from_secs(6))
+        );
+        args.lease_ttl_secs = Some(0);
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("replica.lease_ttl_secs 0"), "{err}");
+        args.lease_ttl_secs = None;
+        args.replica_id = Some("a b".into());
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("replica.id \"a b\""), "{err}");
+        std::fs::write(&path, "[replica]\nttl = 4\n").unwrap();
+        args.replica_id = None;
         assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
     }
 

@@ -149,6 +149,12 @@ pub struct FleetStatus {
     /// requests at the intake (docs/degraded-mode.md). Absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<crate::degraded::DegradedRoute>,
+    /// The replica that answered (`[replica] id`).
+    #[serde(default)]
+    pub replica_id: String,
+    /// Whether it leads (runs the background work); always true alone on redb.
+    #[serde(default)]
+    pub leader: bool,
 }
 
 impl FleetStatus {
@@ -174,6 +180,8 @@ impl FleetStatus {
             nodes,
             stacks: BTreeMap::new(),
             degraded: Vec::new(),
+            replica_id: String::new(),
+            leader: false,
         }
     }
 }

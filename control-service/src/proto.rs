@@ -265,6 +265,8 @@ pub fn status_response(s: &FleetStatus) -> v1::StatusResponse {
                 reason: d.reason.clone(),
             })
             .collect(),
+        replica_id: s.replica_id.clone(),
+        leader: s.leader,
     }
 }
 
@@ -302,6 +304,8 @@ pub fn fleet_status(r: &v1::StatusResponse) -> FleetStatus {
             reason: d.reason.clone(),
         })
         .collect();
+    s.replica_id = r.replica_id.clone();
+    s.leader = r.leader;
     s
 }
 

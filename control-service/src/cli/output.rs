@@ -625,6 +625,10 @@ pub fn print_status(r: &v1::StatusResponse, now_ms: u64) {
         r.store,
         fmt_time(r.started_unix_ms)
     );
+    if !r.replica_id.is_empty() {
+        let role = if r.leader { "leader" } else { "follower" };
+        println!("replica {} · {role}", r.replica_id);
+    }
     for d in &r.degraded {
         println!(
             "DEGRADED: rule {} queues its requests at {} (no stack left: {})",
