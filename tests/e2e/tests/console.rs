@@ -202,8 +202,11 @@ fn sign_in(b: &mut Browser, control: &Control, who: &str) {
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Go to a page and wait until it rendered after the move.
+/// Go to a page (from another one: the move is what renders it) and wait until it
+/// rendered after the move.
 fn open_page(b: &mut Browser, page: &str) {
+    let here = b.execute("return location.hash", &[]).unwrap();
+    assert_ne!(here, format!("#/{page}"), "already on {page}: nothing would render");
     let before = b
         .execute("return Number(document.body.dataset.rendered || 0)", &[])
         .unwrap()
@@ -679,7 +682,7 @@ fn buttons_follow_the_signed_in_role() {
     control.api("POST", "/api/v1/alerts", Some(&alert_on("green")));
     let mut b = Browser::start(&dir).unwrap_or_else(|e| panic!("{e}"));
     let shots = workspace_root().join("target/console-screenshots");
-    b.goto(&format!("http://127.0.0.1:{}/console/#/incidents", control.http))
+    b.goto(&format!("http://127.0.0.1:{}/console/#/fleet", control.http))
         .unwrap();
 
     // A viewer: the incident and its Approve button are shown, but no Approve is enabled;
