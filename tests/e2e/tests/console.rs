@@ -890,6 +890,12 @@ fn the_fleet_page_holds_16_stacks_and_50_envoys() {
         .collect();
     assert!(w[0] <= w[1], "the page scrolls sideways: {widths}");
     assert!(w[2] <= w[3], "the stacks table overflows its box: {widths}");
+    // The screenshot shows the end of the stacks and the paged Envoys.
+    b.execute(
+        "document.getElementById('nodes-summary').scrollIntoView(); return 1;",
+        &[],
+    )
+    .unwrap();
     b.screenshot(
         &workspace_root().join("target/console-screenshots/fleet-16-stacks-50-envoys.png"),
     )
