@@ -596,7 +596,10 @@ async fn explain_verifies_the_affinity_cookie_with_the_envoys_keys() {
     assert_eq!(body["decision"]["how"], "affinity", "{body}");
 
     // The same cookie while green is evacuated: genuine, but the user moves.
-    cli(&server, &["stacks", "evacuate", "green", "--reason", "test"]);
+    cli(
+        &server,
+        &["stacks", "evacuate", "green", "--reason", "test"],
+    );
     let body = explain(format!("sy_aff={green}")).await;
     assert_eq!(body["affinity"]["verdict"], "valid", "{body}");
     assert_eq!(body["affinity"]["event"], "miss", "{body}");

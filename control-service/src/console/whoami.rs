@@ -48,7 +48,12 @@ pub fn describe(who: Option<&Identity>) -> Value {
         ("admin", Permission::Admin),
     ]
     .into_iter()
-    .map(|(name, p)| (name.to_string(), Value::Bool(role.is_none_or(|r| r.grants(p)))))
+    .map(|(name, p)| {
+        (
+            name.to_string(),
+            Value::Bool(role.is_none_or(|r| r.grants(p))),
+        )
+    })
     .collect();
     match who {
         Some(w) => {

@@ -206,7 +206,11 @@ fn sign_in(b: &mut Browser, control: &Control, who: &str) {
 /// rendered after the move.
 fn open_page(b: &mut Browser, page: &str) {
     let here = b.execute("return location.hash", &[]).unwrap();
-    assert_ne!(here, format!("#/{page}"), "already on {page}: nothing would render");
+    assert_ne!(
+        here,
+        format!("#/{page}"),
+        "already on {page}: nothing would render"
+    );
     let before = b
         .execute("return Number(document.body.dataset.rendered || 0)", &[])
         .unwrap()
@@ -682,8 +686,11 @@ fn buttons_follow_the_signed_in_role() {
     control.api("POST", "/api/v1/alerts", Some(&alert_on("green")));
     let mut b = Browser::start(&dir).unwrap_or_else(|e| panic!("{e}"));
     let shots = workspace_root().join("target/console-screenshots");
-    b.goto(&format!("http://127.0.0.1:{}/console/#/fleet", control.http))
-        .unwrap();
+    b.goto(&format!(
+        "http://127.0.0.1:{}/console/#/fleet",
+        control.http
+    ))
+    .unwrap();
 
     // A viewer: the incident and its Approve button are shown, but no Approve is enabled;
     // the fleet page offers no stack action; the policy editor validates but never applies.
@@ -720,7 +727,11 @@ fn buttons_follow_the_signed_in_role() {
         WAIT,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(count(&mut b, "button[data-op]"), 0, "stack actions for a viewer");
+    assert_eq!(
+        count(&mut b, "button[data-op]"),
+        0,
+        "stack actions for a viewer"
+    );
     open_page(&mut b, "policy");
     b.execute(
         "document.getElementById('policy-validate').click(); return 1;",
@@ -745,11 +756,8 @@ fn buttons_follow_the_signed_in_role() {
 
     // An approver: Approve and Reject enabled; still no stack actions (operate is not
     // theirs: four eyes).
-    b.execute(
-        "document.getElementById('signout').click(); return 1;",
-        &[],
-    )
-    .unwrap();
+    b.execute("document.getElementById('signout').click(); return 1;", &[])
+        .unwrap();
     sign_in(&mut b, &control, "april");
     open_page(&mut b, "incidents");
     b.wait_for(
@@ -766,7 +774,11 @@ fn buttons_follow_the_signed_in_role() {
         WAIT,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(count(&mut b, "button[data-op]"), 0, "stack actions for an approver");
+    assert_eq!(
+        count(&mut b, "button[data-op]"),
+        0,
+        "stack actions for an approver"
+    );
     // The page's word is the server's: the approver's approval goes through.
     open_page(&mut b, "incidents");
     b.execute(
@@ -790,7 +802,12 @@ fn buttons_follow_the_signed_in_role() {
 /// 16 stacks (the most a policy's bitsets hold is 64; 16 is a large real fleet's).
 fn many_stacks_policy(n: usize) -> String {
     let stacks: Vec<String> = (0..n)
-        .map(|i| format!(r#"{{ "name": "stack-{i:02}", "region": "region-{}" }}"#, i % 4))
+        .map(|i| {
+            format!(
+                r#"{{ "name": "stack-{i:02}", "region": "region-{}" }}"#,
+                i % 4
+            )
+        })
         .collect();
     let targets: Vec<String> = (0..n)
         .map(|i| format!(r#"{{ "stack": "stack-{i:02}" }}"#))
@@ -841,8 +858,11 @@ fn the_fleet_page_holds_16_stacks_and_50_envoys() {
     }
 
     let mut b = Browser::start(&dir).unwrap_or_else(|e| panic!("{e}"));
-    b.goto(&format!("http://127.0.0.1:{}/console/#/fleet", control.http))
-        .unwrap();
+    b.goto(&format!(
+        "http://127.0.0.1:{}/console/#/fleet",
+        control.http
+    ))
+    .unwrap();
     // The admin's page is the widest: every stack has its (folded) actions.
     sign_in(&mut b, &control, "dora");
     b.wait_for(
@@ -917,7 +937,14 @@ fn the_fleet_page_holds_16_stacks_and_50_envoys() {
         1,
         "sorted by node id"
     );
-    control.cli(&["stacks", "weight", "stack-03", "50", "--reason", "scale e2e"]);
+    control.cli(&[
+        "stacks",
+        "weight",
+        "stack-03",
+        "50",
+        "--reason",
+        "scale e2e",
+    ]);
     b.wait_for(
         "the change, on the same Envoy page",
         &format!(
