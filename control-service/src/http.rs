@@ -150,6 +150,7 @@ async fn index() -> Json<Value> {
             "/api/v1/events": "GET: registered events; POST: register one (JSON); DELETE /api/v1/events/ID",
             "/api/v1/alerts": "POST: an Alertmanager webhook (firing alerts open incidents)",
             "/api/v1/health": "health checks per stack and layer, fast-path actions (when configured)",
+            "/api/v1/whoami": "who the token names, its role, and which console actions it allows",
             "/metrics": "Prometheus text",
         },
         "errors": "every error is {\"error\": {\"code\": …, \"message\": …}}",

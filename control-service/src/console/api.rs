@@ -37,6 +37,7 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/api/v1/policy/diff", get(policy_diff))
         .route("/api/v1/split", get(split))
         .route("/api/v1/explain", post(super::explain::explain))
+        .route("/api/v1/whoami", get(super::whoami::whoami))
         .route(
             "/api/v1/stream",
             get(move |state, pilot| super::stream::stream(hub.clone(), state, pilot)),

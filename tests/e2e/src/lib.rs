@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 pub use switchyard_harness::{Client, Proc, ReservedPort, Response, TestDir};
 
+pub mod transcript;
+
 /// Repository root.
 pub fn root() -> PathBuf {
     switchyard_harness::workspace_root()
