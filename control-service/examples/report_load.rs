@@ -305,19 +305,21 @@ async fn main() {
     }
     let idle_cpu = median(idle.iter().map(|p| p.cpu_percent).collect());
     let load_cpu = median(load.iter().map(|p| p.cpu_percent).collect());
+    let rps = median(reports_per_s);
+    let cpu_ms_per_report = (load_cpu - idle_cpu) * 10.0 / rps.max(1e-9);
     let result = serde_json::json!({
         "envoys": args.envoys,
         "stacks_per_batch": args.stacks + 1,
         "period_ms": args.period_ms,
         "phase_seconds": args.seconds,
         "rounds": args.rounds,
-        "reports_per_s_median": median(reports_per_s.clone()),
+        "reports_per_s_median": rps,
         "reports_failed": failed.load(Relaxed),
         "server_rss_kib_no_envoys": rss_empty,
         "idle": idle,
         "reporting": load,
         "cpu_percent_median": { "idle": idle_cpu, "reporting": load_cpu, "added": load_cpu - idle_cpu },
-        "cpu_ms_per_report": (load_cpu - idle_cpu) * 10.0 / median(reports_per_s),
+        "cpu_ms_per_report": cpu_ms_per_report,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
@@ -332,9 +334,8 @@ async fn main() {
             args.seconds
         );
         println!(
-            "server CPU (median of rounds, % of one core): idle {idle_cpu:.2}%, reporting {load_cpu:.2}% (+{:.2} points, {:.3} ms CPU per report)",
+            "server CPU (median of rounds, % of one core): idle {idle_cpu:.2}%, reporting {load_cpu:.2}% (+{:.2} points, {cpu_ms_per_report:.3} ms CPU per report)",
             load_cpu - idle_cpu,
-            (load_cpu - idle_cpu) * 10.0 / median(reports_per_s.clone()).max(1e-9)
         );
         println!(
             "server RSS: {} KiB before the Envoys connected; last idle phase {} KiB, last reporting phase {} KiB",
@@ -343,8 +344,7 @@ async fn main() {
             load.last().map_or(0, |p| p.rss_kib)
         );
         println!(
-            "reports: {:.0}/s accepted (median), {} failed",
-            median(reports_per_s),
+            "reports: {rps:.0}/s accepted (median), {} failed",
             failed.load(Relaxed)
         );
     }

@@ -365,7 +365,7 @@ impl Monitor {
         let me = Arc::downgrade(self);
         self.control
             .fleet()
-            .attach_health(Arc::new(move |stack| me.upgrade()?.health_view(stack)));
+            .attach_health(Arc::new(move |stack: &str| me.upgrade()?.health_view(stack)));
     }
 
     /// One stack's verdict and failing layers, as status shows them.
