@@ -16,6 +16,7 @@ use crate::brain::series::SeriesSettings;
 use crate::grpc::WatchSettings;
 use crate::health::config::{HealthConfig, HealthDoc};
 use crate::replica::ReplicaSettings;
+use crate::intakes::{IntakeSettings, IntakeSource};
 use crate::store::EtcdConfig;
 
 pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";
@@ -262,6 +263,66 @@ impl AutopilotDoc {
     }
 }
 
+/// `[degraded]`: what the control service watches of degraded mode
+/// (docs/degraded-mode.md). Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradedDoc {
+    /// The intakes whose queues status shows: `[{ cluster = "intake_us", url =
+    /// "http://127.0.0.1:8090/metrics" }]`.
+    pub intakes: Option<Vec<IntakeDoc>>,
+    /// Time between two scrapes of one intake (default 5000, 100..=600000).
+    pub scrape_every_ms: Option<u64>,
+    /// Bound on one scrape (default 2000, at most `scrape_every_ms`).
+    pub scrape_timeout_ms: Option<u64>,
+}
+
+/// One intake: the cluster a route's queue fallback names and its Prometheus metrics URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeDoc {
+    pub cluster: String,
+    pub url: String,
+}
+
+impl DegradedDoc {
+    /// The scrape settings, or every problem with its field path.
+    pub fn settings(&self) -> Result<IntakeSettings, ConfigError> {
+        let mut s = IntakeSettings::default();
+        let mut problems = Vec::new();
+        for (i, d) in self.intakes.iter().flatten().enumerate() {
+            match IntakeSource::new(&d.cluster, &d.url) {
+                Ok(src) if s.sources.iter().any(|o| o.cluster == src.cluster) => problems.push(
+                    format!("intakes[{i}].cluster: {:?} is listed twice", src.cluster),
+                ),
+                Ok(src) => s.sources.push(src),
+                Err(e) => problems.push(format!("intakes[{i}].{e}")),
+            }
+        }
+        if let Some(ms) = self.scrape_every_ms {
+            if (100..=600_000).contains(&ms) {
+                s.every = Duration::from_millis(ms);
+            } else {
+                problems.push(format!(
+                    "scrape_every_ms: {ms} must be between 100 and 600000"
+                ));
+            }
+        }
+        if let Some(ms) = self.scrape_timeout_ms {
+            if ms == 0 {
+                problems.push("scrape_timeout_ms: must be positive".into());
+            }
+            s.timeout = Duration::from_millis(ms);
+        }
+        s.timeout = s.timeout.min(s.every);
+        if problems.is_empty() {
+            Ok(s)
+        } else {
+            Err(ConfigError::Degraded { problems })
+        }
+    }
+}
+
 /// The config file. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -296,6 +357,8 @@ pub struct FileConfig {
     pub auth: Option<AuthDoc>,
     /// This replica among several on one etcd (`[replica]`).
     pub replica: Option<ReplicaDoc>,
+    /// The intakes of degraded mode (`[degraded]`).
+    pub degraded: Option<DegradedDoc>,
 }
 
 /// The resolved configuration.
@@ -321,6 +384,8 @@ pub struct ServeConfig {
     pub auth: AuthSettings,
     /// This replica's id and leadership lease (used with `store = "etcd"`).
     pub replica: ReplicaSettings,
+    /// The intakes whose queues status shows (`[degraded] intakes`).
+    pub intakes: IntakeSettings,
 }
 
 impl ServeConfig {
@@ -344,6 +409,7 @@ impl ServeConfig {
             series: SeriesSettings::default(),
             auth: AuthSettings { enabled: false },
             replica: ReplicaSettings::default(),
+            intakes: IntakeSettings::default(),
         }
     }
 }
@@ -367,6 +433,8 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<String>,
     },
+    #[error("invalid [degraded] section:\n  {}", .problems.join("\n  "))]
+    Degraded { problems: Vec<String> },
     #[error("{0}")]
     Invalid(String),
 }
@@ -410,6 +478,12 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     }
     let series = series_settings(&file)?;
     let replica = replica_settings(args, file.replica.clone().unwrap_or_default())?;
+    let intakes = file
+        .degraded
+        .as_ref()
+        .map(DegradedDoc::settings)
+        .transpose()?
+        .unwrap_or_default();
     Ok(ServeConfig {
         data_dir: args
             .data_dir
@@ -464,6 +538,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             enabled: !args.no_auth && file.auth.and_then(|a| a.enabled).unwrap_or(true),
         },
         replica,
+        intakes,
     })
 }
 
@@ -586,6 +661,54 @@ mod tests {
                 && err.contains("saturation.green: give exactly one"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn intakes_come_from_the_degraded_section_and_every_problem_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[degraded]\nscrape_every_ms = 1000\nintakes = [\n\
+             { cluster = \"intake_us\", url = \"http://127.0.0.1:8090/metrics\" },\n\
+             { cluster = \"intake_eu\", url = \"http://127.0.0.1:8091/metrics\" },\n]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = resolve(&args).unwrap();
+        let clusters: Vec<&str> = c
+            .intakes
+            .sources
+            .iter()
+            .map(|s| s.cluster.as_str())
+            .collect();
+        assert_eq!(clusters, ["intake_us", "intake_eu"]);
+        assert_eq!(c.intakes.every, Duration::from_secs(1));
+        assert_eq!(c.intakes.timeout, Duration::from_secs(1), "never longer than the period");
+        assert!(resolve(&ServeArgs::default()).unwrap().intakes.sources.is_empty());
+        std::fs::write(
+            &path,
+            "[degraded]\nscrape_every_ms = 5\nintakes = [\n\
+             { cluster = \"intake_us\", url = \"https://x:1/metrics\" },\n\
+             { cluster = \"\", url = \"http://127.0.0.1:1/\" },\n\
+             { cluster = \"a\", url = \"http://127.0.0.1:1/\" },\n\
+             { cluster = \"a\", url = \"http://127.0.0.1:2/\" },\n]\n",
+        )
+        .unwrap();
+        let err = resolve(&args).unwrap_err().to_string();
+        for want in [
+            "intakes[0].url: must start with http://",
+            "intakes[1].cluster: \"\" must be a cluster name",
+            "intakes[3].cluster: \"a\" is listed twice",
+            "scrape_every_ms: 5 must be between",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+        std::fs::write(&path, "[degraded]\nintakes = [{ cluster = \"a\" }]\n").unwrap();
+        assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

@@ -561,11 +561,13 @@ impl StacksService {
             Some(pilot) => pilot.manual_stack_op(stack, op, change).await?,
             None => self.control.stack_op(stack, op, change).await?,
         };
-        let totals = self.control.fleet().stack_totals();
-        let status = outcome
-            .record
-            .stack(stack)
-            .map(|s| proto::stack_status(s, totals.get(stack)));
+        let fleet = self.control.fleet();
+        let totals = fleet.stack_totals();
+        let status = outcome.record.stack(stack).map(|s| {
+            let mut st = proto::stack_status(s, totals.get(stack));
+            st.health = fleet.stack_health(stack).map(|h| proto::stack_health(stack, &h));
+            st
+        });
         Ok(Response::new(v1::StackChangeResponse {
             version: outcome.record.version,
             changed: outcome.changed,
@@ -581,14 +583,21 @@ impl v1::stacks_server::Stacks for StacksService {
         &self,
         _: Request<v1::ListStacksRequest>,
     ) -> Result<Response<v1::ListStacksResponse>, Status> {
-        let totals = self.control.fleet().stack_totals();
+        let fleet = self.control.fleet();
+        let totals = fleet.stack_totals();
         let (version, stacks) = match self.control.current() {
             Some(c) => (
                 c.record.version,
                 c.record
                     .stacks
                     .iter()
-                    .map(|s| proto::stack_status(s, totals.get(&s.name)))
+                    .map(|s| {
+                        let mut st = proto::stack_status(s, totals.get(&s.name));
+                        st.health = fleet
+                            .stack_health(&s.name)
+                            .map(|h| proto::stack_health(&s.name, &h));
+                        st
+                    })
                     .collect(),
             ),
             None => (0, vec![]),

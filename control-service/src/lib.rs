@@ -21,7 +21,9 @@
 //! layers): `auth → store`, imported by `grpc`, `http`, `server`, `cli` and
 //! `proto`; [`health`] (active checks, the fast path): `health → {brain, control,
 //! fleet, model}`, imported by `config`, `http` and `server`. Only the edges (`grpc`,
-//! `server`, `cli`) import `proto`.
+//! `server`, `cli`) import `proto`. [`intakes`] (scrapes of the degraded-mode intakes'
+//! queues, shown in status): `intakes → {autopilot, degraded, fleet, health, model}`,
+//! imported by `config` and `server`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -37,6 +39,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod intakes;
 pub mod metrics;
 pub mod model;
 pub mod proto;
