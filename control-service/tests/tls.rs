@@ -170,11 +170,8 @@ async fn forged_and_expired_certificates_are_refused_at_the_handshake_and_change
     // Same subject, another CA.
     let other = Ca::new("test CA", Validity::days(30)).unwrap();
     refused(&s, &other.client("admin", Validity::days(30)).unwrap()).await;
-    // A CA certificate presented as a client's (self-signed).
-    let selfsigned = Ca::new("admin", Validity::days(30)).unwrap();
-    let mut key_holder = other.client("x", Validity::days(30)).unwrap();
-    key_holder.cert_pem = selfsigned.cert_pem().to_string();
-    refused(&s, &key_holder).await;
+    // Self-signed.
+    refused(&s, &Issued::self_signed("admin", Validity::days(30)).unwrap()).await;
     // The right CA, but expired.
     refused(&s, &s.ca.client("admin", Validity::expired()).unwrap()).await;
     assert_eq!(audit_head(), head, "nothing audited either");

@@ -51,6 +51,23 @@ pub struct Issued {
     pub key_pem: String,
 }
 
+impl Issued {
+    /// A self-signed client certificate `CN=<common_name>` (no CA vouches for it: tests).
+    pub fn self_signed(common_name: &str, validity: Validity) -> Result<Issued, String> {
+        let key = KeyPair::generate().map_err(err)?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = validity.not_before;
+        p.not_after = validity.not_after;
+        let cert = p.self_signed(&key).map_err(err)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 /// A certificate authority that signs server and client certificates.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
