@@ -463,7 +463,10 @@ fn check_plaintext(cfg: &ServeConfig, insecure: bool) -> Result<(), ConfigError>
     }
     let exposed: Vec<String> = [("grpc", Some(cfg.grpc)), ("http", cfg.http)]
         .into_iter()
-        .filter_map(|(k, a)| a.filter(|a| !a.ip().is_loopback()).map(|a| format!("{k} {a}")))
+        .filter_map(|(k, a)| {
+            a.filter(|a| !a.ip().is_loopback())
+                .map(|a| format!("{k} {a}"))
+        })
         .collect();
     if exposed.is_empty() {
         return Ok(());
@@ -535,7 +538,11 @@ mod tests {
     fn plain_text_with_auth_is_for_loopback_unless_told_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "grpc = \"0.0.0.0:18000\"\nhttp = \"127.0.0.1:18080\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "grpc = \"0.0.0.0:18000\"\nhttp = \"127.0.0.1:18080\"\n",
+        )
+        .unwrap();
         let mut args = ServeArgs {
             config: Some(path.clone()),
             ..Default::default()

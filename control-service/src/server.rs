@@ -278,18 +278,16 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         };
         let served = match &tls {
             Some((grpc_tls, _)) => {
-                let (accepted, task) = crate::tls::accept(
-                    grpc_listener,
-                    grpc_tls.clone(),
-                    "grpc",
-                    shutdown.clone(),
-                );
+                let (accepted, task) =
+                    crate::tls::accept(grpc_listener, grpc_tls.clone(), "grpc", shutdown.clone());
                 tasks.push(task);
                 let incoming = tokio_stream::StreamExt::map(
                     tokio_stream::wrappers::ReceiverStream::new(accepted),
                     |(io, _)| Ok::<_, std::io::Error>(io),
                 );
-                tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, signal).await })
+                tokio::spawn(
+                    async move { router.serve_with_incoming_shutdown(incoming, signal).await },
+                )
             }
             None => tokio::spawn(async move {
                 router
@@ -332,9 +330,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
                     tasks.push(task);
                     let listener = crate::tls::TlsListener::new(accepted, addr);
                     // Each request carries its connection's client certificate.
-                    let app = app.into_make_service_with_connect_info::<
-                        crate::auth::layer::PeerCerts,
-                    >();
+                    let app =
+                        app.into_make_service_with_connect_info::<crate::auth::layer::PeerCerts>();
                     tokio::spawn(async move {
                         axum::serve(listener, app)
                             .with_graceful_shutdown(stopped)

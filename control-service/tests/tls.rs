@@ -34,7 +34,9 @@ impl Secure {
     async fn start(require_client_cert: bool) -> Secure {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("test CA", Validity::days(30)).unwrap();
-        let srv = ca.server(&["localhost", "127.0.0.1"], Validity::days(30)).unwrap();
+        let srv = ca
+            .server(&["localhost", "127.0.0.1"], Validity::days(30))
+            .unwrap();
         let write = |name: &str, text: &str| {
             let p = dir.path().join(name);
             std::fs::write(&p, text).unwrap();
@@ -47,10 +49,14 @@ impl Secure {
         tls.client_ca = Some(write("ca.pem", ca.cert_pem()));
         tls.require_client_cert = require_client_cert;
         tls.identities = CertIdentities::new(
-            ["CN=admin=ada:admin", "CN=vera=vera:viewer", "CN=envoy=envoy-1:dataplane"]
-                .iter()
-                .map(|f| CertIdentity::parse_flag(f).unwrap())
-                .collect(),
+            [
+                "CN=admin=ada:admin",
+                "CN=vera=vera:viewer",
+                "CN=envoy=envoy-1:dataplane",
+            ]
+            .iter()
+            .map(|f| CertIdentity::parse_flag(f).unwrap())
+            .collect(),
         )
         .unwrap();
         let mut cfg = ServeConfig::ephemeral(&dir.path().join("data"));
@@ -94,7 +100,11 @@ impl Secure {
     }
 }
 
-async fn apply(channel: Channel, token: Option<&str>, name: &str) -> Result<v1::ChangeResponse, tonic::Status> {
+async fn apply(
+    channel: Channel,
+    token: Option<&str>,
+    name: &str,
+) -> Result<v1::ChangeResponse, tonic::Status> {
     let mut req = tonic::Request::new(v1::ApplyPolicyRequest {
         policy_json: common::policy(name, &["blue", "green"]),
         actor: "mallory".into(),
@@ -126,7 +136,10 @@ async fn refused(s: &Secure, identity: &Issued) {
         match r {
             Ok(r) => panic!("a refused certificate changed routing: {r:?}"),
             Err(status) => assert!(
-                matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+                matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Internal
+                ),
                 "refused at the handshake, not by a handler: {status:?}"
             ),
         }
@@ -139,16 +152,25 @@ async fn a_mapped_client_certificate_is_the_identity_and_the_audit_actor() {
     let s = Secure::start(false).await;
     let admin = s.client("admin");
     let channel = s.channel(Some(&admin)).await.unwrap();
-    let r = apply(channel.clone(), None, "by-cert").await.expect("admin by certificate");
+    let r = apply(channel.clone(), None, "by-cert")
+        .await
+        .expect("admin by certificate");
     assert!(r.changed);
-    assert_eq!(r.info.unwrap().actor, "ada", "the mapped name, not the claimed actor");
+    assert_eq!(
+        r.info.unwrap().actor,
+        "ada",
+        "the mapped name, not the claimed actor"
+    );
     let me = who_am_i(channel).await.unwrap();
     assert_eq!(
         (me.name.as_str(), me.role.as_str(), me.credential.as_str()),
         ("ada", "admin", "certificate CN=admin")
     );
     let entries = s.server.control.audit().recent(100).unwrap();
-    assert!(entries.iter().any(|e| e.draft.actor == "ada"), "{entries:?}");
+    assert!(
+        entries.iter().any(|e| e.draft.actor == "ada"),
+        "{entries:?}"
+    );
     assert!(entries.iter().all(|e| e.draft.actor != "mallory"));
 
     // Envoy's certificate (role dataplane) follows Watch over mTLS.
@@ -162,16 +184,24 @@ async fn a_mapped_client_certificate_is_the_identity_and_the_audit_actor() {
 #[tokio::test]
 async fn forged_and_expired_certificates_are_refused_at_the_handshake_and_change_nothing() {
     let s = Secure::start(false).await;
-    apply(s.channel(Some(&s.client("admin"))).await.unwrap(), None, "first")
-        .await
-        .unwrap();
+    apply(
+        s.channel(Some(&s.client("admin"))).await.unwrap(),
+        None,
+        "first",
+    )
+    .await
+    .unwrap();
     let audit_head = || s.server.control.audit().head().unwrap().map(|e| e.seq);
     let head = audit_head();
     // Same subject, another CA.
     let other = Ca::new("test CA", Validity::days(30)).unwrap();
     refused(&s, &other.client("admin", Validity::days(30)).unwrap()).await;
     // Self-signed.
-    refused(&s, &Issued::self_signed("admin", Validity::days(30)).unwrap()).await;
+    refused(
+        &s,
+        &Issued::self_signed("admin", Validity::days(30)).unwrap(),
+    )
+    .await;
     // The right CA, but expired.
     refused(&s, &s.ca.client("admin", Validity::expired()).unwrap()).await;
     assert_eq!(audit_head(), head, "nothing audited either");
@@ -181,9 +211,13 @@ async fn forged_and_expired_certificates_are_refused_at_the_handshake_and_change
 #[tokio::test]
 async fn roles_come_from_the_mapping_and_an_unmapped_certificate_gets_none() {
     let s = Secure::start(false).await;
-    apply(s.channel(Some(&s.client("admin"))).await.unwrap(), None, "first")
-        .await
-        .unwrap();
+    apply(
+        s.channel(Some(&s.client("admin"))).await.unwrap(),
+        None,
+        "first",
+    )
+    .await
+    .unwrap();
     let before = s.version();
     let vera = s.channel(Some(&s.client("vera"))).await.unwrap();
     let status = v1::fleet_client::FleetClient::new(vera.clone())
@@ -230,17 +264,27 @@ async fn bearer_tokens_work_over_tls_and_win_over_the_certificate() {
 async fn a_required_client_certificate_is_checked_at_the_handshake() {
     let s = Secure::start(true).await;
     let store = s.server.control.store();
-    let (root, _) = Tokens::new(&*store).create("root", Role::Admin, "test", 1).unwrap();
+    let (root, _) = Tokens::new(&*store)
+        .create("root", Role::Admin, "test", 1)
+        .unwrap();
     // A valid token is not enough without a certificate.
     if let Ok(plain) = s.channel(None).await {
         let err = apply(plain, Some(&root), "no-cert").await.unwrap_err();
         assert!(
-            matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+            matches!(
+                err.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal
+            ),
             "{err:?}"
         );
     }
     assert_eq!(s.version(), 0);
-    let r = apply(s.channel(Some(&s.client("admin"))).await.unwrap(), None, "with-cert").await;
+    let r = apply(
+        s.channel(Some(&s.client("admin"))).await.unwrap(),
+        None,
+        "with-cert",
+    )
+    .await;
     assert!(r.is_ok(), "{r:?}");
     s.server.shutdown().await;
 }
@@ -284,7 +328,9 @@ async fn https(
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    tls.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     tls.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -307,7 +353,9 @@ async fn the_http_listener_speaks_tls_and_maps_certificates_too() {
         .await
         .unwrap();
     assert_eq!(code, 200, "{body}");
-    let (code, body) = https(addr, &ca, None, "GET", "/api/v1/status", "").await.unwrap();
+    let (code, body) = https(addr, &ca, None, "GET", "/api/v1/status", "")
+        .await
+        .unwrap();
     assert_eq!(code, 401, "{body}");
     let (code, _) = https(addr, &ca, None, "GET", "/healthz", "").await.unwrap();
     assert_eq!(code, 200, "probes stay open");
@@ -336,7 +384,11 @@ async fn the_http_listener_speaks_tls_and_maps_certificates_too() {
             .unwrap();
         let mut buf = Vec::new();
         let _ = tcp.read_to_end(&mut buf).await;
-        assert!(!buf.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            !buf.starts_with(b"HTTP/"),
+            "{:?}",
+            String::from_utf8_lossy(&buf)
+        );
     }
     s.server.shutdown().await;
 }

@@ -127,20 +127,19 @@ impl<'a> Ctx<'a> {
         let ca = self.cli.ca.clone().or_else(|| env("SWITCHYARD_CA"));
         let cert = self.cli.cert.clone().or_else(|| env("SWITCHYARD_CERT"));
         let key = self.cli.key.clone().or_else(|| env("SWITCHYARD_KEY"));
-        let identity = match (cert, key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (Some(_), None) => {
-                return Err(Failure::usage(
+        let identity =
+            match (cert, key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (Some(_), None) => return Err(Failure::usage(
                     "--cert needs --key (or SWITCHYARD_KEY): the client certificate's private key",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(Failure::usage(
-                    "--key needs --cert (or SWITCHYARD_CERT): the client certificate",
-                ))
-            }
-            (None, None) => demo(DEMO_CERT).zip(demo(DEMO_KEY)),
-        };
+                )),
+                (None, Some(_)) => {
+                    return Err(Failure::usage(
+                        "--key needs --cert (or SWITCHYARD_CERT): the client certificate",
+                    ))
+                }
+                (None, None) => demo(DEMO_CERT).zip(demo(DEMO_KEY)),
+            };
         Ok(TlsFiles {
             ca: ca.or_else(|| demo(DEMO_CA)),
             identity,
@@ -355,11 +354,23 @@ mod tests {
     fn accepts_host_port_and_http_and_https_urls() {
         let ok = |s: &str| server_uri(s).unwrap();
         let a = |s: &str, scheme| (s.to_string(), scheme);
-        assert_eq!(ok("127.0.0.1:18000"), a("127.0.0.1:18000", Scheme::Unspecified));
-        assert_eq!(ok("localhost:18000"), a("localhost:18000", Scheme::Unspecified));
+        assert_eq!(
+            ok("127.0.0.1:18000"),
+            a("127.0.0.1:18000", Scheme::Unspecified)
+        );
+        assert_eq!(
+            ok("localhost:18000"),
+            a("localhost:18000", Scheme::Unspecified)
+        );
         assert_eq!(ok("[::1]:18000"), a("[::1]:18000", Scheme::Unspecified));
-        assert_eq!(ok("http://127.0.0.1:18000"), a("127.0.0.1:18000", Scheme::Http));
-        assert_eq!(ok("http://127.0.0.1:18000/"), a("127.0.0.1:18000", Scheme::Http));
+        assert_eq!(
+            ok("http://127.0.0.1:18000"),
+            a("127.0.0.1:18000", Scheme::Http)
+        );
+        assert_eq!(
+            ok("http://127.0.0.1:18000/"),
+            a("127.0.0.1:18000", Scheme::Http)
+        );
         assert_eq!(
             ok("HTTPS://control.example:443"),
             a("control.example:443", Scheme::Https)

@@ -107,8 +107,10 @@ impl Ca {
     /// A server certificate for these names (IP addresses become IP SANs, the rest DNS).
     pub fn server(&self, names: &[&str], validity: Validity) -> Result<Issued, String> {
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        p.distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        p.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
         for n in names {
             p.subject_alt_names.push(match n.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -222,7 +224,11 @@ pub fn write_demo(dir: &Path) -> Result<Vec<PathBuf>, String> {
         ("admin.pem", admin.cert_pem.clone(), false),
         ("admin.key", admin.key_pem.clone(), true),
         ("envoy-sds-cert.yaml", sds_client_cert(&envoy), true),
-        ("envoy-sds-ca.yaml", sds_ca(ca.cert_pem(), "localhost"), false),
+        (
+            "envoy-sds-ca.yaml",
+            sds_ca(ca.cert_pem(), "localhost"),
+            false,
+        ),
     ];
     let mut written = Vec::new();
     for (name, text, secret) in files {
@@ -261,9 +267,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |f: &str| {
-                std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777
-            };
+            let mode =
+                |f: &str| std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode("server.key"), 0o600);
             assert_eq!(mode("envoy-sds-cert.yaml"), 0o600);
             assert_eq!(mode("ca.pem"), 0o644);
@@ -275,7 +280,10 @@ mod tests {
         let subjects = subjects_of(&envoy.unwrap()).unwrap();
         assert_eq!(subjects, [Subject::Cn("envoy".into())]);
         let sds = std::fs::read_to_string(out.join("envoy-sds-cert.yaml")).unwrap();
-        assert!(sds.contains("name: switchyard_control_client_cert"), "{sds}");
+        assert!(
+            sds.contains("name: switchyard_control_client_cert"),
+            "{sds}"
+        );
         assert!(sds.contains("        -----BEGIN PRIVATE KEY-----"), "{sds}");
     }
 }

@@ -25,7 +25,10 @@ fn envoy_yaml_validates_with_the_real_envoy() {
     let certs = DemoCerts::new("validate-certs");
     let text = text.replace(
         "path: .run/tls/",
-        &format!("path: {}/", certs.file("ca.pem").parent().unwrap().display()),
+        &format!(
+            "path: {}/",
+            certs.file("ca.pem").parent().unwrap().display()
+        ),
     );
     std::fs::write(&config, text).unwrap();
     let out = Command::new(envoy_bin())

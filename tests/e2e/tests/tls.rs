@@ -34,7 +34,11 @@ fn without_token(config: &str) -> String {
     out.join("\n") + "\n"
 }
 
-fn start_envoy(ports: &HashMap<&str, u16>, cert_sds: &DemoCerts, ca_sds: &DemoCerts) -> switchyard_harness::Envoy {
+fn start_envoy(
+    ports: &HashMap<&str, u16>,
+    cert_sds: &DemoCerts,
+    ca_sds: &DemoCerts,
+) -> switchyard_harness::Envoy {
     let config = without_token(&render_config_tls(
         POLICY,
         ports,
@@ -112,5 +116,10 @@ fn envoy_follows_the_control_service_over_mtls_and_a_wrong_certificate_gets_no_s
     );
     assert!(!node_connected(&control, "envoy-2"));
     // The first Envoy still follows.
-    assert!(wait_routing(envoy.listener(LISTENER).port(), &["green"], Duration::from_secs(5)).is_some());
+    assert!(wait_routing(
+        envoy.listener(LISTENER).port(),
+        &["green"],
+        Duration::from_secs(5)
+    )
+    .is_some());
 }
