@@ -472,7 +472,9 @@ fn check_plaintext(cfg: &ServeConfig, insecure: bool) -> Result<(), ConfigError>
         return Ok(());
     }
     Err(ConfigError::Invalid(format!(
-        "{} is not a loopback address: with authentication on, credentials would cross the          network in plain text. Configure [tls] (cert, key; --tls-cert, --tls-key), or pass          --insecure-plaintext if a TLS-terminating proxy sits in front (docs/security.md)",
+        "{} is not a loopback address: with authentication on, credentials would cross the \
+         network in plain text. Configure [tls] (cert, key; --tls-cert, --tls-key), or pass \
+         --insecure-plaintext if a TLS-terminating proxy sits in front (docs/security.md)",
         exposed.join(" and ")
     )))
 }
