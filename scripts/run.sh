@@ -71,10 +71,24 @@ fi
 )
 export SWITCHYARD_TOKEN_FILE="$RUN/admin.token"
 
+# TLS and mTLS (docs/security.md): on the first start (or when $RUN/tls is incomplete), a
+# demo CA and certificates made offline into $RUN/tls. The control service serves TLS on
+# both ports and maps client certificates CN=envoy (Envoy: dataplane) and CN=admin (the
+# CLI: admin) to identities; Envoy's control cluster presents envoy.pem through file-based
+# SDS ($RUN/tls/envoy-sds-*.yaml). The CLI finds .run/tls/ca.pem and admin.pem by itself.
+if [ ! -s "$RUN/tls/envoy-sds-ca.yaml" ]; then
+  rm -rf "$RUN/tls"
+  "$BIN/switchyard-control" certs demo --out "$RUN/tls" >/dev/null 2>"$RUN/certs.log" \
+    || { cat "$RUN/certs.log" >&2; exit 1; }
+fi
+export SWITCHYARD_CA="$RUN/tls/ca.pem" SWITCHYARD_CERT="$RUN/tls/admin.pem" SWITCHYARD_KEY="$RUN/tls/admin.key"
+
 # The control service with its embedded store; the demo policy is applied as version 1
 # (or the stored state is restored when .run/control-data already has it).
 "$BIN/switchyard-control" serve --config examples/demo-control.toml \
   --data-dir "$RUN/control-data" --grpc 127.0.0.1:18000 --http 127.0.0.1:18080 \
+  --tls-cert "$RUN/tls/server.pem" --tls-key "$RUN/tls/server.key" --tls-client-ca "$RUN/tls/ca.pem" \
+  --tls-identity CN=envoy=envoy:dataplane --tls-identity CN=admin=admin:admin \
   >"$RUN/control.out" 2>"$RUN/control.log" &
 pids+=($!)
 control_pid=$!
@@ -105,8 +119,9 @@ fi
 
 # Demo cookie keys. In production put real secrets in Envoy's environment.
 export SWITCHYARD_AFFINITY_KEYS=${SWITCHYARD_AFFINITY_KEYS:-demo1=demo-affinity-secret-change-me}
-# envoy/envoy.yaml as shipped, with the control token's SDS file in $RUN.
-sed "s#path: .run/control-token.yaml#path: $RUN/control-token.yaml#" envoy/envoy.yaml >"$RUN/envoy.yaml"
+# envoy/envoy.yaml as shipped, with the control token's and the TLS SDS files in $RUN.
+sed -e "s#path: .run/control-token.yaml#path: $RUN/control-token.yaml#" \
+  -e "s#path: .run/tls/#path: $RUN/tls/#" envoy/envoy.yaml >"$RUN/envoy.yaml"
 "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --log-level warn --component-log-level wasm:info >"$RUN/envoy.log" 2>&1 &
 pids+=($!)
 envoy_pid=$!
@@ -123,11 +138,14 @@ cat <<'MSG'
 Switchyard is running (logs in .run/):
   storefront via Envoy   http://127.0.0.1:10000   (stacks: blue, green, canary, eu)
   Envoy admin            http://127.0.0.1:9901    (/stats/prometheus | grep switchyard)
-  control service        grpc 127.0.0.1:18000, http://127.0.0.1:18080/api/v1/status
+  control service        grpc 127.0.0.1:18000, https://127.0.0.1:18080/api/v1/status (TLS, demo CA .run/tls/ca.pem)
   order intakes          http://127.0.0.1:8090 (us), :8091 (eu) on NATS 127.0.0.1:4222 (degraded mode)
   operator CLI           target/release/switchyard status | policy history | stacks list
   credentials            .run/admin.token (role admin; the CLI reads it from here, or
                          SWITCHYARD_TOKEN_FILE); Envoy uses .run/dataplane.token
+  TLS (mTLS)             .run/tls/: demo CA ca.pem, server.pem; client certificates
+                         admin.pem (CN=admin: admin, the CLI's) and envoy.pem (CN=envoy:
+                         dataplane, Envoy's, via .run/tls/envoy-sds-*.yaml)
 
 Try:
   curl -si localhost:10000/ | grep -Ei 'x-served-by|set-cookie|x-switchyard'
@@ -137,7 +155,8 @@ Try:
   curl -s  localhost:9901/stats/prometheus | grep '^switchyard_stack_rq_total'
   target/release/switchyard stacks weight green 0     # drain green on every worker, live
   target/release/switchyard stacks list
-  curl -s localhost:18080/api/v1/stacks -H "authorization: Bearer $(cat .run/admin.token)"
+  curl -s --cacert .run/tls/ca.pem https://localhost:18080/api/v1/stacks -H "authorization: Bearer $(cat .run/admin.token)"
+  curl -s --cacert .run/tls/ca.pem --cert .run/tls/admin.pem --key .run/tls/admin.key https://localhost:18080/api/v1/stacks   # mTLS, no token
   target/release/switchyard tokens create --name alice --role operator   # docs/security.md
   target/release/switchyard rollout start --stack green --stable blue --plan 0,5,20,50,100 --step 20s --warmup 5s --no-kpi-gates
   target/release/switchyard rollout status     # steps, gates, verdicts (durations compressed: examples/demo-control.toml)

@@ -91,6 +91,8 @@ pub struct ServeArgs {
     /// For development on a private machine only (docs/security.md).
     #[arg(long)]
     pub no_auth: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// `[replica]`: this replica among several on one etcd (docs/operations.md).
@@ -359,6 +361,8 @@ pub struct FileConfig {
     pub replica: Option<ReplicaDoc>,
     /// The intakes of degraded mode (`[degraded]`).
     pub degraded: Option<DegradedDoc>,
+    /// TLS and client certificates (`[tls]`, `[[tls.identity]]`).
+    pub tls: Option<crate::tls::TlsDoc>,
 }
 
 /// The resolved configuration.
@@ -386,6 +390,8 @@ pub struct ServeConfig {
     pub replica: ReplicaSettings,
     /// The intakes whose queues status shows (`[degraded] intakes`).
     pub intakes: IntakeSettings,
+    /// TLS on both listeners (and client certificates); `None`: plain text.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl ServeConfig {
@@ -410,6 +416,7 @@ impl ServeConfig {
             auth: AuthSettings { enabled: false },
             replica: ReplicaSettings::default(),
             intakes: IntakeSettings::default(),
+            tls: None,
         }
     }
 }
@@ -435,6 +442,8 @@ pub enum ConfigError {
     },
     #[error("invalid [degraded] section:\n  {}", .problems.join("\n  "))]
     Degraded { problems: Vec<String> },
+    #[error("invalid [tls] settings:\n  {}", .problems.join("\n  "))]
+    Tls { problems: Vec<String> },
     #[error("{0}")]
     Invalid(String),
 }
@@ -484,7 +493,9 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .map(DegradedDoc::settings)
         .transpose()?
         .unwrap_or_default();
-    Ok(ServeConfig {
+    let tls = crate::tls::resolve(file.tls.as_ref(), &args.tls, &base)
+        .map_err(|problems| ConfigError::Tls { problems })?;
+    let cfg = ServeConfig {
         data_dir: args
             .data_dir
             .clone()
@@ -539,7 +550,34 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         },
         replica,
         intakes,
-    })
+        tls,
+    };
+    check_plaintext(&cfg, args.tls.insecure_plaintext)?;
+    Ok(cfg)
+}
+
+/// With authentication on, tokens cross the network: plain text is for loopback only,
+/// unless `--insecure-plaintext` says someone else encrypts (a TLS-terminating proxy).
+fn check_plaintext(cfg: &ServeConfig, insecure: bool) -> Result<(), ConfigError> {
+    if !cfg.auth.enabled || cfg.tls.is_some() || insecure {
+        return Ok(());
+    }
+    let exposed: Vec<String> = [("grpc", Some(cfg.grpc)), ("http", cfg.http)]
+        .into_iter()
+        .filter_map(|(k, a)| {
+            a.filter(|a| !a.ip().is_loopback())
+                .map(|a| format!("{k} {a}"))
+        })
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{} is not a loopback address: with authentication on, credentials would cross the \
+         network in plain text. Configure [tls] (cert, key; --tls-cert, --tls-key), or pass \
+         --insecure-plaintext if a TLS-terminating proxy sits in front (docs/security.md)",
+        exposed.join(" and ")
+    )))
 }
 
 /// Longest leadership lease: a dead leader's work would wait this long to resume.
@@ -627,6 +665,43 @@ mod tests {
         assert!(!resolve(&args).unwrap().auth.enabled);
         std::fs::write(&path, "[auth]\nenabld = true\n").unwrap();
         assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn plain_text_with_auth_is_for_loopback_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "grpc = \"0.0.0.0:18000\"\nhttp = \"127.0.0.1:18080\"\n",
+        )
+        .unwrap();
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(
+            err.starts_with("grpc 0.0.0.0:18000 is not a loopback address")
+                && err.contains("--insecure-plaintext"),
+            "{err}"
+        );
+        args.tls.insecure_plaintext = true;
+        assert!(resolve(&args).is_ok());
+        args.tls.insecure_plaintext = false;
+        args.no_auth = true;
+        assert!(resolve(&args).is_ok(), "no credentials to protect");
+        args.no_auth = false;
+        std::fs::write(
+            &path,
+            "grpc = \"0.0.0.0:18000\"\n[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n",
+        )
+        .unwrap();
+        let c = resolve(&args).unwrap();
+        assert_eq!(c.tls.unwrap().cert, dir.path().join("s.pem"));
+        std::fs::write(&path, "[tls]\ncert = \"s.pem\"\n").unwrap();
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("tls.key: required with tls.cert"), "{err}");
     }
 
     #[test]

@@ -1310,12 +1310,17 @@ impl v1::tokens_server::Tokens for TokensService {
         let who = identity(&request).ok_or_else(|| {
             Status::failed_precondition("this control service runs without authentication")
         })?;
-        let crate::auth::Credential::Token { id } = &who.credential;
+        let (credential, token_id) = match &who.credential {
+            crate::auth::Credential::Token { id } => ("token".to_string(), id.clone()),
+            crate::auth::Credential::Certificate { subject } => {
+                (format!("certificate {subject}"), String::new())
+            }
+        };
         Ok(Response::new(v1::WhoAmIResponse {
             name: who.name.clone(),
             role: who.role.to_string(),
-            credential: "token".into(),
-            token_id: id.clone(),
+            credential,
+            token_id,
         }))
     }
 }

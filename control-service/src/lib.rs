@@ -20,10 +20,12 @@
 //! `control` and `fleet`); [`auth`] (identities, tokens, the access table and its enforcement
 //! layers): `auth → store`, imported by `grpc`, `http`, `server`, `cli` and
 //! `proto`; [`health`] (active checks, the fast path): `health → {brain, control,
-//! fleet, model}`, imported by `config`, `http` and `server`. Only the edges (`grpc`,
-//! `server`, `cli`) import `proto`. [`intakes`] (scrapes of the degraded-mode intakes'
-//! queues, shown in status): `intakes → {autopilot, degraded, fleet, health, model}`,
-//! imported by `config` and `server`.
+//! fleet, model}`, imported by `config`, `http` and `server`; [`tls`] (the listeners'
+//! rustls settings and accept loop, the demo CA): `tls → auth`, imported by `config`,
+//! `server` and `cli`. Only the edges (`grpc`, `server`, `cli`) import `proto`.
+//! [`intakes`] (scrapes of the degraded-mode intakes' queues, shown in status):
+//! `intakes → {autopilot, degraded, fleet, health, model}`, imported by `config` and
+//! `server`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -46,6 +48,7 @@ pub mod proto;
 pub mod replica;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod validate;
 
 /// The import graph stated above, checked on the source: no module imports one that

@@ -32,6 +32,43 @@ enum Command {
     /// open in a running server; etcd may be.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Certificates made offline (docs/security.md).
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// A demo CA and certificates for TLS and mTLS on one machine: ca.pem, server.pem/.key
+    /// (127.0.0.1, ::1, localhost), envoy.pem/.key (CN=envoy), admin.pem/.key (CN=admin),
+    /// and Envoy's file-based SDS secrets (envoy-sds-cert.yaml, envoy-sds-ca.yaml). Valid
+    /// for a year; the CA's key is not kept. Never overwrites a file. `make run` uses it.
+    Demo {
+        /// Directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+}
+
+fn certs_demo(out: &std::path::Path) -> std::process::ExitCode {
+    match switchyard_control::tls::pki::write_demo(out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            eprintln!(
+                "demo certificates written to {}: serve with --tls-cert {0}/server.pem \
+                 --tls-key {0}/server.key --tls-client-ca {0}/ca.pem \
+                 --tls-identity CN=envoy=envoy:dataplane --tls-identity CN=admin=admin:admin",
+                out.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard-control certs demo: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -352,6 +389,7 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => return replay(args),
         Command::Token(TokenCmd::Create(args)) => return token_create(args, None),
         Command::Token(TokenCmd::Import(a)) => return token_create(a.common, Some(a.token_file)),
+        Command::Certs(CertsCmd::Demo { out }) => return certs_demo(&out),
     };
     let cfg = match config::resolve(&args) {
         Ok(c) => c,

@@ -32,6 +32,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A started server. Drop does not stop it: call [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
+    /// Both listeners speak TLS (`[tls]`).
+    pub tls: bool,
     pub http_addr: Option<SocketAddr>,
     pub control: Arc<Control>,
     /// The health checks and fast path, when the config has a `[health]` section.
@@ -49,9 +51,10 @@ impl RunningServer {
         self.shutdown.clone()
     }
 
-    /// `http://` URL of the gRPC listener.
+    /// URL of the gRPC listener: `https://` when it speaks TLS, else `http://`.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
     }
 
     /// Stop: end every Watch stream (UNAVAILABLE, so clients reconnect elsewhere or
@@ -142,6 +145,12 @@ fn open_replica(cfg: &ServeConfig) -> Result<Replica, BoxError> {
 /// Open the store, restore state, apply the bootstrap policy to an empty store, bind
 /// the listeners and start serving. Returns once both listeners accept connections.
 pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
+    // Certificates first: a file that cannot be read fails the start before anything runs.
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(crate::tls::server_configs)
+        .transpose()?;
     let replica = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || open_replica(&cfg)).await??
@@ -242,10 +251,14 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         .await;
 
     // Credentials: one layer in front of every gRPC service and HTTP route.
-    let auth = cfg
-        .auth
-        .enabled
-        .then(|| crate::auth::layer::Authenticator::new(control.store()));
+    let auth = cfg.auth.enabled.then(|| {
+        let certs = cfg
+            .tls
+            .as_ref()
+            .map(|t| t.identities.clone())
+            .unwrap_or_default();
+        crate::auth::layer::Authenticator::new(control.store()).with_certs(certs)
+    });
     match &auth {
         Some(_) => tracing::info!("authentication required (docs/security.md)"),
         None => tracing::warn!(
@@ -302,24 +315,42 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
             crate::grpc::TokensService::new(control.clone()),
         ));
     {
-        let shutdown = shutdown.clone();
         let health = health.clone();
+        let stop = shutdown.clone();
+        let signal = async move {
+            stop.cancelled().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        };
+        let served = match &tls {
+            Some((grpc_tls, _)) => {
+                let (accepted, task) =
+                    crate::tls::accept(grpc_listener, grpc_tls.clone(), "grpc", shutdown.clone());
+                tasks.push(task);
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::ReceiverStream::new(accepted),
+                    |(io, _)| Ok::<_, std::io::Error>(io),
+                );
+                tokio::spawn(
+                    async move { router.serve_with_incoming_shutdown(incoming, signal).await },
+                )
+            }
+            None => tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signal)
+                    .await
+            }),
+        };
         tasks.push(tokio::spawn(async move {
-            let signal = async move {
-                shutdown.cancelled().await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
-            };
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signal)
-                .await
-            {
-                tracing::error!(error = %e, "gRPC server failed");
+            match served.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
+                Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
+                Ok(Ok(())) => {}
             }
         }));
     }
-    tracing::info!(addr = %grpc_addr, "gRPC serving");
+    tracing::info!(addr = %grpc_addr, tls = tls.is_some(), "gRPC serving");
 
     let http_addr = match cfg.http {
         Some(addr) => {
@@ -337,16 +368,37 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
                     crate::auth::layer::http_auth,
                 ));
             }
-            let shutdown = shutdown.clone();
+            let stop = shutdown.clone();
+            let stopped = async move { stop.cancelled().await };
+            let served = match &tls {
+                Some((_, http_tls)) => {
+                    let (accepted, task) =
+                        crate::tls::accept(listener, http_tls.clone(), "http", shutdown.clone());
+                    tasks.push(task);
+                    let listener = crate::tls::TlsListener::new(accepted, addr);
+                    // Each request carries its connection's client certificate.
+                    let app =
+                        app.into_make_service_with_connect_info::<crate::auth::layer::PeerCerts>();
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    })
+                }
+                None => tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }),
+            };
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-                {
-                    tracing::error!(error = %e, "HTTP server failed");
+                match served.await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+                    Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+                    Ok(Ok(())) => {}
                 }
             }));
-            tracing::info!(%addr, "HTTP serving");
+            tracing::info!(%addr, tls = tls.is_some(), "HTTP serving");
             Some(addr)
         }
         None => None,
@@ -354,6 +406,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
 
     Ok(RunningServer {
         grpc_addr,
+        tls: tls.is_some(),
         http_addr,
         control,
         health: monitor,

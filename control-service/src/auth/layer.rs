@@ -1,6 +1,7 @@
 //! Enforcement, in one place per protocol: a tower layer in front of every gRPC service
 //! and an axum middleware in front of every HTTP route. Each looks up the endpoint in
-//! the [access table](super::access), checks the bearer token, and either answers
+//! the [access table](super::access), checks the bearer token (or, without one, the
+//! client certificate the TLS handshake verified), and either answers
 //! UNAUTHENTICATED / PERMISSION_DENIED (401 / 403) before any handler runs, or puts the
 //! caller's [`Identity`] into the request's extensions for the handler's audit actor.
 
@@ -14,14 +15,25 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use rustls_pki_types::CertificateDer;
+
+use super::certs::CertIdentities;
 use super::{access, AuthError, Identity, Permission, Tokens};
 use crate::store::Store;
 
-/// Checks credentials against the store. Cheap to clone.
+/// Checks credentials: tokens against the store, client certificates against the
+/// configured mappings. Cheap to clone.
 #[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
+    certs: Arc<CertIdentities>,
 }
+
+/// The certificate chain a client presented and the TLS handshake verified (end entity
+/// first); `None` on a plain-text connection or when the client sent none. The HTTP
+/// listener's connect info (`ConnectInfo<PeerCerts>`); gRPC has tonic's `TlsConnectInfo`.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCerts(pub Option<Arc<Vec<CertificateDer<'static>>>>);
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +82,16 @@ fn bearer(value: Option<&HeaderValue>) -> Result<&str, AuthError> {
 
 impl Authenticator {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            certs: Arc::new(CertIdentities::default()),
+        }
+    }
+
+    /// Map verified client certificates to identities (`[[tls.identity]]`).
+    pub fn with_certs(mut self, certs: CertIdentities) -> Self {
+        self.certs = Arc::new(certs);
+        self
     }
 
     /// The identity of an `authorization` header value. Blocking (reads the store).
@@ -80,12 +101,16 @@ impl Authenticator {
     }
 
     /// Whether a request for `what` that needs `need` (`None`: no access rule) may
-    /// proceed, and as whom (`None` for open endpoints).
+    /// proceed, and as whom (`None` for open endpoints). An `authorization` header is the
+    /// credential when present (per call); else a verified client certificate (`peer`)
+    /// is, through its `[[tls.identity]]` mapping: a certificate without one is refused
+    /// with PERMISSION_DENIED (it is genuine, it grants nothing).
     pub async fn decide(
         &self,
         need: Option<Permission>,
         what: &str,
         authorization: Option<HeaderValue>,
+        peer: &PeerCerts,
     ) -> Result<Option<Identity>, Denied> {
         let Some(need) = need else {
             tracing::error!(endpoint = %what, "refused: no access rule for this endpoint");
@@ -96,6 +121,15 @@ impl Authenticator {
         if need == Permission::Open {
             return Ok(None);
         }
+        if authorization.is_none() {
+            if let Some(cert) = peer.0.as_ref().and_then(|chain| chain.first()) {
+                let who = self.certs.identify(cert).map_err(|e| {
+                    tracing::info!(endpoint = %what, error = %e, "call refused: unmapped certificate");
+                    Denied::Forbidden(e)
+                })?;
+                return self.grant(who, need, what).map(Some);
+            }
+        }
         let me = self.clone();
         let who = tokio::task::spawn_blocking(move || me.authenticate(authorization.as_ref()))
             .await
@@ -104,6 +138,10 @@ impl Authenticator {
             tracing::info!(endpoint = %what, error = %e, "unauthenticated call refused");
             Denied::Unauthenticated(e.to_string())
         })?;
+        self.grant(who, need, what).map(Some)
+    }
+
+    fn grant(&self, who: Identity, need: Permission, what: &str) -> Result<Identity, Denied> {
         if !who.role.grants(need) {
             tracing::info!(endpoint = %what, name = %who.name, role = %who.role, "call refused: role too weak");
             return Err(Denied::Forbidden(format!(
@@ -111,7 +149,7 @@ impl Authenticator {
                 who.name, who.role
             )));
         }
-        Ok(Some(who))
+        Ok(who)
     }
 }
 
@@ -177,7 +215,15 @@ where
         Box::pin(async move {
             let path = req.uri().path().to_string();
             let header = req.headers().get(header::AUTHORIZATION).cloned();
-            match auth.decide(access::grpc(&path), &path, header).await {
+            // Present when the listener speaks TLS (tonic puts the connect info there).
+            let peer = PeerCerts(
+                req.extensions()
+                    .get::<tonic::transport::server::TlsConnectInfo<
+                        tonic::transport::server::TcpConnectInfo,
+                    >>()
+                    .and_then(|i| i.peer_certs()),
+            );
+            match auth.decide(access::grpc(&path), &path, header, &peer).await {
                 Ok(who) => {
                     if let Some(who) = who {
                         req.extensions_mut().insert(who);
@@ -210,7 +256,12 @@ pub async fn http_auth(
         .as_deref()
         .and_then(|m| access::http(m, req.method()));
     let header = req.headers().get(header::AUTHORIZATION).cloned();
-    match auth.decide(need, &what, header).await {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<PeerCerts>>()
+        .map(|c| c.0.clone())
+        .unwrap_or_default();
+    match auth.decide(need, &what, header, &peer).await {
         Ok(who) => {
             if let Some(who) = who {
                 req.extensions_mut().insert(who);

@@ -1,7 +1,8 @@
 //! Who is calling, and what they may do: identities, roles, bearer tokens and the access
 //! table that maps every gRPC method and HTTP route to the permission it needs.
 //!
-//! Decides: whether a credential names a live identity ([`tokens`]), which permission
+//! Decides: whether a credential names a live identity ([`tokens`] for bearer tokens,
+//! [`certs`] for client certificates verified by TLS), which permission
 //! each endpoint needs ([`access`]), and whether a role grants it ([`Role::grants`]).
 //! Enforced in one place, in front of every handler ([`layer`]: a tower layer for
 //! gRPC, an axum middleware for HTTP); handlers only read the [`Identity`] the layer put
@@ -13,6 +14,7 @@
 //! replicas sharing an etcd cluster share them.
 
 pub mod access;
+pub mod certs;
 pub mod layer;
 pub mod tokens;
 
@@ -103,6 +105,9 @@ impl fmt::Display for Role {
 pub enum Credential {
     /// A bearer token (its public id, never the secret).
     Token { id: String },
+    /// A client certificate verified at the TLS handshake: the subject that mapped it
+    /// (`CN=…`, `DNS:…` or `URI:…`).
+    Certificate { subject: String },
 }
 
 /// An authenticated caller, as the layer puts it into request extensions.

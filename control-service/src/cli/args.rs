@@ -13,8 +13,9 @@ use clap::{Args, Parser, Subcommand};
     about = "Operate the Switchyard control service"
 )]
 pub struct Cli {
-    /// Control service gRPC address: host:port or http://host:port (no TLS yet)
-    /// [env: SWITCHYARD_SERVER] [default: 127.0.0.1:18000]
+    /// Control service gRPC address: https://host:port (TLS), http://host:port (plain
+    /// text), or host:port (TLS when a CA is known: --ca, SWITCHYARD_CA or make run's
+    /// .run/tls/ca.pem; else plain text) [env: SWITCHYARD_SERVER] [default: 127.0.0.1:18000]
     // Environment and default are applied in `Ctx`, not by clap: clap would list an
     // argument taken from the environment in usage messages as if it were required.
     #[arg(long, global = true, value_name = "ADDR")]
@@ -29,6 +30,19 @@ pub struct Cli {
     /// .run/admin.token when it exists: the token `make run` generates]
     #[arg(long, global = true, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate [env: SWITCHYARD_CA]
+    /// [default: .run/tls/ca.pem when it exists]
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS, with --key [env: SWITCHYARD_CERT] [default:
+    /// .run/tls/admin.pem when it exists]. A token, when there is one, is sent too and
+    /// names the caller
+    #[arg(long, global = true, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM) [env: SWITCHYARD_KEY] [default:
+    /// .run/tls/admin.key when it exists]
+    #[arg(long, global = true, value_name = "PEM")]
+    pub key: Option<PathBuf>,
     /// Who is making the change, for a control service running without authentication
     /// [env: SWITCHYARD_ACTOR] [default: $USER, else $LOGNAME, else the user name of the
     /// process, else "cli"]. With authentication the audit log records the token's

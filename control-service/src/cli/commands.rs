@@ -642,7 +642,11 @@ async fn tokens(ctx: &mut Ctx<'_>, cmd: &TokensCmd) -> Result<(), Failure> {
             if ctx.json() {
                 output::print_json(&r);
             } else {
-                println!("{} (role {}, token {})", r.name, r.role, r.token_id);
+                if r.token_id.is_empty() {
+                    println!("{} (role {}, {})", r.name, r.role, r.credential);
+                } else {
+                    println!("{} (role {}, token {})", r.name, r.role, r.token_id);
+                }
             }
         }
     }

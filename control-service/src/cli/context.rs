@@ -1,13 +1,14 @@
 //! What every command needs from the global options: the channel to the control
-//! service (the one place `--server` becomes a connection, and the one place the bearer
-//! token is attached to every call) and the actor.
+//! service (the one place `--server` becomes a connection — TLS or not, with which CA and
+//! client certificate — and the one place the bearer token is attached to every call)
+//! and the actor.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::args::Cli;
 use super::output::Failure;
@@ -30,6 +31,20 @@ pub type Conn = InterceptedService<Channel, Bearer>;
 
 /// The token file `make run` writes, used when no other credential is given.
 pub const DEMO_TOKEN_FILE: &str = ".run/admin.token";
+
+/// The CA and admin client certificate `make run` writes (`switchyard-control certs demo
+/// --out .run/tls`), used when no other is given.
+pub const DEMO_CA: &str = ".run/tls/ca.pem";
+pub const DEMO_CERT: &str = ".run/tls/admin.pem";
+pub const DEMO_KEY: &str = ".run/tls/admin.key";
+
+/// The TLS files of one invocation.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key, both or neither.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
 
 /// The global options of one invocation and its connection, opened on first use.
 pub struct Ctx<'a> {
@@ -104,6 +119,33 @@ impl<'a> Ctx<'a> {
         Ok(None)
     }
 
+    /// `--ca`, `--cert`, `--key`, else `SWITCHYARD_CA`, `SWITCHYARD_CERT`,
+    /// `SWITCHYARD_KEY`, else make run's files in `.run/tls/` when they exist.
+    pub fn tls_files(&self) -> Result<TlsFiles, Failure> {
+        let env = |k: &str| std::env::var(k).ok().map(PathBuf::from);
+        let demo = |p: &str| Some(PathBuf::from(p)).filter(|p| p.is_file());
+        let ca = self.cli.ca.clone().or_else(|| env("SWITCHYARD_CA"));
+        let cert = self.cli.cert.clone().or_else(|| env("SWITCHYARD_CERT"));
+        let key = self.cli.key.clone().or_else(|| env("SWITCHYARD_KEY"));
+        let identity =
+            match (cert, key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (Some(_), None) => return Err(Failure::usage(
+                    "--cert needs --key (or SWITCHYARD_KEY): the client certificate's private key",
+                )),
+                (None, Some(_)) => {
+                    return Err(Failure::usage(
+                        "--key needs --cert (or SWITCHYARD_CERT): the client certificate",
+                    ))
+                }
+                (None, None) => demo(DEMO_CERT).zip(demo(DEMO_KEY)),
+            };
+        Ok(TlsFiles {
+            ca: ca.or_else(|| demo(DEMO_CA)),
+            identity,
+        })
+    }
+
     async fn connect(&self, call_timeout: Option<Duration>) -> Result<Conn, Failure> {
         let bearer = match self.token()? {
             Some(t) => Some(
@@ -116,15 +158,37 @@ impl<'a> Ctx<'a> {
             None => None,
         };
         let server = &self.server();
-        let uri = server_uri(server).map_err(Failure::usage)?;
-        let mut endpoint = Channel::from_shared(uri)
+        let (authority, scheme) = server_uri(server).map_err(Failure::usage)?;
+        let files = self.tls_files()?;
+        let tls = match scheme {
+            Scheme::Https => true,
+            Scheme::Http => false,
+            Scheme::Unspecified => files.ca.is_some(),
+        };
+        let uri = format!("{}://{authority}", if tls { "https" } else { "http" });
+        let mut endpoint = Channel::from_shared(uri.clone())
             .map_err(|e| Failure::usage(format!("bad --server {server:?}: {e}")))?
             .connect_timeout(self.timeout());
+        if tls {
+            endpoint = endpoint
+                .tls_config(client_tls(&files)?)
+                .map_err(|e| Failure::usage(format!("TLS settings: {e}")))?;
+        }
         if let Some(t) = call_timeout {
             endpoint = endpoint.timeout(t);
         }
         let channel = endpoint.connect().await.map_err(|e| {
-            Failure::unreachable(format!("cannot reach the control service at {server}: {e}"))
+            let hint = match (&files.ca, tls) {
+                (Some(ca), true) => format!(
+                    " (TLS with CA {}; use http://{authority} for a plain-text server)",
+                    ca.display()
+                ),
+                _ => String::new(),
+            };
+            Failure::unreachable(format!(
+                "cannot reach the control service at {uri}: {}{hint}",
+                error_chain(&e)
+            ))
         })?;
         Ok(InterceptedService::new(channel, Bearer(bearer)))
     }
@@ -187,31 +251,77 @@ fn process_user_name() -> Option<String> {
     }
 }
 
-/// The URI to dial for a `--server` value: `host:port` (what `make run` prints and
-/// `serve --grpc` takes) means plain HTTP/2, as does `http://…`. `https://…` is refused
-/// with a message until the CLI has TLS: dialling it in plain text would look secure and
-/// not be. Anything else is a usage error that says which forms work.
-pub fn server_uri(server: &str) -> Result<String, String> {
+/// The TLS settings of a connection: the CA (required: a control service's certificate
+/// comes from a private CA, never the web's) and the client certificate, if any.
+fn client_tls(files: &TlsFiles) -> Result<ClientTlsConfig, Failure> {
+    let read = |what: &str, p: &PathBuf| {
+        std::fs::read(p)
+            .map_err(|e| Failure::usage(format!("cannot read the {what} {}: {e}", p.display())))
+    };
+    let ca = files.ca.as_ref().ok_or_else(|| {
+        Failure::usage(
+            "an https:// server needs the CA that signed its certificate: --ca FILE or \
+             SWITCHYARD_CA",
+        )
+    })?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("CA", ca)?));
+    if let Some((cert, key)) = &files.identity {
+        tls = tls.identity(Identity::from_pem(
+            read("client certificate", cert)?,
+            read("client key", key)?,
+        ));
+    }
+    Ok(tls)
+}
+
+/// An error and its causes, `: `-separated (tonic's top-level transport error says
+/// little; the TLS reason is in its sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// How a `--server` value asks to connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `https://…`: TLS.
+    Https,
+    /// `http://…`: plain text.
+    Http,
+    /// `host:port`: TLS when a CA is known, else plain text.
+    Unspecified,
+}
+
+/// The authority (`host:port`) of a `--server` value and how it asks to connect:
+/// `host:port` (what `make run` prints and `serve --grpc` takes), `http://host:port` or
+/// `https://host:port`. Anything else is a usage error that says which forms work.
+pub fn server_uri(server: &str) -> Result<(String, Scheme), String> {
     let bad = |why: &str| {
         format!(
-            "bad --server {server:?}: {why}; use host:port (e.g. 127.0.0.1:18000) \
-             or http://host:port"
+            "bad --server {server:?}: {why}; use host:port (e.g. 127.0.0.1:18000), \
+             https://host:port or http://host:port"
         )
     };
     let s = server.trim();
     let (scheme, rest) = match s.split_once("://") {
         Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
-        None => ("http".to_string(), s),
+        None => (String::new(), s),
     };
-    if scheme == "https" {
-        return Err(bad(
-            "this CLI has no TLS yet (it comes with the control API's mTLS), and will not \
-             send credentials in plain text to an https:// address",
-        ));
-    }
-    if scheme != "http" {
-        return Err(bad(&format!("unsupported scheme {scheme:?}")));
-    }
+    let scheme = match scheme.as_str() {
+        "" => Scheme::Unspecified,
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => return Err(bad(&format!("unsupported scheme {other:?}"))),
+    };
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() {
         return Err(bad("no host"));
@@ -219,9 +329,9 @@ pub fn server_uri(server: &str) -> Result<String, String> {
     if authority.contains('/') || authority.contains(char::is_whitespace) {
         return Err(bad("expected only a host and port"));
     }
-    let uri = format!("{scheme}://{authority}");
+    let uri = format!("http://{authority}");
     match uri.parse::<tonic::transport::Uri>() {
-        Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => Ok(uri),
+        Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => Ok((authority.to_string(), scheme)),
         _ => Err(bad("not a host:port")),
     }
 }
@@ -241,15 +351,30 @@ mod tests {
     }
 
     #[test]
-    fn accepts_host_port_and_http_urls() {
+    fn accepts_host_port_and_http_and_https_urls() {
         let ok = |s: &str| server_uri(s).unwrap();
-        assert_eq!(ok("127.0.0.1:18000"), "http://127.0.0.1:18000");
-        assert_eq!(ok("localhost:18000"), "http://localhost:18000");
-        assert_eq!(ok("[::1]:18000"), "http://[::1]:18000");
-        assert_eq!(ok("http://127.0.0.1:18000"), "http://127.0.0.1:18000");
-        assert_eq!(ok("http://127.0.0.1:18000/"), "http://127.0.0.1:18000");
-        let err = server_uri("https://control.example:443").unwrap_err();
-        assert!(err.contains("no TLS yet"), "{err}");
+        let a = |s: &str, scheme| (s.to_string(), scheme);
+        assert_eq!(
+            ok("127.0.0.1:18000"),
+            a("127.0.0.1:18000", Scheme::Unspecified)
+        );
+        assert_eq!(
+            ok("localhost:18000"),
+            a("localhost:18000", Scheme::Unspecified)
+        );
+        assert_eq!(ok("[::1]:18000"), a("[::1]:18000", Scheme::Unspecified));
+        assert_eq!(
+            ok("http://127.0.0.1:18000"),
+            a("127.0.0.1:18000", Scheme::Http)
+        );
+        assert_eq!(
+            ok("http://127.0.0.1:18000/"),
+            a("127.0.0.1:18000", Scheme::Http)
+        );
+        assert_eq!(
+            ok("HTTPS://control.example:443"),
+            a("control.example:443", Scheme::Https)
+        );
     }
 
     #[test]

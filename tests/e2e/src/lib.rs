@@ -115,8 +115,30 @@ pub const LISTENER: &str = "storefront";
 
 /// Render `envoy/envoy.yaml` for a test: the listener and admin on port 0 (the harness
 /// reads the bound ports back), the stacks' and control service's ports, the policy and
-/// the wasm path replaced; `stack_ports["node"]` names the node `envoy-<n>`.
+/// the wasm path replaced; `stack_ports["node"]` names the node `envoy-<n>`. The control
+/// cluster speaks plain text (the `control-tls` block is dropped), as
+/// [`ControlService::start`] serves; [`render_config_tls`] keeps it.
 pub fn render_config(policy_json: &str, stack_ports: &HashMap<&str, u16>) -> String {
+    render(policy_json, stack_ports, None)
+}
+
+/// [`render_config`] with the control cluster over mTLS, as shipped: Envoy's client
+/// certificate from the SDS file `cert_sds`, the CA it trusts from `ca_sds` (what
+/// `switchyard-control certs demo` writes: [`DemoCerts`]).
+pub fn render_config_tls(
+    policy_json: &str,
+    stack_ports: &HashMap<&str, u16>,
+    cert_sds: &Path,
+    ca_sds: &Path,
+) -> String {
+    render(policy_json, stack_ports, Some((cert_sds, ca_sds)))
+}
+
+fn render(
+    policy_json: &str,
+    stack_ports: &HashMap<&str, u16>,
+    tls: Option<(&Path, &Path)>,
+) -> String {
     let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap();
     let defaults = [
         ("blue", 8081u16),
@@ -130,7 +152,16 @@ pub fn render_config(policy_json: &str, stack_ports: &HashMap<&str, u16>) -> Str
     let mut out = Vec::new();
     let mut lines = text.lines().peekable();
     let mut in_policy = false;
+    let mut in_tls = false;
     while let Some(line) = lines.next() {
+        match line.trim() {
+            "# control-tls:begin" => in_tls = true,
+            "# control-tls:end" => in_tls = false,
+            _ => {}
+        }
+        if in_tls && tls.is_none() {
+            continue;
+        }
         if line.trim() == "# switchyard-policy" {
             in_policy = true;
         }
@@ -169,6 +200,16 @@ pub fn render_config(policy_json: &str, stack_ports: &HashMap<&str, u16>) -> Str
             "path: .run/control-token.yaml",
             &format!("path: {}", dataplane_token().sds.display()),
         );
+        if let Some((cert, ca)) = tls {
+            l = l.replace(
+                "path: .run/tls/envoy-sds-cert.yaml",
+                &format!("path: {}", cert.display()),
+            );
+            l = l.replace(
+                "path: .run/tls/envoy-sds-ca.yaml",
+                &format!("path: {}", ca.display()),
+            );
+        }
         if let Some(node) = stack_ports.get("node") {
             l = l.replace(
                 "\"node_id\": \"envoy-local\"",
@@ -365,6 +406,54 @@ pub fn dataplane_token() -> &'static DataplaneToken {
     })
 }
 
+/// A demo CA and its certificates, as `switchyard-control certs demo` makes them for
+/// `make run` (server: 127.0.0.1/localhost; clients `CN=envoy`, `CN=admin`; Envoy's SDS
+/// files), in a directory of their own. Each one is a different CA.
+pub struct DemoCerts {
+    dir: TestDir,
+}
+
+impl DemoCerts {
+    pub fn new(tag: &str) -> DemoCerts {
+        let dir = TestDir::new(tag);
+        let out = Command::new(switchyard_harness::workspace_bin("switchyard-control"))
+            .args(["certs", "demo", "--out"])
+            .arg(dir.join("tls"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "switchyard-control certs demo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        DemoCerts { dir }
+    }
+
+    /// One of the files (`ca.pem`, `envoy-sds-cert.yaml`, …).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join("tls").join(name)
+    }
+
+    /// `serve` flags for TLS and mTLS as `make run` passes them: the server certificate,
+    /// client certificates verified against this CA, `CN=envoy` → envoy (dataplane),
+    /// `CN=admin` → admin (admin).
+    pub fn serve_args(&self) -> Vec<String> {
+        let f = |n: &str| self.file(n).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            f("server.pem"),
+            "--tls-key".into(),
+            f("server.key"),
+            "--tls-client-ca".into(),
+            f("ca.pem"),
+            "--tls-identity".into(),
+            "CN=envoy=envoy:dataplane".into(),
+            "--tls-identity".into(),
+            "CN=admin=admin:admin".into(),
+        ]
+    }
+}
+
 /// The control service binary, started on a data directory, with authentication on: the
 /// test Envoys' [`dataplane_token`] is installed in its store and an admin token is
 /// created beside the data directory ([`ControlService::admin_token`]; [`ControlService::cli`]
@@ -373,6 +462,9 @@ pub struct ControlService {
     pub proc: Proc,
     pub grpc: u16,
     admin_token_file: PathBuf,
+    /// The CA of its TLS certificate, when it serves TLS (`--tls-client-ca` given to
+    /// [`ControlService::start_with`] names it).
+    ca: Option<PathBuf>,
     _dir: TestDir,
 }
 
@@ -457,10 +549,15 @@ impl ControlService {
             l.contains("grpc listening on")
         })
         .unwrap_or_else(|e| panic!("{e}"));
+        let ca = extra
+            .windows(2)
+            .find(|w| w[0] == "--tls-client-ca")
+            .map(|w| PathBuf::from(w[1]));
         ControlService {
             proc,
             grpc,
             admin_token_file,
+            ca,
             _dir: dir,
         }
     }
@@ -483,11 +580,17 @@ impl ControlService {
         self.proc.kill();
     }
 
-    /// Run the operator CLI against it.
+    /// Run the operator CLI against it (over TLS, trusting its CA, when it serves TLS).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(switchyard_harness::workspace_bin("switchyard"))
-            .args(["--server", &format!("http://127.0.0.1:{}", self.grpc)])
-            .arg("--token-file")
+        let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard"));
+        match &self.ca {
+            Some(ca) => cmd
+                .args(["--server", &format!("https://127.0.0.1:{}", self.grpc)])
+                .arg("--ca")
+                .arg(ca),
+            None => cmd.args(["--server", &format!("http://127.0.0.1:{}", self.grpc)]),
+        };
+        cmd.arg("--token-file")
             .arg(&self.admin_token_file)
             .args(args)
             .output()

@@ -21,6 +21,15 @@ fn envoy_yaml_validates_with_the_real_envoy() {
             "path: .run/control-token.yaml",
             &format!("path: {}", dataplane_token().sds.display()),
         );
+    // …and so must the control cluster's TLS SDS files (make run writes .run/tls/).
+    let certs = DemoCerts::new("validate-certs");
+    let text = text.replace(
+        "path: .run/tls/",
+        &format!(
+            "path: {}/",
+            certs.file("ca.pem").parent().unwrap().display()
+        ),
+    );
     std::fs::write(&config, text).unwrap();
     let out = Command::new(envoy_bin())
         .args([

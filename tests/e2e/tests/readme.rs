@@ -49,12 +49,21 @@ fn the_readme_transcripts_are_what_the_demo_does() {
     let rewrite = |cmd: &str| {
         cmd.replace("localhost:10000", &format!("127.0.0.1:{}", envoy.port))
             .replace("localhost:9901", &format!("127.0.0.1:{}", envoy.admin))
+            // The test's control service speaks plain text (make run's, TLS): say so, so a
+            // developer's .run/tls/ca.pem (which the CLI would pick up) changes nothing.
+            .replace(
+                "--server 127.0.0.1:18000",
+                "--server http://127.0.0.1:18000",
+            )
             .replace("127.0.0.1:18000", &format!("127.0.0.1:{}", grpc.port()))
             .replace("target/release/switchyard", bin.to_str().unwrap())
     };
     let mut shell = Shell::start(&[
         ("USER", "alice".into()),
-        ("SWITCHYARD_SERVER", format!("127.0.0.1:{}", grpc.port())),
+        (
+            "SWITCHYARD_SERVER",
+            format!("http://127.0.0.1:{}", grpc.port()),
+        ),
         (
             "SWITCHYARD_TOKEN_FILE",
             control.admin_token_file().display().to_string(),
