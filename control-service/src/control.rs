@@ -1308,6 +1308,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_change_built_on_a_replaced_version_aborts_and_catches_up() {
+        // Two replicas on one store (as on etcd): B has not seen A's version yet.
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let a = Control::open(store.clone()).await.unwrap();
+        let b = Control::open(store.clone()).await.unwrap();
+        assert!(
+            b.follow(Default::default()).is_none(),
+            "memory: nothing to follow"
+        );
+        a.apply_policy(POLICY, Change::manual("alice", ""), 0)
+            .await
+            .unwrap();
+        a.stack_op("green", weight(50), Change::manual("alice", ""))
+            .await
+            .unwrap();
+        let mut rx = b.subscribe();
+        let err = b
+            .apply_policy(POLICY, Change::manual("bob", ""), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ControlError::Conflict(_)), "{err}");
+        assert!(err.to_string().contains("current version is 2"), "{err}");
+        // Nothing was written; B now serves A's version and published it.
+        assert_eq!(store.latest().unwrap().unwrap().version, 2);
+        assert_eq!(b.current_version(), 2);
+        assert_eq!(rx.borrow_and_update().as_ref().unwrap().version, 2);
+        // A stale expected version is the same conflict.
+        let err = a
+            .apply_policy(POLICY, Change::manual("carol", ""), 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ControlError::Conflict(_)), "{err}");
+        // Publication never goes back: an older state offered later is ignored.
+        let old = Current::new(store.get(1).unwrap().unwrap(), POLICY.into());
+        b.make_current(Arc::new(old));
+        assert_eq!(b.current_version(), 2);
+        assert_eq!(rx.borrow().as_ref().unwrap().version, 2);
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[tokio::test]
     async fn a_version_committed_without_its_audit_entry_is_audited_on_restart() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         {

@@ -647,8 +647,12 @@ mod tests {
         );
         // A write fenced on the term passes while it lasts, and not after.
         let fence = Condition::Equals(LEADER_KEY.into(), term.value.clone());
-        a.append_when(&contract::record(1, 1), Some("{}"), &[fence.clone()])
-            .unwrap();
+        a.append_when(
+            &contract::record(1, 1),
+            Some("{}"),
+            std::slice::from_ref(&fence),
+        )
+        .unwrap();
         a.resign(&term).unwrap();
         assert!(!a.keep_alive(&term).unwrap());
         let err = a
