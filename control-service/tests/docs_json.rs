@@ -106,6 +106,8 @@ fn every_other_json_example_parses() {
                     .map_err(|e| e.to_string())
             }
             "evidence" => Ok(()),
+            // `GET /api/v1/whoami`: exactly what the server answers for that identity.
+            "whoami" => whoami_as_served(body),
             // The HTTP API's error shape: {"error": {"code", "message", "field"?, ...}}.
             "http-error" => serde_json::from_str::<serde_json::Value>(body)
                 .map_err(|e| e.to_string())
@@ -117,7 +119,7 @@ fn every_other_json_example_parses() {
                     }
                 }),
             other => Err(format!(
-                "unknown kind `{other}` (event, trace-window, evidence, http-error)"
+                "unknown kind `{other}` (event, trace-window, evidence, http-error, whoami)"
             )),
         };
         if let Err(e) = checked {
@@ -125,4 +127,31 @@ fn every_other_json_example_parses() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A documented `GET /api/v1/whoami` answer must be the one the server gives for the
+/// identity it names (its actions follow the access table, which may have changed).
+fn whoami_as_served(body: &str) -> Result<(), String> {
+    use switchyard_control::auth::{Credential, Identity, Role};
+    let doc: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let role = doc["role"]
+        .as_str()
+        .and_then(Role::parse)
+        .ok_or("no known role")?;
+    let who = Identity {
+        name: doc["name"].as_str().unwrap_or_default().to_string(),
+        role,
+        credential: Credential::Token {
+            id: doc["credential"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        },
+    };
+    let served = switchyard_control::console::whoami::describe(Some(&who));
+    if served == doc {
+        Ok(())
+    } else {
+        Err(format!("the server answers {served}"))
+    }
 }
