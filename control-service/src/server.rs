@@ -166,7 +166,11 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         tasks.push(autopilot.follow_fast_path(m.subscribe(), shutdown.clone()));
     }
     tasks.push(tokio::spawn(flush_series(series, shutdown.clone())));
-    tasks.extend(crate::intakes::spawn(&cfg.intakes, control.fleet(), shutdown.clone()));
+    tasks.extend(crate::intakes::spawn(
+        &cfg.intakes,
+        control.fleet(),
+        shutdown.clone(),
+    ));
 
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;
     let grpc_addr = grpc_listener.local_addr()?;
