@@ -92,7 +92,13 @@ impl Rng {
 
 /// One second of one Envoy: ~150 requests per stack, a few 4xx/5xx, latencies around
 /// 20-80 ms in ~15 histogram buckets (samples: one response in 8), KPI and rule counts.
-fn batch(node: &str, stacks: usize, window_end: u64, window_ms: u32, rng: &mut Rng) -> v1::TelemetryBatch {
+fn batch(
+    node: &str,
+    stacks: usize,
+    window_end: u64,
+    window_ms: u32,
+    rng: &mut Rng,
+) -> v1::TelemetryBatch {
     let mut out = Vec::with_capacity(stacks + 1);
     for i in 0..stacks {
         let requests = 100 + rng.below(100);
@@ -122,13 +128,28 @@ fn batch(node: &str, stacks: usize, window_end: u64, window_ms: u32, rng: &mut R
             local_replies: 0,
             latency_buckets,
             kpis: vec![
-                v1::NamedCount { name: "orders".into(), count: orders },
-                v1::NamedCount { name: "checkout_failures".into(), count: s5.min(orders) },
-                v1::NamedCount { name: "signups".into(), count: rng.below(3) },
+                v1::NamedCount {
+                    name: "orders".into(),
+                    count: orders,
+                },
+                v1::NamedCount {
+                    name: "checkout_failures".into(),
+                    count: s5.min(orders),
+                },
+                v1::NamedCount {
+                    name: "signups".into(),
+                    count: rng.below(3),
+                },
             ],
             by_rule: vec![
-                v1::NamedCount { name: "checkout".into(), count: orders },
-                v1::NamedCount { name: "default".into(), count: requests - orders },
+                v1::NamedCount {
+                    name: "checkout".into(),
+                    count: orders,
+                },
+                v1::NamedCount {
+                    name: "default".into(),
+                    count: requests - orders,
+                },
             ],
             new_users: requests / 10,
             sticky_requests: requests / 2,
@@ -202,7 +223,13 @@ async fn envoy(
         if !reporting.load(Relaxed) {
             continue;
         }
-        let b = batch(&node, args.stacks, now_ms(), args.period_ms as u32, &mut rng);
+        let b = batch(
+            &node,
+            args.stacks,
+            now_ms(),
+            args.period_ms as u32,
+            &mut rng,
+        );
         match client.report(b).await {
             Ok(_) => sent.fetch_add(1, Relaxed),
             Err(_) => failed.fetch_add(1, Relaxed),
@@ -322,7 +349,10 @@ async fn main() {
         "cpu_ms_per_report": cpu_ms_per_report,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
     } else {
         println!(
             "{} Envoys, one Report per {} ms each ({} stacks per batch), {} x ({} s idle, {} s reporting)",

@@ -118,8 +118,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let server =
-        support::start_server(args.server_bin.clone(), args.server_cpu, "watch-load", &[]);
+    let server = support::start_server(args.server_bin.clone(), args.server_cpu, "watch-load", &[]);
     let pid = server.child.id();
     let endpoint = Endpoint::from_shared(server.url.clone())
         .expect("url")

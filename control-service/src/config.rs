@@ -762,8 +762,16 @@ mod tests {
             .collect();
         assert_eq!(clusters, ["intake_us", "intake_eu"]);
         assert_eq!(c.intakes.every, Duration::from_secs(1));
-        assert_eq!(c.intakes.timeout, Duration::from_secs(1), "never longer than the period");
-        assert!(resolve(&ServeArgs::default()).unwrap().intakes.sources.is_empty());
+        assert_eq!(
+            c.intakes.timeout,
+            Duration::from_secs(1),
+            "never longer than the period"
+        );
+        assert!(resolve(&ServeArgs::default())
+            .unwrap()
+            .intakes
+            .sources
+            .is_empty());
         std::fs::write(
             &path,
             "[degraded]\nscrape_every_ms = 5\nintakes = [\n\

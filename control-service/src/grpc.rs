@@ -565,7 +565,9 @@ impl StacksService {
         let totals = fleet.stack_totals();
         let status = outcome.record.stack(stack).map(|s| {
             let mut st = proto::stack_status(s, totals.get(stack));
-            st.health = fleet.stack_health(stack).map(|h| proto::stack_health(stack, &h));
+            st.health = fleet
+                .stack_health(stack)
+                .map(|h| proto::stack_health(stack, &h));
             st
         });
         Ok(Response::new(v1::StackChangeResponse {

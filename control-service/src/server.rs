@@ -221,7 +221,11 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
     };
     tasks.push(replica.spawn(work, shutdown.clone(), resign.clone()));
     tasks.push(tokio::spawn(flush_series(series, shutdown.clone())));
-    tasks.extend(crate::intakes::spawn(&cfg.intakes, control.fleet(), shutdown.clone()));
+    tasks.extend(crate::intakes::spawn(
+        &cfg.intakes,
+        control.fleet(),
+        shutdown.clone(),
+    ));
 
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;
     let grpc_addr = grpc_listener.local_addr()?;

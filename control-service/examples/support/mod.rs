@@ -55,12 +55,7 @@ impl Drop for Server {
 /// Start `bin` (default: `switchyard-control` next to this example's directory) with
 /// `serve` on an ephemeral gRPC port, no HTTP, logs at warn, plus `extra` arguments;
 /// pinned to `cpu` with taskset when given.
-pub fn start_server(
-    bin: Option<PathBuf>,
-    cpu: Option<usize>,
-    tag: &str,
-    extra: &[&str],
-) -> Server {
+pub fn start_server(bin: Option<PathBuf>, cpu: Option<usize>, tag: &str, extra: &[&str]) -> Server {
     let bin = bin.unwrap_or_else(|| {
         let exe = std::env::current_exe().expect("current exe");
         exe.parent()

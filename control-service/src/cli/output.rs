@@ -644,7 +644,8 @@ fn intake_rows(intakes: &[v1::IntakeStatus], now_ms: u64) -> Vec<Vec<String>> {
             i.cluster.clone(),
             i.queue_depth.map_or_else(dash, |d| d.to_string()),
             i.oldest_age_s.map_or_else(dash, |a| format!("{a:.1}s")),
-            i.drain_rate_per_s.map_or_else(dash, |r| format!("{r:.1}/s")),
+            i.drain_rate_per_s
+                .map_or_else(dash, |r| format!("{r:.1}/s")),
             i.dead_letters.map_or_else(dash, |d| d.to_string()),
             match (i.scraped_unix_ms, i.waiting) {
                 (0, _) => dash(),
@@ -1031,11 +1032,29 @@ mod tests {
         let rows = intake_rows(&[ok, never], 10_000);
         assert_eq!(
             rows[1],
-            ["intake_us", "24", "12.3s", "0.0/s", "0", "waiting for a stack", "1s ago", ""]
+            [
+                "intake_us",
+                "24",
+                "12.3s",
+                "0.0/s",
+                "0",
+                "waiting for a stack",
+                "1s ago",
+                ""
+            ]
         );
         assert_eq!(
             rows[2],
-            ["intake_eu", "-", "-", "-", "-", "-", "never", "connection refused (2s ago)"]
+            [
+                "intake_eu",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "never",
+                "connection refused (2s ago)"
+            ]
         );
     }
 

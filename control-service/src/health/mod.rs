@@ -365,7 +365,9 @@ impl Monitor {
         let me = Arc::downgrade(self);
         self.control
             .fleet()
-            .attach_health(Arc::new(move |stack: &str| me.upgrade()?.health_view(stack)));
+            .attach_health(Arc::new(move |stack: &str| {
+                me.upgrade()?.health_view(stack)
+            }));
     }
 
     /// One stack's verdict and failing layers, as status shows them.
@@ -582,7 +584,10 @@ mod tests {
         m.record(0, obs(&clock, true));
         m.record(0, obs(&clock, true));
         let blue = fleet.stack_health("blue").unwrap();
-        assert_eq!((blue.verdict.as_str(), blue.failing_layers.len()), ("healthy", 0));
+        assert_eq!(
+            (blue.verdict.as_str(), blue.failing_layers.len()),
+            ("healthy", 0)
+        );
     }
 
     #[tokio::test]

@@ -52,7 +52,10 @@ fn the_intakes_exposition_parses_into_depth_age_placed_dead_letters() {
 #[test]
 fn a_broker_the_intake_cannot_read_or_a_page_that_is_no_intake_is_an_error() {
     let e = parse(&exposition(-1, 0.0, 6, 0, 0)).unwrap_err();
-    assert!(e.contains("queue_depth is -1: the intake cannot read its broker"), "{e}");
+    assert!(
+        e.contains("queue_depth is -1: the intake cannot read its broker"),
+        "{e}"
+    );
     let e = parse(&exposition(3, 0.0, 6, -1, 0)).unwrap_err();
     assert!(e.contains("dead_letter_depth is -1"), "{e}");
     let e = parse("<html>hello</html>").unwrap_err();
@@ -66,7 +69,11 @@ fn a_broker_the_intake_cannot_read_or_a_page_that_is_no_intake_is_an_error() {
 fn the_drain_rate_is_placed_orders_over_the_last_minute_of_scrapes() {
     let mut s = IntakeState::default();
     s.observe(1_000, Ok(sample(30, 0)));
-    assert_eq!(s.status("i", "u").drain_rate_per_s, None, "one scrape: no rate yet");
+    assert_eq!(
+        s.status("i", "u").drain_rate_per_s,
+        None,
+        "one scrape: no rate yet"
+    );
     s.observe(6_000, Ok(sample(20, 10)));
     assert_eq!(s.status("i", "u").drain_rate_per_s, Some(2.0));
     // Every 5 s for two minutes at 1 order/s, then stalled for 30 s: the rate covers the
@@ -168,8 +175,11 @@ async fn scrapes_reach_the_fleets_status_and_a_dead_intake_shows_its_error() {
     let settings = IntakeSettings {
         sources: vec![
             IntakeSource::new("intake_us", &format!("http://127.0.0.1:{port}/metrics")).unwrap(),
-            IntakeSource::new("intake_eu", &format!("http://127.0.0.1:{dead_port}/metrics"))
-                .unwrap(),
+            IntakeSource::new(
+                "intake_eu",
+                &format!("http://127.0.0.1:{dead_port}/metrics"),
+            )
+            .unwrap(),
         ],
         every: Duration::from_millis(50),
         timeout: Duration::from_millis(500),

@@ -113,7 +113,11 @@ fn status_shows_the_intake_queue_fill_during_an_outage_and_drain_after() {
     );
     let idle = wait_intake(&control, "scraped", |i| i["scraped_unix_ms"].is_u64());
     assert_eq!(
-        (&idle["cluster"], &idle["queue_depth"], &idle["dead_letters"]),
+        (
+            &idle["cluster"],
+            &idle["queue_depth"],
+            &idle["dead_letters"]
+        ),
         (&Value::from("intake_us"), &Value::from(0), &Value::from(0)),
         "{idle}"
     );
@@ -180,7 +184,9 @@ fn status_shows_the_intake_queue_fill_during_an_outage_and_drain_after() {
 
     // The intake gone: status still answers, with the scrape error and the last figures.
     intake.kill();
-    let gone = wait_intake(&control, "showed the scrape error", |i| i["error"].is_string());
+    let gone = wait_intake(&control, "showed the scrape error", |i| {
+        i["error"].is_string()
+    });
     assert_eq!(gone["queue_depth"], 0, "last figures kept: {gone}");
     drop((blue, green));
 }
