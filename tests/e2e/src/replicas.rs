@@ -353,7 +353,7 @@ pub fn replicas_config(rendered: &str, ports: &[u16]) -> String {
         if t.starts_with('#') || t.is_empty() {
             continue;
         }
-        if indent(line) == 0 {
+        if indent(line) == 0 && !t.starts_with('-') {
             keys.push(t.split(':').next().unwrap().to_string());
         }
         if t.starts_with("- endpoint:") {

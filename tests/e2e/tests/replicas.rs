@@ -62,7 +62,7 @@ const FAILOVER: Duration = Duration::from_secs(20);
 struct Setup {
     r: Replicas,
     envoy: Envoy,
-    _shop: Shop,
+    shop: Shop,
 }
 
 /// Three replicas, a shop and one Envoy (`envoy-1`) following them, with [`POLICY`]
@@ -81,7 +81,7 @@ fn setup() -> Setup {
     Setup {
         r,
         envoy,
-        _shop: shop,
+        shop,
     }
 }
 
@@ -381,7 +381,7 @@ fn without_etcd_quorum_watch_keeps_serving_writes_are_refused_and_nothing_acked_
         assert_eq!(s.r.current_version(i), Some(last), "replica {i} still serves v{last}");
     }
     // A new Envoy connecting now still gets the last snapshot.
-    let mut ports = s._shop.ports();
+    let mut ports = s.shop.ports();
     ports.insert("node", 2);
     let late = s.r.envoy(POLICY, &ports, 1);
     wait_applied(&late, last, Duration::from_secs(15)).unwrap_or_else(|| {
