@@ -163,7 +163,7 @@ impl Replicas {
     /// Run the operator CLI against replica `i` with `--timeout secs`.
     pub fn cli_timeout(&self, i: usize, secs: u32, args: &[&str]) -> Output {
         let secs = secs.to_string();
-        let mut all = vec!["--timeout", &secs];
+        let mut all = vec!["--timeout", secs.as_str()];
         all.extend_from_slice(args);
         self.replica(i).cli(&all)
     }

@@ -290,7 +290,7 @@ const CAS_LOST: [&str; 2] = ["aborted", "failed_precondition"];
 
 #[test]
 fn conflicting_changes_on_two_replicas_one_wins_and_etcd_leader_loss_is_survived() {
-    let mut r = Replicas::start(3, CONFIG);
+    let r = Replicas::start(3, CONFIG);
     let (ok0, v) = r.apply(0, POLICY, &[]);
     assert!(ok0, "{v}");
     let mut version = v["version"].as_u64().unwrap();
@@ -308,7 +308,7 @@ fn conflicting_changes_on_two_replicas_one_wins_and_etcd_leader_loss_is_survived
                 std::thread::spawn(move || {
                     let doc = named(&format!("round-{round}-operator-{i}"));
                     barrier.wait();
-                    r.apply(i, &doc, &["--expect-version", &expect])
+                    r.apply(i, &doc, &["--expect-version", expect.as_str()])
                 })
             })
             .collect();
