@@ -63,7 +63,10 @@ async fn main() {
     }
     let [mut e, mut r] = times;
     let (se, sr) = (summary(&mut e), summary(&mut r));
-    let ratio = |k: &str| round1(se[k].as_f64().unwrap() / sr[k].as_f64().unwrap() * 10.0) / 10.0;
+    let ratio = |k: &str| {
+        let r = se[k].as_f64().unwrap() / sr[k].as_f64().unwrap();
+        (r * 100.0).round() / 100.0
+    };
     let result = serde_json::json!({
         "bench": "write_latency",
         "applies_per_backend": args.applies,
