@@ -162,6 +162,7 @@ bench: setup build $(TOOLS)/.wrk
 	$(CARGO) run --release -p switchyard-e2e --example control_bench
 	$(CARGO) build --release -p switchyard-control --bins --examples
 	taskset -c 1 target/release/examples/watch_load --streams 1000 --rounds 20 --server-cpu 0
+	taskset -c 1 target/release/examples/report_load --envoys 100 --seconds 60 --rounds 2 --server-cpu 0
 	taskset -c 1 $(CARGO) bench -p switchyard-proxy-host --bench throughput
 	$(CARGO) build --release -p switchyard-control -p switchyard-storefront -p switchyard-replicas-bench
 	BENCH_OUT_DIR=target/bench/replicas target/release/store_write_latency --applies 200

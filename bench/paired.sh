@@ -11,7 +11,12 @@
 #   bench/paired.sh [A [B]]       defaults: trivial switchyard (any run.sh variant name
 #                                 among none, trivial, switchyard, sy-queue (every route with an unused
 #                                 queue fallback), sy-nokeys, lua, hc-*,
-#                                 switchyard-alt; BENCH_HC_WASM, BENCH_ALT_WASM as in run.sh)
+#                                 switchyard-alt; BENCH_HC_WASM, BENCH_ALT_WASM as in run.sh;
+#                                 and native: variant (e), the same job in Envoy's own
+#                                 configuration, bench/envoy/native.sh. With native in
+#                                 the pair, returning visitors also carry its
+#                                 stateful_session cookie, for both variants)
+#   BENCH_POLICY_FILE [bench/policies/realistic.json]
 #   BENCH_ROUNDS [9]  BENCH_DURATION [10] s  BENCH_WARMUP [3] s  BENCH_CONNECTIONS [8] per
 #   Envoy  BENCH_ENVOY_CORE [0]  BENCH_LOAD_CORE [1]  BENCH_SKIP_BUILD [0]  ENVOY
 #
@@ -31,6 +36,9 @@ ENVOY_CORE="${BENCH_ENVOY_CORE:-0}"
 LOAD_CORE="${BENCH_LOAD_CORE:-1}"
 ENVOY="${ENVOY:-$root/.tools/envoy}"
 KEYS="k1=0123456789abcdef0123" # benchmark-only affinity key, as in run.sh
+# The policy of switchyard, sy-nokeys and switchyard-alt (an older module may not know a
+# newer policy field: give both the same older policy).
+POLICY="${BENCH_POLICY_FILE:-bench/policies/realistic.json}"
 OUT="$root/target/bench/paired-$(date -u +%Y%m%dT%H%M%SZ)"
 export BENCH_UP_ADMIN_PORT=19302 BENCH_UP_PORT=19321
 
@@ -65,13 +73,14 @@ export SWITCHYARD_WASM="$OUT/switchyard_filter.wasm" BENCH_TRIVIAL_WASM="$OUT/sw
 render() {
   local v="$1" port="$2" admin="$3"
   case "$v" in
-    switchyard | sy-nokeys) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin BENCH_POLICY=bench/policies/realistic.json \
+    switchyard | sy-nokeys) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin BENCH_POLICY="$POLICY" \
       bench/envoy/render.sh switchyard ;;
     sy-queue) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin BENCH_POLICY=bench/policies/realistic-queue.json \
       bench/envoy/render.sh switchyard ;;
+    native) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin bench/envoy/native.sh ;;
     none | trivial | lua) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin bench/envoy/render.sh "$v" ;;
     switchyard-alt) [ -f "${BENCH_ALT_WASM:-}" ] || die "switchyard-alt needs BENCH_ALT_WASM=/path/to/other/switchyard_filter.wasm"
-      BENCH_PORT=$port BENCH_ADMIN_PORT=$admin SWITCHYARD_WASM="$BENCH_ALT_WASM" BENCH_POLICY=bench/policies/realistic.json \
+      BENCH_PORT=$port BENCH_ADMIN_PORT=$admin SWITCHYARD_WASM="$BENCH_ALT_WASM" BENCH_POLICY="$POLICY" \
         bench/envoy/render.sh switchyard ;;
     hc-*) BENCH_PORT=$port BENCH_ADMIN_PORT=$admin BENCH_TRIVIAL_WASM="${BENCH_HC_WASM:-$BENCH_TRIVIAL_WASM}" \
       BENCH_TRIVIAL_CONFIG="${v#hc-}" bench/envoy/render.sh trivial ;;
@@ -100,7 +109,9 @@ bench/envoy/render.sh upstream >"$OUT/upstream.yaml"
 for f in upstream a b; do
   "$ENVOY" --mode validate -c "$OUT/$f.yaml" --use-dynamic-base-id -l error >/dev/null 2>&1 || die "Envoy rejects $OUT/$f.yaml"
 done
-python3 bench/load/gen_load.py "$KEYS" 256 7 >"$OUT/load.lua"
+session=0
+if [ "$A" = native ] || [ "$B" = native ]; then session="$BENCH_UP_PORT"; fi
+BENCH_SESSION_COOKIE_PORT="$session" python3 bench/load/gen_load.py "$KEYS" 256 7 >"$OUT/load.lua"
 
 wait_ready() {
   for _ in $(seq 200); do

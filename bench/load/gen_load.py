@@ -9,12 +9,16 @@ hour ahead so the filter does not re-issue it). `x-bench-stack` is read by the t
 filter only (variant b), so that it spreads requests over the stacks as well.
 
 usage: gen_load.py KID=SECRET [COUNT] [SEED]
+  BENCH_SESSION_COOKIE_PORT=P: returning visitors also carry the `sy_sess` cookie of
+  Envoy's stateful_session filter (variant (e)), naming their stack's upstream port
+  (P + the stack's index in STACKS).
 """
 
 import base64
 import hashlib
 import hmac
 import json
+import os
 import random
 import sys
 import time
@@ -23,6 +27,7 @@ COUNTRIES = [("US", 50), ("CA", 5), ("MX", 3), ("BR", 2), ("DE", 10), ("FR", 5),
              ("GB", 4), ("JP", 5), ("AU", 3), ("SG", 2), (None, 8)]
 EU = {"DE", "FR", "NL", "IE", "ES", "IT", "PL", "SE"}
 APAC = {"JP", "AU", "SG", "IN", "KR"}
+STACKS = ["blue", "green", "canary", "eu", "apac"]  # the upstream ports' order (bench/envoy/render.sh)
 DESKTOP = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
@@ -58,6 +63,7 @@ def main():
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 256
     rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 7)
     expiry = int(time.time()) + 3500
+    session_port = int(os.environ.get("BENCH_SESSION_COOKIE_PORT", "0"))
     requests = []
     for _ in range(count):
         country = pick(rng, COUNTRIES)
@@ -105,6 +111,13 @@ def main():
             if rng.random() < 0.3:
                 cookies.append(f"cart=c{rng.getrandbits(48):012x}")
             rng.shuffle(cookies)
+            if session_port and any(c.startswith("sy_aff=") for c in cookies):
+                # Variant (e)'s stickiness: Envoy's stateful_session cookie naming the
+                # visitor's stack's upstream (after the shuffle: the random sequence, and
+                # so every other byte of the load, stays the same).
+                port = session_port + STACKS.index(stack)
+                address = base64.b64encode(f"127.0.0.1:{port}".encode()).decode()
+                cookies.append(f'sy_sess="{address}"')
             headers.append(("Cookie", "; ".join(cookies)))
         headers.append(("X-Bench-Stack", stack))
         body = ""

@@ -47,6 +47,30 @@ async function call(method, path, body) {
 export const get = (path) => call("GET", path);
 export const post = (path, body = {}) => call("POST", path, body);
 
+// Who is signed in and which actions their role allows (`GET /api/v1/whoami`, the
+// access table's answer). Buttons a role may not use are disabled; the server refuses a
+// forged call anyway. Fetched again whenever the token changes.
+let me = null;
+let meFor = null;
+
+export async function loadIdentity() {
+  const t = token();
+  if (meFor === t && me) return me;
+  meFor = t;
+  try { me = await get("/api/v1/whoami"); } catch (_) { me = null; }
+  return me;
+}
+
+export function identity() {
+  return me;
+}
+
+// Whether the signed-in role may use a console action (`incident_decision`,
+// `rollout_command`, `stack_op`, `policy_apply`, …); unknown identity: no.
+export function may(action) {
+  return !!(me && me.actions && me.actions[action]);
+}
+
 // Server-sent events read with fetch() so the token travels in a header (EventSource
 // cannot set one). Reconnects after a drop; `onState(true|false)` reports the link.
 export function stream(onEvent, onState) {

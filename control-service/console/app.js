@@ -1,7 +1,7 @@
 // The console shell: sign-in box, hash routes, the live event stream. A page re-renders
 // when an event it cares about arrives (see `refreshOn` in pages.js), without reload.
 
-import { setToken, token, stream } from "./api.js";
+import { setToken, token, stream, loadIdentity, identity } from "./api.js";
 import * as pages from "./pages.js";
 
 const routes = {
@@ -34,6 +34,8 @@ async function render() {
       const page = routes[name];
       for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.getAttribute("href") === `#/${name}`);
       try {
+        await loadIdentity();
+        showSignedIn();
         const node = await page(render);
         document.getElementById("page").replaceChildren(node);
         document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
@@ -89,8 +91,14 @@ function connect() {
   stopStream = stream(onEvent, onState);
 }
 
+// The header says who is signed in, as the server knows them (not what was typed).
 function showSignedIn() {
   document.getElementById("signin").classList.toggle("signed-in", !!token());
+  const me = identity();
+  const who = document.getElementById("whoami");
+  who.textContent = !me ? "" : me.authenticated ? `${me.name} (${me.role})` : "authentication off";
+  who.title = me && me.authenticated ? `token ${me.credential.id}` : "";
+  who.dataset.role = me && me.role ? me.role : "";
 }
 
 document.getElementById("signin").addEventListener("submit", (ev) => {

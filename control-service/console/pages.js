@@ -2,7 +2,7 @@
 // textContent only (alert labels and comments are untrusted text), and declares which
 // live events make it re-render (`refreshOn`).
 
-import { get, post, ApiError } from "./api.js";
+import { get, post, ApiError, may, identity } from "./api.js";
 
 export function h(tag, props = {}, ...children) {
   const el = document.createElement(tag);
@@ -47,6 +47,19 @@ async function act(what, fn, rerender) {
   }
 }
 
+// Why a button is off: the signed-in role does not grant its action (GET /api/v1/whoami).
+function forbidden(action) {
+  if (may(action)) return null;
+  const me = identity();
+  return me && me.role ? `your role (${me.role}) may not do this` : "sign in to do this";
+}
+
+// A button for `action`, disabled (with the reason as its tooltip) when the role lacks it.
+function guarded(action, props, label) {
+  const why = forbidden(action);
+  return h("button", { ...props, disabled: !!why, title: why || props.title, class: why ? "forbidden" : props.class }, label);
+}
+
 const pct = (x) => (x === null || x === undefined || Number.isNaN(x) ? "–" : `${(x * 100).toFixed(1)}%`);
 const num = (x, d = 1) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
 const when = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "never");
@@ -71,13 +84,53 @@ function nodeTraffic(t) {
 
 // Operator actions on a stack, through the same guardrails as `switchyard stacks …`.
 function stackActions(s, rerender) {
+  const why = forbidden("stack_op");
+  if (why) return h("span", { class: "muted", title: why }, "read-only");
   const reason = h("input", { type: "text", placeholder: "reason", "aria-label": `reason for ${s.name}`, size: 12 });
   const percent = h("input", { type: "number", min: 0, max: 100, value: s.weight_percent, "aria-label": `weight of ${s.name}`, style: "width:4.5em" });
   const op = (name, label, extra = () => ({})) => h("button", { dataset: { stack: s.name, op: name },
     onclick: () => act(`${name} ${s.name}`, () => post(`/api/v1/stacks/${encodeURIComponent(s.name)}/${name}`, { reason: reason.value, ...extra() }), rerender) }, label);
-  return h("div", { class: "actions" }, percent, op("weight", "Set weight", () => ({ percent: Number(percent.value) })),
-    s.draining || s.evacuating ? op("undrain", "Undrain") : [op("drain", "Drain"), op("evacuate", "Evacuate")],
-    s.healthy ? op("unhealthy", "Mark unhealthy") : op("healthy", "Mark healthy"), reason);
+  // Folded: sixteen stacks' worth of inputs and buttons would push the table off the page.
+  return h("details", { class: "stack-actions" }, h("summary", {}, "actions"),
+    h("div", { class: "actions" }, percent, op("weight", "Set weight", () => ({ percent: Number(percent.value) })),
+      s.draining || s.evacuating ? op("undrain", "Undrain") : [op("drain", "Drain"), op("evacuate", "Evacuate")],
+      s.healthy ? op("unhealthy", "Mark unhealthy") : op("healthy", "Mark healthy"), reason));
+}
+
+// The Envoy list: those that need a look (away, behind) first, then by node id, a page
+// at a time (a fleet of hundreds stays one screen); the page shown survives re-renders.
+const NODES_PER_PAGE = 20;
+let nodePage = 0;
+
+function nodeList(status, rerender) {
+  const behind = (n) => n.applied_version !== status.current_version;
+  const trouble = (n) => (n.connected ? 0 : 2) + (behind(n) ? 1 : 0);
+  const sorted = status.nodes.slice().sort((a, b) => trouble(b) - trouble(a) || a.node_id.localeCompare(b.node_id));
+  const pages = Math.max(1, Math.ceil(sorted.length / NODES_PER_PAGE));
+  nodePage = Math.min(nodePage, pages - 1);
+  const first = nodePage * NODES_PER_PAGE;
+  const shown = sorted.slice(first, first + NODES_PER_PAGE);
+  const rows = shown.map((n) =>
+    h("tr", { dataset: { node: n.node_id } },
+      h("td", {}, n.node_id),
+      h("td", {}, n.connected ? h("span", { class: "good" }, "connected") : h("span", { class: "bad" }, "away")),
+      h("td", { class: "num" }, behind(n) ? h("span", { class: "warn" }, `v${n.applied_version} (behind)`) : `v${n.applied_version}`),
+      h("td", {}, ago(n.last_report_unix_ms)),
+      h("td", { class: "wrap" }, nodeTraffic(n.telemetry)),
+      h("td", { class: "muted" }, n.peer)));
+  const away = sorted.filter((n) => !n.connected).length;
+  const late = sorted.filter((n) => n.connected && behind(n)).length;
+  const go = (p) => () => { nodePage = p; rerender(); };
+  return [
+    h("h2", {}, `Envoys (${status.nodes_current} of ${status.nodes.length} on the current version)`),
+    h("p", { id: "nodes-summary", class: away || late ? "warn" : "muted" },
+      `${sorted.length - away} connected, ${away} away, ${late} behind`),
+    table(["node", "stream", "applied", "last report", "last window per stack", "peer"], rows, { id: "nodes" }),
+    pages > 1 ? h("div", { class: "actions", id: "nodes-pager" },
+      h("button", { id: "nodes-prev", disabled: nodePage === 0, onclick: go(nodePage - 1) }, "‹ previous"),
+      h("span", { id: "nodes-range" }, `${first + 1}–${first + shown.length} of ${sorted.length}`),
+      h("button", { id: "nodes-next", disabled: nodePage >= pages - 1, onclick: go(nodePage + 1) }, "next ›")) : null,
+  ];
 }
 
 export async function fleet(rerender) {
@@ -110,21 +163,11 @@ export async function fleet(rerender) {
       h("td", { class: "muted" }, `v${s.changed_version} by ${s.changed_by || "–"}`),
       h("td", {}, stackActions(s, rerender)));
   });
-  const nodes = status.nodes.map((n) =>
-    h("tr", { dataset: { node: n.node_id } },
-      h("td", {}, n.node_id),
-      h("td", {}, n.connected ? h("span", { class: "good" }, "connected") : h("span", { class: "bad" }, "away")),
-      h("td", { class: "num" }, n.applied_version === status.current_version
-        ? `v${n.applied_version}` : h("span", { class: "warn" }, `v${n.applied_version} (behind)`)),
-      h("td", {}, ago(n.last_report_unix_ms)),
-      h("td", {}, nodeTraffic(n.telemetry)),
-      h("td", { class: "muted" }, n.peer)));
   return h("section", { id: "fleet" },
     h("h2", {}, `Stacks at version `, h("span", { id: "fleet-version" }, String(stacks.version))),
     table(["stack", "req/s", "errors", "p99", "KPI per 1,000", "weight", "effective share", "health", "last change", "actions"], rows, { id: "stacks" }),
-    h("h2", {}, `Envoys (${status.nodes_current} of ${status.nodes.length} on the current version)`),
-    nodes.length ? table(["node", "stream", "applied", "last report", "last window per stack", "peer"], nodes, { id: "nodes" })
-      : h("p", { class: "muted" }, "No Envoy has connected yet."));
+    status.nodes.length ? nodeList(status, rerender)
+      : [h("h2", {}, "Envoys"), h("p", { class: "muted" }, "No Envoy has connected yet.")]);
 }
 fleet.refreshOn = ["version", "audit"];
 fleet.poll = 5000;
@@ -219,7 +262,7 @@ export async function rollouts(rerender) {
       h("td", { class: "num" }, num(g.n, 0)), h("td", { class: "num" }, num(g.confidence, 3)),
       h("td", { class: "num" }, g.estimate == null ? "–" : num(g.estimate, 4)), h("td", {}, g.blocking ? "blocking" : ""))) : [];
     const id = r.spec.id;
-    const cmd = (c) => h("button", { dataset: { rollout: id, command: c },
+    const cmd = (c) => guarded("rollout_command", { dataset: { rollout: id, command: c },
       onclick: () => act(`${c} ${id}`, () => post(`/api/v1/rollouts/${encodeURIComponent(id)}/${c}`, {}), rerender) }, c[0].toUpperCase() + c.slice(1));
     return h("div", { class: "card", dataset: { rollout: id } },
       h("h2", {}, `${id}: ${r.spec.release} over ${r.spec.stable}`),
@@ -241,8 +284,8 @@ export async function incidents(rerender) {
   const details = await Promise.all(incidents.slice(0, 10).map((i) => get(`/api/v1/incidents/${i.id}`).then((d) => d.incident).catch(() => null)));
   return h("section", { id: "incidents" }, incidents.map((s, n) => {
     const full = details[n];
-    const comment = h("input", { type: "text", placeholder: "comment (required to reject)", "aria-label": "comment" });
-    const decide = (d) => h("button", { dataset: { incident: s.id, decision: d },
+    const comment = h("input", { type: "text", placeholder: "comment (required to reject)", "aria-label": "comment", disabled: !!forbidden("incident_decision") });
+    const decide = (d) => guarded("incident_decision", { dataset: { incident: s.id, decision: d },
       onclick: () => act(`${d} incident ${s.id}`, () => post(`/api/v1/incidents/${s.id}/${d}`, { comment: comment.value }), rerender) },
       d === "approve" ? "Approve" : "Reject");
     const awaiting = s.phase === "awaiting_approval";
@@ -327,14 +370,15 @@ export async function policy(rerender) {
   text.value = JSON.stringify(current.policy, null, 2);
   const verdict = h("div", { id: "policy-verdict" });
   const comment = h("input", { type: "text", placeholder: "why (kept in the audit log)", "aria-label": "comment" });
-  const apply = h("button", { id: "policy-apply", disabled: true }, "Apply");
+  const applyWhy = forbidden("policy_apply");
+  const apply = h("button", { id: "policy-apply", disabled: true, title: applyWhy }, "Apply");
   let validated = null;
   text.addEventListener("input", () => { apply.disabled = true; validated = null; });
   const validate = async () => {
     try {
       const v = await post("/api/v1/policy/validate", { policy: text.value });
       validated = v.valid ? text.value : null;
-      apply.disabled = !v.valid;
+      apply.disabled = !v.valid || !!applyWhy;
       verdict.replaceChildren(v.valid
         ? h("p", { class: "good" }, `valid: stacks ${v.stacks.join(", ")}`, v.warnings.map((w) => h("div", { class: "warn" }, `${w.field}: ${w.message}`)))
         : h("div", { class: "bad" }, `invalid (${v.errors.length}):`, v.errors.map((e) => h("div", {}, `${e.field}: ${e.message}`))));
@@ -380,6 +424,8 @@ export async function explain() {
       out.replaceChildren(
         h("p", {}, "decision: ", h("strong", { id: "explain-decision" }, d.kind === "stack" ? `${d.stack} (${d.how})` : d.kind === "queue" ? `queued to the intake (degraded mode; meant for ${d.intended || "–"})` : `local reply ${d.status} ${d.message}`)),
         h("p", {}, `rule: ${r.rule.id} (#${r.rule.index}${r.rule.default ? ", the default" : ""}) at version ${r.version}`),
+        h("h2", {}, `Affinity cookie (${r.affinity.cookie_name})`),
+        h("p", { id: "explain-affinity", dataset: { verdict: r.affinity.verdict || r.affinity.cookie } }, r.affinity.explanation),
         h("h2", {}, "Classification"), h("pre", {}, JSON.stringify(r.classification, null, 2)),
         h("h2", {}, "Stacks of the rule"),
         table(["stack", "role", "policy weight", "factor", "healthy", "eligible", "share"], r.targets.map((t) =>

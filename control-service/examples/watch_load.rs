@@ -13,7 +13,6 @@
 //! to the moment that stream receives the new snapshot.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -21,6 +20,9 @@ use switchyard_control::proto::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+
+mod support;
+use support::{cpu_ms, rss_kib};
 
 #[derive(Parser, Debug)]
 #[command(about = "Watch fan-out load client for the Switchyard control service")]
@@ -51,38 +53,6 @@ struct Args {
     json: bool,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of a process, in milliseconds (from /proc/<pid>/stat).
-fn cpu_ms(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    // USER_HZ is 100 on Linux.
-    ticks * 10.0
-}
-
 fn policy(stacks: usize, name: &str) -> String {
     let defs: Vec<String> = (0..stacks)
         .map(|i| {
@@ -102,77 +72,6 @@ fn policy(stacks: usize, name: &str) -> String {
         targets.join(","),
         targets.join(",")
     )
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed on drop (avoids a dependency for one directory).
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn start_server(args: &Args) -> Server {
-    use std::io::BufRead;
-    let bin = args.server_bin.clone().unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        exe.parent()
-            .and_then(|p| p.parent())
-            .expect("target dir")
-            .join("switchyard-control")
-    });
-    assert!(
-        bin.exists(),
-        "{} not found: cargo build --release -p switchyard-control --bins",
-        bin.display()
-    );
-    let dir = std::env::temp_dir().join(format!("switchyard-watch-load-{}", std::process::id()));
-    let mut cmd = match args.server_cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(cpu.to_string()).arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    let mut child = cmd
-        .args([
-            "serve",
-            "--grpc",
-            "127.0.0.1:0",
-            "--no-http",
-            "--log-level",
-            "warn",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start server");
-    let out = child.stdout.take().expect("stdout");
-    let mut url = String::new();
-    for line in std::io::BufReader::new(out).lines() {
-        let line = line.expect("read");
-        if let Some(addr) = line.strip_prefix("grpc listening on ") {
-            url = format!("http://{addr}");
-            break;
-        }
-    }
-    assert!(!url.is_empty(), "server did not start");
-    Server {
-        child,
-        url,
-        _dir: tempdir::Dir(dir),
-    }
 }
 
 /// (stream index, version, when received)
@@ -219,7 +118,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let server = start_server(&args);
+    let server =
+        support::start_server(args.server_bin.clone(), args.server_cpu, "watch-load", &[]);
     let pid = server.child.id();
     let endpoint = Endpoint::from_shared(server.url.clone())
         .expect("url")
@@ -396,7 +296,5 @@ async fn main() {
             args.streams, cpu_per_change
         );
     }
-    let mut child = server.child;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }

@@ -15,6 +15,8 @@ use crate::autopilot::AutopilotSettings;
 use crate::brain::series::SeriesSettings;
 use crate::grpc::WatchSettings;
 use crate::health::config::{HealthConfig, HealthDoc};
+use crate::replica::ReplicaSettings;
+use crate::intakes::{IntakeSettings, IntakeSource};
 use crate::store::EtcdConfig;
 
 pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";
@@ -59,6 +61,14 @@ pub struct ServeArgs {
     /// Key prefix in etcd [default: /switchyard/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
+    /// This replica's name among replicas on one etcd (status, logs, the leadership key)
+    /// [default: HOSTNAME-PID].
+    #[arg(long, env = "SWITCHYARD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Lease of the replicas' leadership in seconds: a leader that stops renewing it is
+    /// replaced this long after (`--store etcd`) [default: 10].
+    #[arg(long)]
+    pub lease_ttl_secs: Option<u64>,
     /// gRPC listen address (port 0 = any free port) [default: 127.0.0.1:18000].
     #[arg(long)]
     pub grpc: Option<SocketAddr>,
@@ -81,6 +91,16 @@ pub struct ServeArgs {
     /// For development on a private machine only (docs/security.md).
     #[arg(long)]
     pub no_auth: bool,
+}
+
+/// `[replica]`: this replica among several on one etcd (docs/operations.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaDoc {
+    /// Name in status, logs and the leadership key (default `hostname-pid`).
+    pub id: Option<String>,
+    /// Leadership lease in seconds (default 10).
+    pub lease_ttl_secs: Option<u64>,
 }
 
 /// `[auth]`: credentials on the gRPC and HTTP APIs (docs/security.md).
@@ -243,6 +263,66 @@ impl AutopilotDoc {
     }
 }
 
+/// `[degraded]`: what the control service watches of degraded mode
+/// (docs/degraded-mode.md). Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradedDoc {
+    /// The intakes whose queues status shows: `[{ cluster = "intake_us", url =
+    /// "http://127.0.0.1:8090/metrics" }]`.
+    pub intakes: Option<Vec<IntakeDoc>>,
+    /// Time between two scrapes of one intake (default 5000, 100..=600000).
+    pub scrape_every_ms: Option<u64>,
+    /// Bound on one scrape (default 2000, at most `scrape_every_ms`).
+    pub scrape_timeout_ms: Option<u64>,
+}
+
+/// One intake: the cluster a route's queue fallback names and its Prometheus metrics URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeDoc {
+    pub cluster: String,
+    pub url: String,
+}
+
+impl DegradedDoc {
+    /// The scrape settings, or every problem with its field path.
+    pub fn settings(&self) -> Result<IntakeSettings, ConfigError> {
+        let mut s = IntakeSettings::default();
+        let mut problems = Vec::new();
+        for (i, d) in self.intakes.iter().flatten().enumerate() {
+            match IntakeSource::new(&d.cluster, &d.url) {
+                Ok(src) if s.sources.iter().any(|o| o.cluster == src.cluster) => problems.push(
+                    format!("intakes[{i}].cluster: {:?} is listed twice", src.cluster),
+                ),
+                Ok(src) => s.sources.push(src),
+                Err(e) => problems.push(format!("intakes[{i}].{e}")),
+            }
+        }
+        if let Some(ms) = self.scrape_every_ms {
+            if (100..=600_000).contains(&ms) {
+                s.every = Duration::from_millis(ms);
+            } else {
+                problems.push(format!(
+                    "scrape_every_ms: {ms} must be between 100 and 600000"
+                ));
+            }
+        }
+        if let Some(ms) = self.scrape_timeout_ms {
+            if ms == 0 {
+                problems.push("scrape_timeout_ms: must be positive".into());
+            }
+            s.timeout = Duration::from_millis(ms);
+        }
+        s.timeout = s.timeout.min(s.every);
+        if problems.is_empty() {
+            Ok(s)
+        } else {
+            Err(ConfigError::Degraded { problems })
+        }
+    }
+}
+
 /// The config file. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,6 +355,10 @@ pub struct FileConfig {
     pub series_grace_ms: Option<u64>,
     /// Credentials (`[auth]`).
     pub auth: Option<AuthDoc>,
+    /// This replica among several on one etcd (`[replica]`).
+    pub replica: Option<ReplicaDoc>,
+    /// The intakes of degraded mode (`[degraded]`).
+    pub degraded: Option<DegradedDoc>,
 }
 
 /// The resolved configuration.
@@ -298,6 +382,10 @@ pub struct ServeConfig {
     pub series: SeriesSettings,
     /// Authentication and authorisation.
     pub auth: AuthSettings,
+    /// This replica's id and leadership lease (used with `store = "etcd"`).
+    pub replica: ReplicaSettings,
+    /// The intakes whose queues status shows (`[degraded] intakes`).
+    pub intakes: IntakeSettings,
 }
 
 impl ServeConfig {
@@ -320,6 +408,8 @@ impl ServeConfig {
             autopilot: AutopilotSettings::default(),
             series: SeriesSettings::default(),
             auth: AuthSettings { enabled: false },
+            replica: ReplicaSettings::default(),
+            intakes: IntakeSettings::default(),
         }
     }
 }
@@ -343,6 +433,8 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<String>,
     },
+    #[error("invalid [degraded] section:\n  {}", .problems.join("\n  "))]
+    Degraded { problems: Vec<String> },
     #[error("{0}")]
     Invalid(String),
 }
@@ -385,6 +477,13 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         watch.first_message_timeout = Duration::from_millis(ms);
     }
     let series = series_settings(&file)?;
+    let replica = replica_settings(args, file.replica.clone().unwrap_or_default())?;
+    let intakes = file
+        .degraded
+        .as_ref()
+        .map(DegradedDoc::settings)
+        .transpose()?
+        .unwrap_or_default();
     Ok(ServeConfig {
         data_dir: args
             .data_dir
@@ -438,7 +537,39 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         auth: AuthSettings {
             enabled: !args.no_auth && file.auth.and_then(|a| a.enabled).unwrap_or(true),
         },
+        replica,
+        intakes,
     })
+}
+
+/// Longest leadership lease: a dead leader's work would wait this long to resume.
+const MAX_LEASE_TTL_SECS: u64 = 300;
+
+fn replica_settings(args: &ServeArgs, doc: ReplicaDoc) -> Result<ReplicaSettings, ConfigError> {
+    let mut s = ReplicaSettings::default();
+    if let Some(id) = args.replica_id.clone().or(doc.id) {
+        let id = id.trim().to_string();
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "replica.id {id:?}: 1-128 characters of [A-Za-z0-9._:-]"
+            )));
+        }
+        s.id = id;
+    }
+    if let Some(ttl) = args.lease_ttl_secs.or(doc.lease_ttl_secs) {
+        if !(1..=MAX_LEASE_TTL_SECS).contains(&ttl) {
+            return Err(ConfigError::Invalid(format!(
+                "replica.lease_ttl_secs {ttl}: between 1 and {MAX_LEASE_TTL_SECS}"
+            )));
+        }
+        s.lease_ttl = Duration::from_secs(ttl);
+    }
+    Ok(s)
 }
 
 fn series_settings(file: &FileConfig) -> Result<SeriesSettings, ConfigError> {
@@ -533,6 +664,54 @@ mod tests {
     }
 
     #[test]
+    fn intakes_come_from_the_degraded_section_and_every_problem_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[degraded]\nscrape_every_ms = 1000\nintakes = [\n\
+             { cluster = \"intake_us\", url = \"http://127.0.0.1:8090/metrics\" },\n\
+             { cluster = \"intake_eu\", url = \"http://127.0.0.1:8091/metrics\" },\n]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = resolve(&args).unwrap();
+        let clusters: Vec<&str> = c
+            .intakes
+            .sources
+            .iter()
+            .map(|s| s.cluster.as_str())
+            .collect();
+        assert_eq!(clusters, ["intake_us", "intake_eu"]);
+        assert_eq!(c.intakes.every, Duration::from_secs(1));
+        assert_eq!(c.intakes.timeout, Duration::from_secs(1), "never longer than the period");
+        assert!(resolve(&ServeArgs::default()).unwrap().intakes.sources.is_empty());
+        std::fs::write(
+            &path,
+            "[degraded]\nscrape_every_ms = 5\nintakes = [\n\
+             { cluster = \"intake_us\", url = \"https://x:1/metrics\" },\n\
+             { cluster = \"\", url = \"http://127.0.0.1:1/\" },\n\
+             { cluster = \"a\", url = \"http://127.0.0.1:1/\" },\n\
+             { cluster = \"a\", url = \"http://127.0.0.1:2/\" },\n]\n",
+        )
+        .unwrap();
+        let err = resolve(&args).unwrap_err().to_string();
+        for want in [
+            "intakes[0].url: must start with http://",
+            "intakes[1].cluster: \"\" must be a cluster name",
+            "intakes[3].cluster: \"a\" is listed twice",
+            "scrape_every_ms: 5 must be between",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+        std::fs::write(&path, "[degraded]\nintakes = [{ cluster = \"a\" }]\n").unwrap();
+        assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
     fn series_settings_come_from_the_file_and_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -617,6 +796,43 @@ mod tests {
         );
         assert!(err.contains("health.checks[1].url: is required"), "{err}");
         std::fs::write(&path, "[health]\nchecks = 3\nfast_pth = true\n").unwrap();
+        assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn replica_settings_come_from_the_file_or_flags_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        std::fs::write(&path, "grpc = \"127.0.0.1:1\"\n").unwrap();
+        let c = resolve(&args).unwrap();
+        assert_eq!(c.replica, ReplicaSettings::default());
+        assert_eq!(c.replica.lease_ttl, Duration::from_secs(10));
+        std::fs::write(&path, "[replica]\nid = \"cp-a\"\nlease_ttl_secs = 4\n").unwrap();
+        let c = resolve(&args).unwrap();
+        assert_eq!(
+            (c.replica.id.as_str(), c.replica.lease_ttl),
+            ("cp-a", Duration::from_secs(4))
+        );
+        args.replica_id = Some("cp-b".into());
+        args.lease_ttl_secs = Some(6);
+        let c = resolve(&args).unwrap();
+        assert_eq!(
+            (c.replica.id.as_str(), c.replica.lease_ttl),
+            ("cp-b", Duration::from_secs(6))
+        );
+        args.lease_ttl_secs = Some(0);
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("replica.lease_ttl_secs 0"), "{err}");
+        args.lease_ttl_secs = None;
+        args.replica_id = Some("a b".into());
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("replica.id \"a b\""), "{err}");
+        std::fs::write(&path, "[replica]\nttl = 4\n").unwrap();
+        args.replica_id = None;
         assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
     }
 

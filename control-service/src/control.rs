@@ -8,6 +8,12 @@
 //! What it publishes is a domain [`Snapshot`] (plain Rust, the data-plane message as the
 //! filter decodes it); turning it into protobuf is the gRPC edge's job, never this
 //! module's.
+//!
+//! Replicas on a shared store (etcd): the writer lock is per process, so the store's
+//! append is the compare-and-set between replicas — a change built on a version another
+//! replica has already replaced fails with [`ControlError::Conflict`] (gRPC `ABORTED`)
+//! after `current` is refreshed. [`Control::follow`] loads and publishes the versions
+//! other replicas commit. Published versions only ever rise.
 
 use std::sync::{Arc, RwLock};
 
@@ -19,6 +25,7 @@ use crate::fleet::Fleet;
 use crate::model::{
     now_unix_ms, policy_digest, ChangeKind, RuleStack, StackRuntime, VersionRecord,
 };
+use crate::replica::Role;
 use crate::store::{Store, StoreError};
 use crate::validate::{self, Accepted, Issue};
 
@@ -33,10 +40,28 @@ pub enum ControlError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Another change came first (a stale expected version, or another replica committed
+    /// the version this change was built on). Nothing was changed; read and retry.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store cannot be reached (etcd down or without quorum), or this replica just
+    /// lost its leadership. Nothing was changed; reads keep serving the last state.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("store task failed: {0}")]
     Task(String),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            ControlError::Unavailable(format!("nothing was changed: {e}"))
+        } else {
+            ControlError::Store(e)
+        }
+    }
 }
 
 fn join_issues(issues: &[Issue]) -> String {
@@ -201,6 +226,7 @@ pub struct Control {
     snapshots: watch::Sender<Published>,
     fleet: Fleet,
     started_unix_ms: u64,
+    role: Arc<Role>,
 }
 
 async fn blocking<T, F>(f: F) -> Result<T, ControlError>
@@ -215,22 +241,18 @@ where
 }
 
 impl Control {
-    /// Open on a store, restoring the newest version it holds.
+    /// Open on a store, restoring the newest version it holds; alone on it (the leader).
     pub async fn open(store: Arc<dyn Store>) -> Result<Arc<Self>, ControlError> {
+        Self::open_as(store, Role::standalone(crate::replica::default_id())).await
+    }
+
+    /// Open as the replica `role` (one of several on a shared store).
+    pub async fn open_as(
+        store: Arc<dyn Store>,
+        role: Arc<Role>,
+    ) -> Result<Arc<Self>, ControlError> {
         let s = store.clone();
-        let current = blocking(move || {
-            let Some(record) = s.latest()? else {
-                return Ok(None);
-            };
-            let policy = s
-                .policy(record.policy_version)?
-                .ok_or_else(|| StoreError::Corrupt {
-                    version: record.version,
-                    message: format!("policy of version {} is missing", record.policy_version),
-                })?;
-            Ok(Some(Current::new(record, policy.into())))
-        })
-        .await?;
+        let current = blocking(move || load_latest(&*s)).await?;
         if let Some(c) = &current {
             // A newer filter may be stricter than the one that accepted this policy. Keep
             // serving it (it is what every Envoy runs) but say so.
@@ -269,7 +291,77 @@ impl Control {
             snapshots,
             fleet: Fleet::new(),
             started_unix_ms: now_unix_ms(),
+            role,
         }))
+    }
+
+    /// This replica's identity and leadership.
+    pub fn role(&self) -> &Arc<Role> {
+        &self.role
+    }
+
+    /// Publish the versions other replicas commit to the shared store, until `shutdown`.
+    /// `None` when the store has no other writers (redb, memory).
+    pub fn follow(
+        self: &Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let mut versions = self.store.subscribe_versions(self.current_version())?;
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = versions.changed() => if changed.is_err() { return },
+                }
+                let newest = *versions.borrow_and_update();
+                if newest <= me.current_version() {
+                    continue;
+                }
+                let _w = me.writer.lock().await;
+                if let Err(e) = me.refresh().await {
+                    // The follower re-subscribes by itself; the next version retries.
+                    tracing::warn!(version = newest, error = %e, "cannot load a version committed by another replica");
+                }
+            }
+        }))
+    }
+
+    /// Load the store's newest version and publish it if it is newer than ours (a version
+    /// another replica committed). Caller holds the writer lock.
+    async fn refresh(&self) -> Result<u64, ControlError> {
+        let s = self.store.clone();
+        if let Some(latest) = blocking(move || load_latest(&*s)).await? {
+            if latest.record.version > self.current_version() {
+                tracing::info!(
+                    version = latest.record.version,
+                    actor = %latest.record.actor,
+                    summary = %latest.record.summary,
+                    "following a version committed by another replica"
+                );
+                self.make_current(Arc::new(latest));
+            }
+        }
+        Ok(self.current_version())
+    }
+
+    /// Make `current` the state in force and publish it, unless a newer one already is.
+    fn make_current(&self, current: Arc<Current>) {
+        let v = current.record.version;
+        {
+            let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
+            if slot.as_ref().is_some_and(|c| c.record.version >= v) {
+                return;
+            }
+            *slot = Some(current.clone());
+        }
+        self.snapshots.send_if_modified(|published| {
+            if published.as_ref().is_some_and(|s| s.version >= v) {
+                return false;
+            }
+            *published = Some(Arc::new(current.snapshot()));
+            true
+        });
     }
 
     /// The hash-chained audit log.
@@ -319,6 +411,8 @@ impl Control {
             self.store_description(),
             self.fleet().nodes(),
         );
+        status.replica_id = self.role.id().to_string();
+        status.leader = self.role.is_leader();
         if let Some(current) = self.current() {
             if let Some(policy) = current.compiled() {
                 status.degraded = crate::degraded::degraded_routes(&policy, &current.record);
@@ -651,7 +745,29 @@ impl Control {
         let store = self.store.clone();
         let rec = record.clone();
         let doc = policy_json.clone();
-        blocking(move || store.append(&rec, sets_policy.then_some(&*doc))).await?;
+        let appended =
+            tokio::task::spawn_blocking(move || store.append(&rec, sets_policy.then_some(&*doc)))
+                .await
+                .map_err(|e| ControlError::Task(e.to_string()))?;
+        match appended {
+            Ok(()) => {}
+            Err(StoreError::OutOfOrder { latest, .. }) => {
+                // Another replica committed first: take its version, refuse this change.
+                let now = self.refresh().await.unwrap_or(latest);
+                return Err(ControlError::Conflict(format!(
+                    "another change was committed first: the current version is {}; \
+                     nothing was changed, read it and try again",
+                    now.max(latest)
+                )));
+            }
+            Err(StoreError::Fenced { .. }) => {
+                return Err(ControlError::Unavailable(
+                    "this replica has just lost the leadership; nothing was changed, try again"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
         // The version is durable; now its audit entry. Should this fail (or the process
         // die here), `open` audits the version from the history on the next start.
         let draft = audit_draft(self.current().as_deref(), &record, origin);
@@ -671,9 +787,7 @@ impl Control {
             summary = %current.record.summary,
             "committed"
         );
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(current.clone());
-        self.snapshots
-            .send_replace(Some(Arc::new(current.snapshot())));
+        self.make_current(current);
         Ok(())
     }
 
@@ -724,20 +838,40 @@ impl Control {
             comment: "--bootstrap-policy".into(),
             origin: AuditKind::AutomaticAction,
         };
-        self.apply_as(ChangeKind::Bootstrap, policy_json, change, 0)
+        match self
+            .apply_as(ChangeKind::Bootstrap, policy_json, change, 0)
             .await
-            .map(Some)
+        {
+            Ok(o) => Ok(Some(o)),
+            // Replicas starting together: another one bootstrapped the store first.
+            Err(ControlError::Conflict(_)) if self.current().is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
 fn check_expected(current: Option<&Current>, expected: u64) -> Result<(), ControlError> {
     let now = current.map(|c| c.record.version).unwrap_or(0);
     if expected != 0 && expected != now {
-        return Err(ControlError::FailedPrecondition(format!(
-            "expected version {expected}, but the current version is {now}"
+        return Err(ControlError::Conflict(format!(
+            "expected version {expected}, but the current version is {now}; nothing was changed"
         )));
     }
     Ok(())
+}
+
+/// The store's newest version and the policy in force at it.
+fn load_latest(s: &dyn Store) -> Result<Option<Current>, StoreError> {
+    let Some(record) = s.latest()? else {
+        return Ok(None);
+    };
+    let policy = s
+        .policy(record.policy_version)?
+        .ok_or_else(|| StoreError::Corrupt {
+            version: record.version,
+            message: format!("policy of version {} is missing", record.policy_version),
+        })?;
+    Ok(Some(Current::new(record, policy.into())))
 }
 
 fn policy_summary(

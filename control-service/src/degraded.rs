@@ -25,6 +25,42 @@ pub struct DegradedRoute {
     pub reason: String,
 }
 
+/// One intake's queue as the control service last scraped it from the intake's
+/// Prometheus text (`[degraded] intakes`, docs/degraded-mode.md). The figures are those
+/// of the last successful scrape; `error` says the latest attempt failed and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IntakeStatus {
+    /// The intake cluster a route's queue fallback names (e.g. `intake_us`).
+    pub cluster: String,
+    /// Where its metrics are scraped.
+    pub url: String,
+    /// Orders queued, not yet placed or dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u64>,
+    /// Age of the oldest queued order, seconds (0 with an empty queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_age_s: Option<f64>,
+    /// Orders placed per second over the last minute of scrapes (absent until two
+    /// scrapes are apart in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_rate_per_s: Option<f64>,
+    /// Orders in the dead-letter stream (failed for good, with their reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<u64>,
+    /// The intake's drainer finds no eligible checkout stack (it waits, retrying).
+    #[serde(default)]
+    pub waiting: bool,
+    /// When the figures above were read (Unix ms); absent before the first success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scraped_unix_ms: Option<u64>,
+    /// Why the latest scrape failed; absent when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the latest scrape failed (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_unix_ms: Option<u64>,
+}
+
 /// Every rule of `policy` in degraded mode under the stack states of `record`.
 pub fn degraded_routes(policy: &Policy, record: &VersionRecord) -> Vec<DegradedRoute> {
     policy

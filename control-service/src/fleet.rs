@@ -125,6 +125,27 @@ impl StackLatest {
     }
 }
 
+/// A stack's health-check state as status shows it (from the health monitor, when the
+/// config has a `[health]` section).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackHealthView {
+    /// `healthy`, `degraded` (an upper layer is down: for a human), `hard_down` (an
+    /// infrastructure or component check is down, or breakers are open on most nodes:
+    /// the fast path evacuates) or `unknown` (no check has an opinion yet).
+    pub verdict: String,
+    /// The layers with a failing check, e.g. `component`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_layers: Vec<String>,
+    /// Why it is not healthy: each failing check's last result, or the breaker counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
+}
+
+/// Each stack's health, when the health monitor runs (`None` = nothing speaks about it).
+pub type HealthFeed = Arc<dyn Fn(&str) -> Option<StackHealthView> + Send + Sync>;
+/// Every configured intake's last scrape.
+pub type IntakeFeed = Arc<dyn Fn() -> Vec<crate::degraded::IntakeStatus> + Send + Sync>;
+
 /// The fleet as every edge describes it: `GET /api/v1/status`, `switchyard --json status`
 /// (converted from the gRPC `StatusResponse`) and the console to come. One schema,
 /// documented in control-service/README.md ("Status JSON").
@@ -149,6 +170,20 @@ pub struct FleetStatus {
     /// requests at the intake (docs/degraded-mode.md). Absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<crate::degraded::DegradedRoute>,
+    /// The replica that answered (`[replica] id`).
+    #[serde(default)]
+    pub replica_id: String,
+    /// Whether it leads (runs the background work); always true alone on redb.
+    #[serde(default)]
+    pub leader: bool,
+    /// Per configured intake (`[degraded] intakes`), its queue as last scraped: depth,
+    /// oldest age, drain rate, dead letters, or the scrape error. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intakes: Vec<crate::degraded::IntakeStatus>,
+    /// Per stack of the current policy, its health-check state. Absent when the control
+    /// service runs no health checks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health: BTreeMap<String, StackHealthView>,
 }
 
 impl FleetStatus {
@@ -174,6 +209,10 @@ impl FleetStatus {
             nodes,
             stacks: BTreeMap::new(),
             degraded: Vec::new(),
+            replica_id: String::new(),
+            leader: false,
+            intakes: Vec::new(),
+            health: BTreeMap::new(),
         }
     }
 }
@@ -184,6 +223,10 @@ pub struct Fleet {
     nodes: Arc<Mutex<HashMap<String, NodeView>>>,
     /// The brain's time series, once the server attached it: reports are folded into it.
     series: Arc<OnceLock<Arc<Series>>>,
+    /// The health monitor's verdicts, once it runs.
+    health: Arc<OnceLock<HealthFeed>>,
+    /// The intakes' scrapes, once they run.
+    intakes: Arc<OnceLock<IntakeFeed>>,
     /// Per stack, every batch's counts added up.
     totals: Arc<Mutex<BTreeMap<String, StackTotals>>>,
 }
@@ -321,11 +364,37 @@ impl Fleet {
         self.series.get()
     }
 
-    /// `status` with the latest series window of each named stack (the current
-    /// policy's): what both edges report. Reads the store: call it off the async
-    /// workers.
+    /// Attach the health monitor's verdicts (once; later calls are ignored).
+    pub fn attach_health(&self, feed: HealthFeed) {
+        let _ = self.health.set(feed);
+    }
+
+    /// Attach the intakes' scrapes (once; later calls are ignored).
+    pub fn attach_intakes(&self, feed: IntakeFeed) {
+        let _ = self.intakes.set(feed);
+    }
+
+    /// A stack's health-check state: `None` without a health monitor; `unknown` when
+    /// the monitor runs but nothing speaks about the stack.
+    pub fn stack_health(&self, stack: &str) -> Option<StackHealthView> {
+        let feed = self.health.get()?;
+        Some(feed(stack).unwrap_or_else(|| StackHealthView {
+            verdict: "unknown".into(),
+            ..Default::default()
+        }))
+    }
+
+    /// `status` with what the control service observes beside the nodes: the latest
+    /// series window and the health-check state of each named stack (the current
+    /// policy's), and every intake's last scrape. What both edges report. Reads the
+    /// store: call it off the async workers.
     pub fn with_series(&self, mut status: FleetStatus, stacks: &[String]) -> FleetStatus {
         status.stacks = self.latest_windows(stacks.iter().map(String::as_str));
+        status.health = stacks
+            .iter()
+            .filter_map(|s| Some((s.clone(), self.stack_health(s)?)))
+            .collect();
+        status.intakes = self.intakes.get().map(|f| f()).unwrap_or_default();
         status
     }
 

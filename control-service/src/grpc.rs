@@ -77,6 +77,8 @@ impl From<ControlError> for Status {
             ControlError::InvalidArgument(m) => Status::invalid_argument(m),
             ControlError::NotFound(m) => Status::not_found(m),
             ControlError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ControlError::Conflict(m) => Status::aborted(m),
+            ControlError::Unavailable(m) => Status::unavailable(m),
             e @ (ControlError::Store(_) | ControlError::Task(_)) => {
                 tracing::error!(error = %e, "store failure");
                 Status::internal(format!("nothing was changed: {e}"))
@@ -100,29 +102,41 @@ impl Default for WatchSettings {
     }
 }
 
-/// The encoded wire form of the newest published snapshot: converted and encoded once
-/// per version, then shared by every Watch stream (a fan-out to 1,000 Envoys must not
-/// encode 1,000 times).
+/// The encoded wire forms of the newest published snapshots: each converted and encoded
+/// once per version, then shared by every Watch stream (a fan-out to 1,000 Envoys must
+/// not encode 1,000 times). A few versions are kept, so streams still sending the one
+/// before the newest share its bytes too.
 #[derive(Debug, Default)]
 struct WireSnapshot {
-    newest: Mutex<Option<(u64, Encoded)>>,
+    recent: Mutex<std::collections::VecDeque<(u64, Encoded)>>,
 }
+
+/// Versions [`WireSnapshot`] keeps encoded.
+const WIRE_KEEP: usize = 4;
 
 impl WireSnapshot {
     /// The encoded `s`, encoding it only if no stream did so before.
     fn of(&self, s: &Snapshot) -> Encoded {
-        let encode = || Encoded(proto::snapshot(s).encode_to_vec().into());
-        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-        match &*newest {
-            Some((v, w)) if *v == s.version => w.clone(),
-            // A stream still behind: encode for it, keep the newer one cached.
-            Some((v, _)) if *v > s.version => encode(),
-            _ => {
-                let w = encode();
-                *newest = Some((s.version, w.clone()));
-                w
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, w)) = recent.iter().find(|(v, _)| *v == s.version) {
+            return w.clone();
+        }
+        let w = Encoded(proto::snapshot(s).encode_to_vec().into());
+        // Newest last; a version older than every kept one is encoded but not kept.
+        let at = recent.partition_point(|(v, _)| *v < s.version);
+        if at > 0 || recent.len() < WIRE_KEEP {
+            recent.insert(at, (s.version, w.clone()));
+            if recent.len() > WIRE_KEEP {
+                recent.pop_front();
             }
         }
+        w
+    }
+
+    #[cfg(test)]
+    fn cached(&self) -> Vec<u64> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().map(|(v, _)| *v).collect()
     }
 }
 
@@ -204,13 +218,21 @@ async fn run_watch(
     }
 
     let mut snapshots = control.subscribe();
+    // Only versions newer than what the node has are ever sent: a replica that is behind
+    // holds the stream until it catches up, and never sends a node back in time.
     let mut sent = first.last_applied_version;
+    if sent > control.current_version() && !in_store(&control, sent).await {
+        // The node's version is not in this store at all (the store was replaced):
+        // waiting would never end, so it gets the current state.
+        tracing::warn!(node = %node, last_applied = sent, "node reports a version this store never had; sending the current one");
+        sent = 0;
+    }
     let mut inbound_open = true;
     // Send what is current now, then whatever is newest each time something changes.
     let mut pending = snapshots.borrow_and_update().clone();
     let reason = loop {
         if let Some(s) = pending.take() {
-            if s.version != sent {
+            if s.version > sent {
                 let send = tokio::select! {
                     r = tx.send(Ok(wire.of(&s))) => r.is_ok(),
                     _ = shutdown.cancelled() => false,
@@ -257,6 +279,16 @@ async fn run_watch(
     }
     tracing::info!(node = %node, %peer, reason, "watch closed");
     drop(guard);
+}
+
+/// Whether `version` was ever committed to the store (the newest version reaches it).
+/// When the store cannot say (unreachable), assume it was: holding is the safe answer.
+async fn in_store(control: &Control, version: u64) -> bool {
+    let store = control.store();
+    match tokio::task::spawn_blocking(move || store.latest()).await {
+        Ok(Ok(latest)) => latest.is_some_and(|r| r.version >= version),
+        _ => true,
+    }
 }
 
 impl DataPlaneService {
@@ -529,11 +561,13 @@ impl StacksService {
             Some(pilot) => pilot.manual_stack_op(stack, op, change).await?,
             None => self.control.stack_op(stack, op, change).await?,
         };
-        let totals = self.control.fleet().stack_totals();
-        let status = outcome
-            .record
-            .stack(stack)
-            .map(|s| proto::stack_status(s, totals.get(stack)));
+        let fleet = self.control.fleet();
+        let totals = fleet.stack_totals();
+        let status = outcome.record.stack(stack).map(|s| {
+            let mut st = proto::stack_status(s, totals.get(stack));
+            st.health = fleet.stack_health(stack).map(|h| proto::stack_health(stack, &h));
+            st
+        });
         Ok(Response::new(v1::StackChangeResponse {
             version: outcome.record.version,
             changed: outcome.changed,
@@ -549,14 +583,21 @@ impl v1::stacks_server::Stacks for StacksService {
         &self,
         _: Request<v1::ListStacksRequest>,
     ) -> Result<Response<v1::ListStacksResponse>, Status> {
-        let totals = self.control.fleet().stack_totals();
+        let fleet = self.control.fleet();
+        let totals = fleet.stack_totals();
         let (version, stacks) = match self.control.current() {
             Some(c) => (
                 c.record.version,
                 c.record
                     .stacks
                     .iter()
-                    .map(|s| proto::stack_status(s, totals.get(&s.name)))
+                    .map(|s| {
+                        let mut st = proto::stack_status(s, totals.get(&s.name));
+                        st.health = fleet
+                            .stack_health(&s.name)
+                            .map(|h| proto::stack_health(&s.name, &h));
+                        st
+                    })
                     .collect(),
             ),
             None => (0, vec![]),
@@ -825,6 +866,9 @@ impl From<crate::autopilot::AutopilotError> for Status {
     fn from(e: crate::autopilot::AutopilotError) -> Self {
         use crate::autopilot::AutopilotError as A;
         use crate::brain::rollout::RolloutError as R;
+        if e.is_unavailable() && !matches!(e, A::Control(_)) {
+            return Status::unavailable(format!("nothing was changed: {e}"));
+        }
         match e {
             A::Control(c) => c.into(),
             A::Invalid(m) => Status::invalid_argument(m),
@@ -1315,5 +1359,25 @@ mod tests {
         // A stream that is behind gets its own version, without evicting the newest.
         assert_eq!(wire.of(&snapshot(3)).0, a.0);
         assert_eq!(newer.0.as_ptr(), wire.of(&snapshot(4)).0.as_ptr());
+        // The version before the newest is still shared, not encoded per stream.
+        assert_eq!(a.0.as_ptr(), wire.of(&snapshot(3)).0.as_ptr());
+    }
+
+    #[test]
+    fn the_newest_versions_stay_encoded_and_old_ones_do_not_evict_them() {
+        let wire = WireSnapshot::default();
+        for v in [5, 7, 6, 8, 9] {
+            wire.of(&snapshot(v));
+        }
+        assert_eq!(wire.cached(), vec![6, 7, 8, 9]);
+        // Older than everything kept: encoded for its stream, the cache unchanged.
+        assert_eq!(
+            wire.of(&snapshot(2)).0,
+            proto::snapshot(&snapshot(2)).encode_to_vec()
+        );
+        assert_eq!(wire.cached(), vec![6, 7, 8, 9]);
+        let ten = wire.of(&snapshot(10));
+        assert_eq!(wire.cached(), vec![7, 8, 9, 10]);
+        assert_eq!(ten.0.as_ptr(), wire.of(&snapshot(10)).0.as_ptr());
     }
 }

@@ -75,6 +75,8 @@ impl From<ControlError> for ApiError {
             ControlError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             ControlError::InvalidPolicy(_) => (StatusCode::BAD_REQUEST, "invalid_policy"),
             ControlError::FailedPrecondition(_) => (StatusCode::CONFLICT, "failed_precondition"),
+            ControlError::Conflict(_) => (StatusCode::CONFLICT, "aborted"),
+            ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ControlError::Store(_) | ControlError::Task(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -148,6 +150,7 @@ async fn index() -> Json<Value> {
             "/api/v1/events": "GET: registered events; POST: register one (JSON); DELETE /api/v1/events/ID",
             "/api/v1/alerts": "POST: an Alertmanager webhook (firing alerts open incidents)",
             "/api/v1/health": "health checks per stack and layer, fast-path actions (when configured)",
+            "/api/v1/whoami": "who the token names, its role, and which console actions it allows",
             "/metrics": "Prometheus text",
         },
         "errors": "every error is {\"error\": {\"code\": …, \"message\": …}}",
@@ -414,6 +417,13 @@ fn brain_signals(control: &Control) -> (Value, Value) {
 }
 
 fn pilot_error(e: crate::autopilot::AutopilotError) -> ApiError {
+    if e.is_unavailable() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        );
+    }
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 

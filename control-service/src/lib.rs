@@ -14,12 +14,16 @@
 //! metrics}`, `metrics → {control, fleet, model}` (the Prometheus exposition),
 //! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
 //! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,
-//! `store → model`, `degraded → model` ([`degraded`]: rules in degraded mode, read by
+//! `store → model`, `replica → {store, model}` ([`replica`]: leadership among replicas
+//! on etcd and the fence on a leader's writes; imported by `control`, `config`,
+//! `server`), `degraded → model` ([`degraded`]: rules in degraded mode, read by
 //! `control` and `fleet`); [`auth`] (identities, tokens, the access table and its enforcement
 //! layers): `auth → store`, imported by `grpc`, `http`, `server`, `cli` and
 //! `proto`; [`health`] (active checks, the fast path): `health → {brain, control,
 //! fleet, model}`, imported by `config`, `http` and `server`. Only the edges (`grpc`,
-//! `server`, `cli`) import `proto`.
+//! `server`, `cli`) import `proto`. [`intakes`] (scrapes of the degraded-mode intakes'
+//! queues, shown in status): `intakes → {autopilot, degraded, fleet, health, model}`,
+//! imported by `config` and `server`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -35,9 +39,11 @@ pub mod fleet;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod intakes;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod replica;
 pub mod server;
 pub mod store;
 pub mod validate;

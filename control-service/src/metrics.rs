@@ -1,8 +1,8 @@
 //! The control service's Prometheus exposition (`GET /metrics`, open like `/healthz`: no
 //! token). Two parts:
 //!
-//! - its own state: the version in force, Watch streams, nodes, and each stack's routing
-//!   state (gauges);
+//! - its own state: the version in force, Watch streams, nodes, whether this replica
+//!   leads, and each stack's routing state (gauges);
 //! - per stack, the running totals of what the Envoys reported since this process
 //!   started (counters): requests, errors and every KPI the policy declares. The KPI
 //!   counters exist only here (the filter reports KPIs to the control service, not to
@@ -119,6 +119,15 @@ fn state(out: &mut Exposition, control: &Control) {
         "gauge",
         "When this control service started.",
         one(control.started_unix_ms() as f64 / 1000.0),
+    );
+    out.family(
+        "switchyard_control_leader",
+        "gauge",
+        "1 while this replica leads (runs health checks, rollouts, incident timers), else 0.",
+        [(
+            format!("{{replica=\"{}\"}}", label(control.role().id())),
+            if control.role().is_leader() { 1.0 } else { 0.0 },
+        )],
     );
     let Some(c) = &current else { return };
     let stacks = &c.record.stacks;

@@ -82,6 +82,56 @@ pub fn stack_status(s: &StackRuntime, telemetry: Option<&StackCounters>) -> v1::
         telemetry: telemetry.map(|c| stack_telemetry(&s.name, c)),
         drain_deadline_unix_ms: s.drain_deadline_unix_ms,
         evacuating: s.evacuating,
+        health: None,
+    }
+}
+
+/// A stack's health-check state, in the gRPC form.
+pub fn stack_health(stack: &str, h: &crate::fleet::StackHealthView) -> v1::StackHealthStatus {
+    v1::StackHealthStatus {
+        stack: stack.to_string(),
+        verdict: h.verdict.clone(),
+        failing_layers: h.failing_layers.clone(),
+        evidence: h.evidence.clone(),
+    }
+}
+
+fn stack_health_view(h: &v1::StackHealthStatus) -> crate::fleet::StackHealthView {
+    crate::fleet::StackHealthView {
+        verdict: h.verdict.clone(),
+        failing_layers: h.failing_layers.clone(),
+        evidence: h.evidence.clone(),
+    }
+}
+
+fn intake_status(i: &crate::degraded::IntakeStatus) -> v1::IntakeStatus {
+    v1::IntakeStatus {
+        cluster: i.cluster.clone(),
+        url: i.url.clone(),
+        queue_depth: i.queue_depth,
+        oldest_age_s: i.oldest_age_s,
+        drain_rate_per_s: i.drain_rate_per_s,
+        dead_letters: i.dead_letters,
+        waiting: i.waiting,
+        scraped_unix_ms: i.scraped_unix_ms.unwrap_or(0),
+        error: i.error.clone().unwrap_or_default(),
+        error_unix_ms: i.error_unix_ms.unwrap_or(0),
+    }
+}
+
+/// An intake's status back from the gRPC form.
+pub fn intake_view(i: &v1::IntakeStatus) -> crate::degraded::IntakeStatus {
+    crate::degraded::IntakeStatus {
+        cluster: i.cluster.clone(),
+        url: i.url.clone(),
+        queue_depth: i.queue_depth,
+        oldest_age_s: i.oldest_age_s,
+        drain_rate_per_s: i.drain_rate_per_s,
+        dead_letters: i.dead_letters,
+        waiting: i.waiting,
+        scraped_unix_ms: (i.scraped_unix_ms != 0).then_some(i.scraped_unix_ms),
+        error: (!i.error.is_empty()).then(|| i.error.clone()),
+        error_unix_ms: (i.error_unix_ms != 0).then_some(i.error_unix_ms),
     }
 }
 
@@ -265,6 +315,14 @@ pub fn status_response(s: &FleetStatus) -> v1::StatusResponse {
                 reason: d.reason.clone(),
             })
             .collect(),
+        replica_id: s.replica_id.clone(),
+        leader: s.leader,
+        intakes: s.intakes.iter().map(intake_status).collect(),
+        health: s
+            .health
+            .iter()
+            .map(|(stack, h)| stack_health(stack, h))
+            .collect(),
     }
 }
 
@@ -301,6 +359,14 @@ pub fn fleet_status(r: &v1::StatusResponse) -> FleetStatus {
             queue: d.queue.clone(),
             reason: d.reason.clone(),
         })
+        .collect();
+    s.replica_id = r.replica_id.clone();
+    s.leader = r.leader;
+    s.intakes = r.intakes.iter().map(intake_view).collect();
+    s.health = r
+        .health
+        .iter()
+        .map(|h| (h.stack.clone(), stack_health_view(h)))
         .collect();
     s
 }

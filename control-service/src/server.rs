@@ -1,5 +1,12 @@
 //! Starting and stopping the control service: store, control core, gRPC and HTTP
 //! listeners, health and reflection, graceful shutdown.
+//!
+//! On etcd several replicas run side by side (`replica.rs`): each serves the APIs and
+//! Watch and follows the versions the others commit, and its background work — the
+//! health monitor, the autopilot's ticks and the fast path — runs only while it leads.
+//! The series flush runs on every replica (each holds its own nodes' telemetry; the
+//! flush merges into the stored window conditionally, so replicas never lose each
+//! other's counts).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +24,7 @@ use crate::grpc::{
     AuditService, DataPlaneService, FleetService, PoliciesService, RolloutsService, StacksService,
 };
 use crate::proto::{self, v1};
+use crate::replica::Replica;
 use crate::store::{EtcdStore, MemoryStore, RedbStore, Store};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,6 +37,8 @@ pub struct RunningServer {
     /// The health checks and fast path, when the config has a `[health]` section.
     pub health: Option<Arc<crate::health::Monitor>>,
     shutdown: CancellationToken,
+    /// Cancelled by [`RunningServer::kill`]: stop without resigning the leadership.
+    resign: CancellationToken,
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -49,6 +59,22 @@ impl RunningServer {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.wait().await;
+    }
+
+    /// Stop as a crash would, for failover tests: the leadership is not resigned (the
+    /// other replicas wait for its lease to expire) and Watch streams end at once.
+    pub async fn kill(self) {
+        self.resign.cancel();
+        self.shutdown.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+        futures_join(self.tasks).await;
+    }
+
+    /// This replica's id and whether it leads now.
+    pub fn role(&self) -> &std::sync::Arc<crate::replica::Role> {
+        self.control.role()
     }
 
     /// Wait until the server stopped (after the token was cancelled).
@@ -99,22 +125,30 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
 
 /// The store the configuration names (blocking).
 pub fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, BoxError> {
+    Ok(open_replica(cfg)?.store())
+}
+
+/// The store the configuration names, as this replica sees it: alone on redb or memory,
+/// one of several (fenced while it leads) on etcd. Blocking.
+fn open_replica(cfg: &ServeConfig) -> Result<Replica, BoxError> {
+    let settings = cfg.replica.clone();
     Ok(match cfg.store {
-        StoreKind::Redb => Arc::new(RedbStore::open(&cfg.data_dir)?),
-        StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Etcd => Arc::new(EtcdStore::connect(&cfg.etcd)?),
+        StoreKind::Redb => Replica::standalone(Arc::new(RedbStore::open(&cfg.data_dir)?), settings),
+        StoreKind::Memory => Replica::standalone(Arc::new(MemoryStore::new()), settings),
+        StoreKind::Etcd => Replica::on_etcd(Arc::new(EtcdStore::connect(&cfg.etcd)?), settings),
     })
 }
 
 /// Open the store, restore state, apply the bootstrap policy to an empty store, bind
 /// the listeners and start serving. Returns once both listeners accept connections.
 pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
-    let store = {
+    let replica = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || open_store(&cfg)).await??
+        tokio::task::spawn_blocking(move || open_replica(&cfg)).await??
     };
-    tracing::info!(store = %store.describe(), "store open");
-    let control = Control::open(store.clone()).await?;
+    let store = replica.store();
+    tracing::info!(store = %store.describe(), replica = %cfg.replica.id, "store open");
+    let control = Control::open_as(store.clone(), replica.role()).await?;
     let series = Arc::new(Series::new(store, cfg.series));
     control.fleet().attach_series(series.clone());
 
@@ -134,24 +168,23 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
     }
 
     let shutdown = CancellationToken::new();
+    let resign = CancellationToken::new();
     let mut tasks = Vec::new();
+    // Versions other replicas commit (etcd only).
+    tasks.extend(control.follow(shutdown.clone()));
 
     // Per-node breaker evidence for the fast path: each stack's newest series window.
     let monitor = cfg.health.clone().map(|h| {
-        let checks = h.checks.len();
         let c = control.clone();
         let feed = crate::health::feed::from_windows(control.clone(), move |stack: &str| {
             c.fleet().series()?.latest(stack, 1).ok()?.pop()
         });
-        let m = crate::health::Monitor::new(
+        crate::health::Monitor::new(
             control.clone(),
             h,
             Arc::new(crate::brain::clock::SystemClock),
             Some(feed),
-        );
-        tasks.extend(m.spawn(shutdown.clone()));
-        tracing::info!(checks, "health checks running");
-        m
+        )
     });
     // The brain at work: rollouts judged and moved on every tick.
     let autopilot = crate::autopilot::Autopilot::new(
@@ -160,12 +193,26 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         Arc::new(crate::brain::clock::SystemClock),
         cfg.autopilot.clone(),
     );
-    tasks.push(autopilot.spawn(shutdown.clone()));
-    if let Some(m) = &monitor {
-        // A fast-path evacuation opens an incident awaiting a human for recovery.
-        tasks.push(autopilot.follow_fast_path(m.subscribe(), shutdown.clone()));
-    }
+    // The leader's background work, started on each term and stopped when it ends.
+    let work: crate::replica::StartWork = {
+        let (monitor, autopilot) = (monitor.clone(), autopilot.clone());
+        Box::new(move |stop: CancellationToken| {
+            let mut tasks = Vec::new();
+            if let Some(m) = &monitor {
+                tasks.extend(m.spawn(stop.clone()));
+                tracing::info!("health checks running");
+            }
+            tasks.push(autopilot.spawn(stop.clone()));
+            if let Some(m) = &monitor {
+                // A fast-path evacuation opens an incident awaiting a human for recovery.
+                tasks.push(autopilot.follow_fast_path(m.subscribe(), stop.clone()));
+            }
+            tasks
+        })
+    };
+    tasks.push(replica.spawn(work, shutdown.clone(), resign.clone()));
     tasks.push(tokio::spawn(flush_series(series, shutdown.clone())));
+    tasks.extend(crate::intakes::spawn(&cfg.intakes, control.fleet(), shutdown.clone()));
 
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;
     let grpc_addr = grpc_listener.local_addr()?;
@@ -311,6 +358,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         control,
         health: monitor,
         shutdown,
+        resign,
         grace: cfg.shutdown_grace,
         tasks,
     })

@@ -324,6 +324,55 @@ async fn every_route_refuses_missing_revoked_and_too_weak_credentials_and_change
 }
 
 #[tokio::test]
+async fn whoami_names_the_caller_and_only_the_actions_the_middleware_lets_through() {
+    let s = Secured::start().await;
+    let addr = s.h.server.http_addr.unwrap();
+    for (role, name) in [
+        (Role::Viewer, "vera"),
+        (Role::Operator, "olga"),
+        (Role::Approver, "april"),
+        (Role::Admin, "root"),
+        (Role::Dataplane, "envoy-1"),
+    ] {
+        let token = s.token_for(role);
+        let (status, body) = http(addr, "GET", "/api/v1/whoami", Some(token), "").await;
+        assert_eq!(status, 200, "{role}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["name"], name, "{body}");
+        assert_eq!(v["role"], role.as_str(), "{body}");
+        assert_eq!(v["authenticated"], true, "{body}");
+        // What whoami allows is what the middleware lets through, action by action: a
+        // POST the answer forbids is refused with 403 before any handler runs.
+        for (action, route) in switchyard_control::console::whoami::ACTIONS {
+            let allowed = v["actions"][action].as_bool().unwrap();
+            let path = route
+                .replace("{id}", "1")
+                .replace("{decision}", "approve")
+                .replace("{action}", "pause")
+                .replace("{name}", "blue")
+                .replace("{op}", "drain");
+            let (status, body) = http(addr, "POST", &path, Some(token), "{}").await;
+            assert_eq!(
+                status == 403,
+                !allowed,
+                "{role} {action}: whoami says {allowed}, POST {path} answered {status} {body}"
+            );
+        }
+    }
+    assert_eq!(
+        http(addr, "GET", "/api/v1/whoami", None, "").await.0,
+        401,
+        "no token, no answer"
+    );
+    let (_, body) = http(addr, "GET", "/api/v1/whoami", Some(&s.viewer), "").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["actions"]["incident_decision"], false, "{body}");
+    assert_eq!(v["permissions"]["read"], true, "{body}");
+    assert!(!body.contains(&s.viewer), "the secret is never echoed");
+    s.h.server.shutdown_token().cancel();
+}
+
+#[tokio::test]
 async fn the_authenticated_identity_is_the_audit_actor_not_the_claimed_one() {
     let s = Secured::start().await;
     let mut policies = v1::policies_client::PoliciesClient::new(s.channel(&s.operator));

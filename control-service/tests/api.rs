@@ -275,7 +275,7 @@ async fn expected_version_is_compare_and_set() {
         })
         .await
         .unwrap_err();
-    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert_eq!(stale.code(), Code::Aborted);
     let ok = h
         .policies()
         .apply(v1::ApplyPolicyRequest {

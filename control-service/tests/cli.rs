@@ -403,7 +403,7 @@ fn json_covers_every_failure_with_a_stable_code() {
     json_failure(
         &j(&["policy", "apply", &p, "--expect-version", "7"]),
         1,
-        "failed_precondition",
+        "aborted",
     );
     let bad = write(tmp.path(), "bad.json", INVALID);
     let v = json_failure(&j(&["policy", "apply", &bad]), 1, "invalid_policy");

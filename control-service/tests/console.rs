@@ -474,6 +474,16 @@ async fn policy_validate_apply_and_diff() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn whoami_without_authentication_allows_every_action() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path());
+    let v = get(&server, "/api/v1/whoami").await;
+    assert_eq!(v["authenticated"], false, "{v}");
+    assert_eq!(v["actions"]["incident_decision"], true, "{v}");
+    assert_eq!(v["actions"]["stack_op"], true, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn explain_runs_the_filter_router_on_the_state_in_force() {
     let tmp = tempfile::tempdir().unwrap();
     let server = start(tmp.path());
@@ -531,6 +541,121 @@ async fn explain_runs_the_filter_router_on_the_state_in_force() {
     assert_bad(
         post(&server, "/api/v1/explain", json!({ "header": {} })).await,
         "header",
+    );
+}
+
+/// The cookie keys both the test's "Envoy" (the filter crate's `Keyring`, as Envoy's
+/// workers use it) and the control service hold.
+const KEYS: &str = "k2=explain-test-secret-0002,k1=explain-test-secret-0001";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_verifies_the_affinity_cookie_with_the_envoys_keys() {
+    use switchyard_filter::affinity::Keyring;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn_with_env(
+        &tmp.path().join("data"),
+        &[],
+        &[("SWITCHYARD_AFFINITY_KEYS", KEYS)],
+    );
+    let p = tmp.path().join("policy.json");
+    std::fs::write(
+        &p,
+        r#"{"name":"sticky","stacks":[{"name":"blue","region":"us"},{"name":"green","region":"us"}],
+            "affinity":{"epoch":3},
+            "default":{"targets":[{"stack":"blue"},{"stack":"green"}],"affinity":true}}"#,
+    )
+    .unwrap();
+    cli(&server, &["policy", "apply", p.to_str().unwrap()]);
+    let keys = Keyring::parse(KEYS).unwrap();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let explain = |cookie: String| {
+        let server = &server;
+        async move {
+            let (status, body) = post(
+                server,
+                "/api/v1/explain",
+                json!({ "headers": [[":path", "/"]], "cookie": cookie }),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+
+    // A genuine cookie for green: verified, and the decision keeps the user there.
+    let green = keys.sign("green", 3, now_s + 600);
+    let body = explain(format!("other=1; sy_aff={green}")).await;
+    assert_eq!(body["affinity"]["verified"], true, "{body}");
+    assert_eq!(body["affinity"]["verdict"], "valid", "{body}");
+    assert_eq!(body["affinity"]["stack"], "green", "{body}");
+    assert_eq!(body["affinity"]["event"], "hit", "{body}");
+    assert_eq!(body["decision"]["stack"], "green", "{body}");
+    assert_eq!(body["decision"]["how"], "affinity", "{body}");
+
+    // The same cookie while green is evacuated: genuine, but the user moves.
+    cli(
+        &server,
+        &["stacks", "evacuate", "green", "--reason", "test"],
+    );
+    let body = explain(format!("sy_aff={green}")).await;
+    assert_eq!(body["affinity"]["verdict"], "valid", "{body}");
+    assert_eq!(body["affinity"]["event"], "miss", "{body}");
+    assert_eq!(body["decision"]["stack"], "blue", "{body}");
+    let text = body["affinity"]["explanation"].as_str().unwrap();
+    assert!(
+        text.contains("pins green") && text.contains("evacuating") && text.contains("reassigned"),
+        "{text}"
+    );
+    cli(&server, &["stacks", "undrain", "green"]);
+
+    // Forged, expired, from another epoch, signed with a key we do not hold.
+    // One character of the signature changed (never the last: its low bits must be 0).
+    let mut forged = green.clone();
+    let at = forged.len() - 5;
+    let flipped = if &forged[at..=at] == "A" { "B" } else { "A" };
+    forged.replace_range(at..=at, flipped);
+    let other = Keyring::parse("k9=some-other-secret-9999").unwrap();
+    for (cookie, verdict) in [
+        (forged, "forged"),
+        (keys.sign("green", 3, now_s.saturating_sub(10)), "expired"),
+        (keys.sign("green", 2, now_s + 600), "stale"),
+        (other.sign("green", 3, now_s + 600), "unknown_key"),
+    ] {
+        let body = explain(format!("sy_aff={cookie}")).await;
+        assert_eq!(body["affinity"]["verdict"], verdict, "{cookie}: {body}");
+        assert_ne!(body["decision"]["how"], "affinity", "{body}");
+    }
+    // Twice: hostile.
+    let body = explain(format!("sy_aff={green}; sy_aff={green}")).await;
+    assert_eq!(body["affinity"]["cookie"], "repeated", "{body}");
+    // None: a new visitor.
+    let body = explain(String::new()).await;
+    assert_eq!(body["affinity"]["cookie"], "absent", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_without_keys_reports_the_cookie_unverified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path());
+    let (status, body) = post(
+        &server,
+        "/api/v1/explain",
+        json!({ "cookie": "sy_aff=v1.k1.green.1.99999999999.AAAAAAAAAAAAAAAAAAAAAA" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["affinity"]["verified"], false, "{body}");
+    assert_eq!(body["affinity"]["claims_stack"], "green", "{body}");
+    assert_ne!(body["decision"]["how"], "affinity", "never trusted: {body}");
+    assert!(
+        body["affinity"]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("SWITCHYARD_AFFINITY_KEYS"),
+        "{body}"
     );
 }
 

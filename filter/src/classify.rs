@@ -4,13 +4,15 @@
 //!
 //! Repeated routing-relevant headers (geo, cohort, user key, hash key) are treated as
 //! hostile: a client that sends two cohort headers is trying to confuse whichever layer
-//! reads only the first. The attribute is then unknown and the request is flagged.
+//! reads only the first. The attribute is then unknown and the request is flagged. A geo
+//! header with more than one value (repeated, or a comma-separated list) is also flagged
+//! as ambiguous, for the policy's `classify.geo.ambiguous` to decide.
 
 use std::net::IpAddr;
 
 use crate::hash::{bucket, hash64};
 use crate::headers::cookie_pairs;
-use crate::policy::{ChannelId, CohortId, Inputs, KeyDoc, KeySlot, Policy, RegionId};
+use crate::policy::{AmbiguousGeo, ChannelId, CohortId, Inputs, KeyDoc, KeySlot, Policy, RegionId};
 
 /// One request as the routing core sees it.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +133,9 @@ pub struct Attributes<'a> {
     pub affinity_cookie: Found<'a>,
     /// A routing-relevant header or cookie was repeated.
     pub hostile: bool,
+    /// The geo header had more than one value (repeated, or a comma-separated list);
+    /// `classify.geo.ambiguous` says what that means.
+    pub geo_ambiguous: bool,
 }
 
 /// Where one header or cookie the policy reads was found.
@@ -373,28 +378,25 @@ pub fn classify_with<'a>(policy: &Policy, req: &Request<'a>, scan: &mut Scan) ->
     let mut hostile = false;
     let (path, method, user_agent) = scan.run(inputs, req);
 
-    // Geography: trusted edge header first, then the client address.
+    // Geography: trusted edge header first, then the client address. A header with more
+    // than one value (repeated, or a comma-separated list) is ambiguous: no region from
+    // it unless the policy assumes one (the router decides the other modes).
     let mut region = None;
     let mut country = None;
+    let mut geo_ambiguous = false;
     if let Some(slot) = inputs.geo {
         match scan.header(slot, req) {
-            Found::One(v) => {
-                let v = trim(v);
-                if let [a, b] = *v {
-                    if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() {
-                        let code = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
-                        country = Some(code);
-                        region = policy.country_region(code);
-                    }
-                }
-                if region.is_none() {
-                    region = std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| policy.region_id(s));
+            Found::One(v) if find_byte(v, b',').is_none() => {
+                (region, country) = geo_value(policy, v)
+            }
+            Found::Absent => {}
+            _ => {
+                hostile = true;
+                geo_ambiguous = true;
+                if let AmbiguousGeo::Assume(r) = c.ambiguous_geo {
+                    region = Some(r);
                 }
             }
-            Found::Repeated => hostile = true,
-            Found::Absent => {}
         }
     }
     if region.is_none() && !c.cidrs.is_empty() {
@@ -451,7 +453,29 @@ pub fn classify_with<'a>(policy: &Policy, req: &Request<'a>, scan: &mut Scan) ->
         bucket,
         affinity_cookie: scan.cookie(inputs.affinity_cookie, req),
         hostile,
+        geo_ambiguous,
     }
+}
+
+/// Region and country of one geo header value (surrounding whitespace ignored): a
+/// two-letter country code (any case) looked up in the geo table, else a region name.
+pub fn geo_value(policy: &Policy, v: &[u8]) -> (Option<RegionId>, Option<[u8; 2]>) {
+    let v = trim(v);
+    let mut region = None;
+    let mut country = None;
+    if let [a, b] = *v {
+        if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() {
+            let code = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
+            country = Some(code);
+            region = policy.country_region(code);
+        }
+    }
+    if region.is_none() {
+        region = std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| policy.region_id(s));
+    }
+    (region, country)
 }
 
 fn trim(b: &[u8]) -> &[u8] {

@@ -9,7 +9,9 @@ use crate::affinity::{set_cookie_header, Keyring, Verdict};
 use crate::balance::{HashTable, Swrr};
 use crate::breaker::{Breaker, State};
 use crate::classify::{classify_with, has_prefix, Attributes, Found, Request, Scan};
-use crate::policy::{Balance, ChannelId, LocalReply, Policy, RegionId, Rule, StackId, Target};
+use crate::policy::{
+    AmbiguousGeo, Balance, ChannelId, LocalReply, Policy, RegionId, Rule, StackId, Target,
+};
 use crate::snapshot::StackState;
 
 /// Health of every stack as the control plane sees it.
@@ -413,13 +415,31 @@ impl Router {
 
     fn decide_with(&mut self, req: &Request, default_only: bool) -> Decision {
         let policy = Arc::clone(&self.policy);
-        let attrs = classify_with(&policy, req, &mut self.scan);
+        let mut attrs = classify_with(&policy, req, &mut self.scan);
         let default_rule = policy.rules.len().saturating_sub(1);
-        let rule_index = if default_only {
-            default_rule
-        } else {
-            first_match(&policy, &attrs, req.now_ms).unwrap_or(default_rule)
-        };
+        let mut rule_index = default_rule;
+        if !default_only {
+            rule_index = first_match(&policy, &attrs, req.now_ms).unwrap_or(default_rule);
+            if attrs.geo_ambiguous {
+                let resolved = match policy.classify.ambiguous_geo {
+                    AmbiguousGeo::Reject => None,
+                    AmbiguousGeo::MostRestrictive => {
+                        most_restrictive(&policy, &mut attrs, req, rule_index)
+                    }
+                    AmbiguousGeo::Unknown | AmbiguousGeo::Assume(_) => Some(rule_index),
+                };
+                let Some(r) = resolved else {
+                    return Decision {
+                        rule: default_rule,
+                        outcome: Outcome::Local(LocalReply::ambiguous_geo()),
+                        set_cookie: None,
+                        affinity: AffinityEvent::Off,
+                        hostile: true,
+                    };
+                };
+                rule_index = r;
+            }
+        }
         let mut hostile = attrs.hostile;
         let Some(rule) = policy.rules.get(rule_index) else {
             // Unreachable with a compiled policy (the default rule always exists).
@@ -665,6 +685,60 @@ fn first_match(policy: &Policy, a: &Attributes, now_ms: u64) -> Option<usize> {
         }
     }
     None
+}
+
+/// `most_restrictive` for a request whose geo header has several values: each value is
+/// classified and matched on its own (the address ranges still apply to a value that
+/// names no region), and the request takes the rule of the first value whose route's
+/// residency is the intersection of every value's (an EU value keeps it in the EU, with
+/// that value's region and country). `unknown_rule` (the match without a region from the
+/// header) when no value's route has residency; `None` (reject) when no value's
+/// residency is that intersection (two regions that exclude each other).
+fn most_restrictive(
+    policy: &Policy,
+    attrs: &mut Attributes,
+    req: &Request,
+    unknown_rule: usize,
+) -> Option<usize> {
+    let name = policy
+        .classify
+        .geo_header
+        .as_deref()
+        .unwrap_or("")
+        .as_bytes();
+    let from_address = attrs.region;
+    let default_rule = policy.rules.len().saturating_sub(1);
+    let all = policy.all_stacks_mask();
+    // The rule of one value, leaving its region and country in `attrs`, and its residency.
+    let rule_of = |attrs: &mut Attributes, v: &[u8]| {
+        let (region, country) = crate::classify::geo_value(policy, v);
+        attrs.region = region.or(from_address);
+        attrs.country = country;
+        let r = first_match(policy, attrs, req.now_ms).unwrap_or(default_rule);
+        (r, policy.rules.get(r).map_or(all, |x| x.route.residency))
+    };
+    let values = || {
+        req.headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+    };
+    let mut common = all;
+    for v in values() {
+        common &= rule_of(attrs, v).1;
+    }
+    if common != all {
+        for v in values() {
+            let (r, residency) = rule_of(attrs, v);
+            if residency == common {
+                return Some(r);
+            }
+        }
+        return None;
+    }
+    attrs.region = from_address;
+    attrs.country = None;
+    Some(unknown_rule)
 }
 
 /// The conditions the rule index does not cover.

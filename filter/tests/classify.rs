@@ -57,7 +57,13 @@ fn reference<'a>(p: &Policy, req: &Request<'a>) -> Attributes<'a> {
         }
     }
     let (mut region, mut country) = (None, None);
+    let mut geo_ambiguous = false;
     match req.header(c.geo_header.as_deref().unwrap()) {
+        // More than one value: a comma list is as ambiguous as a repeated header.
+        Found::One(v) if v.contains(&b',') => {
+            hostile = true;
+            geo_ambiguous = true;
+        }
         Found::One(v) => {
             let v = v.trim_ascii();
             if v.len() == 2 && v.iter().all(u8::is_ascii_alphabetic) {
@@ -69,7 +75,10 @@ fn reference<'a>(p: &Policy, req: &Request<'a>) -> Attributes<'a> {
                 region = std::str::from_utf8(v).ok().and_then(|s| p.region_id(s));
             }
         }
-        Found::Repeated => hostile = true,
+        Found::Repeated => {
+            hostile = true;
+            geo_ambiguous = true;
+        }
         Found::Absent => {}
     }
     if region.is_none() {
@@ -116,6 +125,7 @@ fn reference<'a>(p: &Policy, req: &Request<'a>) -> Attributes<'a> {
         bucket: user_key.map(|k| bucket(k, c.bucket_salt.as_bytes())),
         affinity_cookie: req.cookie(&p.affinity.cookie),
         hostile,
+        geo_ambiguous,
     }
 }
 
@@ -188,9 +198,11 @@ fn header_value(name: &str) -> BoxedStrategy<String> {
         ])
         .prop_map(String::from)
         .boxed(),
-        "x-geo" => prop::sample::select(vec!["US", "de", " DE ", "eu", "us", "XX", "U", "", "D3"])
-            .prop_map(String::from)
-            .boxed(),
+        "x-geo" => prop::sample::select(vec![
+            "US", "de", " DE ", "eu", "us", "XX", "U", "", "D3", "US, de", ",",
+        ])
+        .prop_map(String::from)
+        .boxed(),
         "x-cohort" => prop::sample::select(vec!["gold", "beta", "platinum", "GOLD", "", "silver"])
             .prop_map(String::from)
             .boxed(),

@@ -246,6 +246,46 @@ fn cases() -> Vec<Case> {
             "classify.geo.header",
             "'x-switchyard-decision' is set by Switchyard itself and cannot be an input",
         ),
+        // ---- classify: geo.ambiguous (a geo header with more than one value) ----
+        err(
+            classify(json!({ "geo": { "header": "x-geo", "ambiguous": { "mode": "strictest" } } })),
+            "classify.geo.ambiguous.mode",
+            "must be one of `unknown`, `reject`, `most_restrictive`, `assume`",
+        ),
+        err(
+            classify(json!({ "geo": { "header": "x-geo", "ambiguous": { "region": "eu" } } })),
+            "classify.geo.ambiguous.mode",
+            "missing field `mode`",
+        ),
+        err(
+            classify(json!({ "geo": { "header": "x-geo", "ambiguous": { "mode": "assume" } } })),
+            "classify.geo.ambiguous.region",
+            "required with mode `assume`",
+        ),
+        err(
+            classify(json!({ "geo": { "header": "x-geo", "ambiguous": { "mode": "assume", "region": "mars" } } })),
+            "classify.geo.ambiguous.region",
+            "unknown region",
+        ),
+        err(
+            classify(json!({ "geo": { "header": "x-geo", "ambiguous": { "mode": "reject", "region": "eu" } } })),
+            "classify.geo.ambiguous.region",
+            "only with mode `assume`",
+        ),
+        err(
+            classify(json!({ "geo": { "header": "x-geo", "ambiguous": { "mode": "reject", "status": "403" } } })),
+            "classify.geo.ambiguous.status",
+            "unknown field `status`, expected one of `mode` or `region`",
+        ),
+        warning(
+            json!({
+                "classify": { "geo": { "header": "x-geo", "countries": { "DE": "eu" } } },
+                "rules": [ { "id": "eu", "match": { "regions": ["eu"] },
+                             "route": { "targets": [ { "stack": "eu" } ], "residency": ["eu"] } } ]
+            }),
+            "classify.geo.ambiguous",
+            "routes have residency, but a geo header with more than one value is not decided",
+        ),
         err(
             classify(json!({ "geo": { "countries": { "USA": "us" } } })),
             "classify.geo.countries.USA",

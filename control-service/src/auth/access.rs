@@ -127,6 +127,8 @@ pub const HTTP: &[HttpRule] = {
         rule("/api/v1/split", Read, Read),
         rule("/api/v1/explain", Read, Read),
         rule("/api/v1/stream", Read, Read),
+        // Who the caller is and which console actions their role allows (any role).
+        rule("/api/v1/whoami", Authenticated, Authenticated),
     ]
 };
 

@@ -71,6 +71,21 @@ pub enum AutopilotError {
     Internal(String),
 }
 
+impl AutopilotError {
+    /// The store could not take the change now (etcd unreachable or without quorum, or
+    /// this replica was fenced off as a former leader): the edges answer UNAVAILABLE.
+    /// Errors the executor flattened to text keep the store error's display prefix.
+    pub fn is_unavailable(&self) -> bool {
+        use crate::brain::rollout::RolloutError as R;
+        match self {
+            AutopilotError::Control(ControlError::Unavailable(_)) => true,
+            AutopilotError::Rollout(R::Store(e)) => e.is_unavailable(),
+            AutopilotError::Internal(m) => m.starts_with("store unavailable: "),
+            _ => false,
+        }
+    }
+}
+
 /// The executor of the brain's decisions.
 pub struct Autopilot {
     control: Arc<Control>,

@@ -86,7 +86,7 @@ impl SaturationSource {
 
 /// The first sample of `name` in Prometheus text format (`name 0.5`, `name{a="b"} 0.5`,
 /// optionally followed by a timestamp).
-fn prometheus_value(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn prometheus_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))

@@ -512,30 +512,45 @@ impl Guardrails {
     }
 
     fn take_lease(&self, lease: &Lease, now: UnixMs) -> Result<(), GuardError> {
-        let current = self.lease()?;
-        let batch = match &current {
-            None => Batch::new().absent(LEASE_KEY),
-            Some((bytes, held)) if held.expires_ms <= now || (held.manual && lease.manual) => {
-                Batch::new().equals(LEASE_KEY, bytes.clone())
-            }
-            Some((_, held)) => return Err(held_refusal(held).into()),
-        }
-        .put(LEASE_KEY, to_json(lease));
-        match self.store.commit(&batch) {
-            Ok(()) => Ok(()),
-            Err(StoreError::Conflict { .. }) => {
-                // someone else took it between our read and write
-                match self.lease()? {
-                    Some((_, held)) => Err(held_refusal(&held).into()),
-                    None => Err(Refusal {
-                        guardrail: Guardrail::OneChangeAtATime,
-                        reason: "another change raced for the lease".into(),
-                        allowed_at: Some(now),
-                    }
-                    .into()),
+        // People's changes queue behind each other in one process; on replicas sharing a
+        // store they race for the lease instead, and a person's change may take over
+        // another person's lease: try again rather than refuse (the routing versions'
+        // compare-and-set then decides between conflicting changes).
+        const ATTEMPTS: u32 = 8;
+        let mut attempt = 1;
+        loop {
+            let current = self.lease()?;
+            let batch = match &current {
+                None => Batch::new().absent(LEASE_KEY),
+                Some((bytes, held)) if held.expires_ms <= now || (held.manual && lease.manual) => {
+                    Batch::new().equals(LEASE_KEY, bytes.clone())
                 }
+                Some((_, held)) => return Err(held_refusal(held).into()),
             }
-            Err(e) => Err(e.into()),
+            .put(LEASE_KEY, to_json(lease));
+            match self.store.commit(&batch) {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => {
+                    // someone else took it between our read and write
+                    match self.lease()? {
+                        Some((_, held))
+                            if !(held.manual && lease.manual) || attempt == ATTEMPTS =>
+                        {
+                            return Err(held_refusal(&held).into())
+                        }
+                        None if attempt == ATTEMPTS => {
+                            return Err(Refusal {
+                                guardrail: Guardrail::OneChangeAtATime,
+                                reason: "another change raced for the lease".into(),
+                                allowed_at: Some(now),
+                            }
+                            .into())
+                        }
+                        _ => attempt += 1,
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

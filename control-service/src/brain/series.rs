@@ -209,8 +209,10 @@ impl Series {
     }
 
     /// Persist every window that closed (its end plus the grace period is past), merged
-    /// with what the store already holds for it (a restart in the middle of a window),
-    /// and delete those stacks' windows older than the retention: one atomic commit.
+    /// with what the store already holds for it (a restart in the middle of a window, or
+    /// another replica's nodes in the same window), and delete those stacks' windows
+    /// older than the retention: one atomic commit, conditional on the stored windows it
+    /// merged with (replicas flushing one window at once merge in turn, none is lost).
     /// Returns how many stack windows were written. On a store error the windows stay
     /// in memory and the next flush tries again.
     pub fn flush(&self, now: UnixMs) -> Result<usize, StoreError> {
@@ -266,6 +268,27 @@ impl Series {
         closed: &[(UnixMs, BTreeMap<String, StackWindow>)],
         now: UnixMs,
     ) -> Result<usize, StoreError> {
+        /// Merges lost to another writer in a row before the flush gives up (its windows
+        /// stay in memory for the next flush).
+        const ATTEMPTS: u32 = 8;
+        let mut attempt = 1;
+        loop {
+            match self.persist_once(closed, now) {
+                Err(StoreError::Conflict { key, .. })
+                    if attempt < ATTEMPTS && key.starts_with(PREFIX) =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn persist_once(
+        &self,
+        closed: &[(UnixMs, BTreeMap<String, StackWindow>)],
+        now: UnixMs,
+    ) -> Result<usize, StoreError> {
         let mut batch = Batch::new();
         let mut written = 0;
         let mut stacks: Vec<&str> = Vec::new();
@@ -273,10 +296,14 @@ impl Series {
             for (name, w) in windows {
                 let key = window_key(name, *start);
                 let mut w = w.clone();
-                if let Some(bytes) = self.store.read(&key)? {
-                    let mut stored = decode(&key, &bytes)?;
-                    stored.merge(&w);
-                    w = stored;
+                match self.store.read(&key)? {
+                    Some(bytes) => {
+                        let mut stored = decode(&key, &bytes)?;
+                        stored.merge(&w);
+                        w = stored;
+                        batch = batch.equals(key.clone(), bytes);
+                    }
+                    None => batch = batch.absent(key.clone()),
                 }
                 let json =
                     serde_json::to_vec(&w).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -462,6 +489,26 @@ mod tests {
         s.ingest(&batch("n4", T0 + 99_000_000, "blue", 1, &[5]), T0 + 21_000)
             .unwrap();
         assert_eq!(s.latest("blue", 1).unwrap()[0].start_ms, T0 + 20_000);
+    }
+
+    #[test]
+    fn replicas_flushing_one_window_merge_without_losing_counts() {
+        // Two replicas, each with its own nodes, on one shared store.
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let a = series(store.clone());
+        let b = series(store.clone());
+        a.ingest(&batch("n1", T0 + 5_000, "blue", 10, &[5]), T0 + 5_000)
+            .unwrap();
+        b.ingest(&batch("n2", T0 + 5_000, "blue", 20, &[5]), T0 + 5_000)
+            .unwrap();
+        // Each merges into what the other stored (the write is conditional on the window
+        // it read, so a flush racing another one re-reads and merges again).
+        assert_eq!(b.flush(T0 + 13_000).unwrap(), 1);
+        assert_eq!(a.flush(T0 + 13_000).unwrap(), 1);
+        let w = &a.range("blue", T0, T0 + 1).unwrap()[0];
+        assert_eq!(w.requests, 30);
+        assert_eq!(w.by_node["n1"].requests, 10);
+        assert_eq!(w.by_node["n2"].requests, 20);
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub enum Command {
     /// Bearer tokens of the control service's APIs (role admin; docs/security.md).
     #[command(subcommand)]
     Tokens(TokensCmd),
-    /// The connected Envoys: version applied, last report, connected since.
+    /// The connected Envoys (version applied, last report, connected since), rules in
+    /// degraded mode, each stack's health-check state and each intake's queue (depth,
+    /// oldest order, drain rate, dead letters, last scrape or its error).
     Status,
     /// Follow the Watch stream as an Envoy would (acknowledging each version) and print
     /// every snapshot: for debugging what the data plane receives.
@@ -208,7 +210,8 @@ pub struct ChangeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum StacksCmd {
-    /// Every stack of the current policy with its weight, health and traffic.
+    /// Every stack of the current policy with its weight, health and traffic (a HEALTH
+    /// column, e.g. `hard_down (component)`, when the control service runs health checks).
     List,
     /// Set a stack's weight factor, 0..=100 (100 = the policy's own weights).
     Weight {

@@ -585,13 +585,19 @@ pub fn print_stacks(
     only: Option<&str>,
 ) {
     let shares = weights.map(|w| w.default_shares(&r.stacks));
-    let mut rows = vec![row([
+    // HEALTH only when the control service runs health checks.
+    let health = r.stacks.iter().any(|s| s.health.is_some());
+    let mut header = row([
         "STACK", "REGION", "POLICY", "FACTOR", "SHARE", "STATE", "REQ", "5XX", "CHANGED", "REASON",
-    ])];
+    ]);
+    if health {
+        header.insert(6, "HEALTH".into());
+    }
+    let mut rows = vec![header];
     for s in r.stacks.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
         let t = s.telemetry.clone().unwrap_or_default();
         let unknown = || "?".to_string();
-        rows.push(vec![
+        let mut cells = vec![
             s.name.clone(),
             s.region.clone(),
             weights.map_or_else(unknown, |w| {
@@ -609,9 +615,51 @@ pub fn print_stacks(
             t.status_5xx.to_string(),
             format!("v{} {}", s.changed_version, s.changed_by),
             s.reason.clone(),
-        ]);
+        ];
+        if health {
+            cells.insert(6, s.health.as_ref().map_or_else(unknown, health_cell));
+        }
+        rows.push(cells);
     }
     print_table(&rows);
+}
+
+/// `healthy`, `unknown`, `hard_down (component)`.
+fn health_cell(h: &v1::StackHealthStatus) -> String {
+    if h.failing_layers.is_empty() {
+        h.verdict.clone()
+    } else {
+        format!("{} ({})", h.verdict, h.failing_layers.join(","))
+    }
+}
+
+/// One row per intake: its queue as last scraped, or why the scrape failed.
+fn intake_rows(intakes: &[v1::IntakeStatus], now_ms: u64) -> Vec<Vec<String>> {
+    let mut rows = vec![row([
+        "INTAKE", "QUEUED", "OLDEST", "DRAIN", "DEAD", "DRAINER", "SCRAPED", "ERROR",
+    ])];
+    let dash = || "-".to_string();
+    for i in intakes {
+        rows.push(vec![
+            i.cluster.clone(),
+            i.queue_depth.map_or_else(dash, |d| d.to_string()),
+            i.oldest_age_s.map_or_else(dash, |a| format!("{a:.1}s")),
+            i.drain_rate_per_s.map_or_else(dash, |r| format!("{r:.1}/s")),
+            i.dead_letters.map_or_else(dash, |d| d.to_string()),
+            match (i.scraped_unix_ms, i.waiting) {
+                (0, _) => dash(),
+                (_, true) => "waiting for a stack".into(),
+                (_, false) => "running".into(),
+            },
+            ago(now_ms, i.scraped_unix_ms),
+            if i.error.is_empty() {
+                String::new()
+            } else {
+                format!("{} ({})", i.error, ago(now_ms, i.error_unix_ms))
+            },
+        ]);
+    }
+    rows
 }
 
 /// The fleet: a summary line, then one row per Envoy.
@@ -625,11 +673,32 @@ pub fn print_status(r: &v1::StatusResponse, now_ms: u64) {
         r.store,
         fmt_time(r.started_unix_ms)
     );
+    if !r.replica_id.is_empty() {
+        let role = if r.leader { "leader" } else { "follower" };
+        println!("replica {} · {role}", r.replica_id);
+    }
     for d in &r.degraded {
         println!(
             "DEGRADED: rule {} queues its requests at {} (no stack left: {})",
             d.rule, d.queue, d.reason
         );
+    }
+    if !r.health.is_empty() {
+        let stacks: Vec<String> = r
+            .health
+            .iter()
+            .map(|h| {
+                let mut t = format!("{} {}", h.stack, health_cell(h));
+                if let Some(e) = h.evidence.first() {
+                    t.push_str(&format!(": {e}"));
+                }
+                t
+            })
+            .collect();
+        println!("health: {}", stacks.join(" · "));
+    }
+    if !r.intakes.is_empty() {
+        print_table(&intake_rows(&r.intakes, now_ms));
     }
     if r.nodes.is_empty() {
         println!("no Envoy has connected yet");
@@ -939,6 +1008,48 @@ mod tests {
         assert_eq!(ago(10_000, 0), "never");
         assert_eq!(ago(10_000, 7_000), "3s ago");
         assert_eq!(ago(1_000_000, 400_000), "10m ago");
+    }
+
+    #[test]
+    fn intake_rows_show_the_last_figures_or_why_the_scrape_failed() {
+        let ok = v1::IntakeStatus {
+            cluster: "intake_us".into(),
+            queue_depth: Some(24),
+            oldest_age_s: Some(12.34),
+            drain_rate_per_s: Some(0.0),
+            dead_letters: Some(0),
+            waiting: true,
+            scraped_unix_ms: 9_000,
+            ..Default::default()
+        };
+        let never = v1::IntakeStatus {
+            cluster: "intake_eu".into(),
+            error: "connection refused".into(),
+            error_unix_ms: 8_000,
+            ..Default::default()
+        };
+        let rows = intake_rows(&[ok, never], 10_000);
+        assert_eq!(
+            rows[1],
+            ["intake_us", "24", "12.3s", "0.0/s", "0", "waiting for a stack", "1s ago", ""]
+        );
+        assert_eq!(
+            rows[2],
+            ["intake_eu", "-", "-", "-", "-", "-", "never", "connection refused (2s ago)"]
+        );
+    }
+
+    #[test]
+    fn health_cells_name_the_failing_layers() {
+        let mut h = v1::StackHealthStatus {
+            stack: "blue".into(),
+            verdict: "healthy".into(),
+            ..Default::default()
+        };
+        assert_eq!(health_cell(&h), "healthy");
+        h.verdict = "hard_down".into();
+        h.failing_layers = vec!["infrastructure".into(), "component".into()];
+        assert_eq!(health_cell(&h), "hard_down (infrastructure,component)");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/api/v1/policy/diff", get(policy_diff))
         .route("/api/v1/split", get(split))
         .route("/api/v1/explain", post(super::explain::explain))
+        .route("/api/v1/whoami", get(super::whoami::whoami))
         .route(
             "/api/v1/stream",
             get(move |state, pilot| super::stream::stream(hub.clone(), state, pilot)),
@@ -123,6 +124,10 @@ impl From<ControlError> for ApiError {
             }
             ControlError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
             ControlError::FailedPrecondition(m) => Self::conflict(m),
+            ControlError::Conflict(m) => Self::new(StatusCode::CONFLICT, "aborted", m),
+            ControlError::Unavailable(m) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
             e @ (ControlError::Store(_) | ControlError::Task(_)) => {
                 Self::internal(format!("nothing was changed: {e}"))
             }
@@ -133,6 +138,13 @@ impl From<ControlError> for ApiError {
 /// The same mapping as the gRPC service's (`grpc.rs`), in HTTP statuses.
 impl From<AutopilotError> for ApiError {
     fn from(e: AutopilotError) -> Self {
+        if e.is_unavailable() && !matches!(e, AutopilotError::Control(_)) {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("nothing was changed: {e}"),
+            );
+        }
         match e {
             AutopilotError::Control(c) => c.into(),
             AutopilotError::Invalid(m) => Self::new(StatusCode::BAD_REQUEST, "invalid_argument", m),

@@ -4,8 +4,10 @@
 //! eligibility of every target, and the decision.
 //!
 //! Nothing here re-implements routing: [`switchyard_filter::router::Router::decide`] is
-//! the decision Envoy's workers make. The control service holds no affinity keys, so an
-//! affinity cookie is reported, never verified.
+//! the decision Envoy's workers make. An affinity cookie is verified with the filter's own
+//! [`Keyring`] when the control service was started with the Envoys' cookie keys
+//! (`SWITCHYARD_AFFINITY_KEYS`, the variable Envoy reads); without them it is reported
+//! as unverified, never trusted. Envoys' local circuit breakers are not visible here.
 
 use std::sync::Arc;
 
@@ -13,9 +15,12 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::OnceLock;
+
+use switchyard_filter::affinity::{Keyring, Verdict, KEYS_ENV};
 use switchyard_filter::classify::{classify, Found, Request};
 use switchyard_filter::policy::Policy;
-use switchyard_filter::router::{Outcome, Router, StackHealth};
+use switchyard_filter::router::{AffinityEvent, Decision, Outcome, Router, StackHealth};
 
 use super::api::{body, ApiError};
 use crate::control::Control;
@@ -23,6 +28,20 @@ use crate::control::Control;
 /// At most this many headers, and bytes per header value.
 const MAX_HEADERS: usize = 200;
 const MAX_VALUE: usize = 16 * 1024;
+
+/// The cookie keys from the environment, read once: `Ok(None)` when unset, `Err` (why)
+/// when set but malformed (reported in every answer; the secrets never are).
+fn keys() -> &'static Result<Option<Keyring>, String> {
+    static KEYS: OnceLock<Result<Option<Keyring>, String>> = OnceLock::new();
+    KEYS.get_or_init(|| match std::env::var(KEYS_ENV) {
+        Err(_) => Ok(None),
+        Ok(spec) if spec.trim().is_empty() => Ok(None),
+        Ok(spec) => Keyring::parse(&spec).map(Some).map_err(|e| {
+            tracing::warn!(error = %e, "{KEYS_ENV} is malformed: explain cannot verify affinity cookies");
+            format!("{KEYS_ENV} is malformed: {e}")
+        }),
+    })
+}
 
 /// Headers as an object (`{"user-agent": "…"}`) or as pairs (repeats kept).
 #[derive(Debug, Deserialize)]
@@ -118,7 +137,8 @@ pub async fn explain(
         .compiled()
         .ok_or_else(|| ApiError::internal("the policy in force does not compile"))?;
     let snapshot = current.snapshot();
-    let mut router = Router::new(policy.clone(), None);
+    let keyring = keys().as_ref().ok().and_then(Option::as_ref);
+    let mut router = Router::new(policy.clone(), keyring.cloned());
     router.set_stacks(snapshot.stacks.iter().map(|s| StackHealth {
         name: &s.name,
         factor: s.factor(),
@@ -150,7 +170,7 @@ pub async fn explain(
         "bucket_basis_points": attrs.bucket,
         "affinity_cookie": match attrs.affinity_cookie {
             Found::Absent => "absent",
-            Found::One(_) => "present (not verified: the control service holds no cookie keys)",
+            Found::One(_) => "present",
             Found::Repeated => "repeated (hostile: ignored)",
         },
         "hostile": attrs.hostile,
@@ -159,6 +179,14 @@ pub async fn explain(
     let eligible = rule
         .map(|r| targets(&policy, r, &snapshot))
         .unwrap_or_default();
+    let affinity = affinity(
+        &policy,
+        rule,
+        attrs.affinity_cookie,
+        &decision,
+        &eligible,
+        req.now_ms / 1000,
+    );
     let outcome = match &decision.outcome {
         Outcome::Stack { id, how } => json!({
             "kind": "stack",
@@ -192,10 +220,130 @@ pub async fn explain(
             "default": decision.rule + 1 == policy.rules.len(),
         },
         "targets": eligible,
+        "affinity": affinity,
         "decision": outcome,
         "hostile": decision.hostile,
         "note": "a weighted route spreads requests by weight: the stack shown is the first pick of a fresh round-robin; `targets` gives every eligible stack's share",
     })))
+}
+
+/// What the affinity cookie says and what routing did with it: verified with the
+/// filter's [`Keyring::verify`] (the check Envoy's workers make), then whether the
+/// decision honoured it ([`Decision::affinity`]).
+fn affinity(
+    policy: &Policy,
+    rule: Option<&switchyard_filter::policy::Rule>,
+    cookie: Found<'_>,
+    decision: &Decision,
+    targets: &[Value],
+    now_s: u64,
+) -> Value {
+    let name = policy.affinity.cookie.as_str();
+    let route_has_affinity = rule.is_some_and(|r| r.route.affinity_ttl_s.is_some());
+    let mut out = json!({
+        "cookie_name": name,
+        "route_has_affinity": route_has_affinity,
+        "epoch": policy.affinity.epoch,
+    });
+    let value = match cookie {
+        Found::Absent => {
+            out["cookie"] = json!("absent");
+            out["explanation"] = json!(if route_has_affinity {
+                format!("no {name} cookie: a new visitor, balanced and given a cookie")
+            } else {
+                format!("no {name} cookie, and the matched route has no affinity")
+            });
+            return out;
+        }
+        Found::Repeated => {
+            out["cookie"] = json!("repeated");
+            out["verdict"] = json!("forged");
+            out["explanation"] = json!(format!(
+                "{name} sent more than once: treated as hostile and ignored (counted as forged)"
+            ));
+            return out;
+        }
+        Found::One(v) => v,
+    };
+    out["cookie"] = json!("present");
+    let keyring = match keys() {
+        Ok(Some(k)) => k,
+        Ok(None) | Err(_) => {
+            // Unverified: say what it claims, never act on it.
+            let text = String::from_utf8_lossy(value);
+            let claimed = text.split('.').nth(2).unwrap_or("");
+            out["verified"] = json!(false);
+            out["verdict"] = json!("not_checked");
+            out["claims_stack"] = json!(claimed);
+            out["explanation"] = json!(match keys() {
+                Err(e) => format!("not verified: {e}"),
+                _ => format!(
+                    "not verified: this control service holds no cookie keys (start it with the Envoys' {KEYS_ENV} to check signatures); unverified, the cookie claims stack {claimed:?}"
+                ),
+            });
+            return out;
+        }
+    };
+    let verdict = keyring.verify(value, policy.affinity.epoch, now_s);
+    let (verdict_name, explanation) = match verdict {
+        Verdict::Valid { stack, expiry_s } => {
+            out["stack"] = json!(stack);
+            out["expires"] = json!(switchyard_filter::schedule::format_rfc3339(
+                i64::try_from(expiry_s).unwrap_or(i64::MAX)
+            ));
+            let why_not = targets
+                .iter()
+                .find(|t| t["stack"] == stack)
+                .and_then(|t| t["why_not"].as_str());
+            let text = if policy.stack_id(stack).is_none() {
+                format!("authentic, pins {stack}, which the policy no longer has: reassigned")
+            } else if !route_has_affinity {
+                format!("authentic, pins {stack}; the matched route has no affinity, so it is not used")
+            } else if decision.affinity == AffinityEvent::Hit {
+                format!("authentic, pins {stack}: the user stays there")
+            } else {
+                match why_not {
+                    Some(why) => format!("authentic, pins {stack}, which is not eligible now ({why}): reassigned"),
+                    None if targets.iter().all(|t| t["stack"] != stack) => format!(
+                        "authentic, pins {stack}, which is not among the matched rule's stacks: reassigned"
+                    ),
+                    None => format!("authentic, pins {stack}, which takes no traffic on this route now: reassigned"),
+                }
+            };
+            ("valid", text)
+        }
+        Verdict::Forged => (
+            "forged",
+            "bad signature or malformed: ignored, the user is balanced anew (switchyard_affinity_forged)".to_string(),
+        ),
+        Verdict::UnknownKey => (
+            "unknown_key",
+            "signed with a key id these keys do not hold (rotated out?): ignored like a forgery".to_string(),
+        ),
+        Verdict::Expired => (
+            "expired",
+            "authentic but expired: the user is balanced anew (switchyard_affinity_expired)".to_string(),
+        ),
+        Verdict::Stale => (
+            "stale",
+            format!(
+                "authentic but from another affinity epoch (the policy's is {}): reassigned (switchyard_affinity_stale)",
+                policy.affinity.epoch
+            ),
+        ),
+    };
+    out["verified"] = json!(true);
+    out["verdict"] = json!(verdict_name);
+    out["explanation"] = json!(explanation);
+    out["event"] = json!(match decision.affinity {
+        AffinityEvent::Off => "off",
+        AffinityEvent::Hit => "hit",
+        AffinityEvent::Miss => "miss",
+        AffinityEvent::Forged => "forged",
+        AffinityEvent::Expired => "expired",
+        AffinityEvent::Stale => "stale",
+    });
+    out
 }
 
 /// Every target and fallback of the matched rule, with why it is or is not eligible.

@@ -14,6 +14,7 @@ pub mod api;
 mod diff;
 mod explain;
 mod stream;
+pub mod whoami;
 
 use std::sync::Arc;
 

@@ -135,6 +135,7 @@ impl Monitor {
 
     /// Start one task per check and the evaluator; all stop when `shutdown` is cancelled.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+        self.show_in_status();
         let (tx, mut rx) = mpsc::channel::<(usize, Observation)>(1024);
         let mut tasks = Vec::new();
         for (index, spec) in self.config.checks.iter().enumerate() {
@@ -357,6 +358,40 @@ impl Monitor {
         t.stacks().contains(stack).then(|| t.health(stack))
     }
 
+    /// From now on status (`switchyard status`, `stacks list`) shows each stack's
+    /// verdict from this monitor (done by [`Monitor::spawn`]).
+    pub fn show_in_status(self: &Arc<Self>) {
+        // Weak: the fleet lives in the control core this monitor holds.
+        let me = Arc::downgrade(self);
+        self.control
+            .fleet()
+            .attach_health(Arc::new(move |stack: &str| me.upgrade()?.health_view(stack)));
+    }
+
+    /// One stack's verdict and failing layers, as status shows them.
+    pub fn health_view(&self, stack: &str) -> Option<crate::fleet::StackHealthView> {
+        let h = self.stack_health(stack)?;
+        let verdict = match serde_json::to_value(h.verdict) {
+            Ok(serde_json::Value::String(v)) => v,
+            _ => "unknown".into(),
+        };
+        let mut failing_layers: Vec<String> = h
+            .layers
+            .iter()
+            .filter(|(_, s)| **s == eval::Status::Down)
+            .map(|(l, _)| l.as_str().to_string())
+            .collect();
+        if h.verdict == Verdict::HardDown && failing_layers.is_empty() {
+            // Hard down on telemetry alone: breakers open on most nodes.
+            failing_layers.push("breakers".into());
+        }
+        Some(crate::fleet::StackHealthView {
+            verdict,
+            failing_layers,
+            evidence: h.evidence,
+        })
+    }
+
     /// The small per-stack `health` object of `GET /api/v1/stacks`: verdict, layer
     /// states and the fast path's state; `null` for a stack nothing speaks about.
     pub fn stack_summary(&self, stack: &str) -> serde_json::Value {
@@ -516,6 +551,38 @@ mod tests {
             eval::Episode::Recovered { .. }
         ));
         assert_eq!(r.stacks["blue"].verdict, Verdict::Healthy);
+    }
+
+    #[tokio::test]
+    async fn status_shows_each_stacks_verdict_and_failing_layer_once_the_monitor_runs() {
+        let control = control().await;
+        assert_eq!(control.fleet().stack_health("blue"), None, "no monitor");
+        let clock = ManualClock::new(1_000);
+        let cfg = HealthConfig {
+            checks: vec![tcp("blue")],
+            fast_path: false,
+            ..HealthConfig::default()
+        };
+        let m = Monitor::new(control.clone(), cfg, Arc::new(clock.clone()), None);
+        m.show_in_status();
+        let fleet = control.fleet();
+        assert_eq!(fleet.stack_health("green").unwrap().verdict, "unknown");
+        m.record(0, obs(&clock, false));
+        m.record(0, obs(&clock, false));
+        let blue = fleet.stack_health("blue").unwrap();
+        assert_eq!(
+            (blue.verdict.as_str(), blue.failing_layers.as_slice()),
+            ("hard_down", &["infrastructure".to_string()][..])
+        );
+        assert!(blue.evidence[0].contains("refused"), "{blue:?}");
+        let names = ["blue".to_string(), "green".to_string()];
+        let status = fleet.with_series(crate::fleet::FleetStatus::default(), &names);
+        assert_eq!(status.health["blue"], blue);
+        assert_eq!(status.health["green"].verdict, "unknown");
+        m.record(0, obs(&clock, true));
+        m.record(0, obs(&clock, true));
+        let blue = fleet.stack_health("blue").unwrap();
+        assert_eq!((blue.verdict.as_str(), blue.failing_layers.len()), ("healthy", 0));
     }
 
     #[tokio::test]

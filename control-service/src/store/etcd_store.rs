@@ -20,8 +20,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, SortOrder, SortTarget,
-    Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
 };
 
 use super::{key_u64, Batch, Condition, Op, Store, StoreError};
@@ -56,8 +56,58 @@ pub struct EtcdStore {
     rt: Option<tokio::runtime::Runtime>,
 }
 
+/// An etcd error as a store error: the cluster out of reach (connection refused, no
+/// leader, no quorum, timeout) is [`StoreError::Unavailable`], anything else a backend
+/// error.
 fn backend(e: etcd_client::Error) -> StoreError {
-    StoreError::Backend(format!("etcd: {e}"))
+    use etcd_client::Error as E;
+    use tonic::Code;
+    let unreachable = match &e {
+        E::TransportError(_) | E::IoError(_) | E::LeaseKeepAliveError(_) | E::WatchError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        ),
+        _ => false,
+    };
+    if unreachable {
+        StoreError::Unavailable(format!("etcd: {e}"))
+    } else {
+        StoreError::Backend(format!("etcd: {e}"))
+    }
+}
+
+/// etcd says the lease does not exist (any more).
+fn lease_gone(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::NotFound || s.message().contains("lease not found")
+        }
+        _ => false,
+    }
+}
+
+/// The version a `v/<20 digits>` key names.
+fn version_of_key(key: &[u8]) -> u64 {
+    String::from_utf8_lossy(key)
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The key of the replicas' leadership in the brain's key space (`k/replica/leader`):
+/// held by the leader's lease, its value names the leader's term. Fenced writes compare
+/// its value ([`crate::replica`]).
+pub const LEADER_KEY: &str = "replica/leader";
+
+/// A leadership term won by [`EtcdStore::try_lead`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    /// The leadership key's value while this term lasts (replica id and lease).
+    pub value: Vec<u8>,
+    lease: i64,
 }
 
 /// The smallest key greater than every key starting with `prefix`.
@@ -144,11 +194,178 @@ impl EtcdStore {
         format!("{}k/{}", self.ns, key)
     }
 
+    fn compare(&self, c: &Condition) -> Compare {
+        match c {
+            Condition::Absent(k) => Compare::create_revision(self.kkey(k), CompareOp::Equal, 0),
+            Condition::Equals(k, v) => Compare::value(self.kkey(k), CompareOp::Equal, v.clone()),
+        }
+    }
+
+    /// After a transaction did not commit: the first condition that does not hold now,
+    /// as the error to return (best effort: it may have changed again since).
+    fn failed_condition(&self, conditions: &[Condition]) -> Result<(), StoreError> {
+        for c in conditions {
+            let key = match c {
+                Condition::Absent(k) | Condition::Equals(k, _) => k,
+            };
+            let current = self.read(key)?;
+            super::check_condition(c, |_| current)?;
+        }
+        Ok(())
+    }
+
+    /// Become the leader if no replica is: grant a lease of `ttl` and create the
+    /// leadership key on it only if it does not exist (`create_revision == 0`). `None`
+    /// when another replica leads (the lease is revoked again).
+    pub fn try_lead(&self, replica_id: &str, ttl: Duration) -> Result<Option<Term>, StoreError> {
+        let key = self.kkey(LEADER_KEY);
+        if self.read(LEADER_KEY)?.is_some() {
+            return Ok(None);
+        }
+        let ttl = ttl.as_secs().max(1) as i64;
+        let id = replica_id.to_string();
+        self.run(move |mut c| async move {
+            let lease = c.lease_grant(ttl, None).await.map_err(backend)?.id();
+            let value = format!("{id}/{lease:x}").into_bytes();
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(
+                    key,
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let won = match c.txn(txn).await {
+                Ok(r) => r.succeeded(),
+                Err(e) => {
+                    let _ = c.lease_revoke(lease).await;
+                    return Err(backend(e));
+                }
+            };
+            if won {
+                Ok(Some(Term { value, lease }))
+            } else {
+                let _ = c.lease_revoke(lease).await;
+                Ok(None)
+            }
+        })
+    }
+
+    /// Renew the term's lease once. `Ok(false)` when the term is over: the lease
+    /// expired or was revoked, or the key no longer holds the term's value.
+    pub fn keep_alive(&self, term: &Term) -> Result<bool, StoreError> {
+        let lease = term.lease;
+        let alive = self.run(move |mut c| async move {
+            let r = async {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            }
+            .await;
+            match r {
+                Ok(Some(r)) => Ok(r.ttl() > 0),
+                Ok(None) => Err(StoreError::Unavailable(
+                    "etcd: keep-alive stream closed".into(),
+                )),
+                // Revoked or expired: etcd no longer knows the lease.
+                Err(e) if lease_gone(&e) => Ok(false),
+                Err(e) => Err(backend(e)),
+            }
+        })?;
+        Ok(alive && self.read(LEADER_KEY)?.as_deref() == Some(&term.value[..]))
+    }
+
+    /// End the term at once (its lease revoked, so the key goes with it): another
+    /// replica can lead without waiting for the lease to expire.
+    pub fn resign(&self, term: &Term) -> Result<(), StoreError> {
+        let lease = term.lease;
+        self.run(move |mut c| async move {
+            c.lease_revoke(lease).await.map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    /// The current leadership key's value (`<replica id>/<lease>`), if any replica leads.
+    pub fn leader(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .read(LEADER_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     fn decode(version: u64, bytes: &[u8]) -> Result<VersionRecord, StoreError> {
         serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
             version,
             message: e.to_string(),
         })
+    }
+}
+
+/// Follow the `v/` prefix into `tx`: read the newest version and the revision of that
+/// read, then watch for puts from the next revision on. Re-established after any error
+/// (etcd down, member lost, compaction), backing off up to 2 s; ends when every receiver
+/// is gone or the store's runtime shuts down.
+async fn follow_versions(client: Client, prefix: String, tx: tokio::sync::watch::Sender<u64>) {
+    let publish = |v: u64| {
+        tx.send_if_modified(|known| {
+            if v > *known {
+                *known = v;
+                true
+            } else {
+                false
+            }
+        });
+    };
+    let mut backoff = Duration::from_millis(100);
+    while !tx.is_closed() {
+        let r: Result<(), etcd_client::Error> = async {
+            let mut c = client.clone();
+            let opts = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Key, SortOrder::Descend)
+                .with_limit(1)
+                .with_keys_only();
+            let got = c.get(prefix.clone(), Some(opts)).await?;
+            let revision = got.header().map(|h| h.revision()).unwrap_or(0);
+            if let Some(kv) = got.kvs().first() {
+                publish(version_of_key(kv.key()));
+            }
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let mut stream = c.watch(prefix.clone(), Some(opts)).await?;
+            backoff = Duration::from_millis(100);
+            loop {
+                let msg = tokio::select! {
+                    m = stream.message() => m?,
+                    _ = tx.closed() => return Ok(()),
+                };
+                let Some(msg) = msg else {
+                    return Err(etcd_client::Error::WatchError("watch stream ended".into()));
+                };
+                if msg.canceled() {
+                    return Err(etcd_client::Error::WatchError(format!(
+                        "watch cancelled: {}",
+                        msg.cancel_reason()
+                    )));
+                }
+                for ev in msg.events() {
+                    if ev.event_type() == EventType::Put {
+                        if let Some(kv) = ev.kv() {
+                            publish(version_of_key(kv.key()));
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "following versions in etcd; re-subscribing");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 }
 
@@ -166,15 +383,22 @@ impl Store for EtcdStore {
         format!("etcd:{} (prefix {})", self.endpoints.join(","), self.ns)
     }
 
-    fn append(&self, record: &VersionRecord, policy_json: Option<&str>) -> Result<(), StoreError> {
+    fn append_when(
+        &self,
+        record: &VersionRecord,
+        policy_json: Option<&str>,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError> {
         let encoded = serde_json::to_vec(record).map_err(|e| StoreError::Backend(e.to_string()))?;
         let v = record.version;
         let this = self.vkey(v);
         let prev = self.vkey(v.saturating_sub(1));
         let pkey = self.pkey(v);
         let policy = policy_json.map(str::to_string);
+        let fences: Vec<Compare> = conditions.iter().map(|c| self.compare(c)).collect();
         let committed = self.run(move |mut c| async move {
-            let mut compares = vec![Compare::create_revision(this.clone(), CompareOp::Equal, 0)];
+            let mut compares = fences;
+            compares.push(Compare::create_revision(this.clone(), CompareOp::Equal, 0));
             if v > 1 {
                 compares.push(Compare::create_revision(prev, CompareOp::Greater, 0));
             }
@@ -191,8 +415,17 @@ impl Store for EtcdStore {
         if committed {
             return Ok(());
         }
+        self.failed_condition(conditions)?;
         let latest = self.latest()?.map(|r| r.version).unwrap_or(0);
         Err(StoreError::OutOfOrder { latest, got: v })
+    }
+
+    fn subscribe_versions(&self, after: u64) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let rt = self.rt.as_ref()?;
+        let (tx, rx) = tokio::sync::watch::channel(after);
+        let prefix = format!("{}v/", self.ns);
+        rt.spawn(follow_versions(self.client.clone(), prefix, tx));
+        Some(rx)
     }
 
     fn latest(&self) -> Result<Option<VersionRecord>, StoreError> {
@@ -208,14 +441,7 @@ impl Store for EtcdStore {
                 .map(|kv| (kv.key().to_vec(), kv.value().to_vec())))
         })?;
         match kv {
-            Some((k, v)) => {
-                let version = String::from_utf8_lossy(&k)
-                    .rsplit('/')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                Ok(Some(Self::decode(version, &v)?))
-            }
+            Some((k, v)) => Ok(Some(Self::decode(version_of_key(&k), &v)?)),
             None => Ok(None),
         }
     }
@@ -265,14 +491,7 @@ impl Store for EtcdStore {
                 .collect::<Vec<_>>())
         })?;
         kvs.into_iter()
-            .map(|(k, v)| {
-                let version = String::from_utf8_lossy(&k)
-                    .rsplit('/')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                Self::decode(version, &v)
-            })
+            .map(|(k, v)| Self::decode(version_of_key(&k), &v))
             .collect()
     }
 
@@ -339,16 +558,7 @@ impl Store for EtcdStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let compares: Vec<Compare> = batch
-            .conditions
-            .iter()
-            .map(|c| match c {
-                Condition::Absent(k) => Compare::create_revision(self.kkey(k), CompareOp::Equal, 0),
-                Condition::Equals(k, v) => {
-                    Compare::value(self.kkey(k), CompareOp::Equal, v.clone())
-                }
-            })
-            .collect();
+        let compares: Vec<Compare> = batch.conditions.iter().map(|c| self.compare(c)).collect();
         let ops: Vec<TxnOp> = batch
             .ops
             .iter()
@@ -377,15 +587,7 @@ impl Store for EtcdStore {
         if committed {
             return Ok(());
         }
-        // Name the first condition that does not hold now (best effort: it may have
-        // changed again since the transaction ran).
-        for c in &batch.conditions {
-            let key = match c {
-                Condition::Absent(k) | Condition::Equals(k, _) => k,
-            };
-            let current = self.read(key)?;
-            super::check_condition(c, |_| current)?;
-        }
+        self.failed_condition(&batch.conditions)?;
         Err(StoreError::Conflict {
             key: batch
                 .conditions
@@ -422,6 +624,43 @@ mod tests {
         contract::rejects_gaps_and_repeats(&store(&etcd, "/t2/"));
         contract::batches_are_conditional_and_atomic(&store(&etcd, "/t3/"));
         contract::scans_in_key_order(&store(&etcd, "/t4/"));
+        contract::appends_only_when_conditions_hold(&store(&etcd, "/t5/"));
+        contract::reports_versions_appended_elsewhere(
+            &store(&etcd, "/t6/"),
+            &store(&etcd, "/t6/"),
+            true,
+        );
+    }
+
+    #[test]
+    fn one_leader_at_a_time_and_a_resigned_term_frees_the_key() {
+        let etcd = EtcdServer::start();
+        let a = store(&etcd, "/lead/");
+        let b = store(&etcd, "/lead/");
+        let ttl = Duration::from_secs(5);
+        let term = a.try_lead("a", ttl).unwrap().expect("no one leads yet");
+        assert!(b.try_lead("b", ttl).unwrap().is_none());
+        assert!(a.keep_alive(&term).unwrap());
+        assert_eq!(
+            b.leader().unwrap().unwrap(),
+            String::from_utf8(term.value.clone()).unwrap()
+        );
+        // A write fenced on the term passes while it lasts, and not after.
+        let fence = Condition::Equals(LEADER_KEY.into(), term.value.clone());
+        a.append_when(&contract::record(1, 1), Some("{}"), &[fence.clone()])
+            .unwrap();
+        a.resign(&term).unwrap();
+        assert!(!a.keep_alive(&term).unwrap());
+        let err = a
+            .append_when(&contract::record(2, 1), None, &[fence])
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { ref key, .. } if key == LEADER_KEY),
+            "{err}"
+        );
+        let next = b.try_lead("b", ttl).unwrap().expect("the key is free");
+        assert_ne!(next.value, term.value);
+        assert_eq!(b.latest().unwrap().unwrap().version, 1);
     }
 
     #[test]
@@ -462,7 +701,11 @@ mod tests {
         assert_eq!(s.read("audit/1").unwrap().as_deref(), Some(&b"x"[..]));
         etcd.stop();
         let err = s.read("audit/1").unwrap_err();
-        assert!(err.to_string().starts_with("store backend: etcd:"), "{err}");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(
+            err.to_string().starts_with("store unavailable: etcd:"),
+            "{err}"
+        );
         assert!(EtcdStore::connect(&EtcdConfig {
             endpoints: vec![etcd.client_url()],
             namespace: "/re/".into(),

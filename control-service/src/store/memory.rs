@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Batch, Op, Store, StoreError};
+use super::{Batch, Condition, Op, Store, StoreError};
 use crate::model::VersionRecord;
 
 /// Keeps every version in memory; lost on exit.
@@ -36,8 +36,16 @@ impl Store for MemoryStore {
         "memory".into()
     }
 
-    fn append(&self, record: &VersionRecord, policy_json: Option<&str>) -> Result<(), StoreError> {
+    fn append_when(
+        &self,
+        record: &VersionRecord,
+        policy_json: Option<&str>,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        for c in conditions {
+            super::check_condition(c, |k| inner.kv.get(k).cloned())?;
+        }
         let latest = inner.versions.keys().next_back().copied().unwrap_or(0);
         if record.version != latest + 1 {
             return Err(StoreError::OutOfOrder {
@@ -160,5 +168,16 @@ mod tests {
     #[test]
     fn contract_scans() {
         contract::scans_in_key_order(&MemoryStore::new());
+    }
+
+    #[test]
+    fn contract_conditional_append() {
+        contract::appends_only_when_conditions_hold(&MemoryStore::new());
+    }
+
+    #[test]
+    fn contract_nothing_to_follow() {
+        let s = MemoryStore::new();
+        contract::reports_versions_appended_elsewhere(&s, &s, false);
     }
 }

@@ -13,7 +13,7 @@ mod etcd_store;
 mod memory;
 mod redb_store;
 
-pub use etcd_store::{EtcdConfig, EtcdStore};
+pub use etcd_store::{EtcdConfig, EtcdStore, Term, LEADER_KEY};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
@@ -32,6 +32,15 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store backend: {0}")]
     Backend(String),
+    /// The backend cannot be reached (etcd down, no quorum, timeout): nothing was
+    /// written, or — for a write that timed out — its outcome is unknown until read back.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A write of a leader whose term is over (`replica.rs`): refused, nothing written.
+    /// Never a [`StoreError::Conflict`], which callers may treat as "someone else wrote
+    /// first" and carry on.
+    #[error("store unavailable: fenced off: this replica no longer leads ({key} changed)")]
+    Fenced { key: String },
     #[error("corrupt record at version {version}: {message}")]
     Corrupt { version: u64, message: String },
     #[error("version {got} does not follow the latest version {latest}")]
@@ -39,6 +48,14 @@ pub enum StoreError {
     /// A [`Batch`] condition did not hold; nothing was written.
     #[error("conflict on {key}: {message}")]
     Conflict { key: String, message: String },
+}
+
+impl StoreError {
+    /// The store cannot take this write now (unreachable, or the writer is fenced off);
+    /// retrying later, or on another replica, may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Fenced { .. })
+    }
 }
 
 /// A condition a [`Batch`] checks before it writes anything.
@@ -144,7 +161,30 @@ pub trait Store: Send + Sync + 'static {
     /// sets one. Durable when it returns `Ok`. `record.version` must be the latest
     /// version + 1 (1 for an empty store), else [`StoreError::OutOfOrder`] and nothing
     /// is written.
-    fn append(&self, record: &VersionRecord, policy_json: Option<&str>) -> Result<(), StoreError>;
+    fn append(&self, record: &VersionRecord, policy_json: Option<&str>) -> Result<(), StoreError> {
+        self.append_when(record, policy_json, &[])
+    }
+
+    /// [`Store::append`], only if every condition on the brain's key space holds too
+    /// (checked first: a failed one is [`StoreError::Conflict`] naming it, before any
+    /// [`StoreError::OutOfOrder`]). A leader's writes are fenced this way on its
+    /// leadership key (`replica.rs`).
+    fn append_when(
+        &self,
+        record: &VersionRecord,
+        policy_json: Option<&str>,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError>;
+
+    /// Learn of versions other processes append: a receiver whose value is the newest
+    /// version known to be in the store, starting at `after` and only ever rising.
+    /// `None` when nothing else can write to this store (redb, memory): there is
+    /// nothing to follow. The receiver keeps following through backend outages (it
+    /// re-subscribes) until the store is dropped.
+    fn subscribe_versions(&self, after: u64) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let _ = after;
+        None
+    }
 
     /// The newest version, if any.
     fn latest(&self) -> Result<Option<VersionRecord>, StoreError>;
@@ -233,6 +273,73 @@ pub(crate) mod contract {
             .map(|r| r.version)
             .collect();
         assert_eq!(page, vec![1]);
+    }
+
+    /// A failed condition refuses the append (naming the key) and writes nothing; held
+    /// conditions let it through.
+    pub fn appends_only_when_conditions_hold(store: &dyn Store) {
+        store
+            .commit(&Batch::new().put("lead", b"me".to_vec()))
+            .unwrap();
+        store
+            .append_when(
+                &record(1, 1),
+                Some("{}"),
+                &[Condition::Equals("lead".into(), b"me".to_vec())],
+            )
+            .unwrap();
+        let err = store
+            .append_when(
+                &record(2, 1),
+                None,
+                &[Condition::Equals("lead".into(), b"other".to_vec())],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { ref key, .. } if key == "lead"),
+            "{err}"
+        );
+        // The condition is checked before the order: a fenced writer learns it is fenced.
+        let err = store
+            .append_when(&record(5, 1), None, &[Condition::Absent("lead".into())])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert_eq!(store.latest().unwrap().unwrap().version, 1);
+        store
+            .append_when(&record(2, 1), None, &[Condition::Absent("nobody".into())])
+            .unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().version, 2);
+    }
+
+    /// `a` and `b` are two handles on the same data. A backend others can write to
+    /// (etcd) reports their appends through `subscribe_versions`; a single-process one
+    /// has nothing to follow and says so with `None`.
+    pub fn reports_versions_appended_elsewhere(a: &dyn Store, b: &dyn Store, shared: bool) {
+        let Some(mut rx) = a.subscribe_versions(0) else {
+            assert!(!shared, "{} must follow other writers", a.describe());
+            return;
+        };
+        assert!(shared, "{} has no other writers to follow", a.describe());
+        b.append(&record(1, 1), Some("{}")).unwrap();
+        b.append(&record(2, 1), None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            while *rx.borrow_and_update() < 2 {
+                rx.changed().await.unwrap();
+            }
+        });
+        // Subscribing later starts from what is there.
+        let rx = a.subscribe_versions(1).unwrap();
+        let mut rx2 = rx.clone();
+        rt.block_on(async {
+            while *rx2.borrow_and_update() < 2 {
+                rx2.changed().await.unwrap();
+            }
+        });
+        assert_eq!(*rx.borrow(), 2);
     }
 
     pub fn rejects_gaps_and_repeats(store: &dyn Store) {

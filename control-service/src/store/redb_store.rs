@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Batch, Op, Store, StoreError};
+use super::{Batch, Condition, Op, Store, StoreError};
 use crate::model::VersionRecord;
 
 /// Version → JSON-encoded [`VersionRecord`].
@@ -55,15 +55,47 @@ impl RedbStore {
     }
 }
 
+/// Check every condition against the key space as a write transaction sees it.
+fn check_all(
+    kv: &impl ReadableTable<&'static str, &'static [u8]>,
+    conditions: &[Condition],
+) -> Result<(), StoreError> {
+    for c in conditions {
+        let mut failure = None;
+        let current = |k: &str| match kv.get(k) {
+            Ok(v) => v.map(|v| v.value().to_vec()),
+            Err(e) => {
+                failure = Some(backend(e));
+                None
+            }
+        };
+        let checked = super::check_condition(c, current);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        checked?;
+    }
+    Ok(())
+}
+
 impl Store for RedbStore {
     fn describe(&self) -> String {
         format!("redb:{}", self.path.display())
     }
 
-    fn append(&self, record: &VersionRecord, policy_json: Option<&str>) -> Result<(), StoreError> {
+    fn append_when(
+        &self,
+        record: &VersionRecord,
+        policy_json: Option<&str>,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError> {
         let encoded = serde_json::to_vec(record).map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut tx = self.db.begin_write().map_err(backend)?;
         tx.set_durability(Durability::Immediate).map_err(backend)?;
+        if !conditions.is_empty() {
+            let kv = tx.open_table(KV).map_err(backend)?;
+            check_all(&kv, conditions)?;
+        }
         {
             let mut versions = tx.open_table(VERSIONS).map_err(backend)?;
             let latest = versions
@@ -183,22 +215,8 @@ impl Store for RedbStore {
         tx.set_durability(Durability::Immediate).map_err(backend)?;
         {
             let mut kv = tx.open_table(KV).map_err(backend)?;
-            for c in &batch.conditions {
-                let mut failure = None;
-                let current = |k: &str| match kv.get(k) {
-                    Ok(v) => v.map(|v| v.value().to_vec()),
-                    Err(e) => {
-                        failure = Some(backend(e));
-                        None
-                    }
-                };
-                let checked = super::check_condition(c, current);
-                if let Some(e) = failure {
-                    return Err(e);
-                }
-                // Dropping the transaction without commit aborts it.
-                checked?;
-            }
+            // Dropping the transaction without commit aborts it.
+            check_all(&kv, &batch.conditions)?;
             for op in &batch.ops {
                 match op {
                     Op::Put(k, v) => {
@@ -250,6 +268,20 @@ mod tests {
     fn contract_scans() {
         let dir = tempfile::tempdir().unwrap();
         contract::scans_in_key_order(&RedbStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn contract_conditional_append() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::appends_only_when_conditions_hold(&RedbStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn contract_nothing_to_follow() {
+        // One process owns the file: nothing else can append.
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        contract::reports_versions_appended_elsewhere(&s, &s, false);
     }
 
     #[test]

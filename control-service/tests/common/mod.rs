@@ -257,6 +257,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Start `switchyard-control serve` on `data_dir` and wait for its ready line.
     pub fn spawn(data_dir: &std::path::Path, extra: &[&str]) -> Self {
+        Self::spawn_with_env(data_dir, extra, &[])
+    }
+
+    /// The same with `env` added to the server's environment.
+    pub fn spawn_with_env(
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::BufRead;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -276,6 +285,7 @@ impl ServerProcess {
             ])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(log)
             .spawn()

@@ -130,7 +130,19 @@ pub struct GeoDoc {
     /// Client address ranges → region.
     #[serde(default)]
     pub cidrs: Vec<CidrDoc>,
+    /// What a geo header with more than one value (repeated, or a comma-separated list)
+    /// means: see [`AmbiguousDoc`].
+    #[serde(default)]
+    pub ambiguous: Option<AmbiguousDoc>,
 }
+
+/// What an ambiguous geo header means, as a string map: `mode` — `unknown` (no region
+/// from the header; the address ranges still apply), `reject` (a local 400 reply),
+/// `most_restrictive` (the values' rules whose residency every value accepts, else
+/// `reject`) or `assume` — and `region` (the region `assume` takes). The compiler checks
+/// the keys. A map for the same reason as [`KpiDoc`]: a struct visitor of its own would
+/// cost the .wasm about 3 KB.
+pub type AmbiguousDoc = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "serialize", derive(serde::Serialize))]

@@ -3,13 +3,12 @@
 //! or lazily built state (balancing state lives with the router) and never depends on
 //! the modules that use it (classify, balance, router).
 
-use std::collections::HashMap;
-
 use switchyard_policy_doc::{
     BreakerDoc, HashKeyDoc, KeyDoc, DEFAULT_LOCAL_STATUS, DEFAULT_RETRY_AFTER_S,
 };
 
 use crate::cidr::CidrTable;
+use crate::hash::NameMap;
 
 use super::condition::Condition;
 use super::ids::{mask_of, ChannelId, CohortId, RegionId, StackId};
@@ -44,7 +43,7 @@ pub struct Policy {
     /// Whether a user key or hash key is the client address (then `source.address` is
     /// always needed, not only for CIDR tables).
     pub uses_client_ip: bool,
-    pub(in crate::policy) stack_index: HashMap<String, StackId>,
+    pub(in crate::policy) stack_index: NameMap<String, StackId>,
 }
 
 /// A compiled stack.
@@ -65,6 +64,8 @@ pub struct Classification {
     /// Upper-case country code → region, sorted by code.
     pub countries: Vec<([u8; 2], RegionId)>,
     pub cidrs: CidrTable<RegionId>,
+    /// What a geo header with more than one value means (`classify.geo.ambiguous`).
+    pub ambiguous_geo: AmbiguousGeo,
     pub channels: Vec<ChannelDef>,
     pub default_channel: ChannelId,
     pub cohort_header: Option<String>,
@@ -72,6 +73,26 @@ pub struct Classification {
     pub bucket_salt: String,
     /// What the request scan looks for.
     pub inputs: Inputs,
+}
+
+/// What a geo header with more than one value (repeated, or a comma-separated list)
+/// means. Such a request is always counted as hostile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AmbiguousGeo {
+    /// No region from the header (the address ranges still apply): the request can match
+    /// rules without a region, the default rule included. The default, for compatibility;
+    /// validation warns when routes have residency.
+    #[default]
+    Unknown,
+    /// The local reply [`LocalReply::ambiguous_geo`].
+    Reject,
+    /// Each value is classified and matched on its own; the request takes the rule of a
+    /// value whose residency is the intersection of every value's residency (so an EU
+    /// value keeps the request in the EU). No such value (conflicting residencies): as
+    /// `Reject`. No value with residency: as `Unknown`.
+    MostRestrictive,
+    /// This region.
+    Assume(RegionId),
 }
 
 /// A compiled channel definition.
@@ -150,6 +171,8 @@ pub enum Balance {
 /// The local reply sent when nothing eligible is left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
+    /// The `error` of the reply body (`no_eligible_stack`, `ambiguous_geo`).
+    pub reason: &'static str,
     pub status: u16,
     pub retry_after_s: u32,
     pub message: String,
@@ -158,9 +181,23 @@ pub struct LocalReply {
 impl Default for LocalReply {
     fn default() -> Self {
         Self {
+            reason: "no_eligible_stack",
             status: DEFAULT_LOCAL_STATUS,
             retry_after_s: DEFAULT_RETRY_AFTER_S,
             message: "no healthy stack is available for this request".into(),
+        }
+    }
+}
+
+impl LocalReply {
+    /// The reply to a request whose geography is ambiguous and not allowed to be
+    /// (`classify.geo.ambiguous` `reject`, or `most_restrictive` without an answer).
+    pub fn ambiguous_geo() -> Self {
+        Self {
+            reason: "ambiguous_geo",
+            status: 400,
+            retry_after_s: 0,
+            message: "the geo header has more than one value".into(),
         }
     }
 }

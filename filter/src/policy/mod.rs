@@ -36,8 +36,8 @@ pub use switchyard_policy_doc::*;
 pub use check::{FieldIssue, Invalid};
 pub use compile::{compile, Validated};
 pub use compiled::{
-    AffinityCfg, Balance, ChannelDef, Classification, LocalReply, Policy, Queue, Route, Rule,
-    Stack, Target, DEFAULT_RULE_ID,
+    AffinityCfg, AmbiguousGeo, Balance, ChannelDef, Classification, LocalReply, Policy, Queue,
+    Route, Rule, Stack, Target, DEFAULT_RULE_ID,
 };
 pub use condition::Condition;
 pub use ids::{mask_of, ChannelId, CohortId, RegionId, StackId, MAX_STACKS, MAX_TARGETS};

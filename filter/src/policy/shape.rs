@@ -118,7 +118,11 @@ const GEO: &[Field] = &[
     opt("header", OPT_STR),
     opt("countries", Shape::Map(&Str)),
     opt("cidrs", List(&Obj(CIDR))),
+    opt("ambiguous", Opt(&Obj(AMBIGUOUS))),
 ];
+
+/// `AmbiguousDoc` (a string map; the compiler checks the values).
+const AMBIGUOUS: &[Field] = &[req("mode", Str), opt("region", OPT_STR)];
 
 const CIDR: &[Field] = &[req("cidr", Str), req("region", Str)];
 
@@ -745,6 +749,10 @@ mod tests {
                         cidr: "10.0.0.0/8".into(),
                         region: "us".into(),
                     }],
+                    ambiguous: Some(BTreeMap::from([
+                        ("mode".to_string(), "assume".to_string()),
+                        ("region".to_string(), "us".to_string()),
+                    ])),
                 },
                 channels: vec![ChannelDoc {
                     name: "app".into(),

@@ -363,24 +363,26 @@ fn affinity_note(event: AffinityEvent, how: How) -> &'static str {
     }
 }
 
-/// Send the route's local reply (nothing eligible, or a queue's intake unreachable).
+/// Send a local reply: the route's (nothing eligible, or a queue's intake unreachable),
+/// or the one for ambiguous geography.
 fn send_local(
     rule_id: &str,
     reply: &LocalReply,
     debug: bool,
 ) -> Result<(), proxy_wasm::types::Status> {
     let body = format!(
-        "{{\"error\":\"no_eligible_stack\",\"rule\":{},\"message\":{},\"retry_after_s\":{}}}",
+        "{{\"error\":\"{}\",\"rule\":{},\"message\":{},\"retry_after_s\":{}}}",
+        reply.reason,
         json_string(rule_id),
         json_string(&reply.message),
         reply.retry_after_s
     );
     let retry = reply.retry_after_s.to_string();
-    let decision_header = format!("rule={rule_id}; reason=no_eligible_stack");
-    let mut headers = vec![
-        ("content-type", "application/json"),
-        ("retry-after", retry.as_str()),
-    ];
+    let decision_header = format!("rule={rule_id}; reason={}", reply.reason);
+    let mut headers = vec![("content-type", "application/json")];
+    if reply.retry_after_s > 0 {
+        headers.push(("retry-after", retry.as_str()));
+    }
     if debug {
         headers.push((DECISION_HEADER, decision_header.as_str()));
     }

@@ -18,6 +18,8 @@ pub mod replicas;
 
 pub use switchyard_harness::{Client, Proc, ReservedPort, Response, TestDir};
 
+pub mod transcript;
+
 /// Repository root.
 pub fn root() -> PathBuf {
     switchyard_harness::workspace_root()

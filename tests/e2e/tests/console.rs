@@ -40,9 +40,14 @@ struct Control {
 impl Control {
     /// The real service on a redb store in `dir` (so a restart keeps the state).
     fn start(dir: &TestDir) -> Control {
+        Self::start_with_policy(dir, POLICY)
+    }
+
+    /// The same with `policy` applied at start.
+    fn start_with_policy(dir: &TestDir, policy: &str) -> Control {
         let grpc = ReservedPort::new().unwrap();
         let http = ReservedPort::new().unwrap();
-        std::fs::write(dir.join("policy.json"), POLICY).unwrap();
+        std::fs::write(dir.join("policy.json"), policy).unwrap();
         let config = dir.join("control.toml");
         std::fs::write(
             &config,
@@ -58,8 +63,8 @@ impl Control {
         )
         .unwrap();
         // Tokens, written into the store before the server opens it: an admin who
-        // signs in to the console (and runs the CLI), and a viewer.
-        for (name, role) in [("dora", "admin"), ("vera", "viewer")] {
+        // signs in to the console (and runs the CLI), a viewer and an approver.
+        for (name, role) in [("dora", "admin"), ("vera", "viewer"), ("april", "approver")] {
             let out = Command::new(switchyard_harness::workspace_bin("switchyard-control"))
                 .args([
                     "token", "create", "--name", name, "--role", role, "--output",
@@ -178,6 +183,59 @@ impl Control {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+/// Sign in through the box (the token lands in sessionStorage and rides every call) and
+/// wait until the header names who the server says signed in.
+fn sign_in(b: &mut Browser, control: &Control, who: &str) {
+    b.execute(
+        "document.getElementById('token').value = arguments[0];
+         document.getElementById('signin').requestSubmit();",
+        &[json!(control.token(who))],
+    )
+    .unwrap();
+    b.wait_for(
+        &format!("{who} named in the header"),
+        &format!("document.getElementById('whoami').textContent.startsWith('{who} (')"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Go to a page (from another one: the move is what renders it) and wait until it
+/// rendered after the move.
+fn open_page(b: &mut Browser, page: &str) {
+    let here = b.execute("return location.hash", &[]).unwrap();
+    assert_ne!(
+        here,
+        format!("#/{page}"),
+        "already on {page}: nothing would render"
+    );
+    let before = b
+        .execute("return Number(document.body.dataset.rendered || 0)", &[])
+        .unwrap()
+        .as_u64()
+        .unwrap_or(0);
+    b.execute(&format!("location.hash = '#/{page}'; return 1;"), &[])
+        .unwrap();
+    b.wait_for(
+        &format!("the {page} page"),
+        &format!("Number(document.body.dataset.rendered) > {before} && document.querySelector('#page > #{page}')"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// An Alertmanager webhook body with one firing alert on `stack`.
+fn alert_on(stack: &str) -> String {
+    json!({
+        "version": "4", "status": "firing", "receiver": "switchyard", "groupKey": "{}:{}",
+        "alerts": [{ "status": "firing",
+            "labels": { "alertname": "Errors", "stack": stack, "severity": "page" },
+            "annotations": { "summary": format!("errors on {stack}") },
+            "startsAt": "2026-01-01T00:00:00Z", "fingerprint": format!("console-e2e-{stack}") }],
+    })
+    .to_string()
 }
 
 fn cell(stack: &str, col: &str) -> String {
@@ -604,4 +662,297 @@ fn fleet_page_updates_live_after_a_cli_change_and_every_page_renders() {
     let c = canary(&control);
     assert_eq!(c["evacuating"], true, "{c}");
     assert_eq!(c["changed_by"], "dora", "the signed-in identity: {c}");
+}
+
+/// How many elements match `selector`.
+fn count(b: &mut Browser, selector: &str) -> u64 {
+    b.execute(
+        "return document.querySelectorAll(arguments[0]).length",
+        &[json!(selector)],
+    )
+    .unwrap()
+    .as_u64()
+    .unwrap()
+}
+
+#[test]
+fn buttons_follow_the_signed_in_role() {
+    if browser::available().is_none() {
+        eprintln!("skipped: chromium or chromedriver not installed (make .tools/.chromium)");
+        return;
+    }
+    let dir = TestDir::new("console-roles");
+    let control = Control::start(&dir);
+    control.api("POST", "/api/v1/alerts", Some(&alert_on("green")));
+    let mut b = Browser::start(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let shots = workspace_root().join("target/console-screenshots");
+    b.goto(&format!(
+        "http://127.0.0.1:{}/console/#/fleet",
+        control.http
+    ))
+    .unwrap();
+
+    // A viewer: the incident and its Approve button are shown, but no Approve is enabled;
+    // the fleet page offers no stack action; the policy editor validates but never applies.
+    sign_in(&mut b, &control, "vera");
+    assert_eq!(
+        b.execute("return document.getElementById('whoami').textContent", &[])
+            .unwrap(),
+        "vera (viewer)"
+    );
+    open_page(&mut b, "incidents");
+    b.wait_for(
+        "the incident awaiting approval",
+        "document.querySelector('[data-phase=\"awaiting_approval\"] button[data-decision=\"approve\"]')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        count(&mut b, "button[data-decision]:not(:disabled)"),
+        0,
+        "a viewer has an enabled Approve or Reject"
+    );
+    let why = b
+        .execute(
+            "return document.querySelector('button[data-decision=\"approve\"]').title",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(why, "your role (viewer) may not do this");
+    b.screenshot(&shots.join("incidents-viewer.png")).unwrap();
+    open_page(&mut b, "fleet");
+    b.wait_for(
+        "the stacks",
+        "document.querySelectorAll('#stacks tr[data-stack]').length === 3",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        count(&mut b, "button[data-op]"),
+        0,
+        "stack actions for a viewer"
+    );
+    open_page(&mut b, "policy");
+    b.execute(
+        "document.getElementById('policy-validate').click(); return 1;",
+        &[],
+    )
+    .unwrap();
+    b.wait_for(
+        "the valid verdict",
+        "document.querySelector('#policy-verdict .good')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        b.execute(
+            "return document.getElementById('policy-apply').disabled",
+            &[]
+        )
+        .unwrap(),
+        true,
+        "a viewer's Apply is enabled"
+    );
+
+    // An approver: Approve and Reject enabled; still no stack actions (operate is not
+    // theirs: four eyes).
+    b.execute("document.getElementById('signout').click(); return 1;", &[])
+        .unwrap();
+    sign_in(&mut b, &control, "april");
+    open_page(&mut b, "incidents");
+    b.wait_for(
+        "an enabled Approve button",
+        "document.querySelector('button[data-decision=\"approve\"]:not(:disabled)')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&mut b, "button[data-decision]:not(:disabled)"), 2);
+    open_page(&mut b, "fleet");
+    b.wait_for(
+        "the stacks",
+        "document.querySelectorAll('#stacks tr[data-stack]').length === 3",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        count(&mut b, "button[data-op]"),
+        0,
+        "stack actions for an approver"
+    );
+    // The page's word is the server's: the approver's approval goes through.
+    open_page(&mut b, "incidents");
+    b.execute(
+        "document.querySelector('[data-incident] input').value = 'approved by april';
+         document.querySelector('button[data-decision=\"approve\"]').click(); return 1;",
+        &[],
+    )
+    .unwrap();
+    b.wait_for(
+        "the incident to leave awaiting_approval",
+        "!document.querySelector('[data-phase=\"awaiting_approval\"]')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let audit = control
+        .api("GET", "/api/v1/audit?limit=20", None)
+        .to_string();
+    assert!(audit.contains("approved by april"), "{audit}");
+}
+
+/// 16 stacks (the most a policy's bitsets hold is 64; 16 is a large real fleet's).
+fn many_stacks_policy(n: usize) -> String {
+    let stacks: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{ "name": "stack-{i:02}", "region": "region-{}" }}"#,
+                i % 4
+            )
+        })
+        .collect();
+    let targets: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{ "stack": "stack-{i:02}" }}"#))
+        .collect();
+    format!(
+        r#"{{ "name": "big", "stacks": [{}], "default": {{ "targets": [{}] }} }}"#,
+        stacks.join(", "),
+        targets.join(", ")
+    )
+}
+
+#[test]
+fn the_fleet_page_holds_16_stacks_and_50_envoys() {
+    if browser::available().is_none() {
+        eprintln!("skipped: chromium or chromedriver not installed (make .tools/.chromium)");
+        return;
+    }
+    const STACKS: usize = 16;
+    const ENVOYS: usize = 50;
+    let dir = TestDir::new("console-scale");
+    let control = Control::start_with_policy(&dir, &many_stacks_policy(STACKS));
+    // 50 Envoys as real Watch clients: `switchyard watch` follows the stream and
+    // acknowledges every version as an Envoy's singleton does.
+    let envoys: Vec<Proc> = (0..ENVOYS)
+        .map(|i| {
+            let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard"));
+            cmd.args([
+                "--server",
+                &format!("127.0.0.1:{}", control.grpc.port()),
+                "--token-file",
+            ])
+            .arg(dir.join("dora.token"))
+            .args(["watch", "--node-id", &format!("envoy-{i:02}")]);
+            Proc::spawn(&format!("envoy-{i:02}"), cmd, dir.path()).unwrap()
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    loop {
+        let status = control.api("GET", "/api/v1/status", None);
+        if status["nodes_current"] == ENVOYS as u64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "not every Envoy connected and applied the version: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut b = Browser::start(&dir).unwrap_or_else(|e| panic!("{e}"));
+    b.goto(&format!(
+        "http://127.0.0.1:{}/console/#/fleet",
+        control.http
+    ))
+    .unwrap();
+    // The admin's page is the widest: every stack has its (folded) actions.
+    sign_in(&mut b, &control, "dora");
+    b.wait_for(
+        "every stack row",
+        &format!("document.querySelectorAll('#stacks tbody tr[data-stack]').length === {STACKS}"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..STACKS {
+        assert_eq!(
+            count(&mut b, &format!("#stacks tr[data-stack=\"stack-{i:02}\"]")),
+            1,
+            "stack-{i:02}"
+        );
+    }
+    // The Envoy list is one page of 20, the rest behind the pager, with a summary.
+    b.wait_for(
+        "the Envoy pager",
+        &format!("document.getElementById('nodes-range').textContent === '1–20 of {ENVOYS}'"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&mut b, "#nodes tbody tr"), 20);
+    assert_eq!(
+        b.execute(
+            "return document.getElementById('nodes-summary').textContent",
+            &[]
+        )
+        .unwrap(),
+        format!("{ENVOYS} connected, 0 away, 0 behind")
+    );
+    // Nothing runs off the page sideways: not the page, not the stacks table.
+    let widths = b
+        .execute(
+            "const d = document.documentElement; const t = document.getElementById('stacks');
+             return [d.scrollWidth, d.clientWidth, t.scrollWidth, t.parentElement.clientWidth];",
+            &[],
+        )
+        .unwrap();
+    let w: Vec<u64> = widths
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(w[0] <= w[1], "the page scrolls sideways: {widths}");
+    assert!(w[2] <= w[3], "the stacks table overflows its box: {widths}");
+    // The screenshot shows the end of the stacks and the paged Envoys.
+    b.execute(
+        "document.getElementById('nodes-summary').scrollIntoView(); return 1;",
+        &[],
+    )
+    .unwrap();
+    b.screenshot(
+        &workspace_root().join("target/console-screenshots/fleet-16-stacks-50-envoys.png"),
+    )
+    .unwrap();
+    // The pager moves, and the page it shows survives a live re-render.
+    b.execute(
+        "document.getElementById('nodes-next').click(); return 1;",
+        &[],
+    )
+    .unwrap();
+    b.wait_for(
+        "the second page of Envoys",
+        &format!("document.getElementById('nodes-range').textContent === '21–40 of {ENVOYS}'"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        count(&mut b, "#nodes tbody tr[data-node=\"envoy-20\"]"),
+        1,
+        "sorted by node id"
+    );
+    control.cli(&[
+        "stacks",
+        "weight",
+        "stack-03",
+        "50",
+        "--reason",
+        "scale e2e",
+    ]);
+    b.wait_for(
+        "the change, on the same Envoy page",
+        &format!(
+            "{} === '50%' && document.getElementById('nodes-range').textContent === '21–40 of {ENVOYS}'",
+            cell("stack-03", "weight")
+        ),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(envoys);
 }

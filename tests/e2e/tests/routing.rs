@@ -425,3 +425,65 @@ fn residency_is_honoured_when_the_only_in_region_stack_is_down() {
     // Traffic without residency still flows.
     assert_eq!(served(&mut c, "/", &[]), "blue");
 }
+
+#[test]
+fn an_eu_visitor_with_an_appended_geo_header_stays_in_the_eu() {
+    // An edge that appends its geo header instead of overwriting the client's: the
+    // request reaches Envoy with two values, as two header lines or as one comma list.
+    // `most_restrictive` keeps it on the EU rule, and the EU rule's residency keeps it in
+    // the EU when the EU stack is down (issue 14, item 5).
+    let policy = r#"{
+  "stacks": [ { "name": "blue", "region": "us" }, { "name": "eu", "region": "eu", "health_path": "/healthz" } ],
+  "classify": { "geo": { "header": "x-geo-country", "countries": { "DE": "eu", "US": "us" },
+                         "ambiguous": { "mode": "most_restrictive" } } },
+  "breaker": { "consecutive_failures": 2, "open_ms": 60000, "max_open_ms": 60000 },
+  "rules": [ { "id": "eu", "match": { "regions": ["eu"] },
+      "route": { "targets": [ { "stack": "eu" } ], "residency": ["eu"],
+                 "fallback": { "local": { "status": 503, "retry_after_s": 30, "message": "EU traffic stays in the EU" } } } } ],
+  "default": { "targets": [ { "stack": "blue" } ], "fallback": { "targets": [ { "stack": "eu" } ] } },
+  "debug_header": true
+}"#;
+    let mut shop = Shop::start();
+    let envoy = Envoy::start(policy, &shop.ports(), 1);
+    let mut c = envoy.client();
+    let appended: [&[(&str, &str)]; 3] = [
+        &[("x-geo-country", "DE"), ("x-geo-country", "US")],
+        &[("x-geo-country", "US"), ("x-geo-country", "DE")],
+        &[("x-geo-country", "US, DE")],
+    ];
+    for headers in appended {
+        let r = c.get("/", headers).unwrap();
+        assert_eq!(r.served_by(), Some("eu"), "{headers:?}: {}", r.text());
+        let decision = r.header("x-switchyard-decision").unwrap_or("");
+        assert!(decision.starts_with("rule=eu;"), "{headers:?}: {decision}");
+    }
+    // Two values without residency: no region from the header, the default rule.
+    assert_eq!(
+        served(
+            &mut c,
+            "/",
+            &[("x-geo-country", "US"), ("x-geo-country", "JP")]
+        ),
+        "blue"
+    );
+
+    shop.stack("eu").kill();
+    let mut local = None;
+    for _ in 0..20 {
+        let r = c.get("/", appended[0]).unwrap();
+        assert_ne!(
+            r.served_by(),
+            Some("blue"),
+            "EU traffic never leaves the EU"
+        );
+        if r.header("retry-after").is_some() {
+            local = Some(r);
+            break;
+        }
+    }
+    let r = local.expect("the local reply once the EU stack is known down");
+    assert_eq!(r.status, 503);
+    let body = r.json();
+    assert_eq!(body["error"], "no_eligible_stack");
+    assert_eq!(body["rule"], "eu");
+}

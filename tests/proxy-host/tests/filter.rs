@@ -657,6 +657,132 @@ fn repeated_routing_headers_are_hostile_and_never_pick_a_rule() {
     assert!(sy.metric("switchyard.hostile_requests") >= 1);
 }
 
+/// The demo policy with `classify.geo.ambiguous` replaced (`None`: removed).
+fn demo_ambiguous(mode: Option<serde_json::Value>) -> Switchyard {
+    let path = switchyard_proxy_host::build::workspace_root().join("examples/policies/demo.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let geo = doc["classify"]["geo"].as_object_mut().unwrap();
+    match mode {
+        Some(m) => geo.insert("ambiguous".into(), m),
+        None => geo.remove("ambiguous"),
+    };
+    Switchyard::builder()
+        .policy(doc.to_string())
+        .build()
+        .expect("policy loads")
+}
+
+#[test]
+fn an_eu_visitor_with_an_appended_geo_header_stays_in_the_eu() {
+    // The demo policy: `most_restrictive`.
+    let mut sy = demo();
+    for req in [
+        Request::get("/cart")
+            .header("x-geo-country", "DE")
+            .header("x-geo-country", "US"),
+        Request::get("/cart")
+            .header("x-geo-country", "US")
+            .header("x-geo-country", "DE"),
+        Request::get("/cart").header("x-geo-country", "US, DE"),
+    ] {
+        let ex = sy.send(req).unwrap();
+        assert_eq!(ex.stack(), Some("eu"), "{:?}", ex.decision());
+        assert!(ex.decision().unwrap().starts_with("rule=eu-residency;"));
+    }
+    // No EU value: the values carry no residency, the header gives no region.
+    let ex = sy
+        .send(
+            Request::get("/")
+                .header("x-geo-country", "US")
+                .header("x-geo-country", "CA"),
+        )
+        .unwrap();
+    assert!(ex.decision().unwrap().starts_with("rule=default;"));
+    sy.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(sy.metric("switchyard.hostile_requests"), 4);
+
+    // The residency holds when the EU stack is down too: the local 503, never the US.
+    let failing_eu = stacks_failing(&["eu"], 503);
+    for _ in 0..6 {
+        let ex = sy
+            .send(
+                Request::get("/")
+                    .header("x-geo-country", "FR")
+                    .header("x-geo-country", "US")
+                    .upstream(failing_eu.clone()),
+            )
+            .unwrap();
+        assert!(ex.stack().is_none() || ex.stack() == Some("eu"));
+    }
+    let ex = sy
+        .send(
+            Request::get("/")
+                .header("x-geo-country", "US")
+                .header("x-geo-country", "FR"),
+        )
+        .unwrap();
+    assert_eq!(ex.status(), 503);
+    assert_eq!(
+        ex.decision(),
+        Some("rule=eu-residency; reason=no_eligible_stack")
+    );
+}
+
+#[test]
+fn ambiguous_geography_without_the_setting_leaves_the_eu() {
+    // Why validation warns: the hole the setting closes.
+    let mut sy = demo_ambiguous(None);
+    let ex = sy
+        .send(
+            Request::get("/")
+                .header("x-geo-country", "DE")
+                .header("x-geo-country", "US"),
+        )
+        .unwrap();
+    assert_ne!(ex.stack(), Some("eu"));
+    assert!(ex.decision().unwrap().starts_with("rule=default;"));
+}
+
+#[test]
+fn ambiguous_geography_rejected_or_assumed() {
+    let mut sy = demo_ambiguous(Some(serde_json::json!({ "mode": "reject" })));
+    let ex = sy
+        .send(
+            Request::get("/")
+                .header("x-geo-country", "DE")
+                .header("x-geo-country", "US"),
+        )
+        .unwrap();
+    assert!(ex.upstream_request.is_none());
+    let local = ex.local_response.as_ref().expect("local reply");
+    assert_eq!(local.status, 400);
+    assert_eq!(local.header("retry-after"), None);
+    assert_eq!(local.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&local.body).unwrap();
+    assert_eq!(body["error"], "ambiguous_geo");
+    assert_eq!(body["retry_after_s"], 0);
+    assert!(ex.set_cookie("sy_aff").is_none());
+    assert_eq!(ex.decision(), Some("rule=default; reason=ambiguous_geo"));
+    // One value: routed as always.
+    let ex = sy
+        .send(Request::get("/").header("x-geo-country", "DE"))
+        .unwrap();
+    assert_eq!(ex.stack(), Some("eu"));
+
+    let mut sy = demo_ambiguous(Some(
+        serde_json::json!({ "mode": "assume", "region": "eu" }),
+    ));
+    let ex = sy
+        .send(
+            Request::get("/")
+                .header("x-geo-country", "US")
+                .header("x-geo-country", "CA"),
+        )
+        .unwrap();
+    assert_eq!(ex.stack(), Some("eu"));
+}
+
 #[test]
 fn huge_and_many_headers_still_get_a_decision() {
     let mut sy = demo();

@@ -5,8 +5,9 @@
 //! - a decision is made (exactly one `x-switchyard-stack` naming a policy stack is
 //!   forwarded, whatever the client sent) or the documented local reply is sent
 //!   (503, `retry-after`, JSON body with `error: no_eligible_stack`), never both;
-//! - EU traffic (one trusted `x-geo-country` of an EU country) stays in the EU: it goes
-//!   to the `eu` stack or gets the local reply;
+//! - EU traffic (an `x-geo-country` value of an EU country, also when the header is
+//!   repeated or a comma list: the demo policy's `ambiguous` mode is `most_restrictive`)
+//!   stays in the EU: it goes to the `eu` stack or gets the local reply;
 //! - a `set-cookie`, if any, is a well-formed affinity cookie for the chosen stack.
 //!
 //! Seed and count can be overridden: SWITCHYARD_FUZZ_SEED, SWITCHYARD_FUZZ_REQUESTS.
@@ -197,16 +198,14 @@ fn generate(rng: &mut Rng, cookies: &[String]) -> (Request, bool) {
             req = req.source(&a);
         }
     }
-    // EU traffic: exactly one trusted geo header naming an EU country. (A repeated geo
-    // header is hostile; the filter then ignores it, see the report.)
-    let geo_values: Vec<&[u8]> = req
-        .headers
+    // EU traffic: any value of the geo header (repeated, or a comma list) naming an EU
+    // country or the region: the demo policy's `classify.geo.ambiguous` is
+    // `most_restrictive`, so an appended second value never takes it out of the EU.
+    let eu = geo
         .iter()
-        .filter(|(k, _)| k == "x-geo-country")
-        .map(|(_, v)| v.as_slice())
-        .collect();
-    let _ = geo;
-    let eu = geo_values.len() == 1 && EU.iter().any(|c| c.as_bytes() == geo_values[0]);
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|v| v == "eu" || EU.contains(&v.to_ascii_uppercase().as_str()));
     (req, eu)
 }
 

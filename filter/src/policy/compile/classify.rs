@@ -3,11 +3,11 @@
 //! sources for classification; it never decides which rule a request matches, and
 //! leaves the request-scan slots to [`super::inputs`].
 
-use switchyard_policy_doc::ClassifyDoc;
+use switchyard_policy_doc::{AmbiguousDoc, ClassifyDoc};
 
 use crate::cidr::{Cidr, CidrTable};
 use crate::policy::check::{check_header, check_key, valid_name, Ctx};
-use crate::policy::compiled::{ChannelDef, Classification};
+use crate::policy::compiled::{AmbiguousGeo, ChannelDef, Classification};
 use crate::policy::ids::{ChannelId, RegionId};
 use crate::policy::inputs::Inputs;
 
@@ -57,6 +57,11 @@ pub(super) fn classification(
             );
         }
     }
+    let ambiguous_geo = c
+        .geo
+        .ambiguous
+        .as_ref()
+        .map_or(AmbiguousGeo::Unknown, |doc| ambiguous(ctx, doc, regions));
     let mut channels: Vec<String> = Vec::new();
     let mut channel_defs = Vec::new();
     for (i, ch) in c.channels.iter().enumerate() {
@@ -140,6 +145,7 @@ pub(super) fn classification(
         geo_header: c.geo.header.clone(),
         countries,
         cidrs: CidrTable::new(cidrs),
+        ambiguous_geo,
         channels: channel_defs,
         default_channel,
         cohort_header: c.cohort_header.clone(),
@@ -148,4 +154,50 @@ pub(super) fn classification(
         inputs: Inputs::default(),
     };
     (classification, channels)
+}
+
+/// `classify.geo.ambiguous`: `mode` and, with `assume` only, a known `region`.
+fn ambiguous(ctx: &mut Ctx, doc: &AmbiguousDoc, regions: &Regions) -> AmbiguousGeo {
+    const PATH: &str = "classify.geo.ambiguous";
+    let region = doc.get("region");
+    let assume = doc.get("mode").is_some_and(|m| m == "assume");
+    let mode = match doc.get("mode").map(String::as_str) {
+        Some("unknown") => AmbiguousGeo::Unknown,
+        Some("reject") => AmbiguousGeo::Reject,
+        Some("most_restrictive") => AmbiguousGeo::MostRestrictive,
+        Some("assume") => match region.map(|r| regions.get(r)) {
+            Some(Some(id)) => AmbiguousGeo::Assume(id),
+            Some(None) => {
+                ctx.err(format!("{PATH}.region"), "unknown region");
+                AmbiguousGeo::Unknown
+            }
+            None => {
+                ctx.err(format!("{PATH}.region"), "required with mode `assume`");
+                AmbiguousGeo::Unknown
+            }
+        },
+        Some(_) => {
+            ctx.err(
+                format!("{PATH}.mode"),
+                "must be one of `unknown`, `reject`, `most_restrictive`, `assume`",
+            );
+            AmbiguousGeo::Unknown
+        }
+        None => {
+            ctx.err(format!("{PATH}.mode"), "missing field `mode`");
+            AmbiguousGeo::Unknown
+        }
+    };
+    for key in doc.keys() {
+        match key.as_str() {
+            "mode" => {}
+            "region" if assume => {}
+            "region" => ctx.err(format!("{PATH}.region"), "only with mode `assume`"),
+            _ => ctx.err(
+                format!("{PATH}.{key}"),
+                format!("unknown field `{key}`, expected one of `mode` or `region`"),
+            ),
+        }
+    }
+    mode
 }

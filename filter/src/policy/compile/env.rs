@@ -1,8 +1,7 @@
 //! What the sections compiled first (stacks, regions, classification, affinity) tell the
 //! sections compiled after them (rule matches and routes). Read-only.
 
-use std::collections::HashMap;
-
+use crate::hash::NameMap;
 use crate::policy::compiled::Stack;
 use crate::policy::ids::StackId;
 
@@ -10,7 +9,7 @@ use super::regions::Regions;
 
 pub(super) struct Env<'a> {
     pub stacks: &'a [Stack],
-    pub stack_index: &'a HashMap<String, StackId>,
+    pub stack_index: &'a NameMap<String, StackId>,
     pub regions: &'a Regions,
     /// Channel names by id.
     pub channels: &'a [String],

@@ -87,6 +87,19 @@ pub fn compile(mut doc: PolicyDoc) -> Result<Validated, Invalid> {
         },
     ));
     rules::warn_unreachable(&mut ctx, &rules);
+    if c.geo.header.is_some()
+        && c.geo.ambiguous.is_none()
+        && rules
+            .iter()
+            .any(|(_, r)| r.route.residency_regions.is_some())
+    {
+        // A repeated geo header (an edge that appends instead of overwriting) would
+        // otherwise make the region unknown and let the request leave its residency.
+        ctx.warn(
+            "classify.geo.ambiguous",
+            "routes have residency, but a geo header with more than one value is not decided: its region is unknown, and the request can take the default rule out of its region; set `ambiguous` (`most_restrictive`, `reject`, `assume` or `unknown`)",
+        );
+    }
 
     if regions.len() > usize::from(u16::MAX) {
         ctx.err("$", "too many regions");

@@ -2,8 +2,7 @@
 //! order, from the stacks and the geo tables; rule matches and residency lists may only
 //! name regions interned that way.
 
-use std::collections::HashMap;
-
+use crate::hash::NameMap;
 use crate::policy::ids::{RegionId, StackId};
 
 /// Region names in id order, with a map for lookups: a geo table may name thousands of
@@ -13,7 +12,7 @@ use crate::policy::ids::{RegionId, StackId};
 pub(super) struct Regions {
     names: Vec<String>,
     // `StackId` (usize) values, the map type `stack_index` already instantiates.
-    ids: HashMap<String, StackId>,
+    ids: NameMap<String, StackId>,
 }
 
 impl Regions {

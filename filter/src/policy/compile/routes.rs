@@ -162,6 +162,7 @@ pub(super) fn route(ctx: &mut Ctx, env: &Env, path: &str, r: &RouteDoc) -> Route
                         );
                     }
                     LocalReply {
+                        reason: LocalReply::default().reason,
                         status: l.status,
                         retry_after_s: l.retry_after_s,
                         message: l

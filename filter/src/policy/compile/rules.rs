@@ -2,17 +2,16 @@
 //! rules can never match. Decides the order rules are evaluated in; an unreachable rule
 //! is a warning, never an error (the policy still means what it says).
 
-use std::collections::HashSet;
-
 use switchyard_policy_doc::PolicyDoc;
 
+use crate::hash::NameSet;
 use crate::policy::check::{valid_name, Ctx};
 use crate::policy::compiled::{Rule, DEFAULT_RULE_ID};
 use crate::policy::condition::Condition;
 
 /// Check every rule id: a valid name, not `default`, not repeated.
 pub(super) fn check_ids(ctx: &mut Ctx, doc: &PolicyDoc) {
-    let mut seen_ids = HashSet::new();
+    let mut seen_ids = NameSet::default();
     for (i, r) in doc.rules.iter().enumerate() {
         if !valid_name(&r.id) {
             ctx.err(

@@ -1,10 +1,9 @@
 //! The `stacks` section: names, clusters, regions, health paths. Decides the stack ids
 //! (document order) and interns the stacks' regions first; it never looks at rules.
 
-use std::collections::HashMap;
-
 use switchyard_policy_doc::PolicyDoc;
 
+use crate::hash::NameMap;
 use crate::policy::check::{valid_name, Ctx};
 use crate::policy::compiled::Stack;
 use crate::policy::ids::{StackId, MAX_STACKS};
@@ -16,7 +15,7 @@ pub(super) fn stacks(
     ctx: &mut Ctx,
     doc: &PolicyDoc,
     regions: &mut Regions,
-) -> (Vec<Stack>, HashMap<String, StackId>) {
+) -> (Vec<Stack>, NameMap<String, StackId>) {
     if doc.stacks.is_empty() {
         ctx.err("stacks", "at least one stack is required");
     }
@@ -30,7 +29,7 @@ pub(super) fn stacks(
         );
     }
     let mut stacks = Vec::with_capacity(doc.stacks.len());
-    let mut stack_index = HashMap::new();
+    let mut stack_index = NameMap::default();
     for (i, s) in doc.stacks.iter().enumerate() {
         let path = format!("stacks[{i}]");
         if !valid_name(&s.name) {

@@ -1,0 +1,236 @@
+//! Replaying the transcripts of the docs: every `$ command` of a Markdown document's
+//! plain fenced blocks runs in one bash (variables carry over between commands), and its
+//! output must be the document's, modulo what changes from run to run ([`normalize`]).
+//! README.md (`tests/readme.rs`) and docs/getting-started.md (`tests/getting_started.rs`)
+//! are checked this way.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use crate::root;
+
+/// One `$ command` of a transcript and the output the README shows for it.
+#[derive(Debug)]
+pub struct Step {
+    /// Line of the command in the document (1-based).
+    pub line: usize,
+    pub command: String,
+    pub output: Vec<String>,
+}
+
+/// The transcripts of a Markdown document's section `## section` (`None`: the whole
+/// document): its fenced blocks without an info string whose first line is a `$ `
+/// command. Blocks with an info string (`sh`, `json`, …) are not transcripts.
+pub fn transcripts(readme: &str, section: Option<&str>) -> Vec<Step> {
+    let (start, end) = match section {
+        Some(section) => {
+            let start = readme
+                .find(&format!("\n## {section}\n"))
+                .unwrap_or_else(|| panic!("no section `## {section}`"));
+            let end = readme[start + 1..]
+                .find("\n## ")
+                .map_or(readme.len(), |e| start + 1 + e);
+            (start, end)
+        }
+        None => (0, readme.len()),
+    };
+    let first_line = readme[..start].lines().count() + 1;
+    let mut steps: Vec<Step> = Vec::new();
+    // Inside a fence; inside a fence without an info string; reading a transcript.
+    let (mut in_block, mut plain, mut transcript) = (false, false, false);
+    for (i, line) in readme[start..end].lines().enumerate() {
+        if line.starts_with("```") {
+            in_block = !in_block;
+            plain = in_block && line.trim() == "```";
+            transcript = false;
+        } else if !plain {
+            continue;
+        } else if let Some(cmd) = line.strip_prefix("$ ") {
+            transcript = true;
+            steps.push(Step {
+                line: first_line + i,
+                command: cmd.to_string(),
+                output: Vec::new(),
+            });
+        } else if transcript {
+            steps.last_mut().unwrap().output.push(line.to_string());
+        }
+    }
+    for s in &mut steps {
+        while s.output.last().is_some_and(|l| l.trim().is_empty()) {
+            s.output.pop();
+        }
+    }
+    steps
+}
+
+/// A bash that keeps its variables between commands (`C=$(…)` is used later).
+pub struct Shell {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+const END: &str = "__switchyard_transcript_step_end__";
+
+impl Shell {
+    /// bash in the repository root with `env` added.
+    pub fn start(env: &[(&str, String)]) -> Shell {
+        let mut cmd = Command::new("bash");
+        cmd.args(["--noprofile", "--norc"])
+            .current_dir(root())
+            .env_remove("SWITCHYARD_ACTOR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Shell {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Run one command line; its stdout and stderr lines.
+    pub fn run(&mut self, command: &str) -> Vec<String> {
+        writeln!(self.stdin, "{{ {command}\n}} 2>&1; echo {END}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut out = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "the shell exited during `{command}`"
+            );
+            let line = line.trim_end_matches('\n');
+            if line == END {
+                return out;
+            }
+            out.push(line.to_string());
+        }
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `text` with every match of `pattern` replaced; in `pattern`, `#` matches one ASCII
+/// digit and `*` a run of characters up to the next `;`, space or end of line.
+pub fn mask(text: &str, pattern: &str, with: &str) -> String {
+    fn matches(p: &[u8], t: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        for &c in p {
+            match c {
+                b'#' if t.get(i).is_some_and(u8::is_ascii_digit) => i += 1,
+                b'*' => {
+                    while t.get(i).is_some_and(|&b| b != b';' && b != b' ') {
+                        i += 1;
+                    }
+                }
+                c if t.get(i) == Some(&c) => i += 1,
+                _ => return None,
+            }
+        }
+        Some(i)
+    }
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < t.len() {
+        match matches(p, &t[i..]) {
+            Some(n) if n > 0 => {
+                out.extend_from_slice(with.as_bytes());
+                i += n;
+            }
+            _ => {
+                out.push(t[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Output lines with what changes from run to run masked and runs of spaces collapsed
+/// (column widths follow the values): cookie values, timestamps, "updated 3s ago", token
+/// ids, pids, a rollout's "users who reached" line, and the REQ..CHANGED telemetry
+/// columns of `stacks` tables.
+pub fn normalize(lines: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    // Byte ranges of the REQ..CHANGED columns of the `stacks` table being read.
+    let mut telemetry: Option<(usize, usize)> = None;
+    for line in lines {
+        let mut l = line.clone();
+        if let (Some(req), Some(changed)) = (l.find("  REQ  "), l.find("  CHANGED")) {
+            telemetry = Some((req + 2, changed + 2));
+        } else if let Some((from, to)) = telemetry {
+            if l.trim().is_empty() {
+                telemetry = None;
+            } else if l.len() >= to && l.is_char_boundary(from) && l.is_char_boundary(to) {
+                l.replace_range(from..to, " <telemetry> ");
+            }
+        }
+        l = mask(&l, "sy_aff=v1.*", "sy_aff=<cookie>");
+        l = mask(&l, "####-##-## ##:##:##", "<time>");
+        l = mask(&l, "updated * ago", "updated <age> ago");
+        // `switchyard tokens whoami`: the token's public id differs per installation.
+        l = mask(&l, ", token *", ", token <id>");
+        l = mask(&l, "(pid *", "(pid <pid>)");
+        // A rollout's blast-radius line appears once a telemetry window has counted the
+        // scope's users, which depends on where the window boundaries fall.
+        if l.trim_start().starts_with("users who reached ") {
+            continue;
+        }
+        out.push(l.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizing_masks_only_what_changes_between_runs() {
+        let lines = |s: &[&str]| s.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let a = lines(&[
+            "set-cookie: sy_aff=v1.demo1.blue.1.1795625212.eyUD2KNSRcNah18AOhcMcg; Max-Age=3600; Path=/",
+            "STACK  REGION  POLICY  FACTOR  SHARE  STATE           REQ  5XX  CHANGED   REASON",
+            "green  us      50      0%      0%     out (weight 0)  2    0    v2 alice  bad deploy",
+            "",
+            "*  3        2026-12-01 03:14:30  stack_weight  alice     green weight 0% -> 100%",
+        ]);
+        let b = lines(&[
+            "set-cookie: sy_aff=v1.demo1.blue.1.1796098464.BmGOzfg43wacD5QKaRbT3Q; Max-Age=3600; Path=/",
+            "STACK  REGION  POLICY  FACTOR  SHARE  STATE           REQ   5XX  CHANGED   REASON",
+            "green  us      50      0%      0%     out (weight 0)  1234  0    v2 alice  bad deploy",
+            "",
+            "*  3        2027-01-02 13:14:15  stack_weight  alice     green weight 0% -> 100%",
+        ]);
+        assert_eq!(normalize(&a), normalize(&b));
+        for (i, changed) in [
+            (0, "set-cookie: sy_aff=v1.x; Max-Age=60; Path=/"),
+            (
+                2,
+                "green  us      50      0%      0%     serving         2    0    v2 alice  bad deploy",
+            ),
+            (
+                4,
+                "*  4        2026-12-01 03:14:30  stack_weight  alice     green weight 0% -> 100%",
+            ),
+        ] {
+            let mut c = a.clone();
+            c[i] = changed.to_string();
+            assert_ne!(normalize(&a), normalize(&c), "{changed}");
+        }
+    }
+}
