@@ -20,15 +20,10 @@ use switchyard_harness::EtcdCluster;
 
 use crate::{root, ControlService, Envoy, ReservedPort, TestDir, LISTENER, TEST_KEYS};
 
-/// Whether a replica's `switchyard --json status` says it is the leader; `None` when it
-/// does not say (a build without replication). The one place that knows the field.
+/// Whether a replica's `switchyard --json status` says it is the leader (`leader`);
+/// `None` when it does not say. The one place that knows the field.
 pub fn leader_flag(status: &serde_json::Value) -> Option<bool> {
-    let r = &status["replication"];
-    r["leader"]
-        .as_bool()
-        .or_else(|| status["leader"].as_bool())
-        .or_else(|| r["role"].as_str().map(|s| s == "leader"))
-        .or_else(|| status["role"].as_str().map(|s| s == "leader"))
+    status["leader"].as_bool()
 }
 
 /// Replicas of the control service on an etcd cluster.
@@ -147,10 +142,11 @@ impl Replicas {
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         let data = self.dir.join(format!("replica-{i}"));
+        let id = format!("r{i}");
         let c = ControlService::start_with(
             &data,
             self.ports[i].port(),
-            &["--config", self.config.to_str().unwrap()],
+            &["--config", self.config.to_str().unwrap(), "--replica-id", &id],
         );
         self.replicas[i] = Some(c);
     }

@@ -42,7 +42,7 @@ fn named(name: &str) -> String {
 }
 
 /// One-second telemetry windows, a fast brain tick and loose guardrails, so a rollout
-/// takes seconds (as in tests/rollout.rs).
+/// takes seconds (as in tests/rollout.rs); a 4 s leadership lease instead of 10 s.
 const CONFIG: &str = r#"
 series_window_ms = 1000
 series_grace_ms = 300
@@ -53,10 +53,13 @@ shift_window_s = 1
 max_shift_percent = 100
 approval_above_percent = 100
 lease_s = 5
+
+[replica]
+lease_ttl_secs = 4
 "#;
 
 /// How long a dead leader's lease may take to expire, plus the election: the replicas'
-/// lease (~10 s) and a margin for this 2-core machine.
+/// lease (4 s) and a wide margin for this 2-core machine.
 const FAILOVER: Duration = Duration::from_secs(20);
 
 struct Setup {
