@@ -166,6 +166,9 @@ pub fn report(name: &str, result: &serde_json::Value) {
     println!("{text}");
     if let Ok(dir) = std::env::var("BENCH_OUT_DIR") {
         let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{name}.json")), text);
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join(format!("{name}.json")),
+            text,
+        );
     }
 }

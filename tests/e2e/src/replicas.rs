@@ -58,9 +58,7 @@ impl Replicas {
         let config = dir.join("control.toml");
         std::fs::write(
             &config,
-            format!(
-                "store = \"etcd\"\netcd_endpoints = [{endpoints}]\n{config_toml}\n"
-            ),
+            format!("store = \"etcd\"\netcd_endpoints = [{endpoints}]\n{config_toml}\n"),
         )
         .unwrap();
         let ports: Vec<ReservedPort> = (0..n).map(|_| ReservedPort::new().unwrap()).collect();
@@ -146,7 +144,12 @@ impl Replicas {
         let c = ControlService::start_with(
             &data,
             self.ports[i].port(),
-            &["--config", self.config.to_str().unwrap(), "--replica-id", &id],
+            &[
+                "--config",
+                self.config.to_str().unwrap(),
+                "--replica-id",
+                &id,
+            ],
         );
         self.replicas[i] = Some(c);
     }
@@ -172,7 +175,12 @@ impl Replicas {
     }
 
     /// [`Replicas::cli_json`] with `--timeout secs`.
-    pub fn cli_json_timeout(&self, i: usize, secs: u32, args: &[&str]) -> (bool, serde_json::Value) {
+    pub fn cli_json_timeout(
+        &self,
+        i: usize,
+        secs: u32,
+        args: &[&str],
+    ) -> (bool, serde_json::Value) {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.cli_timeout(i, secs, &all);
@@ -263,9 +271,11 @@ impl Replicas {
         (0..self.len())
             .filter(|&i| {
                 self.status(i).is_some_and(|s| {
-                    s["nodes"].as_array().into_iter().flatten().any(|n| {
-                        n["node_id"] == node_id && n["connected"].as_bool() == Some(true)
-                    })
+                    s["nodes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|n| n["node_id"] == node_id && n["connected"].as_bool() == Some(true))
                 })
             })
             .collect()
@@ -365,7 +375,10 @@ pub fn replicas_config(rendered: &str, ports: &[u16]) -> String {
         }
         body.push(line.to_string());
     }
-    assert!(endpoint_done, "envoy/control-replicas.yaml lists no endpoint");
+    assert!(
+        endpoint_done,
+        "envoy/control-replicas.yaml lists no endpoint"
+    );
 
     let lines: Vec<&str> = rendered.lines().collect();
     let start = lines

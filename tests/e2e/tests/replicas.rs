@@ -81,11 +81,7 @@ fn setup() -> Setup {
     let version = v["version"].as_u64().unwrap();
     wait_applied(&envoy, version, Duration::from_secs(10))
         .unwrap_or_else(|| panic!("envoy applied version {version}\n{}", envoy.log()));
-    Setup {
-        r,
-        envoy,
-        shop,
-    }
+    Setup { r, envoy, shop }
 }
 
 fn ok(r: &Replicas, i: usize, args: &[&str]) -> serde_json::Value {
@@ -113,12 +109,10 @@ fn wait_rollout(
 ) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let status = (0..r.len())
-            .filter(|&i| r.is_serving(i))
-            .find_map(|i| {
-                let (ok, v) = r.cli_json(i, &["rollout", "status", id]);
-                ok.then_some(v)
-            });
+        let status = (0..r.len()).filter(|&i| r.is_serving(i)).find_map(|i| {
+            let (ok, v) = r.cli_json(i, &["rollout", "status", id]);
+            ok.then_some(v)
+        });
         if let Some(s) = &status {
             if done(s) {
                 return s.clone();
@@ -152,7 +146,11 @@ fn assert_history_consistent(r: &Replicas) {
             })
             .collect();
         for (k, (version, ..)) in h.iter().enumerate() {
-            assert_eq!(*version, k as u64 + 1, "gapless history on replica {i}: {h:#?}");
+            assert_eq!(
+                *version,
+                k as u64 + 1,
+                "gapless history on replica {i}: {h:#?}"
+            );
         }
         histories.push(h);
     }
@@ -164,7 +162,11 @@ fn assert_history_consistent(r: &Replicas) {
 #[test]
 fn the_leader_killed_mid_rollout_hands_it_to_another_replica_and_no_request_fails() {
     let mut s = setup();
-    ok(&s.r, 1, &["stacks", "weight", "green", "0", "--reason", "new release"]);
+    ok(
+        &s.r,
+        1,
+        &["stacks", "weight", "green", "0", "--reason", "new release"],
+    );
     wait_routing(s.envoy.port, &["blue"], Duration::from_secs(10)).expect("green at 0");
     let (leader, _) = s.r.wait_leader(FAILOVER, None);
     // Any replica takes the operator's command; the leader runs the rollout.
@@ -176,9 +178,25 @@ fn the_leader_killed_mid_rollout_hands_it_to_another_replica_and_no_request_fail
         &s.r,
         other,
         &[
-            "rollout", "start", "--stack", "green", "--stable", "blue", "--plan",
-            "0,20,50,100", "--step", "2s", "--max-step", "60s", "--warmup", "1s",
-            "--max-error-rate", "0.02", "--no-kpi-gates", "--id", "r1",
+            "rollout",
+            "start",
+            "--stack",
+            "green",
+            "--stable",
+            "blue",
+            "--plan",
+            "0,20,50,100",
+            "--step",
+            "2s",
+            "--max-step",
+            "60s",
+            "--warmup",
+            "1s",
+            "--max-error-rate",
+            "0.02",
+            "--no-kpi-gates",
+            "--id",
+            "r1",
         ],
     );
     wait_rollout(&s.r, "r1", Duration::from_secs(60), |v| {
@@ -213,7 +231,10 @@ fn an_envoy_whose_replica_dies_moves_to_another_and_its_version_never_goes_back(
         if on.len() == 1 {
             break on[0];
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "{node} streams from {on:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{node} streams from {on:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let writer = (from + 1) % s.r.len();
@@ -259,12 +280,12 @@ fn an_envoy_whose_replica_dies_moves_to_another_and_its_version_never_goes_back(
     }
     let last = *acked.last().unwrap();
     wait_applied(&s.envoy, last, Duration::from_secs(15)).unwrap_or_else(|| {
-            panic!(
-                "the Envoy applied {} of {last} after its replica died\n{}",
-                applied_version(&s.envoy),
-                s.envoy.log()
-            )
-        });
+        panic!(
+            "the Envoy applied {} of {last} after its replica died\n{}",
+            applied_version(&s.envoy),
+            s.envoy.log()
+        )
+    });
     eprintln!(
         "STREAM replica killed: Envoy current (v{last}) {:?} after the kill",
         killed_at.elapsed()
@@ -317,14 +338,28 @@ fn conflicting_changes_on_two_replicas_one_wins_and_etcd_leader_loss_is_survived
             .collect();
         let results: Vec<(bool, serde_json::Value)> =
             racers.into_iter().map(|t| t.join().unwrap()).collect();
-        let winners: Vec<&serde_json::Value> =
-            results.iter().filter(|(ok, _)| *ok).map(|(_, v)| v).collect();
-        assert_eq!(winners.len(), 1, "round {round}: exactly one wins: {results:#?}");
+        let winners: Vec<&serde_json::Value> = results
+            .iter()
+            .filter(|(ok, _)| *ok)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one wins: {results:#?}"
+        );
         let loser = &results.iter().find(|(ok, _)| !*ok).unwrap().1;
         let code = loser["code"].as_str().unwrap_or("");
-        assert!(CAS_LOST.contains(&code), "round {round}: the loser: {loser}");
+        assert!(
+            CAS_LOST.contains(&code),
+            "round {round}: the loser: {loser}"
+        );
         aborted += usize::from(code == "aborted");
-        assert_eq!(winners[0]["version"].as_u64(), Some(version + 1), "{results:#?}");
+        assert_eq!(
+            winners[0]["version"].as_u64(),
+            Some(version + 1),
+            "{results:#?}"
+        );
         version += 1;
         r.wait_converged(version, Duration::from_secs(10));
     }
@@ -342,7 +377,10 @@ fn conflicting_changes_on_two_replicas_one_wins_and_etcd_leader_loss_is_survived
         if ok {
             break v;
         }
-        assert!(killed.elapsed() < Duration::from_secs(30), "writes do not resume: {v}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "writes do not resume: {v}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     eprintln!(
@@ -381,7 +419,11 @@ fn without_etcd_quorum_watch_keeps_serving_writes_are_refused_and_nothing_acked_
         assert!(!ok, "a write without quorum was acknowledged: {v}");
         assert_eq!(v["code"], "unreachable", "refused as UNAVAILABLE: {v}");
         // Reads still answer, from the last snapshot.
-        assert_eq!(s.r.current_version(i), Some(last), "replica {i} still serves v{last}");
+        assert_eq!(
+            s.r.current_version(i),
+            Some(last),
+            "replica {i} still serves v{last}"
+        );
     }
     // A new Envoy connecting now still gets the last snapshot.
     let mut ports = s.shop.ports();
@@ -405,25 +447,30 @@ fn without_etcd_quorum_watch_keeps_serving_writes_are_refused_and_nothing_acked_
         if ok {
             break v;
         }
-        assert!(back.elapsed() < Duration::from_secs(30), "writes do not resume: {v}");
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "writes do not resume: {v}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     acked.push((v["version"].as_u64().unwrap(), "after-quorum".into()));
-    eprintln!("QUORUM back: a write acknowledged {:?} after restarting etcd", back.elapsed());
+    eprintln!(
+        "QUORUM back: a write acknowledged {:?} after restarting etcd",
+        back.elapsed()
+    );
     s.r.wait_converged(acked.last().unwrap().0, Duration::from_secs(10));
 
     for i in 0..3 {
-        let h: HashSet<(u64, String)> = s
-            .r
-            .history(i)
-            .iter()
-            .map(|v| {
-                (
-                    v["version"].as_u64().unwrap(),
-                    v["policy_name"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect();
+        let h: HashSet<(u64, String)> =
+            s.r.history(i)
+                .iter()
+                .map(|v| {
+                    (
+                        v["version"].as_u64().unwrap(),
+                        v["policy_name"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect();
         for a in &acked {
             assert!(h.contains(a), "replica {i} lost acknowledged {a:?}: {h:?}");
         }
@@ -437,7 +484,11 @@ fn without_etcd_quorum_watch_keeps_serving_writes_are_refused_and_nothing_acked_
 #[ignore = "waits out a lease twice (~40 s); run by make chaos"]
 fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     let mut s = setup();
-    ok(&s.r, 1, &["stacks", "weight", "green", "0", "--reason", "new release"]);
+    ok(
+        &s.r,
+        1,
+        &["stacks", "weight", "green", "0", "--reason", "new release"],
+    );
     wait_routing(s.envoy.port, &["blue"], Duration::from_secs(10)).expect("green at 0");
     let (leader, _) = s.r.wait_leader(FAILOVER, None);
     let other = (leader + 1) % s.r.len();
@@ -447,9 +498,25 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
         &s.r,
         other,
         &[
-            "rollout", "start", "--stack", "green", "--stable", "blue", "--plan",
-            "0,20,50,100", "--step", "2s", "--max-step", "60s", "--warmup", "1s",
-            "--max-error-rate", "0.02", "--no-kpi-gates", "--id", "r1",
+            "rollout",
+            "start",
+            "--stack",
+            "green",
+            "--stable",
+            "blue",
+            "--plan",
+            "0,20,50,100",
+            "--step",
+            "2s",
+            "--max-step",
+            "60s",
+            "--warmup",
+            "1s",
+            "--max-error-rate",
+            "0.02",
+            "--no-kpi-gates",
+            "--id",
+            "r1",
         ],
     );
     wait_rollout(&s.r, "r1", Duration::from_secs(60), |v| {
@@ -460,7 +527,9 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     s.r.pause(leader);
     let (next, took) = s.r.wait_leader(FAILOVER, Some(leader));
     eprintln!("PAUSED leader: replica {next} leads after {took:?}");
-    wait_rollout(&s.r, "r1", Duration::from_secs(90), |v| v["phase"] == "completed");
+    wait_rollout(&s.r, "r1", Duration::from_secs(90), |v| {
+        v["phase"] == "completed"
+    });
 
     // Woken up, it still believes it leads until it looks: whatever it tries is fenced.
     s.r.resume(leader);

@@ -382,7 +382,12 @@ fn envoy_on_port_zero_reports_bound_listeners_stats_and_config() {
 /// The state letter of `pid` (`R`, `S`, `T` stopped, …).
 fn state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().next()?.chars().next()
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 #[test]

@@ -111,7 +111,10 @@ fn envoy_failover(rounds: usize, n_envoys: usize) -> serde_json::Value {
             if (1..=n_envoys).all(|k| on.contains_key(&format!("envoy-{k}"))) {
                 break on;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "envoys not all connected: {on:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "envoys not all connected: {on:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         let mut load = vec![0usize; r.len()];

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use switchyard_control::proto::v1;
-use switchyard_e2e::replicas::Replicas;
 use switchyard_e2e::dataplane_token;
+use switchyard_e2e::replicas::Replicas;
 use switchyard_replicas_bench::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -185,7 +185,10 @@ async fn main() {
             let (idx, v, at) = tokio::time::timeout(Duration::from_secs(60), rrx.recv())
                 .await
                 .unwrap_or_else(|_| {
-                    panic!("round {round}: {n} of {} streams got v{version}", args.streams)
+                    panic!(
+                        "round {round}: {n} of {} streams got v{version}",
+                        args.streams
+                    )
                 })
                 .expect("receipts");
             if v >= version && !got[idx] {

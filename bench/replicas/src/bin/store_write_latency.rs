@@ -34,14 +34,16 @@ async fn main() {
     let etcd = Replicas::start(1, "log_level = \"warn\"");
     let dir = TestDir::new("write-latency");
     let port = ReservedPort::new().unwrap();
-    let redb = ControlService::start_with(
-        &dir.join("data"),
-        port.port(),
-        &["--log-level", "warn"],
-    );
+    let redb = ControlService::start_with(&dir.join("data"), port.port(), &["--log-level", "warn"]);
     let mut backends = [
-        ("etcd", Operator::connect(etcd.ports()[0], &etcd.replica(0).admin_token()).await),
-        ("redb", Operator::connect(port.port(), &redb.admin_token()).await),
+        (
+            "etcd",
+            Operator::connect(etcd.ports()[0], &etcd.replica(0).admin_token()).await,
+        ),
+        (
+            "redb",
+            Operator::connect(port.port(), &redb.admin_token()).await,
+        ),
     ];
     // Warm both up (connections, first versions).
     for (name, op) in backends.iter_mut() {
