@@ -264,7 +264,7 @@ fn an_envoy_whose_replica_dies_moves_to_another_and_its_version_never_goes_back(
 
     // Changes keep coming on another replica, before and after the kill.
     let weight = |r: &Replicas, k: usize| -> u64 {
-        let w = if k % 2 == 0 { "40" } else { "60" };
+        let w = if k.is_multiple_of(2) { "40" } else { "60" };
         ok(r, writer, &["stacks", "weight", "green", w])["version"]
             .as_u64()
             .unwrap()
