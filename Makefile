@@ -139,6 +139,7 @@ fuzz: wasm
 chaos: setup wasm
 	$(CARGO) build -p switchyard-storefront -p switchyard-control
 	$(CARGO) test -p switchyard-e2e --test chaos -- --ignored --test-threads 1 --nocapture
+	$(CARGO) test -p switchyard-e2e --test replicas -- --ignored --test-threads 1 --nocapture
 
 # Steady load with policy pushes and weight changes for SOAK_MINUTES (default 30).
 SOAK_MINUTES ?= 30
@@ -163,6 +164,10 @@ bench: setup build $(TOOLS)/.wrk
 	taskset -c 1 target/release/examples/watch_load --streams 1000 --rounds 20 --server-cpu 0
 	taskset -c 1 target/release/examples/report_load --envoys 100 --seconds 60 --rounds 2 --server-cpu 0
 	taskset -c 1 $(CARGO) bench -p switchyard-proxy-host --bench throughput
+	$(CARGO) build --release -p switchyard-control -p switchyard-storefront -p switchyard-replicas-bench
+	BENCH_OUT_DIR=target/bench/replicas target/release/store_write_latency --applies 200
+	BENCH_OUT_DIR=target/bench/replicas target/release/replicas_failover --runs 10 --rounds 5 --envoys 4
+	BENCH_OUT_DIR=target/bench/replicas target/release/replicas_fanout --replicas 3 --streams 10000 --connections 4 --rounds 20 --pin
 
 fmt:
 	$(CARGO) fmt --all

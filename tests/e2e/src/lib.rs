@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Control-service replicas on etcd and Envoys that fail over between them.
+pub mod replicas;
+
 pub use switchyard_harness::{Client, Proc, ReservedPort, Response, TestDir};
 
 pub mod transcript;

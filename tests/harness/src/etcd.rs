@@ -174,6 +174,56 @@ impl EtcdCluster {
             .unwrap_or_else(|e| panic!("etcd restart: {e}"));
     }
 
+    /// Whether member `i` is running (not killed).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].proc.is_some()
+    }
+
+    /// `POST /v3/maintenance/status` of member `i` (etcd's JSON gateway): its member id
+    /// and the leader it follows, as etcd prints them (decimal strings). `None` when the
+    /// member is down or does not answer, e.g. while it has no quorum.
+    fn status(&self, i: usize) -> Option<(String, String)> {
+        self.members[i].proc.as_ref()?;
+        let mut c = crate::Client::connect(self.members[i].client.port()).ok()?;
+        let r = c
+            .request_with_body(
+                "POST",
+                "/v3/maintenance/status",
+                &[("content-type", b"application/json")],
+                Some(b"{}"),
+            )
+            .ok()?;
+        if r.status != 200 {
+            return None;
+        }
+        let doc = r.json();
+        let me = doc["header"]["member_id"].as_str()?.to_string();
+        let leader = doc["leader"].as_str()?.to_string();
+        Some((me, leader))
+    }
+
+    /// The member that is the Raft leader now, as the running members see it: the one
+    /// whose own id is the leader id it reports. `None` without a leader (no quorum, an
+    /// election in progress).
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.members.len()).find(|&i| matches!(self.status(i), Some((me, l)) if me == l))
+    }
+
+    /// Wait up to `timeout` for a leader ([`EtcdCluster::leader`]); panics without one.
+    pub fn wait_leader(&self, timeout: Duration) -> usize {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(i) = self.leader() {
+                return i;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "etcd elected no leader within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Process id of member `i`, if running (for SIGSTOP/SIGCONT).
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.members[i].proc.as_ref().map(Proc::pid)

@@ -166,6 +166,26 @@ impl Proc {
         }
     }
 
+    /// SIGSTOP the whole process group: it stops running (timers, leases, sockets all
+    /// frozen) without exiting, as a process stalled by the kernel or a debugger would.
+    /// [`Proc::resume`] continues it; [`Proc::kill`] works on a stopped process too.
+    pub fn pause(&mut self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT the whole process group (after [`Proc::pause`]).
+    pub fn resume(&mut self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&mut self, sig: rustix::process::Signal) {
+        if self.exited().is_some() {
+            return;
+        }
+        let pgid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process_group(pgid, sig);
+    }
+
     /// An error about this process, with its log tail.
     pub fn error(&self, what: impl Into<String>) -> HarnessError {
         HarnessError::Other(format!(

@@ -378,3 +378,57 @@ fn envoy_on_port_zero_reports_bound_listeners_stats_and_config() {
     assert!(dump.contains("front-body") && dump.contains("back-body"));
     assert!(a.config_path().exists());
 }
+
+/// The state letter of `pid` (`R`, `S`, `T` stopped, …).
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+#[test]
+fn pause_stops_the_whole_group_and_resume_continues_it() {
+    let dir = TestDir::new("pause");
+    let (mut p, child) = shell_with_grandchild(&dir);
+    p.pause();
+    let stopped = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        state(p.pid()) == Some('T') && state(child) == Some('T')
+    });
+    assert!(stopped, "{:?} {:?}", state(p.pid()), state(child));
+    p.resume();
+    let running = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        state(p.pid()) != Some('T') && state(child) != Some('T')
+    });
+    assert!(running, "{:?} {:?}", state(p.pid()), state(child));
+    // A paused process is still killed with its group.
+    p.pause();
+    p.kill();
+    assert!(dies(child));
+}
+
+#[test]
+fn etcd_names_its_leader_and_elects_another_when_it_dies() {
+    if !switchyard_harness::etcd::etcd_bin().exists() {
+        eprintln!("etcd not installed (make setup): skipped");
+        return;
+    }
+    let mut etcd = switchyard_harness::EtcdCluster::start(3);
+    let leader = etcd.wait_leader(Duration::from_secs(10));
+    assert_eq!(etcd.leader(), Some(leader));
+    etcd.kill(leader);
+    assert!(!etcd.is_running(leader));
+    let next = etcd.wait_leader(Duration::from_secs(10));
+    assert_ne!(next, leader);
+    // Without quorum there is no leader.
+    etcd.kill(next);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(etcd.leader(), None);
+    etcd.restart(leader);
+    etcd.wait_leader(Duration::from_secs(10));
+}
