@@ -15,8 +15,8 @@ use crate::autopilot::AutopilotSettings;
 use crate::brain::series::SeriesSettings;
 use crate::grpc::WatchSettings;
 use crate::health::config::{HealthConfig, HealthDoc};
-use crate::replica::ReplicaSettings;
 use crate::intakes::{IntakeSettings, IntakeSource};
+use crate::replica::ReplicaSettings;
 use crate::store::EtcdConfig;
 
 pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";

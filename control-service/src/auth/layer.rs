@@ -5,10 +5,13 @@
 //! UNAUTHENTICATED / PERMISSION_DENIED (401 / 403) before any handler runs, or puts the
 //! caller's [`Identity`] into the request's extensions for the handler's audit actor.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -27,7 +30,17 @@ use crate::store::Store;
 pub struct Authenticator {
     store: Arc<dyn Store>,
     certs: Arc<CertIdentities>,
+    cache: Arc<Mutex<HashMap<String, (Identity, Instant, u64)>>>,
 }
+
+/// A verified token is trusted this long without reading the store again: a revocation
+/// takes effect on every replica within this time (docs/security.md).
+pub const TOKEN_CACHE_FRESH: Duration = Duration::from_secs(5);
+/// While the store cannot be read (etcd without quorum), a token verified within this
+/// time keeps working, so reads and Watch go on serving; unknown tokens get UNAVAILABLE.
+pub const TOKEN_CACHE_STALE_OK: Duration = Duration::from_secs(600);
+/// Bound of the cache (distinct tokens); when full it starts again empty.
+const TOKEN_CACHE_MAX: usize = 10_000;
 
 /// The certificate chain a client presented and the TLS handshake verified (end entity
 /// first); `None` on a plain-text connection or when the client sent none. The HTTP
@@ -42,6 +55,9 @@ pub enum Denied {
     Unauthenticated(String),
     /// A valid credential whose role does not allow this: 403 / PERMISSION_DENIED.
     Forbidden(String),
+    /// The credential cannot be checked now (the store is unreachable and the token was
+    /// not verified recently): 503 / UNAVAILABLE — retry, nothing is wrong with it.
+    Unavailable(String),
 }
 
 impl Denied {
@@ -49,6 +65,7 @@ impl Denied {
         match self {
             Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
             Denied::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
+            Denied::Unavailable(m) => tonic::Status::unavailable(m.clone()),
         }
     }
 }
@@ -58,6 +75,7 @@ impl IntoResponse for Denied {
         let (status, code, message) = match self {
             Denied::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
             Denied::Forbidden(m) => (StatusCode::FORBIDDEN, "permission_denied", m),
+            Denied::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
         };
         let body = serde_json::json!({ "error": { "code": code, "message": message } });
         let mut r = (status, axum::Json(body)).into_response();
@@ -85,6 +103,7 @@ impl Authenticator {
         Self {
             store,
             certs: Arc::new(CertIdentities::default()),
+            cache: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -94,10 +113,47 @@ impl Authenticator {
         self
     }
 
-    /// The identity of an `authorization` header value. Blocking (reads the store).
+    /// The identity of an `authorization` header value. Blocking (reads the store, unless
+    /// the token was verified within [`TOKEN_CACHE_FRESH`]; a token verified within
+    /// [`TOKEN_CACHE_STALE_OK`] is still accepted while the store cannot be read).
     pub fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Identity, AuthError> {
         let token = bearer(authorization)?;
-        Tokens::new(&*self.store).verify(token)
+        let key = super::tokens::hash(token);
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        // A revocation made in this process invalidates every cached entry at once.
+        let epoch = super::tokens::REVOCATIONS.load(Ordering::Acquire);
+        if let Some((who, at, seen)) = &cached {
+            if *seen == epoch && at.elapsed() < TOKEN_CACHE_FRESH {
+                return Ok(who.clone());
+            }
+        }
+        let verified = Tokens::new(&*self.store).verify(token);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match verified {
+            Ok(who) => {
+                if cache.len() >= TOKEN_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(key, (who.clone(), Instant::now(), epoch));
+                Ok(who)
+            }
+            Err(AuthError::Store(e)) => match cached {
+                Some((who, at, seen)) if seen == epoch && at.elapsed() < TOKEN_CACHE_STALE_OK => {
+                    tracing::debug!(error = %e, "store unreachable: a recently verified token is accepted");
+                    Ok(who)
+                }
+                _ => Err(AuthError::Store(e)),
+            },
+            Err(e) => {
+                cache.remove(&key);
+                Err(e)
+            }
+        }
     }
 
     /// Whether a request for `what` that needs `need` (`None`: no access rule) may
@@ -136,7 +192,10 @@ impl Authenticator {
             .map_err(|e| Denied::Unauthenticated(format!("cannot check credentials: {e}")))?;
         let who = who.map_err(|e| {
             tracing::info!(endpoint = %what, error = %e, "unauthenticated call refused");
-            Denied::Unauthenticated(e.to_string())
+            match e {
+                AuthError::Store(_) => Denied::Unavailable(e.to_string()),
+                e => Denied::Unauthenticated(e.to_string()),
+            }
         })?;
         self.grant(who, need, what).map(Some)
     }

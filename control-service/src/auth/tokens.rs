@@ -63,6 +63,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// SHA-256 of a token, hex.
+/// Revocations made by this process: the authenticators' token caches drop what they
+/// hold when it changes, so a token revoked here is refused here at once (other replicas
+/// within `auth::layer::TOKEN_CACHE_FRESH`).
+pub static REVOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub fn hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
@@ -234,6 +239,7 @@ impl<'a> Tokens<'a> {
         })?;
         self.store
             .commit(&Batch::new().equals(key.clone(), value).put(key, json))?;
+        REVOCATIONS.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(record)
     }
 }

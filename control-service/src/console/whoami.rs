@@ -57,12 +57,17 @@ pub fn describe(who: Option<&Identity>) -> Value {
     .collect();
     match who {
         Some(w) => {
-            let Credential::Token { id } = &w.credential;
+            let credential = match &w.credential {
+                Credential::Token { id } => json!({ "kind": "token", "id": id }),
+                Credential::Certificate { subject } => {
+                    json!({ "kind": "certificate", "subject": subject })
+                }
+            };
             json!({
                 "authenticated": true,
                 "name": w.name,
                 "role": w.role.as_str(),
-                "credential": { "kind": "token", "id": id },
+                "credential": credential,
                 "permissions": permissions,
                 "actions": actions,
             })
