@@ -687,6 +687,10 @@ fn first_match(policy: &Policy, a: &Attributes, now_ms: u64) -> Option<usize> {
     None
 }
 
+/// At most this many geo header values are weighed by `most_restrictive`; more get the
+/// reject reply.
+pub const MAX_GEO_VALUES: usize = 16;
+
 /// `most_restrictive` for a request whose geo header has several values: each value is
 /// classified and matched on its own (the address ranges still apply to a value that
 /// names no region), and the request takes the rule of the first value whose route's
@@ -724,7 +728,10 @@ fn most_restrictive(
             .flat_map(|(_, v)| v.split(|&b| b == b','))
     };
     let mut common = all;
-    for v in values() {
+    for (i, v) in values().enumerate() {
+        if i == MAX_GEO_VALUES {
+            return None; // every value is a rule lookup: a header of thousands is refused
+        }
         common &= rule_of(attrs, v).1;
     }
     if common != all {

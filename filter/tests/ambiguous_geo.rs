@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use switchyard_filter::classify::Request;
 use switchyard_filter::policy::{validate_json, AmbiguousGeo, Policy};
-use switchyard_filter::router::{Decision, Outcome, Router};
+use switchyard_filter::router::{Decision, Outcome, Router, MAX_GEO_VALUES};
 
 const T0: u64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
 
@@ -173,6 +173,11 @@ fn most_restrictive_keeps_a_resident_value_in_its_region() {
             (&["JP", "US"], Some("10.20.1.1"), "eu-residency → eu"),
         ],
     );
+    // At most MAX_GEO_VALUES values are weighed (each is a rule lookup).
+    let sixteen = ["US"; MAX_GEO_VALUES].join(",") + ",DE";
+    check(&p, &[(&[sixteen.as_str()], None, "reject")]);
+    let fifteen = ["US"; MAX_GEO_VALUES - 1].join(",") + ",DE";
+    check(&p, &[(&[fifteen.as_str()], None, "eu-residency → eu")]);
 }
 
 #[test]

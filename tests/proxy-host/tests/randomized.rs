@@ -7,13 +7,15 @@
 //!   (503, `retry-after`, JSON body with `error: no_eligible_stack`), never both;
 //! - EU traffic (an `x-geo-country` value of an EU country, also when the header is
 //!   repeated or a comma list: the demo policy's `ambiguous` mode is `most_restrictive`)
-//!   stays in the EU: it goes to the `eu` stack or gets the local reply;
+//!   stays in the EU: it goes to the `eu` stack or gets the local reply (a geo header
+//!   of more than `MAX_GEO_VALUES` values gets the 400 `ambiguous_geo` reply);
 //! - a `set-cookie`, if any, is a well-formed affinity cookie for the chosen stack.
 //!
 //! Seed and count can be overridden: SWITCHYARD_FUZZ_SEED, SWITCHYARD_FUZZ_REQUESTS.
 
 use std::time::{Duration, Instant};
 
+use switchyard_filter::router::MAX_GEO_VALUES;
 use switchyard_proxy_host::{Request, Response, Switchyard};
 
 struct Rng(u64);
@@ -108,7 +110,8 @@ const ADDRESSES: &[&str] = &[
 ];
 const STACKS: &[&str] = &["blue", "green", "canary", "eu"];
 
-fn generate(rng: &mut Rng, cookies: &[String]) -> (Request, bool) {
+/// A request, whether it is EU traffic, and how many values its geo header has.
+fn generate(rng: &mut Rng, cookies: &[String]) -> (Request, bool, usize) {
     let mut req = Request::new(
         rng.pick(&["GET", "POST", "PUT", "DELETE", "get", "BREW"][..]),
         rng.pick(PATHS),
@@ -206,7 +209,14 @@ fn generate(rng: &mut Rng, cookies: &[String]) -> (Request, bool) {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .any(|v| v == "eu" || EU.contains(&v.to_ascii_uppercase().as_str()));
-    (req, eu)
+    // Every value the geo header ended up with (the repeats and big headers included).
+    let geo_values = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-geo-country")
+        .map(|(_, v)| v.iter().filter(|&&b| b == b',').count() + 1)
+        .sum();
+    (req, eu, geo_values)
 }
 
 fn upstream(rng: &mut Rng) -> Option<Response> {
@@ -218,7 +228,7 @@ fn upstream(rng: &mut Rng) -> Option<Response> {
     }
 }
 
-fn check(i: usize, ex: &switchyard_proxy_host::Exchange, eu: bool) {
+fn check(i: usize, ex: &switchyard_proxy_host::Exchange, eu: bool, geo_values: usize) {
     let stacks: Vec<&str> = ex.upstream_headers("x-switchyard-stack");
     match (&ex.upstream_request, &ex.local_response) {
         (Some(_), None) => {
@@ -243,6 +253,14 @@ fn check(i: usize, ex: &switchyard_proxy_host::Exchange, eu: bool) {
                 );
                 assert!(c.max_age().is_some_and(|a| a > 0), "request {i}");
             }
+        }
+        // More geo values than `most_restrictive` weighs: the ambiguous-geography reply.
+        (None, Some(local)) if geo_values > MAX_GEO_VALUES && local.status == 400 => {
+            let body: serde_json::Value = serde_json::from_slice(&local.body)
+                .unwrap_or_else(|e| panic!("request {i}: body {e}"));
+            assert_eq!(body["error"], "ambiguous_geo", "request {i}");
+            assert!(local.header("retry-after").is_none(), "request {i}");
+            assert!(ex.set_cookies().is_empty(), "request {i}");
         }
         (None, Some(local)) => {
             assert_eq!(local.status, 503, "request {i}");
@@ -285,7 +303,7 @@ fn a_hundred_thousand_generated_requests_never_trap_and_keep_the_invariants() {
     let mut outage: Option<&str> = None;
     let started = Instant::now();
     for i in 0..n {
-        let (mut req, eu) = generate(&mut rng, &cookies);
+        let (mut req, eu, geo_values) = generate(&mut rng, &cookies);
         if let Some(resp) = upstream(&mut rng) {
             req = req.respond(resp);
         }
@@ -307,7 +325,7 @@ fn a_hundred_thousand_generated_requests_never_trap_and_keep_the_invariants() {
         if std::env::var("SWITCHYARD_FUZZ_DEBUG").is_ok_and(|v| v == i.to_string()) {
             eprintln!("{req:?}\n{:?}\n{:?}", ex.decision(), ex.upstream_request);
         }
-        check(i, &ex, eu);
+        check(i, &ex, eu, geo_values);
         if ex.local_response.is_some() {
             locals += 1;
         }
