@@ -138,9 +138,15 @@ impl EtcdStore {
             .enable_all()
             .build()?;
         let endpoints = config.endpoints.clone();
+        // HTTP/2 keep-alives find a member that died without closing its connections;
+        // require-leader makes a member cut off from its quorum refuse (and end watches)
+        // instead of answering from a stale view, so the client moves to another member.
         let options = ConnectOptions::new()
             .with_connect_timeout(config.timeout)
-            .with_timeout(config.timeout);
+            .with_timeout(config.timeout)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let eps = endpoints.clone();
         rt.spawn(async move {
@@ -337,10 +343,30 @@ async fn follow_versions(client: Client, prefix: String, tx: tokio::sync::watch:
                 .with_start_revision(revision + 1);
             let mut stream = c.watch(prefix.clone(), Some(opts)).await?;
             backoff = Duration::from_millis(100);
+            // A safety net under the watch: a watch on a member that lost its peers can
+            // stay silent without failing; the newest version is also read every 2 s.
+            let mut check = tokio::time::interval(Duration::from_secs(2));
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let msg = tokio::select! {
                     m = stream.message() => m?,
                     _ = tx.closed() => return Ok(()),
+                    _ = check.tick() => {
+                        let mut c = client.clone();
+                        let opts = GetOptions::new()
+                            .with_prefix()
+                            .with_sort(SortTarget::Key, SortOrder::Descend)
+                            .with_limit(1)
+                            .with_keys_only();
+                        if let Ok(Ok(got)) =
+                            tokio::time::timeout(Duration::from_secs(2), c.get(prefix.clone(), Some(opts))).await
+                        {
+                            if let Some(kv) = got.kvs().first() {
+                                publish(version_of_key(kv.key()));
+                            }
+                        }
+                        continue;
+                    }
                 };
                 let Some(msg) = msg else {
                     return Err(etcd_client::Error::WatchError("watch stream ended".into()));
