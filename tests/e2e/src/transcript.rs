@@ -163,7 +163,7 @@ pub fn mask(text: &str, pattern: &str, with: &str) -> String {
 /// Output lines with what changes from run to run masked and runs of spaces collapsed
 /// (column widths follow the values): cookie values, timestamps, "updated 3s ago", token
 /// ids, pids, a rollout's "users who reached" line, the fast path's evidence, and the
-/// REQ..CHANGED telemetry columns of `stacks` tables.
+/// HEALTH..CHANGED health and telemetry columns of `stacks` tables.
 pub fn normalize(lines: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     // Byte ranges of the REQ..CHANGED columns of the `stacks` table being read.
@@ -171,7 +171,10 @@ pub fn normalize(lines: &[String]) -> Vec<String> {
     for line in lines {
         let mut l = line.clone();
         if let (Some(req), Some(changed)) = (l.find("  REQ  "), l.find("  CHANGED")) {
-            telemetry = Some((req + 2, changed + 2));
+            // With health checks the table has a HEALTH column before REQ: its verdict
+            // follows the checks' timing, so it is masked with the telemetry.
+            let from = l.find("  HEALTH  ").unwrap_or(req);
+            telemetry = Some((from + 2, changed + 2));
         } else if let Some((from, to)) = telemetry {
             if l.trim().is_empty() {
                 telemetry = None;

@@ -88,6 +88,20 @@ fn the_getting_started_guide_works_as_written() {
             "SWITCHYARD_TOKEN_FILE",
             run_dir.join("admin.token").display().to_string(),
         ),
+        // make run serves TLS + mTLS with its demo CA; the CLI finds `.run/tls/` by
+        // itself, here the run directory is elsewhere.
+        (
+            "SWITCHYARD_CA",
+            run_dir.join("tls/ca.pem").display().to_string(),
+        ),
+        (
+            "SWITCHYARD_CERT",
+            run_dir.join("tls/admin.pem").display().to_string(),
+        ),
+        (
+            "SWITCHYARD_KEY",
+            run_dir.join("tls/admin.key").display().to_string(),
+        ),
     ]);
     let mut failures = Vec::new();
     for step in &steps {

@@ -182,7 +182,7 @@ impl EtcdCluster {
     /// `POST /v3/maintenance/status` of member `i` (etcd's JSON gateway): its member id
     /// and the leader it follows, as etcd prints them (decimal strings). `None` when the
     /// member is down or does not answer, e.g. while it has no quorum.
-    fn status(&self, i: usize) -> Option<(String, String)> {
+    pub fn status(&self, i: usize) -> Option<(String, String)> {
         self.members[i].proc.as_ref()?;
         let mut c = crate::Client::connect(self.members[i].client.port()).ok()?;
         let r = c
