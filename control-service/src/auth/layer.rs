@@ -30,8 +30,12 @@ use crate::store::Store;
 pub struct Authenticator {
     store: Arc<dyn Store>,
     certs: Arc<CertIdentities>,
-    cache: Arc<Mutex<HashMap<String, (Identity, Instant, u64)>>>,
+    cache: Arc<Mutex<HashMap<String, Cached>>>,
 }
+
+/// A verified token (by its SHA-256): who it is, when it was verified, and the revocation
+/// count of this process then.
+type Cached = (Identity, Instant, u64);
 
 /// A verified token is trusted this long without reading the store again: a revocation
 /// takes effect on every replica within this time (docs/security.md).
