@@ -340,6 +340,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cached_token_is_refused_at_once_when_revoked_here_and_unknown_tokens_stay_refused() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new());
+        let tokens = Tokens::new(&*store);
+        let (secret, record) = tokens
+            .create("alice", super::super::Role::Operator, "test", 1)
+            .unwrap();
+        let auth = Authenticator::new(store.clone());
+        let header = HeaderValue::from_str(&format!("Bearer {secret}")).unwrap();
+        // Verified, then served from the cache.
+        assert_eq!(auth.authenticate(Some(&header)).unwrap().name, "alice");
+        assert_eq!(auth.authenticate(Some(&header)).unwrap().name, "alice");
+        tokens.revoke(&record.id, 2).unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&header)).unwrap_err(),
+            AuthError::Revoked(record.id.clone())
+        );
+        let forged = HeaderValue::from_static("Bearer syt_0000");
+        assert_eq!(
+            auth.authenticate(Some(&forged)).unwrap_err(),
+            AuthError::Unknown
+        );
+    }
+
+    #[test]
     fn bearer_header_forms() {
         let h = |s: &str| HeaderValue::from_str(s).unwrap();
         assert_eq!(bearer(Some(&h("Bearer syt_abc"))), Ok("syt_abc"));
