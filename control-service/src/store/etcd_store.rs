@@ -110,6 +110,23 @@ pub struct Term {
     lease: i64,
 }
 
+/// A call that could not even connect (a member restarting, its port still refusing) was
+/// never sent; tonic reconnects lazily, so the first call after a member's restart can
+/// fail that way although other members answer. Reads are tried again, twice, 100 ms
+/// apart.
+fn retry_connect<T>(f: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(StoreError::Unavailable(m)) if attempt < 2 && m.contains("tcp connect error") => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -455,77 +472,87 @@ impl Store for EtcdStore {
     }
 
     fn latest(&self) -> Result<Option<VersionRecord>, StoreError> {
-        let prefix = format!("{}v/", self.ns);
-        let kv = self.run(move |mut c| async move {
-            let opts = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Key, SortOrder::Descend)
-                .with_limit(1);
-            let r = c.get(prefix, Some(opts)).await.map_err(backend)?;
-            Ok(r.kvs()
-                .first()
-                .map(|kv| (kv.key().to_vec(), kv.value().to_vec())))
-        })?;
-        match kv {
-            Some((k, v)) => Ok(Some(Self::decode(version_of_key(&k), &v)?)),
-            None => Ok(None),
-        }
+        retry_connect(|| {
+            let prefix = format!("{}v/", self.ns);
+            let kv = self.run(move |mut c| async move {
+                let opts = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(1);
+                let r = c.get(prefix, Some(opts)).await.map_err(backend)?;
+                Ok(r.kvs()
+                    .first()
+                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec())))
+            })?;
+            match kv {
+                Some((k, v)) => Ok(Some(Self::decode(version_of_key(&k), &v)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     fn get(&self, version: u64) -> Result<Option<VersionRecord>, StoreError> {
-        let key = self.vkey(version);
-        let v = self.run(move |mut c| async move {
-            let r = c.get(key, None).await.map_err(backend)?;
-            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
-        })?;
-        v.map(|b| Self::decode(version, &b)).transpose()
+        retry_connect(|| {
+            let key = self.vkey(version);
+            let v = self.run(move |mut c| async move {
+                let r = c.get(key, None).await.map_err(backend)?;
+                Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+            })?;
+            v.map(|b| Self::decode(version, &b)).transpose()
+        })
     }
 
     fn policy(&self, policy_version: u64) -> Result<Option<String>, StoreError> {
-        let key = self.pkey(policy_version);
-        let v = self.run(move |mut c| async move {
-            let r = c.get(key, None).await.map_err(backend)?;
-            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
-        })?;
-        v.map(|b| {
-            String::from_utf8(b).map_err(|e| StoreError::Corrupt {
-                version: policy_version,
-                message: e.to_string(),
+        retry_connect(|| {
+            let key = self.pkey(policy_version);
+            let v = self.run(move |mut c| async move {
+                let r = c.get(key, None).await.map_err(backend)?;
+                Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+            })?;
+            v.map(|b| {
+                String::from_utf8(b).map_err(|e| StoreError::Corrupt {
+                    version: policy_version,
+                    message: e.to_string(),
+                })
             })
+            .transpose()
         })
-        .transpose()
     }
 
     fn history(&self, before: Option<u64>, limit: usize) -> Result<Vec<VersionRecord>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let start = format!("{}v/", self.ns);
-        let end = match before {
-            Some(b) => self.vkey(b).into_bytes(),
-            None => prefix_end(&start),
-        };
-        let kvs = self.run(move |mut c| async move {
-            let opts = GetOptions::new()
-                .with_range(end)
-                .with_sort(SortTarget::Key, SortOrder::Descend)
-                .with_limit(limit as i64);
-            let r = c.get(start, Some(opts)).await.map_err(backend)?;
-            Ok(r.kvs()
-                .iter()
-                .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-                .collect::<Vec<_>>())
-        })?;
-        kvs.into_iter()
-            .map(|(k, v)| Self::decode(version_of_key(&k), &v))
-            .collect()
+        retry_connect(|| {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let start = format!("{}v/", self.ns);
+            let end = match before {
+                Some(b) => self.vkey(b).into_bytes(),
+                None => prefix_end(&start),
+            };
+            let kvs = self.run(move |mut c| async move {
+                let opts = GetOptions::new()
+                    .with_range(end)
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(limit as i64);
+                let r = c.get(start, Some(opts)).await.map_err(backend)?;
+                Ok(r.kvs()
+                    .iter()
+                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+                    .collect::<Vec<_>>())
+            })?;
+            kvs.into_iter()
+                .map(|(k, v)| Self::decode(version_of_key(&k), &v))
+                .collect()
+        })
     }
 
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = self.kkey(key);
-        self.run(move |mut c| async move {
-            let r = c.get(key, None).await.map_err(backend)?;
-            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        retry_connect(|| {
+            let key = self.kkey(key);
+            self.run(move |mut c| async move {
+                let r = c.get(key, None).await.map_err(backend)?;
+                Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+            })
         })
     }
 
@@ -535,52 +562,56 @@ impl Store for EtcdStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let full_prefix = self.kkey(prefix);
-        let end = prefix_end(&full_prefix);
-        let start = match after {
-            // The first key after `after`: `after` followed by a zero byte.
-            Some(a) if a >= prefix => {
-                let mut s = self.kkey(a).into_bytes();
-                s.push(0);
-                s
+        retry_connect(|| {
+            if limit == 0 {
+                return Ok(Vec::new());
             }
-            _ => full_prefix.into_bytes(),
-        };
-        let strip = self.kkey("").len();
-        let kvs = self.run(move |mut c| async move {
-            let opts = GetOptions::new()
-                .with_range(end)
-                .with_sort(SortTarget::Key, SortOrder::Ascend)
-                .with_limit(limit as i64);
-            let r = c.get(start, Some(opts)).await.map_err(backend)?;
-            Ok(r.kvs()
-                .iter()
-                .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-                .collect::<Vec<_>>())
-        })?;
-        Ok(kvs
-            .into_iter()
-            .map(|(k, v)| (String::from_utf8_lossy(&k[strip..]).into_owned(), v))
-            .collect())
+            let full_prefix = self.kkey(prefix);
+            let end = prefix_end(&full_prefix);
+            let start = match after {
+                // The first key after `after`: `after` followed by a zero byte.
+                Some(a) if a >= prefix => {
+                    let mut s = self.kkey(a).into_bytes();
+                    s.push(0);
+                    s
+                }
+                _ => full_prefix.into_bytes(),
+            };
+            let strip = self.kkey("").len();
+            let kvs = self.run(move |mut c| async move {
+                let opts = GetOptions::new()
+                    .with_range(end)
+                    .with_sort(SortTarget::Key, SortOrder::Ascend)
+                    .with_limit(limit as i64);
+                let r = c.get(start, Some(opts)).await.map_err(backend)?;
+                Ok(r.kvs()
+                    .iter()
+                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+                    .collect::<Vec<_>>())
+            })?;
+            Ok(kvs
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k[strip..]).into_owned(), v))
+                .collect())
+        })
     }
 
     fn last(&self, prefix: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let full_prefix = self.kkey(prefix);
-        let strip = self.kkey("").len();
-        let kv = self.run(move |mut c| async move {
-            let opts = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Key, SortOrder::Descend)
-                .with_limit(1);
-            let r = c.get(full_prefix, Some(opts)).await.map_err(backend)?;
-            Ok(r.kvs()
-                .first()
-                .map(|kv| (kv.key().to_vec(), kv.value().to_vec())))
-        })?;
-        Ok(kv.map(|(k, v)| (String::from_utf8_lossy(&k[strip..]).into_owned(), v)))
+        retry_connect(|| {
+            let full_prefix = self.kkey(prefix);
+            let strip = self.kkey("").len();
+            let kv = self.run(move |mut c| async move {
+                let opts = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(1);
+                let r = c.get(full_prefix, Some(opts)).await.map_err(backend)?;
+                Ok(r.kvs()
+                    .first()
+                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec())))
+            })?;
+            Ok(kv.map(|(k, v)| (String::from_utf8_lossy(&k[strip..]).into_owned(), v)))
+        })
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
