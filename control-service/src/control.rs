@@ -26,7 +26,7 @@ use crate::model::{
     now_unix_ms, policy_digest, ChangeKind, RuleStack, StackRuntime, VersionRecord,
 };
 use crate::replica::Role;
-use crate::store::{Store, StoreError};
+use crate::store::{Condition, Store, StoreError};
 use crate::validate::{self, Accepted, Issue};
 
 /// Errors of control operations; the gRPC layer maps each to a status code.
@@ -606,6 +606,18 @@ impl Control {
         ops: Vec<(String, StackOp)>,
         change: Change,
     ) -> Result<Outcome, ControlError> {
+        self.stack_ops_when(ops, change, Vec::new()).await
+    }
+
+    /// [`Control::stack_ops`], committed only if every condition on the brain's key space
+    /// holds at the commit (e.g. an incident still claimed by this executor): a failed
+    /// one is [`ControlError::Conflict`] and changes nothing.
+    pub async fn stack_ops_when(
+        &self,
+        ops: Vec<(String, StackOp)>,
+        change: Change,
+        conditions: Vec<Condition>,
+    ) -> Result<Outcome, ControlError> {
         let _w = self.writer.lock().await;
         let current = self.current().ok_or_else(|| {
             ControlError::FailedPrecondition("no policy has been applied yet".into())
@@ -652,11 +664,12 @@ impl Control {
         record.summary = summaries.join("; ");
         record.actor = change.actor;
         record.comment = change.comment;
-        self.commit(
+        self.commit_when(
             record.clone(),
             current.policy_json.clone(),
             false,
             change.origin,
+            conditions,
         )
         .await?;
         Ok(Outcome {
@@ -742,15 +755,34 @@ impl Control {
         sets_policy: bool,
         origin: AuditKind,
     ) -> Result<(), ControlError> {
+        self.commit_when(record, policy_json, sets_policy, origin, Vec::new())
+            .await
+    }
+
+    /// [`Control::commit`] only if `conditions` hold (checked in the same transaction).
+    async fn commit_when(
+        &self,
+        record: VersionRecord,
+        policy_json: Arc<str>,
+        sets_policy: bool,
+        origin: AuditKind,
+        conditions: Vec<Condition>,
+    ) -> Result<(), ControlError> {
         let store = self.store.clone();
         let rec = record.clone();
         let doc = policy_json.clone();
-        let appended =
-            tokio::task::spawn_blocking(move || store.append(&rec, sets_policy.then_some(&*doc)))
-                .await
-                .map_err(|e| ControlError::Task(e.to_string()))?;
+        let appended = tokio::task::spawn_blocking(move || {
+            store.append_when(&rec, sets_policy.then_some(&*doc), &conditions)
+        })
+        .await
+        .map_err(|e| ControlError::Task(e.to_string()))?;
         match appended {
             Ok(()) => {}
+            Err(StoreError::Conflict { key, .. }) => {
+                return Err(ControlError::Conflict(format!(
+                    "{key} changed meanwhile; nothing was changed"
+                )));
+            }
             Err(StoreError::OutOfOrder { latest, .. }) => {
                 // Another replica committed first: take its version, refuse this change.
                 let now = self.refresh().await.unwrap_or(latest);

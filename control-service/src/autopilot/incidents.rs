@@ -30,12 +30,12 @@ use crate::brain::detection::{
 use crate::brain::events::{AlertTrigger, Event, EventRegistry};
 use crate::brain::guardrails::{ChangeKind, ExecutedChange, GuardError, Origin, ProposedChange};
 use crate::brain::incident::{
-    triggers_from_findings, Action, Context, Decision, Incident, IncidentConfig, IncidentEngine,
-    IncidentError, Phase, StackStatus,
+    item_key, triggers_from_findings, Action, Claimed, Context, Decision, Incident, IncidentConfig,
+    IncidentEngine, IncidentError, Phase, StackStatus,
 };
 use crate::brain::series::Series;
-use crate::control::{Change, Current, StackOp};
-use crate::store::{key_u64, Batch, Store};
+use crate::control::{Change, ControlError, Current, StackOp};
+use crate::store::{key_u64, Batch, Condition, Store};
 
 const PRIOR: &str = "incident/prior/";
 
@@ -81,7 +81,7 @@ struct DeskState {
 }
 
 /// Decisions to audit and approved actions to run.
-type StepOutput = (Vec<Decision>, Vec<(u64, Action)>);
+type StepOutput = (Vec<Decision>, Vec<Claimed>);
 
 /// The incident machinery the autopilot owns.
 pub(super) struct Desk {
@@ -394,22 +394,50 @@ impl Autopilot {
         for d in &decisions {
             self.audit(decision_draft(d)).await;
         }
-        for (id, action) in actions {
-            if let Err(why) = self.execute_incident(id, action).await? {
+        for claimed in actions {
+            let id = claimed.id;
+            tracing::info!(
+                incident = id,
+                "carrying out an approved action whose executor is gone"
+            );
+            if let Err(why) = self.execute_incident(claimed).await? {
                 tracing::warn!(incident = id, reason = %why, "approved action not carried out");
             }
         }
         Ok(())
     }
 
-    /// Carry out an approved action: guardrails, one routing version, the guardrails'
-    /// record, and the engine told (so it stops re-emitting the action).
-    /// Returns the routing version, or why the action was not carried out.
+    /// Carry out an approved action: guardrails, one routing version (written only while
+    /// the incident is still as claimed), the guardrails' record, and the engine told.
+    /// Returns the routing version, or why the action was not carried out. A claim lost
+    /// to another executor changes nothing here and leaves the incident to that one.
     async fn execute_incident(
         &self,
-        id: u64,
-        action: Action,
+        claimed: Claimed,
     ) -> Result<Result<u64, String>, AutopilotError> {
+        let Claimed {
+            id,
+            action,
+            record: claim,
+            stale_since_ms,
+        } = claimed;
+        let reason = format!("incident {id}: {}", action.describe());
+        // Taken over from an executor that died: it may have written the version.
+        if let Some(since) = stale_since_ms {
+            let recent = self
+                .control
+                .history(0, 50)
+                .await
+                .map_err(|e| AutopilotError::Internal(e.to_string()))?;
+            if let Some(v) = recent
+                .iter()
+                .find(|v| v.comment == reason && v.created_unix_ms >= since)
+            {
+                let version = v.version;
+                let note = format!("(version {version}, written by the previous executor)");
+                return self.confirm_executed(id, Ok(version), note, &claim).await;
+            }
+        }
         let Some(current) = self.control.current() else {
             return Err(AutopilotError::Invalid("no policy".into()));
         };
@@ -454,7 +482,6 @@ impl Autopilot {
             .await?
         };
         let before = default_shares(&current);
-        let reason = format!("incident {id}: {}", action.describe());
         let ops = ops_for(&action, &current, &prior, &reason);
         let shift = match &action {
             Action::Shift { from, percent, .. } => {
@@ -511,19 +538,48 @@ impl Autopilot {
                     Ok(ops) if ops.is_empty() => Ok(current.record.version),
                     Ok(ops) => self
                         .control
-                        .stack_ops(
+                        .stack_ops_when(
                             ops,
                             Change {
                                 actor: approver.clone(),
                                 comment: reason.clone(),
                                 origin: AuditKind::Execution,
                             },
+                            vec![Condition::Equals(item_key(id), claim.clone())],
                         )
                         .await
                         .map(|o| o.record.version)
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                        .map_err(|e| (matches!(e, ControlError::Conflict(_)), e.to_string())),
+                    Err(e) => Err((false, e.to_string())),
                 };
+                // A conflict on the claim: another executor owns the action now.
+                if let Err((true, _)) = &applied {
+                    let store = engine_store.clone();
+                    let held = blocking(move || {
+                        store
+                            .read(&item_key(id))
+                            .map_err(|e| AutopilotError::Internal(e.to_string()))
+                    })
+                    .await?;
+                    if held.as_deref() != Some(claim.as_slice()) {
+                        let guard = self.guard.clone();
+                        let executed = ExecutedChange {
+                            permit,
+                            applied: false,
+                        };
+                        blocking(move || {
+                            guard
+                                .record(&executed, now)
+                                .map_err(|e| AutopilotError::Internal(e.to_string()))
+                        })
+                        .await?;
+                        tracing::info!(incident = id, "another executor carries out this action");
+                        return Ok(Err(format!(
+                            "incident {id}: another executor carries out this action"
+                        )));
+                    }
+                }
+                let applied = applied.map_err(|(_, e)| e);
                 let guard = self.guard.clone();
                 let executed = ExecutedChange {
                     permit,
@@ -538,12 +594,37 @@ impl Autopilot {
                 applied
             }
         };
-        let desk = self.incidents.clone();
-        let (ok, note) = match &result {
-            Ok(v) => (true, format!("(version {v})")),
-            Err(e) => (false, format!("failed: {e}")),
+        let note = match &result {
+            Ok(v) => format!("(version {v})"),
+            Err(e) => format!("failed: {e}"),
         };
-        let outcome = blocking(move || Ok(desk.engine.executed(id, ok, &note, now)?)).await?;
+        self.confirm_executed(id, result, note, &claim).await
+    }
+
+    /// Tell the engine how the claimed action went (unless the claim was lost meanwhile)
+    /// and audit its decision.
+    async fn confirm_executed(
+        &self,
+        id: u64,
+        result: Result<u64, String>,
+        note: String,
+        claim: &[u8],
+    ) -> Result<Result<u64, String>, AutopilotError> {
+        let desk = self.incidents.clone();
+        let now = self.now();
+        let ok = result.is_ok();
+        let claim = claim.to_vec();
+        let outcome =
+            blocking(move || Ok(desk.engine.executed_as(id, ok, &note, now, Some(&claim)))).await?;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(IncidentError::ClaimLost { .. }) => {
+                return Ok(Err(format!(
+                    "incident {id}: another executor took the action over"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         for d in &outcome.decisions {
             let mut draft = decision_draft(d);
             if let Ok(v) = result {
@@ -683,8 +764,14 @@ impl Autopilot {
         for d in &outcome.decisions {
             self.audit(decision_draft(d)).await;
         }
-        if let Some(action) = outcome.action {
-            if let Err(why) = self.execute_incident(id, action).await? {
+        if let (Some(action), Some(record)) = (outcome.action, outcome.claim) {
+            let claimed = Claimed {
+                id,
+                action,
+                record,
+                stale_since_ms: None,
+            };
+            if let Err(why) = self.execute_incident(claimed).await? {
                 return Err(IncidentCommandError::NotExecuted(why));
             }
         }

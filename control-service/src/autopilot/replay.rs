@@ -174,8 +174,8 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Incid
             }
         }
         // The executor, virtually: approved actions are applied at once.
-        for (id, _) in out.actions {
-            let o = engine.executed(id, true, "(replay)", now)?;
+        for c in out.actions {
+            let o = engine.executed(c.id, true, "(replay)", now)?;
             report.summary.executed += 1;
             push(&mut report.timeline, &o.decisions);
         }

@@ -18,6 +18,11 @@
 //! Nothing moves before a human approves: the engine only *emits* the approved action
 //! for the executor (weights are pushed elsewhere) and re-emits it on every tick until
 //! the executor confirms, so a restart between approval and execution loses nothing.
+//! Execution is claimed: the approval claims the action (`claimed_ms`) and the executor
+//! writes the routing version only while the incident record is exactly as claimed; a
+//! tick takes over a claim older than `claim_ms`. So an action is carried out once, also
+//! when several replicas see it approved (the one that took the approval executes it;
+//! the leader steps in only if that one died).
 //! After an action, a freeze window on every stack it touched refuses any other action
 //! there (no oscillation) except this incident's own rollback.
 //!
@@ -42,6 +47,11 @@ const SEQ: &str = "incident/seq";
 const ITEM: &str = "incident/item/";
 const OPEN: &str = "incident/open/";
 const FREEZE: &str = "incident/freeze/";
+
+/// The store key of incident `id`'s record (an executor's claim is a condition on it).
+pub fn item_key(id: u64) -> String {
+    format!("{ITEM}{}", key_u64(id))
+}
 
 mod model;
 
@@ -225,6 +235,7 @@ impl IncidentEngine {
                 incident: inc,
                 decisions: Vec::new(),
                 action: None,
+                claim: None,
             });
         }
         let seq_old = self.store.read(SEQ)?;
@@ -252,6 +263,7 @@ impl IncidentEngine {
             approvals: Vec::new(),
             resolved_alerts: Vec::new(),
             history: Vec::new(),
+            claimed_ms: None,
         };
         inc.history.push(Transition {
             at_ms: now,
@@ -285,6 +297,7 @@ impl IncidentEngine {
             incident: inc,
             decisions: vec![d],
             action: None,
+            claim: None,
         })
     }
 
@@ -383,8 +396,24 @@ impl IncidentEngine {
                 }
             }
             Phase::Executing => {
-                if let Some(a) = inc.proposal() {
-                    out.actions.push((inc.id, a.clone()));
+                // The approval claimed it; a claim gone stale (its executor died) is
+                // taken over, one replica winning the conditional save.
+                let Some(action) = inc.proposal().cloned() else {
+                    return Ok(());
+                };
+                let stale = inc
+                    .claimed_ms
+                    .is_none_or(|t| now >= t.saturating_add(self.cfg.claim_ms));
+                if stale {
+                    let since = inc.claimed_ms.unwrap_or(inc.updated_ms);
+                    inc.claimed_ms = Some(now);
+                    self.save(&inc, &old, Batch::new())?;
+                    out.actions.push(Claimed {
+                        id,
+                        action,
+                        record: to_json(&inc)?,
+                        stale_since_ms: Some(since),
+                    });
                 }
             }
             Phase::Verifying if inc.verify_until_ms.is_some_and(|t| now >= t) => {
@@ -874,12 +903,20 @@ impl IncidentEngine {
                 format!("acknowledged without a routing action — {comment}"),
             ),
         };
+        if action.is_some() {
+            inc.claimed_ms = Some(now);
+        }
         let d = self.step(&mut inc, to, now, actor, note);
         self.save(&inc, &old, Batch::new())?;
+        let claim = match action {
+            Some(_) => Some(to_json(&inc)?),
+            None => None,
+        };
         Ok(Outcome {
             incident: inc,
             decisions: vec![d],
             action,
+            claim,
         })
     }
 
@@ -924,6 +961,7 @@ impl IncidentEngine {
             incident: inc,
             decisions: vec![d],
             action: None,
+            claim: None,
         })
     }
 
@@ -952,6 +990,7 @@ impl IncidentEngine {
                 incident: inc,
                 decisions,
                 action: None,
+                claim: None,
             });
         }
         inc.executed.push(action.clone());
@@ -1000,6 +1039,7 @@ impl IncidentEngine {
             incident: inc,
             decisions,
             action: None,
+            claim: None,
         })
     }
 
@@ -1013,7 +1053,24 @@ impl IncidentEngine {
         note: &str,
         now: UnixMs,
     ) -> Result<Outcome, IncidentError> {
+        self.executed_as(id, ok, note, now, None)
+    }
+
+    /// [`IncidentEngine::executed`] by the holder of `claim` (the record's bytes as claimed):
+    /// [`IncidentError::ClaimLost`] when the record changed since (another executor took
+    /// the claim over, or confirmed it).
+    pub fn executed_as(
+        &self,
+        id: u64,
+        ok: bool,
+        note: &str,
+        now: UnixMs,
+        claim: Option<&[u8]>,
+    ) -> Result<Outcome, IncidentError> {
         let (mut inc, old) = self.load(id)?;
+        if claim.is_some_and(|c| c != old.as_slice()) {
+            return Err(IncidentError::ClaimLost { id });
+        }
         if inc.phase != Phase::Executing {
             return Err(IncidentError::WrongPhase {
                 id,
@@ -1026,6 +1083,7 @@ impl IncidentEngine {
             .cloned()
             .ok_or(IncidentError::Invalid("executing without an action"))?;
         let mut b = Batch::new();
+        inc.claimed_ms = None;
         let d = if ok {
             inc.executed.push(action.clone());
             inc.verify_until_ms = Some(now + self.cfg.verify_ms);
@@ -1059,6 +1117,7 @@ impl IncidentEngine {
             incident: inc,
             decisions: vec![d],
             action: None,
+            claim: None,
         })
     }
 }

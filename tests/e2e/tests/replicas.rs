@@ -6,6 +6,9 @@
 //!
 //! - The leader is killed (`kill -9`) in the middle of a rollout: another replica leads,
 //!   the rollout goes on to 100 %, no request fails.
+//! - The leader is killed while an incident it opened (latency injected on blue) awaits
+//!   approval: a person approves it on another replica, and the new leader carries on the
+//!   workflow (its post-action validation proposes again; the freeze refuses it).
 //! - The replica an Envoy streams from is killed: the Envoy moves to another one, and the
 //!   version it applied keeps rising and never goes back.
 //! - Two operators apply conflicting changes on two replicas at once: exactly one wins;
@@ -71,12 +74,17 @@ struct Setup {
 /// Three replicas, a shop and one Envoy (`envoy-1`) following them, with [`POLICY`]
 /// applied and served.
 fn setup() -> Setup {
+    setup_with(POLICY, CONFIG)
+}
+
+/// [`setup`] with another policy and replica configuration.
+fn setup_with(policy: &str, config: &str) -> Setup {
     let shop = Shop::start();
-    let r = Replicas::start(3, CONFIG);
+    let r = Replicas::start(3, config);
     let mut ports = shop.ports();
     ports.insert("node", 1);
-    let envoy = r.envoy(POLICY, &ports, 2);
-    let (ok, v) = r.apply(0, POLICY, &[]);
+    let envoy = r.envoy(policy, &ports, 2);
+    let (ok, v) = r.apply(0, policy, &[]);
     assert!(ok, "apply: {v}");
     let version = v["version"].as_u64().unwrap();
     wait_applied(&envoy, version, Duration::from_secs(10))
@@ -230,6 +238,132 @@ fn the_leader_killed_mid_rollout_hands_it_to_another_replica_and_no_request_fail
     }
     wait_routing(s.envoy.port, &["green"], Duration::from_secs(10))
         .expect("every new user on green once the rollout completed");
+    let sent = traffic.stop();
+    assert_none_failed(&s.envoy, before, sent);
+    assert_history_consistent(&s.r);
+}
+
+/// The incident workflow's settings of tests/incident.rs (2 s windows, confirmation after
+/// two anomalous ones, 2 s post-action validation, a 2 min freeze) on the replicas.
+const INCIDENT_CONFIG: &str = r#"
+series_window_ms = 2000
+series_grace_ms = 1200
+
+[autopilot]
+tick_ms = 100
+incident_validate_ms = 2000
+incident_verify_ms = 2000
+incident_freeze_ms = 120000
+detect_confirm_windows = 2
+detect_min_requests = 20
+slo_p99_ms = 250.0
+incident_capacity_rps = { blue = 10000.0, green = 10000.0 }
+
+[replica]
+lease_ttl_secs = 4
+"#;
+
+/// Blue and green share the traffic, without a breaker (slow is not failing).
+const INCIDENT_POLICY: &str = r#"{
+  "name": "replicas-incident",
+  "stacks": [ { "name": "blue", "region": "us" }, { "name": "green", "region": "us" } ],
+  "breaker": { "enabled": false },
+  "default": { "targets": [ { "stack": "blue" }, { "stack": "green" } ] },
+  "debug_header": true
+}"#;
+
+/// The incident on `stack` in `phase`, read from any serving replica (bounded).
+fn wait_incident(r: &Replicas, stack: &str, phase: &str, timeout: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let found = (0..r.len()).filter(|&i| r.is_serving(i)).find_map(|i| {
+            let (ok, v) = r.cli_json(i, &["incidents", "list"]);
+            if !ok {
+                return None;
+            }
+            v["incidents"]
+                .as_array()?
+                .iter()
+                .find(|x| x["stack"] == stack && x["phase"] == phase)
+                .cloned()
+        });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no incident on {stack} in {phase} after {:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Blue's weight as replica `i` serves it.
+fn blue_weight(r: &Replicas, i: usize) -> u64 {
+    let v = ok(r, i, &["stacks", "list"]);
+    v["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "blue")
+        .and_then(|s| s["weight_percent"].as_u64())
+        .unwrap_or_else(|| panic!("blue in {v:#}"))
+}
+
+#[test]
+fn an_incident_survives_its_leader_approval_on_another_replica_new_leader_follows_up() {
+    let mut s = setup_with(INCIDENT_POLICY, INCIDENT_CONFIG);
+    let before = responses(&s.envoy);
+    let traffic = Traffic::start(s.envoy.port, CONNECTIONS);
+    // A healthy stretch (two windows) first: telemetry flows, nothing is proposed.
+    std::thread::sleep(Duration::from_secs(5));
+    let (leader, _) = s.r.wait_leader(FAILOVER, None);
+    let blue_port = s.shop.stack("blue").port;
+    fault(blue_port, r#"{"latency_ms": 300}"#);
+    let inc = wait_incident(&s.r, "blue", "awaiting_approval", Duration::from_secs(60));
+    let id = inc["id"].as_u64().unwrap().to_string();
+    assert_eq!(
+        blue_weight(&s.r, leader),
+        100,
+        "nothing moved before approval"
+    );
+
+    // The leader that opened it dies; another leads; a person approves on the third.
+    s.r.kill(leader);
+    let (next, took) = s.r.wait_leader(FAILOVER, Some(leader));
+    eprintln!("LEADER killed with incident {id} open: replica {next} leads after {took:?}");
+    let third = (0..s.r.len()).find(|&i| i != leader && i != next).unwrap();
+    ok(
+        &s.r,
+        third,
+        &[
+            "incidents",
+            "approve",
+            &id,
+            "--comment",
+            "blue p99 at 300 ms",
+        ],
+    );
+    assert_eq!(blue_weight(&s.r, third), 50, "the approved shift");
+
+    // Blue stays slow: the new leader's post-action validation proposes the next action
+    // on the same incident, and the freeze window refuses it.
+    let again = wait_incident(&s.r, "blue", "awaiting_approval", Duration::from_secs(60));
+    assert_eq!(again["id"].as_u64().unwrap().to_string(), id, "{again:#}");
+    let (refused, err) = s.r.cli_json(next, &["incidents", "approve", &id]);
+    assert!(!refused, "the next action inside the freeze: {err}");
+    assert!(
+        err.to_string().contains("blue is frozen until"),
+        "refused by the freeze: {err}"
+    );
+    assert_eq!(
+        blue_weight(&s.r, next),
+        50,
+        "the refused action moved traffic"
+    );
+
+    fault(blue_port, r#"{"latency_ms": 0}"#);
     let sent = traffic.stop();
     assert_none_failed(&s.envoy, before, sent);
     assert_history_consistent(&s.r);

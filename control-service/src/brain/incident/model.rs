@@ -311,6 +311,13 @@ pub struct Incident {
     /// Alertmanager fingerprints reported resolved.
     pub resolved_alerts: Vec<String>,
     pub history: Vec<Transition>,
+    /// While executing: when the approved action was claimed for execution (by the
+    /// approval, or by a leader taking over a claim older than `claim_ms`). Whoever
+    /// holds the claim writes the routing version only if the incident is still
+    /// exactly as claimed, so an action is carried out once however many replicas
+    /// see it approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_ms: Option<UnixMs>,
 }
 
 impl Incident {
@@ -365,6 +372,11 @@ pub struct IncidentConfig {
     /// Proposals before the workflow stops proposing and leaves it to a human.
     pub max_attempts: u32,
     pub max_triggers: usize,
+    /// An approved action whose execution was claimed this long ago and is still not
+    /// confirmed (its executor died between the approval and the routing version) is
+    /// claimed again by the next tick and carried out, unless its routing version is
+    /// already in the history.
+    pub claim_ms: u64,
 }
 
 impl Default for IncidentConfig {
@@ -377,6 +389,7 @@ impl Default for IncidentConfig {
             deploy_lookback_ms: 30 * 60_000,
             max_attempts: 3,
             max_triggers: 20,
+            claim_ms: 30_000,
         }
     }
 }
@@ -395,6 +408,8 @@ pub enum IncidentError {
     },
     #[error("invalid {0}")]
     Invalid(&'static str),
+    #[error("incident {id}: its action was claimed by another executor since")]
+    ClaimLost { id: u64 },
     #[error("corrupt incident record {key}: {message}")]
     Corrupt { key: String, message: String },
     #[error(transparent)]
@@ -408,12 +423,30 @@ pub struct Outcome {
     pub decisions: Vec<Decision>,
     /// An action to execute now (after an approval).
     pub action: Option<Action>,
+    /// The incident record as claimed for executing `action` (see [`Claimed::record`]).
+    pub claim: Option<Vec<u8>>,
+}
+
+/// An approved action claimed for execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: u64,
+    pub action: Action,
+    /// The incident record's bytes as claimed: the routing version is written only if
+    /// the record still holds them (`Condition::Equals` on [`item_key`]).
+    ///
+    /// [`item_key`]: super::item_key
+    pub record: Vec<u8>,
+    /// Taken over from a stale claim made then: its executor may have written the
+    /// routing version before it died (look in the history before carrying it out).
+    pub stale_since_ms: Option<UnixMs>,
 }
 
 /// Result of a tick.
 #[derive(Debug, Clone, Default)]
 pub struct TickOutput {
     pub decisions: Vec<Decision>,
-    /// Approved actions not yet confirmed by the executor: (incident, action).
-    pub actions: Vec<(u64, Action)>,
+    /// Approved actions not yet confirmed by the executor whose claim went stale,
+    /// claimed anew by this tick.
+    pub actions: Vec<Claimed>,
 }

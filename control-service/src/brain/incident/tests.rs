@@ -160,14 +160,31 @@ fn every_transition_from_trigger_to_resolved() {
     assert_eq!(out.action.as_ref(), Some(&shift));
     assert_eq!(phases(&out.decisions), [Phase::Executing]);
     assert_eq!(out.decisions[0].actor, "alice");
-    // Until the executor confirms, every tick re-emits the action.
-    assert_eq!(
-        fx.tick(std::slice::from_ref(&f)).actions,
-        vec![(id, shift.clone())]
-    );
+    // The approval claimed the action for its executor: ticks leave it alone...
+    let claim = out.claim.clone().expect("claimed by the approval");
+    assert!(fx.tick(std::slice::from_ref(&f)).actions.is_empty());
+    // ...until the claim is stale (the executor died): the next tick claims it anew,
+    // once, and the dead executor's confirmation is refused.
+    fx.clock.advance(30_000);
+    let t = fx.tick(std::slice::from_ref(&f));
+    assert_eq!(t.actions.len(), 1, "taken over");
+    assert_eq!((t.actions[0].id, &t.actions[0].action), (id, &shift));
+    assert!(t.actions[0].stale_since_ms.is_some());
+    assert!(fx.tick(std::slice::from_ref(&f)).actions.is_empty());
+    assert!(matches!(
+        fx.engine
+            .executed_as(id, true, "late", fx.now(), Some(&claim)),
+        Err(IncidentError::ClaimLost { .. })
+    ));
     let out = fx
         .engine
-        .executed(id, true, "weights pushed", fx.now())
+        .executed_as(
+            id,
+            true,
+            "weights pushed",
+            fx.now(),
+            Some(&t.actions[0].record),
+        )
         .unwrap();
     assert_eq!(phases(&out.decisions), [Phase::Verifying]);
     assert!(fx.engine.freeze("green", fx.now()).unwrap().is_some());
@@ -574,13 +591,16 @@ fn a_restart_resumes_every_open_incident() {
     assert!(out.action.is_some());
     fx.clock.advance(3 * MIN);
     let t = fx.tick(&[g, b]);
-    assert_eq!(t.actions.len(), 1, "the approved action is re-emitted");
+    assert_eq!(t.actions.len(), 1, "its stale claim is taken over");
     assert_eq!(fx.phase(second), Phase::AwaitingApproval);
-    // A restart between approval and execution loses nothing either.
+    // A restart between that claim and the execution loses nothing either: once the
+    // claim is stale (claim_ms) the restarted engine carries it out.
     drop(fx);
     let fx = Fx::on(Arc::new(RedbStore::open(dir.path()).unwrap()));
     fx.clock.set(at + 3 * MIN);
-    assert_eq!(fx.tick(&[]).actions[0].0, first);
+    assert!(fx.tick(&[]).actions.is_empty(), "claimed 0 s ago");
+    fx.clock.set(at + 3 * MIN + 30_000);
+    assert_eq!(fx.tick(&[]).actions[0].id, first);
     fx.engine.executed(first, true, "", fx.now()).unwrap();
     assert_eq!(fx.phase(first), Phase::Verifying);
 }
