@@ -16,6 +16,7 @@ use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use crate::auth::layer::StreamCredential;
 use crate::auth::Identity;
 use crate::codec::{Encoded, SmallBufferCodec};
 use crate::control::{Change, Control, ControlError, Outcome, StackOp};
@@ -92,12 +93,17 @@ impl From<ControlError> for Status {
 pub struct WatchSettings {
     /// How long a new stream may take to send its first message.
     pub first_message_timeout: Duration,
+    /// How often a stream opened with a bearer token checks that the token is still
+    /// valid (a revoked or expired one ends the stream with UNAUTHENTICATED). Tokens are
+    /// cached for 5 s, so a revocation on another replica ends it within about this + 5 s.
+    pub credential_recheck: Duration,
 }
 
 impl Default for WatchSettings {
     fn default() -> Self {
         Self {
             first_message_timeout: Duration::from_secs(10),
+            credential_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -170,14 +176,18 @@ type SnapshotTx = mpsc::Sender<Result<Encoded, Status>>;
 
 /// One Watch stream, from its first message until the client leaves or we shut down.
 async fn run_watch(
-    control: Arc<Control>,
-    shutdown: CancellationToken,
-    settings: WatchSettings,
-    wire: Arc<WireSnapshot>,
+    svc: DataPlaneService,
     peer: String,
+    credential: Option<StreamCredential>,
     mut inbound: Streaming<v1::WatchRequest>,
     tx: SnapshotTx,
 ) {
+    let DataPlaneService {
+        control,
+        shutdown,
+        settings,
+        wire,
+    } = svc;
     let first = tokio::select! {
         first = tokio::time::timeout(settings.first_message_timeout, inbound.message()) => first,
         _ = shutdown.cancelled() => {
@@ -230,6 +240,9 @@ async fn run_watch(
     let mut inbound_open = true;
     // Send what is current now, then whatever is newest each time something changes.
     let mut pending = snapshots.borrow_and_update().clone();
+    let every = settings.credential_recheck.max(Duration::from_millis(10));
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         if let Some(s) = pending.take() {
             if s.version > sent {
@@ -266,6 +279,22 @@ async fn run_watch(
                 Ok(None) => inbound_open = false,
                 Err(_) => break "client gone",
             },
+            _ = recheck.tick(), if credential.is_some() => {
+                if let Some(Err(why)) = match &credential {
+                    Some(c) => Some(c.still_valid().await),
+                    None => None,
+                } {
+                    tracing::info!(node = %node, %peer, reason = %why, "watch credential no longer valid");
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(200),
+                        tx.send(Err(Status::unauthenticated(format!(
+                            "the stream's credential is no longer valid: {why}"
+                        )))),
+                    )
+                    .await;
+                    break "credential revoked";
+                }
+            }
             _ = tx.closed() => break "client gone",
             _ = shutdown.cancelled() => break "shutdown",
         }
@@ -300,16 +329,15 @@ impl DataPlaneService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let credential = request.extensions().get::<StreamCredential>().cloned();
         let inbound = request.into_inner();
         // Small buffer: the watch channel coalesces, so a slow client gets the newest
         // snapshot instead of a backlog.
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(run_watch(
-            self.control.clone(),
-            self.shutdown.clone(),
-            self.settings.clone(),
-            self.wire.clone(),
+            self.clone(),
             peer,
+            credential,
             inbound,
             tx,
         ));

@@ -135,6 +135,8 @@ impl Secured {
             // Mounts /api/v1/health too.
             c.health =
                 Some(switchyard_control::health::config::compile(&Default::default()).unwrap());
+            // Open Watch streams re-check their token this often (default 5 s).
+            c.watch.credential_recheck = std::time::Duration::from_millis(100);
         })
         .await;
         let store = h.server.control.store();
@@ -443,6 +445,79 @@ async fn the_authenticated_identity_is_the_audit_actor_not_the_claimed_one() {
         .unwrap_err();
     assert_ne!(err.code(), Code::PermissionDenied, "{err:?}");
     assert_ne!(err.code(), Code::Unauthenticated, "{err:?}");
+    s.h.server.shutdown_token().cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_stream_ends_when_its_token_is_revoked_and_others_go_on() {
+    let s = Secured::start().await;
+    let store = s.h.server.control.store();
+    let (doomed, rec) = Tokens::new(&*store)
+        .create("envoy-9", Role::Dataplane, "test", 1)
+        .unwrap();
+    let open = |token: String, node: &'static str| {
+        let channel = s.channel(&token);
+        async move {
+            let mut dp = v1::data_plane_client::DataPlaneClient::new(channel);
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(v1::WatchRequest {
+                node_id: node.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut stream = dp
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let first = stream.message().await.unwrap().unwrap();
+            (stream, first.version, tx)
+        }
+    };
+    let mut policies = v1::policies_client::PoliciesClient::new(s.channel(&s.operator));
+    policies
+        .apply(v1::ApplyPolicyRequest {
+            policy_json: policy("p", &["blue", "green"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (mut doomed_stream, v, _keep1) = open(doomed, "envoy-9").await;
+    let (mut other, _, _keep2) = open(s.dataplane.clone(), "envoy-1").await;
+    assert!(v >= 1);
+
+    Tokens::new(&*store).revoke(&rec.id, 2).unwrap();
+    // Bounded: the stream ends (it does not wait for the next version) with
+    // UNAUTHENTICATED; the stream of a valid token goes on receiving versions.
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), doomed_stream.message())
+        .await
+        .expect("the revoked token's stream ended");
+    let err = end.expect_err("ended with a status");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("no longer valid"), "{err:?}");
+
+    let c = &s.h.server.control;
+    c.stack_op(
+        "blue",
+        switchyard_control::control::StackOp::SetWeight {
+            percent: 40,
+            reason: "after the revocation".into(),
+        },
+        switchyard_control::control::Change {
+            actor: "test".into(),
+            comment: "after the revocation".into(),
+            origin: switchyard_control::brain::audit::AuditKind::ManualChange,
+        },
+    )
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), other.message())
+        .await
+        .expect("the valid stream receives the next version")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.version, c.current_version());
     s.h.server.shutdown_token().cancel();
 }
 

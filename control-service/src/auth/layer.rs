@@ -216,6 +216,29 @@ impl Authenticator {
     }
 }
 
+/// The bearer token a call was admitted with, kept in the request's extensions for
+/// streams that outlive the check at their start: Watch re-checks it now and then, and a
+/// token revoked or expired since ends the stream with UNAUTHENTICATED.
+#[derive(Clone)]
+pub struct StreamCredential {
+    auth: Authenticator,
+    authorization: HeaderValue,
+}
+
+impl StreamCredential {
+    /// `Err(reason)` once the token no longer authenticates (revoked, expired, deleted).
+    /// A store that cannot be read is no reason: the caller keeps serving, as Watch does
+    /// without its store.
+    pub async fn still_valid(&self) -> Result<(), String> {
+        let c = self.clone();
+        match tokio::task::spawn_blocking(move || c.auth.authenticate(Some(&c.authorization))).await
+        {
+            Ok(Ok(_)) | Ok(Err(AuthError::Store(_))) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+        }
+    }
+}
+
 /// The gRPC layer: `Server::builder().layer(GrpcAuthLayer::new(…))`. With `None`
 /// (authentication disabled) every call passes through without an identity.
 #[derive(Clone)]
@@ -286,10 +309,17 @@ where
                     >>()
                     .and_then(|i| i.peer_certs()),
             );
+            let credential = header.clone().map(|authorization| StreamCredential {
+                auth: auth.clone(),
+                authorization,
+            });
             match auth.decide(access::grpc(&path), &path, header, &peer).await {
                 Ok(who) => {
                     if let Some(who) = who {
                         req.extensions_mut().insert(who);
+                        if let Some(c) = credential {
+                            req.extensions_mut().insert(c);
+                        }
                     }
                     inner.call(req).await
                 }
