@@ -112,8 +112,8 @@ pub struct Term {
 
 /// A call that could not even connect (a member restarting, its port still refusing) was
 /// never sent; tonic reconnects lazily, so the first call after a member's restart can
-/// fail that way although other members answer. Reads are tried again, twice, 100 ms
-/// apart.
+/// fail that way although other members answer. Reads and transactions (never sent, so
+/// never applied) are tried again, twice, 100 ms apart.
 fn retry_connect<T>(f: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
     let mut attempt = 0;
     loop {
@@ -439,21 +439,26 @@ impl Store for EtcdStore {
         let pkey = self.pkey(v);
         let policy = policy_json.map(str::to_string);
         let fences: Vec<Compare> = conditions.iter().map(|c| self.compare(c)).collect();
-        let committed = self.run(move |mut c| async move {
-            let mut compares = fences;
-            compares.push(Compare::create_revision(this.clone(), CompareOp::Equal, 0));
-            if v > 1 {
-                compares.push(Compare::create_revision(prev, CompareOp::Greater, 0));
-            }
-            let mut ops = vec![TxnOp::put(this, encoded, None)];
-            if let Some(p) = policy {
-                ops.push(TxnOp::put(pkey, p, None));
-            }
-            let r = c
-                .txn(Txn::new().when(compares).and_then(ops))
-                .await
-                .map_err(backend)?;
-            Ok(r.succeeded())
+        // Never sent when the connection could not be made: tried again like a read.
+        let committed = retry_connect(|| {
+            let (fences, this, prev) = (fences.clone(), this.clone(), prev.clone());
+            let (encoded, policy, pkey) = (encoded.clone(), policy.clone(), pkey.clone());
+            self.run(move |mut c| async move {
+                let mut compares = fences;
+                compares.push(Compare::create_revision(this.clone(), CompareOp::Equal, 0));
+                if v > 1 {
+                    compares.push(Compare::create_revision(prev, CompareOp::Greater, 0));
+                }
+                let mut ops = vec![TxnOp::put(this, encoded, None)];
+                if let Some(p) = policy {
+                    ops.push(TxnOp::put(pkey, p, None));
+                }
+                let r = c
+                    .txn(Txn::new().when(compares).and_then(ops))
+                    .await
+                    .map_err(backend)?;
+                Ok(r.succeeded())
+            })
         })?;
         if committed {
             return Ok(());
@@ -634,12 +639,16 @@ impl Store for EtcdStore {
                 }
             })
             .collect();
-        let committed = self.run(move |mut c| async move {
-            let r = c
-                .txn(Txn::new().when(compares).and_then(ops))
-                .await
-                .map_err(backend)?;
-            Ok(r.succeeded())
+        // Never sent when the connection could not be made: tried again like a read.
+        let committed = retry_connect(|| {
+            let (compares, ops) = (compares.clone(), ops.clone());
+            self.run(move |mut c| async move {
+                let r = c
+                    .txn(Txn::new().when(compares).and_then(ops))
+                    .await
+                    .map_err(backend)?;
+                Ok(r.succeeded())
+            })
         })?;
         if committed {
             return Ok(());
