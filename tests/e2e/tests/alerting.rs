@@ -89,7 +89,13 @@ impl Control {
         .unwrap();
         // The demo CA and certificates, as `make run` makes them into .run/tls.
         let certs = DemoCerts::new("alerting-run");
-        let run = certs.file("ca.pem").parent().unwrap().parent().unwrap().to_path_buf();
+        let run = certs
+            .file("ca.pem")
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
         // The Envoy's dataplane token and Alertmanager's operator token, offline.
         let data = dir.join("data");
         let store_args = ["--config", config.to_str().unwrap()];
@@ -136,7 +142,14 @@ impl Control {
     /// with curl; the body of a 200.
     fn get_text(&self, path: &str) -> String {
         let out = Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
             .arg(self.certs.file("ca.pem"))
             .args(["-H", &format!("authorization: Bearer {OPERATOR_TOKEN}")])
             .arg(format!("https://127.0.0.1:{}{path}", self.http))
