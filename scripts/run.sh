@@ -51,12 +51,14 @@ for spec in $STACKS; do
 done
 
 # Credentials (docs/security.md): on the first start (or after .run/control-data was
-# removed), an admin token for the CLI and a dataplane token for Envoy, created offline in
-# the store and written to $RUN (mode 0600). The CLI reads .run/admin.token by itself;
-# Envoy's control cluster reads the dataplane token through file-based SDS.
-if [ ! -s "$RUN/admin.token" ] || [ ! -s "$RUN/dataplane.token" ] || [ ! -d "$RUN/control-data" ]; then
-  rm -f "$RUN/admin.token" "$RUN/dataplane.token"
-  for spec in make-run:admin:admin envoy-local:dataplane:dataplane; do
+# removed), an admin token for the CLI, a dataplane token for Envoy and an operator token
+# for Alertmanager's webhook, created offline in the store and written to $RUN (mode
+# 0600). The CLI reads .run/admin.token by itself; Envoy's control cluster reads the
+# dataplane token through file-based SDS; examples/prometheus/alertmanager.yml reads
+# .run/alertmanager.token.
+if [ ! -s "$RUN/admin.token" ] || [ ! -s "$RUN/dataplane.token" ] || [ ! -s "$RUN/alertmanager.token" ] || [ ! -d "$RUN/control-data" ]; then
+  rm -f "$RUN/admin.token" "$RUN/dataplane.token" "$RUN/alertmanager.token"
+  for spec in make-run:admin:admin envoy-local:dataplane:dataplane alertmanager:operator:alertmanager; do
     IFS=: read -r name role file <<<"$spec"
     "$BIN/switchyard-control" token create --config examples/demo-control.toml \
       --data-dir "$RUN/control-data" --name "$name" --role "$role" --output "$RUN/$file.token" \
@@ -142,7 +144,9 @@ Switchyard is running (logs in .run/):
   order intakes          http://127.0.0.1:8090 (us), :8091 (eu) on NATS 127.0.0.1:4222 (degraded mode)
   operator CLI           target/release/switchyard status | policy history | stacks list
   credentials            .run/admin.token (role admin; the CLI reads it from here, or
-                         SWITCHYARD_TOKEN_FILE); Envoy uses .run/dataplane.token
+                         SWITCHYARD_TOKEN_FILE); Envoy uses .run/dataplane.token;
+                         .run/alertmanager.token (role operator) is Alertmanager's
+                         (examples/prometheus: scrape and webhook over https)
   TLS (mTLS)             .run/tls/: demo CA ca.pem, server.pem; client certificates
                          admin.pem (CN=admin: admin, the CLI's) and envoy.pem (CN=envoy:
                          dataplane, Envoy's, via .run/tls/envoy-sds-*.yaml)

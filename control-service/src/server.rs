@@ -120,6 +120,83 @@ async fn flush_series(series: Arc<Series>, shutdown: CancellationToken) {
     }
 }
 
+/// The gRPC services whose grpc.health.v1 status this server reports, `""` (the
+/// server as a whole: what Envoy's `grpc_health_check: {}` and kubelet probes ask) first.
+const HEALTH_SERVICES: [&str; 8] = [
+    "",
+    <DataPlaneService as tonic::server::NamedService>::NAME,
+    v1::policies_server::SERVICE_NAME,
+    v1::stacks_server::SERVICE_NAME,
+    v1::fleet_server::SERVICE_NAME,
+    v1::audit_server::SERVICE_NAME,
+    v1::rollouts_server::SERVICE_NAME,
+    v1::tokens_server::SERVICE_NAME,
+];
+
+/// How often a replica on etcd checks that it can still read the store.
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// grpc.health.v1 follows the store: NOT_SERVING for every service while a read of the
+/// newest version answers [`crate::store::StoreError::Unavailable`] (etcd down, no quorum,
+/// a partition: the replica can serve only its last snapshot and refuses writes), SERVING
+/// again once one succeeds. Transitions are logged once. Stops at `shutdown`, so it never
+/// undoes the NOT_SERVING that shutdown sets.
+async fn follow_store(
+    store: Arc<dyn crate::store::Store>,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut reachable = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let s = store.clone();
+        let read = tokio::task::spawn_blocking(move || s.latest().map(|_| ())).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let now = match read {
+            Ok(Ok(())) => true,
+            Ok(Err(crate::store::StoreError::Unavailable(e))) => {
+                if reachable {
+                    tracing::warn!(error = %e, "store unreachable: gRPC health NOT_SERVING (Envoys move to another replica)");
+                }
+                false
+            }
+            // Another failure is not "unreachable" (the store answered): say so, keep the status.
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "store health read failed");
+                reachable
+            }
+            Err(_) => return,
+        };
+        if now != reachable {
+            if now {
+                tracing::info!("store reachable again: gRPC health SERVING");
+            }
+            let status = if now {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            set_health(&health, status).await;
+            reachable = now;
+        }
+    }
+}
+
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
@@ -231,28 +308,17 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
     let grpc_addr = grpc_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<DataPlaneService>().await;
-    health
-        .set_serving::<v1::policies_server::PoliciesServer<PoliciesService>>()
-        .await;
-    health
-        .set_serving::<v1::stacks_server::StacksServer<StacksService>>()
-        .await;
-    health
-        .set_serving::<v1::fleet_server::FleetServer<FleetService>>()
-        .await;
-    health
-        .set_serving::<v1::audit_server::AuditServer<AuditService>>()
-        .await;
-    health
-        .set_serving::<v1::rollouts_server::RolloutsServer<RolloutsService>>()
-        .await;
-    health
-        .set_serving::<v1::tokens_server::TokensServer<crate::grpc::TokensService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
+    // On etcd, the health follows the store: a replica that cannot reach it serves stale
+    // snapshots and refuses writes, so its health checks send Envoys to another replica.
+    if cfg.store == StoreKind::Etcd {
+        tasks.push(tokio::spawn(follow_store(
+            control.store(),
+            health.clone(),
+            STORE_CHECK_EVERY,
+            shutdown.clone(),
+        )));
+    }
 
     // Credentials: one layer in front of every gRPC service and HTTP route.
     let auth = cfg.auth.enabled.then(|| {

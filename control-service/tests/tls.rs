@@ -289,17 +289,13 @@ async fn a_required_client_certificate_is_checked_at_the_handshake() {
     s.server.shutdown().await;
 }
 
-/// One HTTP/1.1 request over TLS (trusting `ca_pem`, presenting `identity`): status and
-/// body, or why the connection failed.
-async fn https(
+/// A TLS connection to `addr` (trusting `ca_pem`, presenting `identity`), or why the
+/// handshake failed.
+async fn connect_tls(
     addr: SocketAddr,
     ca_pem: &str,
     identity: Option<&Issued>,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -319,10 +315,25 @@ async fn https(
         None => b.with_no_client_auth(),
     };
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// The certificate the server presented on a connection (DER).
+fn presented(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// One HTTP/1.1 request (`Connection: close`) on a TLS connection: status and body.
+async fn request(
+    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -341,6 +352,80 @@ async fn https(
         .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok((status, body.to_string()))
+}
+
+/// One HTTP/1.1 request over a new TLS connection (trusting `ca_pem`, presenting
+/// `identity`): status and body, or why the connection failed.
+async fn https(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<&Issued>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    request(
+        connect_tls(addr, ca_pem, identity).await?,
+        method,
+        path,
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_rotated_server_certificate_serves_new_connections_and_old_ones_keep_working() {
+    let s = Secure::start(false).await;
+    let (http, grpc) = (s.server.http_addr.unwrap(), s.server.grpc_addr);
+    let ca = s.ca.cert_pem().to_string();
+    let der = |pem: &str| {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    let first = der(&std::fs::read_to_string(s._dir.path().join("server.pem")).unwrap());
+    // Connections made before the rotation: raw HTTPS, and a gRPC channel as the admin.
+    let old_http = connect_tls(http, &ca, None).await.unwrap();
+    assert_eq!(presented(&old_http), first);
+    let old_grpc = s.channel(Some(&s.client("admin"))).await.unwrap();
+    assert_eq!(who_am_i(old_grpc.clone()).await.unwrap().name, "ada");
+
+    // cert-manager's way: the files rewritten in place, the key after the certificate.
+    let next =
+        s.ca.server(
+            &["localhost", "127.0.0.1", "next.example"],
+            Validity::days(30),
+        )
+        .unwrap();
+    std::fs::write(s._dir.path().join("server.pem"), &next.cert_pem).unwrap();
+    // Half-way (the new certificate, the old key): the old pair still serves.
+    let mid = connect_tls(http, &ca, None).await.unwrap();
+    assert_eq!(
+        presented(&mid),
+        first,
+        "a mismatched pair is never presented"
+    );
+    std::fs::write(s._dir.path().join("server.key"), &next.key_pem).unwrap();
+
+    // New connections on both listeners present the new certificate, no restart.
+    let second = der(&next.cert_pem);
+    assert_ne!(first, second);
+    let new_http = connect_tls(http, &ca, None).await.unwrap();
+    assert_eq!(presented(&new_http), second, "HTTP listener");
+    let new_grpc = connect_tls(grpc, &ca, None).await.unwrap();
+    assert_eq!(presented(&new_grpc), second, "gRPC listener");
+    let (code, body) = request(new_http, "GET", "/healthz", "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let me = who_am_i(s.channel(Some(&s.client("admin"))).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(me.name, "ada", "a new gRPC channel after the rotation");
+
+    // The connections made before keep working (with the certificate they were made with).
+    let (code, body) = request(old_http, "GET", "/healthz", "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(who_am_i(old_grpc).await.unwrap().name, "ada");
+    s.server.shutdown().await;
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@
 //! certificate or key it cannot read (start fails, naming the field and the file).
 
 pub mod pki;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use std::time::Duration;
 use clap::Args;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -191,14 +192,15 @@ pub fn resolve(
 }
 
 /// The rustls configurations of the two listeners: gRPC (ALPN h2) and HTTP (h2 and
-/// http/1.1), from the files the settings name. Errors name the field and the file.
+/// http/1.1), from the files the settings name. Errors name the field and the file. The
+/// server certificate is shared and follows its files ([`reload::ServerCert`]): a rotated
+/// pair serves new connections without a restart.
 pub fn server_configs(
     s: &TlsSettings,
 ) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = read_certs("tls.cert", &s.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&s.key)
-        .map_err(|e| format!("tls.key {}: {e}", s.key.display()))?;
+    // Read now (a bad file fails the start), and again whenever the files change.
+    let cert = Arc::new(reload::ServerCert::load(&s.cert, &s.key, provider.clone())?);
     let verifier = match &s.client_ca {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -222,14 +224,7 @@ pub fn server_configs(
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            format!(
-                "tls.cert {} / tls.key {}: {e}",
-                s.cert.display(),
-                s.key.display()
-            )
-        })?;
+        .with_cert_resolver(cert);
     let mut http = grpc.clone();
     grpc.alpn_protocols = vec![b"h2".to_vec()];
     http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -168,8 +168,38 @@ pub fn normalize(lines: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     // Byte ranges of the REQ..CHANGED columns of the `stacks` table being read.
     let mut telemetry: Option<(usize, usize)> = None;
+    // Where the N column starts in a rollout's gate table being read: N, CONFIDENCE and
+    // ESTIMATE follow the traffic's timing (the verdict is kept).
+    let mut gate_counts: Option<usize> = None;
+    // Reading an `audit list` table: its SEQ column counts every change before.
+    let mut audit = false;
     for line in lines {
         let mut l = line.clone();
+        let continues = |l: &str| l.starts_with(|c: char| c == ' ' || c.is_ascii_digit());
+        if l.starts_with("STEP ") && l.contains("  VERDICT  ") && l.contains("  CONFIDENCE") {
+            gate_counts = l.find("  N  ").map(|n| n + 2);
+        } else if let Some(n) = gate_counts {
+            if !continues(&l) {
+                gate_counts = None;
+            } else if l.len() > n && l.is_char_boundary(n) {
+                l.replace_range(n.., " <n>");
+            }
+        }
+        if l.starts_with("SEQ  TIME (UTC)") {
+            audit = true;
+        } else if audit {
+            let digits = l.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                audit = false;
+            } else {
+                l.replace_range(..digits, "<seq>");
+            }
+        }
+        l = mask(
+            &l,
+            "audit chain intact: * entries, head *",
+            "audit chain intact: <n> entries, head <head>",
+        );
         if let (Some(req), Some(changed)) = (l.find("  REQ  "), l.find("  CHANGED")) {
             // With health checks the table has a HEALTH column before REQ: its verdict
             // follows the checks' timing, so it is masked with the telemetry.
@@ -204,9 +234,53 @@ pub fn normalize(lines: &[String]) -> Vec<String> {
     out
 }
 
+/// Whether normalized output `got` is the document's `want`, where a `...` line of
+/// `want` stands for any number of lines (the document elides them).
+pub fn matches(want: &[String], got: &[String]) -> bool {
+    match want.split_first() {
+        None => got.is_empty(),
+        Some((w, rest)) if w == "..." => (0..=got.len()).any(|i| matches(rest, &got[i..])),
+        Some((w, rest)) => got.first() == Some(w) && matches(rest, &got[1..]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ellipsis_stands_for_any_lines() {
+        let v = |s: &[&str]| s.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        assert!(matches(&v(&["a", "...", "d"]), &v(&["a", "b", "c", "d"])));
+        assert!(matches(&v(&["a", "...", "d"]), &v(&["a", "d"])));
+        assert!(!matches(&v(&["a", "...", "d"]), &v(&["a", "b"])));
+        assert!(!matches(&v(&["a"]), &v(&["a", "b"])));
+    }
+
+    #[test]
+    fn gate_counts_audit_sequence_and_chain_heads_are_masked() {
+        let v = |s: &[&str]| s.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let a = v(&[
+            "STEP  SHARE  OUTCOME  GATE        VERDICT  N      CONFIDENCE  ESTIMATE",
+            "1     5%     passed   error_rate  pass     7010   1.000       0.0000",
+            "                      p99         pass     876    0.999       0.0000",
+            "SEQ  TIME (UTC)           KIND            ACTOR  SUBJECT  SUMMARY",
+            "29   2026-12-01 04:00:17  recommendation  r      s        halted",
+            "audit chain intact: 31 entries, head e15dbd523ca79a6a",
+        ]);
+        let b = v(&[
+            "STEP  SHARE  OUTCOME  GATE        VERDICT  N     CONFIDENCE  ESTIMATE",
+            "1     5%     passed   error_rate  pass     512   0.990       0.0010",
+            "                      p99         pass     76    0.951       0.0000",
+            "SEQ  TIME (UTC)           KIND            ACTOR  SUBJECT  SUMMARY",
+            "7    2027-01-01 04:00:17  recommendation  r      s        halted",
+            "audit chain intact: 9 entries, head 0123456789abcdef",
+        ]);
+        assert_eq!(normalize(&a), normalize(&b));
+        let mut c = b.clone();
+        c[1] = "1     5%     passed   error_rate  fail     512   0.990       0.0010".into();
+        assert_ne!(normalize(&a), normalize(&c), "the verdict is kept");
+    }
 
     #[test]
     fn normalizing_masks_only_what_changes_between_runs() {

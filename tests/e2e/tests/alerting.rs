@@ -7,11 +7,18 @@
 //! (`examples/grafana/switchyard.json`) queries exists in Prometheus after a short scrape,
 //! and the control service's `/metrics` passes `promtool check metrics`.
 //!
+//! The control service runs as `make run` runs it: TLS on both listeners with the demo
+//! certificates (`switchyard-control certs demo`), mTLS for the Envoy, authentication on.
+//! The shipped files' TLS settings are what is tested: Prometheus scrapes `/metrics` over
+//! https trusting the demo CA, Alertmanager posts to the webhook over https with that CA
+//! and the operator token file; only the directory standing for `.run/` is re-pointed.
+//!
 //! The control service's brain detector is switched off (`detect_min_requests`), so the
 //! incident can only come from the alert.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -31,7 +38,8 @@ const FACTOR: u64 = 60;
 
 /// The bearer token Alertmanager sends to `POST /api/v1/alerts` (and these tests send
 /// with their reads): imported into the control service's store with role operator
-/// before it starts (authentication is on, as in production).
+/// before it starts (authentication is on, as in production), and written where the
+/// shipped alertmanager.yml reads it (`.run/alertmanager.token`, as `make run` does).
 const OPERATOR_TOKEN: &str = "syt_5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0ff";
 
 /// Every bounded wait in this file.
@@ -58,6 +66,10 @@ struct Control {
     proc: Proc,
     http: u16,
     _grpc: ReservedPort,
+    /// Stands for `make run`'s `.run/`: `tls/` (the demo CA and certificates) and
+    /// `alertmanager.token`.
+    run: PathBuf,
+    certs: DemoCerts,
 }
 
 impl Control {
@@ -75,10 +87,19 @@ impl Control {
             ),
         )
         .unwrap();
+        // The demo CA and certificates, as `make run` makes them into .run/tls.
+        let certs = DemoCerts::new("alerting-run");
+        let run = certs
+            .file("ca.pem")
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
         // The Envoy's dataplane token and Alertmanager's operator token, offline.
         let data = dir.join("data");
         let store_args = ["--config", config.to_str().unwrap()];
-        let operator = dir.join("operator.token");
+        let operator = run.join("alertmanager.token");
         std::fs::write(&operator, OPERATOR_TOKEN).unwrap();
         for (name, role, file) in [
             (DATAPLANE_NAME, "dataplane", dataplane_token().file.clone()),
@@ -99,7 +120,8 @@ impl Control {
             );
         }
         let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
-        cmd.args(["serve", "--config", config.to_str().unwrap()]);
+        cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .args(certs.serve_args());
         let mut proc = Proc::spawn("control", cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let line = proc
             .wait_for_line("its `http listening on` line", WAIT, |l| {
@@ -111,17 +133,36 @@ impl Control {
             proc,
             http,
             _grpc: grpc,
+            run,
+            certs,
         }
     }
 
+    /// GET over https (trusting the demo CA, with the operator token), as a user would
+    /// with curl; the body of a 200.
     fn get_text(&self, path: &str) -> String {
-        let auth = format!("Bearer {OPERATOR_TOKEN}");
-        let r = Client::connect(self.http)
-            .unwrap()
-            .get(path, &[("authorization", &auth)])
-            .unwrap();
-        assert_eq!(r.status, 200, "{path}: {}", r.text());
-        r.text()
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(self.certs.file("ca.pem"))
+            .args(["-H", &format!("authorization: Bearer {OPERATOR_TOKEN}")])
+            .arg(format!("https://127.0.0.1:{}{path}", self.http))
+            .output()
+            .expect("curl (the tests read the control service over https with it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        assert!(
+            out.status.success() && code == "200",
+            "GET {path}: {code} {body}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        body.to_string()
     }
 
     fn get(&self, path: &str) -> Value {
@@ -160,16 +201,18 @@ impl System {
             ("control", control._grpc.port()),
             ("node", 1),
         ]);
-        let envoy = Envoy::start(POLICY, &ports, 2);
-        let token = dir.join("operator.token");
-        std::fs::write(&token, OPERATOR_TOKEN).unwrap();
+        let envoy = envoy_over_mtls(&ports, &control.certs);
         // Alertmanager first: Prometheus's configuration names its port.
         let am_config = Examples::fast(FACTOR)
-            .wire(&[envoy.admin], control.http, 0, &token)
+            .wire(&[envoy.admin], control.http, 0, &control.run)
             .alertmanager;
         let alertmanager = Alertmanager::start(&am_config, &[]);
-        let fast =
-            Examples::fast(FACTOR).wire(&[envoy.admin], control.http, alertmanager.port(), &token);
+        let fast = Examples::fast(FACTOR).wire(
+            &[envoy.admin],
+            control.http,
+            alertmanager.port(),
+            &control.run,
+        );
         let prometheus = Prometheus::start(&fast.prometheus, &fast.rules);
         System {
             blue,
@@ -209,6 +252,30 @@ impl System {
             },
             || self.explain(),
         );
+    }
+}
+
+/// The shipped Envoy bootstrap with its control cluster over mTLS (the demo certificates'
+/// SDS files), as `make run` runs it, on the test's ports.
+fn envoy_over_mtls(ports: &HashMap<&str, u16>, certs: &DemoCerts) -> Envoy {
+    let config = render_config_tls(
+        POLICY,
+        ports,
+        &certs.file("envoy-sds-cert.yaml"),
+        &certs.file("envoy-sds-ca.yaml"),
+    );
+    let opts = switchyard_harness::EnvoyOptions {
+        concurrency: 2,
+        log_level: "warn".into(),
+        env: vec![("SWITCHYARD_AFFINITY_KEYS".into(), TEST_KEYS.into())],
+        ..Default::default()
+    };
+    let inner = switchyard_harness::Envoy::start(&config, &opts);
+    Envoy {
+        port: inner.listener(LISTENER).port(),
+        admin: inner.admin_addr().port(),
+        config: inner.config_path().to_path_buf(),
+        inner,
     }
 }
 

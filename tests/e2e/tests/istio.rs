@@ -483,6 +483,13 @@ struct GatewayPatch {
     mounts: HashMap<String, String>,
     /// volume name → ConfigMap name
     config_maps: HashMap<String, String>,
+    /// volume name → Secret name
+    secrets: HashMap<String, String>,
+}
+
+/// The directory part of a path in the pod.
+fn dir_of(path: &str) -> &str {
+    path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
 }
 
 fn gateway_patch(docs: &[Doc]) -> GatewayPatch {
@@ -529,6 +536,17 @@ fn gateway_patch(docs: &[Doc]) -> GatewayPatch {
                 ))
             })
             .collect(),
+        secrets: tpl["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v["name"].as_str()?.to_string(),
+                    v["secret"]["secretName"].as_str()?.to_string(),
+                ))
+            })
+            .collect(),
     }
 }
 
@@ -556,11 +574,17 @@ struct Gateway {
 }
 
 /// Build the gateway from `docs`: `transform` may change the EnvoyFilter before it is
-/// applied. Ports: `stacks` (name → port), the control service on `control`.
+/// applied. Ports: `stacks` (name → port), the control service on `control`. The
+/// control cluster's SDS files (keys of the bootstrap ConfigMap) are written to `test_dir`
+/// with the client certificate Secret's files replaced by `certs`' (`envoy.pem`,
+/// `envoy.key`, `ca.pem`) and the server name the gateways require by the demo server
+/// certificate's (`localhost`).
 fn assemble(
     docs: &[Doc],
     stacks: &HashMap<&str, u16>,
     control: u16,
+    certs: &DemoCerts,
+    test_dir: &TestDir,
     transform: impl Fn(&mut Value),
 ) -> Gateway {
     let patch = gateway_patch(docs);
@@ -596,6 +620,67 @@ fn assemble(
         replace_strings(&mut custom, &wasm_in_pod, &wasm),
         1,
         "the singleton loads {wasm_in_pod}"
+    );
+
+    // The control cluster's credentials: the SDS files beside the bootstrap (the same
+    // ConfigMap volume), reading the Secret the patch mounts at GATEWAY_TLS_IN_POD.
+    let tls_volume = patch
+        .mounts
+        .iter()
+        .find(|(_, p)| p.as_str() == GATEWAY_TLS_IN_POD)
+        .unwrap_or_else(|| panic!("no volume is mounted at {GATEWAY_TLS_IN_POD}"))
+        .0;
+    assert_eq!(
+        patch.secrets.get(tls_volume).map(String::as_str),
+        Some("switchyard-control-client"),
+        "the gateway's client certificate Secret"
+    );
+    let sds_dir = test_dir.join("custom-bootstrap");
+    std::fs::create_dir_all(&sds_dir).unwrap();
+    for key in ["control-client-cert-sds.yaml", "control-ca-sds.yaml"] {
+        let what = format!("{cm_name}/{key}");
+        let mut sds = cm.value["data"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("ConfigMap {cm_name} has no key {key}"))
+            .to_string();
+        for (in_pod, ours) in [
+            ("tls.crt", "envoy.pem"),
+            ("tls.key", "envoy.key"),
+            ("ca.crt", "ca.pem"),
+        ] {
+            let from = format!("{GATEWAY_TLS_IN_POD}/{in_pod}");
+            if sds.contains(&from) {
+                sds = sds.replace(&from, &certs.file(ours).display().to_string());
+            }
+        }
+        let tls_dir = certs.file("ca.pem").parent().unwrap().display().to_string();
+        sds = repoint(
+            &sds,
+            &format!("path: {GATEWAY_TLS_IN_POD} "),
+            &format!("path: {tls_dir} "),
+            &what,
+        );
+        if key == "control-ca-sds.yaml" {
+            sds = repoint(&sds, CONTROL_DNS, "localhost", &what);
+        }
+        assert!(!sds.contains(GATEWAY_TLS_IN_POD), "{what}: {sds}");
+        std::fs::write(sds_dir.join(key), sds).unwrap();
+        let in_pod = format!("{dir_in_pod}/{key}", dir_in_pod = dir_of(override_path));
+        assert_eq!(
+            replace_strings(
+                &mut custom,
+                &in_pod,
+                &sds_dir.join(key).display().to_string()
+            ),
+            1,
+            "the control cluster reads {in_pod}"
+        );
+    }
+    let watched = dir_of(override_path);
+    assert_eq!(
+        replace_strings(&mut custom, watched, &sds_dir.display().to_string()),
+        2,
+        "both SDS sources watch {watched}"
     );
 
     // The control service's address: the test's, same cluster type.
@@ -706,42 +791,122 @@ impl Gateway {
     }
 }
 
-/// The control service started from the ConfigMap's config file (as the Deployment does),
-/// with its listen address and data directory moved to the test's.
-fn control_from_manifest(docs: &[Doc], dir: &TestDir, grpc: u16) -> Proc {
+/// Where the control service's Deployment mounts its TLS Secret (control-service.yaml).
+const CONTROL_TLS_IN_POD: &str = "/etc/switchyard-tls";
+/// Where the gateway patch mounts its client certificate Secret (gateway-patch.yaml).
+const GATEWAY_TLS_IN_POD: &str = "/etc/switchyard/control-tls";
+/// The gateway's certificate subject the control service maps to the dataplane role.
+const GATEWAY_SUBJECT: &str = "CN=istio-ingressgateway";
+/// The name the gateways require of the control service's certificate.
+const CONTROL_DNS: &str = "switchyard-control.switchyard.svc.cluster.local";
+
+/// Replace `from` by `to` in `text`; panics when the manifest no longer says `from` (a
+/// re-pointing that silently did nothing would test nothing).
+fn repoint(text: &str, from: &str, to: &str, what: &str) -> String {
+    assert!(
+        text.contains(from),
+        "{what} no longer names {from}:\n{text}"
+    );
+    text.replace(from, to)
+}
+
+/// The control service as the Deployment runs it: `serve` with the ConfigMap's config
+/// file (TLS with client certificates, authentication on), its listen address and data
+/// directory moved to the test's, the Secret's files (`tls.crt`, `tls.key`, `ca.crt`)
+/// replaced by the test's demo certificates — whose client certificate says `CN=envoy`
+/// where the gateway's would say `CN=istio-ingressgateway`. The CLI gets an admin token,
+/// created offline on the data directory as the manifest's comment says.
+struct Control {
+    _proc: Proc,
+    grpc: u16,
+    ca: PathBuf,
+    admin_token: PathBuf,
+}
+
+fn control_from_manifest(docs: &[Doc], dir: &TestDir, grpc: u16, certs: &DemoCerts) -> Control {
     let cm = find(
         docs,
         "control-service.yaml",
         "ConfigMap",
         "switchyard-control-config",
     );
+    let mut toml = cm.value["data"]["control.toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let what = "control-service.yaml's control.toml";
+    for (in_pod, ours) in [
+        ("tls.crt", "server.pem"),
+        ("tls.key", "server.key"),
+        ("ca.crt", "ca.pem"),
+    ] {
+        toml = repoint(
+            &toml,
+            &format!("\"{CONTROL_TLS_IN_POD}/{in_pod}\""),
+            &format!("\"{}\"", certs.file(ours).display()),
+            what,
+        );
+    }
+    let toml = repoint(
+        &toml,
+        &format!("subject = \"{GATEWAY_SUBJECT}\""),
+        "subject = \"CN=envoy\"",
+        what,
+    );
     let config = dir.join("control.toml");
-    std::fs::write(&config, cm.value["data"]["control.toml"].as_str().unwrap()).unwrap();
+    std::fs::write(&config, toml).unwrap();
+    let data = dir.join("data");
+    let admin_token = dir.join("admin.token");
+    let config_arg = config.to_str().unwrap();
+    token_command(
+        &data,
+        &["--config", config_arg],
+        &[
+            "create",
+            "--name",
+            "admin",
+            "--role",
+            "admin",
+            "--output",
+            admin_token.to_str().unwrap(),
+        ],
+    );
     let mut cmd = Command::new(switchyard_harness::workspace_bin("switchyard-control"));
-    // The Istio manifests do not carry a dataplane token yet (docs/security.md).
-    cmd.args(["serve", "--no-auth"])
+    cmd.args(["serve"])
         .env("SWITCHYARD_CONFIG", &config)
         .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--no-http"])
         .arg("--data-dir")
-        .arg(dir.join("data"));
+        .arg(&data);
     let mut p = Proc::spawn("control", cmd, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     p.wait_for_line("`grpc listening on`", Duration::from_secs(10), |l| {
         l.contains("grpc listening on")
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    p
+    Control {
+        _proc: p,
+        grpc,
+        ca: certs.file("ca.pem"),
+        admin_token,
+    }
 }
 
-fn cli(grpc: u16, args: &[&str]) -> String {
-    let out = Command::new(switchyard_harness::workspace_bin("switchyard"))
-        .args(["--server", &format!("http://127.0.0.1:{grpc}")])
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "switchyard {args:?}: {text}");
-    text
+impl Control {
+    /// The operator CLI over TLS (trusting the CA) with the admin token.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(switchyard_harness::workspace_bin("switchyard"))
+            .args(["--server", &format!("https://127.0.0.1:{}", self.grpc)])
+            .arg("--ca")
+            .arg(&self.ca)
+            .arg("--token-file")
+            .arg(&self.admin_token)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "switchyard {args:?}: {text}");
+        text
+    }
 }
 
 /// Which stacks served `n` requests for the shop's host over four connections.
@@ -875,8 +1040,9 @@ fn the_gateway_from_the_manifests_validates_starts_and_takes_a_pushed_policy() {
     let shop = Shop::start();
     let dir = TestDir::new("istio");
     let grpc = ReservedPort::new().unwrap();
-    let control = control_from_manifest(&docs, &dir, grpc.port());
-    let gw = assemble(&docs, &shop.ports(), grpc.port(), |_| {});
+    let certs = DemoCerts::new("istio-tls");
+    let control = control_from_manifest(&docs, &dir, grpc.port(), &certs);
+    let gw = assemble(&docs, &shop.ports(), grpc.port(), &certs, &dir, |_| {});
     check_routes_match_the_virtual_service(&docs, &gw.config);
 
     // The filter sits just before the router, after Istio's own filters.
@@ -919,6 +1085,19 @@ fn the_gateway_from_the_manifests_validates_starts_and_takes_a_pushed_policy() {
             "stack {st}: no such cluster"
         );
     }
+    // And it is valid without a warning (a geo header read without `ambiguous` warns).
+    let policy_file = dir.join("envoyfilter-policy.json");
+    std::fs::write(&policy_file, policy.to_string()).unwrap();
+    let checked = control.cli(&[
+        "--json",
+        "policy",
+        "validate",
+        policy_file.to_str().unwrap(),
+    ]);
+    let checked: Value =
+        serde_json::from_str(&checked).unwrap_or_else(|e| panic!("{e}: {checked}"));
+    assert_eq!(checked["valid"], true, "{checked}");
+    assert_eq!(checked["warnings"], json!([]), "{checked}");
     // The module travels in the switchyard-wasm ConfigMap: at most 1 MiB in all.
     let size = std::fs::metadata(wasm_path()).unwrap().len();
     assert!(size < 1_000_000, "{size} bytes do not fit a ConfigMap");
@@ -963,10 +1142,7 @@ fn the_gateway_from_the_manifests_validates_starts_and_takes_a_pushed_policy() {
     assert_eq!(other, HashMap::from([("status 404".to_string(), 1)]));
 
     // A policy pushed through the control service reaches every worker.
-    cli(
-        grpc.port(),
-        &["policy", "apply", canary_policy(&dir).to_str().unwrap()],
-    );
+    control.cli(&["policy", "apply", canary_policy(&dir).to_str().unwrap()]);
     let took = wait_served_by(port, &["canary"], Duration::from_secs(10))
         .expect("the pushed policy takes effect on the gateway");
     println!("policy pushed through the control service → served by canary after {took:?}");
@@ -984,7 +1160,7 @@ fn the_gateway_from_the_manifests_validates_starts_and_takes_a_pushed_policy() {
     );
     assert_eq!(stat(&envoy, "wasmcustom.switchyard.control.connected"), 1);
     assert!(stat(&envoy, "wasmcustom.switchyard.control.snapshots_applied") >= 1);
-    let status = cli(grpc.port(), &["--json", "status"]);
+    let status = control.cli(&["--json", "status"]);
     assert!(
         status.contains("istio-ingressgateway-127.0.0.1"),
         "node id from $(HOST_IP): {status}"
@@ -1062,16 +1238,14 @@ fn the_wasmplugin_never_sees_a_push() {
     let shop = Shop::start();
     let dir = TestDir::new("istio-wasmplugin");
     let grpc = ReservedPort::new().unwrap();
-    let _control = control_from_manifest(&docs, &dir, grpc.port());
-    let gw = assemble(&docs, &shop.ports(), grpc.port(), |ef| {
+    let certs = DemoCerts::new("istio-wasmplugin-tls");
+    let control = control_from_manifest(&docs, &dir, grpc.port(), &certs);
+    let gw = assemble(&docs, &shop.ports(), grpc.port(), &certs, &dir, |ef| {
         ef["spec"]["configPatches"][0]["patch"]["value"] = filter.clone();
     });
     let envoy = gw.start();
     let port = envoy.listener("0.0.0.0_8080").port();
-    cli(
-        grpc.port(),
-        &["policy", "apply", canary_policy(&dir).to_str().unwrap()],
-    );
+    control.cli(&["policy", "apply", canary_policy(&dir).to_str().unwrap()]);
     // Wait until the singleton applied the pushed snapshot ...
     let deadline = Instant::now() + Duration::from_secs(10);
     while stat(&envoy, "wasmcustom.switchyard.control.snapshots_applied") == 0 {

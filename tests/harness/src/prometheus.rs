@@ -408,7 +408,9 @@ pub struct Examples {
 const ENVOY_ADMIN: &str = "127.0.0.1:9901";
 const CONTROL_HTTP: &str = "127.0.0.1:18080";
 const ALERTMANAGER: &str = "127.0.0.1:9093";
-const CREDENTIALS: &str = "/etc/alertmanager/switchyard-operator.token";
+/// `make run`'s run directory as the shipped files name it (relative to themselves): the
+/// control service's CA (`tls/ca.pem`) and the webhook's token (`alertmanager.token`).
+const RUN_DIR: &str = "../../.run/";
 
 impl Examples {
     /// The directory of the shipped files.
@@ -451,15 +453,17 @@ impl Examples {
     }
 
     /// Point them at the test's servers: the Envoy admin ports to scrape, the control
-    /// service's HTTP port (scraped, and the webhook's target), Alertmanager's port, and
-    /// the webhook's bearer token file. Panics when the shipped files no longer name the
-    /// addresses this replaces (so a change there cannot silently test nothing).
+    /// service's HTTPS port (scraped, and the webhook's target), Alertmanager's port, and
+    /// the directory standing for `make run`'s `.run/` (holding `tls/ca.pem`, the CA the
+    /// control service's certificate is signed by, and `alertmanager.token`, the webhook's
+    /// bearer token). Panics when the shipped files no longer name what this replaces (so
+    /// a change there cannot silently test nothing).
     pub fn wire(
         mut self,
         envoy_admin: &[u16],
         control_http: u16,
         alertmanager: u16,
-        token_file: &Path,
+        run_dir: &Path,
     ) -> Examples {
         let replace = |text: &mut String, from: &str, to: &str| {
             assert!(text.contains(from), "{from} is not in\n{text}");
@@ -479,11 +483,9 @@ impl Examples {
             &format!("127.0.0.1:{alertmanager}"),
         );
         replace(&mut self.alertmanager, CONTROL_HTTP, &control);
-        replace(
-            &mut self.alertmanager,
-            CREDENTIALS,
-            &token_file.display().to_string(),
-        );
+        let run = format!("{}/", run_dir.display());
+        replace(&mut self.prometheus, RUN_DIR, &run);
+        replace(&mut self.alertmanager, RUN_DIR, &run);
         self
     }
 }
@@ -547,14 +549,20 @@ route:
 
     #[test]
     fn the_shipped_examples_have_what_wire_replaces() {
-        let fast = Examples::fast(60).wire(&[1, 2], 3, 4, Path::new("/tmp/token"));
+        let fast = Examples::fast(60).wire(&[1, 2], 3, 4, Path::new("/tmp/run"));
         assert!(fast
             .prometheus
             .contains("targets: [\"127.0.0.1:1\", \"127.0.0.1:2\"]"));
+        // The control service over TLS, trusting the run directory's CA.
+        assert!(fast.prometheus.contains("scheme: https"));
+        assert!(fast.prometheus.contains("ca_file: /tmp/run/tls/ca.pem"));
         assert!(fast
             .alertmanager
-            .contains("http://127.0.0.1:3/api/v1/alerts"));
-        assert!(fast.alertmanager.contains("credentials_file: /tmp/token"));
+            .contains("https://127.0.0.1:3/api/v1/alerts"));
+        assert!(fast
+            .alertmanager
+            .contains("credentials_file: /tmp/run/alertmanager.token"));
+        assert!(fast.alertmanager.contains("ca_file: /tmp/run/tls/ca.pem"));
         assert!(
             fast.rules.len() >= 2 && fast.rules.iter().all(|(p, _)| p.starts_with("rules/")),
             "{:?}",
