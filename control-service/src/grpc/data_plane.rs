@@ -114,7 +114,10 @@ async fn run_watch(
         Ok(Ok(Some(m))) => m,
         Ok(Ok(None)) => return,
         Ok(Err(status)) => {
+            // e.g. a first message over the size limit (OUT_OF_RANGE): the client is told
+            // why, instead of a stream that ends with OK.
             tracing::debug!(%peer, %status, "watch stream failed before its first message");
+            let _ = tokio::time::timeout(Duration::from_millis(200), tx.send(Err(status))).await;
             return;
         }
         Err(_) => {
