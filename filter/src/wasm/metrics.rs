@@ -92,32 +92,46 @@ pub struct Metrics {
     kpi_counts: Vec<u64>,
     /// This window's routed requests per (stack, rule): `stack * rules + rule`.
     rule_counts: Vec<u64>,
+    /// Every metric this VM defined, by name, kept across policies: Envoy allocates a
+    /// new metric for each `define_metric` call, even for a name it has, so defining a
+    /// policy's metrics again on every push grew its heap (found by the soak).
+    known: Vec<(String, u32)>,
 }
 
-fn define(kind: MetricType, name: &str) -> u32 {
-    hostcalls::define_metric(kind, name).unwrap_or(NO_METRIC)
+/// The host's id for metric `name`, defined once per VM.
+fn define_in(known: &mut Vec<(String, u32)>, kind: MetricType, name: String) -> u32 {
+    if let Some((_, id)) = known.iter().find(|(n, _)| *n == name) {
+        return *id;
+    }
+    let id = hostcalls::define_metric(kind, &name).unwrap_or(NO_METRIC);
+    if id != NO_METRIC {
+        known.push((name, id));
+    }
+    id
 }
 
 impl Metrics {
-    /// Define every metric of a policy with the host.
-    pub fn define(policy: &Arc<Policy>) -> Self {
+    /// Define every metric of a policy with the host (the names `known` from the
+    /// previous policy keep their ids).
+    pub fn define(policy: &Arc<Policy>, mut known: Vec<(String, u32)>) -> Self {
+        let mut define = |kind, name: String| define_in(&mut known, kind, name);
         let mut counter_ids = Vec::new();
         for s in &policy.stacks {
             for c in STACK_COUNTERS {
                 counter_ids.push(define(
                     MetricType::Counter,
-                    &format!("switchyard.stack.{}.{c}", s.name),
+                    format!("switchyard.stack.{}.{c}", s.name),
                 ));
             }
         }
         for r in &policy.rules {
             counter_ids.push(define(
                 MetricType::Counter,
-                &format!("switchyard.rule.{}.matched", r.id),
+                format!("switchyard.rule.{}.matched", r.id),
             ));
         }
         for c in GLOBAL_COUNTERS {
-            counter_ids.push(define(MetricType::Counter, &format!("switchyard.{c}")));
+            counter_ids.push(define(MetricType::Counter, format!("switchyard.{c}")));
         }
         let latency = policy
             .stacks
@@ -125,7 +139,7 @@ impl Metrics {
             .map(|s| {
                 define(
                     MetricType::Histogram,
-                    &format!("switchyard.stack.{}.latency_ms", s.name),
+                    format!("switchyard.stack.{}.latency_ms", s.name),
                 )
             })
             .collect();
@@ -135,7 +149,7 @@ impl Metrics {
             .map(|s| {
                 define(
                     MetricType::Gauge,
-                    &format!("switchyard.stack.{}.breaker_state", s.name),
+                    format!("switchyard.stack.{}.breaker_state", s.name),
                 )
             })
             .collect();
@@ -166,7 +180,13 @@ impl Metrics {
             rules: policy.rules.len(),
             latency,
             breaker,
+            known,
         }
+    }
+
+    /// The names this VM defined and their ids, for the next policy's [`Metrics::define`].
+    pub fn take_known(&mut self) -> Vec<(String, u32)> {
+        std::mem::take(&mut self.known)
     }
 
     fn bump(&mut self, index: usize) {

@@ -80,7 +80,7 @@ impl WorkerState {
                         policy.name.as_deref().unwrap_or("unnamed"),
                         snapshot.version
                     );
-                    self.metrics = Metrics::define(&policy);
+                    self.metrics = Metrics::define(&policy, self.metrics.take_known());
                     self.router.set_policy(policy);
                     self.applied.compiled(policy_id);
                 }
@@ -173,7 +173,7 @@ impl WorkerRoot {
         let keys = load_keys();
         let policy = configured_policy(config)?;
         let state = WorkerState {
-            metrics: Metrics::define(&policy),
+            metrics: Metrics::define(&policy, Vec::new()),
             router: Router::new(policy, keys),
             applied: Applied::default(),
             clock_ms: now_ms(),
@@ -198,7 +198,7 @@ impl WorkerRoot {
         };
         {
             let mut s = self.state.borrow_mut();
-            s.metrics = Metrics::define(&policy);
+            s.metrics = Metrics::define(&policy, s.metrics.take_known());
             s.router.set_policy(policy);
             // The plugin's policy is the bootstrap; a control-plane snapshot, if one was
             // applied, still wins: forget it so `subscribe` applies it again.

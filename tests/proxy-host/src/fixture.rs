@@ -202,6 +202,11 @@ impl Switchyard {
         self.process.advance(d)
     }
 
+    /// `proxy_define_metric` calls so far (every VM).
+    pub fn metric_definitions(&self) -> u64 {
+        self.process.shared().metric_definitions()
+    }
+
     /// Value of a counter or gauge (0 when never defined).
     pub fn metric(&self, name: &str) -> i64 {
         self.process.shared().metric(name).map_or(0, |m| m.value)

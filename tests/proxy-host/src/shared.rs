@@ -50,6 +50,9 @@ pub(crate) struct Inner {
     pub pending_queue_ready: Vec<(usize, u32, u32)>,
     pub metrics: Vec<Metric>,
     pub metric_by_name: HashMap<String, usize>,
+    /// `proxy_define_metric` calls, counted: Envoy (unlike this host) allocates a new
+    /// metric per call, even for a name it has, so a guest must define each name once.
+    pub metric_definitions: u64,
     pub foreign: HashMap<String, ForeignFn>,
     /// Total wasm-level CAS mismatches, so tests can see contention.
     pub cas_mismatches: u64,
@@ -74,6 +77,7 @@ impl Shared {
             pending_queue_ready: Vec::new(),
             metrics: Vec::new(),
             metric_by_name: HashMap::new(),
+            metric_definitions: 0,
             foreign: HashMap::new(),
             cas_mismatches: 0,
             known_clusters: None,
@@ -110,6 +114,11 @@ impl Shared {
 
     pub fn metrics(&self) -> Vec<Metric> {
         self.lock().metrics.clone()
+    }
+
+    /// `proxy_define_metric` calls so far, by every VM.
+    pub fn metric_definitions(&self) -> u64 {
+        self.lock().metric_definitions
     }
 
     pub fn register_foreign_function(&self, name: &str, f: ForeignFn) {
@@ -216,6 +225,7 @@ impl Inner {
     }
 
     pub(crate) fn define_metric(&mut self, kind: MetricKind, name: &str) -> usize {
+        self.metric_definitions += 1;
         if let Some(i) = self.metric_by_name.get(name) {
             return *i;
         }
