@@ -5,7 +5,11 @@
 //! (`server.memory_allocated`) and open fds, every wasm stat Envoy has, and the control
 //! service's RSS, fds and store size. At the end: growth of each resource from the end
 //! of the warm-up (the first fifth of the run, at least 1 minute) to the end, the p99 of
-//! every request of the run, and the failures. Figures go to `target/soak/result.txt`.
+//! every request of the run, and the failures. Figures go to `target/soak/result.txt`
+//! (`result-push-<N>s.txt` with another SOAK_PUSH_SECONDS).
+//!
+//! SOAK_PUSH_SECONDS (default 3) sets the push interval; 0 turns pushes off, to tell
+//! growth driven by pushes from growth driven by requests (docs/RELIABILITY.md).
 //!
 //! Nothing here is asserted against the clock; the assertions are on failures (none
 //! allowed) and on every push being acknowledged.
@@ -83,6 +87,10 @@ fn soak() {
         .and_then(|m| m.parse().ok())
         .unwrap_or(30);
     let run = Duration::from_secs(minutes * 60);
+    let push_every: u64 = std::env::var("SOAK_PUSH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let warmup = (run / 5).max(Duration::from_secs(60)).min(run / 2);
 
     let shop = Shop::start();
@@ -121,10 +129,10 @@ fn soak() {
         (Duration::ZERO, Duration::from_secs(60), Duration::ZERO);
     while start.elapsed() < run {
         let now = start.elapsed();
-        if now >= next_push {
+        if push_every > 0 && now >= next_push {
             pushes += 1;
             push(&control, pushes);
-            next_push += Duration::from_secs(3);
+            next_push += Duration::from_secs(push_every);
         }
         if now >= next_weight {
             weights += 1;
@@ -167,8 +175,8 @@ fn soak() {
     let mut out = vec![
         format!(
             "soak: {minutes} min, warm-up {} s; {} requests (8 connections, paced 10 ms), \
-             {failures} failures; p99 of the whole run {}; {pushes} policy pushes (every 3 s), \
-             {weights} weight changes (every 60 s)",
+             {failures} failures; p99 of the whole run {}; {pushes} policy pushes (every \
+             {push_every} s), {weights} weight changes (every 60 s)",
             warmup.as_secs(),
             requests.len(),
             ms(p99(&all)),
@@ -216,6 +224,11 @@ fn soak() {
     println!("{text}");
     let dirp = root().join("target/soak");
     std::fs::create_dir_all(&dirp).unwrap();
-    std::fs::write(dirp.join("result.txt"), &text).unwrap();
+    let file = if push_every == 3 {
+        "result.txt".to_string()
+    } else {
+        format!("result-push-{push_every}s.txt")
+    };
+    std::fs::write(dirp.join(file), &text).unwrap();
     assert_eq!(failures, 0, "requests failed during the soak");
 }
