@@ -107,7 +107,6 @@ fn a_hard_down_stack_confirms_at_once_and_stays_reported_while_dark() {
 
 #[test]
 fn maintenance_caps_severity_and_deployments_are_suspects() {
-    let mut d = Detector::new(DetectorConfig::default());
     let ev = |id: &str, kind, from| Event {
         id: id.into(),
         kind,
@@ -117,32 +116,85 @@ fn maintenance_caps_severity_and_deployments_are_suspects() {
         description: String::new(),
         actor: "ops".into(),
     };
-    let events = [
+    let run = |events: &[Event]| {
+        let mut d = Detector::new(DetectorConfig::default());
+        let ctx = DetectContext {
+            events,
+            ..DetectContext::default()
+        };
+        let f = d.observe(
+            &[
+                win("blue", T0, 3_000, 1, 250.0, 75),
+                win("green", T0, 3_000, 3_000, 250.0, 0),
+            ],
+            &ctx,
+        );
+        of(&f, "green", &Signal::ErrorRate).unwrap().clone()
+    };
+    // A deployment 5 min before the onset is the suspect.
+    let g = run(&[ev("dep", EventKind::Deployment, T0 - 5 * MIN)]);
+    assert_eq!(g.severity, Severity::Confirmed, "hard down");
+    assert_eq!(g.suspect_deployment(), Some("dep"));
+    let dep = g.events.iter().find(|c| c.event_id == "dep").unwrap();
+    assert!(dep.relation.contains("5 min before"), "{}", dep.relation);
+    // The same during announced maintenance: capped at warn, and the anomaly that
+    // began during the maintenance is the maintenance's, not the deployment's.
+    let g = run(&[
         ev("mnt", EventKind::Maintenance, T0),
         ev("dep", EventKind::Deployment, T0 - 5 * MIN),
+    ]);
+    assert_eq!(g.severity, Severity::Warn, "maintenance caps at warn");
+    assert_eq!(g.suspect_deployment(), None);
+    assert!(g.events.iter().any(|c| c.event_id == "mnt" && !c.suspect));
+    assert!(g.events.iter().any(|c| c.event_id == "dep" && !c.suspect));
+}
+
+#[test]
+fn the_latest_deployment_before_the_onset_is_the_one_suspect() {
+    let ev = |id: &str, from| Event {
+        id: id.into(),
+        kind: EventKind::Deployment,
+        scope: Scope::Stacks(vec!["green".into()]),
+        from_ms: from,
+        to_ms: from + MIN,
+        description: String::new(),
+        actor: "ci".into(),
+    };
+    // v1 20 min before, v2 3 min before, a hotfix 2 min after the onset window.
+    let events = [
+        ev("v1", T0 - 20 * MIN),
+        ev("v2", T0 - 3 * MIN),
+        ev("hotfix", T0 + 3 * MIN),
     ];
     let ctx = DetectContext {
         events: &events,
         ..DetectContext::default()
     };
-    let f = d.observe(
-        &[
-            win("blue", T0, 3_000, 1, 250.0, 75),
-            win("green", T0, 3_000, 3_000, 250.0, 0),
-        ],
-        &ctx,
-    );
-    let g = of(&f, "green", &Signal::ErrorRate).unwrap();
-    assert_eq!(g.severity, Severity::Warn, "maintenance caps at warn");
-    assert_eq!(g.suspect_deployment(), Some("dep"));
-    assert!(g.events.iter().any(|c| c.event_id == "mnt" && !c.suspect));
-    assert!(g
-        .events
-        .iter()
-        .find(|c| c.event_id == "dep")
-        .unwrap()
-        .relation
-        .contains("5 min before"));
+    let mut d = Detector::new(DetectorConfig::default());
+    let mut last = None;
+    for k in 0..5 {
+        let t = T0 + k * MIN;
+        let f = d.observe(
+            &[
+                win("blue", t, 3_000, 1, 250.0, 75),
+                win("green", t, 3_000, 3_000, 250.0, 0),
+            ],
+            &ctx,
+        );
+        last = of(&f, "green", &Signal::ErrorRate).cloned();
+    }
+    let g = last.unwrap();
+    assert_eq!(g.onset_ms, T0);
+    assert_eq!(g.suspect_deployment(), Some("v2"));
+    let rel = |id: &str| {
+        g.events
+            .iter()
+            .find(|c| c.event_id == id)
+            .map(|c| (c.suspect, c.relation.clone()))
+            .unwrap()
+    };
+    assert!(!rel("v1").0 && rel("v1").1.contains("a later deployment is the suspect"));
+    assert!(!rel("hotfix").0 && rel("hotfix").1.contains("after the onset"));
 }
 
 #[test]
