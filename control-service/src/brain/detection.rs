@@ -296,6 +296,10 @@ pub struct Finding {
     /// a threshold. Attribution measures time from here. `None`: `onset_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_ms: Option<UnixMs>,
+    /// Where a ramp's trend line meets the normal value, if earlier still: widens the
+    /// lookback for deployments (never excludes one: extrapolation is uncertain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_from_ms: Option<UnixMs>,
     /// Anomalous windows in a row.
     pub windows: u32,
     pub observed: f64,
@@ -374,6 +378,23 @@ pub struct Detector {
 /// Windows of history per (stack, signal) kept for [`estimate_onset`].
 const ONSET_HISTORY: usize = 60;
 
+/// When the change behind an anomalous streak most likely began: `step` (≤ the streak's
+/// onset) and `ramp` (≤ `step`; equal without a ramp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeOnset {
+    pub step: UnixMs,
+    pub ramp: UnixMs,
+}
+
+impl ChangeOnset {
+    pub fn at(onset: UnixMs) -> Self {
+        Self {
+            step: onset,
+            ramp: onset,
+        }
+    }
+}
+
 /// When the change behind an anomalous streak most likely began. `hist` is the signal's
 /// recent series (window end, value; the current window last), `onset` the start of the
 /// streak's first window, `reference` the normal value (baseline median, else the
@@ -384,7 +405,7 @@ const ONSET_HISTORY: usize = 60;
 ///   belongs to the change (the summed-count tests need a few bad windows before they
 ///   fire, so the streak starts late).
 /// - **Ramp**: a least-squares line through the windows since that point (≥ 5, R² ≥
-///   0.8, rising the bad way) is followed back to where it meets the reference, at
+///   0.5 as for the trend rule, rising the bad way) is followed back to where it meets the reference, at
 ///   most an hour before the onset (a slow burn crosses any threshold long after it
 ///   started).
 ///
@@ -395,7 +416,7 @@ pub fn estimate_onset(
     window_ms: u64,
     reference: f64,
     up: bool,
-) -> UnixMs {
+) -> ChangeOnset {
     let sign = if up { 1.0 } else { -1.0 };
     let mut run: Vec<f64> = hist
         .iter()
@@ -404,12 +425,12 @@ pub fn estimate_onset(
         .filter(|v| v.is_finite())
         .collect();
     if run.is_empty() || !reference.is_finite() {
-        return onset;
+        return ChangeOnset::at(onset);
     }
     run.sort_by(|a, b| a.total_cmp(b));
     let level = run[run.len() / 2];
     if sign * (level - reference) <= 0.0 {
-        return onset;
+        return ChangeOnset::at(onset);
     }
     let half = reference + (level - reference) / 2.0;
     let mut est = onset;
@@ -424,30 +445,36 @@ pub fn estimate_onset(
             break;
         }
     }
+    let est = est.min(onset);
+    let mut ramp = est;
     let since: Vec<(UnixMs, f64)> = hist
         .iter()
         .filter(|(t, _)| t.saturating_sub(window_ms) >= est)
         .copied()
         .collect();
     if let Some((slope, fitted, r2)) = slope_fit(&since) {
-        if sign * slope > 0.0 && r2 >= 0.8 {
+        if sign * slope > 0.0 && r2 >= 0.5 {
             let last = since[since.len() - 1].0 as f64;
             // Where the line meets the reference, as the start of that window.
             let cross = last - (fitted - reference) / slope - window_ms as f64;
             let floor = onset.saturating_sub(HOUR_MS) as f64;
             if cross.is_finite() && cross < est as f64 {
-                est = cross.max(floor) as UnixMs;
+                ramp = cross.max(floor) as UnixMs;
             }
         }
     }
-    est.min(onset)
+    ChangeOnset {
+        step: est,
+        ramp: ramp.min(est),
+    }
 }
 
-/// A deployment that may have caused an anomaly starting at `onset`: it started at most
-/// `lookback_ms` before the onset, and before the end of the onset window (a deployment
-/// inside that window may precede the first bad request).
-pub fn deployment_candidate(e: &Event, onset: UnixMs, window_ms: u64, lookback_ms: u64) -> bool {
-    e.from_ms + lookback_ms >= onset && e.from_ms < onset + window_ms.max(1)
+/// A deployment that may have caused a change that began at `o`: it started at most
+/// `lookback_ms` before the change (a ramp's start when there is one), and before the
+/// end of the change's first window (a deployment inside that window may precede the
+/// first bad request).
+pub fn deployment_candidate(e: &Event, o: ChangeOnset, window_ms: u64, lookback_ms: u64) -> bool {
+    e.from_ms + lookback_ms >= o.ramp.min(o.step) && e.from_ms < o.step + window_ms.max(1)
 }
 
 /// Did an anomaly whose first window starts at `onset` begin while `e` was going on?
@@ -759,7 +786,7 @@ impl Detector {
                 }
                 let (onset, n) = (streak.onset_ms, streak.windows);
                 let reference = c.expected.map(|e| e.median).or(c.cross.map(|x| x.others));
-                let change = match (reference, c.signal.bad_direction()) {
+                let change: ChangeOnset = match (reference, c.signal.bad_direction()) {
                     (Some(r), Some(up)) => {
                         let hist: Vec<(UnixMs, f64)> = self
                             .series
@@ -767,7 +794,7 @@ impl Detector {
                             .map_or_else(Vec::new, |s| s.iter().copied().collect());
                         estimate_onset(&hist, onset, window_ms, r, up)
                     }
-                    _ => onset,
+                    _ => ChangeOnset::at(onset),
                 };
                 let events =
                     self.correlate(ctx.events, &i, change, at, window_ms, campaign, maintenance);
@@ -777,7 +804,8 @@ impl Detector {
                     severity,
                     at_ms: at,
                     onset_ms: onset,
-                    change_ms: (change < onset).then_some(change),
+                    change_ms: (change.step < onset).then_some(change.step),
+                    ramp_from_ms: (change.ramp < change.step).then_some(change.ramp),
                     windows: n,
                     observed: c.observed,
                     baseline: c.expected.map(|e| e.median),
@@ -852,6 +880,7 @@ impl Detector {
                 at_ms: at,
                 onset_ms: streak.onset_ms,
                 change_ms: None,
+                ramp_from_ms: None,
                 windows: streak.windows,
                 observed: rps,
                 baseline: expected.map(|e| e.median),
@@ -1209,13 +1238,14 @@ impl Detector {
         &self,
         events: &[Event],
         i: &StackInfo,
-        onset: UnixMs,
+        change: ChangeOnset,
         at: UnixMs,
         window_ms: u64,
         campaign: bool,
         maintenance: bool,
     ) -> Vec<Correlation> {
         let mut out = Vec::new();
+        let onset = change.step;
         // An anomaly that began during announced maintenance on the stack is the
         // maintenance's: no deployment is suspected.
         let began_in_maintenance = events.iter().any(|e| {
@@ -1229,7 +1259,7 @@ impl Detector {
             .filter(|e| {
                 e.kind == EventKind::Deployment
                     && e.scope.covers(&i.name, &i.segments, &i.rules)
-                    && deployment_candidate(e, onset, window_ms, self.cfg.deploy_lookback_ms)
+                    && deployment_candidate(e, change, window_ms, self.cfg.deploy_lookback_ms)
             })
             .max_by(|a, b| a.from_ms.cmp(&b.from_ms).then(b.id.cmp(&a.id)))
             .map(|e| e.id.clone());
@@ -1239,7 +1269,8 @@ impl Detector {
             }
             match e.kind {
                 EventKind::Deployment
-                    if e.from_ms <= at && e.from_ms + self.cfg.deploy_lookback_ms >= onset =>
+                    if e.from_ms <= at
+                        && e.from_ms + self.cfg.deploy_lookback_ms >= change.ramp =>
                 {
                     let before = onset.saturating_sub(e.from_ms);
                     let is_suspect = suspect.as_deref() == Some(e.id.as_str());

@@ -463,6 +463,15 @@ impl IncidentEngine {
             .map(|f| f.change_ms.unwrap_or(f.onset_ms).min(f.onset_ms))
             .min()
             .unwrap_or(inc.opened_ms);
+        let change = super::detection::ChangeOnset {
+            step: onset,
+            ramp: mine
+                .iter()
+                .filter_map(|f| f.ramp_from_ms)
+                .min()
+                .unwrap_or(onset)
+                .min(onset),
+        };
         // The window length, from a finding's span over its windows.
         let window_ms = mine
             .iter()
@@ -490,7 +499,7 @@ impl IncidentEngine {
             if e.kind == EventKind::Deployment
                 && on_stack
                 && e.from_ms <= inc.opened_ms
-                && e.from_ms + lookback >= onset
+                && e.from_ms + lookback >= change.ramp
                 && seen.insert(e.id.clone())
             {
                 let after = e.from_ms >= onset + window_ms;
@@ -515,7 +524,7 @@ impl IncidentEngine {
         // 1. Onset rule, at the incident's onset (a finding's own onset may be later).
         for x in ev.events.iter_mut().filter(|x| x.suspect) {
             if let Some(e) = event(&x.id) {
-                if !super::detection::deployment_candidate(e, onset, window_ms, lookback) {
+                if !super::detection::deployment_candidate(e, change, window_ms, lookback) {
                     x.suspect = false;
                     if e.from_ms >= onset + window_ms {
                         x.relation = format!(

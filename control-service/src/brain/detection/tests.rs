@@ -255,3 +255,42 @@ fn baselines_survive_a_restart_through_the_store() {
         d.expected("group:default", &Signal::Rps, at)
     );
 }
+
+#[test]
+fn the_change_onset_is_found_before_a_late_streak() {
+    let w = MIN;
+    let series = |vals: &[f64]| -> Vec<(u64, f64)> {
+        vals.iter()
+            .enumerate()
+            .map(|(i, v)| (T0 + (i as u64 + 1) * w, *v))
+            .collect()
+    };
+    // A step from 20 to 12 orders per 1,000 at window 3; the summed test fired at 6.
+    let step = series(&[20.0, 21.0, 19.5, 12.0, 11.0, 13.0, 12.5, 11.5, 12.0]);
+    assert_eq!(
+        estimate_onset(&step, T0 + 6 * w, w, 20.0, false),
+        ChangeOnset::at(T0 + 3 * w)
+    );
+    // Nothing before the streak past halfway: the onset stands.
+    let sudden = series(&[20.0, 21.0, 19.5, 20.5, 12.0, 11.0]);
+    let at = ChangeOnset::at(T0 + 4 * w);
+    assert_eq!(estimate_onset(&sudden, T0 + 4 * w, w, 20.0, false), at);
+    // Wrong direction (a KPI going up): no estimate.
+    assert_eq!(estimate_onset(&sudden, T0 + 4 * w, w, 10.0, false), at);
+    // A ramp of +5 ms a window from 250 ms starting at window 0, flagged at window 30:
+    // followed back to where it left the reference.
+    let ramp: Vec<f64> = (0..40).map(|i| 250.0 + 5.0 * i as f64).collect();
+    // Past halfway (337.5 ms) from window 18 on: the step estimate; the line meets
+    // 250 ms at window 0: the ramp estimate.
+    let est = estimate_onset(&series(&ramp), T0 + 30 * w, w, 250.0, true);
+    assert_eq!(est.step, T0 + 18 * w);
+    assert!(
+        est.ramp <= T0 + w,
+        "{}",
+        (est.ramp as i64 - T0 as i64) / 60_000
+    );
+    // At most an hour back.
+    let long: Vec<f64> = (0..60).map(|i| 400.0 + 5.0 * i as f64).collect();
+    let est = estimate_onset(&series(&long), T0 + 50 * w, w, 100.0, true);
+    assert_eq!(est.ramp, T0 + 50 * w - 60 * MIN);
+}

@@ -15,6 +15,7 @@ fn finding(stack: &str, signal: Signal, severity: Severity, localised: bool) -> 
         at_ms: T0,
         onset_ms: T0 - 3 * MIN,
         change_ms: None,
+        ramp_from_ms: None,
         windows: 3,
         observed: 0.02,
         baseline: Some(0.0004),

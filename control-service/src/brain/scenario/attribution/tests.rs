@@ -30,6 +30,41 @@ fn cases_are_deterministic_labelled_and_valid() {
     assert_ne!(h[0].trace, a[0].trace);
 }
 
+/// The first case of every kind (development seed) through the whole workflow: each
+/// incident blames exactly the labelled deployment, or nothing when the label is none.
+#[test]
+fn the_first_case_of_every_kind_is_attributed_right() {
+    let all = cases(DEV_SEED, 100);
+    let mut done = BTreeSet::new();
+    let mut failures = Vec::new();
+    for c in &all {
+        if !done.insert(c.kind) {
+            continue;
+        }
+        let o = attribute(c);
+        let blamed: Vec<&str> = o.blamed().into_iter().collect();
+        let want: Vec<&str> = c.cause.iter().map(String::as_str).collect();
+        println!(
+            "{:<24} cause {:<18} blamed {:?} incidents {:?}",
+            c.id,
+            c.cause.as_deref().unwrap_or("none"),
+            blamed,
+            o.incidents
+                .iter()
+                .map(|a| a.scope.as_str())
+                .collect::<Vec<_>>()
+        );
+        if blamed != want {
+            failures.push(format!("{}: blamed {blamed:?}, want {want:?}", c.id));
+        }
+        if c.cause.is_some() && !o.detected {
+            failures.push(format!("{}: no incident on the faulty stack", c.id));
+        }
+    }
+    assert_eq!(done.len(), CaseKind::MIX.len());
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// The attribution figures on both halves of the set (development and held-out seeds):
 /// `cargo test --release -p switchyard-control --lib brain::scenario::attribution::tests::attribution_bench -- --ignored --nocapture`
 /// (`ATTRIBUTION_CASES` sets the cases per half, default 200).
