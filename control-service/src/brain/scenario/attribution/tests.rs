@@ -66,7 +66,7 @@ fn the_first_case_of_every_kind_is_attributed_right() {
 }
 
 /// The attribution figures on both halves of the set (development and held-out seeds):
-/// `cargo test --release -p switchyard-control --lib brain::scenario::attribution::tests::attribution_bench -- --ignored --nocapture`
+/// `cargo test -p switchyard-control --lib attribution_bench -- --ignored --nocapture`
 /// (`ATTRIBUTION_CASES` sets the cases per half, default 200).
 #[test]
 #[ignore = "a measurement, minutes in a debug build"]
