@@ -21,9 +21,9 @@ use super::{
 use crate::brain::detection::Slo;
 
 /// Seed of the development half of the set (the rules were written looking at it).
-pub const DEV_SEED: u64 = 0xA771_B0_0001;
+pub const DEV_SEED: u64 = 0x00A7_71B0_0001;
 /// Seed of the held-out half (measured, never tuned on).
-pub const HELD_OUT_SEED: u64 = 0xA771_B0_0002;
+pub const HELD_OUT_SEED: u64 = 0x00A7_71B0_0002;
 
 /// What a case is made of. The label follows from the kind (see each variant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
