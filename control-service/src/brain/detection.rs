@@ -300,6 +300,10 @@ pub struct Finding {
     /// lookback for deployments (never excludes one: extrapolation is uncertain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp_from_ms: Option<UnixMs>,
+    /// Announced maintenance on the stack is going on (or ended less than
+    /// `count_windows` windows ago): severity capped at warn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub under_maintenance: bool,
     /// Anomalous windows in a row.
     pub windows: u32,
     pub observed: f64,
@@ -325,12 +329,15 @@ pub struct Finding {
 impl Finding {
     /// Confirmed, or a leading indicator (trend, saturation) warning: worth opening an
     /// incident so the workflow can recommend before the SLO breach.
+    /// Not a leading indicator under announced maintenance (it caps severity at warn:
+    /// a warning there opens nothing).
     pub fn worth_an_incident(&self) -> bool {
         self.severity == Severity::Confirmed
-            || self
-                .reasons
-                .iter()
-                .any(|r| matches!(r, Reason::Trend | Reason::Saturation))
+            || (!self.under_maintenance
+                && self
+                    .reasons
+                    .iter()
+                    .any(|r| matches!(r, Reason::Trend | Reason::Saturation)))
     }
 
     pub fn suspect_deployment(&self) -> Option<&str> {
@@ -742,10 +749,15 @@ impl Detector {
                 .events
                 .iter()
                 .any(|e| active(e, &[EventKind::Campaign, EventKind::LoadTest]) && covers(e, &i));
-            let maintenance = ctx
-                .events
-                .iter()
-                .any(|e| active(e, &[EventKind::Maintenance]) && covers(e, &i));
+            // Maintenance, or its tail: the cross-stack tests sum the last
+            // `count_windows` windows, which still hold the maintenance's own errors
+            // for that long after it ends.
+            let tail = self.cfg.count_windows as u64 * window_ms;
+            let maintenance = ctx.events.iter().any(|e| {
+                e.kind == EventKind::Maintenance
+                    && e.overlaps(start.saturating_sub(tail), at)
+                    && covers(e, &i)
+            });
             let widen = if campaign {
                 self.cfg.campaign_widen
             } else {
@@ -806,6 +818,7 @@ impl Detector {
                     onset_ms: onset,
                     change_ms: (change.step < onset).then_some(change.step),
                     ramp_from_ms: (change.ramp < change.step).then_some(change.ramp),
+                    under_maintenance: maintenance,
                     windows: n,
                     observed: c.observed,
                     baseline: c.expected.map(|e| e.median),
@@ -881,6 +894,7 @@ impl Detector {
                 onset_ms: streak.onset_ms,
                 change_ms: None,
                 ramp_from_ms: None,
+                under_maintenance: false,
                 windows: streak.windows,
                 observed: rps,
                 baseline: expected.map(|e| e.median),

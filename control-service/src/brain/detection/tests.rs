@@ -294,3 +294,50 @@ fn the_change_onset_is_found_before_a_late_streak() {
     let est = estimate_onset(&series(&long), T0 + 50 * w, w, 100.0, true);
     assert_eq!(est.ramp, T0 + 50 * w - 60 * MIN);
 }
+
+#[test]
+fn maintenance_and_its_summed_tail_open_nothing() {
+    // Maintenance on green T0..T0+10 min; green fails from T0 to T0+20 min.
+    let events = [Event {
+        id: "mnt".into(),
+        kind: EventKind::Maintenance,
+        scope: Scope::Stacks(vec!["green".into()]),
+        from_ms: T0,
+        to_ms: T0 + 10 * MIN,
+        description: String::new(),
+        actor: "ops".into(),
+    }];
+    let ctx = DetectContext {
+        events: &events,
+        ..DetectContext::default()
+    };
+    let mut d = Detector::new(DetectorConfig::default());
+    let mut seen = Vec::new();
+    for k in 0..20 {
+        let t = T0 + k * MIN;
+        let f = d.observe(
+            &[
+                win("blue", t, 3_000, 1, 250.0, 75),
+                win("green", t, 3_000, 60, 250.0, 75),
+            ],
+            &ctx,
+        );
+        if let Some(g) = of(&f, "green", &Signal::ErrorRate) {
+            seen.push((k, g.severity, g.under_maintenance, g.worth_an_incident()));
+        }
+    }
+    for (k, sev, under, worth) in &seen {
+        // During the maintenance and the 5 windows after it (the summed counts still
+        // hold its errors): warn only, nothing worth an incident, even a trend.
+        if *k < 15 {
+            assert!(*under && !*worth, "{seen:?}");
+            assert_eq!(*sev, Severity::Warn, "{seen:?}");
+        }
+    }
+    // Still failing after that: confirmed.
+    assert!(
+        seen.iter()
+            .any(|(k, sev, _, _)| *k >= 15 && *sev == Severity::Confirmed),
+        "{seen:?}"
+    );
+}

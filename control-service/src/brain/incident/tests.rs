@@ -16,6 +16,7 @@ fn finding(stack: &str, signal: Signal, severity: Severity, localised: bool) -> 
         onset_ms: T0 - 3 * MIN,
         change_ms: None,
         ramp_from_ms: None,
+        under_maintenance: false,
         windows: 3,
         observed: 0.02,
         baseline: Some(0.0004),
