@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::super::clock::UnixMs;
 use super::super::detection::{DetectorConfig, StackInfo};
 use super::super::events::{Event, EventKind as K, Scope};
-use super::super::incident::{IncidentConfig, IncidentEngine, Phase};
+use super::super::incident::{IncidentConfig, IncidentEngine, IncidentError, Phase};
 use super::{
     healthy, Expect, Profile, Rng, Sample, Trace, TraceWindow, DAY, FORMAT, HOUR, MIN,
     SCENARIO_EPOCH,
@@ -701,15 +701,14 @@ impl Outcome {
 /// Replay a case through the detector and the incident workflow (default
 /// configurations, in memory) and collect each incident's suspect deployment: the one
 /// its evidence marks as suspect (what the correlating decision names).
-pub fn attribute(case: &Case) -> Outcome {
+pub fn attribute(case: &Case) -> Result<Outcome, IncidentError> {
     let store = std::sync::Arc::new(crate::store::MemoryStore::new());
     let r = super::run_workflow(
         &case.trace,
         DetectorConfig::default(),
         IncidentConfig::default(),
         store.clone(),
-    )
-    .expect("an in-memory replay does not fail");
+    )?;
     let engine = IncidentEngine::new(store, IncidentConfig::default());
     let ids: BTreeSet<u64> = r
         .decisions
@@ -719,7 +718,7 @@ pub fn attribute(case: &Case) -> Outcome {
         .collect();
     let mut incidents = Vec::new();
     for id in ids {
-        let Ok(Some(inc)) = engine.get(id) else {
+        let Some(inc) = engine.get(id)? else {
             continue;
         };
         let suspect = inc
@@ -739,10 +738,10 @@ pub fn attribute(case: &Case) -> Outcome {
         .flat_map(|f| f.stacks.iter().map(String::as_str))
         .collect();
     let detected = incidents.iter().any(|a| faulty.contains(a.scope.as_str()));
-    Outcome {
+    Ok(Outcome {
         incidents,
         detected,
-    }
+    })
 }
 
 /// Precision and recall over a set of cases.
@@ -852,13 +851,13 @@ impl Score {
 }
 
 /// Score `n` cases of `seed`.
-pub fn measure(seed: u64, n: usize) -> Score {
+pub fn measure(seed: u64, n: usize) -> Result<Score, IncidentError> {
     let mut s = Score::default();
     for c in cases(seed, n) {
-        let o = attribute(&c);
+        let o = attribute(&c)?;
         s.add(&c, &o);
     }
-    s
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ fn the_first_case_of_every_kind_is_attributed_right() {
         if !done.insert(c.kind) {
             continue;
         }
-        let o = attribute(c);
+        let o = attribute(c).unwrap();
         let blamed: Vec<&str> = o.blamed().into_iter().collect();
         let want: Vec<&str> = c.cause.iter().map(String::as_str).collect();
         println!(
@@ -76,7 +76,7 @@ fn attribution_bench() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     for (half, seed) in [("development", DEV_SEED), ("held-out", HELD_OUT_SEED)] {
-        let s = measure(seed, n);
+        let s = measure(seed, n).unwrap();
         println!(
             "ATTRIBUTION {half} seed {seed:#x}: cases {} (with a deployment cause {}, of which detected {}), incidents {}, blamed right {} wrong {}, missed {} -> precision {:.1} % recall {:.1} % (given an incident on the faulty stack {:.1} %)",
             s.cases,
