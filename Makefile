@@ -160,6 +160,7 @@ bench: setup build $(TOOLS)/.wrk
 	bench/intake.sh
 	BENCH_SKIP_BUILD=1 BENCH_ROUNDS=6 BENCH_DURATION=5 BENCH_WARMUP=2 bench/paired.sh trivial switchyard
 	$(CARGO) run --release -p switchyard-e2e --example control_bench
+	$(CARGO) test -p switchyard-control --lib attribution_bench -- --ignored --nocapture
 	$(CARGO) build --release -p switchyard-control --bins --examples
 	taskset -c 1 target/release/examples/watch_load --streams 1000 --rounds 20 --server-cpu 0
 	taskset -c 1 target/release/examples/report_load --envoys 100 --seconds 60 --rounds 2 --server-cpu 0

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! By default it starts the server binary next to its own directory
-//! (`target/release/switchyard-control`) on a temporary data directory. Latency of one
+//! (`target/release/switchyard-control`) on a temporary data directory, with
+//! `--no-auth` (the client sends no token; auth is on by default). Latency of one
 //! sample = from just before the change RPC is sent (so it includes the durable commit)
 //! to the moment that stream receives the new snapshot.
 
@@ -118,7 +119,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let server = support::start_server(args.server_bin.clone(), args.server_cpu, "watch-load", &[]);
+    // A private loopback benchmark: auth is on by default since the tokens landed, and
+    // this client carries no token, so the server runs with `--no-auth` (the auth
+    // layer's cost is not what this measures; report_load does the same).
+    let server = support::start_server(
+        args.server_bin.clone(),
+        args.server_cpu,
+        "watch-load",
+        &["--no-auth"],
+    );
     let pid = server.child.id();
     let endpoint = Endpoint::from_shared(server.url.clone())
         .expect("url")

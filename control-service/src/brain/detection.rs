@@ -58,6 +58,16 @@ pub enum Signal {
 }
 
 impl Signal {
+    /// `Some(true)` when higher is worse, `Some(false)` when lower is worse, `None` when
+    /// both are (volume, breakers).
+    pub fn bad_direction(&self) -> Option<bool> {
+        match self {
+            Signal::ErrorRate | Signal::P99 | Signal::Saturation => Some(true),
+            Signal::Kpi(_) => Some(false),
+            Signal::Rps | Signal::Breakers => None,
+        }
+    }
+
     pub fn key(&self) -> String {
         match self {
             Signal::ErrorRate => "error_rate".into(),
@@ -281,6 +291,19 @@ pub struct Finding {
     pub at_ms: UnixMs,
     /// Start of the first anomalous window of this streak.
     pub onset_ms: UnixMs,
+    /// When the change most likely began ([`estimate_onset`]): at or before `onset_ms`,
+    /// which lags it when counts are summed over windows or a ramp takes time to cross
+    /// a threshold. Attribution measures time from here. `None`: `onset_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_ms: Option<UnixMs>,
+    /// Where a ramp's trend line meets the normal value, if earlier still: widens the
+    /// lookback for deployments (never excludes one: extrapolation is uncertain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_from_ms: Option<UnixMs>,
+    /// Announced maintenance on the stack is going on (or ended less than
+    /// `count_windows` windows ago): severity capped at warn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub under_maintenance: bool,
     /// Anomalous windows in a row.
     pub windows: u32,
     pub observed: f64,
@@ -306,12 +329,15 @@ pub struct Finding {
 impl Finding {
     /// Confirmed, or a leading indicator (trend, saturation) warning: worth opening an
     /// incident so the workflow can recommend before the SLO breach.
+    /// Not a leading indicator under announced maintenance (it caps severity at warn:
+    /// a warning there opens nothing).
     pub fn worth_an_incident(&self) -> bool {
         self.severity == Severity::Confirmed
-            || self
-                .reasons
-                .iter()
-                .any(|r| matches!(r, Reason::Trend | Reason::Saturation))
+            || (!self.under_maintenance
+                && self
+                    .reasons
+                    .iter()
+                    .any(|r| matches!(r, Reason::Trend | Reason::Saturation)))
     }
 
     pub fn suspect_deployment(&self) -> Option<&str> {
@@ -354,6 +380,113 @@ pub struct Detector {
     /// Per (stack, error rate or KPI): recent [k, n, k_others, n_others].
     counts: BTreeMap<Key, VecDeque<[u64; 4]>>,
     pending: Vec<(Key, HourSummary)>,
+}
+
+/// Windows of history per (stack, signal) kept for [`estimate_onset`].
+const ONSET_HISTORY: usize = 60;
+
+/// When the change behind an anomalous streak most likely began: `step` (≤ the streak's
+/// onset) and `ramp` (≤ `step`; equal without a ramp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeOnset {
+    pub step: UnixMs,
+    pub ramp: UnixMs,
+}
+
+impl ChangeOnset {
+    pub fn at(onset: UnixMs) -> Self {
+        Self {
+            step: onset,
+            ramp: onset,
+        }
+    }
+}
+
+/// When the change behind an anomalous streak most likely began. `hist` is the signal's
+/// recent series (window end, value; the current window last), `onset` the start of the
+/// streak's first window, `reference` the normal value (baseline median, else the
+/// peers'), `up` whether higher is worse.
+///
+/// - **Step**: the current level is the median of the streak's windows; going back from
+///   the onset, every window already past halfway from the reference to that level
+///   belongs to the change (the summed-count tests need a few bad windows before they
+///   fire, so the streak starts late).
+/// - **Ramp**: a least-squares line through the windows since that point (≥ 5, R² ≥
+///   0.5 as for the trend rule, rising the bad way) is followed back to where it meets the reference, at
+///   most an hour before the onset (a slow burn crosses any threshold long after it
+///   started).
+///
+/// Never later than `onset`.
+pub fn estimate_onset(
+    hist: &[(UnixMs, f64)],
+    onset: UnixMs,
+    window_ms: u64,
+    reference: f64,
+    up: bool,
+) -> ChangeOnset {
+    let sign = if up { 1.0 } else { -1.0 };
+    let mut run: Vec<f64> = hist
+        .iter()
+        .filter(|(t, _)| t.saturating_sub(window_ms) >= onset)
+        .map(|(_, v)| *v)
+        .filter(|v| v.is_finite())
+        .collect();
+    if run.is_empty() || !reference.is_finite() {
+        return ChangeOnset::at(onset);
+    }
+    run.sort_by(|a, b| a.total_cmp(b));
+    let level = run[run.len() / 2];
+    if sign * (level - reference) <= 0.0 {
+        return ChangeOnset::at(onset);
+    }
+    let half = reference + (level - reference) / 2.0;
+    let mut est = onset;
+    for (t, v) in hist.iter().rev() {
+        let start = t.saturating_sub(window_ms);
+        if start >= onset {
+            continue;
+        }
+        if sign * (v - half) > 0.0 {
+            est = start;
+        } else {
+            break;
+        }
+    }
+    let est = est.min(onset);
+    let mut ramp = est;
+    let since: Vec<(UnixMs, f64)> = hist
+        .iter()
+        .filter(|(t, _)| t.saturating_sub(window_ms) >= est)
+        .copied()
+        .collect();
+    if let Some((slope, fitted, r2)) = slope_fit(&since) {
+        if sign * slope > 0.0 && r2 >= 0.5 {
+            let last = since[since.len() - 1].0 as f64;
+            // Where the line meets the reference, as the start of that window.
+            let cross = last - (fitted - reference) / slope - window_ms as f64;
+            let floor = onset.saturating_sub(HOUR_MS) as f64;
+            if cross.is_finite() && cross < est as f64 {
+                ramp = cross.max(floor) as UnixMs;
+            }
+        }
+    }
+    ChangeOnset {
+        step: est,
+        ramp: ramp.min(est),
+    }
+}
+
+/// A deployment that may have caused a change that began at `o`: it started at most
+/// `lookback_ms` before the change (a ramp's start when there is one), and before the
+/// end of the change's first window (a deployment inside that window may precede the
+/// first bad request).
+pub fn deployment_candidate(e: &Event, o: ChangeOnset, window_ms: u64, lookback_ms: u64) -> bool {
+    e.from_ms + lookback_ms >= o.ramp.min(o.step) && e.from_ms < o.step + window_ms.max(1)
+}
+
+/// Did an anomaly whose first window starts at `onset` begin while `e` was going on?
+pub fn began_during(e: &Event, onset: UnixMs, window_ms: u64) -> bool {
+    e.from_ms < onset + window_ms.max(1) && onset < e.to_ms
 }
 
 fn phi_upper(z: f64) -> f64 {
@@ -616,10 +749,15 @@ impl Detector {
                 .events
                 .iter()
                 .any(|e| active(e, &[EventKind::Campaign, EventKind::LoadTest]) && covers(e, &i));
-            let maintenance = ctx
-                .events
-                .iter()
-                .any(|e| active(e, &[EventKind::Maintenance]) && covers(e, &i));
+            // Maintenance, or its tail: the cross-stack tests sum the last
+            // `count_windows` windows, which still hold the maintenance's own errors
+            // for that long after it ends.
+            let tail = self.cfg.count_windows as u64 * window_ms;
+            let maintenance = ctx.events.iter().any(|e| {
+                e.kind == EventKind::Maintenance
+                    && e.overlaps(start.saturating_sub(tail), at)
+                    && covers(e, &i)
+            });
             let widen = if campaign {
                 self.cfg.campaign_widen
             } else {
@@ -659,13 +797,28 @@ impl Detector {
                     severity = Severity::Warn;
                 }
                 let (onset, n) = (streak.onset_ms, streak.windows);
-                let events = self.correlate(ctx.events, &i, onset, at, campaign, maintenance);
+                let reference = c.expected.map(|e| e.median).or(c.cross.map(|x| x.others));
+                let change: ChangeOnset = match (reference, c.signal.bad_direction()) {
+                    (Some(r), Some(up)) => {
+                        let hist: Vec<(UnixMs, f64)> = self
+                            .series
+                            .get(&key)
+                            .map_or_else(Vec::new, |s| s.iter().copied().collect());
+                        estimate_onset(&hist, onset, window_ms, r, up)
+                    }
+                    _ => ChangeOnset::at(onset),
+                };
+                let events =
+                    self.correlate(ctx.events, &i, change, at, window_ms, campaign, maintenance);
                 let f = Finding {
                     stack: w.stack.clone(),
                     signal: c.signal.clone(),
                     severity,
                     at_ms: at,
                     onset_ms: onset,
+                    change_ms: (change.step < onset).then_some(change.step),
+                    ramp_from_ms: (change.ramp < change.step).then_some(change.ramp),
+                    under_maintenance: maintenance,
                     windows: n,
                     observed: c.observed,
                     baseline: c.expected.map(|e| e.median),
@@ -739,6 +892,9 @@ impl Detector {
                 },
                 at_ms: at,
                 onset_ms: streak.onset_ms,
+                change_ms: None,
+                ramp_from_ms: None,
+                under_maintenance: false,
                 windows: streak.windows,
                 observed: rps,
                 baseline: expected.map(|e| e.median),
@@ -805,7 +961,11 @@ impl Detector {
     fn push_series(&mut self, key: &Key, at: UnixMs, v: f64) {
         let s = self.series.entry(key.clone()).or_default();
         s.push_back((at, v));
-        let keep = self.cfg.series_len.max(self.cfg.trend_windows);
+        let keep = self
+            .cfg
+            .series_len
+            .max(self.cfg.trend_windows)
+            .max(ONSET_HISTORY);
         while s.len() > keep {
             s.pop_front();
         }
@@ -1076,38 +1236,82 @@ impl Detector {
         out
     }
 
+    /// The events of a finding. Attribution rule for deployments on the stack (scope
+    /// covers it):
+    /// - a deployment that started within `deploy_lookback_ms` before the onset, or
+    ///   inside the onset window, is a candidate; the **latest** candidate is the
+    ///   suspect, earlier ones are listed but not suspected (the newest change before
+    ///   the symptom is the likeliest cause, and one incident blames one change);
+    /// - a deployment that started after the onset window (during the anomaly, e.g. a
+    ///   hotfix) is listed but never suspected: it cannot have caused what was already
+    ///   there;
+    /// - an anomaly that began during announced maintenance on the stack suspects no
+    ///   deployment (the maintenance explains it, even once it is over).
+    #[allow(clippy::too_many_arguments)] // the finding's context, all scalars
     fn correlate(
         &self,
         events: &[Event],
         i: &StackInfo,
-        onset: UnixMs,
+        change: ChangeOnset,
         at: UnixMs,
+        window_ms: u64,
         campaign: bool,
         maintenance: bool,
     ) -> Vec<Correlation> {
         let mut out = Vec::new();
+        let onset = change.step;
+        // An anomaly that began during announced maintenance on the stack is the
+        // maintenance's: no deployment is suspected.
+        let began_in_maintenance = events.iter().any(|e| {
+            e.kind == EventKind::Maintenance
+                && e.scope.covers(&i.name, &i.segments, &i.rules)
+                && began_during(e, onset, window_ms)
+        });
+        let suspect = events
+            .iter()
+            .filter(|_| !began_in_maintenance)
+            .filter(|e| {
+                e.kind == EventKind::Deployment
+                    && e.scope.covers(&i.name, &i.segments, &i.rules)
+                    && deployment_candidate(e, change, window_ms, self.cfg.deploy_lookback_ms)
+            })
+            .max_by(|a, b| a.from_ms.cmp(&b.from_ms).then(b.id.cmp(&a.id)))
+            .map(|e| e.id.clone());
         for e in events {
             if !e.scope.covers(&i.name, &i.segments, &i.rules) {
                 continue;
             }
             match e.kind {
                 EventKind::Deployment
-                    if e.from_ms <= at && e.from_ms + self.cfg.deploy_lookback_ms >= onset =>
+                    if e.from_ms <= at
+                        && e.from_ms + self.cfg.deploy_lookback_ms >= change.ramp =>
                 {
                     let before = onset.saturating_sub(e.from_ms);
+                    let is_suspect = suspect.as_deref() == Some(e.id.as_str());
+                    let relation = if e.from_ms >= onset + window_ms {
+                        format!(
+                            "deployment on {} {} min after the onset (not a suspect: the anomaly came first)",
+                            i.name,
+                            (e.from_ms - onset) / 60_000
+                        )
+                    } else if is_suspect {
+                        format!(
+                            "deployment on {} {} min before the onset",
+                            i.name,
+                            before / 60_000
+                        )
+                    } else {
+                        format!(
+                            "deployment on {} {} min before the onset (a later deployment is the suspect)",
+                            i.name,
+                            before / 60_000
+                        )
+                    };
                     out.push(Correlation {
                         event_id: e.id.clone(),
                         kind: e.kind,
-                        relation: if e.from_ms <= onset {
-                            format!(
-                                "deployment on {} {} min before the onset",
-                                i.name,
-                                before / 60_000
-                            )
-                        } else {
-                            format!("deployment on {} during the anomaly", i.name)
-                        },
-                        suspect: true,
+                        relation,
+                        suspect: is_suspect,
                     });
                 }
                 EventKind::Campaign | EventKind::LoadTest if campaign && e.overlaps(onset, at) => {
@@ -1126,7 +1330,21 @@ impl Detector {
                     out.push(Correlation {
                         event_id: e.id.clone(),
                         kind: e.kind,
-                        relation: "maintenance in scope: severity capped at warn".into(),
+                        relation: if began_in_maintenance {
+                            "maintenance in scope: severity capped at warn; the anomaly began during it (no deployment suspected)".into()
+                        } else {
+                            "maintenance in scope: severity capped at warn".into()
+                        },
+                        suspect: false,
+                    });
+                }
+                EventKind::Maintenance if began_in_maintenance && e.overlaps(onset, at) => {
+                    out.push(Correlation {
+                        event_id: e.id.clone(),
+                        kind: e.kind,
+                        relation:
+                            "the anomaly began during this maintenance (no deployment suspected)"
+                                .into(),
                         suspect: false,
                     });
                 }

@@ -469,17 +469,49 @@ impl IncidentEngine {
         unhealthy || alert_firing
     }
 
+    /// Event correlation and **attribution**: at most one suspect deployment per
+    /// incident (rules in docs/detection.md, "Attribution").
+    /// 1. Candidates: the findings' suspects and deployments on the stack from the
+    ///    registry, that started at most `deploy_lookback_ms` before the incident's onset
+    ///    or inside its onset window. A deployment after that (during the anomaly) is
+    ///    listed, never suspected.
+    /// 2. The latest candidate is the suspect; earlier ones are listed as such.
+    /// 3. Spatial check: when the stack does not deviate from its peers (not localised,
+    ///    not hard down) and peers of its group deviate too (confirmed or leading), a deployment on a set of
+    ///    stacks that leaves a deviating peer out cannot explain the problem, and is not
+    ///    suspected.
+    /// 4. An anomaly that began during announced maintenance on the stack suspects no
+    ///    deployment.
     fn correlate(&self, inc: &mut Incident, ctx: &Context<'_>, ev: &mut Evidence) -> String {
         let stack = inc.stack.clone().unwrap_or_else(|| inc.scope.clone());
-        let onset = ctx
-            .findings
+        let mine: Vec<&Finding> = ctx.findings.iter().filter(|f| f.stack == stack).collect();
+        // When the change began (a finding's streak may start late: see
+        // `detection::estimate_onset`).
+        let onset = mine
             .iter()
-            .filter(|f| f.stack == stack)
-            .map(|f| f.onset_ms)
+            .map(|f| f.change_ms.unwrap_or(f.onset_ms).min(f.onset_ms))
             .min()
             .unwrap_or(inc.opened_ms);
+        let change = super::detection::ChangeOnset {
+            step: onset,
+            ramp: mine
+                .iter()
+                .filter_map(|f| f.ramp_from_ms)
+                .min()
+                .unwrap_or(onset)
+                .min(onset),
+        };
+        // The window length, from a finding's span over its windows.
+        let window_ms = mine
+            .iter()
+            .filter(|f| f.windows > 0 && f.at_ms > f.onset_ms)
+            .map(|f| (f.at_ms - f.onset_ms) / u64::from(f.windows))
+            .min()
+            .unwrap_or(60_000);
+        let lookback = self.cfg.deploy_lookback_ms;
+        let event = |id: &str| ctx.events.iter().find(|e| e.id == id);
         let mut seen = BTreeSet::new();
-        for f in ctx.findings.iter().filter(|f| f.stack == stack) {
+        for f in &mine {
             for c in &f.events {
                 if seen.insert(c.event_id.clone()) {
                     ev.events.push(EventEvidence {
@@ -496,18 +528,124 @@ impl IncidentEngine {
             if e.kind == EventKind::Deployment
                 && on_stack
                 && e.from_ms <= inc.opened_ms
-                && e.from_ms + self.cfg.deploy_lookback_ms >= onset
+                && e.from_ms + lookback >= change.ramp
                 && seen.insert(e.id.clone())
             {
+                let after = e.from_ms >= onset + window_ms;
                 ev.events.push(EventEvidence {
                     id: e.id.clone(),
                     kind: e.kind,
-                    relation: format!(
-                        "deployment on {stack} {} min before the onset",
-                        onset.saturating_sub(e.from_ms) / 60_000
-                    ),
-                    suspect: true,
+                    relation: if after {
+                        format!(
+                            "deployment on {stack} {} min after the onset (not a suspect: the anomaly came first)",
+                            (e.from_ms - onset) / 60_000
+                        )
+                    } else {
+                        format!(
+                            "deployment on {stack} {} min before the onset",
+                            onset.saturating_sub(e.from_ms) / 60_000
+                        )
+                    },
+                    suspect: !after,
                 });
+            }
+        }
+        // 1. Onset rule, at the incident's onset (a finding's own onset may be later).
+        for x in ev.events.iter_mut().filter(|x| x.suspect) {
+            if let Some(e) = event(&x.id) {
+                if !super::detection::deployment_candidate(e, change, window_ms, lookback) {
+                    x.suspect = false;
+                    if e.from_ms >= onset + window_ms {
+                        x.relation = format!(
+                            "deployment on {stack} {} min after the onset (not a suspect: the anomaly came first)",
+                            (e.from_ms - onset) / 60_000
+                        );
+                    }
+                }
+            }
+        }
+        // 4. An anomaly that began during announced maintenance on the stack is the
+        // maintenance's (from the registry, or a finding that correlated one).
+        let maintenance = ctx.events.iter().find(|e| {
+            e.kind == EventKind::Maintenance
+                && (e.scope.covers(&stack, &[], &[]) || seen.contains(&e.id))
+                && super::detection::began_during(e, onset, window_ms)
+        });
+        if let Some(m) = maintenance {
+            if !ev.events.iter().any(|x| x.id == m.id) {
+                ev.events.push(EventEvidence {
+                    id: m.id.clone(),
+                    kind: m.kind,
+                    relation: "the anomaly began during this maintenance (no deployment suspected)"
+                        .into(),
+                    suspect: false,
+                });
+            }
+            for x in ev.events.iter_mut().filter(|x| x.suspect) {
+                x.suspect = false;
+                x.relation = format!(
+                    "{}; not a suspect: the anomaly began during maintenance {}",
+                    x.relation, m.id
+                );
+            }
+        }
+        // 3. Spatial check.
+        let localised = mine
+            .iter()
+            .any(|f| f.localised || f.reasons.contains(&Reason::HardDown));
+        let group = ctx
+            .stacks
+            .iter()
+            .find(|s| s.name == stack)
+            .map(|s| s.group.as_str());
+        let peers: BTreeSet<&str> = ctx
+            .findings
+            .iter()
+            .filter(|f| {
+                !f.stale
+                    && f.worth_an_incident()
+                    && f.stack != stack
+                    && !f.stack.starts_with("group:")
+            })
+            .filter(|f| {
+                ctx.stacks
+                    .iter()
+                    .any(|s| s.name == f.stack && Some(s.group.as_str()) == group)
+            })
+            .map(|f| f.stack.as_str())
+            .collect();
+        if !localised && group.is_some() && !peers.is_empty() {
+            for x in ev.events.iter_mut().filter(|x| x.suspect) {
+                let Some(e) = event(&x.id) else { continue };
+                if let super::events::Scope::Stacks(on) = &e.scope {
+                    let left_out: Vec<&str> = peers
+                        .iter()
+                        .copied()
+                        .filter(|p| !on.iter().any(|s| s == p))
+                        .collect();
+                    if !left_out.is_empty() {
+                        x.suspect = false;
+                        x.relation = format!(
+                            "{}; not a suspect: {} deviate too and were not deployed",
+                            x.relation,
+                            left_out.join(", ")
+                        );
+                    }
+                }
+            }
+        }
+        // 2. The latest candidate (registry time; unknown events keep their order).
+        let latest = ev
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.suspect)
+            .max_by_key(|(i, x)| (event(&x.id).map(|e| e.from_ms), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i);
+        for (i, x) in ev.events.iter_mut().enumerate() {
+            if x.suspect && Some(i) != latest {
+                x.suspect = false;
+                x.relation = format!("{} (a later deployment is the suspect)", x.relation);
             }
         }
         for f in ctx.findings.iter().filter(|f| f.stack == stack) {

@@ -887,5 +887,7 @@ pub fn to_json(t: &Trace) -> String {
     s
 }
 
+pub mod attribution;
+
 #[cfg(test)]
 mod tests;

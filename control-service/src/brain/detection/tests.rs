@@ -107,7 +107,6 @@ fn a_hard_down_stack_confirms_at_once_and_stays_reported_while_dark() {
 
 #[test]
 fn maintenance_caps_severity_and_deployments_are_suspects() {
-    let mut d = Detector::new(DetectorConfig::default());
     let ev = |id: &str, kind, from| Event {
         id: id.into(),
         kind,
@@ -117,32 +116,85 @@ fn maintenance_caps_severity_and_deployments_are_suspects() {
         description: String::new(),
         actor: "ops".into(),
     };
-    let events = [
+    let run = |events: &[Event]| {
+        let mut d = Detector::new(DetectorConfig::default());
+        let ctx = DetectContext {
+            events,
+            ..DetectContext::default()
+        };
+        let f = d.observe(
+            &[
+                win("blue", T0, 3_000, 1, 250.0, 75),
+                win("green", T0, 3_000, 3_000, 250.0, 0),
+            ],
+            &ctx,
+        );
+        of(&f, "green", &Signal::ErrorRate).unwrap().clone()
+    };
+    // A deployment 5 min before the onset is the suspect.
+    let g = run(&[ev("dep", EventKind::Deployment, T0 - 5 * MIN)]);
+    assert_eq!(g.severity, Severity::Confirmed, "hard down");
+    assert_eq!(g.suspect_deployment(), Some("dep"));
+    let dep = g.events.iter().find(|c| c.event_id == "dep").unwrap();
+    assert!(dep.relation.contains("5 min before"), "{}", dep.relation);
+    // The same during announced maintenance: capped at warn, and the anomaly that
+    // began during the maintenance is the maintenance's, not the deployment's.
+    let g = run(&[
         ev("mnt", EventKind::Maintenance, T0),
         ev("dep", EventKind::Deployment, T0 - 5 * MIN),
+    ]);
+    assert_eq!(g.severity, Severity::Warn, "maintenance caps at warn");
+    assert_eq!(g.suspect_deployment(), None);
+    assert!(g.events.iter().any(|c| c.event_id == "mnt" && !c.suspect));
+    assert!(g.events.iter().any(|c| c.event_id == "dep" && !c.suspect));
+}
+
+#[test]
+fn the_latest_deployment_before_the_onset_is_the_one_suspect() {
+    let ev = |id: &str, from| Event {
+        id: id.into(),
+        kind: EventKind::Deployment,
+        scope: Scope::Stacks(vec!["green".into()]),
+        from_ms: from,
+        to_ms: from + MIN,
+        description: String::new(),
+        actor: "ci".into(),
+    };
+    // v1 20 min before, v2 3 min before, a hotfix 2 min after the onset window.
+    let events = [
+        ev("v1", T0 - 20 * MIN),
+        ev("v2", T0 - 3 * MIN),
+        ev("hotfix", T0 + 3 * MIN),
     ];
     let ctx = DetectContext {
         events: &events,
         ..DetectContext::default()
     };
-    let f = d.observe(
-        &[
-            win("blue", T0, 3_000, 1, 250.0, 75),
-            win("green", T0, 3_000, 3_000, 250.0, 0),
-        ],
-        &ctx,
-    );
-    let g = of(&f, "green", &Signal::ErrorRate).unwrap();
-    assert_eq!(g.severity, Severity::Warn, "maintenance caps at warn");
-    assert_eq!(g.suspect_deployment(), Some("dep"));
-    assert!(g.events.iter().any(|c| c.event_id == "mnt" && !c.suspect));
-    assert!(g
-        .events
-        .iter()
-        .find(|c| c.event_id == "dep")
-        .unwrap()
-        .relation
-        .contains("5 min before"));
+    let mut d = Detector::new(DetectorConfig::default());
+    let mut last = None;
+    for k in 0..5 {
+        let t = T0 + k * MIN;
+        let f = d.observe(
+            &[
+                win("blue", t, 3_000, 1, 250.0, 75),
+                win("green", t, 3_000, 3_000, 250.0, 0),
+            ],
+            &ctx,
+        );
+        last = of(&f, "green", &Signal::ErrorRate).cloned();
+    }
+    let g = last.unwrap();
+    assert_eq!(g.onset_ms, T0);
+    assert_eq!(g.suspect_deployment(), Some("v2"));
+    let rel = |id: &str| {
+        g.events
+            .iter()
+            .find(|c| c.event_id == id)
+            .map(|c| (c.suspect, c.relation.clone()))
+            .unwrap()
+    };
+    assert!(!rel("v1").0 && rel("v1").1.contains("a later deployment is the suspect"));
+    assert!(!rel("hotfix").0 && rel("hotfix").1.contains("after the onset"));
 }
 
 #[test]
@@ -201,5 +253,91 @@ fn baselines_survive_a_restart_through_the_store() {
     assert_eq!(
         r.expected("group:default", &Signal::Rps, at),
         d.expected("group:default", &Signal::Rps, at)
+    );
+}
+
+#[test]
+fn the_change_onset_is_found_before_a_late_streak() {
+    let w = MIN;
+    let series = |vals: &[f64]| -> Vec<(u64, f64)> {
+        vals.iter()
+            .enumerate()
+            .map(|(i, v)| (T0 + (i as u64 + 1) * w, *v))
+            .collect()
+    };
+    // A step from 20 to 12 orders per 1,000 at window 3; the summed test fired at 6.
+    let step = series(&[20.0, 21.0, 19.5, 12.0, 11.0, 13.0, 12.5, 11.5, 12.0]);
+    assert_eq!(
+        estimate_onset(&step, T0 + 6 * w, w, 20.0, false),
+        ChangeOnset::at(T0 + 3 * w)
+    );
+    // Nothing before the streak past halfway: the onset stands.
+    let sudden = series(&[20.0, 21.0, 19.5, 20.5, 12.0, 11.0]);
+    let at = ChangeOnset::at(T0 + 4 * w);
+    assert_eq!(estimate_onset(&sudden, T0 + 4 * w, w, 20.0, false), at);
+    // Wrong direction (a KPI going up): no estimate.
+    assert_eq!(estimate_onset(&sudden, T0 + 4 * w, w, 10.0, false), at);
+    // A ramp of +5 ms a window from 250 ms starting at window 0, flagged at window 30:
+    // followed back to where it left the reference.
+    let ramp: Vec<f64> = (0..40).map(|i| 250.0 + 5.0 * i as f64).collect();
+    // Past halfway (337.5 ms) from window 18 on: the step estimate; the line meets
+    // 250 ms at window 0: the ramp estimate.
+    let est = estimate_onset(&series(&ramp), T0 + 30 * w, w, 250.0, true);
+    assert_eq!(est.step, T0 + 18 * w);
+    assert!(
+        est.ramp <= T0 + w,
+        "{}",
+        (est.ramp as i64 - T0 as i64) / 60_000
+    );
+    // At most an hour back.
+    let long: Vec<f64> = (0..60).map(|i| 400.0 + 5.0 * i as f64).collect();
+    let est = estimate_onset(&series(&long), T0 + 50 * w, w, 100.0, true);
+    assert_eq!(est.ramp, T0 + 50 * w - 60 * MIN);
+}
+
+#[test]
+fn maintenance_and_its_summed_tail_open_nothing() {
+    // Maintenance on green T0..T0+10 min; green fails from T0 to T0+20 min.
+    let events = [Event {
+        id: "mnt".into(),
+        kind: EventKind::Maintenance,
+        scope: Scope::Stacks(vec!["green".into()]),
+        from_ms: T0,
+        to_ms: T0 + 10 * MIN,
+        description: String::new(),
+        actor: "ops".into(),
+    }];
+    let ctx = DetectContext {
+        events: &events,
+        ..DetectContext::default()
+    };
+    let mut d = Detector::new(DetectorConfig::default());
+    let mut seen = Vec::new();
+    for k in 0..20 {
+        let t = T0 + k * MIN;
+        let f = d.observe(
+            &[
+                win("blue", t, 3_000, 1, 250.0, 75),
+                win("green", t, 3_000, 60, 250.0, 75),
+            ],
+            &ctx,
+        );
+        if let Some(g) = of(&f, "green", &Signal::ErrorRate) {
+            seen.push((k, g.severity, g.under_maintenance, g.worth_an_incident()));
+        }
+    }
+    for (k, sev, under, worth) in &seen {
+        // During the maintenance and the 5 windows after it (the summed counts still
+        // hold its errors): warn only, nothing worth an incident, even a trend.
+        if *k < 15 {
+            assert!(*under && !*worth, "{seen:?}");
+            assert_eq!(*sev, Severity::Warn, "{seen:?}");
+        }
+    }
+    // Still failing after that: confirmed.
+    assert!(
+        seen.iter()
+            .any(|(k, sev, _, _)| *k >= 15 && *sev == Severity::Confirmed),
+        "{seen:?}"
     );
 }

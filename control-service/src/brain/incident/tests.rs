@@ -14,6 +14,9 @@ fn finding(stack: &str, signal: Signal, severity: Severity, localised: bool) -> 
         severity,
         at_ms: T0,
         onset_ms: T0 - 3 * MIN,
+        change_ms: None,
+        ramp_from_ms: None,
+        under_maintenance: false,
         windows: 3,
         observed: 0.02,
         baseline: Some(0.0004),
@@ -621,4 +624,85 @@ fn a_malformed_webhook_opens_nothing() {
         Err(IncidentError::Invalid(_))
     ));
     assert!(fx.engine.open_ids().unwrap().is_empty());
+}
+
+#[test]
+fn an_incident_blames_one_deployment_by_the_attribution_rules() {
+    let ev = |id: &str, kind: EventKind, from: u64, to: u64| Event {
+        id: id.into(),
+        kind,
+        scope: Scope::Stacks(vec!["green".into()]),
+        from_ms: from,
+        to_ms: to,
+        description: String::new(),
+        actor: "ci".into(),
+    };
+    let deploy = |id: &str, from: u64| ev(id, EventKind::Deployment, from, from + MIN);
+    let run = |findings: &[Finding], events: &[Event]| {
+        let fx = Fx::new();
+        let id = fx.open_on(&findings[0]);
+        fx.clock.advance(3 * MIN);
+        let ctx = Context {
+            findings,
+            stacks: &fx.stacks,
+            events,
+        };
+        fx.engine.tick(fx.now(), &ctx).unwrap();
+        let ev = fx.engine.get(id).unwrap().unwrap().evidence.unwrap();
+        let suspects: Vec<String> = ev
+            .events
+            .iter()
+            .filter(|e| e.suspect)
+            .map(|e| e.id.clone())
+            .collect();
+        (suspects, ev.events)
+    };
+    let relation = |evs: &[EventEvidence], id: &str| {
+        evs.iter()
+            .find(|e| e.id == id)
+            .map(|e| e.relation.clone())
+            .unwrap_or_default()
+    };
+    // The streak began at T0-3 min but the change at T0-6 min (summed counts lag): v2
+    // (T0-8) is the latest deployment before it; the "hotfix" at T0-4 came after the
+    // change began; v1 is older.
+    let mut g = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+    g.change_ms = Some(T0 - 6 * MIN);
+    let events = [
+        deploy("v1", T0 - 25 * MIN),
+        deploy("v2", T0 - 8 * MIN),
+        deploy("hotfix", T0 - 4 * MIN),
+    ];
+    let (suspects, evs) = run(std::slice::from_ref(&g), &events);
+    assert_eq!(suspects, ["v2"], "{evs:#?}");
+    assert!(
+        relation(&evs, "hotfix").contains("after the onset"),
+        "{evs:#?}"
+    );
+    assert!(relation(&evs, "v1").contains("a later deployment is the suspect"));
+    // Spatial: green and blue deviate together (neither against the other); a
+    // deployment on green alone does not explain blue.
+    let g = finding("green", Signal::P99, Severity::Confirmed, false);
+    let b = finding("blue", Signal::P99, Severity::Confirmed, false);
+    let (suspects, evs) = run(&[g.clone(), b], &[deploy("v3", T0 - 5 * MIN)]);
+    assert!(suspects.is_empty(), "{evs:#?}");
+    assert!(
+        relation(&evs, "v3").contains("blue deviate too"),
+        "{evs:#?}"
+    );
+    // Alone, the same deployment is the suspect.
+    let (suspects, _) = run(std::slice::from_ref(&g), &[deploy("v3", T0 - 5 * MIN)]);
+    assert_eq!(suspects, ["v3"]);
+    // An anomaly that began during announced maintenance is the maintenance's.
+    let g = finding("green", Signal::ErrorRate, Severity::Confirmed, true);
+    let (suspects, evs) = run(
+        std::slice::from_ref(&g),
+        &[
+            deploy("v4", T0 - 5 * MIN),
+            ev("mnt", EventKind::Maintenance, T0 - 4 * MIN, T0 + 20 * MIN),
+        ],
+    );
+    assert!(suspects.is_empty(), "{evs:#?}");
+    assert!(evs.iter().any(|e| e.id == "mnt"), "{evs:#?}");
+    assert!(relation(&evs, "v4").contains("maintenance mnt"), "{evs:#?}");
 }
