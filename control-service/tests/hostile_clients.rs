@@ -151,9 +151,6 @@ async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
 /// A Watch stream whose first message is 64 MiB: the stream ends with the size error
 /// (the client learns why), no node is registered, and the server keeps serving.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "KNOWN GAP: grpc.rs run_watch drops the decode error of the first message \
-            (logs it at debug) and ends the stream with OK, so the client never learns \
-            why; forwarding that status to the stream fixes it (grpc.rs is not ours)"]
 async fn an_oversized_watch_request_ends_its_stream_with_the_size_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::spawn(&dir.path().join("data"), &[]);
