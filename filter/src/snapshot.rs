@@ -527,7 +527,7 @@ mod tests {
         };
         assert_eq!(w.encode(), vec![0x0a, 2, b'n', b'1', 0x10, 0xac, 0x02]);
         assert_eq!(grpc_service("hx"), vec![0x0a, 4, 0x0a, 2, b'h', b'x']);
-        // control-service/tests/wire.rs: Snapshot{version: 6, policy_version: 5}
+        // control-service/tests/integration/wire.rs: Snapshot{version: 6, policy_version: 5}
         let s = Snapshot {
             version: 6,
             policy_version: 5,

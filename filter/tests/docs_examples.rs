@@ -11,7 +11,7 @@
 //! - `json invalid`: a complete policy that is rejected with exactly the errors of the
 //!   next fenced block (one `path: message` per line).
 //! - `json doc=KIND`: another document (`event`, `trace-window`, `evidence`, `http-error`), checked by
-//!   control-service/tests/docs_json.rs.
+//!   control-service/tests/integration/docs_json.rs.
 //! - `jsonc` (outlines with comments and `...`) and every other language: not checked.
 //!
 //! Transcripts of the offline validator (`$ cargo run -q -p switchyard-filter --example
@@ -92,7 +92,7 @@ fn kind(info: &str) -> Result<Kind, String> {
             Ok(Kind::Fragment(w["fragment=".len()..].to_string()))
         }
         // Another document (an event, a trace window, an evidence bundle): checked by
-        // control-service/tests/docs_json.rs, not a policy.
+        // control-service/tests/integration/docs_json.rs, not a policy.
         [w] if w.starts_with("doc=") && w.len() > "doc=".len() => Ok(Kind::Other),
         _ => Err(format!(
             "unknown info string `{info}`: use `json`, `json fragment=PATH`, `json invalid` \

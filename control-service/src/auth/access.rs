@@ -1,7 +1,7 @@
 //! The access table: every gRPC method and HTTP route, and the permission it needs.
 //!
 //! One table, read by the enforcement layer for every request. An endpoint missing from
-//! it is refused (fail closed), and `tests/access.rs` fails when a service in the protos
+//! it is refused (fail closed), and `tests/integration/access.rs` fails when a service in the protos
 //! or a route in the sources has no rule here.
 
 /// What an endpoint needs. [`super::Role::grants`] says which roles have it.

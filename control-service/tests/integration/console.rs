@@ -3,13 +3,12 @@
 //! operation does, and refuse bad input with a 400 naming the field), explain, and the
 //! live event stream.
 
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

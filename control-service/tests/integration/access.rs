@@ -4,12 +4,11 @@
 //! runs, changing nothing; the authenticated identity is the audit actor; tokens are
 //! managed through the CLI and created offline.
 
-mod common;
 
 use std::process::Command;
 use std::str::FromStr;
 
-use common::{policy, Harness};
+use crate::common::{policy, Harness};
 use prost::Message;
 use switchyard_control::auth::{access, Permission, Role, Tokens};
 use switchyard_control::proto::v1;

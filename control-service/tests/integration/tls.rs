@@ -4,7 +4,6 @@
 //! at the handshake and changes nothing; an unmapped one gets no role; bearer tokens keep
 //! working over TLS; `require_client_cert` refuses a client without one.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,7 +105,7 @@ async fn apply(
     name: &str,
 ) -> Result<v1::ChangeResponse, tonic::Status> {
     let mut req = tonic::Request::new(v1::ApplyPolicyRequest {
-        policy_json: common::policy(name, &["blue", "green"]),
+        policy_json: crate::common::policy(name, &["blue", "green"]),
         actor: "mallory".into(),
         ..Default::default()
     });
@@ -176,7 +175,7 @@ async fn a_mapped_client_certificate_is_the_identity_and_the_audit_actor() {
     // Envoy's certificate (role dataplane) follows Watch over mTLS.
     let envoy = s.client("envoy");
     let dp = v1::data_plane_client::DataPlaneClient::new(s.channel(Some(&envoy)).await.unwrap());
-    let mut watch = common::Watch::open(dp, "envoy-tls", 0).await;
+    let mut watch = crate::common::Watch::open(dp, "envoy-tls", 0).await;
     assert_eq!(watch.next().await.version, s.version());
     s.server.shutdown().await;
 }

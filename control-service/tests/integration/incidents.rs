@@ -1,13 +1,12 @@
 //! The incident workflow, events and the Alertmanager webhook through the real
 //! `switchyard-control` binary, its HTTP API and the `switchyard` CLI.
 
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn cli(server: &str, args: &[&str]) -> Output {

@@ -1,14 +1,14 @@
 //! The CLI reference in control-service/README.md is generated from the binary's own
 //! `--help`, and this test fails when the two differ. Regenerate with:
 //!
-//!     UPDATE_CLI_DOCS=1 cargo test -p switchyard-control --test cli_docs
+//!     UPDATE_CLI_DOCS=1 cargo test -p switchyard-control --test integration cli_docs
 
 use std::process::Command;
 
 use clap::CommandFactory;
 use switchyard_control::cli::Cli;
 
-const BEGIN: &str = "<!-- BEGIN GENERATED CLI REFERENCE: UPDATE_CLI_DOCS=1 cargo test -p switchyard-control --test cli_docs -->";
+const BEGIN: &str = "<!-- BEGIN GENERATED CLI REFERENCE: UPDATE_CLI_DOCS=1 cargo test -p switchyard-control --test integration cli_docs -->";
 const END: &str = "<!-- END GENERATED CLI REFERENCE -->";
 
 /// Every command path: `[]`, `["policy"]`, `["policy", "apply"]`, …
@@ -64,7 +64,7 @@ fn readme_cli_reference_matches_the_binary() {
     assert!(
         readme[begin..end] == want,
         "control-service/README.md's CLI reference differs from the binary's --help; \
-         regenerate with: UPDATE_CLI_DOCS=1 cargo test -p switchyard-control --test cli_docs"
+         regenerate with: UPDATE_CLI_DOCS=1 cargo test -p switchyard-control --test integration cli_docs"
     );
 }
 

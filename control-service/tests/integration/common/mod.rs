@@ -273,7 +273,7 @@ impl ServerProcess {
             .open(data_dir.with_extension("log"))
             .expect("log file");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-control"))
-            // Suites about something else call without tokens; tests/access.rs covers auth.
+            // Suites about something else call without tokens; tests/integration/access.rs covers auth.
             .args([
                 "serve",
                 "--no-auth",

@@ -3,11 +3,10 @@
 //! to another replica) while it keeps serving its last snapshot, and SERVING again once
 //! etcd answers. A real etcd member, killed and restarted; the real server in this process.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use switchyard_control::config::StoreKind;
 use switchyard_control::store::EtcdConfig;
 use switchyard_harness::EtcdCluster;

@@ -4,11 +4,10 @@
 //! leader's writes are fenced off, and losing etcd's quorum refuses writes while reads
 //! and Watch keep serving.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use switchyard_control::config::{ServeConfig, StoreKind};
 use switchyard_control::proto::v1;
 use switchyard_control::store::{EtcdConfig, EtcdStore, Store};

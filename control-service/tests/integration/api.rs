@@ -1,10 +1,9 @@
 //! The gRPC and HTTP APIs against an in-process server with a real (tempdir) store.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use switchyard_control::proto::v1;
 use tonic::Code;
 use tonic_types::StatusExt;

@@ -7,11 +7,10 @@
 //! Figures (fds, RSS) are printed for docs/RELIABILITY.md; the assertions are on
 //! behaviour (answers, error codes, versions, fds returning), never on time or memory.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use switchyard_control::proto::v1;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;

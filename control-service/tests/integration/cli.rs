@@ -1,11 +1,10 @@
 //! The `switchyard` CLI against the real `switchyard-control` binary.
 
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 fn cli(server: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))

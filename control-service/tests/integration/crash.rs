@@ -1,12 +1,11 @@
 //! Durability of the real server binary: kill -9 in the middle of a burst of changes
 //! loses no version that was acknowledged, and SIGTERM shuts down cleanly.
 
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use switchyard_control::proto::v1;
 
 #[derive(Debug, Clone)]
