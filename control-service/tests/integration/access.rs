@@ -4,7 +4,6 @@
 //! runs, changing nothing; the authenticated identity is the audit actor; tokens are
 //! managed through the CLI and created offline.
 
-
 use std::process::Command;
 use std::str::FromStr;
 

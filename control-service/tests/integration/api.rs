@@ -1,6 +1,5 @@
 //! The gRPC and HTTP APIs against an in-process server with a real (tempdir) store.
 
-
 use std::time::Duration;
 
 use crate::common::*;

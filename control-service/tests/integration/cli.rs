@@ -1,6 +1,5 @@
 //! The `switchyard` CLI against the real `switchyard-control` binary.
 
-
 use std::path::Path;
 use std::process::{Command, Output};
 

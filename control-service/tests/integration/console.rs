@@ -3,7 +3,6 @@
 //! operation does, and refuse bad input with a 400 naming the field), explain, and the
 //! live event stream.
 
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;

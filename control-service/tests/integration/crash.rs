@@ -1,7 +1,6 @@
 //! Durability of the real server binary: kill -9 in the middle of a burst of changes
 //! loses no version that was acknowledged, and SIGTERM shuts down cleanly.
 
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -3,7 +3,6 @@
 //! to another replica) while it keeps serving its last snapshot, and SERVING again once
 //! etcd answers. A real etcd member, killed and restarted; the real server in this process.
 
-
 use std::time::Duration;
 
 use crate::common::*;

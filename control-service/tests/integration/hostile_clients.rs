@@ -7,7 +7,6 @@
 //! Figures (fds, RSS) are printed for docs/RELIABILITY.md; the assertions are on
 //! behaviour (answers, error codes, versions, fds returning), never on time or memory.
 
-
 use std::time::Duration;
 
 use crate::common::*;

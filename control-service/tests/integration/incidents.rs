@@ -1,7 +1,6 @@
 //! The incident workflow, events and the Alertmanager webhook through the real
 //! `switchyard-control` binary, its HTTP API and the `switchyard` CLI.
 
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;

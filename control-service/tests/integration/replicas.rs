@@ -4,7 +4,6 @@
 //! leader's writes are fenced off, and losing etcd's quorum refuses writes while reads
 //! and Watch keep serving.
 
-
 use std::time::Duration;
 
 use crate::common::*;

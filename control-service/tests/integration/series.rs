@@ -2,7 +2,6 @@
 //! per-stack window, the status (gRPC and HTTP) shows its percentiles and KPIs, and the
 //! window survives a restart (stored at shutdown, read back from redb).
 
-
 use crate::common::*;
 use switchyard_control::proto::v1;
 use switchyard_filter::histogram::bucket_of;

@@ -4,7 +4,6 @@
 //! at the handshake and changes nothing; an unmapped one gets no role; bearer tokens keep
 //! working over TLS; `require_client_cert` refuses a client without one.
 
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
