@@ -91,12 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args));
-    // Whatever is still running once the drain is over (a task that outlived it) must
-    // not keep the process alive: a revived demo stack once stayed up after SIGTERM,
-    // its drain done ("SIGTERM: shutting down" logged), holding its port.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
+    match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log(format_args!("{e}"));

@@ -21,6 +21,22 @@ pub use switchyard_harness::{Client, Proc, ReservedPort, Response, TestDir};
 pub mod transcript;
 
 /// Repository root.
+/// `bash scripts/run.sh` as a terminal starts it: with SIGINT at its default disposition.
+/// A test process started in the background by a script (`cmd &`, `nohup`) inherits
+/// SIGINT *ignored*, and bash cannot trap a signal ignored on entry, so the tests' Ctrl-C
+/// (`kill -INT`) would stop nothing. python3 (needed by `make setup` already) resets it
+/// and execs bash, so the pid is the script's.
+pub fn run_sh() -> std::process::Command {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); \
+         os.execvp('bash', ['bash'] + sys.argv[1:])",
+    ])
+    .arg(root().join("scripts/run.sh"));
+    cmd
+}
+
 pub fn root() -> PathBuf {
     switchyard_harness::workspace_root()
 }

@@ -79,9 +79,8 @@ fn a_killed_stack_stays_dead_while_the_demo_goes_on() {
     let run_dir = dir.join("run");
     // The demo's policy and Envoy config as shipped; the module the tests use.
     let _ = wasm_path();
-    let mut cmd = Command::new("bash");
-    cmd.arg(root().join("scripts/run.sh"))
-        .current_dir(root())
+    let mut cmd = run_sh();
+    cmd.current_dir(root())
         .env("SWITCHYARD_RUN_DIR", &run_dir)
         .env("SWITCHYARD_BIN", switchyard_harness::bin_dir())
         .env("ENVOY", envoy_bin());

@@ -60,9 +60,8 @@ fn the_getting_started_guide_works_as_written() {
     let run_dir = dir.join("run");
     let bin = switchyard_harness::bin_dir();
     let _ = wasm_path();
-    let mut cmd = Command::new("bash");
-    cmd.arg(root().join("scripts/run.sh"))
-        .current_dir(root())
+    let mut cmd = run_sh();
+    cmd.current_dir(root())
         .env("SWITCHYARD_RUN_DIR", &run_dir)
         .env("SWITCHYARD_BIN", &bin)
         .env("ENVOY", envoy_bin());
