@@ -34,7 +34,7 @@ use crate::brain::incident::{
     IncidentEngine, IncidentError, Phase, StackStatus,
 };
 use crate::brain::series::Series;
-use crate::control::{Change, ControlError, Current, StackOp};
+use crate::control::{Change, Current, StackOp};
 use crate::store::{key_u64, Batch, Condition, Store};
 
 const PRIOR: &str = "incident/prior/";
@@ -549,37 +549,11 @@ impl Autopilot {
                         )
                         .await
                         .map(|o| o.record.version)
-                        .map_err(|e| (matches!(e, ControlError::Conflict(_)), e.to_string())),
-                    Err(e) => Err((false, e.to_string())),
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
                 };
-                // A conflict on the claim: another executor owns the action now.
-                if let Err((true, _)) = &applied {
-                    let store = engine_store.clone();
-                    let held = blocking(move || {
-                        store
-                            .read(&item_key(id))
-                            .map_err(|e| AutopilotError::Internal(e.to_string()))
-                    })
-                    .await?;
-                    if held.as_deref() != Some(claim.as_slice()) {
-                        let guard = self.guard.clone();
-                        let executed = ExecutedChange {
-                            permit,
-                            applied: false,
-                        };
-                        blocking(move || {
-                            guard
-                                .record(&executed, now)
-                                .map_err(|e| AutopilotError::Internal(e.to_string()))
-                        })
-                        .await?;
-                        tracing::info!(incident = id, "another executor carries out this action");
-                        return Ok(Err(format!(
-                            "incident {id}: another executor carries out this action"
-                        )));
-                    }
-                }
-                let applied = applied.map_err(|(_, e)| e);
+                // A claim lost to another executor fails the condition: nothing was
+                // written, and `confirm_executed` leaves the incident to that executor.
                 let guard = self.guard.clone();
                 let executed = ExecutedChange {
                     permit,
