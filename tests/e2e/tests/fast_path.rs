@@ -376,8 +376,11 @@ fn a_killed_stack_is_evacuated_by_the_fast_path() {
     assert_eq!((r.served_by(), r.affinity_cookie()), (Some("green"), None));
 
     // Status: blue hard down on its lower layers, evacuated by the fast path, and the
-    // action recorded.
-    let h = control.get("/api/v1/health");
+    // action recorded. Each layer's check keeps its own schedule: the TCP check may reach
+    // its second failure a cycle after the HTTP checks that triggered the evacuation.
+    let h = control.wait("blue's infrastructure layer down", "/api/v1/health", |h| {
+        (health_of(h, "blue")["layers"]["infrastructure"] == "down").then(|| h.clone())
+    });
     let b = health_of(&h, "blue");
     assert_eq!(b["verdict"], "hard_down", "{b:#}");
     assert_eq!(b["layers"]["infrastructure"], "down", "{b:#}");
