@@ -138,14 +138,14 @@ fuzz: wasm
 # not part of `make test`): one verdict line per scenario, also in target/chaos/.
 chaos: setup wasm
 	$(CARGO) build -p switchyard-storefront -p switchyard-control
-	$(CARGO) test -p switchyard-e2e --test chaos -- --ignored --test-threads 1 --nocapture
-	$(CARGO) test -p switchyard-e2e --test replicas -- --ignored --test-threads 1 --nocapture
+	$(CARGO) test -p switchyard-e2e --test e2e chaos:: -- --ignored --test-threads 1 --nocapture
+	$(CARGO) test -p switchyard-e2e --test e2e replicas:: -- --ignored --test-threads 1 --nocapture
 
 # Steady load with policy pushes and weight changes for SOAK_MINUTES (default 30).
 SOAK_MINUTES ?= 30
 soak: setup wasm
 	$(CARGO) build -p switchyard-storefront -p switchyard-control
-	SOAK_MINUTES=$(SOAK_MINUTES) $(CARGO) test -p switchyard-e2e --test soak -- --ignored --nocapture
+	SOAK_MINUTES=$(SOAK_MINUTES) $(CARGO) test -p switchyard-e2e --test e2e soak:: -- --ignored --nocapture
 
 ## ---- bench ---------------------------------------------------------------
 # Load generator for the benchmarks (Debian package).

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_e2e::*;
 
-mod load;
-use load::{ms, p99, Load, Sample, Stream};
+use crate::load::{ms, p99, Load, Sample, Stream};
 
 // ---------------------------------------------------------------------------------------
 // Verdicts

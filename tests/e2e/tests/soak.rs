@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_e2e::*;
 
-mod load;
-use load::{ms, p99, Load, Stream};
+use crate::load::{ms, p99, Load, Stream};
 
 const POLICY: &str = r#"{
   "name": "soak-NAME",
@@ -171,7 +170,7 @@ fn soak() {
         .unwrap_or_default();
     let end = samples.last().copied().unwrap_or_default();
     let failures = requests.iter().filter(|s| s.status != 200).count();
-    let all: Vec<&load::Sample> = requests.iter().collect();
+    let all: Vec<&crate::load::Sample> = requests.iter().collect();
     let mut out = vec![
         format!(
             "soak: {minutes} min, warm-up {} s; {} requests (8 connections, paced 10 ms), \

@@ -35,11 +35,9 @@ fn status(control: &ControlService) -> Value {
 #[test]
 fn status_shows_per_stack_percentiles_and_kpis_from_envoy_telemetry() {
     let dir = TestDir::new("telemetry");
-    // The series' window comes from the config file (the fixture passes no flag for
-    // it); this test binary runs this one test, so the variable is ours alone.
+    // The series' window comes from the config file (the fixture passes no flag for it).
     let config = dir.join("control.toml");
     std::fs::write(&config, format!("series_window_ms = {WINDOW_MS}\n")).unwrap();
-    std::env::set_var("SWITCHYARD_CONFIG", &config);
 
     let shop = Shop::start();
     let green = shop.stacks.iter().find(|s| s.name() == "green").unwrap();
@@ -56,7 +54,11 @@ fn status_shows_per_stack_percentiles_and_kpis_from_envoy_telemetry() {
     assert_eq!(r.status, 200, "fault injected on green");
 
     let grpc = ReservedPort::new().unwrap();
-    let control = ControlService::start(&dir.join("data"), grpc.port());
+    let control = ControlService::start_with(
+        &dir.join("data"),
+        grpc.port(),
+        &["--config", config.to_str().unwrap()],
+    );
     let file = dir.join("policy.json");
     std::fs::write(&file, POLICY).unwrap();
     ok(control.cli(&["policy", "apply", file.to_str().unwrap()]));
