@@ -458,7 +458,8 @@ impl<'a> Run<'a> {
                         .map(|g| g.gate.as_str())
                         .collect();
                     format!(
-                        "step {step}: no decision within the maximum dwell (undecided: {})",
+                        "step {}: no decision within the maximum dwell (undecided: {})",
+                        step + 1,
                         open.join(", ")
                     )
                 };

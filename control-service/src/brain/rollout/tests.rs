@@ -562,6 +562,35 @@ fn auto_rollback_waits_for_the_lease_and_retries() {
 }
 
 #[test]
+fn a_step_undecided_at_its_maximum_dwell_names_the_step_and_the_open_gates() {
+    let mut b = Bench::new();
+    b.create(spec("r1"));
+    b.command("r1", Command::Start { actor: alice() }).unwrap();
+    b.run_until("r1", 20, |r| matches!(r.phase, Phase::Observing { .. }));
+    // Errors on the release right at the gate's limit (0.1 %) and little traffic: the
+    // error-rate test can tell neither pass nor fail before the maximum dwell.
+    b.traffic = Traffic {
+        rps: 20,
+        release_error_rate: 0.001,
+        ..HEALTHY
+    };
+    let r = b.run_until("r1", 400, |r| matches!(r.phase, Phase::Paused { .. }));
+    let Phase::Paused {
+        reason: PauseReason::Inconclusive { detail },
+        ..
+    } = &r.phase
+    else {
+        panic!("{:?}", r.phase)
+    };
+    // Steps count from 1 for people, as in every other decision of the rollout.
+    assert!(
+        detail.starts_with("step 1: no decision within the maximum dwell (undecided: error_rate"),
+        "{detail}"
+    );
+    assert_eq!(r.share_percent, 5);
+}
+
+#[test]
 fn inconclusive_step_pauses_and_resume_observes_longer() {
     let mut b = Bench::new();
     b.create(spec("r1"));
