@@ -309,11 +309,17 @@ where
                     >>()
                     .and_then(|i| i.peer_certs()),
             );
-            let credential = header.clone().map(|authorization| StreamCredential {
-                auth: auth.clone(),
-                authorization,
-            });
-            match auth.decide(access::grpc(&path), &path, header, &peer).await {
+            let permission = access::grpc(&path);
+            // Only Watch outlives its first check (and re-checks its token); a unary call
+            // is done with its credential once it is let in.
+            let credential = header
+                .clone()
+                .filter(|_| permission == Some(access::Permission::Watch))
+                .map(|authorization| StreamCredential {
+                    auth: auth.clone(),
+                    authorization,
+                });
+            match auth.decide(permission, &path, header, &peer).await {
                 Ok(who) => {
                     if let Some(who) = who {
                         req.extensions_mut().insert(who);
