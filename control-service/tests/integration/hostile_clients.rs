@@ -646,3 +646,68 @@ async fn connections_that_send_nothing_are_closed_after_the_first_byte_timeout()
     assert!(server.child.try_wait().unwrap().is_none(), "server alive");
     server.kill9();
 }
+
+/// Under TLS the same deadline covers the handshake: on both TLS ports, 10 connections
+/// that send nothing and 10 that send the first byte of a ClientHello and stall are
+/// closed by the server after `first_byte_timeout_ms` (1,000 here); their fds come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_connections_that_never_finish_their_handshake_are_closed_after_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-control"))
+        .args(["certs", "demo", "--out"])
+        .arg(dir.path().join("certs"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("certs demo");
+    assert!(st.success(), "certs demo");
+    let mut server = spawn_with_limits(
+        dir.path(),
+        "first_byte_timeout_ms = 1000\n\
+         [tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"\n",
+    );
+    let pid = server.child.id();
+    let targets = [
+        server.grpc.strip_prefix("http://").unwrap().to_string(),
+        server.http.strip_prefix("http://").unwrap().to_string(),
+    ];
+    // Let the server settle (its fds at rest), then open the stalled connections.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let base_fds = fds(pid);
+    let ends = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let stalled: Vec<std::net::TcpStream> = targets
+            .iter()
+            .flat_map(|a| {
+                (0..20).map(move |i| {
+                    let mut s = std::net::TcpStream::connect(a).unwrap();
+                    if i % 2 == 1 {
+                        // A TLS record header's first byte (handshake), then nothing.
+                        s.write_all(&[0x16]).unwrap();
+                    }
+                    s
+                })
+            })
+            .collect();
+        stalled
+            .into_iter()
+            .map(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                match s.read(&mut [0u8; 1]) {
+                    Ok(0) => "eof".to_string(),
+                    Ok(_) => "data".to_string(),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "eof".into(),
+                    Err(e) => e.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(ends.iter().all(|e| e == "eof"), "{ends:?}");
+    within(10, "the stalled connections' fds return", || {
+        fds(pid) <= base_fds
+    })
+    .await;
+    assert!(server.child.try_wait().unwrap().is_none(), "server alive");
+    server.kill9();
+}
