@@ -306,8 +306,12 @@ pub fn accept<H: Handshake>(
                 io: tcp,
                 _slot: slot,
             };
-            let (tx, handshake, stats, timeouts) =
-                (tx.clone(), handshake.clone(), stats.clone(), timeouts.clone());
+            let (tx, handshake, stats, timeouts) = (
+                tx.clone(),
+                handshake.clone(),
+                stats.clone(),
+                timeouts.clone(),
+            );
             tokio::spawn(async move {
                 match tokio::time::timeout(first_byte_timeout, handshake.handshake(conn)).await {
                     Ok(Ok(io)) => {
@@ -370,9 +374,10 @@ where
 pub fn incoming<Io: Send + 'static>(
     rx: mpsc::Receiver<(Io, SocketAddr)>,
 ) -> impl tokio_stream::Stream<Item = Result<Io, io::Error>> + Send {
-    tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |(io, _)| {
-        Ok::<_, io::Error>(io)
-    })
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        |(io, _)| Ok::<_, io::Error>(io),
+    )
 }
 
 #[cfg(test)]

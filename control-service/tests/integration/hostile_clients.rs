@@ -523,13 +523,25 @@ async fn at_its_connection_limit_the_server_closes_new_connections_at_once_and_r
         })
         .collect();
     for _ in 0..200 {
-        if metric(&server, "switchyard_control_connections_refused_total", "grpc").await >= 10 {
+        if metric(
+            &server,
+            "switchyard_control_connections_refused_total",
+            "grpc",
+        )
+        .await
+            >= 10
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        metric(&server, "switchyard_control_connections_refused_total", "grpc").await,
+        metric(
+            &server,
+            "switchyard_control_connections_refused_total",
+            "grpc"
+        )
+        .await,
         10
     );
     assert_eq!(
@@ -561,7 +573,12 @@ async fn at_its_connection_limit_the_server_closes_new_connections_at_once_and_r
     }
     .await;
     assert!(full.is_err(), "a new client while the listener is full");
-    let refused = metric(&server, "switchyard_control_connections_refused_total", "grpc").await;
+    let refused = metric(
+        &server,
+        "switchyard_control_connections_refused_total",
+        "grpc",
+    )
+    .await;
     assert!(refused > 10, "the new client's connection was refused too");
 
     // 20 idle connections go away: their slots serve a new client.
@@ -577,7 +594,12 @@ async fn at_its_connection_limit_the_server_closes_new_connections_at_once_and_r
         31
     );
     assert_eq!(
-        metric(&server, "switchyard_control_connections_refused_total", "grpc").await,
+        metric(
+            &server,
+            "switchyard_control_connections_refused_total",
+            "grpc"
+        )
+        .await,
         refused,
         "nothing refused once slots were free"
     );
@@ -636,7 +658,12 @@ async fn connections_that_send_nothing_are_closed_after_the_first_byte_timeout()
     .await;
     for listener in ["grpc", "http"] {
         assert_eq!(
-            metric(&server, "switchyard_control_connections_timed_out_total", listener).await,
+            metric(
+                &server,
+                "switchyard_control_connections_timed_out_total",
+                listener
+            )
+            .await,
             20,
             "{listener}"
         );
