@@ -363,6 +363,8 @@ pub struct FileConfig {
     pub degraded: Option<DegradedDoc>,
     /// TLS and client certificates (`[tls]`, `[[tls.identity]]`).
     pub tls: Option<crate::tls::TlsDoc>,
+    /// Connection admission on the listeners (`[limits]`).
+    pub limits: Option<LimitsDoc>,
 }
 
 /// The resolved configuration.
@@ -392,6 +394,8 @@ pub struct ServeConfig {
     pub intakes: IntakeSettings,
     /// TLS on both listeners (and client certificates); `None`: plain text.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Connection limits and the first-byte deadline of both listeners.
+    pub limits: crate::net::Limits,
 }
 
 impl ServeConfig {
@@ -417,6 +421,7 @@ impl ServeConfig {
             replica: ReplicaSettings::default(),
             intakes: IntakeSettings::default(),
             tls: None,
+            limits: crate::net::Limits::default(),
         }
     }
 }
@@ -444,6 +449,8 @@ pub enum ConfigError {
     Degraded { problems: Vec<String> },
     #[error("invalid [tls] settings:\n  {}", .problems.join("\n  "))]
     Tls { problems: Vec<String> },
+    #[error("invalid [limits] section:\n  {}", .problems.join("\n  "))]
+    Limits { problems: Vec<String> },
     #[error("{0}")]
     Invalid(String),
 }
@@ -551,9 +558,75 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         replica,
         intakes,
         tls,
+        limits: file
+            .limits
+            .as_ref()
+            .map(LimitsDoc::settings)
+            .transpose()?
+            .unwrap_or_default(),
     };
     check_plaintext(&cfg, args.tls.insecure_plaintext)?;
     Ok(cfg)
+}
+
+/// `[limits]`: connection admission on the gRPC and HTTP listeners (control-service/README.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDoc {
+    /// Connections the gRPC listener holds at once (default 8192); more are closed at once.
+    pub grpc_max_connections: Option<usize>,
+    /// Connections the HTTP listener holds at once (default 1024).
+    pub http_max_connections: Option<usize>,
+    /// A new connection must send its first byte (plain) or finish its TLS handshake
+    /// within this (default 10000).
+    pub first_byte_timeout_ms: Option<u64>,
+}
+
+/// Longest first-byte deadline: 10 minutes.
+const MAX_FIRST_BYTE_TIMEOUT_MS: u64 = 600_000;
+
+impl LimitsDoc {
+    /// Every problem, each naming its field.
+    pub fn settings(&self) -> Result<crate::net::Limits, ConfigError> {
+        let d = crate::net::Limits::default();
+        let max = crate::net::MAX_CONNECTIONS;
+        let mut problems = Vec::new();
+        let mut limit = |key: &str, v: Option<usize>, default: usize| match v {
+            Some(n) if !(1..=max).contains(&n) => {
+                problems.push(format!("limits.{key} {n}: between 1 and {max}"));
+                default
+            }
+            v => v.unwrap_or(default),
+        };
+        let grpc = limit(
+            "grpc_max_connections",
+            self.grpc_max_connections,
+            d.grpc_max_connections,
+        );
+        let http = limit(
+            "http_max_connections",
+            self.http_max_connections,
+            d.http_max_connections,
+        );
+        let first_byte = match self.first_byte_timeout_ms {
+            Some(ms) if !(100..=MAX_FIRST_BYTE_TIMEOUT_MS).contains(&ms) => {
+                problems.push(format!(
+                    "limits.first_byte_timeout_ms {ms}: between 100 and {MAX_FIRST_BYTE_TIMEOUT_MS}"
+                ));
+                d.first_byte_timeout
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => d.first_byte_timeout,
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError::Limits { problems });
+        }
+        Ok(crate::net::Limits {
+            grpc_max_connections: grpc,
+            http_max_connections: http,
+            first_byte_timeout: first_byte,
+        })
+    }
 }
 
 /// With authentication on, tokens cross the network: plain text is for loopback only,

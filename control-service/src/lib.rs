@@ -9,9 +9,9 @@
 //! `switchyard` operator CLI).
 //!
 //! Imports point one way, from the edges to the domain, never back:
-//! `server → {config, grpc, http, control, store, proto}`, `config → {grpc, store}` (Watch
+//! `server → {config, grpc, http, control, store, proto, net}`, `config → {grpc, store}` (Watch
 //! settings), `grpc → {control, fleet, proto, codec}`, `http → {control, fleet, model,
-//! metrics}`, `metrics → {control, fleet, model}` (the Prometheus exposition),
+//! metrics}`, `metrics → {control, fleet, model, net}` (the Prometheus exposition),
 //! `cli → {proto, model, validate}`, `proto → {model, fleet, validate}` (and `codec`, from
 //! the generated code), `control → {model, fleet, store, validate}`, `fleet → model`,
 //! `store → model`, `replica → {store, model}` ([`replica`]: leadership among replicas
@@ -21,8 +21,10 @@
 //! layers): `auth → store`, imported by `grpc`, `http`, `server`, `cli` and
 //! `proto`; [`health`] (active checks, the fast path): `health → {brain, control,
 //! fleet, model}`, imported by `config`, `http` and `server`; [`tls`] (the listeners'
-//! rustls settings and accept loop, the demo CA): `tls → auth`, imported by `config`,
-//! `server` and `cli`. Only the edges (`grpc`, `server`, `cli`) import `proto`.
+//! rustls settings and handshake, the demo CA): `tls → {auth, net}`, imported by
+//! `config`, `server` and `cli`; [`net`] (admission on the listeners: the accept loop,
+//! connection limits, the first-byte deadline, back-off on accept errors) imports
+//! nothing of the crate and is imported by `config`, `metrics`, `server` and `tls`. Only the edges (`grpc`, `server`, `cli`) import `proto`.
 //! [`intakes`] (scrapes of the degraded-mode intakes' queues, shown in status):
 //! `intakes → {autopilot, degraded, fleet, health, model}`, imported by `config` and
 //! `server`.
@@ -44,6 +46,7 @@ pub mod http;
 pub mod intakes;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod proto;
 pub mod replica;
 pub mod server;

@@ -21,15 +21,26 @@ use axum::response::IntoResponse;
 use crate::control::Control;
 use crate::fleet::{StackCounters, StackTotals};
 use crate::model::StackRuntime;
+use crate::net::{Connections, ListenerStats};
 
-/// `GET /metrics`.
-pub async fn serve(State(control): State<Arc<Control>>) -> impl IntoResponse {
+/// `GET /metrics`. The listeners' connection counters come as an extension (the
+/// server adds it; a router built without it shows none).
+pub async fn serve(
+    State(control): State<Arc<Control>>,
+    listeners: Option<axum::Extension<Arc<Connections>>>,
+) -> impl IntoResponse {
+    let mut text = render(&control);
+    if let Some(axum::Extension(l)) = listeners {
+        let mut out = Exposition(text);
+        connections(&mut out, &l.listeners());
+        text = out.0;
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        render(&control),
+        text,
     )
 }
 
@@ -208,6 +219,46 @@ fn reported(out: &mut Exposition, totals: &BTreeMap<String, StackTotals>) {
                 )
             })
         }),
+    );
+}
+
+/// Each listener's connections: open, its limit, and the counters of admission.
+fn connections(out: &mut Exposition, listeners: &[Arc<ListenerStats>]) {
+    let per = |f: &dyn Fn(&ListenerStats) -> u64| -> Vec<(String, u64)> {
+        listeners
+            .iter()
+            .map(|l| (format!("{{listener=\"{}\"}}", label(l.name())), f(l)))
+            .collect()
+    };
+    out.family(
+        "switchyard_control_connections_open",
+        "gauge",
+        "TCP connections the listener holds now (handshaking or served).",
+        per(&|l| l.open() as u64),
+    );
+    out.family(
+        "switchyard_control_connections_max",
+        "gauge",
+        "The listener's connection limit ([limits]).",
+        per(&|l| l.max() as u64),
+    );
+    out.family(
+        "switchyard_control_connections_refused_total",
+        "counter",
+        "Connections accepted and closed at once because the listener was at its limit.",
+        per(&|l| l.refused()),
+    );
+    out.family(
+        "switchyard_control_connections_timed_out_total",
+        "counter",
+        "Connections closed because they sent no byte (or finished no TLS handshake) within first_byte_timeout_ms.",
+        per(&|l| l.timed_out()),
+    );
+    out.family(
+        "switchyard_control_accept_errors_total",
+        "counter",
+        "Failed accept calls (out of file descriptors and the like); the listener backs off up to 1 s.",
+        per(&|l| l.accept_errors()),
     );
 }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::brain::series::Series;
@@ -304,6 +303,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
         shutdown.clone(),
     ));
 
+    let connections = Arc::new(crate::net::Connections::default());
     let grpc_listener = TcpListener::bind(cfg.grpc).await?;
     let grpc_addr = grpc_listener.local_addr()?;
 
@@ -393,24 +393,40 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
         };
+        // One admission path for both listeners (crate::net): a slot per connection, a
+        // deadline for the first byte or the TLS handshake, back-off on accept errors.
+        let stats = crate::net::ListenerStats::new("grpc", cfg.limits.grpc_max_connections);
+        connections.add(stats.clone());
+        let first_byte = cfg.limits.first_byte_timeout;
         let served = match &tls {
             Some((grpc_tls, _)) => {
-                let (accepted, task) =
-                    crate::tls::accept(grpc_listener, grpc_tls.clone(), "grpc", shutdown.clone());
-                tasks.push(task);
-                let incoming = tokio_stream::StreamExt::map(
-                    tokio_stream::wrappers::ReceiverStream::new(accepted),
-                    |(io, _)| Ok::<_, std::io::Error>(io),
+                let (accepted, task) = crate::net::accept(
+                    grpc_listener,
+                    stats,
+                    first_byte,
+                    crate::tls::Handshake::new(grpc_tls.clone()),
+                    shutdown.clone(),
                 );
+                tasks.push(task);
+                let incoming = crate::net::incoming(accepted);
                 tokio::spawn(
                     async move { router.serve_with_incoming_shutdown(incoming, signal).await },
                 )
             }
-            None => tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signal)
-                    .await
-            }),
+            None => {
+                let (accepted, task) = crate::net::accept(
+                    grpc_listener,
+                    stats,
+                    first_byte,
+                    crate::net::FirstByte,
+                    shutdown.clone(),
+                );
+                tasks.push(task);
+                let incoming = crate::net::incoming(accepted);
+                tokio::spawn(
+                    async move { router.serve_with_incoming_shutdown(incoming, signal).await },
+                )
+            }
         };
         tasks.push(tokio::spawn(async move {
             match served.await {
@@ -440,10 +456,19 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
             }
             let stop = shutdown.clone();
             let stopped = async move { stop.cancelled().await };
+            let stats = crate::net::ListenerStats::new("http", cfg.limits.http_max_connections);
+            connections.add(stats.clone());
+            let first_byte = cfg.limits.first_byte_timeout;
+            let app = app.layer(axum::Extension(connections.clone()));
             let served = match &tls {
                 Some((_, http_tls)) => {
-                    let (accepted, task) =
-                        crate::tls::accept(listener, http_tls.clone(), "http", shutdown.clone());
+                    let (accepted, task) = crate::net::accept(
+                        listener,
+                        stats,
+                        first_byte,
+                        crate::tls::Handshake::new(http_tls.clone()),
+                        shutdown.clone(),
+                    );
                     tasks.push(task);
                     let listener = crate::tls::TlsListener::new(accepted, addr);
                     // Each request carries its connection's client certificate.
@@ -455,11 +480,22 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
                             .await
                     })
                 }
-                None => tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped)
-                        .await
-                }),
+                None => {
+                    let (accepted, task) = crate::net::accept(
+                        listener,
+                        stats,
+                        first_byte,
+                        crate::net::FirstByte,
+                        shutdown.clone(),
+                    );
+                    tasks.push(task);
+                    let listener = crate::net::Admitted::new(accepted, addr);
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    })
+                }
             };
             tasks.push(tokio::spawn(async move {
                 match served.await {

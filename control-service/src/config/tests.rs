@@ -294,3 +294,47 @@ fn unknown_keys_are_rejected() {
     };
     assert!(matches!(resolve(&args), Err(ConfigError::Parse { .. })));
 }
+
+#[test]
+fn limits_default_and_every_bad_value_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let args = ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    std::fs::write(&path, "").unwrap();
+    let l = resolve(&args).unwrap().limits;
+    assert_eq!(
+        (l.grpc_max_connections, l.http_max_connections),
+        (8_192, 1_024)
+    );
+    assert_eq!(l.first_byte_timeout, Duration::from_secs(10));
+    std::fs::write(
+        &path,
+        "[limits]\ngrpc_max_connections = 50\nfirst_byte_timeout_ms = 1500\n",
+    )
+    .unwrap();
+    let l = resolve(&args).unwrap().limits;
+    assert_eq!(
+        (l.grpc_max_connections, l.http_max_connections),
+        (50, 1_024)
+    );
+    assert_eq!(l.first_byte_timeout, Duration::from_millis(1_500));
+    std::fs::write(
+        &path,
+        "[limits]\ngrpc_max_connections = 0\nhttp_max_connections = 2000000\n\
+         first_byte_timeout_ms = 5\n",
+    )
+    .unwrap();
+    let e = resolve(&args).unwrap_err().to_string();
+    for want in [
+        "limits.grpc_max_connections 0: between 1 and 1000000",
+        "limits.http_max_connections 2000000: between 1 and 1000000",
+        "limits.first_byte_timeout_ms 5: between 100 and 600000",
+    ] {
+        assert!(e.contains(want), "{want} in {e}");
+    }
+    std::fs::write(&path, "[limits]\nmax_conections = 5\n").unwrap();
+    assert!(resolve(&args).is_err(), "unknown keys are refused");
+}

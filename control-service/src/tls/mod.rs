@@ -1,6 +1,6 @@
 //! TLS on the control service's listeners: the `[tls]` settings, the rustls server
-//! configuration built from them (ring, never aws-lc), and the accept loop that puts one
-//! TLS handshake in front of both the gRPC and the HTTP listener.
+//! configuration built from them (ring, never aws-lc), and the TLS handshake that
+//! [`crate::net`]'s accept loop puts in front of both the gRPC and the HTTP listener.
 //!
 //! Decides: whether the service speaks TLS, which certificate it presents, whether and
 //! against which CA it verifies client certificates (mTLS), and whether a connection
@@ -9,33 +9,26 @@
 //!
 //! Never: serves plain text with authentication on a non-loopback address unless told to
 //! (`--insecure-plaintext`, checked in [`crate::config`]), lets a slow handshake hold up
-//! other connections (each runs in its own task, with a deadline), or starts with a
-//! certificate or key it cannot read (start fails, naming the field and the file).
+//! other connections (each runs in its own task, with a deadline: `[limits]`
+//! `first_byte_timeout_ms`), or starts with a certificate or key it cannot read (start
+//! fails, naming the field and the file).
 
 pub mod pki;
 pub mod reload;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::certs::{CertIdentities, CertIdentity};
 use crate::auth::layer::PeerCerts;
-
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::net::Conn;
 
 /// `[tls]` in the config file (docs/security.md). Paths are relative to the file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -245,85 +238,30 @@ fn read_certs(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-/// A connection whose handshake finished, and where it came from.
-pub type Accepted = (TlsStream<TcpStream>, SocketAddr);
+/// The TLS handshake every connection to a TLS listener must finish before it is served
+/// (under the listener's first-byte deadline, [`crate::net::accept`]). A refused
+/// handshake (no or a forged, expired or unmapped-CA client certificate when one is
+/// required or presented) is logged and the connection dropped.
+pub struct Handshake(tokio_rustls::TlsAcceptor);
 
-/// Accept on `listener` and run each TLS handshake in its own task (with a deadline), so
-/// a slow or hostile client never holds up the others; finished connections arrive on
-/// the returned channel. A refused handshake (no or a forged, expired or unmapped-CA
-/// client certificate when one is required or presented) is logged and dropped. Stops
-/// accepting when `shutdown` is cancelled.
-pub fn accept(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    what: &'static str,
-    shutdown: CancellationToken,
-) -> (mpsc::Receiver<Accepted>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let task = tokio::spawn(async move {
-        loop {
-            let (tcp, addr) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(listener = what, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send((tls, addr)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::info!(listener = what, peer = %addr, error = %e, "TLS handshake refused")
-                    }
-                    Err(_) => {
-                        tracing::info!(listener = what, peer = %addr, "TLS handshake timed out")
-                    }
-                }
-            });
-        }
-    });
-    (rx, task)
+impl Handshake {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(tokio_rustls::TlsAcceptor::from(config))
+    }
+}
+
+impl crate::net::Handshake for Handshake {
+    type Io = TlsStream<Conn>;
+    async fn handshake(&self, conn: Conn) -> Result<Self::Io, crate::net::Refused> {
+        self.0
+            .accept(conn)
+            .await
+            .map_err(|e| crate::net::Refused::Handshake(e.to_string()))
+    }
 }
 
 /// The HTTP listener over TLS, for `axum::serve`: connections whose handshake finished.
-pub struct TlsListener {
-    rx: mpsc::Receiver<Accepted>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(rx: mpsc::Receiver<Accepted>, local: SocketAddr) -> Self {
-        Self { rx, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept loop stopped (shutdown): nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
+pub type TlsListener = crate::net::Admitted<TlsStream<Conn>>;
 
 /// Each HTTP request carries the client certificate its connection presented.
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
