@@ -204,7 +204,7 @@ async fn the_leader_compacts_etcd_and_a_follower_keeps_serving_and_following() {
     while seen < 35 {
         seen = on_b.next().await.version;
     }
-    assert_eq!(b.status().await.version, 35);
+    assert_eq!(b.status().await.current_version, 35);
     // A new Envoy on the follower behind the kept history gets the newest snapshot.
     assert_eq!(b.watch("envoy-new", 3).await.next().await.version, 35);
     // And the leader pruned the history in etcd to the newest 10.
