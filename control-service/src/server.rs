@@ -281,7 +281,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
     );
     // The leader's background work, started on each term and stopped when it ends.
     let work: crate::replica::StartWork = {
-        let (monitor, autopilot, c, retention) = (monitor.clone(), autopilot.clone(), control.clone(), cfg.retention.clone());
+        let (monitor, autopilot) = (monitor.clone(), autopilot.clone());
+        let (c, retention) = (control.clone(), cfg.retention.clone());
         Box::new(move |stop: CancellationToken| {
             let mut tasks = vec![c.spawn_upkeep(retention.clone(), stop.clone())];
             if let Some(m) = &monitor {

@@ -131,7 +131,8 @@ impl Control {
     ) -> JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut prune = tokio::time::interval(settings.prune_every.max(Duration::from_millis(10)));
+            let mut prune =
+                tokio::time::interval(settings.prune_every.max(Duration::from_millis(10)));
             prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut compact = settings.compact_every.map(|every| {
                 let mut i = tokio::time::interval(every.max(Duration::from_millis(10)));

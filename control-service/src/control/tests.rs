@@ -266,7 +266,11 @@ async fn retention_keeps_the_newest_versions_and_the_policies_they_run() {
         matches!(&err, ControlError::NotFound(m) if m.contains("no longer kept")),
         "{err}"
     );
-    assert_eq!(control.current_version(), 40, "a refused rollback changes nothing");
+    assert_eq!(
+        control.current_version(),
+        40,
+        "a refused rollback changes nothing"
+    );
     // A kept version rolls back as before.
     control
         .apply_policy(POLICY, Change::manual("alice", ""), 0)
@@ -277,7 +281,10 @@ async fn retention_keeps_the_newest_versions_and_the_policies_they_run() {
         .await
         .unwrap();
     assert!(back.changed);
-    assert_eq!(control.current().unwrap().policy_json.as_ref(), OTHER_POLICY);
+    assert_eq!(
+        control.current().unwrap().policy_json.as_ref(),
+        OTHER_POLICY
+    );
 
     // The audit log is not pruned and still verifies: it never reads version records.
     let log = AuditLog::new(store.clone());

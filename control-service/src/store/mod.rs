@@ -391,9 +391,8 @@ pub(crate) mod contract {
     /// `keep_policies_from` go in one write and the rest reads as before; a failed
     /// condition, or a `keep_from` that does not exist, deletes nothing; appends go on.
     pub fn prunes_old_versions_and_unreferenced_policies(store: &dyn Store) {
-        let versions = |page: Vec<VersionRecord>| -> Vec<u64> {
-            page.iter().map(|r| r.version).collect()
-        };
+        let versions =
+            |page: Vec<VersionRecord>| -> Vec<u64> { page.iter().map(|r| r.version).collect() };
         assert!(store.oldest().unwrap().is_none());
         // v1 sets policy 1, v3 policy 3, v6 policy 6; the others keep the one before.
         for (v, p) in [(1, 1), (2, 1), (3, 3), (4, 3), (5, 3), (6, 6)] {

@@ -107,7 +107,10 @@ async fn pruned_versions_answer_clearly_and_a_watch_behind_them_gets_the_newest_
     assert_eq!(v["entries"], 30, "{v}");
 }
 
-fn on_etcd(etcd: &EtcdCluster, id: &str) -> impl FnOnce(&mut switchyard_control::config::ServeConfig) {
+fn on_etcd(
+    etcd: &EtcdCluster,
+    id: &str,
+) -> impl FnOnce(&mut switchyard_control::config::ServeConfig) {
     let endpoints = etcd.client_urls();
     let id = id.to_string();
     move |cfg| {
@@ -167,18 +170,26 @@ async fn the_leader_compacts_etcd_and_a_follower_keeps_serving_and_following() {
     // 30 versions, written through the follower and the leader alike.
     for i in 1..=30u64 {
         let h = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(h.apply(&policy(&format!("p{i}"), &["blue", "green"])).await.version, i);
+        assert_eq!(
+            h.apply(&policy(&format!("p{i}"), &["blue", "green"]))
+                .await
+                .version,
+            i
+        );
     }
     let revision_after_pushes = {
         let mut c = etcd_client::Client::connect(etcd.client_urls(), None)
             .await
             .unwrap();
-        c.get("/retention/", Some(etcd_client::GetOptions::new().with_count_only()))
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision()
+        c.get(
+            "/retention/",
+            Some(etcd_client::GetOptions::new().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
     };
     // The leader compacts up to the revision it saw one interval earlier: soon past
     // every revision the pushes made.
@@ -187,7 +198,9 @@ async fn the_leader_compacts_etcd_and_a_follower_keeps_serving_and_following() {
             break;
         }
         if i > 0 && i % 100 == 0 {
-            eprintln!("still waiting for etcd's compaction to pass revision {revision_after_pushes}");
+            eprintln!(
+                "still waiting for etcd's compaction to pass revision {revision_after_pushes}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -199,7 +212,12 @@ async fn the_leader_compacts_etcd_and_a_follower_keeps_serving_and_following() {
     }
     for i in 31..=35u64 {
         let h = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(h.apply(&policy(&format!("p{i}"), &["blue", "green"])).await.version, i);
+        assert_eq!(
+            h.apply(&policy(&format!("p{i}"), &["blue", "green"]))
+                .await
+                .version,
+            i
+        );
     }
     while seen < 35 {
         seen = on_b.next().await.version;
@@ -222,7 +240,10 @@ async fn the_leader_compacts_etcd_and_a_follower_keeps_serving_and_following() {
         }
     })
     .await;
-    let err = p.get(v1::GetPolicyRequest { version: 1 }).await.unwrap_err();
+    let err = p
+        .get(v1::GetPolicyRequest { version: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     b.stop().await;
     a.stop().await;
