@@ -501,6 +501,16 @@ mod tests {
         assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
         assert!(refused.has_changed().unwrap());
         let _ = refused.borrow_and_update();
+        // Retention's writes too: pruning (in the transaction) and compaction (checked
+        // just before, etcd's compaction being no transaction).
+        let err = s.prune_when(1, 1, &[]).unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert!(refused.has_changed().unwrap());
+        let _ = refused.borrow_and_update();
+        let err = s.compact(1).unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert!(refused.has_changed().unwrap());
+        let _ = refused.borrow_and_update();
         assert_eq!(inner.latest().unwrap().unwrap().version, 1);
         assert_eq!(inner.read("a").unwrap().as_deref(), Some(&b"1"[..]));
         // Holding the term, writes pass; a conflict of the caller's own is not a refusal.
@@ -508,6 +518,9 @@ mod tests {
             .commit(&Batch::new().put(LEADER_KEY, b"me/1".to_vec()))
             .unwrap();
         s.append(&record(2), None).unwrap();
+        s.prune_when(2, 1, &[]).unwrap();
+        s.compact(1).unwrap();
+        assert_eq!(inner.oldest().unwrap(), Some(2));
         let err = s
             .commit(&Batch::new().absent("a").put("a", b"3".to_vec()))
             .unwrap_err();
