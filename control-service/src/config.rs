@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::autopilot::AutopilotSettings;
 use crate::brain::series::SeriesSettings;
+use crate::control::{RetentionSettings, MIN_KEEP_VERSIONS};
 use crate::grpc::WatchSettings;
 use crate::health::config::{HealthConfig, HealthDoc};
 use crate::intakes::{IntakeSettings, IntakeSource};
@@ -365,6 +366,8 @@ pub struct FileConfig {
     pub tls: Option<crate::tls::TlsDoc>,
     /// Connection admission on the listeners (`[limits]`).
     pub limits: Option<LimitsDoc>,
+    /// Versions kept and etcd compaction (`[retention]`).
+    pub retention: Option<RetentionDoc>,
 }
 
 /// The resolved configuration.
@@ -396,6 +399,8 @@ pub struct ServeConfig {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Connection limits and the first-byte deadline of both listeners.
     pub limits: crate::net::Limits,
+    /// Versions kept and etcd compaction (`[retention]`).
+    pub retention: RetentionSettings,
 }
 
 impl ServeConfig {
@@ -422,6 +427,7 @@ impl ServeConfig {
             intakes: IntakeSettings::default(),
             tls: None,
             limits: crate::net::Limits::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -564,6 +570,12 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             .map(LimitsDoc::settings)
             .transpose()?
             .unwrap_or_default(),
+        retention: file
+            .retention
+            .as_ref()
+            .map(RetentionDoc::settings)
+            .transpose()?
+            .unwrap_or_default(),
     };
     check_plaintext(&cfg, args.tls.insecure_plaintext)?;
     Ok(cfg)
@@ -703,6 +715,48 @@ fn series_settings(file: &FileConfig) -> Result<SeriesSettings, ConfigError> {
         ));
     }
     Ok(s)
+}
+
+/// `[retention]`: how much history the store keeps (docs/operations.md "Store growth").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionDoc {
+    /// Newest versions kept (default 1000, at least 10; 0 keeps every version).
+    pub keep_versions: Option<u64>,
+    /// etcd only: seconds between compactions of etcd's revision history (default 300,
+    /// 1..=86400; 0: never, etcd's own `--auto-compaction-*` does it).
+    pub etcd_compact_every_s: Option<u64>,
+}
+
+/// Longest interval between two etcd compactions.
+const MAX_COMPACT_EVERY_S: u64 = 86_400;
+
+impl RetentionDoc {
+    /// The settings, or every problem with its field.
+    pub fn settings(&self) -> Result<RetentionSettings, ConfigError> {
+        let mut s = RetentionSettings::default();
+        let mut problems = Vec::new();
+        match self.keep_versions {
+            Some(n) if n != 0 && n < MIN_KEEP_VERSIONS => problems.push(format!(
+                "retention.keep_versions {n}: at least {MIN_KEEP_VERSIONS} (or 0 to keep every version)"
+            )),
+            Some(n) => s.keep_versions = n,
+            None => {}
+        }
+        match self.etcd_compact_every_s {
+            Some(0) => s.compact_every = None,
+            Some(n) if n > MAX_COMPACT_EVERY_S => problems.push(format!(
+                "retention.etcd_compact_every_s {n}: at most {MAX_COMPACT_EVERY_S} (or 0 for never)"
+            )),
+            Some(n) => s.compact_every = Some(Duration::from_secs(n)),
+            None => {}
+        }
+        if problems.is_empty() {
+            Ok(s)
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
 }
 
 #[cfg(test)]

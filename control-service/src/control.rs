@@ -15,6 +15,8 @@
 //! after `current` is refreshed. [`Control::follow`] loads and publishes the versions
 //! other replicas commit. Published versions only ever rise.
 
+mod retention;
+
 use std::sync::{Arc, RwLock};
 
 use switchyard_filter::snapshot::{Snapshot, StackState};
@@ -28,6 +30,10 @@ use crate::model::{
 use crate::replica::Role;
 use crate::store::{Condition, Store, StoreError};
 use crate::validate::{self, Accepted, Issue};
+
+pub use retention::{
+    RetentionSettings, DEFAULT_COMPACT_EVERY, DEFAULT_KEEP_VERSIONS, MIN_KEEP_VERSIONS,
+};
 
 /// Errors of control operations; the gRPC layer maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -833,20 +839,20 @@ impl Control {
         }
         let store = self.store.clone();
         let found = blocking(move || {
-            let Some(record) = store.get(version)? else {
-                return Ok(None);
-            };
-            let policy =
-                store
+            let policy = match store.get(version)? {
+                Some(record) => store
                     .policy(record.policy_version)?
-                    .ok_or_else(|| StoreError::Corrupt {
-                        version,
-                        message: format!("policy of version {} is missing", record.policy_version),
-                    })?;
-            Ok(Some((record, policy)))
+                    .map(|policy| (record, policy)),
+                None => None,
+            };
+            match policy {
+                Some(found) => Ok(Ok(found)),
+                // Not there (or pruned between the two reads): say which.
+                None => Ok(Err(missing_version(&*store, version)?)),
+            }
         })
         .await?;
-        found.ok_or_else(|| ControlError::NotFound(format!("version {version} does not exist")))
+        found
     }
 
     /// Versions below `before` (0 = all), newest first.
@@ -890,6 +896,28 @@ fn check_expected(current: Option<&Current>, expected: u64) -> Result<(), Contro
         )));
     }
     Ok(())
+}
+
+/// Why `version` cannot be read: pruned by retention, never committed, or (a kept
+/// version without its policy document) a corrupt store.
+fn missing_version(s: &dyn Store, version: u64) -> Result<ControlError, StoreError> {
+    let latest = s.latest()?.map(|r| r.version).unwrap_or(0);
+    let oldest = s.oldest()?.unwrap_or(0);
+    Ok(if version > latest {
+        ControlError::NotFound(format!(
+            "version {version} does not exist (the newest is {latest})"
+        ))
+    } else if version < oldest {
+        ControlError::NotFound(format!(
+            "version {version} is no longer kept: the store keeps the newest versions \
+             ([retention] keep_versions), the oldest kept is {oldest}"
+        ))
+    } else {
+        ControlError::Store(StoreError::Corrupt {
+            version,
+            message: "the version or the policy document it runs is missing".into(),
+        })
+    })
 }
 
 /// The store's newest version and the policy in force at it.

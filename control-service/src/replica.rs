@@ -197,6 +197,44 @@ impl Store for FencedStore {
         self.inner.history(before, limit)
     }
 
+    fn oldest(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.oldest()
+    }
+
+    fn prune_when(
+        &self,
+        keep_from: u64,
+        keep_policies_from: u64,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError> {
+        let fence = self.fence.current();
+        let all: Vec<Condition> = fence.iter().chain(conditions).cloned().collect();
+        self.inner
+            .prune_when(keep_from, keep_policies_from, &all)
+            .map_err(|e| self.fence.check(&fence, e))
+    }
+
+    fn revision(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.revision()
+    }
+
+    /// etcd's compaction is no transaction, so it cannot carry the fence: the term is
+    /// checked just before instead. A deposed leader that slips through compacts to a
+    /// revision it saw one interval ago, which the new leader compacts past anyway.
+    fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let fence = self.fence.current();
+        if let Some(Condition::Equals(key, term)) = &fence {
+            if self.inner.read(key)?.as_deref() != Some(&term[..]) {
+                let lost = StoreError::Conflict {
+                    key: key.clone(),
+                    message: "changed since it was read".into(),
+                };
+                return Err(self.fence.check(&fence, lost));
+            }
+        }
+        self.inner.compact(revision)
+    }
+
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.read(key)
     }
@@ -463,6 +501,16 @@ mod tests {
         assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
         assert!(refused.has_changed().unwrap());
         let _ = refused.borrow_and_update();
+        // Retention's writes too: pruning (in the transaction) and compaction (checked
+        // just before, etcd's compaction being no transaction).
+        let err = s.prune_when(1, 1, &[]).unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert!(refused.has_changed().unwrap());
+        let _ = refused.borrow_and_update();
+        let err = s.compact(1).unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert!(refused.has_changed().unwrap());
+        let _ = refused.borrow_and_update();
         assert_eq!(inner.latest().unwrap().unwrap().version, 1);
         assert_eq!(inner.read("a").unwrap().as_deref(), Some(&b"1"[..]));
         // Holding the term, writes pass; a conflict of the caller's own is not a refusal.
@@ -470,6 +518,9 @@ mod tests {
             .commit(&Batch::new().put(LEADER_KEY, b"me/1".to_vec()))
             .unwrap();
         s.append(&record(2), None).unwrap();
+        s.prune_when(2, 1, &[]).unwrap();
+        s.compact(1).unwrap();
+        assert_eq!(inner.oldest().unwrap(), Some(2));
         let err = s
             .commit(&Batch::new().absent("a").put("a", b"3".to_vec()))
             .unwrap_err();

@@ -281,8 +281,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, BoxError> {
     // The leader's background work, started on each term and stopped when it ends.
     let work: crate::replica::StartWork = {
         let (monitor, autopilot) = (monitor.clone(), autopilot.clone());
+        let (c, retention) = (control.clone(), cfg.retention.clone());
         Box::new(move |stop: CancellationToken| {
-            let mut tasks = Vec::new();
+            let mut tasks = vec![c.spawn_upkeep(retention.clone(), stop.clone())];
             if let Some(m) = &monitor {
                 tasks.extend(m.spawn(stop.clone()));
                 tracing::info!("health checks running");

@@ -41,7 +41,7 @@ pub struct Server {
     pub child: Child,
     /// `http://` URL of its gRPC listener.
     pub url: String,
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 impl Drop for Server {

@@ -338,3 +338,47 @@ fn limits_default_and_every_bad_value_is_named() {
     std::fs::write(&path, "[limits]\nmax_conections = 5\n").unwrap();
     assert!(resolve(&args).is_err(), "unknown keys are refused");
 }
+
+#[test]
+fn retention_comes_from_its_section_and_every_problem_names_its_field() {
+    assert_eq!(
+        resolve(&ServeArgs::default()).unwrap().retention,
+        RetentionSettings::default()
+    );
+    assert_eq!(RetentionSettings::default().keep_versions, 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let args = ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    std::fs::write(
+        &path,
+        "[retention]\nkeep_versions = 50\netcd_compact_every_s = 60\n",
+    )
+    .unwrap();
+    let r = resolve(&args).unwrap().retention;
+    assert_eq!(r.keep_versions, 50);
+    assert_eq!(r.compact_every, Some(Duration::from_secs(60)));
+    std::fs::write(
+        &path,
+        "[retention]\nkeep_versions = 0\netcd_compact_every_s = 0\n",
+    )
+    .unwrap();
+    let r = resolve(&args).unwrap().retention;
+    assert_eq!((r.keep_versions, r.compact_every), (0, None));
+    std::fs::write(
+        &path,
+        "[retention]\nkeep_versions = 3\netcd_compact_every_s = 100000\n",
+    )
+    .unwrap();
+    let err = resolve(&args).unwrap_err().to_string();
+    assert!(
+        err.contains("retention.keep_versions 3: at least 10")
+            && err.contains("retention.etcd_compact_every_s 100000: at most 86400"),
+        "{err}"
+    );
+    std::fs::write(&path, "[retention]\nkeep = 3\n").unwrap();
+    let err = resolve(&args).unwrap_err().to_string();
+    assert!(err.contains("unknown field `keep`"), "{err}");
+}

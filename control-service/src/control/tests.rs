@@ -194,3 +194,156 @@ async fn a_version_committed_without_its_audit_entry_is_audited_on_restart() {
     let _again = Control::open(store.clone()).await.unwrap();
     assert_eq!(log.list(None, 10).unwrap().len(), 2);
 }
+
+const OTHER_POLICY: &str = r#"{"name":"q","stacks":[{"name":"blue","region":"us"},{"name":"green","region":"us"}],
+  "default":{"targets":[{"stack":"green"}]}}"#;
+
+/// v1 sets POLICY, v2..=20 move weights, v21 sets OTHER_POLICY, v22..=40 move weights.
+async fn forty_versions(control: &Control) {
+    control
+        .apply_policy(POLICY, Change::manual("alice", ""), 0)
+        .await
+        .unwrap();
+    for v in 2..=40u32 {
+        if v == 21 {
+            control
+                .apply_policy(OTHER_POLICY, Change::manual("alice", ""), 0)
+                .await
+                .unwrap();
+        } else {
+            control
+                .stack_op("green", weight(v), Change::manual("bob", ""))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(control.current_version(), 40);
+}
+
+#[tokio::test]
+async fn retention_keeps_the_newest_versions_and_the_policies_they_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let control = Control::open(store.clone()).await.unwrap();
+    forty_versions(&control).await;
+
+    // Keep the newest 15 (26..=40), 4 versions per write.
+    assert_eq!(control.prune_history(15, 4).await.unwrap(), 25);
+    assert_eq!(control.prune_history(15, 4).await.unwrap(), 0);
+    assert_eq!(store.oldest().unwrap(), Some(26));
+    let history: Vec<u64> = control
+        .history(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(history, (26..=40).rev().collect::<Vec<_>>());
+    // Version 26 runs the policy version 21 set: that document stays, POLICY's goes.
+    assert!(store.policy(1).unwrap().is_none());
+    assert_eq!(store.policy(21).unwrap().as_deref(), Some(OTHER_POLICY));
+    let (record, doc) = control.policy_at(26).await.unwrap();
+    assert_eq!((record.policy_version, doc.as_str()), (21, OTHER_POLICY));
+
+    // A pruned version is a clear "no longer kept", an unknown one "does not exist".
+    for gone in [1, 21, 25] {
+        let err = control.policy_at(gone).await.unwrap_err();
+        assert!(
+            matches!(&err, ControlError::NotFound(m) if m.contains(&format!("version {gone} is no longer kept")) && m.contains("the oldest kept is 26")),
+            "{err}"
+        );
+    }
+    let err = control.policy_at(41).await.unwrap_err();
+    assert!(
+        matches!(&err, ControlError::NotFound(m) if m.contains("does not exist (the newest is 40)")),
+        "{err}"
+    );
+    let err = control
+        .rollback(5, Change::manual("carol", ""), 0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ControlError::NotFound(m) if m.contains("no longer kept")),
+        "{err}"
+    );
+    assert_eq!(
+        control.current_version(),
+        40,
+        "a refused rollback changes nothing"
+    );
+    // A kept version rolls back as before.
+    control
+        .apply_policy(POLICY, Change::manual("alice", ""), 0)
+        .await
+        .unwrap();
+    let back = control
+        .rollback(30, Change::manual("carol", ""), 0)
+        .await
+        .unwrap();
+    assert!(back.changed);
+    assert_eq!(
+        control.current().unwrap().policy_json.as_ref(),
+        OTHER_POLICY
+    );
+
+    // The audit log is not pruned and still verifies: it never reads version records.
+    let log = AuditLog::new(store.clone());
+    let v = log.verify().unwrap();
+    assert!(v.ok(), "{v:?}");
+    assert_eq!(v.entries, 42);
+    assert_eq!(log.list(None, 1).unwrap()[0].draft.version, Some(1));
+
+    // Restart: the newest version is restored from what is kept.
+    drop(control);
+    let again = Control::open(store).await.unwrap();
+    assert_eq!(again.current_version(), 42);
+}
+
+/// Versions the audit log has not recorded yet (a crash between a commit and its audit
+/// entry) are not pruned: the next start audits them from the history first.
+#[tokio::test]
+async fn retention_keeps_versions_the_audit_log_has_not_recorded() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let control = Control::open(store.clone()).await.unwrap();
+    forty_versions(&control).await;
+    // 20 more versions committed without their audit entries.
+    for v in 41..=60 {
+        let mut record = store.latest().unwrap().unwrap();
+        record.version = v;
+        store.append(&record, None).unwrap();
+    }
+    // Keeping 10 would keep 51..=60, but 41..=60 are not audited yet.
+    assert_eq!(control.prune_history(10, 100).await.unwrap(), 40);
+    assert_eq!(store.oldest().unwrap(), Some(41));
+    drop(control);
+    let control = Control::open(store.clone()).await.unwrap();
+    let log = AuditLog::new(store.clone());
+    assert_eq!(log.last_version().unwrap(), Some(60));
+    assert_eq!(control.prune_history(10, 100).await.unwrap(), 10);
+    assert_eq!(store.oldest().unwrap(), Some(51));
+    assert!(log.verify().unwrap().ok());
+}
+
+/// The leader's upkeep prunes on its own, in the background.
+#[tokio::test]
+async fn upkeep_prunes_in_the_background_until_stopped() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let control = Control::open(store.clone()).await.unwrap();
+    forty_versions(&control).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = control.spawn_upkeep(
+        RetentionSettings {
+            keep_versions: 10,
+            prune_every: std::time::Duration::from_millis(20),
+            batch: 7,
+            compact_every: Some(std::time::Duration::from_millis(20)),
+        },
+        stop.clone(),
+    );
+    while store.oldest().unwrap() != Some(31) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(store.latest().unwrap().unwrap().version, 40);
+}

@@ -318,6 +318,26 @@ impl EtcdStore {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// [`Store::subscribe_versions`] whose first watch starts at `revision`.
+    #[cfg(test)]
+    fn subscribe_versions_from(
+        &self,
+        after: u64,
+        revision: u64,
+    ) -> tokio::sync::watch::Receiver<u64> {
+        let (tx, rx) = tokio::sync::watch::channel(after);
+        let prefix = format!("{}v/", self.ns);
+        if let Some(rt) = &self.rt {
+            rt.spawn(follow_versions(
+                self.client.clone(),
+                prefix,
+                tx,
+                Some(revision as i64),
+            ));
+        }
+        rx
+    }
+
     fn decode(version: u64, bytes: &[u8]) -> Result<VersionRecord, StoreError> {
         serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
             version,
@@ -329,8 +349,15 @@ impl EtcdStore {
 /// Follow the `v/` prefix into `tx`: read the newest version and the revision of that
 /// read, then watch for puts from the next revision on. Re-established after any error
 /// (etcd down, member lost, compaction), backing off up to 2 s; ends when every receiver
-/// is gone or the store's runtime shuts down.
-async fn follow_versions(client: Client, prefix: String, tx: tokio::sync::watch::Sender<u64>) {
+/// is gone or the store's runtime shuts down. `stale_start` (tests) makes the first watch
+/// start at that revision instead, as a follower whose watch broke before a compaction
+/// passed its revision would.
+async fn follow_versions(
+    client: Client,
+    prefix: String,
+    tx: tokio::sync::watch::Sender<u64>,
+    mut stale_start: Option<i64>,
+) {
     let publish = |v: u64| {
         tx.send_if_modified(|known| {
             if v > *known {
@@ -357,7 +384,7 @@ async fn follow_versions(client: Client, prefix: String, tx: tokio::sync::watch:
             }
             let opts = WatchOptions::new()
                 .with_prefix()
-                .with_start_revision(revision + 1);
+                .with_start_revision(stale_start.take().unwrap_or(revision + 1));
             let mut stream = c.watch(prefix.clone(), Some(opts)).await?;
             backoff = Duration::from_millis(100);
             // A safety net under the watch: a watch on a member that lost its peers can
@@ -472,7 +499,7 @@ impl Store for EtcdStore {
         let rt = self.rt.as_ref()?;
         let (tx, rx) = tokio::sync::watch::channel(after);
         let prefix = format!("{}v/", self.ns);
-        rt.spawn(follow_versions(self.client.clone(), prefix, tx));
+        rt.spawn(follow_versions(self.client.clone(), prefix, tx, None));
         Some(rx)
     }
 
@@ -548,6 +575,93 @@ impl Store for EtcdStore {
             kvs.into_iter()
                 .map(|(k, v)| Self::decode(version_of_key(&k), &v))
                 .collect()
+        })
+    }
+
+    fn oldest(&self) -> Result<Option<u64>, StoreError> {
+        retry_connect(|| {
+            let prefix = format!("{}v/", self.ns);
+            let key = self.run(move |mut c| async move {
+                let opts = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Ascend)
+                    .with_limit(1)
+                    .with_keys_only();
+                let r = c.get(prefix, Some(opts)).await.map_err(backend)?;
+                Ok(r.kvs().first().map(|kv| kv.key().to_vec()))
+            })?;
+            Ok(key.map(|k| version_of_key(&k)))
+        })
+    }
+
+    fn prune_when(
+        &self,
+        keep_from: u64,
+        keep_policies_from: u64,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError> {
+        let mut compares: Vec<Compare> = conditions.iter().map(|c| self.compare(c)).collect();
+        compares.push(Compare::create_revision(
+            self.vkey(keep_from),
+            CompareOp::Greater,
+            0,
+        ));
+        // Two range deletes in one transaction: one revision, however many keys.
+        let ops = vec![
+            TxnOp::delete(
+                format!("{}v/", self.ns),
+                Some(DeleteOptions::new().with_range(self.vkey(keep_from))),
+            ),
+            TxnOp::delete(
+                format!("{}p/", self.ns),
+                Some(DeleteOptions::new().with_range(self.pkey(keep_policies_from))),
+            ),
+        ];
+        // Never sent when the connection could not be made: tried again like a read.
+        let committed = retry_connect(|| {
+            let (compares, ops) = (compares.clone(), ops.clone());
+            self.run(move |mut c| async move {
+                let r = c
+                    .txn(Txn::new().when(compares).and_then(ops))
+                    .await
+                    .map_err(backend)?;
+                Ok(r.succeeded())
+            })
+        })?;
+        if committed {
+            return Ok(());
+        }
+        self.failed_condition(conditions)?;
+        Err(super::keep_from_missing(keep_from))
+    }
+
+    fn revision(&self) -> Result<Option<u64>, StoreError> {
+        retry_connect(|| {
+            let key = self.ns.clone();
+            self.run(move |mut c| async move {
+                let opts = GetOptions::new().with_count_only();
+                let r = c.get(key, Some(opts)).await.map_err(backend)?;
+                Ok(r.header().map(|h| h.revision().max(0) as u64))
+            })
+        })
+    }
+
+    fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let revision = i64::try_from(revision)
+            .map_err(|_| StoreError::Backend(format!("etcd: revision {revision} out of range")))?;
+        retry_connect(|| {
+            self.run(move |mut c| async move {
+                match c.compact(revision, None).await {
+                    Ok(_) => Ok(()),
+                    // Another leader (or the operator's auto-compaction) got there first.
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.message().contains("required revision has been compacted") =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(backend(e)),
+                }
+            })
         })
     }
 
@@ -691,6 +805,7 @@ mod tests {
         contract::batches_are_conditional_and_atomic(&store(&etcd, "/t3/"));
         contract::scans_in_key_order(&store(&etcd, "/t4/"));
         contract::appends_only_when_conditions_hold(&store(&etcd, "/t5/"));
+        contract::prunes_old_versions_and_unreferenced_policies(&store(&etcd, "/t7/"));
         contract::reports_versions_appended_elsewhere(
             &store(&etcd, "/t6/"),
             &store(&etcd, "/t6/"),
@@ -731,6 +846,53 @@ mod tests {
         let next = b.try_lead("b", ttl).unwrap().expect("the key is free");
         assert_ne!(next.value, term.value);
         assert_eq!(b.latest().unwrap().unwrap().version, 1);
+    }
+
+    /// Compaction discards old revisions; a follower whose watch starts at a compacted
+    /// revision (it was away while the leader compacted) gets "compacted", reads the
+    /// newest version again and follows on.
+    #[test]
+    fn following_versions_recovers_from_a_compacted_revision() {
+        let etcd = EtcdServer::start();
+        let s = store(&etcd, "/compact/");
+        assert!(s.revision().unwrap().is_some());
+        s.append(&contract::record(1, 1), Some("{}")).unwrap();
+        let first = s.revision().unwrap().unwrap();
+        for v in 2..=5 {
+            s.append(&contract::record(v, 1), None).unwrap();
+        }
+        let now = s.revision().unwrap().unwrap();
+        assert!(now > first);
+        s.compact(now).unwrap();
+        // Compacting to a revision already compacted is no error (two leaders, or etcd's
+        // own auto-compaction, may both do it).
+        s.compact(first).unwrap();
+        let key = s.vkey(1);
+        let err = s
+            .run(move |mut c| async move {
+                c.get(key, Some(GetOptions::new().with_revision(first as i64)))
+                    .await
+                    .map_err(backend)
+                    .map(|_| ())
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("compacted"), "{err}");
+
+        let mut rx = s.subscribe_versions_from(0, first);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut until = |v: u64| {
+            rt.block_on(async {
+                while *rx.borrow_and_update() < v {
+                    rx.changed().await.unwrap();
+                }
+            })
+        };
+        until(5);
+        s.append(&contract::record(6, 1), None).unwrap();
+        until(6);
     }
 
     #[test]

@@ -84,6 +84,28 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn oldest(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock().versions.keys().next().copied())
+    }
+
+    fn prune_when(
+        &self,
+        keep_from: u64,
+        keep_policies_from: u64,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for c in conditions {
+            super::check_condition(c, |k| inner.kv.get(k).cloned())?;
+        }
+        if !inner.versions.contains_key(&keep_from) {
+            return Err(super::keep_from_missing(keep_from));
+        }
+        inner.versions = inner.versions.split_off(&keep_from);
+        inner.policies = inner.policies.split_off(&keep_policies_from);
+        Ok(())
+    }
+
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().kv.get(key).cloned())
     }
@@ -173,6 +195,11 @@ mod tests {
     #[test]
     fn contract_conditional_append() {
         contract::appends_only_when_conditions_hold(&MemoryStore::new());
+    }
+
+    #[test]
+    fn contract_prune() {
+        contract::prunes_old_versions_and_unreferenced_policies(&MemoryStore::new());
     }
 
     #[test]

@@ -147,6 +147,20 @@ pub(crate) fn check_condition(
     }
 }
 
+/// How a refused [`Store::prune_when`] names the version it needed (not a key of the
+/// brain's key space).
+pub fn version_key(version: u64) -> String {
+    format!("version/{version}")
+}
+
+/// The refusal of a [`Store::prune_when`] whose `keep_from` version does not exist.
+pub(crate) fn keep_from_missing(keep_from: u64) -> StoreError {
+    StoreError::Conflict {
+        key: version_key(keep_from),
+        message: "does not exist; pruning keeps it and never deletes the newest version".into(),
+    }
+}
+
 /// A number as a key segment that sorts like the number (20 digits, zero-padded).
 pub fn key_u64(n: u64) -> String {
     format!("{n:020}")
@@ -197,6 +211,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Versions below `before` (all when `None`), newest first, at most `limit`.
     fn history(&self, before: Option<u64>, limit: usize) -> Result<Vec<VersionRecord>, StoreError>;
+
+    /// The oldest version still held (retention deletes older ones), if any.
+    fn oldest(&self) -> Result<Option<u64>, StoreError>;
+
+    /// Retention: delete the version records below `keep_from` and the policy documents
+    /// below `keep_policies_from`, atomically and only if every condition holds (checked
+    /// first, as for [`Store::append_when`]). Refused with [`StoreError::Conflict`] on
+    /// [`version_key`]`(keep_from)`, deleting nothing, unless version `keep_from` exists:
+    /// so the newest version, which the next append follows, is never deleted. The caller
+    /// bounds the batch and passes for `keep_policies_from` at most the `policy_version`
+    /// of version `keep_from` (policy versions never fall as versions rise, so no kept
+    /// version refers to a deleted document); see `control::retention`.
+    fn prune_when(
+        &self,
+        keep_from: u64,
+        keep_policies_from: u64,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError>;
+
+    /// The backend's revision counter, for a backend that keeps a history of every
+    /// revision beside the current values (etcd); `None` for one that does not.
+    fn revision(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Discard the backend's revision history before `revision` (etcd compaction); a
+    /// revision already compacted is no error. Nothing to do for a backend without one.
+    fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let _ = revision;
+        Ok(())
+    }
 
     // The brain's state: a sorted key space of byte values. Keys are `/`-separated
     // paths (`incident/…`, `rollout/…`, `series/<stack>/<window>`, `audit/<seq>`);
@@ -340,6 +385,65 @@ pub(crate) mod contract {
             }
         });
         assert_eq!(*rx.borrow(), 2);
+    }
+
+    /// Retention: the versions below `keep_from` and the policies below
+    /// `keep_policies_from` go in one write and the rest reads as before; a failed
+    /// condition, or a `keep_from` that does not exist, deletes nothing; appends go on.
+    pub fn prunes_old_versions_and_unreferenced_policies(store: &dyn Store) {
+        let versions =
+            |page: Vec<VersionRecord>| -> Vec<u64> { page.iter().map(|r| r.version).collect() };
+        assert!(store.oldest().unwrap().is_none());
+        // v1 sets policy 1, v3 policy 3, v6 policy 6; the others keep the one before.
+        for (v, p) in [(1, 1), (2, 1), (3, 3), (4, 3), (5, 3), (6, 6)] {
+            let doc = (v == p).then(|| format!("{{\"v\":{v}}}"));
+            store.append(&record(v, p), doc.as_deref()).unwrap();
+        }
+        assert_eq!(store.oldest().unwrap(), Some(1));
+        store
+            .commit(&Batch::new().put("lead", b"me".to_vec()))
+            .unwrap();
+        let err = store
+            .prune_when(4, 3, &[Condition::Equals("lead".into(), b"other".to_vec())])
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { ref key, .. } if key == "lead"),
+            "{err}"
+        );
+        let err = store.prune_when(7, 6, &[]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { ref key, .. } if *key == version_key(7)),
+            "{err}"
+        );
+        assert_eq!(store.oldest().unwrap(), Some(1));
+        assert!(store.policy(1).unwrap().is_some());
+
+        // Keep version 4 on, and the policy it runs (3).
+        store
+            .prune_when(4, 3, &[Condition::Equals("lead".into(), b"me".to_vec())])
+            .unwrap();
+        assert_eq!(store.oldest().unwrap(), Some(4));
+        for v in 1..=3 {
+            assert!(store.get(v).unwrap().is_none(), "version {v} pruned");
+        }
+        assert_eq!(store.get(4).unwrap().unwrap(), record(4, 3));
+        assert!(store.policy(1).unwrap().is_none());
+        assert_eq!(store.policy(3).unwrap().as_deref(), Some("{\"v\":3}"));
+        assert_eq!(versions(store.history(None, 10).unwrap()), [6, 5, 4]);
+        assert!(store.history(Some(4), 10).unwrap().is_empty());
+        assert_eq!(store.latest().unwrap().unwrap().version, 6);
+
+        // Appends follow the newest version as before; pruning up to the newest keeps it.
+        store.append(&record(7, 6), None).unwrap();
+        store.prune_when(7, 6, &[]).unwrap();
+        assert_eq!(store.oldest().unwrap(), Some(7));
+        assert_eq!(store.latest().unwrap().unwrap(), record(7, 6));
+        assert!(store.policy(3).unwrap().is_none());
+        assert_eq!(store.policy(6).unwrap().as_deref(), Some("{\"v\":6}"));
+        store.append(&record(8, 8), Some("{\"v\":8}")).unwrap();
+        assert_eq!(versions(store.history(None, 10).unwrap()), [8, 7]);
+        // The brain's key space is not the version history.
+        assert_eq!(store.read("lead").unwrap().as_deref(), Some(&b"me"[..]));
     }
 
     pub fn rejects_gaps_and_repeats(store: &dyn Store) {

@@ -255,6 +255,51 @@ impl Store for RedbStore {
         })
     }
 
+    fn oldest(&self) -> Result<Option<u64>, StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.backend(e))?;
+            let versions = tx.open_table(VERSIONS).map_err(|e| self.backend(e))?;
+            let first = versions.first().map_err(|e| self.backend(e))?;
+            Ok(first.map(|(k, _)| k.value()))
+        })
+    }
+
+    fn prune_when(
+        &self,
+        keep_from: u64,
+        keep_policies_from: u64,
+        conditions: &[Condition],
+    ) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let mut tx = db.begin_write().map_err(|e| self.backend(e))?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| self.backend(e))?;
+            // Dropping the transaction without commit aborts it.
+            if !conditions.is_empty() {
+                let kv = tx.open_table(KV).map_err(|e| self.backend(e))?;
+                self.check_all(&kv, conditions)?;
+            }
+            {
+                let mut versions = tx.open_table(VERSIONS).map_err(|e| self.backend(e))?;
+                if versions
+                    .get(keep_from)
+                    .map_err(|e| self.backend(e))?
+                    .is_none()
+                {
+                    return Err(super::keep_from_missing(keep_from));
+                }
+                versions
+                    .retain_in(..keep_from, |_, _| false)
+                    .map_err(|e| self.backend(e))?;
+                let mut policies = tx.open_table(POLICIES).map_err(|e| self.backend(e))?;
+                policies
+                    .retain_in(..keep_policies_from, |_, _| false)
+                    .map_err(|e| self.backend(e))?;
+            }
+            tx.commit().map_err(|e| self.backend(e))
+        })
+    }
+
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(|e| self.backend(e))?;
@@ -379,6 +424,14 @@ mod tests {
     fn contract_conditional_append() {
         let dir = tempfile::tempdir().unwrap();
         contract::appends_only_when_conditions_hold(&RedbStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn contract_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::prunes_old_versions_and_unreferenced_policies(
+            &RedbStore::open(dir.path()).unwrap(),
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod hostile_clients;
 mod incidents;
 mod replay;
 mod replicas;
+mod retention;
 mod series;
 mod tls;
 mod wire;
