@@ -178,6 +178,9 @@ pub struct DetectorConfig {
     /// Relative floors of the baseline spread.
     pub latency_floor: f64,
     pub kpi_floor: f64,
+    /// Relative floor of the spread when a stack with no peer in its group is judged on
+    /// its KPI counts summed over `count_windows` windows.
+    pub kpi_alone_floor: f64,
     pub rps_floor: f64,
     /// Absolute floor of the error-rate spread.
     pub error_floor: f64,
@@ -215,6 +218,7 @@ impl Default for DetectorConfig {
             cross_tail_ratio: 3.0,
             latency_floor: 0.15,
             kpi_floor: 0.1,
+            kpi_alone_floor: 0.05,
             rps_floor: 0.2,
             error_floor: 0.0002,
             slo_z: 3.0,
@@ -413,6 +417,25 @@ pub fn erfc(x: f64) -> f64 {
     } else {
         2.0 - r
     }
+}
+
+/// How far the KPI rate of `k` events in `n` requests (summed over several windows) is
+/// below the baseline, in standard deviations: the Poisson noise of the summed count,
+/// plus the spread the baseline has beyond the Poisson noise of one window of
+/// `n_window` requests (what varies from window to window that summing does not
+/// average away), at least `kpi_alone_floor` of the median. 0 when not below.
+fn alone_kpi_z(cfg: &DetectorConfig, e: &Expected, k: u64, n: u64, n_window: u64) -> f64 {
+    if n == 0 || n_window == 0 || e.median <= 0.0 {
+        return 0.0;
+    }
+    let rate = k as f64 * 1_000.0 / n as f64;
+    let sampling = e.median * 1_000.0 / n as f64;
+    let beyond = (e.sigma * e.sigma - e.median * 1_000.0 / n_window as f64).max(0.0);
+    let sd = (sampling + beyond)
+        .sqrt()
+        .max(cfg.kpi_alone_floor * e.median)
+        .max(1e-6);
+    ((e.median - rate) / sd).max(0.0)
 }
 
 /// One-sided conditional binomial test of a count against the pooled others: given
@@ -1100,13 +1123,20 @@ impl Detector {
                     * widen;
                 (e.median - x) / sigma
             });
+            let sums = self
+                .summed(&(w.stack.clone(), sig.clone()))
+                .unwrap_or([k, n, 0, 0]);
+            // Alone (no peer with traffic in its group), the baseline is the only
+            // reference, and one window holds too few events for it: judge the counts
+            // summed over the last `count_windows` windows against the baseline too.
+            let z = match e.filter(|_| !have_peers) {
+                Some(e) => z.max(alone_kpi_z(cfg, &e, sums[0], sums[1], n) / widen),
+                None => z,
+            };
             let mut reasons = Vec::new();
             if z >= cfg.warn_z {
                 reasons.push(Reason::Baseline);
             }
-            let sums = self
-                .summed(&(w.stack.clone(), sig.clone()))
-                .unwrap_or([k, n, 0, 0]);
             let cross = have_peers.then(|| {
                 let [k_s, n_s, k_o, n_o] = sums;
                 let r_s = k_s as f64 * 1_000.0 / n_s.max(1) as f64;
