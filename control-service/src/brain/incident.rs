@@ -813,15 +813,22 @@ impl IncidentEngine {
             .filter(|f| !f.stale)
             .map(|f| f.stack.as_str())
             .collect();
-        let targets: Vec<&StackStatus> = ctx
+        // Traffic only moves within a group (stacks serving the same traffic; residency
+        // and segment rules are expressed by grouping).
+        let group = group_of(d, ctx.stacks);
+        let same_group: Vec<&StackStatus> = ctx
             .stacks
             .iter()
-            .filter(|s| s.name != d && s.healthy && !busy.contains(s.name.as_str()))
+            .filter(|s| s.name != d && s.group == group)
             .collect();
-        for s in ctx
-            .stacks
+        let targets: Vec<&StackStatus> = same_group
             .iter()
-            .filter(|s| s.name != d && (!s.healthy || busy.contains(s.name.as_str())))
+            .copied()
+            .filter(|s| s.healthy && !busy.contains(s.name.as_str()))
+            .collect();
+        for s in same_group
+            .iter()
+            .filter(|s| !s.healthy || busy.contains(s.name.as_str()))
         {
             ev.alternatives.push(Alternative {
                 action: None,
@@ -851,7 +858,11 @@ impl IncidentEngine {
                     stack: d.into(),
                     to: Vec::new(),
                 }),
-                why_not: "no healthy target stack".into(),
+                why_not: if same_group.is_empty() {
+                    format!("no other stack serves its group {group}: its traffic cannot move")
+                } else {
+                    "no healthy target stack".into()
+                },
             });
             return "no healthy target: human decision needed".into();
         }

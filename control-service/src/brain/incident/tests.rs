@@ -776,8 +776,17 @@ fn a_stack_alone_in_its_group_is_named_with_its_reason_and_less_confidence() {
         "{:?}",
         ev.factors
     );
-    // Lower than the same drop localised against peers, higher than one its peers
-    // do not confirm.
+    // Traffic only moves within a group: nowhere to move eu's, a human decides.
+    assert_eq!(ev.proposed, None);
+    assert!(
+        ev.alternatives
+            .iter()
+            .any(|a| a.why_not.contains("no other stack serves its group eu")),
+        "{:#?}",
+        ev.alternatives
+    );
+    // Lower than the same drop localised against peers (nor does anything fit), but
+    // named; higher than one its peers do not confirm, with a target as well.
     let mut peers = kpi_drop("green");
     peers.localised = true;
     peers.cross = Some(CrossStack {
@@ -788,12 +797,24 @@ fn a_stack_alone_in_its_group_is_named_with_its_reason_and_less_confidence() {
     peers.reasons.push(Reason::CrossStack);
     let with_peers = analyse(with_eu(), &[peers], &[]);
     let unconfirmed = analyse(with_eu(), &[kpi_drop("green")], &[]);
+    let factor = |e: &Evidence, name: &str| {
+        e.factors
+            .iter()
+            .find(|(n, _)| n.contains(name))
+            .map_or(0.0, |(_, v)| *v)
+    };
     assert!(
-        unconfirmed.confidence < ev.confidence && ev.confidence < with_peers.confidence,
-        "{} < {} < {}",
-        unconfirmed.confidence,
-        ev.confidence,
+        factor(&unconfirmed, "not localised") < factor(&ev, "no peer in its group")
+            && ev.confidence < with_peers.confidence,
+        "{:?} / {:?} / {}",
+        unconfirmed.factors,
+        ev.factors,
         with_peers.confidence
+    );
+    // The shift it proposes stays in its group: blue, not eu.
+    assert_eq!(
+        with_peers.proposed.as_ref().map(Action::stacks),
+        Some(vec!["green".to_string(), "blue".to_string()])
     );
 }
 
