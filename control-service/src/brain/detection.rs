@@ -419,18 +419,27 @@ pub fn erfc(x: f64) -> f64 {
     }
 }
 
-/// How far the KPI rate of `k` events in `n` requests (summed over several windows) is
-/// below the baseline, in standard deviations: the Poisson noise of the summed count,
-/// plus the spread the baseline has beyond the Poisson noise of one window of
-/// `n_window` requests (what varies from window to window that summing does not
-/// average away), at least `kpi_alone_floor` of the median. 0 when not below.
-fn alone_kpi_z(cfg: &DetectorConfig, e: &Expected, k: u64, n: u64, n_window: u64) -> f64 {
+/// How far the KPI rate of `k` events in `n` requests (summed over `windows` windows)
+/// is below the baseline, in standard deviations: the Poisson noise of the summed
+/// count, plus the spread the baseline has beyond the Poisson noise of one window of
+/// `n_window` requests (window-to-window variation, which the sum averages over its
+/// windows), at least `kpi_alone_floor` of the median (slow drifts the sum does not
+/// average away). 0 when not below.
+fn alone_kpi_z(
+    cfg: &DetectorConfig,
+    e: &Expected,
+    k: u64,
+    n: u64,
+    n_window: u64,
+    windows: usize,
+) -> f64 {
     if n == 0 || n_window == 0 || e.median <= 0.0 {
         return 0.0;
     }
     let rate = k as f64 * 1_000.0 / n as f64;
     let sampling = e.median * 1_000.0 / n as f64;
-    let beyond = (e.sigma * e.sigma - e.median * 1_000.0 / n_window as f64).max(0.0);
+    let beyond = (e.sigma * e.sigma - e.median * 1_000.0 / n_window as f64).max(0.0)
+        / windows.max(1) as f64;
     let sd = (sampling + beyond)
         .sqrt()
         .max(cfg.kpi_alone_floor * e.median)
@@ -1130,9 +1139,13 @@ impl Detector {
             // reference, and one window holds too few events for it: judge the counts
             // summed over the last `count_windows` windows against the baseline too.
             let z = match e.filter(|_| !have_peers) {
-                Some(e) => z.max(alone_kpi_z(cfg, &e, sums[0], sums[1], n) / widen),
+                Some(e) => {
+                    let windows = self.counts.get(&key(sig.clone())).map_or(1, VecDeque::len);
+                    z.max(alone_kpi_z(cfg, &e, sums[0], sums[1], n, windows) / widen)
+                }
                 None => z,
             };
+
             let mut reasons = Vec::new();
             if z >= cfg.warn_z {
                 reasons.push(Reason::Baseline);
