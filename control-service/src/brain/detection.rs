@@ -438,8 +438,8 @@ fn alone_kpi_z(
     }
     let rate = k as f64 * 1_000.0 / n as f64;
     let sampling = e.median * 1_000.0 / n as f64;
-    let beyond = (e.sigma * e.sigma - e.median * 1_000.0 / n_window as f64).max(0.0)
-        / windows.max(1) as f64;
+    let beyond =
+        (e.sigma * e.sigma - e.median * 1_000.0 / n_window as f64).max(0.0) / windows.max(1) as f64;
     let sd = (sampling + beyond)
         .sqrt()
         .max(cfg.kpi_alone_floor * e.median)

@@ -391,7 +391,9 @@ fn a_kpi_drop_on_a_stack_alone_in_its_group_is_confirmed_against_its_baseline() 
             assert!(f.iter().all(|f| f.signal != kpi), "window {k}: {f:?}");
             continue;
         }
-        let Some(x) = of(&f, "eu", &kpi) else { continue };
+        let Some(x) = of(&f, "eu", &kpi) else {
+            continue;
+        };
         // Judged against its baseline only: no peer, nothing localised.
         assert!(x.cross.is_none() && !x.localised, "{x:?}");
         assert_eq!(x.reasons, [Reason::Baseline]);

@@ -733,7 +733,12 @@ fn with_eu() -> Vec<StackStatus> {
 
 /// A confirmed KPI drop on a stack judged against its baseline only (no peer).
 fn kpi_drop(stack: &str) -> Finding {
-    let mut f = finding(stack, Signal::Kpi("orders".into()), Severity::Confirmed, false);
+    let mut f = finding(
+        stack,
+        Signal::Kpi("orders".into()),
+        Severity::Confirmed,
+        false,
+    );
     f.observed = 11.0;
     f.baseline = Some(24.0);
     f.score = 5.2;
@@ -825,7 +830,12 @@ fn findings_on_another_group_do_not_make_a_problem_look_shared() {
     let g = finding("green", Signal::P99, Severity::Confirmed, false);
     let eu = finding("eu", Signal::P99, Severity::Confirmed, false);
     let ev = analyse(with_eu(), &[g.clone(), eu.clone()], &[]);
-    assert_eq!(ev.delta_stack.as_deref(), Some("green"), "{}", ev.localisation);
+    assert_eq!(
+        ev.delta_stack.as_deref(),
+        Some("green"),
+        "{}",
+        ev.localisation
+    );
     assert!(
         !ev.localisation.contains("deviate together"),
         "{}",
