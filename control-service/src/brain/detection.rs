@@ -6,7 +6,9 @@
 //!
 //! - **baseline**: it deviates from the seasonal baseline ([`super::baseline`]) by at
 //!   least `warn_z` robust standard deviations (sampling noise of the window's counts
-//!   added, relative floors applied, widened during an announced campaign);
+//!   added, relative floors applied, widened during an announced campaign); a stack
+//!   with no peer in its group also has its KPIs judged on the counts summed over
+//!   `count_windows` windows (one window holds too few business events);
 //! - **cross-stack delta**: it deviates from the pooled other stacks of its group once
 //!   traffic share is accounted for — a conditional binomial test on counts (errors, KPI
 //!   events, requests slower than the others' p99) plus a minimum effect size. This
