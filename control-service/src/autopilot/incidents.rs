@@ -232,6 +232,8 @@ impl Desk {
                 StackStatus {
                     name: s.name.clone(),
                     group: s.group.clone(),
+                    segments: s.segments.clone(),
+                    rules: s.rules.clone(),
                     healthy: runtime.is_some_and(|r| r.healthy && !r.evacuating) && !hard_down,
                     rps: st.rps.get(&s.name).copied().unwrap_or(0.0),
                     peak_rps: st.peak_rps.get(&s.name).copied().unwrap_or(0.0),

@@ -144,6 +144,8 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Incid
                 StackStatus {
                     name: st.name.clone(),
                     group: st.group.clone(),
+                    segments: st.segments.clone(),
+                    rules: st.rules.clone(),
                     healthy: !findings
                         .iter()
                         .any(|f| f.stack == st.name && f.reasons.contains(&Reason::HardDown)),

@@ -6,7 +6,9 @@
 //!
 //! - **baseline**: it deviates from the seasonal baseline ([`super::baseline`]) by at
 //!   least `warn_z` robust standard deviations (sampling noise of the window's counts
-//!   added, relative floors applied, widened during an announced campaign);
+//!   added, relative floors applied, widened during an announced campaign); a stack
+//!   with no peer in its group also has its KPIs judged on the counts summed over
+//!   `count_windows` windows (one window holds too few business events);
 //! - **cross-stack delta**: it deviates from the pooled other stacks of its group once
 //!   traffic share is accounted for — a conditional binomial test on counts (errors, KPI
 //!   events, requests slower than the others' p99) plus a minimum effect size. This
@@ -178,6 +180,9 @@ pub struct DetectorConfig {
     /// Relative floors of the baseline spread.
     pub latency_floor: f64,
     pub kpi_floor: f64,
+    /// Relative floor of the spread when a stack with no peer in its group is judged on
+    /// its KPI counts summed over `count_windows` windows.
+    pub kpi_alone_floor: f64,
     pub rps_floor: f64,
     /// Absolute floor of the error-rate spread.
     pub error_floor: f64,
@@ -215,6 +220,7 @@ impl Default for DetectorConfig {
             cross_tail_ratio: 3.0,
             latency_floor: 0.15,
             kpi_floor: 0.1,
+            kpi_alone_floor: 0.05,
             rps_floor: 0.2,
             error_floor: 0.0002,
             slo_z: 3.0,
@@ -413,6 +419,34 @@ pub fn erfc(x: f64) -> f64 {
     } else {
         2.0 - r
     }
+}
+
+/// How far the KPI rate of `k` events in `n` requests (summed over `windows` windows)
+/// is below the baseline, in standard deviations: the Poisson noise of the summed
+/// count, plus the spread the baseline has beyond the Poisson noise of one window of
+/// `n_window` requests (window-to-window variation, which the sum averages over its
+/// windows), at least `kpi_alone_floor` of the median (slow drifts the sum does not
+/// average away). 0 when not below.
+fn alone_kpi_z(
+    cfg: &DetectorConfig,
+    e: &Expected,
+    k: u64,
+    n: u64,
+    n_window: u64,
+    windows: usize,
+) -> f64 {
+    if n == 0 || n_window == 0 || e.median <= 0.0 {
+        return 0.0;
+    }
+    let rate = k as f64 * 1_000.0 / n as f64;
+    let sampling = e.median * 1_000.0 / n as f64;
+    let beyond =
+        (e.sigma * e.sigma - e.median * 1_000.0 / n_window as f64).max(0.0) / windows.max(1) as f64;
+    let sd = (sampling + beyond)
+        .sqrt()
+        .max(cfg.kpi_alone_floor * e.median)
+        .max(1e-6);
+    ((e.median - rate) / sd).max(0.0)
 }
 
 /// One-sided conditional binomial test of a count against the pooled others: given
@@ -1100,13 +1134,24 @@ impl Detector {
                     * widen;
                 (e.median - x) / sigma
             });
+            let sums = self
+                .summed(&(w.stack.clone(), sig.clone()))
+                .unwrap_or([k, n, 0, 0]);
+            // Alone (no peer with traffic in its group), the baseline is the only
+            // reference, and one window holds too few events for it: judge the counts
+            // summed over the last `count_windows` windows against the baseline too.
+            let z = match e.filter(|_| !have_peers) {
+                Some(e) => {
+                    let windows = self.counts.get(&key(sig.clone())).map_or(1, VecDeque::len);
+                    z.max(alone_kpi_z(cfg, &e, sums[0], sums[1], n, windows) / widen)
+                }
+                None => z,
+            };
+
             let mut reasons = Vec::new();
             if z >= cfg.warn_z {
                 reasons.push(Reason::Baseline);
             }
-            let sums = self
-                .summed(&(w.stack.clone(), sig.clone()))
-                .unwrap_or([k, n, 0, 0]);
             let cross = have_peers.then(|| {
                 let [k_s, n_s, k_o, n_o] = sums;
                 let r_s = k_s as f64 * 1_000.0 / n_s.max(1) as f64;

@@ -40,7 +40,7 @@ use serde::Serialize;
 
 use super::clock::UnixMs;
 use super::detection::{Finding, Reason, Severity};
-use super::events::{AlertTrigger, EventKind};
+use super::events::{AlertTrigger, Event, EventKind, Scope};
 use crate::store::{key_u64, Batch, Store, StoreError};
 
 const SEQ: &str = "incident/seq";
@@ -59,6 +59,23 @@ pub use model::*;
 
 fn enc(s: &str) -> String {
     s.replace('%', "%25").replace('/', "%2F")
+}
+
+/// Does event `e`'s scope cover `stack`, with the segments and rules its status says it
+/// serves (a stack the context does not know serves none)?
+fn covers(e: &Event, stack: &str, stacks: &[StackStatus]) -> bool {
+    match stacks.iter().find(|s| s.name == stack) {
+        Some(s) => e.scope.covers(stack, &s.segments, &s.rules),
+        None => e.scope.covers(stack, &[], &[]),
+    }
+}
+
+/// The group of `stack` (unknown stacks are in `default`, as in the detector).
+fn group_of<'a>(stack: &str, stacks: &'a [StackStatus]) -> &'a str {
+    stacks
+        .iter()
+        .find(|s| s.name == stack)
+        .map_or("default", |s| s.group.as_str())
 }
 
 /// The freeze an incident action left on `stack`, if one is in force at `now` (the
@@ -81,6 +98,9 @@ pub fn freeze_of(
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IncidentError> {
     serde_json::to_vec(v).map_err(|e| IncidentError::Store(StoreError::Backend(e.to_string())))
 }
+
+/// The localisation of a stack alone in its group says this (scoring reads it).
+const ALONE: &str = "it has no peer in its group";
 
 /// One analysis phase: fills the evidence, returns the transition's note.
 type AnalysisStep<'a> = dyn Fn(&mut Incident, &mut Evidence) -> String + 'a;
@@ -524,7 +544,7 @@ impl IncidentEngine {
             }
         }
         for e in ctx.events {
-            let on_stack = e.scope.covers(&stack, &[], &[]);
+            let on_stack = covers(e, &stack, ctx.stacks);
             if e.kind == EventKind::Deployment
                 && on_stack
                 && e.from_ms <= inc.opened_ms
@@ -532,17 +552,22 @@ impl IncidentEngine {
                 && seen.insert(e.id.clone())
             {
                 let after = e.from_ms >= onset + window_ms;
+                // A deployment scoped to a segment or a rule says which one.
+                let on = match &e.scope {
+                    Scope::Stacks(_) => stack.clone(),
+                    other => format!("{stack} ({})", other.label()),
+                };
                 ev.events.push(EventEvidence {
                     id: e.id.clone(),
                     kind: e.kind,
                     relation: if after {
                         format!(
-                            "deployment on {stack} {} min after the onset (not a suspect: the anomaly came first)",
+                            "deployment on {on} {} min after the onset (not a suspect: the anomaly came first)",
                             (e.from_ms - onset) / 60_000
                         )
                     } else {
                         format!(
-                            "deployment on {stack} {} min before the onset",
+                            "deployment on {on} {} min before the onset",
                             onset.saturating_sub(e.from_ms) / 60_000
                         )
                     },
@@ -568,7 +593,7 @@ impl IncidentEngine {
         // maintenance's (from the registry, or a finding that correlated one).
         let maintenance = ctx.events.iter().find(|e| {
             e.kind == EventKind::Maintenance
-                && (e.scope.covers(&stack, &[], &[]) || seen.contains(&e.id))
+                && (covers(e, &stack, ctx.stacks) || seen.contains(&e.id))
                 && super::detection::began_during(e, onset, window_ms)
         });
         if let Some(m) = maintenance {
@@ -617,20 +642,20 @@ impl IncidentEngine {
         if !localised && group.is_some() && !peers.is_empty() {
             for x in ev.events.iter_mut().filter(|x| x.suspect) {
                 let Some(e) = event(&x.id) else { continue };
-                if let super::events::Scope::Stacks(on) = &e.scope {
-                    let left_out: Vec<&str> = peers
-                        .iter()
-                        .copied()
-                        .filter(|p| !on.iter().any(|s| s == p))
-                        .collect();
-                    if !left_out.is_empty() {
-                        x.suspect = false;
-                        x.relation = format!(
-                            "{}; not a suspect: {} deviate too and were not deployed",
-                            x.relation,
-                            left_out.join(", ")
-                        );
-                    }
+                // Whatever the scope (stacks, a segment, a rule), a deviating peer it
+                // does not cover was not deployed.
+                let left_out: Vec<&str> = peers
+                    .iter()
+                    .copied()
+                    .filter(|p| !covers(e, p, ctx.stacks))
+                    .collect();
+                if !left_out.is_empty() {
+                    x.suspect = false;
+                    x.relation = format!(
+                        "{}; not a suspect: {} deviate too and were not deployed",
+                        x.relation,
+                        left_out.join(", ")
+                    );
                 }
             }
         }
@@ -688,12 +713,21 @@ impl IncidentEngine {
                 .iter()
                 .any(|t| t.source == TriggerSource::HealthCheck);
         let localised = mine.iter().any(|f| f.localised);
+        // Only the stacks of its own group tell a single-stack problem from a shared
+        // one: a finding on a stack of another group (other traffic, e.g. another
+        // residency) says nothing about this one.
+        let group = group_of(&stack, ctx.stacks);
         let others: BTreeSet<&str> = ctx
             .findings
             .iter()
             .filter(|f| !f.stale && f.stack != stack && !f.stack.starts_with("group:"))
+            .filter(|f| group_of(&f.stack, ctx.stacks) == group)
             .map(|f| f.stack.as_str())
             .collect();
+        let alone = !ctx
+            .stacks
+            .iter()
+            .any(|s| s.name != stack && s.group == group);
         if hard || localised {
             ev.delta_stack = Some(stack.clone());
             ev.localisation = if hard {
@@ -705,6 +739,24 @@ impl IncidentEngine {
                     .fold(0.0, f64::max);
                 format!("{stack} deviates from the other stacks of its group (z {z:.1})")
             };
+        } else if alone {
+            ev.delta_stack = Some(stack.clone());
+            let judged = if mine.iter().any(|f| f.reasons.contains(&Reason::Baseline)) {
+                "deviates from its own seasonal baseline".to_string()
+            } else {
+                let r: BTreeSet<String> = mine
+                    .iter()
+                    .flat_map(|f| f.reasons.iter().map(|r| format!("{r:?}").to_lowercase()))
+                    .collect();
+                format!(
+                    "is anomalous on its own ({})",
+                    r.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            };
+            ev.localisation = format!(
+                "{stack} {judged}; {ALONE} {group} to compare with, so this is not confirmed \
+                 against peers"
+            );
         } else if others.is_empty() {
             ev.delta_stack = Some(stack.clone());
             ev.localisation = format!("{stack} deviates from its baseline; no peer deviates (not confirmed against peers)");
@@ -761,15 +813,22 @@ impl IncidentEngine {
             .filter(|f| !f.stale)
             .map(|f| f.stack.as_str())
             .collect();
-        let targets: Vec<&StackStatus> = ctx
+        // Traffic only moves within a group (stacks serving the same traffic; residency
+        // and segment rules are expressed by grouping).
+        let group = group_of(d, ctx.stacks);
+        let same_group: Vec<&StackStatus> = ctx
             .stacks
             .iter()
-            .filter(|s| s.name != d && s.healthy && !busy.contains(s.name.as_str()))
+            .filter(|s| s.name != d && s.group == group)
             .collect();
-        for s in ctx
-            .stacks
+        let targets: Vec<&StackStatus> = same_group
             .iter()
-            .filter(|s| s.name != d && (!s.healthy || busy.contains(s.name.as_str())))
+            .copied()
+            .filter(|s| s.healthy && !busy.contains(s.name.as_str()))
+            .collect();
+        for s in same_group
+            .iter()
+            .filter(|s| !s.healthy || busy.contains(s.name.as_str()))
         {
             ev.alternatives.push(Alternative {
                 action: None,
@@ -799,7 +858,11 @@ impl IncidentEngine {
                     stack: d.into(),
                     to: Vec::new(),
                 }),
-                why_not: "no healthy target stack".into(),
+                why_not: if same_group.is_empty() {
+                    format!("no other stack serves its group {group}: its traffic cannot move")
+                } else {
+                    "no healthy target stack".into()
+                },
             });
             return "no healthy target: human decision needed".into();
         }
@@ -903,6 +966,11 @@ impl IncidentEngine {
         }
         if ev.delta_stack.is_some() && !ev.localisation.contains("not confirmed against peers") {
             f.push(("localised to one stack".into(), 0.2));
+        } else if ev.delta_stack.is_some() && ev.localisation.contains(ALONE) {
+            f.push((
+                "no peer in its group: judged against its own seasonal baseline only".into(),
+                -0.05,
+            ));
         } else {
             f.push(("not localised against peers".into(), -0.1));
         }

@@ -458,6 +458,8 @@ pub fn run_workflow(
             stacks.push(StackStatus {
                 name: st.name.clone(),
                 group: st.group.clone(),
+                segments: st.segments.clone(),
+                rules: st.rules.clone(),
                 healthy: !findings
                     .iter()
                     .any(|f| f.stack == st.name && f.reasons.contains(&Reason::HardDown)),

@@ -341,3 +341,69 @@ fn maintenance_and_its_summed_tail_open_nothing() {
         "{seen:?}"
     );
 }
+
+/// A stack alone in its group (its own residency) has no peer for the cross-stack test:
+/// a KPI drop too small for one window's few orders is found on its counts summed over
+/// `count_windows`, against its own baseline; clean windows raise nothing.
+#[test]
+fn a_kpi_drop_on_a_stack_alone_in_its_group_is_confirmed_against_its_baseline() {
+    use crate::brain::scenario::Rng;
+    let topology = [
+        StackInfo {
+            name: "blue".into(),
+            group: "web".into(),
+            ..StackInfo::default()
+        },
+        StackInfo {
+            name: "green".into(),
+            group: "web".into(),
+            ..StackInfo::default()
+        },
+        StackInfo {
+            name: "eu".into(),
+            group: "eu".into(),
+            segments: vec!["eu".into()],
+            ..StackInfo::default()
+        },
+    ];
+    let ctx = DetectContext {
+        topology: &topology,
+        ..DetectContext::default()
+    };
+    let cfg = DetectorConfig::default();
+    let mut d = Detector::new(cfg.clone());
+    let mut rng = Rng::new(7);
+    let kpi = Signal::Kpi("orders".into());
+    // 30 rps on eu at 24 orders per 1,000 requests: ~43 orders a window, so halving it
+    // is ~3 σ of one window's noise (below warn_z) but far more on five summed.
+    let start = T0 + 8 * 60 * MIN;
+    let drop_at = 120;
+    let mut first_confirmed = None;
+    for k in 0..drop_at + 15 {
+        let t = start + k * MIN;
+        let rate = if k >= drop_at { 0.012 } else { 0.024 };
+        let req = rng.poisson(1_800.0);
+        let eu = win("eu", t, req, 0, 250.0, rng.poisson(req as f64 * rate));
+        let web = |s: &str, rng: &mut Rng| win(s, t, 3_000, 1, 250.0, rng.poisson(75.0));
+        let (b, g) = (web("blue", &mut rng), web("green", &mut rng));
+        let f = d.observe(&[b, g, eu], &ctx);
+        if k < drop_at {
+            assert!(f.iter().all(|f| f.signal != kpi), "window {k}: {f:?}");
+            continue;
+        }
+        let Some(x) = of(&f, "eu", &kpi) else {
+            continue;
+        };
+        // Judged against its baseline only: no peer, nothing localised.
+        assert!(x.cross.is_none() && !x.localised, "{x:?}");
+        assert_eq!(x.reasons, [Reason::Baseline]);
+        assert_eq!(x.baseline_source, Some(Source::Rolling));
+        if x.severity == Severity::Confirmed && first_confirmed.is_none() {
+            first_confirmed = Some(k - drop_at);
+            assert!(x.score >= cfg.warn_z, "{x:?}");
+        }
+        assert!(of(&f, "blue", &kpi).is_none() && of(&f, "green", &kpi).is_none());
+    }
+    let after = first_confirmed.expect("the drop on eu is confirmed");
+    assert!(after <= 8, "confirmed {after} windows after the drop");
+}

@@ -189,6 +189,15 @@ pub struct StackStatus {
     /// and segment rules are expressed by grouping).
     #[serde(default = "default_group")]
     pub group: String,
+    /// Segments it serves (e.g. its region): an event scoped to one of them (scope
+    /// `segment:eu`) applies to the stack, as in the detector's [`StackInfo`].
+    ///
+    /// [`StackInfo`]: super::super::detection::StackInfo
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
+    /// Ids of the rules that target it (for events scoped to a rule).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
     /// Health checks pass and breakers are closed.
     pub healthy: bool,
     /// Requests per second it carries now.
