@@ -448,6 +448,23 @@ impl Drop for EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Run one transaction: `true` when its compares held and its ops were applied. Never
+    /// sent when the connection could not be made: tried again like a read.
+    fn commit_txn(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, StoreError> {
+        retry_connect(|| {
+            let (compares, ops) = (compares.clone(), ops.clone());
+            self.run(move |mut c| async move {
+                let r = c
+                    .txn(Txn::new().when(compares).and_then(ops))
+                    .await
+                    .map_err(backend)?;
+                Ok(r.succeeded())
+            })
+        })
+    }
+}
+
 impl Store for EtcdStore {
     fn describe(&self) -> String {
         format!("etcd:{} (prefix {})", self.endpoints.join(","), self.ns)
@@ -464,29 +481,16 @@ impl Store for EtcdStore {
         let this = self.vkey(v);
         let prev = self.vkey(v.saturating_sub(1));
         let pkey = self.pkey(v);
-        let policy = policy_json.map(str::to_string);
-        let fences: Vec<Compare> = conditions.iter().map(|c| self.compare(c)).collect();
-        // Never sent when the connection could not be made: tried again like a read.
-        let committed = retry_connect(|| {
-            let (fences, this, prev) = (fences.clone(), this.clone(), prev.clone());
-            let (encoded, policy, pkey) = (encoded.clone(), policy.clone(), pkey.clone());
-            self.run(move |mut c| async move {
-                let mut compares = fences;
-                compares.push(Compare::create_revision(this.clone(), CompareOp::Equal, 0));
-                if v > 1 {
-                    compares.push(Compare::create_revision(prev, CompareOp::Greater, 0));
-                }
-                let mut ops = vec![TxnOp::put(this, encoded, None)];
-                if let Some(p) = policy {
-                    ops.push(TxnOp::put(pkey, p, None));
-                }
-                let r = c
-                    .txn(Txn::new().when(compares).and_then(ops))
-                    .await
-                    .map_err(backend)?;
-                Ok(r.succeeded())
-            })
-        })?;
+        let mut compares: Vec<Compare> = conditions.iter().map(|c| self.compare(c)).collect();
+        compares.push(Compare::create_revision(this.clone(), CompareOp::Equal, 0));
+        if v > 1 {
+            compares.push(Compare::create_revision(prev, CompareOp::Greater, 0));
+        }
+        let mut ops = vec![TxnOp::put(this, encoded, None)];
+        if let Some(p) = policy_json {
+            ops.push(TxnOp::put(pkey, p, None));
+        }
+        let committed = self.commit_txn(compares, ops)?;
         if committed {
             return Ok(());
         }
@@ -617,17 +621,7 @@ impl Store for EtcdStore {
                 Some(DeleteOptions::new().with_range(self.pkey(keep_policies_from))),
             ),
         ];
-        // Never sent when the connection could not be made: tried again like a read.
-        let committed = retry_connect(|| {
-            let (compares, ops) = (compares.clone(), ops.clone());
-            self.run(move |mut c| async move {
-                let r = c
-                    .txn(Txn::new().when(compares).and_then(ops))
-                    .await
-                    .map_err(backend)?;
-                Ok(r.succeeded())
-            })
-        })?;
+        let committed = self.commit_txn(compares, ops)?;
         if committed {
             return Ok(());
         }
@@ -753,17 +747,7 @@ impl Store for EtcdStore {
                 }
             })
             .collect();
-        // Never sent when the connection could not be made: tried again like a read.
-        let committed = retry_connect(|| {
-            let (compares, ops) = (compares.clone(), ops.clone());
-            self.run(move |mut c| async move {
-                let r = c
-                    .txn(Txn::new().when(compares).and_then(ops))
-                    .await
-                    .map_err(backend)?;
-                Ok(r.succeeded())
-            })
-        })?;
+        let committed = self.commit_txn(compares, ops)?;
         if committed {
             return Ok(());
         }

@@ -40,6 +40,20 @@ async fn within(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     assert!(f(), "not within {secs} s: {what}");
 }
 
+/// How the server ends a connection the client holds open: `eof` (closed or reset),
+/// `data`, or the read error. Bounded, so a held connection fails the test instead of
+/// hanging it.
+fn how_it_ends(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    match s.read(&mut [0u8; 1]) {
+        Ok(0) => "eof".to_string(),
+        Ok(_) => "data".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "eof".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn doc(name: &str) -> String {
     policy(name, &["blue", "green"])
 }
@@ -630,23 +644,13 @@ async fn connections_that_send_nothing_are_closed_after_the_first_byte_timeout()
         server.http.strip_prefix("http://").unwrap().to_string(),
     ];
     let ends = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
         let silent: Vec<std::net::TcpStream> = targets
             .iter()
             .flat_map(|a| (0..20).map(move |_| std::net::TcpStream::connect(a).unwrap()))
             .collect();
         silent
             .into_iter()
-            .map(|mut s| {
-                // A bound so a held connection fails the test instead of hanging it.
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                match s.read(&mut [0u8; 1]) {
-                    Ok(0) => "eof".to_string(),
-                    Ok(_) => "data".to_string(),
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "eof".into(),
-                    Err(e) => e.to_string(),
-                }
-            })
+            .map(|mut s| how_it_ends(&mut s))
             .collect::<Vec<_>>()
     })
     .await
@@ -701,7 +705,7 @@ async fn tls_connections_that_never_finish_their_handshake_are_closed_after_the_
     tokio::time::sleep(Duration::from_millis(200)).await;
     let base_fds = fds(pid);
     let ends = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let stalled: Vec<std::net::TcpStream> = targets
             .iter()
             .flat_map(|a| {
@@ -717,15 +721,7 @@ async fn tls_connections_that_never_finish_their_handshake_are_closed_after_the_
             .collect();
         stalled
             .into_iter()
-            .map(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                match s.read(&mut [0u8; 1]) {
-                    Ok(0) => "eof".to_string(),
-                    Ok(_) => "data".to_string(),
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "eof".into(),
-                    Err(e) => e.to_string(),
-                }
-            })
+            .map(|mut s| how_it_ends(&mut s))
             .collect::<Vec<_>>()
     })
     .await
